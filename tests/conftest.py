@@ -1,0 +1,7 @@
+"""Shared test setup: the library is importable without installing it."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
