@@ -1,0 +1,194 @@
+"""Cleanse: normalise, validate and de-duplicate one partition; quarantine what fails.
+
+Rules come from the source system's cleansing.yaml; the validators are built in. Every
+row leaves either clean (typed: dates parsed, integers cast, MSISDNs normalised) or in
+quarantine with one reason code and the field it concerns. The first failing rule in
+REASON_ORDER wins, so a row's reason does not depend on the order of the YAML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from handover.validators import (
+    msisdn_valid,
+    normalise_msisdn,
+    normalise_text,
+    resident_id_birth_gender,
+    resident_id_valid,
+)
+
+REASON_ORDER = [
+    "MISSING_FIELD", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
+    "INVALID_ID_GENDER", "INVALID_MSISDN", "INVALID_DATE", "INVALID_NUMBER", "INVALID_CODE",
+    "NEGATIVE_AMOUNT", "ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
+    "DUPLICATE_PERSON",
+]
+META_COLUMNS = ["_source_row"]
+
+
+@dataclass
+class ParentRegistry:
+    """Fate of every parent key, decided once for the whole parent table."""
+
+    valid: set[str]
+    quarantined: set[str]
+    excluded: set[str]
+
+    def classify(self, keys: pd.Series) -> np.ndarray:
+        """Per child row: None (parent fine) or the quarantine reason."""
+        out = np.full(len(keys), None, dtype=object)
+        k = keys.to_numpy(dtype=object)
+        in_valid = keys.isin(self.valid).to_numpy()
+        in_q = keys.isin(self.quarantined).to_numpy()
+        in_x = keys.isin(self.excluded).to_numpy()
+        out[~in_valid & in_q] = "PARENT_QUARANTINED"
+        out[~in_valid & ~in_q & in_x] = "PARENT_EXCLUDED"
+        out[~in_valid & ~in_q & ~in_x & pd.notna(k)] = "ORPHAN_RECORD"
+        return out
+
+
+@dataclass
+class CleanseResult:
+    clean: pd.DataFrame
+    quarantine: pd.DataFrame  # original (raw) row + _reason + _field
+    counts: dict[str, int]
+
+
+class _Verdict:
+    """Collects the first failing reason (and field) per row."""
+
+    def __init__(self, n: int):
+        self.reason = np.full(n, None, dtype=object)
+        self.field = np.full(n, None, dtype=object)
+        self.rank = np.full(n, len(REASON_ORDER), dtype=np.int16)
+
+    def fail(self, mask: np.ndarray, reason: str, field: str | None) -> None:
+        rank = REASON_ORDER.index(reason)
+        hit = np.asarray(mask, dtype=bool) & (rank < self.rank)
+        self.reason[hit] = reason
+        self.field[hit] = field
+        self.rank[hit] = rank
+
+    @property
+    def failed(self) -> np.ndarray:
+        return self.reason != None  # noqa: E711 - elementwise on an object array
+
+
+def _arr(df: pd.DataFrame, col: str) -> pa.Array:
+    return pa.array(df[col].astype(object).where(df[col].notna(), None).tolist(), pa.string())
+
+
+def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
+             parent: ParentRegistry | None = None) -> tuple[pd.DataFrame, _Verdict]:
+    """Normalise and type the partition; return the typed frame and the verdict per row."""
+    n = len(raw)
+    verdict = _Verdict(n)
+    out = pd.DataFrame(index=raw.index)
+    data_cols = [c for c in raw.columns if c not in META_COLUMNS]
+    norm: dict[str, pa.Array] = {c: normalise_text(_arr(raw, c)) for c in data_cols}
+
+    for col in rules.get("mandatory", []):
+        verdict.fail(pc.is_null(norm[col]).to_numpy(zero_copy_only=False), "MISSING_FIELD", col)
+
+    keys = pd.Series(norm[key].to_pylist(), index=raw.index, dtype=object)
+    verdict.fail(keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy(),
+                 "DUPLICATE_KEY", key)
+
+    rid = rules.get("resident_id")
+    if rid:
+        col = rid["column"]
+        ids = pc.utf8_upper(norm[col])
+        norm[col] = ids
+        present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
+        ok = resident_id_valid(ids)
+        verdict.fail(present & ~ok, "INVALID_ID_CHECKSUM", col)
+        birth, gender = resident_id_birth_gender(ids)
+        if rid.get("birth_date"):
+            other = norm[rid["birth_date"]]
+            same = pc.fill_null(pc.equal(birth, other), False).to_numpy(zero_copy_only=False)
+            verdict.fail(present & ok & ~same, "INVALID_ID_BIRTHDATE", rid["birth_date"])
+        if rid.get("gender"):
+            other = norm[rid["gender"]]
+            same = pc.fill_null(pc.equal(gender, other), False).to_numpy(zero_copy_only=False)
+            verdict.fail(present & ok & ~same, "INVALID_ID_GENDER", rid["gender"])
+
+    for col in rules.get("msisdn", []):
+        norm[col] = normalise_msisdn(norm[col])
+        present = pc.is_valid(norm[col]).to_numpy(zero_copy_only=False)
+        verdict.fail(present & ~msisdn_valid(norm[col]), "INVALID_MSISDN", col)
+
+    for col in data_cols:
+        out[col] = pd.Series(norm[col].to_pylist(), index=raw.index, dtype=object)
+
+    not_future = set(rules.get("not_future", []))
+    for col, fmt in rules.get("dates", {}).items():
+        text = out[col]
+        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+        bad = text.notna() & parsed.isna()
+        if col in not_future:
+            bad |= parsed > exported_at
+        verdict.fail(bad.to_numpy(), "INVALID_DATE", col)
+        parsed = parsed.astype("datetime64[s]")
+        out[col] = parsed.dt.date if "%H" not in fmt else parsed
+
+    non_negative = set(rules.get("non_negative", []))
+    for col in rules.get("integers", []):
+        text = out[col]
+        num = pd.to_numeric(text, errors="coerce")
+        whole = num.notna() & (num == num.round())
+        verdict.fail((text.notna() & ~whole).to_numpy(), "INVALID_NUMBER", col)
+        num = num.where(whole)
+        if col in non_negative:
+            verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
+        out[col] = num.astype("Int64")
+
+    for col, allowed in rules.get("codes", {}).items():
+        bad = out[col].notna() & ~out[col].isin([str(a) for a in allowed])
+        verdict.fail(bad.to_numpy(), "INVALID_CODE", col)
+
+    if parent is not None and rules.get("parent"):
+        col = rules["parent"]["column"]
+        fate = parent.classify(out[col])
+        for reason in ("ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED"):
+            verdict.fail(fate == reason, reason, col)
+
+    for col in META_COLUMNS:
+        if col in raw.columns:
+            out[col] = raw[col].to_numpy()
+    return out, verdict
+
+
+def dedupe_losers(typed: pd.DataFrame, verdict_failed: np.ndarray, rules: dict,
+                  key: str) -> pd.Series:
+    """Survivorship: among valid rows sharing the dedupe key, keep newest (or oldest)."""
+    spec = rules["dedupe"]
+    cand = typed.loc[~verdict_failed, [key, spec["key"], spec["order_by"]]]
+    ascending = spec["keep"] == "oldest"
+    ordered = cand.sort_values([spec["key"], spec["order_by"], key],
+                               ascending=[True, ascending, True])
+    losers = ordered[ordered.duplicated(subset=[spec["key"]], keep="first")]
+    return losers[key]
+
+
+def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
+            parent: ParentRegistry | None = None,
+            duplicate_losers: set[str] | None = None) -> CleanseResult:
+    typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent)
+    if duplicate_losers:
+        verdict.fail(typed[key].isin(duplicate_losers).to_numpy(), "DUPLICATE_PERSON",
+                     rules.get("dedupe", {}).get("key", key))
+    failed = verdict.failed
+    quarantine = raw.loc[failed].copy()
+    quarantine["_reason"] = verdict.reason[failed]
+    quarantine["_field"] = verdict.field[failed]
+    quarantine["_key"] = typed.loc[failed, key].to_numpy()
+    clean = typed.loc[~failed].reset_index(drop=True)
+    counts = pd.Series(verdict.reason[failed]).value_counts().to_dict() if failed.any() else {}
+    return CleanseResult(clean, quarantine.reset_index(drop=True),
+                         {str(k): int(v) for k, v in counts.items()})

@@ -1,0 +1,506 @@
+"""The customer migration's task bodies: one function per task, no Airflow needed.
+
+The DAG file only wires these together. Each function reads its input partition from
+the lake, writes its own output prefix (overwriting, so reruns are idempotent),
+records its counts in the ledger, and returns a small manifest (table, partition,
+counts) for XCom. No row and no PII is ever returned or logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from handover import ledger
+from handover.config import SourceConfig, load_config
+from handover.lake import Lake, lake_from_url, part_key, safe_run_id
+
+log = logging.getLogger("handover")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+SUITES_DIR = PROJECT_ROOT / "expectations"
+META = ["_source_row"]
+
+
+class GateFailed(RuntimeError):
+    """A Great Expectations gate failed: a data fault, not worth retrying."""
+
+
+class SourceError(RuntimeError):
+    """The legacy export is missing or unreadable; the message names the file."""
+
+
+# ---------------------------------------------------------------- helpers
+def _lake() -> Lake:
+    return lake_from_url()
+
+
+@lru_cache(maxsize=8)
+def _config(system: str) -> SourceConfig:
+    return load_config(system)
+
+
+def _read(lake: Lake, run_id: str, stage: str, table: str, partition: str) -> pd.DataFrame:
+    return lake.read_table(part_key(run_id, stage, table, partition)).to_pandas()
+
+
+def _write(lake: Lake, run_id: str, stage: str, table: str, partition: str,
+           df: pd.DataFrame) -> None:
+    lake.write_table(part_key(run_id, stage, table, partition),
+                     pa.Table.from_pandas(df, preserve_index=False))
+
+
+def _part(part: dict, **counts: Any) -> dict:
+    return {"table": part["table"], "partition": part["partition"], **counts}
+
+
+def _record_key(df: pd.DataFrame, key_col: str) -> list[str]:
+    keys = df[key_col].astype(object).where(df[key_col].notna(), None)
+    rows = df["_source_row"] if "_source_row" in df.columns else pd.Series(range(len(df)))
+    return [k if isinstance(k, str) and k.strip() else f"row:{r}"
+            for k, r in zip(keys, rows, strict=True)]
+
+
+def _date_format(cfg: SourceConfig, table: str, column: str | None) -> str | None:
+    if column is None:
+        return None
+    return cfg.rules(table).get("dates", {}).get(column)
+
+
+# ---------------------------------------------------------------- plan
+def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
+    """Check config and inputs before anything touches the target, then open the run."""
+    cfg = _config(system)
+    src = Path(source_dir)
+    manifest_path = src / "export_manifest.json"
+    if not manifest_path.is_file():
+        raise SourceError(f"{manifest_path}: export manifest not found; point the run's "
+                          "source_dir at a legacy export (python -m handover.synth makes one)")
+    raw = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(raw)
+        exported_at = pd.Timestamp(manifest["exported_at"])
+    except (ValueError, KeyError) as exc:
+        raise SourceError(f"{manifest_path}: needs JSON with 'exported_at' ({exc})") from exc
+    for table in cfg.tables:
+        f = src / cfg.table(table).get("file", f"{table}.csv")
+        if not f.is_file():
+            raise SourceError(f"{f}: source file for table {table} not found; export it or "
+                              f"remove {table} from {cfg.directory / 'catalog.yaml'}")
+    with ledger.connect() as conn:
+        ledger.ensure_schema(conn)
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
+                "exported_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET "
+                "status = 'running', finished_at = NULL",
+                (run_id, dag_id, cfg.system, hashlib.sha256(raw).hexdigest(),
+                 exported_at.to_pydatetime()))
+            ledger.audit(conn, "run_started", run_id=run_id,
+                         detail={"dag_id": dag_id, "system": cfg.system, "source": str(src)})
+    log.info("run %s planned: %d tables from %s", run_id, len(cfg.tables), src)
+    return {"run_id": run_id, "system": system, "source_dir": str(src),
+            "exported_at": str(exported_at), "tables": cfg.tables,
+            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()}}
+
+
+# ---------------------------------------------------------------- extract
+def extract_table(ctx: dict, table: str) -> list[dict]:
+    """Stream one source CSV into hash partitions of raw Parquet (all values as text)."""
+    import numpy as np
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    cfg = _config(ctx["system"])
+    spec = cfg.table(table)
+    path = Path(ctx["source_dir"]) / spec.get("file", f"{table}.csv")
+    n_parts = cfg.partitions(table)
+    key = spec["key"]
+    lake, run_id = _lake(), ctx["run_id"]
+    started = time.monotonic()
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline().rstrip("\r\n").split(",")
+    if key not in header:
+        raise SourceError(f"{path} line 1: key column '{key}' of table {table} is missing from "
+                          f"the header; fix the export or catalog.yaml tables.{table}.key")
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(chunk)
+
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"extract-{table}-"))
+    schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
+    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
+               for i in range(n_parts)]
+    counts = [0] * n_parts
+    key_sums = [np.uint64(0)] * n_parts
+    row_no = 0
+    try:
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=8 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.string() for c in header}, strings_can_be_null=False),
+        )
+        for batch in reader:
+            n = batch.num_rows
+            rows = pa.array(np.arange(row_no + 1, row_no + n + 1, dtype=np.int64))
+            row_no += n
+            batch = pa.RecordBatch.from_arrays(list(batch.columns) + [rows], schema=schema)
+            keys = np.asarray(batch.column(key).to_pylist(), dtype=object)
+            hashed = pd.util.hash_array(keys, categorize=False)
+            pid = (hashed % np.uint64(n_parts)).astype(np.int64)
+            for i in range(n_parts):
+                idx = np.flatnonzero(pid == i)
+                if len(idx):
+                    writers[i].write_batch(batch.take(pa.array(idx)))
+                    counts[i] += len(idx)
+                    key_sums[i] = np.uint64(
+                        (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
+            if row_no and row_no % 1_000_000 < n:
+                rate = row_no / max(time.monotonic() - started, 1e-9)
+                log.info("extract %s: %d rows, %.0f rows/s", table, row_no, rate)
+    except pa.ArrowInvalid as exc:
+        raise SourceError(f"{path}: cannot parse as CSV near row {row_no + 1}: "
+                          f"{str(exc).splitlines()[0]}; fix the export") from exc
+    finally:
+        for w in writers:
+            w.close()
+
+    parts = []
+    with ledger.connect() as conn, conn.transaction():
+        for i in range(n_parts):
+            partition = f"p{i:02d}"
+            data = (tmp / f"{i}.parquet").read_bytes()
+            lake.put_bytes(part_key(run_id, "raw", table, partition), data)
+            ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="extract",
+                          rows_in=counts[i], rows_out=counts[i], checksum=f"{int(key_sums[i]):016x}",
+                          detail={"source_file": path.name, "source_sha256": sha.hexdigest()})
+            parts.append({"table": table, "partition": partition, "rows": counts[i]})
+    for f in tmp.iterdir():
+        f.unlink()
+    tmp.rmdir()
+    expected = ctx.get("manifest_rows", {}).get(table)
+    if expected is not None and expected != row_no:
+        raise SourceError(f"{path}: read {row_no} rows but the export manifest says {expected}; "
+                          "the file is truncated or was changed after export")
+    log.info("extract %s: %d rows into %d partitions in %.1fs", table, row_no, n_parts,
+             time.monotonic() - started)
+    return parts
+
+
+def flatten(lists: list[list[dict]]) -> list[dict]:
+    return [p for sub in lists for p in sub]
+
+
+# ---------------------------------------------------------------- gates
+GATE_INPUT = {"intake": "raw", "compliance": "comply", "quality": "cleanse",
+              "contract": "mapped"}
+
+
+def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
+    """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
+    from handover.gates import run_gate
+
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    lake = _lake()
+    df = _read(lake, run_id, GATE_INPUT[gate], table, partition)
+    df = df.drop(columns=[c for c in META if c in df.columns])
+    docs_dir = docs_dir_for(lake, run_id)
+    result = run_gate(df, gate=gate, table=table, partition=partition, run_id=run_id,
+                      suites_dir=SUITES_DIR, docs_dir=docs_dir)
+    publish_docs(lake, run_id, docs_dir)
+    manifest = result.to_manifest()
+    with ledger.connect() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO handover_meta.gate_result (run_id, gate, table_name, partition, success, "
+            "evaluated, rows, failed, docs_path) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (run_id, gate, table_name, partition) DO UPDATE SET "
+            "success=excluded.success, evaluated=excluded.evaluated, rows=excluded.rows, "
+            "failed=excluded.failed, docs_path=excluded.docs_path, checked_at=now()",
+            (run_id, gate, table, partition, result.success, result.evaluated, result.rows,
+             json.dumps(manifest.get("failed", [])), result.docs_path))
+    log.info(result.summary())
+    if not result.success:
+        raise GateFailed(result.summary())
+    return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
+
+
+def docs_dir_for(lake: Lake, run_id: str) -> Path:
+    from handover.lake import LocalLake
+
+    if isinstance(lake, LocalLake):
+        return lake.path(f"runs/{safe_run_id(run_id)}/docs")
+    return PROJECT_ROOT / ".state" / "docs" / safe_run_id(run_id)
+
+
+def publish_docs(lake: Lake, run_id: str, docs_dir: Path) -> None:
+    """On an object-store lake, upload the Data Docs site built locally."""
+    from handover.lake import LocalLake
+
+    if isinstance(lake, LocalLake) or not docs_dir.is_dir():
+        return
+    for f in docs_dir.rglob("*"):
+        if f.is_file():
+            lake.put_bytes(f"runs/{safe_run_id(run_id)}/docs/{f.relative_to(docs_dir)}",
+                           f.read_bytes())
+
+
+# ---------------------------------------------------------------- comply
+@lru_cache(maxsize=4)
+def _policy_facts(run_id: str, system: str, exported_at: str):
+    from handover.comply import policy_facts
+
+    cfg = _config(system)
+    lake = _lake()
+    frames: dict[str, pd.DataFrame | None] = {}
+    for what in ("objection", "consent"):
+        spec = cfg.policy.get(what)
+        if not spec:
+            frames[what] = None
+            continue
+        t = spec["table"]
+        keys = lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/")
+        frames[what] = pd.concat([lake.read_table(k).to_pandas() for k in keys],
+                                 ignore_index=True) if keys else None
+    obj = cfg.policy.get("objection")
+    cust_col = cfg.table(obj["table"]).get("customer_column", "cust_id") if obj else "cust_id"
+    return policy_facts(frames["objection"], frames["consent"], cfg.policy,
+                        pd.Timestamp(exported_at), customer_column=cust_col)
+
+
+def comply_partition(ctx: dict, part: dict) -> dict:
+    from handover.comply import decide
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    lake = _lake()
+    raw = _read(lake, run_id, "raw", table, partition)
+    spec = cfg.table(table)
+    facts = _policy_facts(run_id, ctx["system"], ctx["exported_at"])
+    res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
+                 policy=cfg.policy, facts=facts,
+                 event_time_format=_date_format(cfg, table, spec.get("event_time")))
+    _write(lake, run_id, "comply", table, partition, res.moved)
+    _write(lake, run_id, "comply/_excluded", table, partition, res.excluded)
+    with ledger.connect() as conn, conn.transaction():
+        keys = _record_key(res.excluded, spec["key"])
+        ledger.replace_exclusions(conn, run_id, table, partition, list(zip(
+            keys, res.excluded["_rule"], res.excluded["_destroy_by"], strict=True)))
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
+                      rows_in=len(raw), rows_out=len(res.moved), excluded=len(res.excluded),
+                      checksum=ledger.key_checksum(res.moved[spec["key"]].to_numpy(dtype=object)),
+                      detail={"excluded_by_rule": res.counts})
+    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, len(raw),
+             len(res.moved), len(res.excluded), res.counts)
+    return _part(part, rows=len(res.moved), excluded=len(res.excluded))
+
+
+# ---------------------------------------------------------------- cleanse
+def parent_tables(cfg: SourceConfig) -> list[str]:
+    return sorted({r["parent"]["table"] for r in cfg.cleansing["tables"].values()
+                   if r.get("parent")})
+
+
+def resolve_customers(ctx: dict) -> dict:
+    """Decide the fate of every parent row (validation + de-duplication) across all partitions.
+
+    Survivorship needs the whole table at once, so it runs once per run, before the
+    mapped cleanse; children then learn from this registry whether their parent lives.
+    """
+    from handover.cleanse import dedupe_losers, validate
+
+    cfg = _config(ctx["system"])
+    run_id, lake = ctx["run_id"], _lake()
+    exported_at = pd.Timestamp(ctx["exported_at"])
+    summary = {}
+    for table in parent_tables(cfg):
+        spec, rules = cfg.table(table), cfg.rules(table)
+        key = spec["key"]
+        typed_parts, failed_parts = [], []
+        for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
+            raw = lake.read_table(k).to_pandas()
+            typed, verdict = validate(raw, rules, key=key, exported_at=exported_at)
+            typed_parts.append(typed)
+            failed_parts.append(verdict.failed)
+        import numpy as np
+
+        typed = pd.concat(typed_parts, ignore_index=True) if typed_parts else pd.DataFrame(
+            columns=[key])
+        failed = np.concatenate(failed_parts) if failed_parts else np.zeros(0, dtype=bool)
+        losers = set(dedupe_losers(typed, failed, rules, key)) if rules.get("dedupe") else set()
+        keys = typed[key].astype(object)
+        valid_mask = ~failed & ~keys.isin(losers).to_numpy()
+        excluded = set()
+        for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/_excluded/{table}/"):
+            ex = lake.read_table(k, columns=[key]).to_pandas()[key]
+            excluded |= {v.strip() for v in ex.dropna()}
+        registry = pd.DataFrame({
+            "key": keys.to_numpy(),
+            "fate": np.where(valid_mask, "valid", "quarantined"),
+            "duplicate_loser": keys.isin(losers).to_numpy(),
+        })
+        registry = pd.concat([registry, pd.DataFrame({
+            "key": sorted(excluded), "fate": "excluded", "duplicate_loser": False})],
+            ignore_index=True)
+        registry = registry[registry["key"].notna()]
+        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet",
+                         pa.Table.from_pandas(registry, preserve_index=False))
+        summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int((~valid_mask).sum()),
+                          "duplicates": len(losers), "excluded": len(excluded)}
+    log.info("resolved parents: %s", summary)
+    return summary
+
+
+@lru_cache(maxsize=8)
+def _registry(run_id: str, table: str):
+    from handover.cleanse import ParentRegistry
+
+    reg = _lake().read_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet").to_pandas()
+    by = reg.groupby("fate")["key"].apply(set).to_dict()
+    losers = set(reg.loc[reg["duplicate_loser"], "key"])
+    return ParentRegistry(by.get("valid", set()), by.get("quarantined", set()),
+                          by.get("excluded", set())), losers
+
+
+def cleanse_partition(ctx: dict, part: dict) -> dict:
+    from handover.cleanse import cleanse
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    lake = _lake()
+    spec, rules = cfg.table(table), cfg.rules(table)
+    raw = _read(lake, run_id, "comply", table, partition)
+    raw = raw.drop(columns=["_basis"])
+    parent = losers = None
+    if rules.get("parent"):
+        parent, _ = _registry(run_id, rules["parent"]["table"])
+    if table in parent_tables(cfg):
+        _, losers = _registry(run_id, table)
+    res = cleanse(raw, rules, key=spec["key"], exported_at=pd.Timestamp(ctx["exported_at"]),
+                  parent=parent, duplicate_losers=losers)
+    _write(lake, run_id, "cleanse", table, partition, res.clean)
+    _write(lake, run_id, "cleanse/_quarantine", table, partition, res.quarantine)
+    with ledger.connect() as conn, conn.transaction():
+        keys = _record_key(res.quarantine.assign(**{spec["key"]: res.quarantine["_key"]}),
+                           spec["key"])
+        ledger.replace_quarantine(conn, run_id, table, partition, list(zip(
+            keys, res.quarantine["_reason"], res.quarantine["_field"], strict=True)))
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
+                      rows_in=len(raw), rows_out=len(res.clean),
+                      quarantined=len(res.quarantine),
+                      checksum=ledger.key_checksum(res.clean[spec["key"]].to_numpy(dtype=object)),
+                      detail={"quarantined_by_reason": res.counts})
+    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s", table, partition, len(raw),
+             len(res.clean), len(res.quarantine), res.counts)
+    return _part(part, rows=len(res.clean), quarantined=len(res.quarantine))
+
+
+# ---------------------------------------------------------------- map + protect
+def map_protect_partition(ctx: dict, part: dict) -> dict:
+    from handover.mapping import map_partition
+    from handover.protect import load_keyring
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    lake = _lake()
+    clean = _read(lake, run_id, "cleanse", table, partition)
+    tmap = cfg.table_mapping(table)
+    needs_keys = any(set(f.get("protect", [])) & {"encrypt", "blind_index"}
+                     for f in tmap["fields"].values())
+    ring = load_keyring() if needs_keys else None
+    mapped = map_partition(clean, table, tmap, cfg.table(table)["columns"], ring,
+                           partition=partition)
+    lake.write_table(part_key(run_id, "mapped", table, partition), mapped)
+    with ledger.connect() as conn, conn.transaction():
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="map",
+                      rows_in=len(clean), rows_out=mapped.num_rows,
+                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      detail={"target": f"{cfg.mapping['schema']}.{tmap['target']}",
+                              "key_id": ring.active_key_id if ring else None})
+    return _part(part, rows=mapped.num_rows)
+
+
+# ---------------------------------------------------------------- load
+def load_partition(ctx: dict, part: dict) -> dict:
+    from handover.load import upsert_partition
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    tmap = cfg.table_mapping(table)
+    mapped = _lake().read_table(part_key(run_id, "mapped", table, partition))
+    started = time.monotonic()
+    with ledger.connect() as conn, conn.transaction():
+        stats = upsert_partition(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], mapped)
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
+                      rows_in=mapped.num_rows, rows_out=mapped.num_rows,
+                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      detail=stats)
+    secs = time.monotonic() - started
+    log.info("load %s %s: %d rows (%s) in %.1fs, %.0f rows/s", table, partition, mapped.num_rows,
+             stats, secs, mapped.num_rows / max(secs, 1e-9))
+    return _part(part, rows=mapped.num_rows, **stats)
+
+
+# ---------------------------------------------------------------- reconcile + publish
+def reconcile_table(ctx: dict, table: str) -> dict:
+    from handover.reconcile import reconcile
+
+    cfg = _config(ctx["system"])
+    with ledger.connect() as conn, conn.transaction():
+        result = reconcile(conn, _lake(), cfg, ctx["run_id"], table,
+                           manifest_rows=ctx.get("manifest_rows", {}).get(table))
+    log.info("reconcile %s: %s", table, {k: v for k, v in result.items() if k != "money"})
+    return {"table": table, "partition": "all", "balanced": result["balanced"]}
+
+
+def reconciliation_gate(ctx: dict, table: str) -> dict:
+    """Gate on the reconciliation row of one table (counts only)."""
+    from handover.gates import run_gate
+
+    run_id = ctx["run_id"]
+    with ledger.connect() as conn:
+        cur = conn.execute(
+            "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
+            "missing_keys, field_mismatches, money_source, money_target, balanced "
+            "FROM handover_meta.reconciliation WHERE run_id=%s AND table_name=%s",
+            (run_id, table))
+        cols = [d.name for d in cur.description]
+        frame = pd.DataFrame(cur.fetchall(), columns=cols)
+    frame["accounted"] = frame["loaded"] + frame["quarantined"] + frame["excluded"]
+    frame["unaccounted"] = frame["source_rows"] - frame["accounted"]
+    frame["money_diff"] = (frame["money_source"].fillna(0) - frame["money_target"].fillna(0))
+    lake = _lake()
+    docs_dir = docs_dir_for(lake, run_id)
+    result = run_gate(frame, gate="reconciliation", table=table, partition="all", run_id=run_id,
+                      suites_dir=SUITES_DIR, docs_dir=docs_dir)
+    publish_docs(lake, run_id, docs_dir)
+    log.info(result.summary())
+    if not result.success:
+        raise GateFailed(result.summary())
+    return {"table": table, "partition": "all", "docs_path": result.docs_path}
+
+
+def publish(ctx: dict) -> dict:
+    from handover.report import write_reports
+
+    run_id = ctx["run_id"]
+    lake = _lake()
+    with ledger.connect() as conn, conn.transaction():
+        paths = write_reports(conn, lake, _config(ctx["system"]), run_id)
+        conn.execute("UPDATE handover_meta.run SET status='succeeded', finished_at=now() "
+                     "WHERE run_id=%s", (run_id,))
+        ledger.audit(conn, "run_published", run_id=run_id, detail={"reports": paths})
+    log.info("published run %s: %s", run_id, paths)
+    return paths

@@ -1,0 +1,123 @@
+"""Reconcile: prove, per table, that what left the source arrived, and nothing else.
+
+Four independent checks, each able to fail on its own:
+1. the ledger balances: source rows = loaded + quarantined + excluded (and the source
+   count equals the export manifest's);
+2. key sets: every key the run mapped is in the target, and the target holds no row
+   the run did not send (migration mode);
+3. field level: what landed equals what left, column by column, compared in the
+   database (ciphertext through its blind index);
+4. money: sums in fen per month, lake versus target.
+"""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from psycopg import sql
+
+from handover.config import SourceConfig
+from handover.lake import Lake, safe_run_id
+from handover.load import comparable_columns, copy_arrow
+
+MONEY_COLUMNS = ("charge_fen", "amount_fen")
+TIME_COLUMNS = ("started_at", "paid_at", "created_at", "occurred_at", "granted_at")
+
+
+def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: str, table: str,
+              manifest_rows: int | None = None) -> dict:
+    tmap = cfg.table_mapping(table)
+    schema, target, key = cfg.mapping["schema"], tmap["target"], tmap["key"]
+    totals = {stage: dict(zip(("in", "out", "q", "x"), r, strict=True)) for stage, *r in
+              conn.execute(
+                  "SELECT stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
+                  "sum(rows_excluded) FROM handover_meta.ledger WHERE run_id=%s AND "
+                  "table_name=%s GROUP BY stage", (run_id, table)).fetchall()}
+    for stage in ("extract", "comply", "cleanse", "map", "load"):
+        if stage not in totals:
+            raise RuntimeError(f"reconcile {table}: no ledger rows for stage '{stage}' in run "
+                               f"{run_id}; that stage did not complete — rerun it first")
+    source_rows = int(totals["extract"]["out"])
+    excluded = int(totals["comply"]["x"])
+    quarantined = int(totals["cleanse"]["q"])
+    loaded = int(totals["load"]["out"])
+
+    # Stage the run's mapped rows once, for key, field and money comparisons.
+    stage_tbl = sql.Identifier(f"rec_{target}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP")
+                 .format(stage_tbl, sql.Identifier(schema, target)))
+    columns: list[str] = []
+    for k in lake.list(f"runs/{safe_run_id(run_id)}/mapped/{table}/"):
+        part = lake.read_table(k)
+        columns = part.column_names
+        copy_arrow(conn, stage_tbl, part)
+    tgt = sql.Identifier(schema, target)
+    kid = sql.Identifier(key)
+    target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
+    missing = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {s} s LEFT JOIN {t} t USING ({k}) WHERE t.{k} IS NULL"
+    ).format(s=stage_tbl, t=tgt, k=kid)).fetchone()[0]
+    extra = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {t} t LEFT JOIN {s} s USING ({k}) WHERE s.{k} IS NULL"
+    ).format(s=stage_tbl, t=tgt, k=kid)).fetchone()[0]
+    compare = [c for c in comparable_columns(columns) if c != key] if columns else []
+    mismatches = 0
+    if compare:
+        mismatches = conn.execute(sql.SQL(
+            "SELECT count(*) FROM {s} s JOIN {t} t USING ({k}) WHERE ({sc}) IS DISTINCT FROM ({tc})"
+        ).format(s=stage_tbl, t=tgt, k=kid,
+                 sc=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
+                                       for c in compare),
+                 tc=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
+                                       for c in compare))).fetchone()[0]
+
+    money_col = next((c for c in MONEY_COLUMNS if c in columns), None)
+    time_col = next((c for c in TIME_COLUMNS if c in columns), None)
+    money_source = money_target = None
+    by_month: list[dict] = []
+    if money_col:
+        mc = sql.Identifier(money_col)
+        period = (sql.SQL("to_char(s.{}, 'YYYY-MM')").format(sql.Identifier(time_col))
+                  if time_col else sql.SQL("'all'"))
+        rows = conn.execute(sql.SQL(
+            "SELECT {p} AS period, sum(s.{m}), sum(t.{m}) FROM {s} s LEFT JOIN {t} t USING ({k}) "
+            "GROUP BY 1 ORDER BY 1").format(p=period, m=mc, s=stage_tbl, t=tgt, k=kid)).fetchall()
+        by_month = [{"period": p, "source_fen": int(a or 0), "target_fen": int(b or 0)}
+                    for p, a, b in rows]
+        money_source = sum(r["source_fen"] for r in by_month)
+        money_target = sum(r["target_fen"] for r in by_month)
+
+    accounted = loaded + quarantined + excluded
+    checks = {
+        "ledger_balances": source_rows == accounted,
+        "manifest_matches": manifest_rows is None or manifest_rows == source_rows,
+        "no_missing_keys": missing == 0,
+        "no_extra_rows": extra == 0 and target_rows == loaded,
+        "fields_equal": mismatches == 0,
+        "money_equal": money_source == money_target,
+    }
+    balanced = all(checks.values())
+    conn.execute(
+        "INSERT INTO handover_meta.reconciliation (run_id, table_name, source_rows, loaded, "
+        "quarantined, excluded, target_rows, missing_keys, field_mismatches, money_source, "
+        "money_target, balanced) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+        "ON CONFLICT (run_id, table_name) DO UPDATE SET source_rows=excluded.source_rows, "
+        "loaded=excluded.loaded, quarantined=excluded.quarantined, excluded=excluded.excluded, "
+        "target_rows=excluded.target_rows, missing_keys=excluded.missing_keys, "
+        "field_mismatches=excluded.field_mismatches, money_source=excluded.money_source, "
+        "money_target=excluded.money_target, balanced=excluded.balanced, checked_at=now()",
+        (run_id, table, source_rows, loaded, quarantined, excluded, target_rows, missing,
+         mismatches, money_source, money_target, balanced))
+    result = {"table": table, "source_rows": source_rows, "loaded": loaded,
+              "quarantined": quarantined, "excluded": excluded, "target_rows": int(target_rows),
+              "missing_keys": int(missing), "extra_rows": int(extra),
+              "field_mismatches": int(mismatches), "money_source": money_source,
+              "money_target": money_target, "money": by_month, "checks": checks,
+              "balanced": balanced}
+    lake.write_json(f"runs/{safe_run_id(run_id)}/reconcile/{table}.json", result)
+    conn.execute(
+        "INSERT INTO handover_meta.audit_log (run_id, actor, action, detail, prev_hash, hash) "
+        "VALUES (%s, 'handover', 'table_reconciled', %s, '', '')",
+        (run_id, json.dumps({k: v for k, v in result.items() if k != "money"})))
+    return result

