@@ -56,6 +56,10 @@ def customer_migration():
         return tasks.call(pipeline.extract_table, ctx, table, label=table)
 
     @task
+    def list_tables(ctx):
+        return ctx["tables"]
+
+    @task
     def list_partitions(parts):
         from handover import pipeline
 
@@ -107,7 +111,7 @@ def customer_migration():
         return tasks.call(pipeline.publish, ctx)
 
     ctx = plan_run()
-    tables = ctx["tables"]
+    tables = list_tables(ctx)
     extracted = extract_table.partial(ctx=ctx).expand(table=tables)
     parts = list_partitions(extracted)
     intake = gate("intake").partial(ctx=ctx).expand(part=parts)

@@ -414,7 +414,7 @@ def run_gate(
         suite = _build_suite(suite_dict, suite_name)
         batch = _batch_definition(context, table).get_batch(batch_parameters={"dataframe": df})
         try:
-            result = batch.validate(suite, result_format=RESULT_FORMAT)
+            result = batch.validate(suite, result_format=dict(RESULT_FORMAT))
         finally:
             _release_batch(batch)
         _scrub(result, allowed={str(c) for c in df.columns})
@@ -610,7 +610,7 @@ def _store_suite(
     store = context.expectations_store
     body = store.serialize(suite)
     marker = (docs_dir.resolve(), suite.name, hashlib.sha256(body.encode()).hexdigest())
-    if marker in _stored_suites:
+    if marker in _stored_suites and store.has_key(suite_key):
         return
     store.set(suite_key, suite)
     _stored_suites.add(marker)

@@ -69,6 +69,7 @@ DAY = 86_400
 HOUR = 3_600
 NORMAL_WINDOW_DAYS = 330
 
+# fmt: off
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "subscribers": (
         "cust_id", "name", "id_number", "gender", "birth_date", "msisdn", "address", "city",
@@ -86,6 +87,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "complaints": ("complaint_id", "cust_id", "created_at", "category", "text", "satisfaction"),
     "browsing_events": ("event_id", "cust_id", "ts", "domain", "search_text"),
 }
+# fmt: on
 TRUTH_COLUMNS = ("table", "key", "defect", "expected_outcome", "expected_reason")
 
 #: Average rows per (non-duplicate) subscriber; call records can be scaled from the CLI.
@@ -192,6 +194,7 @@ _P_CLEAN, _P_REPAIRED, _P_QUARANTINED, _P_OBJECTED = 0, 1, 2, 3
 # Reference data
 # --------------------------------------------------------------------------------------------
 
+# fmt: off
 # (region code, province, city, district) - real administrative division codes.
 _REGIONS: tuple[tuple[str, str, str, str], ...] = (
     ("110105", "北京市", "北京市", "朝阳区"),
@@ -261,6 +264,8 @@ _MSISDN_PREFIXES = np.array(
     dtype=np.int64,
 )
 
+# fmt: on
+
 _CONSENT_PURPOSES = ("service", "marketing", "behavioural")
 _CHANNELS = pa.array(["alipay", "wechat", "bank", "cash"])
 _CHANNEL_P = np.array([0.35, 0.40, 0.15, 0.10])
@@ -301,23 +306,71 @@ _PII_MSISDN_SUFFIXES = ("请回电{v}。", "联系电话{v}。", "我的手机�
 _PII_ID_SUFFIXES = ("我的身份证号是{v}，请核实实名信息。", "机主身份证{v}。")
 
 _DOMAINS = (
-    "baidu.com", "taobao.com", "qq.com", "weibo.com", "jd.com", "douyin.com", "bilibili.com",
-    "zhihu.com", "sina.com.cn", "163.com", "sohu.com", "ctrip.com", "meituan.com",
-    "pinduoduo.com", "xiaohongshu.com", "alipay.com", "12306.cn", "toutiao.com", "iqiyi.com",
+    "baidu.com",
+    "taobao.com",
+    "qq.com",
+    "weibo.com",
+    "jd.com",
+    "douyin.com",
+    "bilibili.com",
+    "zhihu.com",
+    "sina.com.cn",
+    "163.com",
+    "sohu.com",
+    "ctrip.com",
+    "meituan.com",
+    "pinduoduo.com",
+    "xiaohongshu.com",
+    "alipay.com",
+    "12306.cn",
+    "toutiao.com",
+    "iqiyi.com",
     "youku.com",
 )
-_DOMAIN_P = np.array(
-    [14, 10, 10, 7, 6, 9, 5, 4, 3, 3, 2, 2, 5, 4, 4, 3, 2, 3, 2, 2], dtype=float
-)
-_SEARCH_DOMAINS = {"baidu.com", "taobao.com", "jd.com", "douyin.com", "bilibili.com",
-                   "zhihu.com", "xiaohongshu.com", "pinduoduo.com", "meituan.com", "ctrip.com"}
+_DOMAIN_P = np.array([14, 10, 10, 7, 6, 9, 5, 4, 3, 3, 2, 2, 5, 4, 4, 3, 2, 3, 2, 2], dtype=float)
+_SEARCH_DOMAINS = {
+    "baidu.com",
+    "taobao.com",
+    "jd.com",
+    "douyin.com",
+    "bilibili.com",
+    "zhihu.com",
+    "xiaohongshu.com",
+    "pinduoduo.com",
+    "meituan.com",
+    "ctrip.com",
+}
 _SEARCH_QUERIES = (
-    "附近的火锅店", "明天天气预报", "北京到上海高铁票", "手机流量怎么查询", "五一旅游攻略",
-    "儿童羽绒服", "华为手机最新款", "苹果手机价格", "家常红烧肉做法", "考研报名时间",
-    "社保查询", "公积金提取流程", "电动车充电桩", "成都美食推荐", "租房注意事项",
-    "感冒吃什么药", "宽带套餐对比", "二手车评估", "周末亲子活动", "春节放假安排",
-    "新能源汽车补贴", "高考志愿填报", "减肥食谱", "蓝牙耳机推荐", "空气净化器哪个好",
-    "个税专项扣除", "机票特价", "电影排片", "健身房年卡", "猫粮品牌",
+    "附近的火锅店",
+    "明天天气预报",
+    "北京到上海高铁票",
+    "手机流量怎么查询",
+    "五一旅游攻略",
+    "儿童羽绒服",
+    "华为手机最新款",
+    "苹果手机价格",
+    "家常红烧肉做法",
+    "考研报名时间",
+    "社保查询",
+    "公积金提取流程",
+    "电动车充电桩",
+    "成都美食推荐",
+    "租房注意事项",
+    "感冒吃什么药",
+    "宽带套餐对比",
+    "二手车评估",
+    "周末亲子活动",
+    "春节放假安排",
+    "新能源汽车补贴",
+    "高考志愿填报",
+    "减肥食谱",
+    "蓝牙耳机推荐",
+    "空气净化器哪个好",
+    "个税专项扣除",
+    "机票特价",
+    "电影排片",
+    "健身房年卡",
+    "猫粮品牌",
 )
 
 _ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dtype=np.int64)
@@ -345,7 +398,7 @@ def id_check_digit(first17: str) -> str:
 
 def exact_count(rate: float, rows: int) -> int:
     """Number of rows that carry a defect of ``rate`` in a table of ``rows`` rows."""
-    return int(round(rate * rows))
+    return round(rate * rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,8 +416,9 @@ def _months_before(dt: datetime, months: int) -> datetime:
     return dt.replace(year=year, month=month0 + 1, day=day)
 
 
-def _uniform_int(rng: np.random.Generator, lo: np.ndarray | int, hi: np.ndarray | int,
-                 size: int) -> np.ndarray:
+def _uniform_int(
+    rng: np.random.Generator, lo: np.ndarray | int, hi: np.ndarray | int, size: int
+) -> np.ndarray:
     """Integers uniformly in [lo, hi] (inclusive), element-wise bounds allowed."""
     lo_a = np.asarray(lo, dtype=np.int64)
     span = np.asarray(hi, dtype=np.int64) - lo_a + 1
@@ -450,8 +504,15 @@ class _CsvSink:
 class _Generator:
     """Holds the per-subscriber state that child tables draw on."""
 
-    def __init__(self, out_dir: Path, n: int, seed: int, exported_at: str,
-                 call_records_per_subscriber: float, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        n: int,
+        seed: int,
+        exported_at: str,
+        call_records_per_subscriber: float,
+        progress: Progress | None,
+    ) -> None:
         if n < 1:
             raise ValueError("subscribers must be >= 1")
         self.out_dir = out_dir
@@ -514,8 +575,9 @@ class _Generator:
             "complaints": rng.poisson(self.means["complaints"] * activity),
             "browsing_events": rng.poisson(self.means["browsing_events"] * data_activity),
         }
-        self.starts = {t: np.concatenate(([0], np.cumsum(c))).astype(np.int64)
-                       for t, c in self.counts.items()}
+        self.starts = {
+            t: np.concatenate(([0], np.cumsum(c))).astype(np.int64) for t, c in self.counts.items()
+        }
 
         # Consents.
         u = rng.random(n)
@@ -537,8 +599,9 @@ class _Generator:
             needs_old[np.searchsorted(self.starts[table], past, side="right") - 1] = True
         self.needs_old = needs_old
 
-    def _plan_child(self, table: str, eligible: np.ndarray,
-                    rates: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    def _plan_child(
+        self, table: str, eligible: np.ndarray, rates: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
         counts = self.counts[table]
         total = int(counts.sum())
         ks = [exact_count(rate, total) for rate in rates.values()]
@@ -582,8 +645,10 @@ class _Generator:
             pos = np.array([_ID_CHECK_CHARS.index(c) for c in check[bad]], dtype=np.int64)
             shifted = (pos + rng.integers(1, 11, len(bad))) % 11
             check[bad] = np.array(list(_ID_CHECK_CHARS))[shifted]
-        id_number = np.array([f"{a:017d}{c}" for a, c in zip(first17.tolist(), check.tolist(),
-                                                            strict=True)], dtype=object)
+        id_number = np.array(
+            [f"{a:017d}{c}" for a, c in zip(first17.tolist(), check.tolist(), strict=True)],
+            dtype=object,
+        )
         self.id_number = id_number
 
         birth_field = birth.copy()
@@ -603,8 +668,16 @@ class _Generator:
         g1 = rng.random(n)
         g2 = rng.random(n)
         names = np.empty(n, dtype=object)
-        for i, (s, m, t, a, b) in enumerate(zip(surname.tolist(), male.tolist(), three.tolist(),
-                                                g1.tolist(), g2.tolist(), strict=True)):
+        for i, (s, m, t, a, b) in enumerate(
+            zip(
+                surname.tolist(),
+                male.tolist(),
+                three.tolist(),
+                g1.tolist(),
+                g2.tolist(),
+                strict=True,
+            )
+        ):
             pool = pool_m if m else pool_f
             given = pool[int(a * len(pool))]
             if t:
@@ -616,8 +689,11 @@ class _Generator:
 
         # Addresses: mostly where the ID was issued, some people moved.
         moved = rng.random(n) < 0.3
-        home = np.where(moved, rng.choice(len(_REGIONS), size=n,
-                                          p=_REGION_WEIGHTS / _REGION_WEIGHTS.sum()), region)
+        home = np.where(
+            moved,
+            rng.choice(len(_REGIONS), size=n, p=_REGION_WEIGHTS / _REGION_WEIGHTS.sum()),
+            region,
+        )
         self.home_region = home
         street = rng.integers(0, len(_STREETS), n)
         number = rng.integers(1, 999, n)
@@ -671,8 +747,10 @@ class _Generator:
         imp = np.flatnonzero(own == K.IMPOSSIBLE_DATE)
         years = rng.integers(2012, 2026, len(imp))
         md = rng.integers(0, len(_IMPOSSIBLE_MONTH_DAYS), len(imp))
-        open_field[imp] = [f"{y}-{_IMPOSSIBLE_MONTH_DAYS[k]}" for y, k in
-                           zip(years.tolist(), md.tolist(), strict=True)]
+        open_field[imp] = [
+            f"{y}-{_IMPOSSIBLE_MONTH_DAYS[k]}"
+            for y, k in zip(years.tolist(), md.tolist(), strict=True)
+        ]
         upd_lo = self.since.copy()
         upd_lo[self.dup_orig] = np.maximum(self.E - 200 * DAY, self.since[self.dup_orig])
         updated = _uniform_int(rng, upd_lo, self.win_hi, n)
@@ -710,8 +788,10 @@ class _Generator:
             "name": place(names, self.names[o]),
             "id_number": place(id_number, id_number[o]),
             "gender": place(gender.astype(object), gender[o].astype(object)),
-            "birth_date": place(_day_strings(birth_field).astype(object),
-                                _day_strings(birth_field[o]).astype(object)),
+            "birth_date": place(
+                _day_strings(birth_field).astype(object),
+                _day_strings(birth_field[o]).astype(object),
+            ),
             "msisdn": place(msisdn, x_msisdn),
             "address": place(address, address[o]),
             "city": place(city, city[o]),
@@ -738,8 +818,9 @@ class _Generator:
         sel = [subs, np.flatnonzero(self.marketing_row), np.flatnonzero(self.behavioural_row)]
         who = np.concatenate(sel)
         purpose = np.concatenate([np.full(len(s), p, dtype=np.int64) for p, s in enumerate(sel)])
-        granted = np.concatenate([np.ones(n, dtype=bool), self.marketing_granted[sel[1]],
-                                  self.behavioural[sel[2]]])
+        granted = np.concatenate(
+            [np.ones(n, dtype=bool), self.marketing_granted[sel[1]], self.behavioural[sel[2]]]
+        )
         order = np.lexsort((purpose, self.cust_pos[who]))
         who, purpose, granted = who[order], purpose[order], granted[order]
         m = len(who)
@@ -774,8 +855,9 @@ class _Generator:
         code[ps == _P_OBJECTED] = K.PARENT_OBJECTED
         return code
 
-    def _timestamps(self, table: str, parent: np.ndarray, own: np.ndarray,
-                    since: np.ndarray) -> np.ndarray:
+    def _timestamps(
+        self, table: str, parent: np.ndarray, own: np.ndarray, since: np.ndarray
+    ) -> np.ndarray:
         rng = self.rng
         m = len(parent)
         lo = since[parent]
@@ -803,25 +885,36 @@ class _Generator:
         rng = self.rng
         lacs_per_region, cells_per_lac = 8, 16
         self.cells_per_region = lacs_per_region * cells_per_lac
-        lac = rng.choice(np.arange(4096, 65535), size=len(_REGIONS) * lacs_per_region,
-                         replace=False)
+        lac = rng.choice(
+            np.arange(4096, 65535), size=len(_REGIONS) * lacs_per_region, replace=False
+        )
         ci = rng.integers(10_000, 65_535, len(_REGIONS) * self.cells_per_region)
         lac_of_cell = np.repeat(lac, cells_per_lac)
         self.cell_pool = pa.array(
             [f"460-00-{a}-{b}" for a, b in zip(lac_of_cell.tolist(), ci.tolist(), strict=True)]
         )
 
-    def _write_child(self, table: str, id_prefix: str, id_base: int,
-                     build: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]],
-                     since: np.ndarray) -> dict[str, Any]:
+    def _write_child(
+        self,
+        table: str,
+        id_prefix: str,
+        id_base: int,
+        build: Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]],
+        since: np.ndarray,
+    ) -> dict[str, Any]:
         t0 = time.perf_counter()
         sink = _CsvSink(self.out_dir / f"{table}.csv", TABLE_COLUMNS[table])
         starts = self.starts[table]
         total = int(starts[-1])
         d_rows, d_codes = self.child_defects[table]
         orphan_rows = d_rows[d_codes == K.ORPHAN_RECORD]
-        orphan_ids = pa.array([f"C{x:08d}" for x in self.rng.integers(
-            90_000_000, 100_000_000, len(orphan_rows)).tolist()], type=pa.string())
+        orphan_ids = pa.array(
+            [
+                f"C{x:08d}"
+                for x in self.rng.integers(90_000_000, 100_000_000, len(orphan_rows)).tolist()
+            ],
+            type=pa.string(),
+        )
         cust_pool = pa.concat_arrays([self.cust_arrow, orphan_ids])
         for a in range(0, total, CHUNK_ROWS):
             b = min(total, a + CHUNK_ROWS)
@@ -857,8 +950,7 @@ class _Generator:
         caller = np.where(outgoing, mine, other)
         callee = np.where(outgoing, other, mine)
         duration = np.minimum(7_200, rng.gamma(1.2, 90.0, m).astype(np.int64) + 1)
-        rate = np.array([0, 0, 0, 0, 0, 0, 0, 10, 15, 19], dtype=np.int64)[
-            rng.integers(0, 10, m)]
+        rate = np.array([0, 0, 0, 0, 0, 0, 0, 10, 15, 19], dtype=np.int64)[rng.integers(0, 10, m)]
         charge = (duration + 59) // 60 * rate
         neg = own == K.NEGATIVE_AMOUNT
         charge[neg] = -rng.integers(1, 2_000, int(neg.sum()))
@@ -871,11 +963,12 @@ class _Generator:
             "charge_fen": pa.array(charge),
         }
 
-    def _build_sessions(self, parent: np.ndarray, own: np.ndarray,
-                        ts: np.ndarray) -> dict[str, Any]:
+    def _build_sessions(
+        self, parent: np.ndarray, own: np.ndarray, ts: np.ndarray
+    ) -> dict[str, Any]:
         rng = self.rng
         m = len(parent)
-        down = rng.lognormal(15.0, 2.0, m).astype(np.int64)
+        down = np.minimum(rng.lognormal(15.0, 1.8, m), 2e10).astype(np.int64)
         up = (down * rng.uniform(0.02, 0.3, m)).astype(np.int64)
         charge = np.where(rng.random(m) < 0.85, 0, rng.integers(1, 500, m))
         neg = own == K.NEGATIVE_AMOUNT
@@ -888,8 +981,9 @@ class _Generator:
             "charge_fen": pa.array(charge),
         }
 
-    def _build_payments(self, parent: np.ndarray, own: np.ndarray,
-                        ts: np.ndarray) -> dict[str, Any]:
+    def _build_payments(
+        self, parent: np.ndarray, own: np.ndarray, ts: np.ndarray
+    ) -> dict[str, Any]:
         rng = self.rng
         m = len(parent)
         round_amount = _PAYMENT_AMOUNTS[rng.integers(0, len(_PAYMENT_AMOUNTS), m)]
@@ -905,8 +999,9 @@ class _Generator:
             "channel": _CHANNELS.take(pa.array(channel)),
         }
 
-    def _build_complaints(self, parent: np.ndarray, own: np.ndarray,
-                          ts: np.ndarray) -> dict[str, Any]:
+    def _build_complaints(
+        self, parent: np.ndarray, own: np.ndarray, ts: np.ndarray
+    ) -> dict[str, Any]:
         rng = self.rng
         m = len(parent)
         cat = rng.choice(len(_CATEGORIES), size=m, p=[0.35, 0.3, 0.25, 0.1])
@@ -932,8 +1027,9 @@ class _Generator:
             "satisfaction": pa.array(["", "1", "2", "3", "4", "5"]).take(pa.array(sat)),
         }
 
-    def _build_browsing(self, parent: np.ndarray, own: np.ndarray,
-                        ts: np.ndarray) -> dict[str, Any]:
+    def _build_browsing(
+        self, parent: np.ndarray, own: np.ndarray, ts: np.ndarray
+    ) -> dict[str, Any]:
         rng = self.rng
         m = len(parent)
         dom = rng.choice(len(_DOMAINS), size=m, p=_DOMAIN_P / _DOMAIN_P.sum())
@@ -956,13 +1052,15 @@ class _Generator:
         if k == 0:
             return
         sel = pa.array(code[mask].astype(np.int64))
-        self.truth.write({
-            "table": pa.repeat(pa.scalar(table), k),
-            "key": pc.filter(keys, pa.array(mask)),
-            "defect": _TRUTH_DEFECT.take(sel),
-            "expected_outcome": _TRUTH_OUTCOME.take(sel),
-            "expected_reason": _TRUTH_REASON.take(sel),
-        })
+        self.truth.write(
+            {
+                "table": pa.repeat(pa.scalar(table), k),
+                "key": pc.filter(keys, pa.array(mask)),
+                "defect": _TRUTH_DEFECT.take(sel),
+                "expected_outcome": _TRUTH_OUTCOME.take(sel),
+                "expected_reason": _TRUTH_REASON.take(sel),
+            }
+        )
 
     def _report(self, table: str, rows: int, seconds: float) -> None:
         if self.progress is not None:
@@ -986,15 +1084,20 @@ class _Generator:
             tables["consents"] = self._write_small("consents", self.consents)
             self._make_cell_pool()
             tables["call_records"] = self._write_child(
-                "call_records", "R", 10**10, self._build_calls, self.since)
+                "call_records", "R", 10**10, self._build_calls, self.since
+            )
             tables["data_sessions"] = self._write_child(
-                "data_sessions", "S", 10**10, self._build_sessions, self.since)
+                "data_sessions", "S", 10**10, self._build_sessions, self.since
+            )
             tables["payments"] = self._write_child(
-                "payments", "P", 10**9, self._build_payments, self.since)
+                "payments", "P", 10**9, self._build_payments, self.since
+            )
             tables["complaints"] = self._write_child(
-                "complaints", "Q", 10**8, self._build_complaints, self.since)
+                "complaints", "Q", 10**8, self._build_complaints, self.since
+            )
             tables["browsing_events"] = self._write_child(
-                "browsing_events", "B", 10**10, self._build_browsing, self.since_browse)
+                "browsing_events", "B", 10**10, self._build_browsing, self.since_browse
+            )
         finally:
             truth = self.truth.close()
         self._report("truth", truth["rows"], 0.0)
@@ -1006,33 +1109,46 @@ class _Generator:
             "tables": tables,
         }
         (self.out_dir / "export_manifest.json").write_text(
-            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
         return manifest
 
 
-def generate(out_dir: Path, subscribers: int, seed: int = 42,
-             exported_at: str = DEFAULT_EXPORTED_AT, progress: Progress | None = None,
-             call_records_per_subscriber: float = MEAN_ROWS_PER_SUBSCRIBER["call_records"],
-             ) -> dict[str, Any]:
+def generate(
+    out_dir: Path,
+    subscribers: int,
+    seed: int = 42,
+    exported_at: str = DEFAULT_EXPORTED_AT,
+    progress: Progress | None = None,
+    call_records_per_subscriber: float = MEAN_ROWS_PER_SUBSCRIBER["call_records"],
+) -> dict[str, Any]:
     """Write the legacy export, ``truth.csv`` and ``export_manifest.json`` into ``out_dir``.
 
     ``progress(table, rows, seconds)`` is called once per table written.  Returns the manifest.
     """
-    gen = _Generator(Path(out_dir), subscribers, seed, exported_at,
-                     call_records_per_subscriber, progress)
+    gen = _Generator(
+        Path(out_dir), subscribers, seed, exported_at, call_records_per_subscriber, progress
+    )
     return gen.run()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handover.synth", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m handover.synth",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--subscribers", type=int, required=True, help="number of subscribers")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--exported-at", default=DEFAULT_EXPORTED_AT,
-                        help="export instant E, 'YYYY-MM-DD HH:MM:SS'")
-    parser.add_argument("--call-records-per-subscriber", type=float,
-                        default=MEAN_ROWS_PER_SUBSCRIBER["call_records"])
+    parser.add_argument(
+        "--exported-at", default=DEFAULT_EXPORTED_AT, help="export instant E, 'YYYY-MM-DD HH:MM:SS'"
+    )
+    parser.add_argument(
+        "--call-records-per-subscriber",
+        type=float,
+        default=MEAN_ROWS_PER_SUBSCRIBER["call_records"],
+    )
     args = parser.parse_args(argv)
 
     def report(table: str, rows: int, seconds: float) -> None:
@@ -1040,8 +1156,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{table}: {rows:,} rows in {seconds:.2f} s{rate}", file=sys.stderr, flush=True)
 
     t0 = time.perf_counter()
-    generate(args.out, args.subscribers, seed=args.seed, exported_at=args.exported_at,
-             progress=report, call_records_per_subscriber=args.call_records_per_subscriber)
+    generate(
+        args.out,
+        args.subscribers,
+        seed=args.seed,
+        exported_at=args.exported_at,
+        progress=report,
+        call_records_per_subscriber=args.call_records_per_subscriber,
+    )
     print(f"done in {time.perf_counter() - t0:.2f} s -> {args.out}", file=sys.stderr)
     return 0
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from handover import synth
 from handover.synth import (
     CHILD_DEFECT_RATES,
@@ -102,7 +101,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Export:
 def test_id_check_digit_known_values() -> None:
     assert id_check_digit("11010519491231002") == "X"
     assert id_check_digit("44052418800101001") == "4"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="17 ASCII digits"):
         id_check_digit("1234")
 
 
@@ -114,7 +113,8 @@ def test_manifest_matches_files(export: Export) -> None:
     m = export.manifest
     assert m["system"] == "legacy_bss"
     assert m["exported_at"] == "2026-11-01 00:00:00"
-    assert m["seed"] == 7 and m["subscribers"] == N
+    assert m["seed"] == 7
+    assert m["subscribers"] == N
     assert list(m["tables"]) == list(TABLE_COLUMNS)
     for table, meta in m["tables"].items():
         data = (export.root / meta["file"]).read_bytes()
@@ -191,10 +191,14 @@ def test_clean_subscribers_are_clean(export: Export) -> None:
         age = (E.date() - date.fromisoformat(r["birth_date"])).days / 365.25
         assert 18 < age < 80
         assert MSISDN_RE.match(r["msisdn"]), r
-        assert 2 <= len(r["name"]) <= 3 and r["name"].strip() == r["name"]
-        assert r["address"] and r["city"] and r["city"] in r["address"]
+        assert 2 <= len(r["name"]) <= 3
+        assert r["name"].strip() == r["name"]
+        assert r["address"]
+        assert r["city"]
+        assert r["city"] in r["address"]
         assert date.fromisoformat(r["open_date"]) < E.date()
-        assert r["status"] in {"1", "2"} and r["transfer_objection"] == "0"
+        assert r["status"] in {"1", "2"}
+        assert r["transfer_objection"] == "0"
         assert WINDOW_START <= ts(r["updated_at"]) < E
     assert len(msisdns) == len(set(msisdns))
 
@@ -204,10 +208,12 @@ def test_subscriber_defects_show(export: Export) -> None:
         return export.with_defect("subscribers", defect)
 
     for r in rows("BAD_ID_CHECKSUM"):
-        assert ID_RE.match(r["id_number"]) and not id_ok(r["id_number"])
+        assert ID_RE.match(r["id_number"])
+        assert not id_ok(r["id_number"])
         assert r["birth_date"] == id_birth(r["id_number"])
     for r in rows("ID_BIRTH_MISMATCH"):
-        assert id_ok(r["id_number"]) and r["birth_date"] != id_birth(r["id_number"])
+        assert id_ok(r["id_number"])
+        assert r["birth_date"] != id_birth(r["id_number"])
         date.fromisoformat(r["birth_date"])
     for r in rows("MALFORMED_MSISDN"):
         assert not MSISDN_RE.match(normalise_msisdn(r["msisdn"]))
@@ -219,7 +225,7 @@ def test_subscriber_defects_show(export: Export) -> None:
     for r in rows("FUTURE_DATE"):
         assert date.fromisoformat(r["open_date"]) > E.date()
     for r in rows("IMPOSSIBLE_DATE"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="day is out of range|month must be"):
             date.fromisoformat(r["open_date"])
     for r in rows("OBJECTED_TRANSFER"):
         assert r["transfer_objection"] == "1"
@@ -231,8 +237,10 @@ def test_subscriber_defects_show(export: Export) -> None:
         assert len(twins) == 1
         twin = twins[0]
         assert export.defect("subscribers", twin) is None
-        assert twin["name"] == r["name"] and ts(twin["updated_at"]) > ts(r["updated_at"])
-        assert id_ok(r["id_number"]) and WINDOW_START <= ts(r["updated_at"])
+        assert twin["name"] == r["name"]
+        assert ts(twin["updated_at"]) > ts(r["updated_at"])
+        assert id_ok(r["id_number"])
+        assert ts(r["updated_at"]) >= WINDOW_START
     for r in export.rows["subscribers"]:
         if export.defect("subscribers", r) not in {"BAD_ID_CHECKSUM", "ID_BIRTH_MISMATCH"}:
             assert id_ok(r["id_number"])
@@ -246,7 +254,8 @@ def test_duplicates_have_no_children(export: Export) -> None:
 
 def test_clean_children_are_clean(export: Export) -> None:
     loaded = {
-        c for c, r in export.subs.items()
+        c
+        for c, r in export.subs.items()
         if export.defect("subscribers", r) in {None, "FULLWIDTH_MSISDN"}
     }
     for table in CHILD_TABLES:
@@ -257,28 +266,34 @@ def test_clean_children_are_clean(export: Export) -> None:
         assert r["cust_id"] in loaded
         assert E - timedelta(days=5 * 365) < ts(r["granted_at"]) < E
     for r in export.clean("call_records"):
-        assert MSISDN_RE.match(r["caller"]) and MSISDN_RE.match(r["callee"])
+        assert MSISDN_RE.match(r["caller"])
+        assert MSISDN_RE.match(r["callee"])
         assert export.subs[r["cust_id"]]["msisdn"] in {r["caller"], r["callee"]} or (
-            export.defect("subscribers", export.subs[r["cust_id"]]) == "FULLWIDTH_MSISDN")
-        assert int(r["duration_s"]) > 0 and int(r["charge_fen"]) >= 0
+            export.defect("subscribers", export.subs[r["cust_id"]]) == "FULLWIDTH_MSISDN"
+        )
+        assert int(r["duration_s"]) > 0
+        assert int(r["charge_fen"]) >= 0
         assert re.fullmatch(r"R\d{11}", r["cdr_id"])
         assert re.fullmatch(r"460-00-\d+-\d+", r["cell_id"])
     for r in export.clean("data_sessions"):
-        assert int(r["bytes_up"]) >= 0 and int(r["bytes_down"]) >= 0
+        assert int(r["bytes_up"]) >= 0
+        assert int(r["bytes_down"]) >= 0
         assert int(r["charge_fen"]) >= 0
     for r in export.clean("payments"):
-        assert int(r["amount_fen"]) > 0 and r["channel"] in {"alipay", "wechat", "bank", "cash"}
+        assert int(r["amount_fen"]) > 0
+        assert r["channel"] in {"alipay", "wechat", "bank", "cash"}
     for r in export.clean("complaints"):
-        assert r["text"] and r["category"] in {"计费", "网络", "服务", "其他"}
+        assert r["text"]
+        assert r["category"] in {"计费", "网络", "服务", "其他"}
         assert r["satisfaction"] in {"", "1", "2", "3", "4", "5"}
         assert not re.search(r"\d{7}", r["text"])
     for r in export.clean("browsing_events"):
-        assert r["domain"] and not re.search(r"\d{7}", r["search_text"])
+        assert r["domain"]
+        assert not re.search(r"\d{7}", r["search_text"])
 
 
 def test_child_defects_show(export: Export) -> None:
-    amount = {"call_records": "charge_fen", "data_sessions": "charge_fen",
-              "payments": "amount_fen"}
+    amount = {"call_records": "charge_fen", "data_sessions": "charge_fen", "payments": "amount_fen"}
     for table in CHILD_TABLES:
         stamp = TS_COLUMN[table]
         for r in export.with_defect(table, "FUTURE_DATE"):
@@ -292,7 +307,8 @@ def test_child_defects_show(export: Export) -> None:
     for r in export.with_defect("payments", "BLANK_MANDATORY"):
         assert r["amount_fen"] == ""
     for r in export.with_defect("call_records", "ORPHAN_RECORD"):
-        assert r["cust_id"] not in export.subs and re.fullmatch(r"C9\d{7}", r["cust_id"])
+        assert r["cust_id"] not in export.subs
+        assert re.fullmatch(r"C9\d{7}", r["cust_id"])
     for r in export.with_defect("complaints", "PII_IN_TEXT"):
         sub = export.subs[r["cust_id"]]
         assert sub["msisdn"] in r["text"] or sub["id_number"] in r["text"]
@@ -308,7 +324,8 @@ def test_child_defects_show(export: Export) -> None:
 def test_cascade_to_children(export: Export) -> None:
     state = {c: export.defect("subscribers", r) for c, r in export.subs.items()}
     behavioural = {
-        r["cust_id"] for r in export.rows["consents"]
+        r["cust_id"]
+        for r in export.rows["consents"]
         if r["purpose"] == "behavioural" and r["granted"] == "1"
     }
     for table in ("consents", *CHILD_TABLES):
@@ -343,9 +360,23 @@ def test_proportions(export: Export) -> None:
 
 
 def test_cli_writes_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert synth.main(["--out", str(tmp_path), "--subscribers", "50", "--seed", "3",
-                       "--call-records-per-subscriber", "40"]) == 0
+    assert (
+        synth.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--subscribers",
+                "50",
+                "--seed",
+                "3",
+                "--call-records-per-subscriber",
+                "40",
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
-    assert "call_records" in err and "rows" in err
+    assert "call_records" in err
+    assert "rows" in err
     assert (tmp_path / "export_manifest.json").exists()
     assert len(read(tmp_path / "call_records.csv")) > 50 * 25

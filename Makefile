@@ -1,0 +1,35 @@
+# handover: two commands matter.
+#   make demo   set up, generate a 10,000-subscriber operator, run the migration DAG, summarise
+#   make test   set up and run the whole test suite (lint, unit, integration, e2e)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+SUBSCRIBERS ?= 10000
+
+.PHONY: help setup demo test lint unit integration e2e up down bench clean
+
+help:
+	@grep -E '^#   make' Makefile | sed 's/^#   //'
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	@SUBSCRIBERS=$(SUBSCRIBERS) scripts/demo.sh
+
+test: setup
+	@scripts/test.sh
+
+lint: setup
+	@.venv/bin/ruff check .
+
+up: setup
+	@scripts/up.sh
+
+down:
+	@scripts/down.sh
+
+bench: setup
+	@scripts/bench.sh
+
+clean: down
+	rm -rf .state

@@ -1,0 +1,351 @@
+"""Tests for handover.gates: a GX suite run on one partition, with results free of data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from handover import gates
+from handover.gates import GateResult, SuiteError, load_suite, run_gate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Values that must never leave run_gate: MSISDNs (good and malformed), a name, an ID number.
+PII = ["13812345678", "1381234567x", "13987654321", "张三", "11010519491231002X"]
+
+PAYMENTS_SUITE = [
+    {
+        "type": "expect_table_columns_to_match_set",
+        "kwargs": {"column_set": ["payment_id", "cust_id", "amount_fen", "channel"]},
+    },
+    {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}},
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "payment_id"}},
+    {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "payment_id"}},
+    {
+        "type": "expect_column_values_to_match_regex",
+        "kwargs": {"column": "payment_id", "regex": r"^P\d{10}$"},
+    },
+    {
+        "type": "expect_column_values_to_be_between",
+        "kwargs": {"column": "amount_fen", "min_value": 1},
+    },
+    {
+        "type": "expect_column_values_to_be_in_set",
+        "kwargs": {"column": "channel", "value_set": ["alipay", "wechat", "bank", "cash"]},
+    },
+]
+
+
+def write_suite(suites_dir: Path, gate: str, table: str, expectations: list[dict]) -> Path:
+    path = suites_dir / gate / f"{table}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": f"{gate}.{table}", "expectations": expectations}))
+    return path
+
+
+def payments(n: int = 10) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "payment_id": [f"P{i:010d}" for i in range(n)],
+            "cust_id": [f"C{i:08d}" for i in range(n)],
+            "amount_fen": [100 + i for i in range(n)],
+            "channel": ["alipay", "wechat", "bank", "cash", "alipay"] * (n // 5),
+        }
+    )
+
+
+@pytest.fixture
+def suites(tmp_path: Path) -> Path:
+    suites_dir = tmp_path / "suites"
+    write_suite(suites_dir, "quality", "payments", PAYMENTS_SUITE)
+    return suites_dir
+
+
+def gate(df: pd.DataFrame, suites_dir: Path, **kwargs) -> GateResult:
+    args = {"gate": "quality", "table": "payments", "partition": "p03", "run_id": "manual__1"}
+    args.update(kwargs)
+    return run_gate(df, suites_dir=suites_dir, docs_dir=args.pop("docs_dir", None), **args)
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def test_pass(suites: Path) -> None:
+    result = gate(payments(10), suites)
+
+    assert result.success
+    assert result.evaluated == len(PAYMENTS_SUITE)
+    assert result.failed == []
+    assert result.rows == 10
+    assert result.summary() == (
+        "quality gate passed for payments partition p03 (7 expectations, 10 rows)"
+    )
+    manifest = result.to_manifest()
+    assert json.loads(json.dumps(manifest)) == manifest
+    assert manifest["success"] is True and manifest["failed"] == []
+
+
+def test_fail_with_counts(suites: Path) -> None:
+    df = payments(10)
+    df.loc[[1, 4], "payment_id"] = "bad"  # 2 regex failures, and now a duplicate
+    df.loc[7, "amount_fen"] = -5
+    df.loc[0, "channel"] = "paypal"
+
+    result = gate(df, suites)
+
+    assert not result.success
+    by_type = {(f.expectation, f.column): f for f in result.failed}
+    regex = by_type["expect_column_values_to_match_regex", "payment_id"]
+    assert regex.unexpected_count == 2
+    assert regex.unexpected_percent == pytest.approx(20.0)
+    assert "mostly=1.0" in regex.detail
+    assert by_type["expect_column_values_to_be_unique", "payment_id"].unexpected_count == 2
+    assert by_type["expect_column_values_to_be_between", "amount_fen"].unexpected_count == 1
+    assert by_type["expect_column_values_to_be_in_set", "channel"].unexpected_count == 1
+    assert len(result.failed) == 4
+    assert result.evaluated == 7
+
+    summary = result.summary()
+    assert summary.startswith("quality gate failed for payments partition p03: ")
+    assert "2 rows fail expect_column_values_to_match_regex on payment_id (20.0%)" in summary
+    assert "\n" not in summary
+
+
+def test_table_level_failures(suites: Path) -> None:
+    empty = payments(10).iloc[:0].drop(columns=["channel"]).assign(extra=[])
+
+    result = gate(empty, suites)
+
+    by_type = {f.expectation: f for f in result.failed}
+    columns = by_type["expect_table_columns_to_match_set"]
+    assert columns.column is None and columns.unexpected_count is None
+    assert "missing: channel" in columns.detail and "unexpected: extra" in columns.detail
+    assert "observed=0" in by_type["expect_table_row_count_to_be_between"].detail
+
+
+def test_same_table_new_frame_is_not_served_from_a_cache(suites: Path) -> None:
+    """The context, asset and batch id are reused across calls; results must not be."""
+    bad = payments(10)
+    bad.loc[3, "payment_id"] = "bad"
+
+    assert not gate(bad, suites).success
+    assert gate(payments(10), suites).success
+    assert gate(bad.head(4), suites, partition="p04").failed[0].unexpected_count == 1
+
+
+# --------------------------------------------------------------------------- suites
+
+
+def test_missing_suite_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError) as err:
+        load_suite(tmp_path, "quality", "nosuch")
+    message = str(err.value)
+    assert str(tmp_path / "quality" / "nosuch.json") in message
+    assert "not found" in message and "\n" not in message
+
+
+def test_missing_suite_from_run_gate(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="nosuch.json"):
+        run_gate(
+            payments(),
+            gate="quality",
+            table="nosuch",
+            partition="p1",
+            run_id="r",
+            suites_dir=tmp_path,
+            docs_dir=None,
+        )
+
+
+def test_invalid_json_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "quality" / "payments.json"
+    path.parent.mkdir(parents=True)
+    path.write_text('{"expectations": [')
+    with pytest.raises(SuiteError) as err:
+        load_suite(tmp_path, "quality", "payments")
+    assert str(path) in str(err.value) and "not valid JSON" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("expectation", "expected"),
+    [
+        ({"type": "expect_column_to_be_awesome", "kwargs": {"column": "a"}}, "unknown"),
+        ({"type": "expect_column_values_to_match_regex", "kwargs": {"regex": "x"}}, "column"),
+        (
+            {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "a", "b": 1}},
+            "b: extra fields not permitted",
+        ),
+        ({"kwargs": {}}, "'type'"),
+    ],
+)
+def test_invalid_expectation_names_file_and_position(
+    tmp_path: Path, expectation: dict, expected: str
+) -> None:
+    """GX itself would log and drop such an expectation; the gate must refuse the suite."""
+    good = {"type": "expect_table_row_count_to_be_between", "kwargs": {"min_value": 1}}
+    path = write_suite(tmp_path, "quality", "payments", [good, expectation])
+    with pytest.raises(SuiteError) as err:
+        load_suite(tmp_path, "quality", "payments")
+    message = str(err.value)
+    assert str(path) in message and "#2" in message and expected in message
+    assert "\n" not in message
+
+
+def test_bad_gate_name_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match="invalid gate name"):
+        load_suite(tmp_path, "../etc", "payments")
+
+
+def test_example_suite_loads() -> None:
+    suite = load_suite(ROOT / "expectations", "quality", "example")
+    assert len(suite["expectations"]) >= 8
+
+
+# --------------------------------------------------------------------------- no PII
+
+
+def test_no_pii_in_results_or_docs(tmp_path: Path) -> None:
+    suites_dir = tmp_path / "suites"
+    docs_dir = tmp_path / "docs"
+    write_suite(
+        suites_dir,
+        "quality",
+        "subscribers",
+        [
+            {
+                "type": "expect_column_values_to_match_regex",
+                "kwargs": {"column": "msisdn", "regex": r"^1[3-9]\d{9}$"},
+            },
+            # Aggregate observations are cell values: GX reports them, the gate must not.
+            {
+                "type": "expect_column_distinct_values_to_be_in_set",
+                "kwargs": {"column": "name", "value_set": ["李四"]},
+            },
+            {"type": "expect_column_max_to_be_between", "kwargs": {"column": "id_number"}},
+            # Fails inside pandas with an error that quotes the value it choked on.
+            {
+                "type": "expect_column_values_to_be_between",
+                "kwargs": {"column": "msisdn", "min_value": 0},
+            },
+            {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "msisdn"}},
+        ],
+    )
+    df = pd.DataFrame(
+        {
+            "msisdn": ["13812345678", "1381234567x", "13987654321", "1381234567x"],
+            "name": ["张三", "张三", "王五", "赵六"],
+            "id_number": ["11010519491231002X"] * 4,
+        }
+    )
+
+    result = run_gate(
+        df,
+        gate="quality",
+        table="subscribers",
+        partition="p01",
+        run_id="scheduled__2026-11-01T00:00:00+00:00",
+        suites_dir=suites_dir,
+        docs_dir=docs_dir,
+    )
+
+    assert not result.success
+    regex = next(f for f in result.failed if f.expectation.endswith("match_regex"))
+    assert regex.unexpected_count == 2
+    texts = {"summary": result.summary(), "manifest": json.dumps(result.to_manifest())}
+    written = [p for d in (docs_dir, gates.store_dir_for(docs_dir)) for p in d.rglob("*")]
+    assert any(p.suffix == ".html" for p in written) and any(p.suffix == ".json" for p in written)
+    for path in written:
+        if path.is_file() and "static" not in path.parts:
+            texts[str(path)] = path.read_text(encoding="utf-8", errors="replace")
+    texts["manifest (ascii-escaped)"] = json.dumps(result.to_manifest(), ensure_ascii=True)
+    for where, text in texts.items():
+        for value in PII:
+            assert value not in text, f"{value!r} leaked into {where}"
+            escaped = json.dumps(value)[1:-1]
+            assert escaped not in text, f"{value!r} leaked (escaped) into {where}"
+
+
+def test_redact_keeps_column_names_and_types_only() -> None:
+    message = "could not convert string to float: '1381234567x'\nTraceback ..."
+    assert gates._redact(message, {"msisdn"}) == "could not convert string to float: <redacted>"
+    assert gates._redact("The column 'msisdn' does not exist", {"msisdn"}) == (
+        "The column 'msisdn' does not exist"
+    )
+    assert gates._redact("'>=' not supported between instances of 'str' and 'int'", set()) == (
+        "'>=' not supported between instances of 'str' and 'int'"
+    )
+    assert "13812345678" not in gates._redact("bad value 13812345678 here", set())
+    assert "张三" not in gates._redact("bad name 张三", set())
+
+
+# --------------------------------------------------------------------------- data docs
+
+
+def test_docs_pages_accumulate_into_one_site(tmp_path: Path) -> None:
+    suites_dir = tmp_path / "suites"
+    docs_dir = tmp_path / "docs"
+    write_suite(suites_dir, "quality", "payments", PAYMENTS_SUITE)
+    write_suite(suites_dir, "landing", "payments", PAYMENTS_SUITE[:2])
+    bad = payments(10)
+    bad.loc[2, "channel"] = "paypal"
+
+    results = [
+        gate(payments(10), suites_dir, partition="p01", docs_dir=docs_dir),
+        gate(bad, suites_dir, partition="p02", docs_dir=docs_dir),
+        gate(payments(5), suites_dir, gate="landing", partition="p01", docs_dir=docs_dir),
+    ]
+
+    for result in results:
+        assert result.docs_path is not None
+        assert not Path(result.docs_path).is_absolute()
+        assert (docs_dir / result.docs_path).is_file()
+    assert re.fullmatch(
+        r"validations/quality/payments/manual__1/\d{8}T\d{6}\.\d{6}Z/p02\.html",
+        results[1].docs_path,
+    )
+    assert results[1].summary().endswith(f"see {results[1].docs_path}")
+    page = (docs_dir / results[1].docs_path).read_text(encoding="utf-8")
+    assert "expect_column_values_to_be_in_set" in page or "values must belong" in page
+    assert (docs_dir / "expectations" / "quality" / "payments.html").is_file()
+
+    index = gates.build_docs_index(docs_dir)
+    assert index == (docs_dir / "index.html").resolve()
+    text = index.read_text(encoding="utf-8")
+    for result in results:
+        assert result.docs_path in text
+
+
+def test_docs_failure_does_not_hide_the_verdict(
+    suites: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    context = gates._get_context(tmp_path / "docs")
+    monkeypatch.setattr(context, "build_data_docs", broken)
+    bad = payments(10)
+    bad.loc[0, "channel"] = "paypal"
+
+    result = gate(bad, suites, docs_dir=tmp_path / "docs")
+
+    assert not result.success and result.docs_path is None
+    assert "see " not in result.summary()
+
+
+# --------------------------------------------------------------------------- import cost
+
+
+def test_import_does_not_load_great_expectations() -> None:
+    code = "import sys, handover.gates; print('great_expectations' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "include")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
