@@ -13,7 +13,7 @@ cell value:
   ``exclude_unexpected_values``), so unexpected values are never even collected;
 * every result is then scrubbed before it is stored or rendered (observed values are kept only
   for expectations whose observation is a count, a proportion or a column name; exception
-  messages are redacted and tracebacks dropped), because some expectations report
+  messages are redacted and tracebacks withheld), because some expectations report
   observations such as a column's max or its distinct values, and errors quote the value
   they failed on.
 
@@ -53,6 +53,7 @@ __all__ = [
     "load_suite",
     "run_gate",
     "store_dir_for",
+    "validation_page_path",
 ]
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import io
 
+import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import psycopg
 from psycopg import sql
 
 

@@ -43,8 +43,17 @@ def _lake() -> Lake:
     return lake_from_url()
 
 
-@lru_cache(maxsize=8)
 def _config(system: str) -> SourceConfig:
+    """The checked config, re-read when a file changes (a fixed mapping + clear = new run)."""
+    from handover.config import CONFIG_ROOT
+
+    folder = Path(system) if Path(system).is_dir() else CONFIG_ROOT / system
+    stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.yaml")))
+    return _cached_config(system, stamp)
+
+
+@lru_cache(maxsize=8)
+def _cached_config(system: str, stamp: tuple) -> SourceConfig:
     return load_config(system)
 
 
@@ -258,8 +267,9 @@ def publish_docs(lake: Lake, run_id: str, docs_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- comply
-@lru_cache(maxsize=4)
 def _policy_facts(run_id: str, system: str, exported_at: str):
+    """Objections and consents, read from this run's raw extract (not cached: a cleared
+    upstream task may have rewritten them)."""
     from handover.comply import policy_facts
 
     cfg = _config(system)
@@ -271,8 +281,10 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
             frames[what] = None
             continue
         t = spec["table"]
+        cols = ([cfg.table(t)["customer_column"], spec["column"]] if what == "objection" else
+                [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
         keys = lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/")
-        frames[what] = pd.concat([lake.read_table(k).to_pandas() for k in keys],
+        frames[what] = pd.concat([lake.read_table(k, columns=cols).to_pandas() for k in keys],
                                  ignore_index=True) if keys else None
     obj = cfg.policy.get("objection")
     cust_col = cfg.table(obj["table"]).get("customer_column", "cust_id") if obj else "cust_id"
@@ -363,7 +375,6 @@ def resolve_customers(ctx: dict) -> dict:
     return summary
 
 
-@lru_cache(maxsize=8)
 def _registry(run_id: str, table: str):
     from handover.cleanse import ParentRegistry
 

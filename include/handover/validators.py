@@ -16,7 +16,7 @@ ID_WEIGHTS = np.array([7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2], dty
 ID_CHECK = "10X98765432"
 ID_PATTERN = r"^\d{17}[\dX]$"
 # Mobile prefixes of China Mobile, Unicom, Telecom and Broadnet (13x-19x, no 140-144/154/171-2).
-MSISDN_PATTERN = r"^1(3\d|4[5-9]|5[0-35-9]|6[2567]|7[0-8]|8\d|9[0-35-9])\d{8}$"
+MSISDN_PATTERN = r"^1(?:3\d|4[5-9]|5[0-35-9]|6[2567]|7[0-8]|8\d|9[0-35-9])\d{8}$"
 
 
 def id_check_digit(first17: str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from handover import gates
 from handover.gates import GateResult, SuiteError, load_suite, run_gate
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from handover import synth
 from handover.synth import (
     CHILD_DEFECT_RATES,
