@@ -141,7 +141,8 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     for col in rules.get("integers", []):
         text = out[col]
         num = pd.to_numeric(text, errors="coerce")
-        whole = num.notna() & (num == num.round())
+        # Out of int64 range (or infinite) is as invalid as a fraction, not a crash.
+        whole = num.notna() & (num.abs() < 2**63) & (num == num.round())
         verdict.fail((text.notna() & ~whole).to_numpy(), "INVALID_NUMBER", col)
         num = num.where(whole)
         if col in non_negative:

@@ -386,12 +386,15 @@ def _cross_check(cfg: SourceConfig) -> None:
                     f"tables.{table}.{attr}: '{col}' is not a column of {table}"
                     f"{_nearest(col, spec['columns'])}")
         if table not in cfg.mapping["tables"]:
-            raise ConfigError(f"{d / 'mapping.yaml'}: tables: catalog table '{table}' has no "
-                              "mapping; add it (or remove it from the catalog)")
+            raise ConfigError(
+                f"{_where(d / 'mapping.yaml', cfg._lines['mapping'], ('tables',))}: "
+                f"tables.{table}: catalog table '{table}' has no mapping; add it "
+                "(or remove it from the catalog)")
     for cat in {t["category"] for t in cat_tables.values()}:
         if cat not in cfg.policy["categories"]:
-            raise ConfigError(f"{d / 'policy.yaml'}: categories: no policy for category "
-                              f"'{cat}' used in catalog.yaml")
+            raise ConfigError(
+                f"{_where(d / 'policy.yaml', cfg._lines['policy'], ('categories',))}: "
+                f"categories.{cat}: no policy for category '{cat}' used in catalog.yaml")
 
 
 def load_config(system: str | Path = "legacy_bss") -> SourceConfig:

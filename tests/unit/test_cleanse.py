@@ -1,0 +1,455 @@
+"""handover.cleanse: one reason per bad row, in REASON_ORDER; typed clean rows; no row lost."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from handover.cleanse import REASON_ORDER, ParentRegistry, cleanse, dedupe_losers, validate
+from handover.validators import id_check_digit
+
+E = pd.Timestamp("2026-11-01 00:00:00")
+
+# Rules as in include/config/legacy_bss/cleansing.yaml.
+SUBSCRIBER_RULES = {
+    "mandatory": ["cust_id", "name", "id_number", "msisdn", "open_date", "updated_at"],
+    "resident_id": {"column": "id_number", "birth_date": "birth_date", "gender": "gender"},
+    "msisdn": ["msisdn"],
+    "dates": {"birth_date": "%Y-%m-%d", "open_date": "%Y-%m-%d",
+              "updated_at": "%Y-%m-%d %H:%M:%S"},
+    "not_future": ["open_date", "updated_at"],
+    "codes": {"gender": ["男", "女"], "status": ["1", "2", "3"], "transfer_objection": ["0", "1"]},
+    "dedupe": {"key": "id_number", "order_by": "updated_at", "keep": "newest"},
+}
+CALL_RULES = {
+    "mandatory": ["cdr_id", "cust_id", "start_time", "duration_s", "charge_fen"],
+    "msisdn": ["caller", "callee"],
+    "dates": {"start_time": "%Y-%m-%d %H:%M:%S"},
+    "not_future": ["start_time"],
+    "integers": ["duration_s", "charge_fen"],
+    "non_negative": ["duration_s", "charge_fen"],
+    "parent": {"table": "subscribers", "column": "cust_id"},
+}
+COMPLAINT_RULES = {
+    "mandatory": ["complaint_id", "cust_id", "created_at"],
+    "codes": {"category": ["计费", "网络", "服务", "其他"]},
+    "dates": {"created_at": "%Y-%m-%d %H:%M:%S"},
+    "not_future": ["created_at"],
+    "integers": ["satisfaction"],
+    "parent": {"table": "subscribers", "column": "cust_id"},
+}
+
+
+def resident_id(birth: str = "19491231", seq: str = "001", area: str = "110105") -> str:
+    first17 = area + birth + seq
+    return first17 + id_check_digit(first17)
+
+
+def subscriber(cust_id: str, n: int = 1, **changes: str) -> dict[str, str]:
+    """A valid subscriber; n makes the ID unique (odd sequence digit: male)."""
+    row = {
+        "cust_id": cust_id, "name": "张三", "id_number": resident_id(seq=f"{n % 100:02d}1"),
+        "gender": "男", "birth_date": "1949-12-31", "msisdn": "13812345678",
+        "address": "北京市朝阳区建国路1号", "city": "北京", "open_date": "2020-05-01",
+        "status": "1", "transfer_objection": "0", "updated_at": "2026-10-01 12:00:00",
+    }
+    row.update(changes)
+    return row
+
+
+def call(cdr_id: str, cust_id: str = "C00000001", **changes: str) -> dict[str, str]:
+    row = {
+        "cdr_id": cdr_id, "cust_id": cust_id, "caller": "13812345678", "callee": "13987654321",
+        "start_time": "2026-09-30 08:15:00", "duration_s": "61", "cell_id": "460-00-4301-1201",
+        "charge_fen": "15",
+    }
+    row.update(changes)
+    return row
+
+
+def frame(rows: list[dict[str, str]]) -> pd.DataFrame:
+    """A raw partition as extract writes it: every value text, plus _source_row."""
+    df = pd.DataFrame(rows, dtype=object)
+    df["_source_row"] = np.arange(len(df), dtype=np.int64)
+    return df
+
+
+def outcome(result) -> dict[int, tuple[str, str]]:
+    """_source_row -> (reason, field) for every quarantined row."""
+    q = result.quarantine
+    return {int(r): (reason, fld) for r, reason, fld in zip(q["_source_row"], q["_reason"],
+                                                            q["_field"], strict=True)}
+
+
+def clean_rows(result) -> set[int]:
+    return {int(r) for r in result.clean["_source_row"]}
+
+
+# -- one reason per defect, on the right row and field -----------------------------------
+
+
+def test_subscriber_reasons_land_on_the_right_row_and_field():
+    bad_id = resident_id(seq="031")
+    bad_id = bad_id[:17] + ("0" if bad_id[17] != "0" else "1")
+    raw = frame([
+        subscriber("C00000001", 1),                                       # 0 clean
+        subscriber("C00000002", 2, name="   "),                           # 1
+        subscriber("C00000001", 3),                                       # 2 same key as row 0
+        subscriber("C00000004", 4, id_number=bad_id),                     # 3
+        subscriber("C00000005", 5, birth_date="1950-01-01"),              # 4
+        subscriber("C00000006", 6, gender="女"),                          # 5
+        subscriber("C00000007", 7, msisdn="12345678"),                    # 6
+        subscriber("C00000008", 8, open_date="2023-02-30"),               # 7
+        subscriber("C00000009", 9, updated_at="2026-11-02 00:00:00"),     # 8
+        subscriber("C00000010", 10, status="9"),                          # 9
+        subscriber("C00000011", 11, msisdn="１３８１２３４５６７８"),       # 10 repaired, clean
+        subscriber("C00000012", 12, msisdn="+86 138 1234 5678"),          # 11 repaired, clean
+    ])
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    assert outcome(result) == {
+        1: ("MISSING_FIELD", "name"),
+        2: ("DUPLICATE_KEY", "cust_id"),
+        3: ("INVALID_ID_CHECKSUM", "id_number"),
+        4: ("INVALID_ID_BIRTHDATE", "birth_date"),
+        5: ("INVALID_ID_GENDER", "gender"),
+        6: ("INVALID_MSISDN", "msisdn"),
+        7: ("INVALID_DATE", "open_date"),
+        8: ("INVALID_DATE", "updated_at"),
+        9: ("INVALID_CODE", "status"),
+    }
+    assert clean_rows(result) == {0, 10, 11}
+    assert result.counts == {"MISSING_FIELD": 1, "DUPLICATE_KEY": 1, "INVALID_ID_CHECKSUM": 1,
+                             "INVALID_ID_BIRTHDATE": 1, "INVALID_ID_GENDER": 1,
+                             "INVALID_MSISDN": 1, "INVALID_DATE": 2, "INVALID_CODE": 1}
+
+
+def test_call_record_reasons_land_on_the_right_row_and_field():
+    parents = ParentRegistry(valid={"C00000001"}, quarantined={"C00000002"},
+                             excluded={"C00000003"})
+    raw = frame([
+        call("R00000000001"),                                     # 0 clean
+        call("R00000000002", duration_s="12.5"),                  # 1
+        call("R00000000003", charge_fen="-3"),                    # 2
+        call("R00000000004", cust_id="C99999999"),                # 3
+        call("R00000000005", cust_id="C00000002"),                # 4
+        call("R00000000006", cust_id="C00000003"),                # 5
+        call("R00000000007", callee="1381234567x"),               # 6
+        call("R00000000008", start_time="2026-11-01 00:00:01"),   # 7 one second after export
+        call("R00000000009", charge_fen=""),                      # 8
+        call("R00000000010", duration_s="abc"),                   # 9
+        call("R00000000011", start_time="2026-11-01 00:00:00"),   # 10 the export instant is fine
+        call("R00000000012", charge_fen="0", caller="138-1234-5678"),  # 11 clean
+    ])
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=parents)
+
+    assert outcome(result) == {
+        1: ("INVALID_NUMBER", "duration_s"),
+        2: ("NEGATIVE_AMOUNT", "charge_fen"),
+        3: ("ORPHAN_RECORD", "cust_id"),
+        4: ("PARENT_QUARANTINED", "cust_id"),
+        5: ("PARENT_EXCLUDED", "cust_id"),
+        6: ("INVALID_MSISDN", "callee"),
+        7: ("INVALID_DATE", "start_time"),
+        8: ("MISSING_FIELD", "charge_fen"),
+        9: ("INVALID_NUMBER", "duration_s"),
+    }
+    assert clean_rows(result) == {0, 10, 11}
+
+
+def test_without_a_registry_parents_are_not_checked():
+    raw = frame([call("R00000000001", cust_id="C99999999")])
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E)
+
+    assert outcome(result) == {}
+    assert clean_rows(result) == {0}
+
+
+def test_quarantine_keeps_the_raw_row_and_its_key():
+    raw = frame([subscriber("C00000001", 1, msisdn="１３８１２３４５６７", name=" 李四 ")])
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    row = result.quarantine.iloc[0]
+    assert row["_reason"] == "INVALID_MSISDN"
+    assert row["msisdn"] == "１３８１２３４５６７"  # as it came, not normalised
+    assert row["name"] == " 李四 "
+    assert row["_key"] == "C00000001"
+    assert result.clean.empty
+
+
+# -- precedence -----------------------------------------------------------------------------
+
+
+def test_first_reason_in_reason_order_wins():
+    bad_id = resident_id(seq="051")
+    bad_id = bad_id[:17] + ("0" if bad_id[17] != "0" else "1")
+    raw = frame([
+        subscriber("C00000001", 1, name="", msisdn="123"),                       # 0
+        subscriber("C00000002", 2, id_number=bad_id, msisdn="123",
+                   open_date="2023-02-30"),                                       # 1
+        subscriber("C00000003", 3, msisdn="123", open_date="2023-02-30"),         # 2
+        subscriber("C00000004", 4, open_date="2023-02-30", status="9"),           # 3
+        subscriber("C00000005", 5, birth_date="1950-01-01", gender="女"),         # 4
+        subscriber("C00000006", 6, gender="X"),                                   # 5
+    ])
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    assert outcome(result) == {
+        0: ("MISSING_FIELD", "name"),
+        1: ("INVALID_ID_CHECKSUM", "id_number"),
+        2: ("INVALID_MSISDN", "msisdn"),
+        3: ("INVALID_DATE", "open_date"),
+        4: ("INVALID_ID_BIRTHDATE", "birth_date"),
+        5: ("INVALID_ID_GENDER", "gender"),  # a gender outside the code list disagrees first
+    }
+
+
+def test_precedence_on_child_rows():
+    parents = ParentRegistry(valid={"C00000001"}, quarantined={"C00000002"}, excluded=set())
+    raw = frame([
+        call("R00000000001", cust_id="C99999999", charge_fen="-1"),          # 0
+        call("R00000000002", cust_id="C00000002", charge_fen="x"),           # 1
+        call("R00000000003", start_time="2027-01-01 00:00:00", duration_s="x"),  # 2
+    ])
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=parents)
+
+    assert outcome(result) == {
+        0: ("NEGATIVE_AMOUNT", "charge_fen"),
+        1: ("INVALID_NUMBER", "charge_fen"),
+        2: ("INVALID_DATE", "start_time"),
+    }
+
+
+def test_reason_does_not_depend_on_rule_order_in_yaml():
+    raw = frame([
+        subscriber("C00000001", 1, name="", msisdn="123", status="9"),
+        subscriber("C00000002", 2, msisdn="123", open_date="2023-02-30", status="9"),
+    ])
+    reversed_rules = dict(reversed(list(SUBSCRIBER_RULES.items())))
+
+    forward = outcome(cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E))
+    backward = outcome(cleanse(raw, reversed_rules, key="cust_id", exported_at=E))
+
+    assert forward == backward == {0: ("MISSING_FIELD", "name"), 1: ("INVALID_MSISDN", "msisdn")}
+
+
+def test_duplicate_person_yields_to_any_own_defect():
+    raw = frame([subscriber("C00000001", 1), subscriber("C00000002", 2, status="9")])
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E,
+                     duplicate_losers={"C00000001", "C00000002"})
+
+    assert outcome(result) == {0: ("DUPLICATE_PERSON", "id_number"),
+                               1: ("INVALID_CODE", "status")}
+
+
+def test_reason_order_is_complete_and_unique():
+    assert len(REASON_ORDER) == len(set(REASON_ORDER))
+    assert REASON_ORDER[0] == "MISSING_FIELD"
+    assert REASON_ORDER.index("ORPHAN_RECORD") < REASON_ORDER.index("PARENT_QUARANTINED")
+
+
+# -- typed output -------------------------------------------------------------------------
+
+
+def test_clean_subscribers_are_normalised_and_typed():
+    first17 = "11010519491231002"
+    rid = first17 + id_check_digit(first17)  # ends in X
+    raw = frame([subscriber("C00000001", 1, id_number=rid.lower(), gender="女",
+                            msisdn="１３８-１２３４-５６７８", name="  张三 ", city="")])
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    assert result.quarantine.empty
+    row = result.clean.iloc[0]
+    assert row["id_number"] == "11010519491231002X"
+    assert row["msisdn"] == "13812345678"
+    assert row["name"] == "张三"
+    assert row["city"] is None
+    assert row["birth_date"] == dt.date(1949, 12, 31)
+    assert row["open_date"] == dt.date(2020, 5, 1)
+    assert str(result.clean["updated_at"].dtype) == "datetime64[s]"
+    assert row["updated_at"] == pd.Timestamp("2026-10-01 12:00:00")
+    assert row["_source_row"] == 0
+
+
+def test_clean_integers_are_int64_and_blank_is_na():
+    raw = frame([
+        {"complaint_id": "Q000000001", "cust_id": "C00000001", "created_at": "2026-10-01 09:00:00",
+         "category": "网络", "text": "信号差", "satisfaction": "4"},
+        {"complaint_id": "Q000000002", "cust_id": "C00000001", "created_at": "2026-10-02 09:00:00",
+         "category": "计费", "text": "扣费", "satisfaction": ""},
+    ])
+    parents = ParentRegistry(valid={"C00000001"}, quarantined=set(), excluded=set())
+
+    result = cleanse(raw, COMPLAINT_RULES, key="complaint_id", exported_at=E, parent=parents)
+
+    assert str(result.clean["satisfaction"].dtype) == "Int64"
+    assert result.clean["satisfaction"].iloc[0] == 4
+    assert result.clean["satisfaction"].isna().tolist() == [False, True]
+
+
+def test_call_record_numbers_are_int64():
+    parents = ParentRegistry(valid={"C00000001"}, quarantined=set(), excluded=set())
+    raw = frame([call("R00000000001", duration_s=" 120 ", charge_fen="30"),
+                 call("R00000000002", duration_s="7.0", charge_fen="0")])
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=parents)
+
+    assert result.clean["duration_s"].dtype == "Int64"
+    assert result.clean["duration_s"].tolist() == [120, 7]
+    assert result.clean["charge_fen"].tolist() == [30, 0]
+    assert result.clean["start_time"].iloc[0] == pd.Timestamp("2026-09-30 08:15:00")
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "NaN", "1e30", "99999999999999999999"])
+def test_numbers_beyond_int64_are_quarantined_not_a_crash(value: str):
+    parents = ParentRegistry(valid={"C00000001"}, quarantined=set(), excluded=set())
+    raw = frame([call("R00000000001", charge_fen=value), call("R00000000002")])
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=parents)
+
+    assert outcome(result) == {0: ("INVALID_NUMBER", "charge_fen")}
+    assert result.clean["charge_fen"].tolist() == [15]
+
+
+# -- survivorship -----------------------------------------------------------------------------
+
+
+def dupes() -> pd.DataFrame:
+    same = resident_id(seq="071")
+    return frame([
+        subscriber("C00000001", 1, id_number=same, updated_at="2026-01-01 00:00:00"),
+        subscriber("C00000002", 2, id_number=same, updated_at="2026-06-01 00:00:00"),
+        subscriber("C00000003", 3, id_number=same, updated_at="2026-03-01 00:00:00"),
+        subscriber("C00000004", 4),
+    ])
+
+
+def test_dedupe_keeps_the_newest():
+    typed, verdict = validate(dupes(), SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    losers = dedupe_losers(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id")
+
+    assert set(losers) == {"C00000001", "C00000003"}
+
+
+def test_dedupe_keep_oldest():
+    rules = {**SUBSCRIBER_RULES, "dedupe": {**SUBSCRIBER_RULES["dedupe"], "keep": "oldest"}}
+    typed, verdict = validate(dupes(), rules, key="cust_id", exported_at=E)
+
+    losers = dedupe_losers(typed, verdict.failed, rules, "cust_id")
+
+    assert set(losers) == {"C00000002", "C00000003"}
+
+
+def test_dedupe_ignores_invalid_rows():
+    raw = dupes()
+    raw.loc[1, "msisdn"] = "123"  # the newest is invalid: it cannot survive
+    typed, verdict = validate(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    losers = dedupe_losers(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id")
+
+    assert set(losers) == {"C00000001"}
+
+
+def test_dedupe_tie_keeps_the_smallest_key():
+    same = resident_id(seq="091")
+    raw = frame([subscriber("C00000009", 1, id_number=same),
+                 subscriber("C00000003", 2, id_number=same)])
+    typed, verdict = validate(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    losers = dedupe_losers(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id")
+
+    assert list(losers) == ["C00000009"]
+
+
+def test_dedupe_losers_are_quarantined_as_duplicate_person():
+    raw = dupes()
+    typed, verdict = validate(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+    losers = set(dedupe_losers(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id"))
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E,
+                     duplicate_losers=losers)
+
+    assert outcome(result) == {0: ("DUPLICATE_PERSON", "id_number"),
+                               2: ("DUPLICATE_PERSON", "id_number")}
+    assert clean_rows(result) == {1, 3}
+
+
+# -- parents --------------------------------------------------------------------------------
+
+
+def test_parent_registry_classify():
+    registry = ParentRegistry(valid={"C1", "C4"}, quarantined={"C2", "C4"}, excluded={"C3"})
+    keys = pd.Series(["C1", "C2", "C3", "C9", None, "C4"], dtype=object)
+
+    fate = registry.classify(keys)
+
+    assert fate.tolist() == [None, "PARENT_QUARANTINED", "PARENT_EXCLUDED", "ORPHAN_RECORD",
+                             None, None]
+
+
+def test_parent_registry_quarantine_wins_over_exclusion():
+    registry = ParentRegistry(valid=set(), quarantined={"C2"}, excluded={"C2"})
+
+    assert registry.classify(pd.Series(["C2"], dtype=object)).tolist() == ["PARENT_QUARANTINED"]
+
+
+# -- conservation -----------------------------------------------------------------------------
+
+ROW_KINDS = {
+    "clean": {},
+    "blank_name": {"name": " "},
+    "bad_msisdn": {"msisdn": "21234567890"},
+    "fullwidth_msisdn": {"msisdn": "１３９１２３４５６７８"},
+    "impossible_date": {"open_date": "2023-02-30"},
+    "future_date": {"open_date": "2027-01-01"},
+    "bad_status": {"status": "0"},
+    "birth_mismatch": {"birth_date": "1949-12-30"},
+    "null_id": {"id_number": None},
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(ROW_KINDS)), st.integers(1, 6)),
+                min_size=0, max_size=25))
+def test_rows_in_equal_clean_plus_quarantine(kinds: list[tuple[str, int]]):
+    raw = frame([subscriber(f"C{cid:08d}", i, **ROW_KINDS[kind])
+                 for i, (kind, cid) in enumerate(kinds)])
+    if raw.empty:
+        raw = pd.DataFrame({c: pd.Series(dtype=object) for c in subscriber("C0")} |
+                           {"_source_row": pd.Series(dtype=np.int64)})
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    assert len(result.clean) + len(result.quarantine) == len(raw)
+    assert clean_rows(result) | set(outcome(result)) == set(range(len(raw)))
+    assert not clean_rows(result) & set(outcome(result))
+    assert sum(result.counts.values()) == len(result.quarantine)
+    assert set(result.quarantine["_reason"]) <= set(REASON_ORDER)
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_conservation_on_tiny_partitions(n: int):
+    rows = [call(f"R{i:011d}") for i in range(n)]
+    raw = frame(rows) if rows else pd.DataFrame(
+        {c: pd.Series(dtype=object) for c in call("R0")} | {"_source_row": pd.Series(dtype=int)})
+    parents = ParentRegistry(valid={"C00000001"}, quarantined=set(), excluded=set())
+
+    result = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=parents)
+
+    assert len(result.clean) == n
+    assert len(result.quarantine) == 0
+    assert result.counts == {}

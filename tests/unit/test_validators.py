@@ -1,0 +1,188 @@
+"""handover.validators: GB 11643 resident IDs, MSISDNs and Luhn, scalar and vectorised."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from handover.validators import (
+    id_check_digit,
+    luhn_ok,
+    msisdn_valid,
+    normalise_msisdn,
+    normalise_text,
+    resident_id_birth_gender,
+    resident_id_ok,
+    resident_id_valid,
+)
+
+
+def make_id(area: str = "110105", birth: str = "19491231", seq: str = "002") -> str:
+    first17 = area + birth + seq
+    return first17 + id_check_digit(first17)
+
+
+def with_wrong_check(rid: str) -> str:
+    wrong = next(c for c in "0123456789X" if c != rid[17])
+    return rid[:17] + wrong
+
+
+# -- GB 11643 check digit -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first17, expected", [
+    ("44052418800101001", "4"),   # sum 195, 195 % 11 == 8 -> 4
+    ("11010119900307387", "X"),   # sum 222, 222 % 11 == 2 -> X
+    ("11010519491231002", "X"),   # the example of GB 11643-1999 itself
+    ("31010420000229015", "3"),   # sum 152, 152 % 11 == 9 -> 3
+])
+def test_check_digit_known_values(first17: str, expected: str):
+    assert id_check_digit(first17) == expected
+
+
+@pytest.mark.parametrize("rid", [
+    make_id(),
+    make_id("440524", "18800101", "001"),
+    make_id("310104", "20000229", "015"),
+    make_id("650102", "19851111", "128"),
+])
+def test_valid_ids_pass_scalar_and_vector(rid: str):
+    assert resident_id_ok(rid)
+    assert resident_id_valid(pa.array([rid])).tolist() == [True]
+
+
+def test_x_check_digit_is_accepted_upper_case_only():
+    rid = "11010519491231002X"
+
+    assert resident_id_ok(rid)
+    assert not resident_id_ok(rid.lower())
+    assert resident_id_valid(pa.array([rid, rid.lower()])).tolist() == [True, False]
+
+
+def test_wrong_check_digit_fails():
+    rid = with_wrong_check(make_id("310104", "20000229", "015"))
+
+    assert not resident_id_ok(rid)
+    assert resident_id_valid(pa.array([rid])).tolist() == [False]
+
+
+@pytest.mark.parametrize("bad", ["", "1101051949123100", "1101051949123100211",
+                                 "11010519491231002Y", "1101051949123100 X", "A1010519491231002X"])
+def test_malformed_ids_fail(bad: str):
+    assert not resident_id_ok(bad)
+    assert resident_id_valid(pa.array([bad])).tolist() == [False]
+
+
+def test_vector_null_is_false_and_positions_are_kept():
+    good = make_id()
+    arr = pa.array([None, good, "123", with_wrong_check(good), good], pa.string())
+
+    assert resident_id_valid(arr).tolist() == [False, True, False, False, True]
+
+
+def test_vector_of_no_well_formed_ids():
+    assert resident_id_valid(pa.array(["x", None], pa.string())).tolist() == [False, False]
+
+
+digits17 = st.text(alphabet="0123456789", min_size=17, max_size=17)
+id_like = st.one_of(
+    st.text(alphabet="0123456789X", min_size=16, max_size=19),
+    digits17.map(lambda s: s + id_check_digit(s)),
+    st.tuples(digits17, st.sampled_from("0123456789X")).map("".join),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(id_like, st.none()), min_size=1, max_size=40))
+def test_vector_agrees_with_scalar(sample: list[str | None]):
+    expected = [v is not None and resident_id_ok(v) for v in sample]
+
+    assert resident_id_valid(pa.array(sample, pa.string())).tolist() == expected
+
+
+# -- birth date and gender ----------------------------------------------------------------
+
+
+def test_birth_and_gender_from_id():
+    ids = pa.array([make_id("110105", "19491231", "001"),   # 17th digit odd: male
+                    make_id("440524", "20000229", "128"),   # even: female
+                    "11010519491231002X"])
+
+    birth, gender = resident_id_birth_gender(ids)
+
+    assert birth.to_pylist() == ["1949-12-31", "2000-02-29", "1949-12-31"]
+    assert gender.to_pylist() == ["男", "女", "女"]
+
+
+# -- text and MSISDN normalisation --------------------------------------------------------
+
+
+def test_normalise_text_full_width_trim_and_blank_to_null():
+    arr = pa.array(["  ＡＢＣ１２３ ", "   ", "", None, "张三"])
+
+    assert normalise_text(arr).to_pylist() == ["ABC123", None, None, None, "张三"]
+
+
+@pytest.mark.parametrize("raw", [
+    "１３８１２３４５６７８",
+    "+86 138 1234 5678",
+    "138-1234-5678",
+    "8613812345678",
+    "008613812345678",
+    "(138) 1234 5678",
+    " 13812345678 ",
+])
+def test_normalise_msisdn_forms(raw: str):
+    out = normalise_msisdn(pa.array([raw]))
+
+    assert out.to_pylist() == ["13812345678"]
+    assert msisdn_valid(out).tolist() == [True]
+
+
+def test_normalise_msisdn_keeps_what_it_cannot_fix():
+    out = normalise_msisdn(pa.array(["12345678", "1381234567x", None, "   "]))
+
+    assert out.to_pylist() == ["12345678", "1381234567x", None, None]
+
+
+@pytest.mark.parametrize("number, ok", [
+    ("13812345678", True),
+    ("15012345678", True),
+    ("17712345678", True),
+    ("18912345678", True),
+    ("19912345678", True),
+    ("12812345678", False),   # 12x is no mobile range
+    ("12012345678", False),
+    ("1381234567", False),    # 10 digits
+    ("138123456789", False),  # 12 digits
+    ("1381234567x", False),   # a letter
+    ("abcdefghijk", False),
+    ("21234567890", False),
+    ("14012345678", False),   # 140 is not a subscriber range
+    ("", False),
+])
+def test_msisdn_valid(number: str, ok: bool):
+    assert msisdn_valid(pa.array([number])).tolist() == [ok]
+
+
+def test_msisdn_valid_null_is_false():
+    assert msisdn_valid(pa.array([None, "13812345678"], pa.string())).tolist() == [False, True]
+
+
+# -- Luhn ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("digits, ok", [
+    ("79927398713", True),
+    ("4111111111111111", True),
+    ("6011111111111117", True),
+    ("378282246310005", True),
+    ("490154203237518", True),   # an IMEI
+    ("79927398710", False),
+    ("4111111111111112", False),
+    ("6011111111111118", False),
+])
+def test_luhn_ok(digits: str, ok: bool):
+    assert luhn_ok(digits) is ok
