@@ -34,7 +34,7 @@ class Keyring:
         try:
             keys = {k: base64.b64decode(v) for k, v in data["keys"].items()}
             ring = cls(data["active_key_id"], keys, base64.b64decode(data["hmac_key"]))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
                 "keyring: expected {'active_key_id': ..., 'keys': {id: base64 32 bytes}, "
                 f"'hmac_key': base64}} in connection 'handover_keys' extra ({exc!r})") from exc
@@ -125,7 +125,10 @@ _CANDIDATES = re.compile(
 def _redact_match(m: re.Match) -> str:
     rid, digits, msisdn, email, imsi = m.groups()
     if rid is not None:
-        return "[身份证号]" if resident_id_ok(rid.upper()) else rid
+        if resident_id_ok(rid.upper()):
+            return "[身份证号]"
+        # Not an ID, but 18 digits can still be a bank card.
+        return "[银行卡号]" if rid.isdigit() and luhn_ok(rid) else rid
     if digits is not None:
         if luhn_ok(digits):
             return "[IMEI]" if len(digits) == 15 else "[银行卡号]"

@@ -422,7 +422,7 @@ ROW_KINDS = {
 }
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(st.lists(st.tuples(st.sampled_from(sorted(ROW_KINDS)), st.integers(1, 6)),
                 min_size=0, max_size=25))
 def test_rows_in_equal_clean_plus_quarantine(kinds: list[tuple[str, int]]):

@@ -94,7 +94,7 @@ id_like = st.one_of(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(st.lists(st.one_of(id_like, st.none()), min_size=1, max_size=40))
 def test_vector_agrees_with_scalar(sample: list[str | None]):
     expected = [v is not None and resident_id_ok(v) for v in sample]

@@ -1,0 +1,262 @@
+"""handover.protect: AES-GCM with key ids, blind indexes, masks and free-text redaction."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from cryptography.exceptions import InvalidTag
+
+from handover.protect import (
+    Keyring,
+    blind_index,
+    decrypt_value,
+    encrypt_values,
+    mask_msisdn,
+    mask_resident_id,
+    redact_text,
+)
+from handover.validators import id_check_digit, luhn_ok, resident_id_ok
+
+VALID_ID = "11010519491231002X"
+
+
+def luhn_complete(prefix: str) -> str:
+    """prefix + the digit that makes it pass Luhn."""
+    return next(prefix + d for d in "0123456789" if luhn_ok(prefix + d))
+
+
+def wrong_check(first17: str) -> str:
+    right = id_check_digit(first17)
+    return first17 + next(c for c in "0123456789" if c != right)
+
+
+@pytest.fixture(scope="module")
+def ring() -> Keyring:
+    return Keyring.from_dict(Keyring.generate("k1"))
+
+
+def objects(*values) -> np.ndarray:
+    return np.array(values, dtype=object)
+
+
+# -- encryption ---------------------------------------------------------------------------------
+
+
+def test_encrypt_decrypt_round_trip(ring: Keyring):
+    values = objects(VALID_ID, "张三", None)
+
+    blobs = encrypt_values(values, ring, aad=b"subscribers.id_number")
+
+    assert blobs[2] is None
+    assert decrypt_value(blobs[0], "k1", ring, aad=b"subscribers.id_number") == VALID_ID
+    assert decrypt_value(blobs[1], "k1", ring, aad=b"subscribers.id_number") == "张三"
+    assert VALID_ID.encode() not in blobs[0]
+
+
+def test_nonce_differs_each_time(ring: Keyring):
+    blobs = encrypt_values(objects(VALID_ID, VALID_ID, VALID_ID), ring)
+
+    assert len({b[:12] for b in blobs}) == 3
+    assert len(set(blobs)) == 3
+    assert all(len(b) == 12 + len(VALID_ID) + 16 for b in blobs)
+
+
+def test_wrong_aad_fails(ring: Keyring):
+    blob = encrypt_values(objects(VALID_ID), ring, aad=b"subscribers.id_number")[0]
+
+    with pytest.raises(InvalidTag):
+        decrypt_value(blob, "k1", ring, aad=b"complaints.body")
+
+
+def test_wrong_key_fails(ring: Keyring):
+    blob = encrypt_values(objects(VALID_ID), ring)[0]
+    other = Keyring.from_dict(Keyring.generate("k1"))
+
+    with pytest.raises(InvalidTag):
+        decrypt_value(blob, "k1", other)
+
+
+def test_old_key_still_decrypts_after_rotation():
+    old = Keyring.generate("k1")
+    blob = encrypt_values(objects(VALID_ID), Keyring.from_dict(old))[0]
+    new_key = base64.b64encode(bytes(range(32))).decode()
+    rotated = Keyring.from_dict({"active_key_id": "k2",
+                                 "keys": {**old["keys"], "k2": new_key},
+                                 "hmac_key": old["hmac_key"]})
+
+    assert decrypt_value(blob, "k1", rotated) == VALID_ID
+    assert decrypt_value(encrypt_values(objects("x"), rotated)[0], "k2", rotated) == "x"
+
+
+# -- blind index ------------------------------------------------------------------------------
+
+
+def test_blind_index_is_deterministic(ring: Keyring):
+    first = blind_index(objects(VALID_ID, None), ring, "subscribers.id_number")
+    second = blind_index(objects(VALID_ID, None), ring, "subscribers.id_number")
+
+    assert first == second
+    assert first[1] is None
+    assert len(first[0]) == 64 and int(first[0], 16) >= 0
+    assert VALID_ID not in first[0]
+
+
+def test_blind_index_is_domain_separated(ring: Keyring):
+    a = blind_index(objects("13812345678"), ring, "subscribers.msisdn")[0]
+    b = blind_index(objects("13812345678"), ring, "call_records.caller")[0]
+
+    assert a != b
+
+
+def test_blind_index_depends_on_the_key(ring: Keyring):
+    other = Keyring.from_dict(Keyring.generate("k1"))
+
+    assert (blind_index(objects("13812345678"), ring, "d")
+            != blind_index(objects("13812345678"), other, "d"))
+
+
+def test_blind_index_distinguishes_values(ring: Keyring):
+    out = blind_index(objects("13812345678", "13812345679"), ring, "subscribers.msisdn")
+
+    assert out[0] != out[1]
+
+
+# -- masks --------------------------------------------------------------------------------------
+
+
+def test_masks():
+    assert mask_msisdn("13812345678") == "138****5678"
+    assert mask_resident_id("110105194912311234") == "110***********1234"
+    assert mask_resident_id(VALID_ID) == "110***********002X"
+    assert mask_msisdn(None) is None
+    assert mask_resident_id(None) is None
+
+
+# -- redaction ----------------------------------------------------------------------------------
+
+
+def test_redacts_a_valid_resident_id_in_chinese_text():
+    text = f"客户身份证号{VALID_ID}，请核实。"
+
+    assert redact_text(text) == "客户身份证号[身份证号]，请核实。"
+
+
+def test_redacts_a_lower_case_x_id():
+    assert redact_text(f"证件：{VALID_ID.lower()}") == "证件：[身份证号]"
+
+
+def test_id_with_wrong_check_digit_is_not_tagged_as_id():
+    bad = wrong_check("44052418800101001")
+    assert not resident_id_ok(bad) and not luhn_ok(bad)
+    text = f"工单号{bad}已处理"
+
+    out = redact_text(text)
+
+    assert "[身份证号]" not in out
+    assert out == text
+
+
+def test_eighteen_digit_bank_card_failing_gb11643_is_still_redacted():
+    card = luhn_complete("62284800123456789")
+    assert len(card) == 18 and not resident_id_ok(card)
+
+    assert redact_text(f"退款到卡{card}。") == "退款到卡[银行卡号]。"
+
+
+@pytest.mark.parametrize("phone", ["13812345678", "+86 138 1234 5678", "+8613812345678",
+                                   "138-1234-5678", "86 13812345678"])
+def test_redacts_msisdns(phone: str):
+    assert redact_text(f"我的手机{phone}一直打不通") == "我的手机[手机号]一直打不通"
+
+
+def test_redacts_a_luhn_valid_bank_card():
+    card = luhn_complete("622202123456789012")
+    assert len(card) == 19
+
+    assert redact_text(f"请退款到银行卡{card}，谢谢") == "请退款到银行卡[银行卡号]，谢谢"
+
+
+def test_leaves_a_luhn_invalid_long_number():
+    card = luhn_complete("622202123456789012")
+    wrong = card[:-1] + str((int(card[-1]) + 1) % 10)
+
+    assert redact_text(f"订单{wrong}") == f"订单{wrong}"
+
+
+def test_redacts_an_email():
+    assert redact_text("联系邮箱 zhang.san+bill@example.com.cn 回复") == "联系邮箱 [邮箱] 回复"
+
+
+def test_redacts_everything_in_one_complaint():
+    card = luhn_complete("622202123456789012")
+    text = (f"本人张三，身份证{VALID_ID}，手机+86 139 8765 4321，"
+            f"银行卡{card}被多扣费，请发邮件到a@b.cn。")
+
+    out = redact_text(text)
+
+    assert out == ("本人张三，身份证[身份证号]，手机[手机号]，"
+                   "银行卡[银行卡号]被多扣费，请发邮件到[邮箱]。")
+
+
+def test_text_without_pii_is_unchanged():
+    text = "网络信号差，4G经常掉线，2026年10月起，共3次。"
+
+    assert redact_text(text) == text
+    assert redact_text(None) is None
+    assert redact_text("") == ""
+
+
+# -- keyring ------------------------------------------------------------------------------------
+
+
+def test_keyring_from_generated_dict():
+    data = Keyring.generate("2026-q4")
+
+    ring = Keyring.from_dict(data)
+
+    assert ring.active_key_id == "2026-q4"
+    assert len(ring.keys["2026-q4"]) == 32
+    assert len(ring.hmac_key) == 32
+
+
+@pytest.mark.parametrize("drop", ["active_key_id", "keys", "hmac_key"])
+def test_keyring_missing_entry(drop: str):
+    data = Keyring.generate()
+    del data[drop]
+
+    with pytest.raises(ValueError, match="keyring: expected"):
+        Keyring.from_dict(data)
+
+
+def test_keyring_keys_not_a_mapping():
+    data = Keyring.generate()
+    data["keys"] = list(data["keys"].values())
+
+    with pytest.raises(ValueError, match="keyring: expected"):
+        Keyring.from_dict(data)
+
+
+def test_keyring_active_key_absent():
+    data = Keyring.generate("k1")
+    data["active_key_id"] = "k2"
+
+    with pytest.raises(ValueError, match="active key 'k2' is not among the keys"):
+        Keyring.from_dict(data)
+
+
+def test_keyring_short_key():
+    data = Keyring.generate("k1")
+    data["keys"]["k1"] = base64.b64encode(b"0" * 16).decode()
+
+    with pytest.raises(ValueError, match="key 'k1' must be 32 bytes"):
+        Keyring.from_dict(data)
+
+
+def test_keyring_bad_base64():
+    data = Keyring.generate("k1")
+    data["hmac_key"] = "not-base64!"
+
+    with pytest.raises(ValueError, match="keyring"):
+        Keyring.from_dict(data)
