@@ -29,7 +29,7 @@ down:
 	@scripts/down.sh
 
 bench: setup
-	@scripts/bench.sh
+	@scripts/bench.sh $(BENCH_ARGS)
 
 clean: down
 	rm -rf .state

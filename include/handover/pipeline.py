@@ -454,11 +454,11 @@ def load_partition(ctx: dict, part: dict) -> dict:
     started = time.monotonic()
     with ledger.connect() as conn, conn.transaction():
         stats = upsert_partition(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], mapped)
+        secs = time.monotonic() - started
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,
                       checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
-                      detail=stats)
-    secs = time.monotonic() - started
+                      detail={**stats, "seconds": round(secs, 3)})
     log.info("load %s %s: %d rows (%s) in %.1fs, %.0f rows/s", table, partition, mapped.num_rows,
              stats, secs, mapped.num_rows / max(secs, 1e-9))
     return _part(part, rows=mapped.num_rows, **stats)

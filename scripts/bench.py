@@ -1,0 +1,241 @@
+"""make bench: the whole migration measured against raw COPY and naive pandas, in one run.
+
+    python scripts/bench.py [--subscribers 200000] [--calls-per-subscriber 26]
+                            [--scale 0.2] [--naive-sample 500000]
+
+For each size (the main one, then --scale times it) on the same PostgreSQL:
+  (a) raw COPY ... FROM STDIN (FORMAT csv) of every source file into text tables (the floor);
+  (b) naive pandas read_csv + DataFrame.to_sql of call records, on a sample, scaled;
+  (c) the whole customer_migration DAG through `airflow dags test`, every stage and gate;
+then a rerun of the largest finished load partition. Prints rows/s, ratios, wall time per
+stage and peak RSS, and writes bench/results.json. Not a test: numbers, not assertions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "include"))
+
+import psutil  # noqa: E402
+import psycopg  # noqa: E402
+
+from handover import synth  # noqa: E402
+
+TABLES = ["subscribers", "consents", "call_records", "data_sessions", "payments", "complaints",
+          "browsing_events"]
+
+
+def admin_dsn() -> str:
+    from handover.connections import target_dsn
+
+    return target_dsn().replace("dbname=handover", "dbname=postgres")
+
+
+def fresh_db(name: str) -> str:
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_dsn().replace("dbname=postgres", f"dbname={name}")
+
+
+def raw_copy(source: Path, dsn: str) -> tuple[int, float]:
+    """COPY every file as-is into text tables: PostgreSQL's own floor for these bytes."""
+    rows, started = 0, time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for table in TABLES:
+            path = source / f"{table}.csv"
+            header = path.open(encoding="utf-8").readline().strip().split(",")
+            cols = ", ".join(f'"{c}" text' for c in header)
+            conn.execute(f'CREATE TABLE "{table}" ({cols})')
+            with conn.cursor().copy(f'COPY "{table}" FROM STDIN (FORMAT csv, HEADER)') as cp, \
+                    path.open("rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    cp.write(chunk)
+            rows += conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+    return rows, time.monotonic() - started
+
+
+def naive_pandas(source: Path, dsn: str, sample: int) -> tuple[int, float, int]:
+    """What most people write first: read_csv + to_sql (SQLAlchemy + psycopg2)."""
+    code = f"""
+import time, pandas as pd, sqlalchemy as sa, resource
+t = time.monotonic()
+df = pd.read_csv({str(source / 'call_records.csv')!r}, nrows={sample})
+eng = sa.create_engine({sa_url(dsn)!r})
+df.to_sql("call_records_naive", eng, if_exists="replace", index=False)
+print(len(df), time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[0]), float(out[1]), int(out[2]) // 1024
+
+
+def sa_url(dsn: str) -> str:
+    parts = dict(p.split("=", 1) for p in dsn.split())
+    host = parts.get("host", "")
+    if host.startswith("/"):
+        return f"postgresql+psycopg2://{parts.get('user', 'postgres')}@/{parts['dbname']}?host={host}"
+    return (f"postgresql+psycopg2://{parts.get('user', 'postgres')}@{host}:"
+            f"{parts.get('port', 5432)}/{parts['dbname']}")
+
+
+class PeakRSS(threading.Thread):
+    """Polls a process tree's resident memory; the peak of the biggest process."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop = pid, 0, threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                proc = psutil.Process(self.pid)
+                for p in [proc, *proc.children(recursive=True)]:
+                    self.peak = max(self.peak, p.memory_info().rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+
+
+def dag_run(source: Path, env: dict) -> tuple[float, int, str]:
+    conf = json.dumps({"source_dir": str(source)})
+    log = ROOT / ".state" / "bench" / "dag-run.log"
+    started = time.monotonic()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(["airflow", "dags", "test", "customer_migration", "-c", conf],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)
+        watch = PeakRSS(proc.pid)
+        watch.start()
+        rc = proc.wait()
+        watch.stop.set()
+    wall = time.monotonic() - started
+    if rc != 0:
+        raise SystemExit(f"bench: the DAG run failed; see {log}")
+    return wall, watch.peak // (1 << 20), str(log)
+
+
+def stage_times(run_id: str) -> dict[str, float]:
+    """Wall span per task id (first start to last end over its mapped instances)."""
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    with eng.connect() as c:
+        rows = c.execute(text(
+            "SELECT task_id, extract(epoch FROM max(end_date) - min(start_date)), count(*) "
+            "FROM task_instance WHERE run_id = :r GROUP BY task_id ORDER BY min(start_date)"),
+            {"r": run_id}).fetchall()
+    return {t: round(float(s or 0), 2) for t, s, _ in rows}
+
+
+def rerun_largest_load(run_id: str, target_dsn: str) -> dict:
+    from handover import pipeline
+    from handover.load import table_checksum
+
+    with psycopg.connect(target_dsn) as conn:
+        table, part, rows, secs = conn.execute(
+            "SELECT table_name, partition, rows_out, (detail->>'seconds')::float "
+            "FROM handover_meta.ledger WHERE run_id=%s AND stage='load' "
+            "ORDER BY rows_out DESC LIMIT 1", (run_id,)).fetchone()
+        before = table_checksum(conn, "crm", "call_record", "cdr_id")
+    ctx = {"run_id": run_id, "system": "legacy_bss"}
+    started = time.monotonic()
+    stats = pipeline.load_partition(ctx, {"table": table, "partition": part})
+    again = time.monotonic() - started
+    with psycopg.connect(target_dsn) as conn:
+        after = table_checksum(conn, "crm", "call_record", "cdr_id")
+    return {"table": table, "partition": part, "rows": rows, "first_load_s": secs,
+            "rerun_s": round(again, 2), "ratio": round(again / secs, 2) if secs else None,
+            "changed": stats["inserted"] + stats["updated"], "target_unchanged": before == after}
+
+
+def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
+    base = ROOT / ".state" / "bench"
+    source = base / f"source-{subscribers}"
+    if not (source / "export_manifest.json").exists():
+        print(f"== generating {subscribers:,} subscribers ({calls} calls each)", flush=True)
+        synth.generate(source, subscribers, seed=42, call_records_per_subscriber=calls)
+    manifest = json.loads((source / "export_manifest.json").read_text())
+    total = sum(t["rows"] for t in manifest["tables"].values())
+    calls_rows = manifest["tables"]["call_records"]["rows"]
+    print(f"== {total:,} rows ({calls_rows:,} call records)", flush=True)
+
+    copy_rows, copy_s = raw_copy(source, fresh_db("bench_copy"))
+    print(f"(a) raw COPY: {copy_rows:,} rows in {copy_s:.1f}s = {copy_rows / copy_s:,.0f} rows/s",
+          flush=True)
+    n, naive_s, naive_rss = naive_pandas(source, fresh_db("bench_naive"),
+                                         min(naive_sample, calls_rows))
+    print(f"(b) naive read_csv+to_sql: {n:,}-row sample of call records in {naive_s:.1f}s = "
+          f"{n / naive_s:,.0f} rows/s (sample, rate applies to all), peak RSS {naive_rss} MB",
+          flush=True)
+
+    target = fresh_db("handover")
+    env = dict(os.environ)
+    wall, peak_mb, log = dag_run(source, env)
+    with psycopg.connect(target) as conn:
+        run_id, status = conn.execute("SELECT run_id, status FROM handover_meta.run "
+                                      "ORDER BY started_at DESC LIMIT 1").fetchone()
+        balanced = conn.execute("SELECT bool_and(balanced), count(*) FROM "
+                                "handover_meta.reconciliation WHERE run_id=%s",
+                                (run_id,)).fetchone()
+    stages = stage_times(run_id)
+    print(f"(c) customer_migration DAG: {total:,} rows in {wall:.1f}s = {total / wall:,.0f} rows/s,"
+          f" run {status}, {balanced[1]} tables reconciled, all balanced: {balanced[0]}",
+          flush=True)
+    rerun = rerun_largest_load(run_id, target)
+    return {
+        "subscribers": subscribers, "total_rows": total, "call_records": calls_rows,
+        "copy_rows_per_s": round(copy_rows / copy_s), "copy_seconds": round(copy_s, 2),
+        "naive_rows_per_s": round(n / naive_s), "naive_sample_rows": n,
+        "naive_peak_rss_mb": naive_rss,
+        "pipeline_rows_per_s": round(total / wall), "pipeline_seconds": round(wall, 1),
+        "ratio_vs_copy": round((total / wall) / (copy_rows / copy_s), 3),
+        "ratio_vs_naive": round((total / wall) / (n / naive_s), 2),
+        "max_task_peak_rss_mb": peak_mb,
+        "peak_rss_note": "airflow dags test runs every task in one process; this is that "
+                         "process tree's peak, an upper bound for every task",
+        "stages": stages, "load_rerun": rerun, "dag_log": log,
+        "all_balanced": bool(balanced[0]),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subscribers", type=int, default=200_000)
+    ap.add_argument("--calls-per-subscriber", type=float, default=26)
+    ap.add_argument("--scale", type=float, default=0.2,
+                    help="second size as a fraction of the first (0 to skip)")
+    ap.add_argument("--naive-sample", type=int, default=500_000)
+    args = ap.parse_args()
+    (ROOT / ".state" / "bench").mkdir(parents=True, exist_ok=True)
+    sizes = [args.subscribers]
+    if args.scale:
+        sizes.insert(0, max(1000, int(args.subscribers * args.scale)))
+    results = [one_size(n, args.calls_per_subscriber, args.naive_sample) for n in sizes]
+    main_result = results[-1]
+    out = {**main_result, "sizes": results}
+    (ROOT / "bench").mkdir(exist_ok=True)
+    (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=2) + "\n")
+    print("\n== summary")
+    for r in results:
+        print(f"{r['total_rows']:>12,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s = "
+              f"{r['ratio_vs_copy']:.1%} of raw COPY ({r['copy_rows_per_s']:,}), "
+              f"{r['ratio_vs_naive']:.1f}x naive ({r['naive_rows_per_s']:,}); "
+              f"peak RSS {r['max_task_peak_rss_mb']} MB; load rerun "
+              f"{r['load_rerun']['ratio']}x first, target unchanged "
+              f"{r['load_rerun']['target_unchanged']}")
+    print("stages (s):", json.dumps(main_result["stages"]))
+    print("written: bench/results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
