@@ -49,6 +49,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
                                "level": col["level"], "pii": col["pii"],
                                "protect": spec.get("protect", [])})
     return {"run_id": run_id, "system": cfg.system, "reconciliation": recon,
+            "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
             "rules": cfg.policy["rules"]}
@@ -77,6 +78,11 @@ def render_html(data: dict[str, Any]) -> str:
             f"<td>{r['quarantined']:,}</td><td>{r['excluded']:,}</td>"
             f"<td>{r['missing_keys']}</td><td>{r['field_mismatches']}</td><td>{money}</td>"
             f"<td>{'✔ balanced' if r['balanced'] else '✘ NOT balanced'}</td><td>{bar}</td></tr>")
+    m_rows = "".join(
+        f"<tr><td>{esc(t)}</td><td>{esc(str(m['period']))}</td>"
+        f"<td>{m['source_fen'] / 100:,.2f}</td><td>{m['target_fen'] / 100:,.2f}</td>"
+        f"<td>{'✔' if m['source_fen'] == m['target_fen'] else '✘ differs'}</td></tr>"
+        for t, ms in data.get("money_by_period", {}).items() for m in ms)
     q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
                      for t, d in data["quarantine"].items() for reason, n in d.items())
     x_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
@@ -103,6 +109,8 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 <table><tr><th>table</th><th>source rows</th><th>loaded</th><th>quarantined</th>
 <th>excluded</th><th>missing keys</th><th>field mismatches</th><th>money source / target (yuan)</th>
 <th>status</th><th>funnel</th></tr>{''.join(recon_rows)}</table>
+<h2>Money per period, source vs target (yuan)</h2>
+<table><tr><th>table</th><th>period</th><th>source</th><th>target</th><th></th></tr>{m_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
 <h2>Exclusions by policy rule</h2><table><tr><th>table</th><th>rule</th><th>rows</th></tr>
@@ -117,6 +125,10 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 def write_reports(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig,
                   run_id: str) -> dict[str, str]:
     data = gather(conn, cfg, run_id)
+    for table in cfg.tables:
+        key = f"runs/{safe_run_id(run_id)}/reconcile/{table}.json"
+        if lake.exists(key) and lake.read_json(key).get("money"):
+            data["money_by_period"][table] = lake.read_json(key)["money"]
     base = f"runs/{safe_run_id(run_id)}/reports"
     lake.write_json(f"{base}/report.json", data)
     lake.put_bytes(f"{base}/report.html", render_html(data).encode("utf-8"))
