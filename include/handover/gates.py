@@ -422,7 +422,8 @@ def run_gate(
         run = _stamp(result, run_id=run_id, table=table, partition=partition, rows=len(df))
         docs_path = None
         if docs_dir is not None:
-            docs_path = _write_docs(context, Path(docs_dir), suite, result, run, partition)
+            docs_path = _write_docs(context, Path(docs_dir), suite, result, run, partition,
+                                    build_index=not result.success)
     return _gate_result(result, gate, table, partition, len(df), docs_path)
 
 
@@ -570,11 +571,13 @@ def _write_docs(
     result: ExpectationSuiteValidationResult,
     run: Any,
     partition: str,
+    build_index: bool = True,
 ) -> str | None:
-    """Store the scrubbed result and render its page, its suite's page and the site index.
+    """Store the scrubbed result and render its page, its suite's page and, if asked, the index.
 
-    Only this validation and its suite are rendered (``resource_identifiers``); the index is
-    rebuilt from the shared store so it lists every gate any process has run into this site.
+    Only this validation and its suite are rendered (``resource_identifiers``). Rebuilding the
+    index costs time in proportion to the whole site, so run_gate rebuilds it only when a gate
+    fails (on-call sees the failure listed at once); the publish task builds it once per run.
     """
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
@@ -590,7 +593,8 @@ def _write_docs(
     try:
         _store_suite(context, docs_dir, suite, suite_key)
         context.validation_results_store.set(key, result)
-        context.build_data_docs(site_names=[_SITE_NAME], resource_identifiers=[key, suite_key])
+        context.build_data_docs(site_names=[_SITE_NAME], resource_identifiers=[key, suite_key],
+                                build_index=build_index)
     except Exception:  # docs are a convenience; the gate's verdict must still come back
         log.warning(
             "could not write Data Docs for %s under %s", suite.name, docs_dir, exc_info=True

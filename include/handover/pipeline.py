@@ -504,10 +504,15 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
 
 
 def publish(ctx: dict) -> dict:
+    from handover.gates import build_docs_index
     from handover.report import write_reports
 
     run_id = ctx["run_id"]
     lake = _lake()
+    docs_dir = docs_dir_for(lake, run_id)
+    if docs_dir.is_dir():
+        build_docs_index(docs_dir)
+        publish_docs(lake, run_id, docs_dir)
     with ledger.connect() as conn, conn.transaction():
         paths = write_reports(conn, lake, _config(ctx["system"]), run_id)
         conn.execute("UPDATE handover_meta.run SET status='succeeded', finished_at=now() "
