@@ -218,19 +218,15 @@ GATE_INPUT = {"intake": "raw", "compliance": "comply", "quality": "cleanse",
               "contract": "mapped"}
 
 
-def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
-    """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
+def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: str):
+    """Run one gate, publish its docs page, record its result (counts only); raise on breach."""
     from handover.gates import run_gate
 
-    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
-    lake = _lake()
-    df = _read(lake, run_id, GATE_INPUT[gate], table, partition)
-    df = df.drop(columns=[c for c in META if c in df.columns])
+    run_id, lake = ctx["run_id"], _lake()
     docs_dir = docs_dir_for(lake, run_id)
-    result = run_gate(df, gate=gate, table=table, partition=partition, run_id=run_id,
+    result = run_gate(frame, gate=gate, table=table, partition=partition, run_id=run_id,
                       suites_dir=SUITES_DIR, docs_dir=docs_dir)
     publish_docs(lake, run_id, docs_dir)
-    manifest = result.to_manifest()
     with ledger.connect() as conn, conn.transaction():
         conn.execute(
             "INSERT INTO handover_meta.gate_result (run_id, gate, table_name, partition, success, "
@@ -239,10 +235,19 @@ def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
             "success=excluded.success, evaluated=excluded.evaluated, rows=excluded.rows, "
             "failed=excluded.failed, docs_path=excluded.docs_path, checked_at=now()",
             (run_id, gate, table, partition, result.success, result.evaluated, result.rows,
-             json.dumps(manifest.get("failed", [])), result.docs_path))
+             json.dumps(result.to_manifest().get("failed", [])), result.docs_path))
     log.info(result.summary())
     if not result.success:
         raise GateFailed(result.summary())
+    return result
+
+
+def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
+    """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
+    table, partition = part["table"], part["partition"]
+    df = _read(_lake(), ctx["run_id"], GATE_INPUT[gate], table, partition)
+    df = df.drop(columns=[c for c in META if c in df.columns])
+    result = _validate(df, ctx, gate, table, partition)
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
 
 
@@ -478,8 +483,6 @@ def reconcile_table(ctx: dict, table: str) -> dict:
 
 def reconciliation_gate(ctx: dict, table: str) -> dict:
     """Gate on the reconciliation row of one table (counts only)."""
-    from handover.gates import run_gate
-
     run_id = ctx["run_id"]
     with ledger.connect() as conn:
         cur = conn.execute(
@@ -492,14 +495,7 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
     frame["accounted"] = frame["loaded"] + frame["quarantined"] + frame["excluded"]
     frame["unaccounted"] = frame["source_rows"] - frame["accounted"]
     frame["money_diff"] = (frame["money_source"].fillna(0) - frame["money_target"].fillna(0))
-    lake = _lake()
-    docs_dir = docs_dir_for(lake, run_id)
-    result = run_gate(frame, gate="reconciliation", table=table, partition="all", run_id=run_id,
-                      suites_dir=SUITES_DIR, docs_dir=docs_dir)
-    publish_docs(lake, run_id, docs_dir)
-    log.info(result.summary())
-    if not result.success:
-        raise GateFailed(result.summary())
+    result = _validate(frame, ctx, "reconciliation", table, "all")
     return {"table": table, "partition": "all", "docs_path": result.docs_path}
 
 
