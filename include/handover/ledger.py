@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import psycopg
 
+from handover import access
+
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
@@ -33,6 +35,7 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('handover_ddl'))")
         for name in ("meta.sql", "target.sql"):
             conn.execute((SQL_DIR / name).read_text(encoding="utf-8"))
+        access.apply_roles(conn)
 
 
 def key_checksum(keys: Iterable[str] | pd.Series | np.ndarray) -> str:
@@ -98,18 +101,59 @@ def audit(conn: psycopg.Connection, action: str, *, run_id: str | None = None,
     )
 
 
-def verify_audit_chain(conn: psycopg.Connection) -> tuple[bool, int]:
-    """Recompute the hash chain; returns (intact, entries checked)."""
+class AuditCheck(tuple):
+    """The result of verify_audit_chain: unpacks as (intact, entries checked), as before,
+    and also names the first broken entry (`first_bad_id`), why (`reason`) and how many
+    entries fail (`broken`)."""
+
+    first_bad_id: int | None
+    reason: str | None
+    broken: int
+
+    def __new__(cls, intact: bool, entries: int, first_bad_id: int | None = None,
+                reason: str | None = None, broken: int = 0) -> AuditCheck:
+        obj = super().__new__(cls, (intact, entries))
+        obj.first_bad_id, obj.reason, obj.broken = first_bad_id, reason, broken
+        return obj
+
+    @property
+    def intact(self) -> bool:
+        return self[0]
+
+    @property
+    def entries(self) -> int:
+        return self[1]
+
+
+def verify_audit_chain(conn: psycopg.Connection) -> AuditCheck:
+    """Recompute the hash chain; (intact, entries checked) plus the first broken entry id.
+
+    An entry breaks when its stored hash is not the hash of its own content (it was edited)
+    or its prev_hash is not the stored hash of the entry before it (one was deleted or
+    inserted). Each entry is checked against its stored neighbours, so one edit breaks
+    one entry and the count says how many were touched.
+    """
     rows = conn.execute(
-        "SELECT prev_hash, hash, encode(sha256(convert_to(prev_hash || '|' || at::text || '|' "
-        "|| coalesce(run_id, '') || '|' || actor || '|' || action || '|' || detail::text, "
+        "SELECT id, prev_hash, hash, encode(sha256(convert_to(prev_hash || '|' || "
+        "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || "
+        "'|' || coalesce(run_id, '') || '|' || actor || '|' || action || '|' || detail::text, "
         "'UTF8')), 'hex') FROM handover_meta.audit_log ORDER BY id").fetchall()
     prev = "0" * 64
-    for stored_prev, stored_hash, recomputed in rows:
-        if stored_prev != prev or stored_hash != recomputed:
-            return False, len(rows)
+    first: tuple[int, str] | None = None
+    broken = 0
+    for entry_id, stored_prev, stored_hash, recomputed in rows:
+        reason = None
+        if stored_hash != recomputed:
+            reason = "content does not match its hash"
+        elif stored_prev != prev:
+            reason = "does not link to the entry before it"
+        if reason:
+            broken += 1
+            first = first or (entry_id, reason)
         prev = stored_hash
-    return True, len(rows)
+    if first is None:
+        return AuditCheck(True, len(rows))
+    return AuditCheck(False, len(rows), first[0], first[1], broken)
 
 
 def stage_totals(conn: psycopg.Connection, run_id: str) -> dict[tuple[str, str], dict[str, int]]:

@@ -4,7 +4,9 @@ L4 fields (the resident ID number) leave the lake only as AES-256-GCM ciphertext
 the id of the key that made it; a keyed HMAC (blind index) lets the new system look a
 customer up, or spot a duplicate, without decrypting; masked forms are what analysts
 see. Keys come from the Airflow connection `handover_keys` (or a secrets backend),
-never from the repository.
+never from the repository. Optionally they are stored only wrapped by AWS KMS (envelope
+encryption): the connection then holds KMS ciphertext blobs, unwrapped in memory through
+the KMS endpoint of the connection `handover_kms` when a task loads the keyring.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +33,15 @@ class Keyring:
     hmac_key: bytes
 
     @classmethod
-    def from_dict(cls, data: dict) -> Keyring:
+    def from_dict(cls, data: dict, kms: Any = None) -> Keyring:
+        """A keyring from the connection extra: plain keys, or KMS-wrapped ones (envelope).
+
+        Envelope form: {'kms_key_id', 'active_key_id', 'wrapped_keys': {id: base64 KMS
+        ciphertext blob}, 'wrapped_hmac_key' (or a plain 'hmac_key')}; `kms` is a boto3 KMS
+        client, by default kms_client().
+        """
+        if isinstance(data, dict) and "wrapped_keys" in data:
+            return cls._from_envelope(data, kms)
         try:
             keys = {k: base64.b64decode(v) for k, v in data["keys"].items()}
             ring = cls(data["active_key_id"], keys, base64.b64decode(data["hmac_key"]))
@@ -38,11 +49,36 @@ class Keyring:
             raise ValueError(
                 "keyring: expected {'active_key_id': ..., 'keys': {id: base64 32 bytes}, "
                 f"'hmac_key': base64}} in connection 'handover_keys' extra ({exc!r})") from exc
+        return ring._checked()
+
+    @classmethod
+    def _from_envelope(cls, data: dict, kms: Any) -> Keyring:
+        try:
+            cmk = data["kms_key_id"]
+            wrapped = dict(data["wrapped_keys"])
+            active = data["active_key_id"]
+            hmac_wrapped = data.get("wrapped_hmac_key")
+            hmac_plain = None if hmac_wrapped else base64.b64decode(data["hmac_key"])
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                "keyring (KMS envelope): expected {'kms_key_id': ..., 'active_key_id': ..., "
+                "'wrapped_keys': {id: base64 KMS ciphertext blob}, 'wrapped_hmac_key': base64} "
+                f"in connection 'handover_keys' extra ({exc!r})") from exc
+        kms = kms if kms is not None else kms_client(cmk)
+        keys = {kid: kms_unwrap(kms, cmk, blob, kid) for kid, blob in wrapped.items()}
+        hmac_key = hmac_plain if hmac_wrapped is None else kms_unwrap(kms, cmk, hmac_wrapped,
+                                                                      HMAC_CONTEXT_ID)
+        return cls(active, keys, hmac_key)._checked()
+
+    def _checked(self) -> Keyring:
+        ring = self
         if ring.active_key_id not in ring.keys:
             raise ValueError(f"keyring: active key '{ring.active_key_id}' is not among the keys")
         for kid, key in ring.keys.items():
             if len(key) != 32:
                 raise ValueError(f"keyring: key '{kid}' must be 32 bytes for AES-256")
+        if not ring.hmac_key:
+            raise ValueError("keyring: the blind-index (HMAC) key is empty")
         return ring
 
     @staticmethod
@@ -52,6 +88,78 @@ class Keyring:
             "keys": {key_id: base64.b64encode(os.urandom(32)).decode()},
             "hmac_key": base64.b64encode(os.urandom(32)).decode(),
         }
+
+
+# ------------------------------------------------------------------ AWS KMS (envelope)
+KMS_CONN_ID = "handover_kms"
+HMAC_CONTEXT_ID = "hmac"
+
+
+def kms_context(key_id: str) -> dict[str, str]:
+    """KMS encryption context: binds a wrapped blob to its key id (a swapped blob fails)."""
+    return {"handover:purpose": "field-encryption", "handover:key_id": key_id}
+
+
+def kms_client(kms_key_id: str | None = None) -> Any:
+    """A boto3 KMS client for the connection `handover_kms` (an Airflow AWS connection:
+    login/password = access key, extra endpoint_url, region_name), else the environment
+    (AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, credentials
+    chain). The region falls back to the one in a key ARN."""
+    import boto3
+
+    from handover.connections import connection_dict
+
+    conn = connection_dict(KMS_CONN_ID) or {}
+    extra = conn.get("extra") or {}
+    endpoint = (extra.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_KMS")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+    region = (extra.get("region_name") or os.environ.get("AWS_REGION")
+              or os.environ.get("AWS_DEFAULT_REGION"))
+    if not region and kms_key_id and kms_key_id.startswith("arn:"):
+        region = kms_key_id.split(":")[3]
+    if not region:
+        raise RuntimeError(
+            f"KMS: no region; set region_name in the extra of the Airflow connection "
+            f"'{KMS_CONN_ID}' or AWS_DEFAULT_REGION, or use a key ARN")
+    from botocore.config import Config
+
+    kwargs: dict[str, Any] = {"region_name": region, "config": Config(
+        connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})}
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    login = conn.get("login") or extra.get("aws_access_key_id")
+    secret = conn.get("password") or extra.get("aws_secret_access_key")
+    if login and secret:
+        kwargs.update(aws_access_key_id=login, aws_secret_access_key=secret)
+    return boto3.client("kms", **kwargs)
+
+
+def kms_unwrap(kms: Any, kms_key_id: str, blob_b64: str, key_id: str) -> bytes:
+    """Decrypt one wrapped key; the error names the key id and never the material."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        out = kms.decrypt(CiphertextBlob=base64.b64decode(blob_b64), KeyId=kms_key_id,
+                          EncryptionContext=kms_context(key_id))
+    except (ClientError, BotoCoreError, ValueError) as exc:
+        raise RuntimeError(
+            f"KMS: cannot unwrap key '{key_id}' with KMS key {kms_key_id}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the connection "
+            f"'{KMS_CONN_ID}' (endpoint, region, credentials) and the key's policy") from exc
+    return out["Plaintext"]
+
+
+def kms_wrap(kms: Any, kms_key_id: str, plaintext: bytes, key_id: str) -> str:
+    out = kms.encrypt(KeyId=kms_key_id, Plaintext=plaintext,
+                      EncryptionContext=kms_context(key_id))
+    return base64.b64encode(out["CiphertextBlob"]).decode()
+
+
+def kms_generate(kms: Any, kms_key_id: str, key_id: str) -> str:
+    """A new AES-256 data key, returned only wrapped (the plaintext is dropped here)."""
+    out = kms.generate_data_key(KeyId=kms_key_id, KeySpec="AES_256",
+                                EncryptionContext=kms_context(key_id))
+    return base64.b64encode(out["CiphertextBlob"]).decode()
 
 
 def load_keyring() -> Keyring:

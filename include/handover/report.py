@@ -48,7 +48,10 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
             protection.append({"table": table, "target": f"{tmap['target']}.{field}",
                                "level": col["level"], "pii": col["pii"],
                                "protect": spec.get("protect", [])})
+    head = conn.execute("SELECT id, hash FROM handover_meta.audit_log ORDER BY id DESC "
+                        "LIMIT 1").fetchone()
     return {"run_id": run_id, "system": cfg.system, "reconciliation": recon,
+            "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
@@ -67,6 +70,7 @@ def _bar(parts: list[tuple[str, int, str]], total: int, width: int = 420) -> str
 
 def render_html(data: dict[str, Any]) -> str:
     esc = html.escape
+    head = data.get("audit_head") or {}
     recon_rows = []
     for t, r in data["reconciliation"].items():
         bar = _bar([("loaded", r["loaded"], "#2e7d32"), ("quarantined", r["quarantined"],
@@ -104,6 +108,8 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 </style></head><body>
 <h1>Migration run {esc(data['run_id'])}</h1>
 <p>Source system <b>{esc(data['system'])}</b>. Purpose: {esc(data['policy_purpose'])}.</p>
+<p>Audit trail head at publication: entry {head.get('id', '—')},
+<code>{esc(str(head.get('hash', '—')))}</code> (anchor for <code>verify-audit</code>).</p>
 <h2>Reconciliation</h2>
 <p>Per table: every source row is loaded (green), quarantined (amber) or excluded (blue).</p>
 <table><tr><th>table</th><th>source rows</th><th>loaded</th><th>quarantined</th>

@@ -89,7 +89,8 @@ BEGIN
     SELECT hash INTO last FROM handover_meta.audit_log ORDER BY id DESC LIMIT 1;
     NEW.prev_hash := coalesce(last, repeat('0', 64));
     NEW.hash := encode(sha256(convert_to(
-        NEW.prev_hash || '|' || NEW.at::text || '|' || coalesce(NEW.run_id, '') || '|' ||
+        NEW.prev_hash || '|' ||
+        to_char(NEW.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '|' || coalesce(NEW.run_id, '') || '|' ||
         NEW.actor || '|' || NEW.action || '|' || NEW.detail::text, 'UTF8')), 'hex');
     RETURN NEW;
 END $$;

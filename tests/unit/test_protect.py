@@ -260,3 +260,65 @@ def test_keyring_bad_base64():
 
     with pytest.raises(ValueError, match="keyring"):
         Keyring.from_dict(data)
+
+
+def test_keyring_empty_hmac_key():
+    data = Keyring.generate("k1")
+    data["hmac_key"] = ""
+
+    with pytest.raises(ValueError, match="HMAC"):
+        Keyring.from_dict(data)
+
+
+@pytest.mark.parametrize("drop", ["kms_key_id", "active_key_id", "wrapped_hmac_key"])
+def test_envelope_keyring_missing_entry_fails_before_calling_kms(drop: str):
+    data = {"kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/x", "active_key_id": "k1",
+            "wrapped_keys": {"k1": "AAAA"}, "wrapped_hmac_key": "AAAA"}
+    del data[drop]
+
+    with pytest.raises(ValueError, match="KMS envelope"):
+        Keyring.from_dict(data, kms=object())  # never called: the shape is wrong first
+
+
+# -- keyring upkeep (handover.keys) ---------------------------------------------------------------
+
+
+def test_add_key_makes_a_new_active_key_and_leaves_the_input_alone():
+    from handover.keys import add_key
+
+    data = Keyring.generate("k1")
+
+    new = add_key(data, "k2")
+
+    assert new["active_key_id"] == "k2" and set(new["keys"]) == {"k1", "k2"}
+    assert new["keys"]["k1"] == data["keys"]["k1"] and new["hmac_key"] == data["hmac_key"]
+    assert data["active_key_id"] == "k1" and set(data["keys"]) == {"k1"}
+    ring = Keyring.from_dict(new)
+    blob = encrypt_values(objects(VALID_ID), Keyring.from_dict(data))[0]
+    assert decrypt_value(blob, "k1", ring) == VALID_ID  # old values still readable
+
+
+def test_add_key_refuses_an_existing_id():
+    from handover.keys import KeyringError, add_key
+
+    with pytest.raises(KeyringError, match="exists already"):
+        add_key(Keyring.generate("k1"), "k1")
+
+
+def test_retire_key():
+    from handover.keys import KeyringError, add_key, retire_key
+
+    data = add_key(Keyring.generate("k1"), "k2")
+
+    assert set(retire_key(data, "k1")["keys"]) == {"k2"}
+    with pytest.raises(KeyringError, match="active key"):
+        retire_key(data, "k2")
+    with pytest.raises(KeyringError, match="no key 'k9'"):
+        retire_key(data, "k9")
+
+
+def test_keyring_error_is_a_data_fault_that_does_not_retry():
+    from handover.config import ConfigError
+    from handover.keys import KeyringError
+
+    assert issubclass(KeyringError, ConfigError)

@@ -1,0 +1,150 @@
+"""The audit trail is tamper-evident: an edit made behind the database's back is found.
+
+The guard trigger refuses UPDATE and DELETE; a superuser can still switch it off. These
+tests do exactly that, change or remove one entry, switch it back on, and expect both
+ledger.verify_audit_chain and `python -m handover.cli verify-audit` to name the entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from handover import ledger
+from tests.conftest import ROOT, create_database, drop_database, pg_dsn
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def trail():
+    """A fresh target with six audit entries; yields (dsn, entry ids)."""
+    name = create_database("handover_audit")
+    dsn = pg_dsn(name)
+    try:
+        with psycopg.connect(dsn) as conn:
+            ledger.ensure_schema(conn)
+            with conn.transaction():
+                for i in range(6):
+                    ledger.audit(conn, "step", run_id="r1", detail={"n": i, "rows": 10 * i})
+            ids = [r[0] for r in conn.execute("SELECT id FROM handover_meta.audit_log "
+                                              "ORDER BY id")]
+        yield dsn, ids
+    finally:
+        drop_database(name)
+
+
+def _behind_the_guard(dsn: str, statement: str, params: tuple) -> None:
+    """As superuser: disable the append-only trigger, run `statement`, re-enable it."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE handover_meta.audit_log DISABLE TRIGGER audit_refuse")
+        try:
+            conn.execute(statement, params)
+        finally:
+            conn.execute("ALTER TABLE handover_meta.audit_log ENABLE TRIGGER audit_refuse")
+
+
+def _cli(dsn: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HANDOVER_TARGET_DSN": dsn, "PYTHONPATH": str(ROOT / "include")}
+    return subprocess.run([sys.executable, "-m", "handover.cli", "verify-audit"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_intact_trail_verifies(trail):
+    dsn, ids = trail
+
+    with psycopg.connect(dsn) as conn:
+        check = ledger.verify_audit_chain(conn)
+    intact, n = check  # the (bool, int) shape callers already unpack
+    cli = _cli(dsn)
+
+    assert (intact, n, check.first_bad_id, check.broken) == (True, 6, None, 0)
+    assert cli.returncode == 0 and "intact: 6 entries" in cli.stdout
+
+
+def test_chain_does_not_depend_on_the_session_time_zone(trail):
+    dsn, _ = trail
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'Asia/Shanghai'")
+        ledger.audit(conn, "step", run_id="r1", detail={"from": "shanghai"})
+        conn.commit()
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'America/Los_Angeles'")
+        check = ledger.verify_audit_chain(conn)
+    assert (check.intact, check.broken) == (True, 0)
+
+
+def test_the_guard_refuses_edits_without_superuser_tampering(trail):
+    dsn, ids = trail
+
+    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.RaiseException,
+                                                     match="append-only"):
+        conn.execute("UPDATE handover_meta.audit_log SET detail = '{}' WHERE id = %s",
+                     (ids[2],))
+
+
+def test_edited_detail_is_reported_with_its_entry_id(trail):
+    dsn, ids = trail
+    victim = ids[3]
+
+    _behind_the_guard(dsn, "UPDATE handover_meta.audit_log SET detail = %s WHERE id = %s",
+                      (json.dumps({"n": 3, "rows": 0}), victim))
+    with psycopg.connect(dsn) as conn:
+        check = ledger.verify_audit_chain(conn)
+        guard_on = conn.execute(
+            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_refuse'").fetchone()[0]
+    cli = _cli(dsn)
+
+    assert guard_on == "O"
+    assert (check.intact, check.first_bad_id, check.broken) == (False, victim, 1)
+    assert "content" in check.reason
+    assert cli.returncode == 1
+    assert f"BROKEN at entry id {victim}" in cli.stdout
+
+
+def test_edit_that_also_rewrites_the_hash_breaks_the_next_link(trail):
+    dsn, ids = trail
+    victim = ids[1]
+
+    # A careful forger recomputes the edited entry's own hash; the next entry still
+    # points at the old one.
+    _behind_the_guard(
+        dsn,
+        "UPDATE handover_meta.audit_log SET detail = '{\"n\": 1, \"rows\": 0}', "
+        "hash = encode(sha256(convert_to(prev_hash || '|' || "
+        "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '|' || "
+        "coalesce(run_id, '') || '|' || actor || '|' || action || '|' || "
+        "'{\"n\": 1, \"rows\": 0}'::jsonb::text, 'UTF8')), 'hex') WHERE id = %s",
+        (victim,))
+    with psycopg.connect(dsn) as conn:
+        check = ledger.verify_audit_chain(conn)
+
+    assert (check.intact, check.first_bad_id) == (False, ids[2])
+    assert "link" in check.reason
+
+
+def test_deleted_entry_is_reported_at_the_next_one(trail):
+    dsn, ids = trail
+
+    _behind_the_guard(dsn, "DELETE FROM handover_meta.audit_log WHERE id = %s", (ids[2],))
+    with psycopg.connect(dsn) as conn:
+        check = ledger.verify_audit_chain(conn)
+    cli = _cli(dsn)
+
+    assert (check.intact, check.entries, check.first_bad_id) == (False, 5, ids[3])
+    assert cli.returncode == 1 and f"BROKEN at entry id {ids[3]}" in cli.stdout
+
+
+def test_auditor_role_can_verify(trail):
+    dsn, ids = trail
+
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET ROLE handover_auditor")
+        check = ledger.verify_audit_chain(conn)
+
+    assert check.intact and check.entries == 6
