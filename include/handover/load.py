@@ -11,6 +11,7 @@ a new random nonce must not count as a change.
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import psycopg
 import pyarrow as pa
@@ -98,3 +99,78 @@ def table_checksum(conn: psycopg.Connection, schema: str, target: str, key: str)
 
 def key_column_values(table: pa.Table, key: str) -> list[str]:
     return pc.cast(table[key], pa.string()).to_pylist()
+
+
+# ---------------------------------------------------------------- nightly sync
+def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
+                 table: pa.Table, version: str | None) -> dict[str, int]:
+    """`upsert_partition` for nights that may run out of order: older never beats newer.
+
+    A staged row replaces the target's only if its `version` column (the legacy
+    updated_at, mapped) is not older than the target's, so rerunning or backfilling an
+    old night cannot undo a newer one. With no version column this is `upsert_partition`.
+    Returns inserted / updated / unchanged / stale (older than the target, left alone).
+    """
+    if version is None:
+        return {**upsert_partition(conn, schema, target, key, table), "stale": 0}
+    staging = sql.Identifier(f"stg_newer_{target}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
+                         "ON COMMIT DELETE ROWS").format(staging, sql.Identifier(schema, target)))
+    conn.execute(sql.SQL("TRUNCATE {}").format(staging))
+    copy_arrow(conn, staging, table)
+    tgt, kid, ver = sql.Identifier(schema, target), sql.Identifier(key), sql.Identifier(version)
+    stale = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {s} s JOIN {t} t USING ({k}) "
+        "WHERE t.{v} IS NOT NULL AND (s.{v} IS NULL OR s.{v} < t.{v})"
+    ).format(s=staging, t=tgt, k=kid, v=ver)).fetchone()[0]
+    cols = table.column_names
+    compare = comparable_columns(cols)
+    stmt = sql.SQL(
+        "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
+        "ON CONFLICT ({key}) DO UPDATE SET {sets} "
+        "WHERE (t.{v} IS NULL OR excluded.{v} >= t.{v}) "
+        "AND ({t_cmp}) IS DISTINCT FROM ({x_cmp}) "
+        "RETURNING (xmax = 0) AS inserted"
+    ).format(
+        target=tgt, staging=staging, key=kid, v=ver,
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in cols if c != key),
+        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
+        x_cmp=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
+                                 for c in compare),
+    )
+    flags = [r[0] for r in conn.execute(stmt).fetchall()]
+    inserted = sum(1 for f in flags if f)
+    updated = len(flags) - inserted
+    return {"inserted": inserted, "updated": updated, "stale": int(stale),
+            "unchanged": table.num_rows - inserted - updated - int(stale)}
+
+
+def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
+                deletions: list[tuple[str, Any]], version: str | None) -> dict[str, int]:
+    """Delete rows the legacy system deleted: (key, deleted_at) pairs; caller owns the txn.
+
+    With a `version` column a row is deleted only if it is not newer than the deletion
+    (a key re-created after it was deleted survives a replay of the older night).
+    Returns deleted / absent (no such row in the target) / superseded (target is newer).
+    """
+    del_tbl = sql.Identifier(f"del_{target}")
+    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (k text PRIMARY KEY, "
+                         "deleted_at timestamp) ON COMMIT DELETE ROWS").format(del_tbl))
+    conn.execute(sql.SQL("TRUNCATE {}").format(del_tbl))
+    with conn.cursor().copy(sql.SQL("COPY {} (k, deleted_at) FROM STDIN").format(del_tbl)) as cp:
+        for k, at in deletions:
+            cp.write_row((k, at))
+    tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
+    absent = conn.execute(sql.SQL(
+        "SELECT count(*) FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{k} = d.k)"
+    ).format(d=del_tbl, t=tgt, k=kid)).fetchone()[0]
+    guard = (sql.SQL("AND (t.{v} IS NULL OR t.{v} <= d.deleted_at)").format(
+        v=sql.Identifier(version)) if version else sql.SQL(""))
+    deleted = len(conn.execute(sql.SQL(
+        "DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard} RETURNING 1"
+    ).format(t=tgt, d=del_tbl, k=kid, guard=guard)).fetchall())
+    return {"deleted": deleted, "absent": int(absent),
+            "superseded": len(deletions) - deleted - int(absent)}

@@ -1,0 +1,876 @@
+"""The nightly sync: one legacy day, through the migration's own stages, provably.
+
+During the parallel run the legacy system exports, every night, what changed on one
+calendar day (legacy time, Asia/Shanghai): a *change set* (see handover.synth_changes).
+The DAG run whose data interval is that day handles exactly that change set:
+
+- **selection.** Subscribers and consents are in a change set by their change time
+  (updated_at, granted_at) inside the day, which is how the legacy export selects them;
+  event tables (calls, sessions, payments, complaints, browsing) by *arrival*: every row
+  that reached the legacy system that day, whatever its own timestamp, so a call record
+  of three days ago that arrives late lands in the night it arrives. Deletions come as
+  `<table>.deleted.csv` (key, deleted_at).
+- **same stages, same gates.** Intake, compliance, quality and contract gates, comply,
+  cleanse, map + protect run the migration's code (`handover.pipeline`) on the night's
+  partitions under the run id `nightly_sync__<day>`, one per night whatever Airflow calls
+  the run, so a rerun or a backfill of a night replaces that night's books. Two things
+  differ, because a night is not a whole export: policy facts (objections, consents) come
+  from the legacy state as of the night's end, and a child row's parent may already live
+  in the new system (or, on a replay, have been deleted later), which the parent registry
+  learns from the target and the tombstones.
+- **older never beats newer.** Nights may be rerun or backfilled in any order. A row
+  replaces the target's only if its version (the mapped updated_at / granted_at) is not
+  older; every deletion leaves a tombstone (`handover_meta.tombstone`), and a replayed
+  row that a later night deleted is not brought back. So rerunning night 2 after night 3
+  changes nothing. New nights still run in order: a night refuses to start while the
+  night before it has a change set but no successful sync.
+- **the ledger still balances.** Per table and night: rows in (changed + deleted) =
+  loaded + quarantined + excluded + deleted. Deletion records are booked at extract as
+  excluded with `detail.deleted_at_source`, and at a `delete` stage whose detail says how
+  many were removed, absent or superseded.
+- **old versus new.** After the load, every table of the target is compared with the
+  legacy state as of the newest night applied (`handover.diff`: segment hashes, bisected
+  down to the differing keys, only keys and counts leave the database). Keys the ledger
+  accounts for (quarantined in a run no older than the legacy row; excluded and absent
+  from the target) are set aside; any other difference fails the reconciliation gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from handover import ledger, pipeline
+from handover.config import SourceConfig, load_config
+from handover.lake import Lake, lake_from_url, part_key, safe_run_id
+
+log = logging.getLogger("handover")
+
+DAG_ID = "nightly_sync"
+LEGACY_TZ = "Asia/Shanghai"
+TIME_FMT = "%Y-%m-%d %H:%M:%S"
+ROWS_PER_PARTITION = 250_000
+#: Source column that versions a row of a table; tables without one are append-only events.
+VERSION_COLUMNS = {"subscribers": "updated_at", "consents": "granted_at"}
+DELETED = "deleted"  # ledger partition of a table's deletion records
+GATES = ("intake", "compliance", "quality", "contract")
+
+TOMBSTONE_DDL = """
+CREATE TABLE IF NOT EXISTS handover_meta.tombstone (
+    table_name   text NOT NULL,
+    record_key   text NOT NULL,
+    deleted_at   timestamp NOT NULL,
+    run_id       text NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, record_key)
+)
+"""
+
+
+class NightOrderError(pipeline.SourceError):
+    """A night cannot run yet (or at all): the message says which night to run first."""
+
+
+# ---------------------------------------------------------------- helpers
+def _lake() -> Lake:
+    return lake_from_url()
+
+
+def _config(system: str) -> SourceConfig:
+    from handover.config import CONFIG_ROOT
+
+    folder = Path(system) if Path(system).is_dir() else CONFIG_ROOT / system
+    stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.yaml")))
+    return _cached_config(system, stamp)
+
+
+@lru_cache(maxsize=8)
+def _cached_config(system: str, stamp: tuple) -> SourceConfig:
+    return load_config(system)
+
+
+def legacy_interval(start: Any, end: Any, tz: str = LEGACY_TZ) -> tuple[pd.Timestamp,
+                                                                         pd.Timestamp]:
+    """Airflow's (aware) data interval as the legacy system's naive local times."""
+    def local(t: Any) -> pd.Timestamp:
+        t = pd.Timestamp(t)
+        return t.tz_convert(tz).tz_localize(None) if t.tzinfo is not None else t
+
+    return local(start), local(end)
+
+
+def night_run_id(start: pd.Timestamp, dag_id: str = DAG_ID) -> str:
+    return f"{dag_id}__{start:%Y-%m-%d}"
+
+
+def change_set_dir(changes_dir: str | Path, start: pd.Timestamp) -> Path:
+    return Path(changes_dir) / f"{start:%Y-%m-%d}"
+
+
+def change_set_ready(changes_dir: str | Path, data_interval_start: Any,
+                     data_interval_end: Any) -> bool:
+    """For the sensor: has the legacy system delivered this night's change set?"""
+    start, _ = legacy_interval(data_interval_start, data_interval_end)
+    return (change_set_dir(changes_dir, start) / "change_manifest.json").is_file()
+
+
+def changes_dir(param: str | None) -> str:
+    """The run's change sets: the run param, else HANDOVER_CHANGES_DIR, else the demo's."""
+    import os
+
+    return (param or os.environ.get("HANDOVER_CHANGES_DIR")
+            or str(pipeline.PROJECT_ROOT / ".state" / "changes"))
+
+
+def version_column(cfg: SourceConfig, table: str) -> str | None:
+    """The target column that versions a table's rows (mapped from VERSION_COLUMNS)."""
+    src = VERSION_COLUMNS.get(table)
+    if src is None:
+        return None
+    return next((f for f, s in cfg.table_mapping(table)["fields"].items()
+                 if s.get("from") == src), None)
+
+
+def state_file(state_dir: str | Path, table: str) -> Path:
+    """A table's CSV in the legacy state folder, as its export_manifest.json names it."""
+    manifest = json.loads((Path(state_dir) / "export_manifest.json").read_text(encoding="utf-8"))
+    name = manifest.get("tables", {}).get(table, {}).get("file", f"{table}.csv")
+    return Path(state_dir) / name
+
+
+def ensure_sync_schema(conn) -> None:
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('handover_ddl'))")
+        conn.execute(TOMBSTONE_DDL)
+
+
+def _succeeded(conn, run_id: str) -> str | None:
+    row = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
+                       (run_id,)).fetchone()
+    return row[0] if row else None
+
+
+# ---------------------------------------------------------------- plan
+def plan_night(*, dag_id: str = DAG_ID, system: str, changes_dir: str, data_interval_start: Any,
+               data_interval_end: Any, airflow_run_id: str | None = None) -> dict:
+    """Check the night's change set and its place in the sequence, then open the run."""
+    cfg = _config(system)
+    start, end = legacy_interval(data_interval_start, data_interval_end)
+    if start != start.normalize() or end - start != pd.Timedelta(days=1):
+        raise pipeline.SourceError(
+            f"data interval {start} - {end} (legacy time) is not one whole legacy day; "
+            "nightly_sync needs a daily schedule aligned on midnight Asia/Shanghai")
+    folder = change_set_dir(changes_dir, start)
+    manifest_path = folder / "change_manifest.json"
+    if not manifest_path.is_file():
+        raise pipeline.SourceError(f"{manifest_path}: change set of {start:%Y-%m-%d} not found; "
+                                   "point the run's changes_dir at the legacy change sets")
+    raw = manifest_path.read_bytes()
+    manifest = json.loads(raw)
+    got = (manifest.get("interval_start"), manifest.get("interval_end"))
+    if got != (start.strftime(TIME_FMT), end.strftime(TIME_FMT)):
+        raise pipeline.SourceError(f"{manifest_path}: covers {got[0]} - {got[1]}, but this run's "
+                                   f"data interval is {start} - {end}; wrong folder?")
+    files: dict[str, dict[str, str]] = {}
+    for table in cfg.tables:
+        entry = manifest.get("tables", {}).get(table)
+        if entry is None:
+            raise pipeline.SourceError(f"{manifest_path}: no entry for table {table}")
+        files[table] = {"file": entry["file"], "deleted_file": entry["deleted_file"]}
+        for name in files[table].values():
+            if not (folder / name).is_file():
+                raise pipeline.SourceError(f"{folder / name}: change file of table {table} "
+                                           "not found; the change set is incomplete")
+    state_dir = folder / manifest.get("state", "state")
+    if not (state_dir / "export_manifest.json").is_file():
+        raise pipeline.SourceError(f"{state_dir}: legacy state as of {end} not found; the "
+                                   "sync needs it for policy facts and to reconcile")
+    run_id = night_run_id(start, dag_id)
+    with ledger.connect() as conn:
+        ledger.ensure_schema(conn)
+        ensure_sync_schema(conn)
+        _check_order(conn, changes_dir, start, end, dag_id)
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
+                "exported_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET "
+                "status = 'running', finished_at = NULL, source_manifest = "
+                "excluded.source_manifest",
+                (run_id, dag_id, cfg.system, hashlib.sha256(raw).hexdigest(),
+                 end.to_pydatetime()))
+            ledger.audit(conn, "run_started", run_id=run_id, detail={
+                "dag_id": dag_id, "system": cfg.system, "source": str(folder),
+                "interval": [str(start), str(end)], "airflow_run_id": airflow_run_id})
+    log.info("night %s planned: change set %s", run_id, folder)
+    return {"run_id": run_id, "dag_id": dag_id, "system": system, "changes_dir": str(changes_dir),
+            "source_dir": str(folder), "state_dir": str(state_dir), "exported_at": str(end),
+            "interval_start": str(start), "interval_end": str(end), "tables": cfg.tables,
+            "files": files,
+            "manifest_rows": {t: manifest["tables"][t]["rows"] for t in cfg.tables},
+            "deleted_rows": {t: manifest["tables"][t]["deleted_rows"] for t in cfg.tables}}
+
+
+def _check_order(conn, changes_dir: str, start: pd.Timestamp, end: pd.Timestamp,
+                 dag_id: str) -> None:
+    baseline = conn.execute(
+        "SELECT max(exported_at) FROM handover_meta.run WHERE dag_id <> %s AND "
+        "status = 'succeeded'", (dag_id,)).fetchone()[0]
+    if baseline is None:
+        raise NightOrderError("no completed migration in this target: run customer_migration "
+                              "first; the nightly sync only carries changes after it")
+    if end <= pd.Timestamp(baseline):
+        raise NightOrderError(f"night {start:%Y-%m-%d} ends before the migration's export "
+                              f"({baseline}); nothing to sync: start nightly_sync on the "
+                              "cut-over day")
+    prev = start - pd.Timedelta(days=1)
+    if start > pd.Timestamp(baseline) and change_set_dir(changes_dir, prev).is_dir():
+        status = _succeeded(conn, night_run_id(prev, dag_id))
+        if status != "succeeded":
+            raise NightOrderError(
+                f"night {prev:%Y-%m-%d} has a change set but its sync is "
+                f"{status or 'missing'}; nights run in order: run or clear that night first")
+
+
+# ---------------------------------------------------------------- extract
+def _split_csv(path: Path, key: str, n_parts: int, tmp: Path) -> tuple[list[int], list[int],
+                                                                       int, str]:
+    """Stream a change file into hash partitions of raw Parquet (all values as text)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline().rstrip("\r\n").split(",")
+    if key not in header:
+        raise pipeline.SourceError(f"{path} line 1: key column '{key}' is missing from the "
+                                   "header; fix the change export")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
+    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
+               for i in range(n_parts)]
+    counts, sums, row_no = [0] * n_parts, [0] * n_parts, 0
+    try:
+        reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in header}, strings_can_be_null=False))
+        for batch in reader:
+            n = batch.num_rows
+            rows = pa.array(np.arange(row_no + 1, row_no + n + 1, dtype=np.int64))
+            row_no += n
+            batch = pa.RecordBatch.from_arrays(list(batch.columns) + [rows], schema=schema)
+            hashed = pd.util.hash_array(np.asarray(batch.column(key).to_pylist(), dtype=object),
+                                        categorize=False)
+            pid = (hashed % np.uint64(n_parts)).astype(np.int64)
+            for i in range(n_parts):
+                idx = np.flatnonzero(pid == i)
+                if len(idx):
+                    writers[i].write_batch(batch.take(pa.array(idx)))
+                    counts[i] += len(idx)
+                    sums[i] = (sums[i] + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64
+    except pa.ArrowInvalid as exc:
+        raise pipeline.SourceError(f"{path}: cannot parse as CSV near row {row_no + 1}: "
+                                   f"{str(exc).splitlines()[0]}; fix the change export") from exc
+    finally:
+        for w in writers:
+            w.close()
+    return counts, sums, row_no, sha
+
+
+def _read_deletions(path: Path, key: str) -> pd.DataFrame:
+    """The deleted-keys export: (key, deleted_at) as text, checked line by line."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if list(frame.columns) != [key, "deleted_at"]:
+        raise pipeline.SourceError(f"{path} line 1: expected the header '{key},deleted_at', got "
+                                   f"{','.join(frame.columns)}; fix the deleted-keys export")
+    keys = frame[key].str.strip()
+    at = pd.to_datetime(frame["deleted_at"].str.strip(), format=TIME_FMT, errors="coerce")
+    bad = (keys == "") | at.isna()
+    if bad.any():
+        line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
+        raise pipeline.SourceError(f"{path} line {line}: a deletion needs a key and a deleted_at "
+                                   f"'YYYY-MM-DD HH:MM:SS'; {int(bad.sum())} such line(s)")
+    return pd.DataFrame({"key": keys, "deleted_at": at.dt.strftime(TIME_FMT)})
+
+
+def extract_changes(ctx: dict, table: str) -> list[dict]:
+    """The night's changed rows into raw partitions, its deletions into the lake."""
+    cfg = _config(ctx["system"])
+    key = cfg.table(table)["key"]
+    folder, files = Path(ctx["source_dir"]), ctx["files"][table]
+    expected, expected_del = ctx["manifest_rows"][table], ctx["deleted_rows"][table]
+    n_parts = max(1, min(cfg.partitions(table), math.ceil(expected / ROWS_PER_PARTITION)))
+    lake, run_id = _lake(), ctx["run_id"]
+    path = folder / files["file"]
+    with tempfile.TemporaryDirectory(prefix=f"sync-{table}-") as tmp:
+        counts, sums, rows, sha = _split_csv(path, key, n_parts, Path(tmp))
+        if rows != expected:
+            raise pipeline.SourceError(f"{path}: read {rows} rows but the change manifest says "
+                                       f"{expected}; the file is truncated or was changed")
+        del_path = folder / files["deleted_file"]
+        deletions = _read_deletions(del_path, key)
+        if len(deletions) != expected_del:
+            raise pipeline.SourceError(f"{del_path}: read {len(deletions)} deletions but the "
+                                       f"change manifest says {expected_del}")
+        lake.write_table(f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet",
+                         pa.Table.from_pandas(deletions, preserve_index=False))
+        parts = []
+        with ledger.connect() as conn, conn.transaction():
+            for i in range(n_parts):
+                partition = f"p{i:02d}"
+                lake.put_bytes(part_key(run_id, "raw", table, partition),
+                               (Path(tmp) / f"{i}.parquet").read_bytes())
+                ledger.record(conn, run_id=run_id, table=table, partition=partition,
+                              stage="extract", rows_in=counts[i], rows_out=counts[i],
+                              checksum=f"{sums[i]:016x}",
+                              detail={"source_file": path.name, "source_sha256": sha})
+                parts.append({"table": table, "partition": partition, "rows": counts[i]})
+            ledger.record(conn, run_id=run_id, table=table, partition=DELETED, stage="extract",
+                          rows_in=len(deletions), rows_out=0, excluded=len(deletions),
+                          checksum=ledger.key_checksum(deletions["key"].to_numpy(dtype=object)),
+                          detail={"deleted_at_source": len(deletions),
+                                  "source_file": del_path.name,
+                                  "source_sha256": hashlib.sha256(
+                                      del_path.read_bytes()).hexdigest()})
+    log.info("extract %s: %d changed rows into %d partitions, %d deletions", table, rows,
+             n_parts, len(deletions))
+    return parts
+
+
+def list_partitions(lists: list[list[dict]]) -> list[dict]:
+    return pipeline.flatten(lists)
+
+
+# ---------------------------------------------------------------- comply
+@lru_cache(maxsize=4)
+def _facts(state_dir: str, system: str, exported_at: str, stamp: float):
+    """Objections and consents as of the night's end, from the legacy state."""
+    from handover.comply import policy_facts
+
+    cfg = _config(system)
+    frames: dict[str, pd.DataFrame | None] = {"objection": None, "consent": None}
+    for what in frames:
+        spec = cfg.policy.get(what)
+        if not spec:
+            continue
+        t = spec["table"]
+        cols = ([cfg.table(t)["customer_column"], spec["column"]] if what == "objection" else
+                [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
+        frames[what] = pd.read_csv(state_file(state_dir, t), usecols=cols, dtype=str,
+                                   keep_default_na=False)
+    obj = cfg.policy.get("objection")
+    cust = cfg.table(obj["table"]).get("customer_column", "cust_id") if obj else "cust_id"
+    return policy_facts(frames["objection"], frames["consent"], cfg.policy,
+                        pd.Timestamp(exported_at), customer_column=cust)
+
+
+def comply_partition(ctx: dict, part: dict) -> dict:
+    """The migration's policy decision, with facts from the legacy state as of the night."""
+    from handover.comply import decide
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    lake = _lake()
+    raw = lake.read_table(part_key(run_id, "raw", table, partition)).to_pandas()
+    spec = cfg.table(table)
+    state = Path(ctx["state_dir"]) / "export_manifest.json"
+    facts = _facts(ctx["state_dir"], ctx["system"], ctx["exported_at"], state.stat().st_mtime)
+    event_time = spec.get("event_time")
+    res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
+                 policy=cfg.policy, facts=facts,
+                 event_time_format=cfg.rules(table).get("dates", {}).get(event_time)
+                 if event_time else None)
+    lake.write_table(part_key(run_id, "comply", table, partition),
+                     pa.Table.from_pandas(res.moved, preserve_index=False))
+    lake.write_table(part_key(run_id, "comply/_excluded", table, partition),
+                     pa.Table.from_pandas(res.excluded, preserve_index=False))
+    key = spec["key"]
+    with ledger.connect() as conn, conn.transaction():
+        keys = [str(k).strip() if isinstance(k, str) and k.strip() else f"row:{r}"
+                for k, r in zip(res.excluded[key], res.excluded["_source_row"], strict=True)]
+        ledger.replace_exclusions(conn, run_id, table, partition, list(zip(
+            keys, res.excluded["_rule"], res.excluded["_destroy_by"], strict=True)))
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
+                      rows_in=len(raw), rows_out=len(res.moved), excluded=len(res.excluded),
+                      checksum=ledger.key_checksum(res.moved[key].to_numpy(dtype=object)),
+                      detail={"excluded_by_rule": res.counts})
+    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, len(raw),
+             len(res.moved), len(res.excluded), res.counts)
+    return {"table": table, "partition": partition, "rows": len(res.moved),
+            "excluded": len(res.excluded)}
+
+
+# ---------------------------------------------------------------- resolve
+def resolve_customers(ctx: dict) -> dict:
+    """The migration's parent registry for the night, completed with what the target knows.
+
+    The night's own parents are validated and de-duplicated as in the migration; then a
+    newcomer whose person (blind index) already lives in the target under another key is a
+    DUPLICATE_PERSON (the sync never demotes a migrated customer), and parents the night's
+    children refer to are looked up: alive in the target (or deleted only by a later
+    night) is valid, else the fate an earlier run gave them.
+    """
+    from psycopg import sql
+
+    summary = pipeline.resolve_customers(ctx)
+    cfg, lake, run_id = _config(ctx["system"]), _lake(), ctx["run_id"]
+    start = pd.Timestamp(ctx["interval_start"]).to_pydatetime()
+    for table in pipeline.parent_tables(cfg):
+        path = f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet"
+        reg = lake.read_table(path).to_pandas()
+        tmap = cfg.table_mapping(table)
+        tgt, key = sql.Identifier(cfg.mapping["schema"], tmap["target"]), tmap["key"]
+        referenced: set[str] = set()
+        for child, rules in cfg.cleansing["tables"].items():
+            parent = rules.get("parent")
+            if not parent or parent["table"] != table:
+                continue
+            for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{child}/"):
+                col = lake.read_table(k, columns=[parent["column"]]).to_pandas()[parent["column"]]
+                referenced |= {v.strip() for v in col.dropna() if v.strip()}
+        wanted = sorted(referenced | set(reg["key"]))
+        with ledger.connect() as conn:
+            losers = _duplicates_in_target(conn, ctx, cfg, table, reg)
+            alive = {r[0] for r in conn.execute(sql.SQL("SELECT {k} FROM {t} WHERE {k} = ANY(%s)")
+                                                .format(k=sql.Identifier(key), t=tgt), (wanted,))}
+            alive |= {r[0] for r in conn.execute(
+                "SELECT record_key FROM handover_meta.tombstone WHERE table_name=%s AND "
+                "record_key = ANY(%s) AND deleted_at >= %s", (table, wanted, start))}
+            # The fate an earlier finished run gave a parent; "quarantined" sorts before
+            # "x_excluded", so a key with both is quarantined, as ParentRegistry ranks them.
+            earlier = dict(conn.execute(
+                "SELECT e.record_key, min(e.fate) FROM (SELECT run_id, record_key, "
+                "'quarantined' AS fate FROM handover_meta.quarantine WHERE table_name=%s UNION ALL "
+                "SELECT run_id, record_key, 'x_excluded' FROM handover_meta.exclusion WHERE "
+                "table_name=%s) e JOIN handover_meta.run r USING (run_id) WHERE r.status = "
+                "'succeeded' AND r.run_id <> %s AND e.record_key = ANY(%s) GROUP BY 1",
+                (table, table, run_id, sorted(referenced))).fetchall())
+        dup = reg["key"].isin(losers)
+        reg.loc[dup, "fate"] = "quarantined"
+        reg.loc[dup, "duplicate_loser"] = True
+        # A parent whose row was quarantined tonight still lives in the target: its
+        # children are fine.
+        revived = reg["key"].isin(alive) & (reg["fate"] == "quarantined") & ~reg["duplicate_loser"]
+        reg.loc[revived, "fate"] = "valid"
+        extra = sorted(referenced - set(reg["key"]))
+        fates = ["valid" if k in alive else earlier.get(k, "").removeprefix("x_") for k in extra]
+        more = pd.DataFrame({"key": extra, "fate": fates, "duplicate_loser": False})
+        reg = pd.concat([reg, more[more["fate"] != ""]], ignore_index=True)
+        lake.write_table(path, pa.Table.from_pandas(reg, preserve_index=False))
+        summary[table] = {**summary.get(table, {}), "duplicates_of_target": len(losers),
+                          "parents_in_target": int(len(alive & referenced)),
+                          "parents_unknown": int(sum(1 for f in fates if not f))}
+    log.info("resolved parents for the night: %s", summary)
+    return summary
+
+
+def _duplicates_in_target(conn, ctx: dict, cfg: SourceConfig, table: str,
+                          reg: pd.DataFrame) -> set[str]:
+    """Night-valid parents whose dedupe key (by blind index) belongs to another target row."""
+    from psycopg import sql
+
+    from handover.cleanse import validate
+    from handover.protect import blind_index, load_keyring
+
+    rules, tmap = cfg.rules(table), cfg.table_mapping(table)
+    dedupe = rules.get("dedupe")
+    if not dedupe:
+        return set()
+    field = next((f for f, s in tmap["fields"].items() if s.get("from") == dedupe["key"]
+                  and "blind_index" in s.get("protect", [])), None)
+    valid = set(reg.loc[reg["fate"] == "valid", "key"])
+    if field is None or not valid:
+        return set()
+    key = cfg.table(table)["key"]
+    lake = _lake()
+    frames = [lake.read_table(k).to_pandas()
+              for k in lake.list(f"runs/{safe_run_id(ctx['run_id'])}/comply/{table}/")]
+    raw = pd.concat(frames, ignore_index=True).drop(columns=["_basis"], errors="ignore")
+    typed, _ = validate(raw, rules, key=key, exported_at=pd.Timestamp(ctx["exported_at"]))
+    typed = typed[typed[key].isin(valid)]
+    bidx = blind_index(typed[dedupe["key"]].to_numpy(dtype=object), load_keyring(),
+                       f"{table}.{field}")
+    bcol = sql.Identifier(f"{field}_bidx")
+    holders = dict(conn.execute(sql.SQL("SELECT {b}, {k} FROM {t} WHERE {b} = ANY(%s)").format(
+        b=bcol, k=sql.Identifier(tmap["key"]),
+        t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        ([b for b in bidx if b],)).fetchall())
+    return {k for k, b in zip(typed[key], bidx, strict=True)
+            if b in holders and holders[b] != k}
+
+
+# ---------------------------------------------------------------- load + delete
+def load_partition(ctx: dict, part: dict) -> dict:
+    """Upsert where not older than the target, skipping rows a later night deleted."""
+    from handover.load import upsert_newer
+
+    cfg = _config(ctx["system"])
+    table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
+    tmap = cfg.table_mapping(table)
+    mapped = _lake().read_table(part_key(run_id, "mapped", table, partition))
+    version = version_column(cfg, table)
+    started = time.monotonic()
+    with ledger.connect() as conn, conn.transaction():
+        keep, tombstoned = _drop_tombstoned(conn, table, mapped, tmap["key"], version,
+                                            pd.Timestamp(ctx["interval_start"]))
+        stats = upsert_newer(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], keep,
+                             version)
+        stats["tombstoned"] = tombstoned
+        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
+                      rows_in=mapped.num_rows, rows_out=mapped.num_rows,
+                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      detail={**stats, "seconds": round(time.monotonic() - started, 3)})
+    log.info("load %s %s: %d rows %s", table, partition, mapped.num_rows, stats)
+    return {"table": table, "partition": partition, "rows": mapped.num_rows, **stats}
+
+
+def _drop_tombstoned(conn, table: str, mapped: pa.Table, key: str, version: str | None,
+                     start: pd.Timestamp) -> tuple[pa.Table, int]:
+    keys = mapped[key].to_pylist()
+    dead = dict(conn.execute(
+        "SELECT record_key, deleted_at FROM handover_meta.tombstone WHERE table_name=%s AND "
+        "record_key = ANY(%s)", (table, keys)).fetchall())
+    if not dead:
+        return mapped, 0
+    versions = mapped[version].to_pylist() if version else [None] * len(keys)
+    floor = start.to_pydatetime()
+    keep = [not (k in dead and dead[k] >= (v or floor)) for k, v in zip(keys, versions,
+                                                                      strict=True)]
+    return mapped.filter(pa.array(keep)), keep.count(False)
+
+
+def apply_deletions(ctx: dict, table: str) -> dict:
+    """Tombstone and delete the night's deleted keys (never a row newer than its deletion)."""
+    from handover.load import delete_keys
+
+    cfg = _config(ctx["system"])
+    run_id = ctx["run_id"]
+    tmap = cfg.table_mapping(table)
+    dels = _lake().read_table(f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet").to_pandas()
+    latest = (dels.assign(at=pd.to_datetime(dels["deleted_at"], format=TIME_FMT))
+              .groupby("key", sort=True)["at"].max())
+    pairs = [(k, t.to_pydatetime()) for k, t in latest.items()]
+    with ledger.connect() as conn, conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO handover_meta.tombstone AS t (table_name, record_key, deleted_at, "
+                "run_id) VALUES (%s, %s, %s, %s) ON CONFLICT (table_name, record_key) DO UPDATE "
+                "SET deleted_at = excluded.deleted_at, run_id = excluded.run_id, "
+                "recorded_at = now() WHERE excluded.deleted_at > t.deleted_at",
+                [(table, k, at, run_id) for k, at in pairs])
+        stats = delete_keys(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], pairs,
+                            version_column(cfg, table))
+        ledger.record(conn, run_id=run_id, table=table, partition=DELETED, stage="delete",
+                      rows_in=len(dels), rows_out=len(dels),
+                      checksum=ledger.key_checksum(dels["key"].to_numpy(dtype=object)),
+                      detail={**stats, "duplicate_records": len(dels) - len(pairs)})
+        if len(dels):
+            ledger.audit(conn, "rows_deleted", run_id=run_id,
+                         detail={"table": table, **stats})
+    log.info("delete %s: %d deletion records %s", table, len(dels), stats)
+    return {"table": table, "partition": DELETED, "rows": len(dels), **stats}
+
+
+# ---------------------------------------------------------------- reconcile
+def compare_fields(cfg: SourceConfig, table: str) -> list[tuple[str, str, dict | None]]:
+    """(target column, source column, lookup) of every field kept in clear in the target.
+
+    Encrypted and redacted fields are left out (their target value is not the legacy value
+    both sides could hash; the blind index pins the plaintext), as are fields built from
+    several columns.
+    """
+    tmap = cfg.table_mapping(table)
+    out = []
+    for field, spec in tmap["fields"].items():
+        protect = set(spec.get("protect", []))
+        if field == tmap["key"] or "from" not in spec or protect & {"encrypt", "redact"}:
+            continue  # derived from several columns, or not a function of the legacy value
+        lookup = {str(k): v for k, v in spec["lookup"].items()} if "lookup" in spec else None
+        out.append((field, spec["from"], lookup))
+    return out
+
+
+def legacy_projection(cfg: SourceConfig, table: str, state_dir: Path,
+                      as_of: pd.Timestamp) -> pd.DataFrame:
+    """The legacy state of a table as the target would hold it: key, row hash, version, money.
+
+    The rows go through the migration's own normalisation (`cleanse.validate`) and the
+    mapping's lookups, so a clean legacy row and its target row hash alike.
+    """
+    import pyarrow.csv as pacsv
+
+    from handover.cleanse import validate
+    from handover.diff import row_hash
+    from handover.reconcile import MONEY_COLUMNS
+
+    spec, rules = cfg.table(table), cfg.rules(table)
+    path = state_file(state_dir, table)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = fh.readline().rstrip("\r\n").split(",")
+    raw = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(
+        column_types={c: pa.string() for c in header}, strings_can_be_null=False)).to_pandas()
+    typed, _ = validate(raw, rules, key=spec["key"], exported_at=as_of)
+    fields = compare_fields(cfg, table)
+    columns = []
+    for _field, src, lookup in fields:
+        values = typed[src].astype(object).tolist()
+        if lookup is not None:
+            values = [lookup.get(str(v)) if isinstance(v, str) else None for v in values]
+        columns.append(values)
+    keys = typed[spec["key"]].astype(object)
+    src_version = VERSION_COLUMNS.get(table)
+    money = next((s for f, s, _ in fields if f in MONEY_COLUMNS), None)
+    out = pd.DataFrame({
+        "key": keys.to_numpy(),
+        "hash": [row_hash(vals) for vals in zip(*columns, strict=True)] if columns
+        else [row_hash([]) for _ in range(len(keys))],
+        "version": typed[src_version].to_numpy() if src_version else pd.NaT,
+        "money": pd.to_numeric(typed[money], errors="coerce").to_numpy() if money else np.nan,
+    })
+    out = out[out["key"].notna()]
+    return out.drop_duplicates("key", keep="first").reset_index(drop=True)
+
+
+def _latest_applied(conn, ctx: dict) -> tuple[pd.Timestamp, Path]:
+    """As of when old and new must agree: the newest night applied (this one or later)."""
+    row = conn.execute(
+        "SELECT exported_at FROM handover_meta.run WHERE dag_id=%s AND (status='succeeded' OR "
+        "run_id=%s) ORDER BY exported_at DESC LIMIT 1", (ctx["dag_id"], ctx["run_id"])).fetchone()
+    as_of = pd.Timestamp(row[0])
+    folder = change_set_dir(ctx["changes_dir"], as_of - pd.Timedelta(days=1))
+    manifest = folder / "change_manifest.json"
+    if not manifest.is_file():
+        raise pipeline.SourceError(f"{manifest}: the newest night applied ends {as_of}; its change "
+                                   "set (with the legacy state) is needed to reconcile")
+    state = folder / json.loads(manifest.read_text(encoding="utf-8")).get("state", "state")
+    exported = json.loads((state / "export_manifest.json").read_text())["exported_at"]
+    if pd.Timestamp(exported) != as_of:
+        raise pipeline.SourceError(f"{state}: legacy state as of {exported}, expected {as_of}")
+    return as_of, state
+
+
+def _accounted(conn, table: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per key, the newest as-of of a quarantine and of an exclusion in a finished run."""
+    out: dict[str, dict[str, Any]] = {"q": {}, "x": {}}
+    for kind, key, as_of in conn.execute(
+            "SELECT e.kind, e.record_key, max(r.exported_at) FROM (SELECT 'q' AS kind, run_id, "
+            "record_key FROM handover_meta.quarantine WHERE table_name=%s UNION ALL SELECT 'x', "
+            "run_id, record_key FROM handover_meta.exclusion WHERE table_name=%s) e "
+            "JOIN handover_meta.run r USING (run_id) "
+            "WHERE r.status='succeeded' OR r.run_id=%s GROUP BY 1, 2",
+            (table, table, run_id)):
+        out[kind][key] = as_of
+    return out["q"], out["x"]
+
+
+def reconcile_table(ctx: dict, table: str) -> dict:
+    """The night's ledger balance, then old versus new for the whole table."""
+    from psycopg import sql
+
+    from handover.diff import FrameSide, PostgresSide, diff_sides, sql_row_hash
+    from handover.reconcile import MONEY_COLUMNS
+
+    cfg = _config(ctx["system"])
+    run_id = ctx["run_id"]
+    tmap = cfg.table_mapping(table)
+    schema, target, key = cfg.mapping["schema"], tmap["target"], tmap["key"]
+    with ledger.connect() as conn, conn.transaction():
+        totals = {(stage, is_deleted): r for stage, is_deleted, *r in conn.execute(
+            "SELECT stage, partition = %s AS d, sum(rows_in), sum(rows_out), "
+            "sum(rows_quarantined), sum(rows_excluded) FROM handover_meta.ledger WHERE "
+            "run_id=%s AND table_name=%s GROUP BY 1, 2", (DELETED, run_id, table)).fetchall()}
+        need = [("extract", False), ("extract", True), ("comply", False), ("cleanse", False),
+                ("map", False), ("load", False), ("delete", True)]
+        for stage in need:
+            if stage not in totals:
+                raise RuntimeError(f"reconcile {table}: no ledger rows for stage '{stage[0]}' "
+                                   f"in run {run_id}; that stage did not complete, rerun it")
+        t = {s: dict(zip(("in", "out", "q", "x"), map(int, totals[s]), strict=True))
+             for s in need}
+        changed, deleted = t[("extract", False)]["in"], t[("extract", True)]["in"]
+        loaded, quarantined = t[("load", False)]["out"], t[("cleanse", False)]["q"]
+        excluded = t[("comply", False)]["x"]
+        chain = (t[("extract", False)]["out"] == t[("comply", False)]["in"]
+                 and t[("comply", False)]["out"] == t[("cleanse", False)]["in"]
+                 and t[("cleanse", False)]["out"] == t[("map", False)]["in"]
+                 and t[("map", False)]["out"] == t[("load", False)]["in"]
+                 and t[("delete", True)]["in"] == deleted)
+
+        as_of, state_dir = _latest_applied(conn, ctx)
+        legacy = legacy_projection(cfg, table, state_dir, as_of)
+        q_at, x_at = _accounted(conn, table, run_id)
+        has_version = table in VERSION_COLUMNS
+
+        def covered(marks: dict, keys: pd.Series, versions: pd.Series) -> np.ndarray:
+            """A run no older than the legacy row quarantined / excluded the key."""
+            at = pd.to_datetime(keys.map(marks))
+            ok = at.notna()
+            if has_version:
+                ok &= (at >= pd.to_datetime(versions)) | versions.isna()
+            return ok.to_numpy()
+
+        in_quarantine = covered(q_at, legacy["key"], legacy["version"])
+        in_exclusion = covered(x_at, legacy["key"], legacy["version"]) & ~in_quarantine
+        set_aside = legacy.loc[in_quarantine, "key"].tolist()
+        kept = legacy[~in_quarantine & ~in_exclusion]
+
+        aside = sql.Identifier(f"aside_{target}")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (k text PRIMARY KEY) ON COMMIT DROP")
+                     .format(aside))
+        with conn.cursor().copy(sql.SQL("COPY {} (k) FROM STDIN").format(aside)) as cp:
+            for k in set_aside:
+                cp.write_row((k,))
+        types = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE "
+            "table_schema=%s AND table_name=%s", (schema, target)).fetchall()
+        types = dict(types)
+        fields = [(f, types[f]) for f, _, _ in compare_fields(cfg, table)]
+        tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
+        right = PostgresSide(conn, "target", sql.SQL(
+            "SELECT t.{k} AS k, {h} AS h FROM {t} t WHERE NOT EXISTS "
+            "(SELECT 1 FROM {a} a WHERE a.k = t.{k})").format(
+            k=kid, h=sql_row_hash(fields), t=tgt, a=aside))
+        left = FrameSide("legacy", kept["key"].tolist(), kept["hash"].tolist())
+        result = diff_sides(left, right)
+
+        money_col = next((f for f, _ in fields if f in MONEY_COLUMNS), None)
+        money_source = money_target = None
+        if money_col:
+            money_source = int(np.nansum(kept["money"].astype(float)))
+            money_target = int(conn.execute(sql.SQL(
+                "SELECT coalesce(sum(t.{m}), 0) FROM {t} t WHERE NOT EXISTS "
+                "(SELECT 1 FROM {a} a WHERE a.k = t.{k})").format(
+                m=sql.Identifier(money_col), t=tgt, a=aside, k=kid)).fetchone()[0])
+        target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
+
+        checks = {
+            "ledger_balances": changed + deleted == loaded + quarantined + excluded + deleted,
+            "stages_chain": chain,
+            "manifest_matches": (changed == ctx["manifest_rows"][table]
+                                 and deleted == ctx["deleted_rows"][table]),
+            "old_new_agree": result.differing == 0,
+            "money_equal": money_source == money_target,
+        }
+        balanced = all(checks.values())
+        conn.execute(
+            "INSERT INTO handover_meta.reconciliation (run_id, table_name, source_rows, loaded, "
+            "quarantined, excluded, target_rows, missing_keys, field_mismatches, money_source, "
+            "money_target, balanced) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "ON CONFLICT (run_id, table_name) DO UPDATE SET source_rows=excluded.source_rows, "
+            "loaded=excluded.loaded, quarantined=excluded.quarantined, "
+            "excluded=excluded.excluded, target_rows=excluded.target_rows, "
+            "missing_keys=excluded.missing_keys, field_mismatches=excluded.field_mismatches, "
+            "money_source=excluded.money_source, money_target=excluded.money_target, "
+            "balanced=excluded.balanced, checked_at=now()",
+            (run_id, table, changed + deleted, loaded, quarantined, excluded + deleted,
+             target_rows, len(result.only_left) + len(result.only_right),
+             len(result.changed), money_source, money_target, balanced))
+        report = {
+            "table": table, "run_id": run_id, "as_of": str(as_of), "balanced": balanced,
+            "checks": checks, "changed_rows": changed, "deleted_rows": deleted,
+            "loaded": loaded, "quarantined": quarantined, "excluded": excluded,
+            "target_rows": int(target_rows), "money_source": money_source,
+            "money_target": money_target,
+            "old_vs_new": {**result.counts(), "legacy_rows": len(legacy),
+                           "set_aside_quarantined": int(in_quarantine.sum()),
+                           "set_aside_excluded": int(in_exclusion.sum())},
+            # keys only (identifiers, as in handover_meta.quarantine), never values
+            "differing_keys_sample": result.keys()[:20],
+        }
+        _lake().write_json(f"runs/{safe_run_id(run_id)}/reconcile/{table}.json", report)
+        ledger.audit(conn, "table_reconciled", run_id=run_id,
+                     detail={k: v for k, v in report.items() if k != "differing_keys_sample"})
+    log.info("reconcile %s as of %s: old %d vs new %d rows compared (%d quarantined and %d "
+             "excluded set aside), %d keys differ (%d missing in new, %d only in new, "
+             "%d changed); %d segments, %d rows fetched", table, as_of, result.left_rows,
+             result.right_rows, in_quarantine.sum(), in_exclusion.sum(), result.differing,
+             len(result.only_left), len(result.only_right), len(result.changed),
+             result.segments_compared, result.rows_fetched)
+    return {"table": table, "partition": "all", "balanced": balanced,
+            "differing": result.differing}
+
+
+def reconciliation_gate(ctx: dict, table: str) -> dict:
+    """The migration's reconciliation gate; on failure, say how old and new disagree."""
+    try:
+        return pipeline.reconciliation_gate(ctx, table)
+    except pipeline.GateFailed as exc:
+        key = f"runs/{safe_run_id(ctx['run_id'])}/reconcile/{table}.json"
+        lake = _lake()
+        rep = lake.read_json(key)
+        d = rep["old_vs_new"]
+        raise pipeline.GateFailed(
+            f"{exc}; old vs new as of {rep['as_of']}: {d['differing']} keys differ "
+            f"({d['only_left']} missing in the target, {d['only_right']} only in the target, "
+            f"{d['changed']} changed); failed checks: "
+            f"{', '.join(k for k, ok in rep['checks'].items() if not ok)}; keys in "
+            f"{lake.uri(key)}") from exc
+
+
+def publish(ctx: dict) -> dict:
+    return pipeline.publish(ctx)
+
+
+# ---------------------------------------------------------------- in-process runner
+def run_night(*, changes_dir: str, data_interval_start: Any, data_interval_end: Any,
+              system: str = "legacy_bss", dag_id: str = DAG_ID,
+              timings: dict[str, float] | None = None) -> dict:
+    """One night in one process, in the DAG's order (tests, and the CLI below)."""
+    t = timings if timings is not None else {}
+
+    def timed(name, fn, *a, **kw):
+        started = time.monotonic()
+        out = fn(*a, **kw)
+        t[name] = t.get(name, 0.0) + time.monotonic() - started
+        return out
+
+    ctx = timed("plan", plan_night, dag_id=dag_id, system=system, changes_dir=changes_dir,
+                data_interval_start=data_interval_start, data_interval_end=data_interval_end)
+    parts = list_partitions([timed("extract", extract_changes, ctx, table)
+                             for table in ctx["tables"]])
+    parts = [timed("gate_intake", pipeline.run_gate_task, ctx, p, "intake") for p in parts]
+    parts = [timed("comply", comply_partition, ctx, p) for p in parts]
+    parts = [timed("gate_compliance", pipeline.run_gate_task, ctx, p, "compliance")
+             for p in parts]
+    timed("resolve", resolve_customers, ctx)
+    parts = [timed("cleanse", pipeline.cleanse_partition, ctx, p) for p in parts]
+    parts = [timed("gate_quality", pipeline.run_gate_task, ctx, p, "quality") for p in parts]
+    parts = [timed("map_protect", pipeline.map_protect_partition, ctx, p) for p in parts]
+    parts = [timed("gate_contract", pipeline.run_gate_task, ctx, p, "contract") for p in parts]
+    loaded = [timed("load", load_partition, ctx, p) for p in parts]
+    deleted = [timed("delete", apply_deletions, ctx, table) for table in ctx["tables"]]
+    reconciled = [timed("reconcile", reconcile_table, ctx, table) for table in ctx["tables"]]
+    for r in reconciled:
+        timed("gate_reconciliation", reconciliation_gate, ctx, r["table"])
+    return {"ctx": ctx, "loaded": loaded, "deleted": deleted, "reconciled": reconciled,
+            "reports": timed("publish", publish, ctx), "timings": t}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m handover.sync", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--changes-dir", required=True)
+    ap.add_argument("--day", required=True, help="legacy day YYYY-MM-DD (the data interval)")
+    ap.add_argument("--system", default="legacy_bss")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start = pd.Timestamp(args.day)
+    out = run_night(changes_dir=args.changes_dir, data_interval_start=start,
+                    data_interval_end=start + pd.Timedelta(days=1), system=args.system)
+    for r in out["reconciled"]:
+        print(f"{r['table']:<18} balanced={r['balanced']} differing={r['differing']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
