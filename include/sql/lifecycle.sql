@@ -1,0 +1,109 @@
+-- The data lifecycle's books, beside the migration's in handover_meta: backups and their
+-- files, restore drills, destruction certificates, data-subject requests and the list of
+-- erased subjects. Applied idempotently by handover.backup.ensure_lifecycle_schema after
+-- meta.sql and target.sql. Key material never lives here: a backup file's data key is in
+-- the lake (backup-keys/), wrapped by the keyring, so destroying it is possible without
+-- touching this database or any backup of it.
+
+-- One row per backup: a consistent snapshot of crm and handover_meta in the lake.
+CREATE TABLE IF NOT EXISTS handover_meta.backup (
+    backup_id        text PRIMARY KEY,
+    reason           text NOT NULL,          -- scheduled | pre_load | manual
+    run_id           text,                   -- the Airflow run that took it
+    lake_prefix      text NOT NULL,          -- backups/<backup_id>/
+    status           text NOT NULL DEFAULT 'running'
+                     CHECK (status IN ('running', 'written', 'complete', 'failed', 'shredded',
+                                       'expired')),
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    finished_at      timestamptz,
+    verified_at      timestamptz,
+    expires_at       timestamptz NOT NULL,
+    expired_at       timestamptz,
+    tables           integer NOT NULL DEFAULT 0,
+    rows             bigint NOT NULL DEFAULT 0,
+    bytes            bigint NOT NULL DEFAULT 0,
+    manifest_sha256  text
+);
+CREATE INDEX IF NOT EXISTS backup_status ON handover_meta.backup (status, started_at);
+
+-- One row per file of a backup (one table each), with its own data key's id.
+CREATE TABLE IF NOT EXISTS handover_meta.backup_file (
+    backup_id         text NOT NULL REFERENCES handover_meta.backup (backup_id),
+    file              text NOT NULL,          -- <schema>.<table>.parquet.enc
+    table_name        text NOT NULL,          -- <schema>.<table>
+    rows              bigint NOT NULL,
+    bytes             bigint NOT NULL,
+    sha256            text NOT NULL,          -- of the encrypted object
+    plain_sha256      text NOT NULL,          -- of the Parquet file inside
+    content_checksum  text NOT NULL,          -- of the rows, as PostgreSQL renders them
+    data_key_id       text NOT NULL,
+    wrapping_key_id   text NOT NULL,          -- keyring key that wraps the data key
+    shredded_at       timestamptz,            -- data key destroyed: the file is unreadable
+    shred_reason      text,
+    PRIMARY KEY (backup_id, file)
+);
+
+-- One row per restore drill: which backup, how long, and whether it verified.
+CREATE TABLE IF NOT EXISTS handover_meta.restore_drill (
+    drill_id          text PRIMARY KEY,
+    backup_id         text NOT NULL,
+    scratch_db        text NOT NULL,
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    finished_at       timestamptz,
+    restore_seconds   double precision,
+    verify_seconds    double precision,
+    tables            integer,
+    rows              bigint,
+    success           boolean,
+    failure           text,
+    detail            jsonb NOT NULL DEFAULT '{}'
+);
+
+-- Destruction certificates (retention and erasure); the full certificate is JSON in the
+-- lake, bound here and in the audit trail by its sha256. Keys appear only as keyed hashes.
+CREATE TABLE IF NOT EXISTS handover_meta.destruction_certificate (
+    certificate_id      text PRIMARY KEY,
+    kind                text NOT NULL CHECK (kind IN ('retention', 'erasure')),
+    issued_at           timestamptz NOT NULL DEFAULT now(),
+    as_of               date,
+    request_id          text,
+    keys                bigint NOT NULL,
+    key_list_sha256     text NOT NULL,
+    certificate_sha256  text NOT NULL,
+    lake_key            text NOT NULL,
+    counts              jsonb NOT NULL DEFAULT '{}'
+);
+
+-- Data-subject requests (PIPL Art. 45-47): the subject only as a keyed hash.
+CREATE TABLE IF NOT EXISTS handover_meta.subject_request (
+    request_id    text PRIMARY KEY,
+    request_type  text NOT NULL CHECK (request_type IN ('access', 'correction', 'erasure')),
+    subject_ref   text NOT NULL,              -- HMAC of the customer id, never the id
+    status        text NOT NULL DEFAULT 'running'
+                  CHECK (status IN ('running', 'done', 'rejected', 'failed')),
+    received_at   timestamptz NOT NULL DEFAULT now(),
+    finished_at   timestamptz,
+    detail        jsonb NOT NULL DEFAULT '{}'
+);
+
+-- Erased subjects: the nightly sync must not bring them back from the legacy system.
+CREATE TABLE IF NOT EXISTS handover_meta.erased_subject (
+    subject_ref   text PRIMARY KEY,           -- same keyed hash as subject_request
+    request_id    text NOT NULL,
+    erased_at     timestamptz NOT NULL DEFAULT now()
+);
+
+-- Auditors read these books too (roles.sql grants the migration's; see docs/lifecycle.md).
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'handover_auditor') THEN
+        GRANT SELECT ON handover_meta.backup, handover_meta.backup_file,
+            handover_meta.restore_drill, handover_meta.destruction_certificate,
+            handover_meta.subject_request, handover_meta.erased_subject TO handover_auditor;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'handover_loader') THEN
+        GRANT SELECT, INSERT, UPDATE, DELETE ON handover_meta.backup, handover_meta.backup_file,
+            handover_meta.restore_drill, handover_meta.destruction_certificate,
+            handover_meta.subject_request, handover_meta.erased_subject TO handover_loader;
+    END IF;
+END $$;

@@ -1,0 +1,113 @@
+"""The backup and restore_drill DAGs through Airflow itself (`airflow dags test`).
+
+Airflow's metadata and the target are fresh databases on the machine's PostgreSQL; the
+lake is a temporary folder; the target holds a few rows written here (the migration's
+own end-to-end test covers loading). Asserts what on-call staff see: a pre-load backup
+completes and is catalogued, and the drill restores and verifies it, records itself and
+drops its scratch database in its teardown. (A damaged backup file failing the drill in
+one line is covered, through the same task wrapper, by tests/integration.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import ROOT, create_database, drop_database, pg_dsn, pg_url
+
+pytestmark = pytest.mark.e2e
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def _seed_target(dsn: str) -> None:
+    """The schemas (the project's DDL) and a handful of rows in crm."""
+    from handover.backup import ensure_lifecycle_schema
+
+    with psycopg.connect(dsn) as conn:
+        ensure_lifecycle_schema(conn)
+        with conn.transaction():
+            for i in range(3):
+                cid = f"C9000000{i}"
+                conn.execute(
+                    "INSERT INTO crm.customer (customer_id, full_name, id_number_enc, "
+                    "id_number_key_id, id_number_bidx, id_number_masked, gender, birth_date, "
+                    "msisdn, msisdn_bidx, msisdn_masked, city, opened_on, status, "
+                    "source_updated_at) VALUES (%s, '测试', %s, 'k1', %s, '110***1234', 'F', "
+                    "'1990-01-01', '13800138000', %s, '138****8000', '北京市', '2020-01-01', "
+                    "'active', '2026-01-01 00:00:00')",
+                    (cid, bytes([i]) * 40, f"bidx{i}", f"mbidx{i}"))
+                conn.execute(
+                    "INSERT INTO crm.call_record (cdr_id, customer_id, caller_msisdn, "
+                    "callee_msisdn, started_at, duration_s, cell_id, charge_fen) VALUES (%s, %s, "
+                    "'13800138000', '13900139000', '2026-05-01 10:00:00', 60, '460-00-1-2', 15)",
+                    (f"R9{i}", cid))
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory, keyring_file):
+    root = tmp_path_factory.mktemp("lifecycle_e2e")
+    af_db, target = create_database("handover_af"), create_database("handover_lc_e2e")
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(af_db, "postgresql+psycopg2"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(target, "postgres"),
+        "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
+            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}),
+        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
+        "PYTHONPATH": str(ROOT / "include"),
+        "PYTHONWARNINGS": "ignore",
+    }
+    for var in ("HANDOVER_TARGET_DSN", "HANDOVER_KEYRING_FILE", "AIRFLOW_CONN_HANDOVER_LAKE"):
+        env.pop(var, None)
+    _seed_target(pg_dsn(target))
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    yield {"env": env, "root": root, "dsn": pg_dsn(target)}
+    drop_database(af_db)
+    drop_database(target)
+
+
+def _airflow(env, *args, timeout=600):
+    return subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_pre_load_backup_then_weekly_drill(airflow_env):
+    env, dsn = airflow_env["env"], airflow_env["dsn"]
+    run = _airflow(env, "dags", "test", "backup", "-f", str(ROOT / "dags" / "backup.py"),
+                   "-c", json.dumps({"reason": "pre_load"}))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    with psycopg.connect(dsn) as conn:
+        backup_id, status, reason = conn.execute(
+            "SELECT backup_id, status, reason FROM handover_meta.backup "
+            "ORDER BY started_at DESC LIMIT 1").fetchone()
+    assert status == "complete" and reason == "pre_load"
+    assert (airflow_env["root"] / "lake" / "backups" / backup_id / "manifest.json").is_file()
+
+    drill = _airflow(env, "dags", "test", "restore_drill", "-f",
+                     str(ROOT / "dags" / "restore_drill.py"))
+    assert drill.returncode == 0, (drill.stdout + drill.stderr)[-3000:]
+    with psycopg.connect(dsn) as conn:
+        ok, seconds, bid = conn.execute(
+            "SELECT success, restore_seconds, backup_id FROM handover_meta.restore_drill "
+            "ORDER BY started_at DESC LIMIT 1").fetchone()
+        audited = conn.execute("SELECT count(*) FROM handover_meta.audit_log WHERE action = "
+                               "'restore_drill'").fetchone()[0]
+        scratch = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
+                               "'handover_drill_%' AND datname = (SELECT scratch_db FROM "
+                               "handover_meta.restore_drill ORDER BY started_at DESC LIMIT 1)"
+                               ).fetchone()[0]
+    assert ok is True and seconds > 0 and bid == backup_id and audited == 1
+    assert scratch == 0  # the teardown dropped the scratch database
