@@ -1,9 +1,11 @@
 """Scaffold the Great Expectations suites of a source system from its config files.
 
-Onboarding a new legacy system: run this once, then edit the JSON under expectations/
-(thresholds, extra expectations). Existing files are left alone unless --force.
+Onboarding a new legacy system: run this once, then edit the JSON under
+expectations/<system>/<gate>/<table>.json (thresholds, extra expectations); the gates look
+there first, then in the shared expectations/<gate>/<table>.json. Existing files are left
+alone unless --force.
 
-    python scripts/scaffold_suites.py legacy_bss [--force]
+    python scripts/scaffold_suites.py telco_b [--force]
 """
 
 from __future__ import annotations
@@ -110,13 +112,14 @@ def main() -> int:
     ap.add_argument("system", nargs="?", default="legacy_bss")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
+    system = load_config(args.system).system
     for (gate, table), expectations in suites(args.system).items():
-        path = ROOT / "expectations" / gate / f"{table}.json"
+        path = ROOT / "expectations" / system / gate / f"{table}.json"
         if path.exists() and not args.force:
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
         suite = {"name": f"{gate}.{table}", "expectations": expectations,
-                 "meta": {"gate": gate, "table": table, "system": args.system}}
+                 "meta": {"gate": gate, "table": table, "system": system}}
         path.write_text(json.dumps(suite, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"wrote {path.relative_to(ROOT)}")
     return 0

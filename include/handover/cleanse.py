@@ -23,6 +23,8 @@ from handover.validators import (
     resident_id_valid,
 )
 
+EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
+
 REASON_ORDER = [
     "MISSING_FIELD", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
     "INVALID_ID_GENDER", "INVALID_MSISDN", "INVALID_DATE", "INVALID_NUMBER", "INVALID_CODE",
@@ -80,6 +82,32 @@ class _Verdict:
         return self.reason != None  # noqa: E711 - elementwise on an object array
 
 
+def is_epoch_format(fmt: str) -> bool:
+    """`epoch` / `epoch_ms`, optionally `:<IANA zone>` (seconds since 1970 UTC, shown as the
+    zone's local time; without a zone, UTC)."""
+    return fmt.split(":", 1)[0] in EPOCH_UNITS
+
+
+def format_has_time(fmt: str) -> bool:
+    return is_epoch_format(fmt) or any(d in fmt for d in ("%H", "%I", "%M", "%S", "%X", "%c"))
+
+
+def parse_dates(text: pd.Series, fmt: str) -> pd.Series:
+    """Parse text with a strptime format or an epoch spec; unparseable -> NaT."""
+    if not is_epoch_format(fmt):
+        return pd.to_datetime(text, format=fmt, errors="coerce")
+    unit_name, _, zone = fmt.partition(":")
+    num = pd.to_numeric(text, errors="coerce")
+    whole = num.notna() & (num == num.round()) & (num.abs() < 2**53)
+    num = num.where(whole)
+    bound = 253402300799 * (1000 if unit_name == "epoch_ms" else 1)  # 9999-12-31
+    num = num.where(num.abs() <= bound)
+    parsed = pd.to_datetime(num, unit=EPOCH_UNITS[unit_name], utc=True, errors="coerce")
+    if zone:
+        parsed = parsed.dt.tz_convert(zone)
+    return parsed.dt.tz_localize(None)
+
+
 def _arr(df: pd.DataFrame, col: str) -> pa.Array:
     return pa.array(df[col].astype(object).where(df[col].notna(), None).tolist(), pa.string())
 
@@ -111,6 +139,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         birth, gender = resident_id_birth_gender(ids)
         if rid.get("birth_date"):
             other = norm[rid["birth_date"]]
+            fmt = rules.get("dates", {}).get(rid["birth_date"])
+            if fmt and fmt != "%Y-%m-%d":  # compare as dates, not as text
+                text = pd.Series(other.to_pylist(), dtype=object)
+                iso = parse_dates(text, fmt).dt.strftime("%Y-%m-%d")
+                other = pa.array(iso.astype(object).where(iso.notna(), None).tolist(),
+                                 pa.string())
             same = pc.fill_null(pc.equal(birth, other), False).to_numpy(zero_copy_only=False)
             verdict.fail(present & ok & ~same, "INVALID_ID_BIRTHDATE", rid["birth_date"])
         if rid.get("gender"):
@@ -129,13 +163,13 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     not_future = set(rules.get("not_future", []))
     for col, fmt in rules.get("dates", {}).items():
         text = out[col]
-        parsed = pd.to_datetime(text, format=fmt, errors="coerce")
+        parsed = parse_dates(text, fmt)
         bad = text.notna() & parsed.isna()
         if col in not_future:
             bad |= parsed > exported_at
         verdict.fail(bad.to_numpy(), "INVALID_DATE", col)
         parsed = parsed.astype("datetime64[s]")
-        out[col] = parsed.dt.date if "%H" not in fmt else parsed
+        out[col] = parsed.dt.date if not format_has_time(fmt) else parsed
 
     non_negative = set(rules.get("non_negative", []))
     for col in rules.get("integers", []):
@@ -148,6 +182,20 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         if col in non_negative:
             verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
         out[col] = num.astype("Int64")
+
+    for col, places in rules.get("decimals", {}).items():
+        # Money in yuan and the like: at most `places` decimals, kept as float64 (exact to
+        # the cent far beyond any amount; mapping's yuan_to_fen rounds to whole fen).
+        text = out[col]
+        pattern = rf"^[+-]?(?:\d+(?:\.\d{{0,{int(places)}}})?|\.\d{{1,{int(places)}}})$"
+        shaped = text.astype("string").str.fullmatch(pattern).fillna(False).astype(bool)
+        num = pd.to_numeric(text.where(shaped), errors="coerce")
+        ok = shaped & num.notna() & (num.abs() < 2**53 / 100)
+        verdict.fail((text.notna() & ~ok).to_numpy(), "INVALID_NUMBER", col)
+        num = num.where(ok)
+        if col in non_negative:
+            verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
+        out[col] = num.astype("float64")
 
     for col, allowed in rules.get("codes", {}).items():
         bad = out[col].notna() & ~out[col].isin([str(a) for a in allowed])

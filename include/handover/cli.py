@@ -2,7 +2,17 @@
 
     summary [--run-id ID]   per-table funnel of a run (latest by default) and report paths
     keys                    print a new keyring (JSON) for the `handover_keys` connection
-    verify-audit            recompute the audit trail's hash chain
+        --key-id ID             id of the (first or added) key, default k1
+        --kms-key-id KEY        keys made and stored wrapped by this AWS KMS key (envelope)
+        --from FILE             start from this keyring: with --add ID, a new active key;
+                                with --retire ID, drop an old key; with --kms-key-id alone,
+                                the same keys moved under KMS
+    rotate-keys [--system S] [--batch-size N]
+                            re-encrypt the target's encrypted columns under the active key
+    verify-audit            recompute the audit trail's hash chain; names the first broken entry
+    check --system S --source-dir D [--rows N] [--tolerance F]
+                            validate a source system's config files, then dry-run them on the
+                            first N rows of its export; exits 1 naming every problem
 """
 
 from __future__ import annotations
@@ -49,25 +59,80 @@ def summary(run_id: str | None) -> int:
     return 0 if ok else 2
 
 
+def keys_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from handover import keys
+    from handover.protect import Keyring
+
+    if args.from_file is None:
+        if args.add or args.retire:
+            print("keys: --add and --retire need --from FILE (the current keyring)",
+                  file=sys.stderr)
+            return 2
+        ring = (keys.generate_envelope(args.kms_key_id, args.key_id) if args.kms_key_id
+                else Keyring.generate(args.key_id))
+    else:
+        ring = json.loads(Path(args.from_file).read_text())
+        if args.add:
+            ring = keys.add_key(ring, args.add)
+        elif args.retire:
+            ring = keys.retire_key(ring, args.retire)
+        elif args.kms_key_id:
+            ring = keys.wrap_keyring(ring, args.kms_key_id)
+        else:
+            print("keys --from FILE needs --add ID, --retire ID or --kms-key-id KEY",
+                  file=sys.stderr)
+            return 2
+    print(json.dumps(ring))
+    return 0
+
+
+def rotate_keys_command(system: str, batch_size: int) -> int:
+    from handover import keys
+
+    out = keys.rotate_target_keys(system, batch_size=batch_size)
+    check = keys.validate_rotation(system)
+    print(f"rotated {out['rows']:,} values in {out['batches']} batches to key "
+          f"{out['active_key_id']}; every value of {', '.join(check['rows'])} decrypts under it")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m handover.cli")
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("summary")
     s.add_argument("--run-id")
-    sub.add_parser("keys")
+    k = sub.add_parser("keys")
+    k.add_argument("--key-id", default="k1")
+    k.add_argument("--kms-key-id")
+    k.add_argument("--from", dest="from_file")
+    k.add_argument("--add")
+    k.add_argument("--retire")
+    r = sub.add_parser("rotate-keys")
+    r.add_argument("--system", default="legacy_bss")
+    r.add_argument("--batch-size", type=int, default=5000)
     sub.add_parser("verify-audit")
+    from handover import check
+
+    check.add_arguments(sub.add_parser("check", help=check.__doc__.splitlines()[0]))
     args = ap.parse_args(argv)
+    if args.cmd == "check":
+        return check.run(args)
     if args.cmd == "summary":
         return summary(args.run_id)
     if args.cmd == "keys":
-        from handover.protect import Keyring
-
-        print(json.dumps(Keyring.generate()))
-        return 0
+        return keys_command(args)
+    if args.cmd == "rotate-keys":
+        return rotate_keys_command(args.system, args.batch_size)
     with ledger.connect() as conn:
-        intact, n = ledger.verify_audit_chain(conn)
-    print(f"audit trail {'intact' if intact else 'BROKEN'}: {n} entries")
-    return 0 if intact else 1
+        chain = ledger.verify_audit_chain(conn)
+    if chain.intact:
+        print(f"audit trail intact: {chain.entries} entries")
+        return 0
+    print(f"audit trail BROKEN at entry id {chain.first_bad_id} ({chain.reason}); "
+          f"{chain.entries} entries checked")
+    return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ nearest valid name where there is one.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,21 @@ from typing import Any
 import yaml
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "config"
+TARGET_SQL = Path(__file__).resolve().parents[1] / "sql" / "target.sql"
 
 LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
+SOURCE_FORMATS = ["csv", "parquet", "sql"]
+ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030"]
+# Mapping transforms, in the order map_partition applies them (see handover.mapping).
+TRANSFORMS = ["from", "concat", "split", "default", "lookup", "parse_date", "yuan_to_fen",
+              "cast", "protect"]
+CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
+FILE_SOURCE_OPTIONS = ("file", "encoding", "delimiter", "header", "quote")
+CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote")
+SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
+DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
 
 _COLUMN = {
     "type": "object",
@@ -30,6 +42,32 @@ _COLUMN = {
         "level": {"enum": LEVELS},
         "pii": {"type": "string"},
         "category": {"enum": CATEGORIES},
+        "migrate": {"type": "boolean"},
+    },
+}
+
+_SCALAR = {"type": ["string", "integer"]}
+_SOURCE = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "format": {"enum": SOURCE_FORMATS},
+        "file": {"type": "string", "minLength": 1},
+        "encoding": {"enum": ENCODINGS},
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        "header": {"type": "boolean"},
+        "quote": {"type": "string", "maxLength": 1},
+        "conn_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
+        "query": {"type": "string", "minLength": 1},
+        "table": {"type": "string",
+                  "pattern": "^[A-Za-z_][A-Za-z0-9_$]*([.][A-Za-z_][A-Za-z0-9_$]*)?$"},
+        "chunk_rows": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
+        "range": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["column"],
+            "properties": {"column": {"type": "string"}, "start": _SCALAR, "end": _SCALAR},
+        },
     },
 }
 
@@ -53,6 +91,7 @@ CATALOG_SCHEMA = {
                     "event_time": {"type": "string"},
                     "partitions": {"type": "integer", "minimum": 1, "maximum": 4096},
                     "file": {"type": "string"},
+                    "source": _SOURCE,
                     "columns": {
                         "type": "object",
                         "minProperties": 1,
@@ -141,6 +180,9 @@ CLEANSING_SCHEMA = {
                     "not_future": _COLS,
                     "integers": _COLS,
                     "non_negative": _COLS,
+                    "decimals": {"type": "object",
+                                 "additionalProperties": {"type": "integer", "minimum": 0,
+                                                          "maximum": 6}},
                     "dates": {"type": "object", "additionalProperties": {"type": "string"}},
                     "codes": {"type": "object", "additionalProperties": _COLS},
                     "resident_id": {
@@ -198,10 +240,42 @@ MAPPING_SCHEMA = {
                         "additionalProperties": {
                             "type": "object",
                             "additionalProperties": False,
-                            "required": ["from"],
                             "properties": {
                                 "from": {"type": "string"},
-                                "lookup": {"type": "object"},
+                                "concat": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["columns"],
+                                    "properties": {
+                                        "columns": {"type": "array", "minItems": 2,
+                                                    "items": {"type": "string"}},
+                                        "separator": {"type": "string"},
+                                    },
+                                },
+                                "split": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["separator", "part"],
+                                    "properties": {
+                                        "separator": {"type": "string", "minLength": 1},
+                                        "part": {"type": "integer", "minimum": 0},
+                                        "parts": {"type": "integer", "minimum": 2},
+                                    },
+                                },
+                                "default": {"type": ["string", "number", "boolean"]},
+                                "lookup": {"type": "object", "minProperties": 1},
+                                "parse_date": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["format"],
+                                    "properties": {
+                                        "format": {"type": ["string", "array"], "minItems": 1,
+                                                   "items": {"type": "string"}},
+                                        "to": {"enum": ["date", "timestamp"]},
+                                    },
+                                },
+                                "yuan_to_fen": {"type": "boolean"},
+                                "cast": {"enum": CASTS},
                                 "protect": {"type": "array", "items": {"enum": PROTECTIONS}},
                             },
                         },
@@ -248,6 +322,67 @@ class SourceConfig:
     def category_policy(self, name: str) -> dict[str, Any]:
         return self.policy["categories"][self.table(name)["category"]]
 
+    def source(self, name: str) -> dict[str, Any]:
+        """The table's source block with defaults filled in (default: UTF-8 CSV with header)."""
+        return resolve_source(name, self.table(name))
+
+
+def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A catalog table's `source:` block with every default filled in."""
+    given = dict(spec.get("source") or {})
+    fmt = given.get("format", "csv")
+    out: dict[str, Any] = {"format": fmt, "encoding": "utf-8", "delimiter": ",", "header": True,
+                           "quote": '"', "chunk_rows": 50_000}
+    out.update(given)
+    if fmt != "sql":
+        ext = "parquet" if fmt == "parquet" else "csv"
+        out["file"] = given.get("file") or spec.get("file") or f"{table}.{ext}"
+    return out
+
+
+def check_date_format(fmt: str) -> str | None:
+    """Why a date format is unusable, or None. strptime formats or epoch[_ms][:<IANA zone>]."""
+    head, _, zone = fmt.partition(":")
+    if head in ("epoch", "epoch_ms"):
+        if zone:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                return f"unknown time zone '{zone}' in '{fmt}' (use an IANA name, e.g. Asia/Shanghai)"
+        return None
+    directives = re.findall(r"%(.)", fmt)
+    if not directives:
+        return (f"'{fmt}' has no %-directives; use a strptime format such as '%Y%m%d' "
+                "or 'epoch' / 'epoch_ms' (optionally ':Asia/Shanghai')")
+    unknown = [d for d in directives if d not in DATE_DIRECTIVES]
+    if unknown:
+        return f"unknown date directive '%{unknown[0]}' in '{fmt}'"
+    return None
+
+
+def target_tables(path: Path = TARGET_SQL) -> dict[tuple[str, str], dict[str, bool]]:
+    """Columns of the target schema read from its DDL: (schema, table) -> {column: required},
+    required meaning NOT NULL (or primary key) without a default."""
+    if not path.is_file():
+        return {}
+    text = re.sub(r"--[^\n]*", "", path.read_text(encoding="utf-8"))
+    out: dict[tuple[str, str], dict[str, bool]] = {}
+    for m in re.finditer(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\.(\w+)\s*\((.*?)\n\);", text,
+                         re.S | re.I):
+        cols: dict[str, bool] = {}
+        for line in m.group(3).splitlines():
+            words = line.strip().rstrip(",").split()
+            if not words or words[0].upper() in ("PRIMARY", "UNIQUE", "CHECK", "CONSTRAINT",
+                                                 "FOREIGN", "EXCLUDE"):
+                continue
+            upper = line.upper()
+            cols[words[0].strip('"')] = (("NOT NULL" in upper or "PRIMARY KEY" in upper)
+                                         and "DEFAULT" not in upper)
+        out[(m.group(1), m.group(2))] = cols
+    return out
+
 
 def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
     """Map every key path of a YAML document to its 1-based line."""
@@ -278,7 +413,25 @@ def _load_yaml(path: Path) -> tuple[Any, dict]:
         raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
     if node is None:
         raise ConfigError(f"{path}: file is empty")
+    _no_duplicate_keys(path, node)
     return data, _line_index(node)
+
+
+def _no_duplicate_keys(path: Path, node: yaml.Node, keys: tuple = ()) -> None:
+    """YAML keeps the last of two equal keys silently; a second `gender:` is a mistake."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                dotted = ".".join(map(str, keys + (key_node.value,)))
+                raise ConfigError(f"{path} line {line}: {dotted}: duplicate key "
+                                  f"'{key_node.value}' (first at line {seen[key_node.value]})")
+            seen[key_node.value] = line
+            _no_duplicate_keys(path, value_node, keys + (key_node.value,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _no_duplicate_keys(path, item, keys + (i,))
 
 
 def _nearest(word: str, options) -> str:
@@ -311,6 +464,8 @@ def _schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
             keys = keys + (extra[0],)
             dotted = ".".join(map(str, keys))
             message = f"unknown field '{extra[0]}'{_nearest(extra[0], allowed)}"
+            if len(keys) == 5 and keys[2] == "fields" and allowed == TRANSFORMS:
+                message += f"; a field's transforms are {', '.join(TRANSFORMS)}"
     elif err.validator == "enum":
         message = f"'{err.instance}' is not one of {err.validator_value}" + _nearest(
             err.instance, err.validator_value)
@@ -322,6 +477,12 @@ def _schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
 def _cross_check(cfg: SourceConfig) -> None:
     d = cfg.directory
     cat_tables = cfg.catalog["tables"]
+
+    def fail(fname: str, keys: tuple, message: str) -> None:
+        lines = cfg._lines[fname.removesuffix(".yaml")]
+        raise ConfigError(f"{_where(d / fname, lines, keys)}: {'.'.join(map(str, keys))}: "
+                          f"{message}")
+
     for fname, doc, lines in (
         ("cleansing.yaml", cfg.cleansing, cfg._lines["cleansing"]),
         ("mapping.yaml", cfg.mapping, cfg._lines["mapping"]),
@@ -341,41 +502,9 @@ def _cross_check(cfg: SourceConfig) -> None:
                         f"column '{col}' is not in catalog table {_table}{_nearest(col, _cols)}")
 
             if fname == "cleansing.yaml":
-                for rule in ("mandatory", "msisdn", "not_future", "integers", "non_negative"):
-                    for i, col in enumerate(spec.get(rule, [])):
-                        need(col, ("tables", table, rule, i))
-                for rule in ("dates", "codes"):
-                    for col in spec.get(rule, {}):
-                        need(col, ("tables", table, rule, col))
-                for col in spec.get("not_future", []):
-                    if col not in spec.get("dates", {}):
-                        raise ConfigError(
-                            f"{_where(d / fname, lines, ('tables', table, 'not_future'))}: "
-                            f"tables.{table}.not_future: '{col}' needs a format under dates")
-                rid = spec.get("resident_id")
-                if rid:
-                    for k, col in rid.items():
-                        need(col, ("tables", table, "resident_id", k))
-                parent = spec.get("parent")
-                if parent:
-                    need(parent["column"], ("tables", table, "parent", "column"))
-                    if parent["table"] not in cat_tables:
-                        raise ConfigError(
-                            f"{_where(d / fname, lines, ('tables', table, 'parent'))}: "
-                            f"tables.{table}.parent.table: unknown table '{parent['table']}'"
-                            f"{_nearest(parent['table'], cat_tables)}")
-                dedupe = spec.get("dedupe")
-                if dedupe:
-                    need(dedupe["key"], ("tables", table, "dedupe", "key"))
-                    need(dedupe["order_by"], ("tables", table, "dedupe", "order_by"))
+                _check_cleansing_table(cfg, table, spec, need, fail)
             else:
-                for target, fspec in spec["fields"].items():
-                    need(fspec["from"], ("tables", table, "fields", target, "from"))
-                if spec["key"] not in spec["fields"]:
-                    raise ConfigError(
-                        f"{_where(d / fname, lines, ('tables', table, 'key'))}: "
-                        f"tables.{table}.key: '{spec['key']}' is not a mapped field"
-                        f"{_nearest(spec['key'], spec['fields'])}")
+                _check_mapping_table(cfg, table, spec, need, fail)
     for table, spec in cat_tables.items():
         lines = cfg._lines["catalog"]
         for attr in ("key", "customer_column", "event_time"):
@@ -390,11 +519,241 @@ def _cross_check(cfg: SourceConfig) -> None:
                 f"{_where(d / 'mapping.yaml', cfg._lines['mapping'], ('tables',))}: "
                 f"tables.{table}: catalog table '{table}' has no mapping; add it "
                 "(or remove it from the catalog)")
+        _check_source(table, spec, fail)
     for cat in {t["category"] for t in cat_tables.values()}:
         if cat not in cfg.policy["categories"]:
             raise ConfigError(
                 f"{_where(d / 'policy.yaml', cfg._lines['policy'], ('categories',))}: "
                 f"categories.{cat}: no policy for category '{cat}' used in catalog.yaml")
+    _check_policy(cfg, fail)
+    _check_event_times(cfg, fail)
+    _check_target(cfg, fail)
+
+
+def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail) -> None:
+    cat_tables = cfg.catalog["tables"]
+    f = "cleansing.yaml"
+    for rule in ("mandatory", "msisdn", "not_future", "integers", "non_negative"):
+        for i, col in enumerate(spec.get(rule, [])):
+            need(col, ("tables", table, rule, i))
+    for rule in ("dates", "codes", "decimals"):
+        for col in spec.get(rule, {}):
+            need(col, ("tables", table, rule, col))
+    for col, fmt in spec.get("dates", {}).items():
+        problem = check_date_format(fmt)
+        if problem:
+            fail(f, ("tables", table, "dates", col), problem)
+    for col in spec.get("not_future", []):
+        if col not in spec.get("dates", {}):
+            fail(f, ("tables", table, "not_future"), f"'{col}' needs a format under dates")
+    numeric = set(spec.get("integers", [])) | set(spec.get("decimals", {}))
+    for i, col in enumerate(spec.get("non_negative", [])):
+        if col not in numeric:
+            fail(f, ("tables", table, "non_negative", i),
+                 f"'{col}' must also be listed under integers or decimals to be checked")
+    both = sorted(set(spec.get("integers", [])) & set(spec.get("decimals", {})))
+    if both:
+        fail(f, ("tables", table, "decimals", both[0]),
+             f"'{both[0]}' is listed under both integers and decimals; choose one")
+    rid = spec.get("resident_id")
+    if rid:
+        for k, col in rid.items():
+            need(col, ("tables", table, "resident_id", k))
+    parent = spec.get("parent")
+    if parent:
+        need(parent["column"], ("tables", table, "parent", "column"))
+        if parent["table"] not in cat_tables:
+            fail(f, ("tables", table, "parent", "table"),
+                 f"unknown table '{parent['table']}'{_nearest(parent['table'], cat_tables)}")
+        if parent["table"] == table:
+            fail(f, ("tables", table, "parent", "table"), "a table cannot be its own parent")
+    dedupe = spec.get("dedupe")
+    if dedupe:
+        need(dedupe["key"], ("tables", table, "dedupe", "key"))
+        need(dedupe["order_by"], ("tables", table, "dedupe", "order_by"))
+        if dedupe["order_by"] not in set(spec.get("dates", {})) | set(spec.get("integers", [])):
+            fail(f, ("tables", table, "dedupe", "order_by"),
+                 f"'{dedupe['order_by']}' must have a format under dates (or be listed under "
+                 "integers) so that newest/oldest compares values, not text")
+
+
+def _check_mapping_table(cfg: SourceConfig, table: str, spec: dict, need, fail) -> None:
+    f = "mapping.yaml"
+    columns = cfg.catalog["tables"][table]["columns"]
+    codes = cfg.cleansing["tables"].get(table, {}).get("codes", {})
+    for target, fspec in spec["fields"].items():
+        keys = ("tables", table, "fields", target)
+        if "from" in fspec and "concat" in fspec:
+            fail(f, keys + ("concat",), "use either 'from' (one column) or 'concat' (several)")
+        if "from" not in fspec and "concat" not in fspec:
+            fail(f, keys, "needs 'from' (a source column) or 'concat' (several columns)")
+        if "concat" in fspec:
+            for i, col in enumerate(fspec["concat"]["columns"]):
+                need(col, keys + ("concat", "columns", i))
+            fspec["from"] = fspec["concat"]["columns"][0]  # lineage for reports
+        else:
+            need(fspec["from"], keys + ("from",))
+        split = fspec.get("split")
+        if split and split.get("parts") and split["part"] >= split["parts"]:
+            fail(f, keys + ("split", "part"),
+                 f"part {split['part']} does not exist when splitting into {split['parts']} parts "
+                 "(parts count from 0)")
+        parse = fspec.get("parse_date")
+        if parse:
+            formats = parse["format"] if isinstance(parse["format"], list) else [parse["format"]]
+            for fmt in formats:
+                problem = check_date_format(fmt)
+                if problem:
+                    fail(f, keys + ("parse_date", "format"), problem)
+        convs = [t for t in ("parse_date", "yuan_to_fen", "cast") if fspec.get(t)]
+        if "parse_date" in convs and "yuan_to_fen" in convs:
+            fail(f, keys + ("yuan_to_fen",), "a field cannot be both a date and an amount")
+        prot = fspec.get("protect", [])
+        if "mask" in prot and columns[fspec["from"]].get("pii") not in ("resident_id", "msisdn"):
+            fail(f, keys + ("protect",),
+                 f"mask needs a catalogued pii type resident_id or msisdn; column "
+                 f"'{fspec['from']}' is catalogued as '{columns[fspec['from']].get('pii')}'")
+        if "encrypt" in prot and "redact" in prot:
+            fail(f, keys + ("protect",), "encrypt and redact together make no sense; choose one")
+        if "lookup" in fspec and "concat" not in fspec and not any(
+                t in fspec for t in ("split", "default")) and fspec["from"] in codes:
+            missing = [str(c) for c in codes[fspec["from"]]
+                       if str(c) not in {str(k) for k in fspec["lookup"]}]
+            if missing:
+                fail(f, keys + ("lookup",),
+                     f"code '{missing[0]}' allowed by cleansing.yaml codes.{fspec['from']} has "
+                     "no lookup entry")
+    if spec["key"] not in spec["fields"]:
+        fail(f, ("tables", table, "key"),
+             f"'{spec['key']}' is not a mapped field{_nearest(spec['key'], spec['fields'])}")
+
+
+def _check_source(table: str, spec: dict, fail) -> None:
+    src = spec.get("source")
+    if src is None:
+        return
+    keys = ("tables", table, "source")
+    fmt = src.get("format", "csv")
+    if fmt == "sql":
+        wrong = [o for o in FILE_SOURCE_OPTIONS if o in src]
+        if wrong:
+            fail("catalog.yaml", keys + (wrong[0],),
+                 f"'{wrong[0]}' applies to file sources, not to format sql")
+        if "file" in spec:
+            fail("catalog.yaml", ("tables", table, "file"),
+                 "a table read with format sql has no file; remove it")
+        if "conn_id" not in src:
+            fail("catalog.yaml", keys, "format sql needs conn_id (an Airflow connection id)")
+        if ("query" in src) == ("table" in src):
+            fail("catalog.yaml", keys, "format sql needs exactly one of 'table' or 'query'")
+        rng = src.get("range")
+        if rng and rng["column"] not in spec["columns"]:
+            fail("catalog.yaml", keys + ("range", "column"),
+                 f"column '{rng['column']}' is not in catalog table {table}"
+                 f"{_nearest(rng['column'], spec['columns'])}")
+        return
+    wrong = [o for o in SQL_SOURCE_OPTIONS if o in src]
+    if wrong:
+        fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies only to format sql")
+    if fmt == "parquet":
+        wrong = [o for o in CSV_ONLY_OPTIONS if o in src]
+        if wrong:
+            fail("catalog.yaml", keys + (wrong[0],),
+                 f"'{wrong[0]}' applies to csv, not to parquet")
+    if "file" in src and "file" in spec:
+        fail("catalog.yaml", keys + ("file",),
+             "the file is named twice (tables.<t>.file and source.file); keep one")
+    if src.get("quote") and src["quote"] == src.get("delimiter", ","):
+        fail("catalog.yaml", keys + ("quote",), "quote and delimiter must differ")
+
+
+def _check_policy(cfg: SourceConfig, fail) -> None:
+    cat_tables = cfg.catalog["tables"]
+    f = "policy.yaml"
+    for what, cols in (("objection", ("column",)),
+                       ("consent", ("customer_column", "purpose_column", "granted_column"))):
+        spec = cfg.policy.get(what)
+        if not spec:
+            continue
+        if spec["table"] not in cat_tables:
+            fail(f, (what, "table"), f"table '{spec['table']}' is not in catalog.yaml"
+                 f"{_nearest(spec['table'], cat_tables)}")
+        columns = cat_tables[spec["table"]]["columns"]
+        for attr in cols:
+            if spec[attr] not in columns:
+                fail(f, (what, attr), f"column '{spec[attr]}' is not in catalog table "
+                     f"{spec['table']}{_nearest(spec[attr], columns)}")
+        if what == "objection" and not cat_tables[spec["table"]].get("customer_column"):
+            fail(f, (what, "table"), f"catalog table {spec['table']} needs a customer_column "
+                 "to say whose objection a row records")
+    for cat, spec in cfg.policy["categories"].items():
+        if spec["lawful_basis"] == "separate_consent":
+            if not spec.get("consent_purpose"):
+                fail(f, ("categories", cat, "lawful_basis"),
+                     "separate_consent needs consent_purpose (the purpose value to look for)")
+            if not cfg.policy.get("consent"):
+                fail(f, ("categories", cat, "lawful_basis"),
+                     "separate_consent needs a top-level consent block saying where consents are")
+    seen: dict[str, int] = {}
+    for i, rule in enumerate(cfg.policy["rules"]):
+        if rule["id"] in seen:
+            fail(f, ("rules", i, "id"), f"rule '{rule['id']}' is listed twice "
+                 f"(first as rules.{seen[rule['id']]})")
+        seen[rule["id"]] = i
+
+
+def _check_event_times(cfg: SourceConfig, fail) -> None:
+    """Retention compares each row's event time with the export date: it needs a format that
+    comply can read (a strptime format; epoch times cannot be aged there)."""
+    for table, spec in cfg.catalog["tables"].items():
+        col = spec.get("event_time")
+        if col is None or not cfg.policy["categories"].get(spec["category"], {}).get(
+                "retention_months"):
+            continue
+        fmt = cfg.cleansing["tables"].get(table, {}).get("dates", {}).get(col)
+        if fmt is None:
+            fail("catalog.yaml", ("tables", table, "event_time"),
+                 f"'{col}' needs a format under cleansing.yaml tables.{table}.dates, so that "
+                 "retention can age the row")
+        elif fmt.split(":", 1)[0] in ("epoch", "epoch_ms"):
+            fail("cleansing.yaml", ("tables", table, "dates", col),
+                 f"event time '{col}' cannot use '{fmt}': retention reads event times with a "
+                 "strptime format; export it as text or use a strptime format")
+
+
+def _check_target(cfg: SourceConfig, fail) -> None:
+    """Every mapped table and field must exist in the target schema (include/sql/target.sql),
+    and every NOT NULL target column must be produced."""
+    from handover.mapping import target_columns
+
+    known = target_tables()
+    if not known:
+        return
+    schema = cfg.mapping["schema"]
+    schemas = sorted({s for s, _ in known})
+    if schema not in schemas:
+        fail("mapping.yaml", ("schema",), f"schema '{schema}' is not in {TARGET_SQL.name}"
+             f"{_nearest(schema, schemas)}")
+    tables = sorted(t for s, t in known if s == schema)
+    for table, tmap in cfg.mapping["tables"].items():
+        target = tmap["target"]
+        if (schema, target) not in known:
+            fail("mapping.yaml", ("tables", table, "target"),
+                 f"target table '{schema}.{target}' is not in {TARGET_SQL.name}"
+                 f"{_nearest(target, tables)}")
+        cols = known[(schema, target)]
+        produced: set[str] = set()
+        for field_name, fspec in tmap["fields"].items():
+            for col in target_columns({"fields": {field_name: fspec}}):
+                if col not in cols:
+                    fail("mapping.yaml", ("tables", table, "fields", field_name),
+                         f"'{col}' is not a column of {schema}.{target}"
+                         f"{_nearest(col, cols)}")
+                produced.add(col)
+        missing = [c for c, required in cols.items() if required and c not in produced]
+        if missing:
+            fail("mapping.yaml", ("tables", table, "fields"),
+                 f"{schema}.{target}.{missing[0]} is NOT NULL but no field produces it")
 
 
 def load_config(system: str | Path = "legacy_bss") -> SourceConfig:

@@ -100,7 +100,10 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     except (ValueError, KeyError) as exc:
         raise SourceError(f"{manifest_path}: needs JSON with 'exported_at' ({exc})") from exc
     for table in cfg.tables:
-        f = src / cfg.table(table).get("file", f"{table}.csv")
+        source = cfg.source(table)
+        if source["format"] == "sql":  # read through its connection at extract
+            continue
+        f = src / source["file"]
         if not f.is_file():
             raise SourceError(f"{f}: source file for table {table} not found; export it or "
                               f"remove {table} from {cfg.directory / 'catalog.yaml'}")
@@ -123,69 +126,67 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
 # ---------------------------------------------------------------- extract
 def extract_table(ctx: dict, table: str) -> list[dict]:
-    """Stream one source CSV into hash partitions of raw Parquet (all values as text)."""
+    """Stream one source table (CSV, Parquet or SQL, as its catalog source block says) into
+    hash partitions of raw Parquet (all values as text)."""
     import numpy as np
-    import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
+
+    from handover.sources import SourceReadError, open_source
 
     cfg = _config(ctx["system"])
     spec = cfg.table(table)
-    path = Path(ctx["source_dir"]) / spec.get("file", f"{table}.csv")
     n_parts = cfg.partitions(table)
     key = spec["key"]
     lake, run_id = _lake(), ctx["run_id"]
     started = time.monotonic()
 
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = fh.readline().rstrip("\r\n").split(",")
-    if key not in header:
-        raise SourceError(f"{path} line 1: key column '{key}' of table {table} is missing from "
-                          f"the header; fix the export or catalog.yaml tables.{table}.key")
-    sha = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            sha.update(chunk)
-
     import tempfile
 
+    try:
+        source = open_source(table, spec, ctx["source_dir"])
+    except SourceReadError as exc:
+        raise SourceError(str(exc)) from exc
     tmp = Path(tempfile.mkdtemp(prefix=f"extract-{table}-"))
-    schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
-               for i in range(n_parts)]
+    writers: list = []
     counts = [0] * n_parts
     key_sums = [np.uint64(0)] * n_parts
     row_no = 0
     try:
-        reader = pacsv.open_csv(
-            path,
-            read_options=pacsv.ReadOptions(block_size=8 << 20),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: pa.string() for c in header}, strings_can_be_null=False),
-        )
-        for batch in reader:
-            n = batch.num_rows
-            rows = pa.array(np.arange(row_no + 1, row_no + n + 1, dtype=np.int64))
-            row_no += n
-            batch = pa.RecordBatch.from_arrays(list(batch.columns) + [rows], schema=schema)
-            keys = np.asarray(batch.column(key).to_pylist(), dtype=object)
-            hashed = pd.util.hash_array(keys, categorize=False)
-            pid = (hashed % np.uint64(n_parts)).astype(np.int64)
-            for i in range(n_parts):
-                idx = np.flatnonzero(pid == i)
-                if len(idx):
-                    writers[i].write_batch(batch.take(pa.array(idx)))
-                    counts[i] += len(idx)
-                    key_sums[i] = np.uint64(
-                        (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
-            if row_no and row_no % 1_000_000 < n:
-                rate = row_no / max(time.monotonic() - started, 1e-9)
-                log.info("extract %s: %d rows, %.0f rows/s", table, row_no, rate)
-    except pa.ArrowInvalid as exc:
-        raise SourceError(f"{path}: cannot parse as CSV near row {row_no + 1}: "
-                          f"{str(exc).splitlines()[0]}; fix the export") from exc
-    finally:
-        for w in writers:
-            w.close()
+        with source:
+            header = source.columns
+            if key not in header:
+                where = " line 1" if source.what_columns == "header" else ""
+                raise SourceError(f"{source.location}{where}: key column '{key}' of table {table} "
+                                  f"is missing from the {source.what_columns}; fix the export or "
+                                  f"catalog.yaml tables.{table}.key")
+            schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
+            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
+                       for i in range(n_parts)]
+            for batch in source.batches():
+                n = batch.num_rows
+                row_no += n
+                keys = np.asarray(batch.column(key).to_pylist(), dtype=object)
+                hashed = pd.util.hash_array(keys, categorize=False)
+                pid = (hashed % np.uint64(n_parts)).astype(np.int64)
+                for i in range(n_parts):
+                    idx = np.flatnonzero(pid == i)
+                    if len(idx):
+                        writers[i].write_batch(batch.take(pa.array(idx)))
+                        counts[i] += len(idx)
+                        key_sums[i] = np.uint64(
+                            (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
+                if row_no and row_no % 1_000_000 < n:
+                    rate = row_no / max(time.monotonic() - started, 1e-9)
+                    log.info("extract %s: %d rows, %.0f rows/s", table, row_no, rate)
+        sha = source.fingerprint()
+    except SourceReadError as exc:
+        _drop_dir(tmp, writers)
+        raise SourceError(str(exc)) from exc
+    except BaseException:
+        _drop_dir(tmp, writers)
+        raise
+    for w in writers:
+        w.close()
 
     parts = []
     with ledger.connect() as conn, conn.transaction():
@@ -195,18 +196,35 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             lake.put_bytes(part_key(run_id, "raw", table, partition), data)
             ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="extract",
                           rows_in=counts[i], rows_out=counts[i], checksum=f"{int(key_sums[i]):016x}",
-                          detail={"source_file": path.name, "source_sha256": sha.hexdigest()})
+                          detail={"source_file": source.name, "source_sha256": sha})
             parts.append({"table": table, "partition": partition, "rows": counts[i]})
     for f in tmp.iterdir():
         f.unlink()
     tmp.rmdir()
     expected = ctx.get("manifest_rows", {}).get(table)
     if expected is not None and expected != row_no:
-        raise SourceError(f"{path}: read {row_no} rows but the export manifest says {expected}; "
-                          "the file is truncated or was changed after export")
+        raise SourceError(f"{source.location}: read {row_no} rows but the export manifest says "
+                          f"{expected}; the source is truncated or was changed after export")
     log.info("extract %s: %d rows into %d partitions in %.1fs", table, row_no, n_parts,
              time.monotonic() - started)
     return parts
+
+
+def _drop_dir(tmp: Path, writers: list) -> None:
+    import shutil
+
+    for w in writers:
+        w.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def suites_dir_for(system: str, gate: str, table: str) -> Path:
+    """Where a gate's suite lives: expectations/<system>/<gate>/<table>.json, else the shared
+    expectations/<gate>/<table>.json (the layout before per-system folders)."""
+    per_system = SUITES_DIR / _config(system).system
+    if (per_system / gate / f"{table}.json").is_file():
+        return per_system
+    return SUITES_DIR
 
 
 def flatten(lists: list[list[dict]]) -> list[dict]:
@@ -225,7 +243,7 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
     run_id, lake = ctx["run_id"], _lake()
     docs_dir = docs_dir_for(lake, run_id)
     result = run_gate(frame, gate=gate, table=table, partition=partition, run_id=run_id,
-                      suites_dir=SUITES_DIR, docs_dir=docs_dir)
+                      suites_dir=suites_dir_for(ctx["system"], gate, table), docs_dir=docs_dir)
     publish_docs(lake, run_id, docs_dir)
     with ledger.connect() as conn, conn.transaction():
         conn.execute(

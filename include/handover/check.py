@@ -1,0 +1,283 @@
+"""`handover check`: is a source system's configuration ready for its real export?
+
+The first thing an engineer runs after writing (or changing) a system's four YAML files,
+and long before a migration touches the target: it validates the files, then dry-runs
+them on the first N rows of every source table, the way extract, cleanse and map would,
+and lists every problem it finds, one line each, naming file, table and column:
+
+- columns the export has and the catalog does not (unclassified), and the reverse;
+- catalogued columns no target field or policy rule uses (unmapped), unless the catalog
+  marks them ``migrate: false``;
+- type problems: values failing their date format, integers or decimals, with counts
+  (a share above ``--tolerance`` is a wrong format; below it, rows cleansing will
+  quarantine, reported as notes);
+- codes without a lookup, and any other value a mapping transform cannot convert;
+- gate suites that are missing or no longer match the catalog and mapping.
+
+Exit status 0 when there is no problem, 1 otherwise. No row value is printed except code
+values that have no lookup entry (as the migration itself would report them).
+
+    python -m handover.check --system legacy_bss --source-dir /exports/bss [--rows 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GATES = ("intake", "compliance", "quality", "contract", "reconciliation")
+
+
+@dataclass
+class CheckResult:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    rows_read: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _exported_at(source_dir: Path):
+    import pandas as pd
+
+    try:
+        manifest = json.loads((source_dir / "export_manifest.json").read_text(encoding="utf-8"))
+        return pd.Timestamp(manifest["exported_at"])
+    except (OSError, ValueError, KeyError):
+        return pd.Timestamp.now().floor("s")
+
+
+def _used_columns(cfg, table: str) -> set[str]:
+    """Columns a target field or a policy rule reads (what `unmapped` is measured against)."""
+    from handover.mapping import source_columns
+
+    used: set[str] = set()
+    for fspec in cfg.table_mapping(table)["fields"].values():
+        used.update(source_columns(fspec))
+    spec = cfg.table(table)
+    for attr in ("customer_column", "event_time"):
+        if spec.get(attr):
+            used.add(spec[attr])
+    obj, con = cfg.policy.get("objection"), cfg.policy.get("consent")
+    if obj and obj["table"] == table:
+        used.add(obj["column"])
+    if con and con["table"] == table:
+        used.update(con[k] for k in ("customer_column", "purpose_column", "granted_column"))
+    return used
+
+
+def _check_suites(cfg, res: CheckResult) -> None:
+    from handover.mapping import target_columns
+    from handover.pipeline import SUITES_DIR, suites_dir_for
+
+    for table in cfg.tables:
+        for gate in GATES:
+            base = suites_dir_for(str(cfg.directory), gate, table)
+            path = base / gate / f"{table}.json"
+            if not path.is_file():
+                res.problems.append(
+                    f"{SUITES_DIR / cfg.system / gate / (table + '.json')}: table {table}: no "
+                    f"{gate} suite; run python scripts/scaffold_suites.py {cfg.system}")
+                continue
+            if gate not in ("intake", "contract"):
+                continue
+            try:
+                suite = json.loads(path.read_text(encoding="utf-8"))
+            except ValueError:
+                res.problems.append(f"{path}: table {table}: suite is not valid JSON")
+                continue
+            want = (list(cfg.table(table)["columns"]) if gate == "intake"
+                    else target_columns(cfg.table_mapping(table)))
+            for exp in suite.get("expectations", []):
+                if exp.get("type") != "expect_table_columns_to_match_set":
+                    continue
+                have = [c for c in exp.get("kwargs", {}).get("column_set", []) if c != "_basis"]
+                if set(have) != set(want):
+                    diff = sorted(set(have) ^ set(want))
+                    res.problems.append(
+                        f"{path}: table {table} column {diff[0]}: the {gate} suite's column set "
+                        f"does not match {'catalog.yaml' if gate == 'intake' else 'mapping.yaml'}"
+                        f"; re-run python scripts/scaffold_suites.py {cfg.system} --force "
+                        "(or edit the suite)")
+
+
+def _share(bad: int, present: int) -> str:
+    return f"{bad} of {present} values ({bad / max(present, 1):.1%})"
+
+
+def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from handover.cleanse import parse_dates
+    from handover.validators import normalise_text
+
+    rules = cfg.rules(table)
+    where = cfg.directory / "cleansing.yaml"
+
+    def text(col: str) -> pd.Series:
+        arr = normalise_text(pa.array(frame[col].astype(object).where(frame[col].notna(), None)
+                                      .tolist(), pa.string()))
+        return pd.Series(arr.to_pylist(), dtype=object)
+
+    def report(col: str, bad: pd.Series, what: str) -> None:
+        present = int(bad.size)
+        n = int(bad.sum())
+        if not n:
+            return
+        hit = bad.index[bad.to_numpy()]  # labels are positions in frame
+        rows = frame["_source_row"].to_numpy()[hit] if "_source_row" in frame else []
+        first = f", first at source row {int(rows[0])}" if len(rows) else ""
+        line = f"{where}: table {table} column {col}: {_share(n, present)} {what}{first}"
+        if n / max(present, 1) > tolerance:
+            res.problems.append(line)
+        else:
+            res.notes.append(line + " (within tolerance: cleansing will quarantine these rows)")
+
+    for col, fmt in rules.get("dates", {}).items():
+        if col in frame:
+            t = text(col).dropna()
+            report(col, parse_dates(t, fmt).isna(), f"do not match date format '{fmt}'")
+    for col in rules.get("integers", []):
+        if col in frame:
+            t = text(col).dropna()
+            num = pd.to_numeric(t, errors="coerce")
+            report(col, ~(num.notna() & (num == num.round())), "are not whole numbers")
+    for col, places in rules.get("decimals", {}).items():
+        if col in frame:
+            t = text(col).dropna().astype(str)
+            ok = t.str.fullmatch(rf"[+-]?(?:\d+(?:\.\d{{0,{places}}})?|\.\d{{1,{places}}})")
+            report(col, ~ok, f"are not numbers with at most {places} decimals")
+    for col, allowed in rules.get("codes", {}).items():
+        if col in frame:
+            t = text(col).dropna()
+            report(col, ~t.isin([str(a) for a in allowed]),
+                   "are not among the codes cleansing.yaml allows")
+
+
+def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
+    from handover.cleanse import validate
+    from handover.mapping import MappingError, field_values
+
+    try:
+        typed, verdict = validate(frame, cfg.rules(table), key=cfg.table(table)["key"],
+                                  exported_at=exported_at)
+    except Exception as exc:  # noqa: BLE001 - report, keep checking the other tables
+        res.problems.append(f"{cfg.directory / 'cleansing.yaml'}: table {table}: cleansing "
+                            f"fails on the sample ({type(exc).__name__}: {exc})")
+        return
+    clean = typed.loc[~verdict.failed].reset_index(drop=True)
+    where = cfg.directory / "mapping.yaml"
+    for target, spec in cfg.table_mapping(table)["fields"].items():
+        try:
+            field_values(clean, table, target, spec, partition="check")
+        except MappingError as exc:
+            detail = str(exc).split(": ", 1)[-1]
+            col = spec["from"] if "concat" not in spec else "+".join(spec["concat"]["columns"])
+            res.problems.append(f"{where}: table {table} column {col}: {detail}")
+        except KeyError as exc:
+            res.problems.append(f"{where}: table {table} field {target}: source column {exc} "
+                                "is missing from the sample")
+
+
+def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
+              tolerance: float = 0.05) -> CheckResult:
+    """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
+    from handover.config import ConfigError, load_config
+    from handover.sources import SourceReadError, head, open_source
+
+    res = CheckResult()
+    try:
+        cfg = load_config(system)
+    except ConfigError as exc:
+        res.problems.append(str(exc))
+        return res
+    source_dir = Path(source_dir)
+    exported_at = _exported_at(source_dir)
+    _check_suites(cfg, res)
+    catalog_file = cfg.directory / "catalog.yaml"
+    for table in cfg.tables:
+        spec = cfg.table(table)
+        catalog = list(spec["columns"])
+        try:
+            source = open_source(table, spec, source_dir)
+            for attr in ("chunk_rows", "batch_rows"):  # read no more than the sample
+                if hasattr(source, attr):
+                    setattr(source, attr, max(1, min(getattr(source, attr), rows)))
+            with source:
+                sample = head(source, rows)
+        except SourceReadError as exc:
+            res.problems.append(f"{exc} (table {table})")
+            continue
+        res.rows_read[table] = sample.num_rows
+        header = [c for c in sample.column_names if c != "_source_row"]
+        for col in header:
+            if col not in catalog:
+                res.problems.append(
+                    f"{catalog_file}: table {table} column {col}: found in {source.location} "
+                    "but not in the catalog (unclassified); add it with its level and pii type")
+        for col in catalog:
+            if col not in header:
+                res.problems.append(
+                    f"{source.location}: table {table} column {col}: catalogued in "
+                    f"{catalog_file.name} but missing from the source")
+        used = _used_columns(cfg, table)
+        for col, meta in spec["columns"].items():
+            if meta.get("migrate") is False:
+                if col in used:
+                    res.problems.append(
+                        f"{catalog_file}: table {table} column {col}: marked migrate: false but "
+                        "mapping.yaml or policy.yaml uses it")
+            elif col not in used:
+                res.problems.append(
+                    f"{cfg.directory / 'mapping.yaml'}: table {table} column {col}: not mapped "
+                    "to any target field; map it, or mark it migrate: false in catalog.yaml")
+        frame = sample.select([c for c in sample.column_names if c in catalog or
+                               c == "_source_row"]).to_pandas()
+        for col in catalog:  # a missing column is reported above; keep checking the rest
+            if col not in frame:
+                frame[col] = None
+        _type_problems(cfg, table, frame, res, tolerance)
+        _mapping_problems(cfg, table, frame, exported_at, res)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m handover.check",
+                                 description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return run(ap.parse_args(argv))
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--system", required=True,
+                    help="a folder under include/config, or a path to one")
+    ap.add_argument("--source-dir", required=True, help="the legacy export to dry-run on")
+    ap.add_argument("--rows", type=int, default=1000, help="rows per table (default 1000)")
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="share of values failing a type rule that still counts as data "
+                         "defects, not a wrong format (default 0.05; 0 = strict)")
+
+
+def run(args: argparse.Namespace) -> int:
+    res = run_check(args.system, args.source_dir, rows=args.rows, tolerance=args.tolerance)
+    for line in res.problems:
+        print(line)
+    for line in res.notes:
+        print(f"note: {line}", file=sys.stderr)
+    tables = ", ".join(f"{t} {n}" for t, n in res.rows_read.items())
+    if res.ok:
+        print(f"check passed for {args.system}: rows read per table: {tables}", file=sys.stderr)
+        return 0
+    print(f"check found {len(res.problems)} problem(s) in {args.system}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,490 @@
+"""Source readers: every shape a legacy export comes in, as Arrow record batches of text.
+
+Extract is the only stage that knows how a legacy system stored its data. A catalog
+table's optional ``source:`` block says how (delimited text in any of the encodings
+Chinese BSS exports use, Parquet, or a SQL database reached through an Airflow
+connection); this module turns each into the same stream: record batches whose data
+columns are all ``pa.string()`` plus the 1-based ``_source_row`` (int64) that every later
+stage uses to point at a row without showing its values. Typing is cleansing's job, so
+nothing here guesses types, and memory stays bounded whatever the size of the source.
+
+Errors are one line naming the file (or connection) and, where there is one, the row.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from handover.config import resolve_source
+
+ROW_COLUMN = "_source_row"
+FORMATS = ("csv", "parquet", "sql")
+# Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
+ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030"}
+DEFAULT_CHUNK_ROWS = 50_000
+CSV_BLOCK_BYTES = 8 << 20
+SQL_DIALECTS = {"postgres": "postgres", "postgresql": "postgres", "sqlite": "sqlite",
+                "mysql": "mysql", "mariadb": "mysql"}
+
+
+class SourceReadError(RuntimeError):
+    """The source cannot be read as configured; one line naming the file/connection and row."""
+
+
+def source_location(table: str, table_spec: dict[str, Any], source_dir: str | Path) -> str:
+    """Where a table comes from, for messages: the file path or the connection."""
+    spec = resolve_source(table, table_spec)
+    if spec["format"] == "sql":
+        return _sql_location(spec)
+    return str(Path(source_dir) / spec["file"])
+
+
+def open_source(table: str, table_spec: dict[str, Any], source_dir: str | Path, *,
+                range_start: Any = None, range_end: Any = None) -> TableSource:
+    """A reader for one catalog table; use it as a context manager, then iterate batches()."""
+    spec = resolve_source(table, table_spec)
+    columns = list(table_spec.get("columns", {}))
+    fmt = spec["format"]
+    if fmt == "csv":
+        return DelimitedSource(Path(source_dir) / spec["file"], table=table, columns=columns,
+                               encoding=spec["encoding"], delimiter=spec["delimiter"],
+                               header=spec["header"], quote=spec["quote"])
+    if fmt == "parquet":
+        return ParquetSource(Path(source_dir) / spec["file"], table=table,
+                             batch_rows=spec["chunk_rows"])
+    if fmt == "sql":
+        rng = dict(spec.get("range") or {})
+        if range_start is not None:
+            rng["start"] = range_start
+        if range_end is not None:
+            rng["end"] = range_end
+        return SqlSource(spec["conn_id"], table=table, source_table=spec.get("table"),
+                         query=spec.get("query"), key=table_spec.get("key"),
+                         chunk_rows=spec["chunk_rows"], range_column=rng.get("column"),
+                         range_start=rng.get("start"), range_end=rng.get("end"))
+    raise SourceReadError(f"table {table}: unknown source format '{fmt}'; use one of "
+                          f"{', '.join(FORMATS)}")
+
+
+def head(source: TableSource, rows: int) -> pa.Table:
+    """The first `rows` rows of an opened source, as one table (for `handover check`)."""
+    batches, seen = [], 0
+    for batch in source.batches():
+        take = batch.slice(0, max(rows - seen, 0))
+        batches.append(take)
+        seen += take.num_rows
+        if seen >= rows:
+            break
+    if not batches:
+        return pa.table({c: pa.array([], pa.string()) for c in source.columns}
+                        | {ROW_COLUMN: pa.array([], pa.int64())})
+    return pa.Table.from_batches(batches)
+
+
+def _numbered(columns: list[pa.Array], names: list[str], first_row: int) -> pa.RecordBatch:
+    import numpy as np
+
+    n = len(columns[0]) if columns else 0
+    rows = pa.array(np.arange(first_row, first_row + n, dtype=np.int64))
+    schema = pa.schema([(c, pa.string()) for c in names] + [(ROW_COLUMN, pa.int64())])
+    return pa.RecordBatch.from_arrays(list(columns) + [rows], schema=schema)
+
+
+class TableSource:
+    """One table of a legacy export. `with source:` opens it; then `columns`, `batches()`."""
+
+    table: str
+    location: str
+    name: str
+    columns: list[str]
+    what_columns = "header"
+
+    def __enter__(self) -> TableSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """sha256 of what was read (file bytes, or the rows a query returned)."""
+        raise NotImplementedError
+
+
+class _FileSource(TableSource):
+    def __init__(self, path: Path, table: str) -> None:
+        self.path = Path(path)
+        self.table = table
+        self.location = str(self.path)
+        self.name = self.path.name
+        self.columns = []
+
+    def _require_file(self) -> None:
+        if not self.path.is_file():
+            raise SourceReadError(f"{self.path}: source file for table {self.table} not found")
+
+    def fingerprint(self) -> str:
+        sha = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(chunk)
+        return sha.hexdigest()
+
+
+class DelimitedSource(_FileSource):
+    """Delimited text in UTF-8 (with or without BOM), GBK or GB18030, transcoded while it
+    streams; any one-character delimiter; quoted values may hold delimiters and newlines.
+    Without a header row the catalog's column order names the columns."""
+
+    def __init__(self, path: Path, *, table: str, columns: list[str] | None = None,
+                 encoding: str = "utf-8", delimiter: str = ",", header: bool = True,
+                 quote: str = '"', block_size: int = CSV_BLOCK_BYTES) -> None:
+        super().__init__(path, table)
+        if encoding not in ENCODINGS:
+            raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
+                                  f"{', '.join(ENCODINGS)}")
+        if len(delimiter) != 1:
+            raise SourceReadError(f"{path}: delimiter must be one character, got {delimiter!r}")
+        self.encoding, self.delimiter, self.header = encoding, delimiter, header
+        self.quote, self.block_size = quote, block_size
+        self.catalog_columns = list(columns or [])
+        self.what_columns = "header" if header else "catalog column list"
+
+    def open(self) -> None:
+        self._require_file()
+        if not self.header:
+            if not self.catalog_columns:
+                raise SourceReadError(f"{self.path}: no header row and no catalog columns to "
+                                      "name the columns")
+            self.columns = list(self.catalog_columns)
+            return
+        codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
+
+        def lines(fh) -> Iterator[str]:  # decode only as far as the header reaches
+            decoder = codecs.getincrementaldecoder(codec)()
+            for raw in fh:  # b"\n" is never part of a GBK/GB18030 multi-byte character
+                yield decoder.decode(raw)
+
+        try:
+            with open(self.path, "rb") as fh:
+                if self.quote:
+                    reader = csv.reader(lines(fh), delimiter=self.delimiter,
+                                        quotechar=self.quote)
+                else:
+                    reader = csv.reader(lines(fh), delimiter=self.delimiter,
+                                        quoting=csv.QUOTE_NONE)
+                header = next(reader, None)
+        except UnicodeDecodeError as exc:
+            raise SourceReadError(f"{self.path} line 1: header is not valid {self.encoding} "
+                                  f"({exc.reason}); set source.encoding in catalog.yaml") from exc
+        except csv.Error as exc:
+            raise SourceReadError(f"{self.path} line 1: cannot parse the header ({exc})") from exc
+        if not header:
+            raise SourceReadError(f"{self.path}: file is empty; expected a header row "
+                                  "(or set source.header: false)")
+        dupes = sorted({c for c in header if header.count(c) > 1})
+        if dupes:
+            raise SourceReadError(f"{self.path} line 1: column '{dupes[0]}' appears more than "
+                                  "once in the header")
+        self.columns = header
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        import pyarrow.csv as pacsv
+
+        if not self.header and self.path.stat().st_size == 0:
+            return
+        read = pacsv.ReadOptions(encoding=ENCODINGS[self.encoding], block_size=self.block_size,
+                                 column_names=None if self.header else self.columns)
+        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char=self.quote or False,
+                                   newlines_in_values=True)
+        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in self.columns},
+                                       strings_can_be_null=False)
+        row = 0
+        try:
+            reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse,
+                                    convert_options=convert)
+            for batch in reader:
+                if batch.num_rows == 0:
+                    continue
+                if batch.schema.names != self.columns:
+                    raise SourceReadError(f"{self.path}: columns changed while reading near row "
+                                          f"{row + 1}")
+                out = _numbered(list(batch.columns), self.columns, row + 1)
+                row += batch.num_rows
+                yield out
+        except UnicodeDecodeError as exc:
+            raise SourceReadError(f"{self.path}: cannot decode as {self.encoding} near row "
+                                  f"{row + 1} ({exc.reason}); fix the export or set "
+                                  "source.encoding in catalog.yaml") from exc
+        except pa.ArrowInvalid as exc:
+            raise SourceReadError(f"{self.path}: cannot parse as CSV near row {row + 1}: "
+                                  f"{str(exc).splitlines()[0]}; fix the export") from exc
+
+
+class ParquetSource(_FileSource):
+    """A Parquet file, read a row group slice at a time; every column cast to text."""
+
+    what_columns = "Parquet schema"
+
+    def __init__(self, path: Path, *, table: str, batch_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+        super().__init__(path, table)
+        self.batch_rows = batch_rows
+        self._file: Any = None
+
+    def open(self) -> None:
+        import pyarrow.parquet as pq
+
+        self._require_file()
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise SourceReadError(f"{self.path}: not a readable Parquet file "
+                                  f"({str(exc).splitlines()[0]})") from exc
+        schema = self._file.schema_arrow
+        for f in schema:
+            if pa.types.is_nested(f.type):
+                raise SourceReadError(f"{self.path}: column '{f.name}' has type {f.type}, which "
+                                      "cannot be read as text; flatten it in the export")
+        self.columns = list(schema.names)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        row = 0
+        for batch in self._file.iter_batches(batch_size=self.batch_rows):
+            cols = []
+            for name, col in zip(self.columns, batch.columns, strict=True):
+                try:
+                    cols.append(_as_text(col))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    raise SourceReadError(
+                        f"{self.path}: column '{name}' ({col.type}) cannot be read as text near "
+                        f"row {row + 1}: {str(exc).splitlines()[0]}") from exc
+            yield _numbered(cols, self.columns, row + 1)
+            row += batch.num_rows
+
+
+def _as_text(col: pa.Array) -> pa.Array:
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    if pa.types.is_string(col.type):
+        return col
+    if pa.types.is_boolean(col.type):
+        return pc.if_else(col, "true", "false")
+    return pc.cast(col, pa.string())
+
+
+# ----------------------------------------------------------------------------- SQL
+def _sql_location(spec: dict[str, Any]) -> str:
+    what = spec.get("table") or "query"
+    return f"connection {spec.get('conn_id')} ({what})"
+
+
+def _quote_ident(name: str, dialect: str) -> str:
+    q = "`" if dialect == "mysql" else '"'
+    return ".".join(q + part.replace(q, q + q) + q for part in name.split("."))
+
+
+def _hash_column(sha: Any, col: pa.Array) -> None:
+    """Feed a fresh string column to a hash: its value lengths (null = -1), then its bytes."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    sha.update(pc.fill_null(pc.utf8_length(col), -1).to_numpy().astype(np.int64).tobytes())
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + len(col) + 1]
+    data = col.buffers()[2]
+    if data is not None and len(offsets) and offsets[-1] > offsets[0]:
+        sha.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+
+
+def _db_text(value: Any) -> str | None:
+    """A DB-API value as text, the way the database would print it."""
+    import datetime as dt
+    from decimal import Decimal
+
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+class SqlSource(TableSource):
+    """A table or query in a SQL database reached through an Airflow connection, read in
+    chunks of `chunk_rows` through a server-side cursor (PostgreSQL: a named cursor;
+    MySQL/MariaDB: an unbuffered cursor; SQLite steps lazily), ordered by the table's key
+    so row numbers are stable, optionally limited to a key or timestamp range
+    (`start` inclusive, `end` exclusive). Values arrive as the database prints them."""
+
+    what_columns = "query result"
+
+    def __init__(self, conn_id: str, *, table: str, source_table: str | None = None,
+                 query: str | None = None, key: str | None = None,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS, range_column: str | None = None,
+                 range_start: Any = None, range_end: Any = None) -> None:
+        if bool(source_table) == bool(query):
+            raise SourceReadError(f"table {table}: a sql source needs exactly one of "
+                                  "'table' or 'query'")
+        self.conn_id, self.table = conn_id, table
+        self.source_table, self.query, self.key = source_table, query, key
+        self.chunk_rows = chunk_rows
+        self.range_column, self.range_start, self.range_end = range_column, range_start, range_end
+        self.location = _sql_location({"conn_id": conn_id, "table": source_table})
+        self.name = f"sql:{conn_id}/{source_table or 'query'}"
+        self.columns = []
+        self._conn: Any = None
+        self._cur: Any = None
+        self._sha = hashlib.sha256()
+        self.dialect = ""
+
+    # -- connecting
+    def _connect(self) -> Any:
+        from handover.connections import connection_dict
+
+        conn = connection_dict(self.conn_id)
+        if conn is None:
+            raise SourceReadError(
+                f"{self.location}: Airflow connection '{self.conn_id}' for table {self.table} "
+                f"is not defined; set AIRFLOW_CONN_{self.conn_id.upper()} or add it in Airflow")
+        ctype = (conn.get("conn_type") or "").lower()
+        self.dialect = SQL_DIALECTS.get(ctype, "")
+        if not self.dialect:
+            raise SourceReadError(f"{self.location}: connection type '{ctype}' is not supported "
+                                  f"for reading; use one of {', '.join(sorted(SQL_DIALECTS))}")
+        try:
+            if self.dialect == "postgres":
+                import psycopg
+                from psycopg.conninfo import make_conninfo
+                from psycopg.types.string import TextLoader
+
+                params = {"host": conn["host"] or None, "port": conn["port"] or None,
+                          "user": conn["login"] or None, "password": conn["password"] or None,
+                          "dbname": conn["schema"] or None}
+                db = psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}))
+                for info in psycopg.postgres.types:  # every value as PostgreSQL prints it
+                    db.adapters.register_loader(info.oid, TextLoader)
+                return db
+            if self.dialect == "sqlite":
+                import sqlite3
+
+                path = conn["host"] or conn["schema"]
+                if not path or not Path(path).is_file():
+                    raise SourceReadError(f"{self.location}: SQLite database file {path!r} "
+                                          "not found")
+                return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                import pymysql
+            except ImportError as exc:
+                raise SourceReadError(f"{self.location}: reading MySQL/MariaDB needs the "
+                                      "'pymysql' package, which is not installed") from exc
+            return pymysql.connect(host=conn["host"] or "127.0.0.1", port=conn["port"] or 3306,
+                                   user=conn["login"] or "root", password=conn["password"] or "",
+                                   database=conn["schema"] or None, charset="utf8mb4")
+        except SourceReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - drivers raise their own hierarchies
+            raise SourceReadError(f"{self.location}: cannot connect "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+    def statement(self) -> tuple[str, list[Any]]:
+        """The SELECT this source runs, with its parameters."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        base = (f"SELECT * FROM {_quote_ident(self.source_table, self.dialect)}"
+                if self.source_table else
+                f"SELECT * FROM ({self.query.strip().rstrip(';')}) handover_src")
+        where, params = [], []
+        if self.range_column and self.range_start is not None:
+            where.append(f"{_quote_ident(self.range_column, self.dialect)} >= {mark}")
+            params.append(self.range_start)
+        if self.range_column and self.range_end is not None:
+            where.append(f"{_quote_ident(self.range_column, self.dialect)} < {mark}")
+            params.append(self.range_end)
+        stmt = base + (" WHERE " + " AND ".join(where) if where else "")
+        if self.key:
+            stmt += f" ORDER BY {_quote_ident(self.key, self.dialect)}"
+        return stmt, params
+
+    def open(self) -> None:
+        self._conn = self._connect()
+        try:
+            if self.dialect == "postgres":
+                self._cur = self._conn.cursor(name="handover_extract")
+                self._cur.itersize = self.chunk_rows
+            elif self.dialect == "mysql":
+                import pymysql.cursors
+
+                self._cur = self._conn.cursor(pymysql.cursors.SSCursor)
+            else:
+                self._cur = self._conn.cursor()
+            stmt, params = self.statement()
+            if self.dialect == "sqlite":
+                self._cur.execute(stmt, params)
+            else:  # no parameters: a '%' in the query is not a placeholder
+                self._cur.execute(stmt, params or None)
+            self.columns = [d[0] for d in self._cur.description]
+        except SourceReadError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.close()
+            raise SourceReadError(f"{self.location}: query failed "
+                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+
+    def close(self) -> None:
+        for thing in (self._cur, self._conn):
+            if thing is not None:
+                try:
+                    thing.close()
+                except Exception:  # noqa: BLE001, S110 - closing after a failure
+                    pass
+        self._cur = self._conn = None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        row = 0
+        text = _db_text if self.dialect != "postgres" else (lambda v: v)
+        while True:
+            try:
+                rows = self._cur.fetchmany(self.chunk_rows)
+            except Exception as exc:  # noqa: BLE001
+                raise SourceReadError(f"{self.location}: reading failed near row {row + 1} "
+                                      f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                                      ) from exc
+            if not rows:
+                return
+            cols = [pa.array([text(v) for v in col], pa.string())
+                    for col in zip(*rows, strict=True)]
+            for col in cols:
+                _hash_column(self._sha, col)
+            yield _numbered(cols, self.columns, row + 1)
+            row += len(rows)
+
+    def fingerprint(self) -> str:
+        return self._sha.hexdigest()
