@@ -26,7 +26,8 @@ def id_check_digit(first17: str) -> str:
 
 def resident_id_ok(value: str) -> bool:
     """GB 11643-1999: 17 digits, then the check digit (0-9 or X)."""
-    return bool(re.fullmatch(ID_PATTERN, value)) and id_check_digit(value[:17]) == value[17]
+    return (bool(re.fullmatch(ID_PATTERN, value, flags=re.ASCII))
+            and id_check_digit(value[:17]) == value[17])
 
 
 def luhn_ok(digits: str) -> bool:
@@ -82,8 +83,11 @@ def normalise_msisdn(arr: pa.Array) -> pa.Array:
     """Strip separators and the +86 / 0086 country prefix; the result is 11 digits if valid."""
     arr = normalise_text(arr)
     arr = pc.replace_substring_regex(arr, r"[\s\-()]", "")
-    arr = pc.replace_substring_regex(arr, r"^(\+86|0086)", "")
-    return pc.replace_substring_regex(arr, r"^86(1\d{10})$", r"\1")
+    # NFKC again: removing a space can leave a combining mark that now composes (idempotence)
+    arr = pc.utf8_normalize(arr, "NFKC")
+    arr = pc.replace_substring_regex(arr, r"^(?:\+86|0086)+", "")
+    arr = pc.replace_substring_regex(arr, r"^86(1\d{10})$", r"\1")
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
 
 def msisdn_valid(arr: pa.Array) -> np.ndarray:

@@ -132,10 +132,6 @@ def test_written_msisdns_normalise_to_11_digits_idempotently(values):
     assert all(len(v) == 11 and v.isdigit() for v in once.to_pylist())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "validators.normalise_msisdn is not idempotent: '0086+86…' loses one prefix per pass, and "
-    "separator-only input ('-') becomes '' instead of null (reported to the lead; validators.py "
-    "is outside this change)"))
 @SETTINGS
 @example("0086+8613812345678")
 @example("-")
@@ -178,10 +174,6 @@ def test_id_with_independent_check_digit_passes_and_any_single_digit_error_fails
     assert resident_id_ok(rid) and not resident_id_ok(typo)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the scalar validators.resident_id_ok (used by protect.redact_text) matches Python's "
-    "Unicode \\d, so it accepts non-ASCII digits that the vectorised check rejects "
-    "(reported to the lead; validators.py is outside this change)"))
 @SETTINGS
 @example("١١٠١٠٥١٩٤٩١٢٣١٠٠١1")
 @given(MAYBE_TEXT)
