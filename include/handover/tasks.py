@@ -3,6 +3,7 @@
 Data faults (a failed gate, bad configuration, a broken export) fail a task at once:
 retrying cannot fix them, and a retry storm hides the one line that says what to do.
 Transient faults (a dropped connection) keep Airflow's retries with backoff.
+Either way, a task that ends failed notifies once (``handover.notify``); retries stay quiet.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from handover.notify import HandoverNotifier
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -21,6 +24,8 @@ DEFAULT_ARGS: dict[str, Any] = {
     "retry_delay": timedelta(seconds=10),
     "retry_exponential_backoff": True,
     "max_retry_delay": timedelta(minutes=5),
+    # Only on failure, never on retry: exactly one notification per failed task instance.
+    "on_failure_callback": [HandoverNotifier()],
 }
 
 

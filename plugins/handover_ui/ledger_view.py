@@ -1,0 +1,207 @@
+"""The migration ledger of one run, as on-call staff and auditors read it in the Airflow UI.
+
+Per table and stage (extract → comply → cleanse → map → load): partitions done, rows in,
+out, quarantined and excluded, and whether the stage balances (in = out + quarantined +
+excluded, and its input is exactly the previous stage's output); then, per table, the
+reconciliation verdict and the gates. Counts only: the ledger holds no row values.
+
+``gather`` reads handover_meta in the target database; ``render_*`` turn the result into
+plain HTML with no script (the UI shows it in a sandboxed iframe). Links are relative to
+the plugin's mount point, like every page of the app.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+STAGES = ("extract", "comply", "cleanse", "map", "load")
+
+_CSS = """body{font:14px system-ui,sans-serif;margin:1.2em;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.4em}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:right}th{background:#f3f3f3}td.l,th.l{text-align:left}.ok{color:#2e7d32;font-weight:600}
+.bad{color:#c62828;font-weight:600}.wait{color:#8a6d00}h1{font-size:1.3em}h2{font-size:1.1em}
+.muted{color:#666}a{color:#1565c0}"""
+
+
+def gather(conn: Any, run_id: str) -> dict[str, Any] | None:
+    """Everything the ledger page shows for ``run_id``; None when the run is unknown."""
+    run = conn.execute(
+        "SELECT run_id, dag_id, source_system, status, started_at, finished_at "
+        "FROM handover_meta.run WHERE run_id = %s", (run_id,)).fetchone()
+    if run is None:
+        return None
+    stages = conn.execute(
+        "SELECT table_name, stage, count(*), sum(rows_in), sum(rows_out), "
+        "sum(rows_quarantined), sum(rows_excluded) FROM handover_meta.ledger "
+        "WHERE run_id = %s GROUP BY 1, 2", (run_id,)).fetchall()
+    recon = conn.execute(
+        "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
+        "missing_keys, field_mismatches, balanced FROM handover_meta.reconciliation "
+        "WHERE run_id = %s", (run_id,)).fetchall()
+    gates = conn.execute(
+        "SELECT gate, table_name, partition, success, rows, docs_path "
+        "FROM handover_meta.gate_result WHERE run_id = %s", (run_id,)).fetchall()
+    return build(
+        run=dict(zip(("run_id", "dag_id", "system", "status", "started_at", "finished_at"),
+                     run, strict=True)),
+        stages=stages, recon=recon, gates=gates)
+
+
+def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
+          gates: list[tuple]) -> dict[str, Any]:
+    """Turn the raw rows into per-table stage checks (pure: unit-testable without a database)."""
+    by_table: dict[str, dict[str, dict[str, int]]] = {}
+    for table, stage, parts, rows_in, rows_out, quarantined, excluded in stages:
+        by_table.setdefault(table, {})[stage] = {
+            "partitions": int(parts), "in": int(rows_in), "out": int(rows_out),
+            "quarantined": int(quarantined), "excluded": int(excluded)}
+    recon_by_table = {
+        r[0]: dict(zip(("source_rows", "loaded", "quarantined", "excluded", "target_rows",
+                        "missing_keys", "field_mismatches", "balanced"), r[1:], strict=True))
+        for r in recon}
+    gate_rows = [dict(zip(("gate", "table", "partition", "success", "rows", "docs_path"), g,
+                          strict=True)) for g in gates]
+    tables = []
+    for table in sorted(set(by_table) | set(recon_by_table)):
+        counts = by_table.get(table, {})
+        expected_parts = counts.get("extract", {}).get("partitions")
+        rows, prev_out = [], None
+        for stage in STAGES:
+            c = counts.get(stage)
+            if c is None:
+                rows.append({"stage": stage, "status": "pending"})
+                prev_out = None
+                continue
+            sums = c["in"] == c["out"] + c["quarantined"] + c["excluded"]
+            flows = prev_out is None or stage == "extract" or c["in"] == prev_out
+            complete = expected_parts is None or c["partitions"] == expected_parts
+            status = ("balanced" if sums and flows and complete else
+                      "incomplete" if sums and not complete else "NOT balanced")
+            rows.append({"stage": stage, **c, "status": status,
+                         "input_matches_previous": flows})
+            prev_out = c["out"]
+        r = recon_by_table.get(table)
+        extracted = counts.get("extract", {}).get("out")
+        tables.append({
+            "table": table, "stages": rows, "reconciliation": r,
+            "source_rows": r["source_rows"] if r else extracted,
+            "status": ("not reconciled yet" if r is None else
+                       "balanced" if r["balanced"] else "NOT balanced"),
+            "gates_failed": sum(1 for g in gate_rows if g["table"] == table and not g["success"]),
+        })
+    return {
+        "run": {k: (str(v) if v is not None else None) for k, v in run.items()},
+        "tables": tables,
+        "balanced_tables": sum(1 for t in tables if t["status"] == "balanced"),
+        "gates": sorted(gate_rows, key=lambda g: (g["table"], g["gate"], g["partition"])),
+    }
+
+
+def _status(text: str) -> str:
+    cls = {"balanced": "ok", "pending": "wait", "incomplete": "wait",
+           "not reconciled yet": "wait", "passed": "ok"}.get(text, "bad")
+    mark = {"ok": "✔ ", "bad": "✘ "}.get(cls, "")
+    return f'<span class="{cls}">{mark}{escape(text)}</span>'
+
+
+def _page(title: str, body: str) -> str:
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
+            f"</title><style>{_CSS}</style></head><body>{body}</body></html>")
+
+
+def run_paths(safe_run: str) -> dict[str, str]:
+    base = f"runs/{quote(safe_run)}"
+    return {"report": f"{base}/reports/report.html", "docs": f"{base}/docs/index.html"}
+
+
+def render_ledger(data: dict[str, Any], safe_run: str) -> str:
+    run = data["run"]
+    paths = run_paths(safe_run)
+    n_tables = len(data["tables"])
+    head = (
+        f"<h1>Migration ledger — run {escape(run['run_id'])}</h1>"
+        f"<p>DAG <b>{escape(run['dag_id'] or '')}</b>, source system "
+        f"<b>{escape(run['system'] or '')}</b>, status {_status_run(run['status'])}, "
+        f"started {escape(run['started_at'] or '')}"
+        + (f", finished {escape(run['finished_at'])}" if run["finished_at"] else "") + ".</p>"
+        f'<p id="summary"><b>{data["balanced_tables"]} of {n_tables} tables balanced</b> '
+        f"(every source row loaded, quarantined or excluded). "
+        f'<a href="{paths["report"]}">Reconciliation report</a> · '
+        f'<a href="{paths["docs"]}">Validation docs</a> · <a href="ledger">all runs</a></p>')
+    summary_rows = []
+    for t in data["tables"]:
+        r = t["reconciliation"] or {}
+        summary_rows.append(
+            f'<tr><td class="l">{escape(t["table"])}</td><td>{_n(t["source_rows"])}</td>'
+            + "".join(f"<td>{_n(r.get(k))}</td>" for k in
+                      ("loaded", "quarantined", "excluded", "target_rows", "missing_keys",
+                       "field_mismatches"))
+            + f'<td>{t["gates_failed"]}</td><td class="l">{_status(t["status"])}</td></tr>')
+    summary = (
+        "<h2>Per table</h2><table><tr><th class=l>table</th><th>source rows</th><th>loaded</th>"
+        "<th>quarantined</th><th>excluded</th><th>target rows</th><th>missing keys</th>"
+        "<th>field mismatches</th><th>failed gates</th><th class=l>status</th></tr>"
+        + "".join(summary_rows) + "</table>")
+    stage_rows = []
+    for t in data["tables"]:
+        for i, s in enumerate(t["stages"]):
+            name = f'<td class="l" rowspan="{len(t["stages"])}">{escape(t["table"])}</td>' \
+                if i == 0 else ""
+            if s["status"] == "pending":
+                stage_rows.append(f'<tr>{name}<td class="l">{s["stage"]}</td>'
+                                  f'<td colspan="5"></td><td class="l">{_status("pending")}</td>'
+                                  "</tr>")
+                continue
+            stage_rows.append(
+                f'<tr>{name}<td class="l">{s["stage"]}</td><td>{s["partitions"]}</td>'
+                f'<td>{_n(s["in"])}</td><td>{_n(s["out"])}</td><td>{_n(s["quarantined"])}</td>'
+                f'<td>{_n(s["excluded"])}</td><td class="l">{_status(s["status"])}</td></tr>')
+    stages = (
+        "<h2>Per table and stage</h2><p class=muted>A stage balances when rows in = out + "
+        "quarantined + excluded in every partition and its input is exactly the previous "
+        "stage's output.</p><table><tr><th class=l>table</th><th class=l>stage</th>"
+        "<th>partitions</th><th>rows in</th><th>out</th><th>quarantined</th><th>excluded</th>"
+        "<th class=l>status</th></tr>" + "".join(stage_rows) + "</table>")
+    gate_rows = "".join(
+        f'<tr><td class="l">{escape(g["gate"])}</td><td class="l">{escape(g["table"])}</td>'
+        f'<td class="l">{escape(g["partition"])}</td><td>{_n(g["rows"])}</td>'
+        f'<td class="l">{_status("passed" if g["success"] else "FAILED")}</td><td class="l">'
+        + (f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation page</a>'
+           if g["docs_path"] else "") + "</td></tr>"
+        for g in data["gates"])
+    gates = ("<h2>Gates</h2><table><tr><th class=l>gate</th><th class=l>table</th>"
+             "<th class=l>partition</th><th>rows</th><th class=l>result</th><th class=l>docs</th>"
+             "</tr>" + gate_rows + "</table>")
+    return _page(f"ledger {run['run_id']}", head + summary + stages + gates)
+
+
+def _status_run(status: str | None) -> str:
+    text = status or "unknown"
+    cls = {"succeeded": "ok", "running": "wait"}.get(text, "bad")
+    return f'<span class="{cls}">{escape(text)}</span>'
+
+
+def render_runs(runs: list[tuple], dag_id: str | None = None) -> str:
+    rows = "".join(
+        f'<tr><td class="l"><a href="ledger?{urlencode({"run_id": r[0], "dag_id": r[1]})}">'
+        f'{escape(r[0])}</a></td><td class="l">{escape(r[1])}</td>'
+        f'<td class="l">{_status_run(r[2])}</td><td class="l">{escape(str(r[3]))}</td></tr>'
+        for r in runs)
+    body = ("<h1>Migration runs</h1><p class=muted>Newest first. Open a run for its ledger, "
+            "reconciliation report and validation docs.</p><table><tr><th class=l>run</th>"
+            "<th class=l>DAG</th><th class=l>status</th><th class=l>started</th></tr>"
+            + (rows or '<tr><td colspan="4" class="l">no runs recorded yet</td></tr>')
+            + "</table>")
+    return _page("migration runs", body)
+
+
+def render_message(title: str, message: str, status: str = "") -> str:
+    return _page(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p>{status}")
+
+
+def _n(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{int(value):,}"
