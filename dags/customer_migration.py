@@ -38,7 +38,8 @@ LABEL = "{{ part_label }}"
     tags=["handover", "migration"],
     params={
         "system": Param("legacy_bss", type="string", description="source system config folder"),
-        "source_dir": Param("", type="string", description="legacy export folder"),
+        "source_dir": Param(None, type=["null", "string"],
+                            description="legacy export folder (empty: $HANDOVER_SOURCE_DIR)"),
     },
 )
 def customer_migration():

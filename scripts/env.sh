@@ -12,7 +12,8 @@ export AIRFLOW_HOME="${AIRFLOW_HOME:-$STATE/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
-export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+# Scheduled DAGs (backup, retention, ...) start paused: nothing destroys data by surprise.
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
 export NO_ALBUMENTATIONS_UPDATE=1

@@ -7,6 +7,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export PYTHONPATH="$ROOT/include"
 export PYTHONWARNINGS=ignore
+"$ROOT/scripts/install-browser.sh"
 echo "==> ruff" >&2
 .venv/bin/ruff check .
 echo "==> pytest" >&2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -125,17 +126,30 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------- extract
+MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "400000"))
+
+
+def partition_count(configured: int, expected_rows: int | None) -> int:
+    """At least the catalog's count, more when the table is big: each partition (the unit of
+    memory, retry and parallelism) stays under MAX_PARTITION_ROWS rows."""
+    if not expected_rows:
+        return configured
+    return max(configured, -(-expected_rows // MAX_PARTITION_ROWS))
+
+
 def extract_table(ctx: dict, table: str) -> list[dict]:
     """Stream one source table (CSV, Parquet or SQL, as its catalog source block says) into
     hash partitions of raw Parquet (all values as text)."""
     import numpy as np
     import pyarrow.parquet as pq
 
+    from handover.progress import Progress
     from handover.sources import SourceReadError, open_source
 
     cfg = _config(ctx["system"])
     spec = cfg.table(table)
-    n_parts = cfg.partitions(table)
+    expected = ctx.get("manifest_rows", {}).get(table)
+    n_parts = partition_count(cfg.partitions(table), expected)
     key = spec["key"]
     lake, run_id = _lake(), ctx["run_id"]
     started = time.monotonic()
@@ -162,9 +176,11 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
             writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
                        for i in range(n_parts)]
+            progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
                 n = batch.num_rows
                 row_no += n
+                progress.add(n)
                 keys = np.asarray(batch.column(key).to_pylist(), dtype=object)
                 hashed = pd.util.hash_array(keys, categorize=False)
                 pid = (hashed % np.uint64(n_parts)).astype(np.int64)
@@ -175,9 +191,6 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                         counts[i] += len(idx)
                         key_sums[i] = np.uint64(
                             (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
-                if row_no and row_no % 1_000_000 < n:
-                    rate = row_no / max(time.monotonic() - started, 1e-9)
-                    log.info("extract %s: %d rows, %.0f rows/s", table, row_no, rate)
         sha = source.fingerprint()
     except SourceReadError as exc:
         _drop_dir(tmp, writers)
@@ -254,9 +267,14 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
             "failed=excluded.failed, docs_path=excluded.docs_path, checked_at=now()",
             (run_id, gate, table, partition, result.success, result.evaluated, result.rows,
              json.dumps(result.to_manifest().get("failed", [])), result.docs_path))
-    log.info(result.summary())
+    summary = result.summary()
+    if result.docs_path:
+        page = f"runs/{safe_run_id(run_id)}/docs/{result.docs_path}"
+        summary = summary.replace(f"see {result.docs_path}",
+                                  f"see {lake.uri(page)} (UI: /handover/{page})")
+    log.info(summary)
     if not result.success:
-        raise GateFailed(result.summary())
+        raise GateFailed(summary)
     return result
 
 

@@ -30,12 +30,14 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 def data_faults() -> tuple[type[BaseException], ...]:
+    from handover.backup import LifecycleError
     from handover.config import ConfigError
     from handover.gates import SuiteError
     from handover.mapping import MappingError
     from handover.pipeline import GateFailed, SourceError
 
-    return (ConfigError, GateFailed, SourceError, MappingError, SuiteError, FileNotFoundError)
+    return (ConfigError, GateFailed, SourceError, MappingError, SuiteError, LifecycleError,
+            FileNotFoundError)
 
 
 def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs: Any) -> Any:
