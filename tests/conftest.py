@@ -157,3 +157,224 @@ def worker_hostname() -> str:
     import socket
 
     return os.environ.get("HANDOVER_WORKER_HOSTNAME") or socket.getfqdn()
+
+
+def content_checksums(dsn: str, system: str = "legacy_bss") -> dict[str, tuple[int, str]]:
+    """Row count and content checksum of every target table, comparable across runs.
+
+    `handover.load.table_checksum` hashes whole rows, ciphertext included; AES-GCM
+    with a random nonce makes two independent runs differ there even when they landed
+    the same data. This hashes the columns the loader itself compares
+    (`handover.load.comparable_columns`): everything but `*_enc` and `*_key_id`, while
+    the keyed blind index of each encrypted field still pins its plaintext.
+    """
+    import psycopg
+    from psycopg import sql
+
+    from handover.config import load_config
+    from handover.load import comparable_columns
+
+    cfg = load_config(system)
+    out = {}
+    with psycopg.connect(dsn) as conn:
+        for table in cfg.tables:
+            tmap = cfg.table_mapping(table)
+            cols = [r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema=%s "
+                "AND table_name=%s ORDER BY ordinal_position",
+                (cfg.mapping["schema"], tmap["target"]))]
+            keep = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
+                                      for c in comparable_columns(cols))
+            row = conn.execute(sql.SQL(
+                "SELECT count(*), coalesce(md5(string_agg(md5(row({keep})::text), '' "
+                "ORDER BY t.{key})), '') FROM {tbl} t").format(
+                keep=keep, key=sql.Identifier(tmap["key"]),
+                tbl=sql.Identifier(cfg.mapping["schema"], tmap["target"]))).fetchone()
+            out[table] = (int(row[0]), row[1])
+    return out
+
+
+# ---------------------------------------------------------------- fault and corpus helpers
+def make_system(dest: Path, tables: tuple[str, ...], *, partitions: dict | None = None,
+                catalog_extra: dict | None = None) -> Path:
+    """A source-system config folder: legacy_bss pruned to `tables` (read, never copied by
+    hand, so it follows every change to legacy_bss). Policy parts that name a dropped table
+    go too; `partitions` and `catalog_extra` ({table: {key: value}}) override the catalog.
+    """
+    import yaml
+
+    from handover.config import CONFIG_ROOT
+
+    src = CONFIG_ROOT / "legacy_bss"
+    docs = {n: yaml.safe_load((src / f"{n}.yaml").read_text(encoding="utf-8"))
+            for n in ("catalog", "policy", "cleansing", "mapping")}
+    for name in ("catalog", "cleansing", "mapping"):
+        docs[name]["tables"] = {t: s for t, s in docs[name]["tables"].items() if t in tables}
+    for t, n in (partitions or {}).items():
+        docs["catalog"]["tables"][t]["partitions"] = n
+    for t, extra in (catalog_extra or {}).items():
+        docs["catalog"]["tables"][t].update(extra)
+    policy = docs["policy"]
+    for what in ("objection", "consent"):
+        if what in policy and policy[what]["table"] not in tables:
+            del policy[what]
+    used = {docs["catalog"]["tables"][t]["category"] for t in tables}
+    policy["categories"] = {c: p for c, p in policy["categories"].items() if c in used}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, doc in docs.items():
+        (dest / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True,
+                                                          sort_keys=False), encoding="utf-8")
+    return dest
+
+
+def write_manifest(source: Path, rows: dict[str, int | None],
+                   exported_at: str = "2026-11-01 00:00:00") -> None:
+    """export_manifest.json for the files in `source` (rows None: not declared)."""
+    import hashlib
+    import json
+
+    tables = {}
+    for table, n in rows.items():
+        entry: dict = {"file": f"{table}.csv"}
+        if n is not None:
+            entry["rows"] = n
+        f = source / entry["file"]
+        if f.is_file():
+            entry["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+        tables[table] = entry
+    (source / "export_manifest.json").write_text(json.dumps(
+        {"system": "legacy_bss", "exported_at": exported_at, "tables": tables}))
+
+
+def run_stages(run_id: str, source_dir: Path | str, system: str | Path = "legacy_bss", *,
+               gates: bool | set = True, hook=None, on_error=None, until: str | None = None,
+               dag_id: str = "handover_tests") -> dict:
+    """The task bodies in the DAG's (and handover.runner's) order, in this process.
+
+    `hook(stage, item)` runs before every call (the place to inject a fault);
+    `on_error(stage, item, exc, attempt)` returning True retries the failed call, the way
+    Airflow retries a task. `until` stops before that stage ("load" leaves a run whose
+    every gate passed and nothing loaded). `gates=False` skips the Great Expectations
+    gates, which write neither the target nor the ledger, to keep fault tests in budget;
+    a set of gate names runs only those.
+    """
+    from handover import pipeline
+
+    state: dict = {"run_id": run_id}
+
+    def call(stage, fn, item, *args):
+        attempt = 0
+        while True:
+            attempt += 1
+            if hook is not None:
+                hook(stage, item)
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if on_error is None or not on_error(stage, item, exc, attempt):
+                    raise
+
+    def gate(name, parts):
+        if not gates or (gates is not True and name not in gates):
+            return parts
+        return [call(f"validate_{name}", pipeline.run_gate_task, p, state["ctx"], p, name)
+                for p in parts]
+
+    ctx = state["ctx"] = call("plan_run", lambda: pipeline.plan_run(
+        run_id=run_id, dag_id=dag_id, system=str(system), source_dir=str(source_dir)), None)
+    order = ["extract", "comply", "resolve", "cleanse", "map_protect", "load", "reconcile",
+             "publish"]
+    stop = order.index(until) if until else len(order)
+    parts = []
+    if stop > 0:
+        parts = pipeline.flatten([call("extract", pipeline.extract_table, t, ctx, t)
+                                  for t in ctx["tables"]])
+        parts = gate("intake", parts)
+    if stop > 1:
+        parts = [call("comply", pipeline.comply_partition, p, ctx, p) for p in parts]
+        parts = gate("compliance", parts)
+    if stop > 2:
+        call("resolve_customers", pipeline.resolve_customers, None, ctx)
+    if stop > 3:
+        parts = [call("cleanse", pipeline.cleanse_partition, p, ctx, p) for p in parts]
+        parts = gate("quality", parts)
+    if stop > 4:
+        parts = [call("map_protect", pipeline.map_protect_partition, p, ctx, p) for p in parts]
+        parts = gate("contract", parts)
+    state["parts"] = parts
+    if stop > 5:
+        state["loaded"] = [call("load", pipeline.load_partition, p, ctx, p) for p in parts]
+    if stop > 6:
+        for t in ctx["tables"]:
+            call("reconcile_table", pipeline.reconcile_table, t, ctx, t)
+            if gates is True or (gates and "reconciliation" in gates):
+                call("validate_reconciliation", pipeline.reconciliation_gate, t, ctx, t)
+    if stop > 7:
+        state["reports"] = call("publish", pipeline.publish, None, ctx)
+    return state
+
+
+def finish_run(state: dict, *, gates: bool = False) -> dict:
+    """Load every partition (again: loads are idempotent), reconcile, publish."""
+    from handover import pipeline
+
+    ctx = state["ctx"]
+    state["loaded"] = [pipeline.load_partition(ctx, p) for p in state["parts"]]
+    for t in ctx["tables"]:
+        pipeline.reconcile_table(ctx, t)
+        if gates:
+            pipeline.reconciliation_gate(ctx, t)
+    state["reports"] = pipeline.publish(ctx)
+    return state
+
+
+def ledger_report(dsn: str, run_id: str) -> dict[str, dict]:
+    """Per table: the reconciliation row, and whether the ledger's stages chain
+    (each stage's rows in = the previous stage's rows out, per table)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        recon = {r[0]: {"source_rows": r[1], "loaded": r[2], "quarantined": r[3],
+                        "excluded": r[4], "target_rows": r[5], "balanced": r[6]}
+                 for r in conn.execute(
+                     "SELECT table_name, source_rows, loaded, quarantined, excluded, "
+                     "target_rows, balanced FROM handover_meta.reconciliation WHERE run_id=%s",
+                     (run_id,))}
+        stages = conn.execute(
+            "SELECT table_name, stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
+            "sum(rows_excluded) FROM handover_meta.ledger WHERE run_id=%s GROUP BY 1, 2",
+            (run_id,)).fetchall()
+    by: dict[str, dict] = {}
+    for t, stage, i, o, q, x in stages:
+        by.setdefault(t, {})[stage] = (int(i), int(o), int(q), int(x))
+    for t, st in by.items():
+        chain = [s for s in ("extract", "comply", "cleanse", "map", "load") if s in st]
+        ok = all(st[s][0] == st[s][1] + st[s][2] + st[s][3] for s in chain)
+        ok &= all(st[a][1] == st[b][0] for a, b in zip(chain, chain[1:], strict=False))
+        recon.setdefault(t, {})["stages"] = st
+        recon[t]["chained"] = ok
+    return recon
+
+
+def assert_ledger_balanced(dsn: str, run_id: str, tables) -> dict:
+    """Every table reconciled and balanced: in = loaded + quarantined + excluded, the
+    target holds exactly the loaded rows, and the ledger's stages chain."""
+    report = ledger_report(dsn, run_id)
+    for t in tables:
+        r = report.get(t)
+        assert r is not None and "balanced" in r, f"{t}: no reconciliation row in {run_id}"
+        assert r["source_rows"] == r["loaded"] + r["quarantined"] + r["excluded"], (t, r)
+        assert r["target_rows"] == r["loaded"] and r["balanced"] and r["chained"], (t, r)
+    return report
+
+
+def empty_target(dsn: str) -> None:
+    """Empty every target table (crm.*) of a database, keeping handover_meta's history."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.tables "
+            "WHERE table_schema = 'crm' AND table_type = 'BASE TABLE'")]
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)}")
