@@ -26,7 +26,7 @@ from handover.validators import (
 EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
 
 REASON_ORDER = [
-    "MISSING_FIELD", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
+    "MISSING_FIELD", "INVALID_CHARACTER", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
     "INVALID_ID_GENDER", "INVALID_MSISDN", "INVALID_DATE", "INVALID_NUMBER", "INVALID_CODE",
     "NEGATIVE_AMOUNT", "ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
     "DUPLICATE_PERSON",
@@ -121,6 +121,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     data_cols = [c for c in raw.columns if c not in META_COLUMNS]
     norm: dict[str, pa.Array] = {c: normalise_text(_arr(raw, c)) for c in data_cols}
 
+    # Control characters (NUL and C0 other than tab and line ends) break COPY and exports.
+    for col in data_cols:
+        ctrl = pc.match_substring_regex(norm[col], r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+        verdict.fail(pc.fill_null(ctrl, False).to_numpy(zero_copy_only=False),
+                     "INVALID_CHARACTER", col)
+
     for col in rules.get("mandatory", []):
         verdict.fail(pc.is_null(norm[col]).to_numpy(zero_copy_only=False), "MISSING_FIELD", col)
 
@@ -174,14 +180,27 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     non_negative = set(rules.get("non_negative", []))
     for col in rules.get("integers", []):
         text = out[col]
-        num = pd.to_numeric(text, errors="coerce")
-        # Out of int64 range (or infinite) is as invalid as a fraction, not a crash.
-        whole = num.notna() & (num.abs() < 2**63) & (num == num.round())
-        verdict.fail((text.notna() & ~whole).to_numpy(), "INVALID_NUMBER", col)
-        num = num.where(whole)
+        # Plain integers are parsed exactly (a float detour would round 2**53 + 1 silently);
+        # anything else ("12.0", "1e3") must be a whole number a float holds exactly.
+        plain = text.astype("string").str.fullmatch(r"[+-]?[0-9]{1,18}").fillna(False)
+        values = np.zeros(len(text), dtype=np.int64)
+        valid = plain.to_numpy(dtype=bool).copy()
+        if valid.any():
+            values[valid] = pd.to_numeric(text[plain]).to_numpy(dtype=np.int64)
+        rest = text.notna() & ~plain
+        other = pd.to_numeric(text[rest], errors="coerce")
+        whole = (other.notna() & (other.abs() < 2**53) & (other == other.round())).reindex(
+            text.index, fill_value=False).to_numpy(dtype=bool)
+        if whole.any():
+            values[whole] = pd.to_numeric(text[whole]).to_numpy(dtype=np.float64).astype(np.int64)
+            valid |= whole
+        # Built from int64 values and a mask: assigning into an Int64 series goes via float.
+        num = pd.Series(pd.arrays.IntegerArray(values, ~valid), index=text.index)
+        bad = rest & ~pd.Series(whole, index=text.index)
+        verdict.fail(bad.to_numpy(), "INVALID_NUMBER", col)
         if col in non_negative:
-            verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
-        out[col] = num.astype("Int64")
+            verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
+        out[col] = num
 
     for col, places in rules.get("decimals", {}).items():
         # Money in yuan and the like: at most `places` decimals, kept as float64 (exact to

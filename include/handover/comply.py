@@ -55,9 +55,9 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
                                 errors="coerce")
             cutoff = facts.exported_at - pd.DateOffset(months=category_policy["retention_months"])
             hit = (ts < cutoff).fillna(False).to_numpy()
-            due = (ts + pd.DateOffset(months=category_policy["retention_months"])).dt.date
-            destroy_by[open_ & hit] = np.minimum(
-                due.to_numpy(dtype=object)[open_ & hit], facts.exported_at.date())
+            sel = open_ & hit  # only old rows: adding months to year 9999 would overflow
+            due = (ts[sel] + pd.DateOffset(months=category_policy["retention_months"])).dt.date
+            destroy_by[sel] = np.minimum(due.to_numpy(dtype=object), facts.exported_at.date())
         elif rid == "NO_CONSENT" and category_policy.get("lawful_basis") == "separate_consent":
             granted = facts.consented.get(category_policy["consent_purpose"], frozenset())
             hit = ~cust.isin(granted).to_numpy()

@@ -245,6 +245,8 @@ def _cast_one(v: Any, to: str) -> Any:
     if isinstance(v, dt.date):
         return dt.datetime(v.year, v.month, v.day)
     ts = pd.to_datetime(_text(v).strip(), format="ISO8601")
+    if pd.isna(ts):
+        raise ValueError("not a timestamp")
     if ts.tzinfo is not None:
         raise ValueError("timestamps with a zone are ambiguous; use parse_date with a zone")
     return ts.floor("s").to_pydatetime()

@@ -145,6 +145,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
 
     from handover.progress import Progress
     from handover.sources import SourceReadError, open_source
+    from handover.validators import normalise_text
 
     cfg = _config(ctx["system"])
     spec = cfg.table(table)
@@ -181,7 +182,9 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 n = batch.num_rows
                 row_no += n
                 progress.add(n)
-                keys = np.asarray(batch.column(key).to_pylist(), dtype=object)
+                # Partition on the key as cleanse will see it (NFKC, trimmed), so spellings
+                # of one key meet in one partition and are caught as DUPLICATE_KEY.
+                keys = np.asarray(normalise_text(batch.column(key)).to_pylist(), dtype=object)
                 hashed = pd.util.hash_array(keys, categorize=False)
                 pid = (hashed % np.uint64(n_parts)).astype(np.int64)
                 for i in range(n_parts):
@@ -202,18 +205,19 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         w.close()
 
     parts = []
-    with ledger.connect() as conn, conn.transaction():
-        for i in range(n_parts):
-            partition = f"p{i:02d}"
-            data = (tmp / f"{i}.parquet").read_bytes()
-            lake.put_bytes(part_key(run_id, "raw", table, partition), data)
-            ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="extract",
-                          rows_in=counts[i], rows_out=counts[i], checksum=f"{int(key_sums[i]):016x}",
-                          detail={"source_file": source.name, "source_sha256": sha})
-            parts.append({"table": table, "partition": partition, "rows": counts[i]})
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+    try:  # the temporary copy holds raw rows (PII): it goes whatever happens
+        with ledger.connect() as conn, conn.transaction():
+            for i in range(n_parts):
+                partition = f"p{i:02d}"
+                data = (tmp / f"{i}.parquet").read_bytes()
+                lake.put_bytes(part_key(run_id, "raw", table, partition), data)
+                ledger.record(conn, run_id=run_id, table=table, partition=partition,
+                              stage="extract", rows_in=counts[i], rows_out=counts[i],
+                              checksum=f"{int(key_sums[i]):016x}",
+                              detail={"source_file": source.name, "source_sha256": sha})
+                parts.append({"table": table, "partition": partition, "rows": counts[i]})
+    finally:
+        _drop_dir(tmp, [])
     expected = ctx.get("manifest_rows", {}).get(table)
     if expected is not None and expected != row_no:
         raise SourceError(f"{source.location}: read {row_no} rows but the export manifest says "
@@ -362,8 +366,11 @@ def comply_partition(ctx: dict, part: dict) -> dict:
 
 # ---------------------------------------------------------------- cleanse
 def parent_tables(cfg: SourceConfig) -> list[str]:
-    return sorted({r["parent"]["table"] for r in cfg.cleansing["tables"].values()
-                   if r.get("parent")})
+    """Tables resolved once per run: parents of other tables, and any table de-duplicated
+    across partitions (survivorship needs the whole table even without children)."""
+    rules = cfg.cleansing["tables"]
+    return sorted({r["parent"]["table"] for r in rules.values() if r.get("parent")}
+                  | {t for t, r in rules.items() if r.get("dedupe")})
 
 
 def resolve_customers(ctx: dict) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,8 +179,9 @@ class DelimitedSource(_FileSource):
 
         def lines(fh) -> Iterator[str]:  # decode only as far as the header reaches
             decoder = codecs.getincrementaldecoder(codec)()
-            for raw in fh:  # b"\n" is never part of a GBK/GB18030 multi-byte character
-                yield decoder.decode(raw)
+            head = fh.read(1 << 20)  # the header line, ended by CRLF, LF or a lone CR
+            first = re.split(rb"\r\n?|\n", head, maxsplit=1)[0]
+            yield decoder.decode(first + b"\n", final=True)
 
         try:
             with open(self.path, "rb") as fh:

@@ -574,13 +574,7 @@ KINDS: list[Kind] = [
     Kind("extra_field_in_row", plant_extra_field_in_row, "error", xfail=ROW_NUMBER),
     Kind("missing_trailing_newline", plant_missing_trailing_newline, "loaded"),
     Kind("crlf_line_endings", plant_crlf, "loaded"),
-    Kind("cr_only_line_endings", plant_cr_only, "loaded",
-         xfail="DelimitedSource.open now splits the file on b'\\n' to decode only the "
-               "header, so a file with CR-only line ends (classic Mac exports) is one line: "
-               "'line 1: cannot parse the header (new-line character seen in unquoted "
-               "field)', though pyarrow reads such a file fine; fix: split the header bytes "
-               "on the first b'\\r' or b'\\n' (e.g. re.split(rb'\\r\\n?|\\n', head, 1)) "
-               "before decoding"),
+    Kind("cr_only_line_endings", plant_cr_only, "loaded"),
     Kind("utf8_bom", plant_bom, "loaded"),
     Kind("blank_lines", plant_blank_lines, "loaded"),
     Kind("wrong_encoding_gbk", plant_wrong_encoding, "error"),
@@ -602,12 +596,7 @@ KINDS: list[Kind] = [
     Kind("extra_column", plant_extra_column, "error", gates=True),
     Kind("reordered_columns", plant_reordered_columns, "loaded", gates=True),
     Kind("header_case_and_spaces", plant_header_case_and_spaces, "error", gates=True),
-    Kind("nul_byte_in_field", plant_nul_byte, "quarantined",
-         xfail="a NUL inside a value passes extract and cleanse and breaks COPY at load "
-               "(psycopg CharacterNotInRepertoire, a traceback, retried as if transient) after "
-               "other partitions have loaded; fix: cleanse.validate quarantines values holding "
-               "NUL or other C0 controls as INVALID_CHARACTER (field named), or "
-               "validators.normalise_text strips them"),
+    Kind("nul_byte_in_field", plant_nul_byte, "quarantined"),
     Kind("field_of_10_mb", plant_huge_field, "loaded"),
     Kind("amount_thousands_separator", _plant_amount("1,234.50", 22), "quarantined",
          reason="INVALID_NUMBER"),
@@ -625,12 +614,7 @@ KINDS: list[Kind] = [
                "`not_before: {open_date: '1980-01-01'}` rule in cleansing.yaml, checked in "
                "cleanse.validate as INVALID_DATE"),
     Kind("date_after_2100", plant_date_after_2100, "quarantined", reason="INVALID_DATE"),
-    Kind("date_year_9999", plant_date_year_9999, "quarantined", reason="INVALID_DATE",
-         xfail="comply.decide adds the retention period to every event time, so 9999-12-31 "
-               "+ 36 months crashes with 'ValueError: year 10002 is out of range' (a "
-               "traceback, retried as transient); fix: compute the destroy-by date only for "
-               "the rows the rule hits (ts[open_ & hit] + DateOffset), and let cleanse "
-               "quarantine the date as INVALID_DATE (not_future)"),
+    Kind("date_year_9999", plant_date_year_9999, "quarantined", reason="INVALID_DATE"),
     Kind("emoji_in_name", _plant_name("王😀👨‍👩‍👧🇨🇳", 10), "loaded"),
     Kind("rare_cjk_in_name", _plant_name("𠀀𪚥𰻞〇", 11), "loaded"),
     Kind("sql_injection_in_name", _plant_name("x'); DROP TABLE crm.customer; --", 12),
@@ -646,23 +630,13 @@ KINDS: list[Kind] = [
                "and are quarantined DUPLICATE_KEY), and plan_run failing on export files "
                "that no table reads"),
     Kind("key_variants_across_partitions", plant_key_variants_across_partitions,
-         "quarantined", reason="DUPLICATE_KEY", system={"partitions": {"payments": 2}},
-         xfail="extract hashes the raw key but cleanse compares the NFKC-normalised one: "
-               "'P1…' and full-width 'Ｐ1…' land in different partitions, both load, the "
-               "second upsert overwrites the first, and only reconciliation notices (after "
-               "the load: target 163 rows, ledger 164); fix: partition on "
-               "normalise_text(key) in pipeline.extract_table"),
+         "quarantined", reason="DUPLICATE_KEY", system={"partitions": {"payments": 2}}),
     Kind("parquet_changed_schema", plant_parquet_changed_schema, "error", gates=True,
          system={"catalog_extra": {"payments": {"source": {"format": "parquet"}}}}),
     Kind("no_key_values", plant_no_key_values, "quarantined"),
     Kind("no_key_in_catalog", plant_no_key_in_catalog, "error",
          system={"drop_key": "payments"}),
-    Kind("integer_beyond_2_pow_53", plant_big_integer, "quarantined", reason="MISSING_FIELD",
-         xfail="pd.to_numeric turns a column holding any blank into float64, so "
-               "9007199254740993 is stored as 9007199254740992, silently (the money check "
-               "compares the already-rounded lake copy); fix: parse integers without floats "
-               "(pd.to_numeric(text, dtype_backend='pyarrow') or pc.cast of the valid "
-               "values to int64)"),
+    Kind("integer_beyond_2_pow_53", plant_big_integer, "quarantined", reason="MISSING_FIELD"),
     Kind("fullwidth_digits_in_amount", plant_fullwidth_digits, "loaded"),
     Kind("excel_scientific_id_number", plant_excel_scientific_id, "quarantined",
          reason="INVALID_ID_CHECKSUM"),
@@ -671,13 +645,7 @@ KINDS: list[Kind] = [
     Kind("duplicate_person_with_child_tables", plant_duplicate_person, "quarantined",
          reason="DUPLICATE_PERSON"),
     Kind("duplicate_person_without_child_tables", plant_duplicate_person, "quarantined",
-         reason="DUPLICATE_PERSON", system={"tables": ("subscribers",)},
-         xfail="pipeline.parent_tables lists only tables some other table names as parent, "
-               "so a system whose customer table has no child table configured skips "
-               "resolve_customers' survivorship entirely: both rows of a duplicate person "
-               "reach load, which fails on crm.customer's unique id_number_bidx "
-               "(UniqueViolation, a traceback, retried 3 times as transient); fix: "
-               "parent_tables also returns every table with a `dedupe` rule"),
+         reason="DUPLICATE_PERSON", system={"tables": ("subscribers",)}),
 ]
 
 

@@ -617,11 +617,6 @@ def test_lake_disk_full_error_names_the_lake_object(small_fs):
     assert not list((small_fs / "lake").rglob("*.parquet"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline.extract_table removes its temporary Parquet copy (raw rows, PII included) "
-    "only after a successful lake write: when put_bytes or the ledger fails, "
-    "/tmp/extract-<table>-* stays behind; fix: wrap the lake/ledger block in try/finally "
-    "that calls _drop_dir(tmp, [])"))
 def test_failed_extract_leaves_no_raw_copy_in_tmp(small, fresh_db, small_fs, monkeypatch,
                                                   tmp_path):
     private_tmp = tmp_path / "tmp"

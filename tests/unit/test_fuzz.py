@@ -272,12 +272,6 @@ def test_every_transform_returns_or_raises_one_mapping_error(rows):
     assert mapped.column_names == target_columns(TRANSFORM_MAPPING)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mapping._cast_one: pd.to_datetime('NaT' / 'nan' / '', format='ISO8601') returns NaT "
-    "without raising, so cast: timestamp passes NaT on and pa.array fails with 'ValueError: "
-    "NaTType does not support utcoffset' (a traceback, no field or row); fix: in _cast_one, "
-    "`if pd.isna(ts): raise ValueError('not a timestamp')` so the field's MappingError "
-    "names table, field and source row"))
 @pytest.mark.parametrize("text", ["NaT", "nan"])
 def test_cast_timestamp_of_nat_text_is_an_error(text):
     from handover.mapping import MappingError, map_partition
