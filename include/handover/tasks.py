@@ -51,6 +51,27 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         return fn(*args, **kwargs)
     except data_faults() as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    except transient_faults() as exc:
+        raise TransientFault(
+            f"{type(exc).__name__}: {_first_line(exc)}; transient (database or object store "
+            "unreachable): Airflow retries with backoff; if retries run out, check the service "
+            "and clear the task") from exc
+
+
+class TransientFault(RuntimeError):
+    """A service was unreachable; the task is retried (one line for the log and the alert)."""
+
+
+def transient_faults() -> tuple[type[BaseException], ...]:
+    import psycopg
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    return (psycopg.OperationalError, BotoConnectionError, ConnectionError, TimeoutError)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 def source_dir(param: str | None) -> str:

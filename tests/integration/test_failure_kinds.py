@@ -1,0 +1,105 @@
+"""One test per failure kind on-call meets: the task's one-line message, and whether
+Airflow retries it. Data faults (gate, config, broken export) fail at once; transient
+faults (database or object store unreachable) are retried with backoff. Each fault is
+produced for real: a drifted export, a broken config file, a closed port."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import uuid
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from handover import pipeline, synth, tasks
+from handover.config import CONFIG_ROOT
+from tests.conftest import create_database, drop_database, pg_dsn
+
+pytestmark = pytest.mark.integration
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def export(tmp_path):
+    synth.generate(tmp_path / "src", 200, seed=5)
+    return tmp_path / "src"
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, keyring_file):
+    name = create_database("handover_fk")
+    monkeypatch.setenv("HANDOVER_TARGET_DSN", pg_dsn(name))
+    monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'lake'}")
+    monkeypatch.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
+    yield name
+    drop_database(name)
+
+
+def test_retry_policy_is_retries_with_backoff_for_every_task():
+    assert tasks.DEFAULT_ARGS["retries"] >= 1
+    assert tasks.DEFAULT_ARGS["retry_exponential_backoff"] is True
+
+
+def test_gate_failure_fails_at_once_with_one_line_naming_table_partition_and_page(env, export):
+    lines = (export / "payments.csv").read_text().splitlines()
+    (export / "payments.csv").write_text(
+        "\n".join([lines[0] + ",coupon"] + [ln + ",X" for ln in lines[1:]]) + "\n")
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
+                            source_dir=str(export))
+    part = pipeline.extract_table(ctx, "payments")[0]
+    with pytest.raises(AirflowFailException) as err:
+        tasks.call(pipeline.run_gate_task, ctx, part, "intake")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("GateFailed: intake gate failed for payments partition p00")
+    assert "coupon" in msg and "/docs/validations/intake/payments/" in msg
+
+
+def test_config_error_fails_at_once_with_file_line_and_field(env, export, tmp_path):
+    bad = tmp_path / "bad_bss"
+    shutil.copytree(CONFIG_ROOT / "legacy_bss", bad)
+    policy = bad / "policy.yaml"
+    policy.write_text(policy.read_text().replace("retention_months: 36", "retention_month: 36"))
+    with pytest.raises(AirflowFailException) as err:
+        tasks.call(pipeline.plan_run, run_id="fk_cfg", dag_id="t", system=str(bad),
+                   source_dir=str(export))
+    msg = str(err.value)
+    assert "\n" not in msg and "policy.yaml line" in msg
+    assert "retention_month" in msg and "did you mean 'retention_months'" in msg
+
+
+def test_database_down_is_transient_and_retried_with_one_line(export, monkeypatch):
+    monkeypatch.setenv("HANDOVER_TARGET_DSN",
+                       f"host=127.0.0.1 port={_closed_port()} user=postgres dbname=x "
+                       "connect_timeout=2")
+    with pytest.raises(tasks.TransientFault) as err:
+        tasks.call(pipeline.plan_run, run_id="fk_db", dag_id="t", system="legacy_bss",
+                   source_dir=str(export))
+    msg = str(err.value)
+    assert not isinstance(err.value, AirflowFailException)  # Airflow will retry it
+    assert "\n" not in msg and msg.startswith("OperationalError:")
+    assert "retries with backoff" in msg
+
+
+def test_object_store_down_is_transient_and_retried_with_one_line(env, export, monkeypatch):
+    port = _closed_port()
+    monkeypatch.setenv("HANDOVER_LAKE_URL", "s3://handover-lake/runs")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+        '{"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": '
+        f'"http://127.0.0.1:{port}", "region_name": "us-east-1", "max_attempts": 2}}}}')
+    ctx = pipeline.plan_run(run_id="fk_s3", dag_id="t", system="legacy_bss",
+                            source_dir=str(export))
+    with pytest.raises(Exception) as err:
+        tasks.call(pipeline.extract_table, ctx, "payments")
+    msg = str(err.value)
+    assert not isinstance(err.value, AirflowFailException)  # Airflow will retry it
+    assert "\n" not in msg and f"127.0.0.1:{port}" in msg
+    assert "retries" in msg
