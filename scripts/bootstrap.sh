@@ -12,6 +12,8 @@ if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]
 fi
 echo "==> creating .venv and installing pinned requirements (a few minutes the first time)" >&2
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -r requirements.txt
+# pip warns once per package about this machine's optional local indexes; keep real errors.
+quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }; }
+quiet .venv/bin/python -m pip install --quiet --upgrade pip
+quiet .venv/bin/python -m pip install --quiet -r requirements.txt
 echo "$want" > "$STAMP"
