@@ -89,7 +89,7 @@ def start_moto_server(log_path: Path | None = None):
     port = free_port()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "moto_server"), "-H",
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
                                  "127.0.0.1", "-p", str(port)], stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     finally:

@@ -83,6 +83,33 @@ class Lake:
                 "run (or failed) for this run; clear that upstream task and run it again")
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
 
+    def sync_dir(self, local_dir: Path, prefix: str) -> int:
+        """Upload the files under `local_dir` whose content differs from `prefix/...`.
+
+        For sites rebuilt locally and published again and again (Data Docs after every
+        gate): only new or changed files travel, not the whole site each time.
+        Returns the number of files uploaded.
+        """
+        import hashlib
+
+        base = prefix.rstrip("/")
+        known = self._digests(base + "/")
+        sent = 0
+        for f in sorted(Path(local_dir).rglob("*")):
+            if not f.is_file():
+                continue
+            key = f"{base}/{f.relative_to(local_dir).as_posix()}"
+            data = f.read_bytes()
+            if known.get(key) == hashlib.md5(data, usedforsecurity=False).hexdigest():
+                continue
+            self.put_bytes(key, data)
+            sent += 1
+        return sent
+
+    def _digests(self, prefix: str) -> dict[str, str]:
+        """MD5 hex digest of each object under `prefix` that can tell it cheaply."""
+        return {}
+
     def write_json(self, key: str, obj: Any) -> None:
         self.put_bytes(key, json.dumps(obj, indent=2, ensure_ascii=False, default=str).encode())
 
@@ -145,6 +172,12 @@ class LocalLake(Lake):
         for key in keys:
             self.path(key).unlink()
         return len(keys)
+
+    def _digests(self, prefix: str) -> dict[str, str]:
+        import hashlib
+
+        return {k: hashlib.md5(self.path(k).read_bytes(), usedforsecurity=False).hexdigest()
+                for k in self.list(prefix)}
 
 
 class LakeError(RuntimeError):
@@ -320,6 +353,26 @@ class S3Lake(Lake):
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("list", prefix, exc) from exc
         return sorted(keys)
+
+    def _digests(self, prefix: str) -> dict[str, str]:
+        """ETags from one listing: the MD5 of a single-part object under SSE-S3 (not of a
+        multipart or SSE-KMS one, which then simply count as changed)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if self.sse == "aws:kms":
+            return {}
+        out: dict[str, str] = {}
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._k(prefix)):
+                for obj in page.get("Contents", []):
+                    etag = obj.get("ETag", "").strip('"')
+                    if etag and "-" not in etag:
+                        out[obj["Key"][strip:]] = etag
+        except (BotoCoreError, ClientError) as exc:
+            raise self._fail("list", prefix, exc) from exc
+        return out
 
     def delete_prefix(self, prefix: str) -> int:
         from botocore.exceptions import BotoCoreError, ClientError

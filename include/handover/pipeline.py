@@ -305,10 +305,7 @@ def publish_docs(lake: Lake, run_id: str, docs_dir: Path) -> None:
 
     if isinstance(lake, LocalLake) or not docs_dir.is_dir():
         return
-    for f in docs_dir.rglob("*"):
-        if f.is_file():
-            lake.put_bytes(f"runs/{safe_run_id(run_id)}/docs/{f.relative_to(docs_dir)}",
-                           f.read_bytes())
+    lake.sync_dir(docs_dir, f"runs/{safe_run_id(run_id)}/docs")  # only what changed
 
 
 # ---------------------------------------------------------------- comply
