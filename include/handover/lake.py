@@ -135,6 +135,8 @@ class LocalLake(Lake):
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
+        except OSError as exc:
+            raise self._fail(key, exc) from exc
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -146,9 +148,18 @@ class LocalLake(Lake):
         try:
             shutil.copyfile(path, tmp)
             os.replace(tmp, target)
+        except OSError as exc:
+            raise self._fail(key, exc) from exc
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def _fail(self, key: str, exc: OSError) -> OSError:
+        """One line naming the lake object and the fix (an OSError still: callers and
+        Airflow's retries treat it as before)."""
+        return OSError(exc.errno, f"lake write {self.uri(key)} failed: "
+                       f"{exc.strerror or exc}; free space on the lake's disk (or fix its "
+                       "permissions) or move HANDOVER_LAKE_URL, then clear the task")
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -468,7 +479,7 @@ def s3_client():
     """boto3 client from the Airflow connection `handover_lake` (or AWS_* env vars).
 
     Connection: login/password are the access key pair; extra holds ``endpoint_url``
-    (MinIO, Ceph, moto...), ``region_name``, and optionally ``max_attempts`` (default 8),
+    (MinIO, Ceph, moto...), ``region_name``, and optionally ``max_attempts`` (default 12),
     ``addressing_style`` (``path`` by default when an endpoint is given), ``sse``
     (``AES256``, ``aws:kms`` or ``none``), ``sse_kms_key_id``, ``multipart_threshold_mb``
     and ``multipart_chunksize_mb``. Retries use botocore's standard mode: exponential
@@ -492,7 +503,7 @@ def s3_client():
         kwargs["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
     custom_endpoint = bool(kwargs.get("endpoint_url"))
     cfg_kwargs: dict[str, Any] = {
-        "retries": {"max_attempts": int(extra.get("max_attempts", 8)), "mode": "standard"},
+        "retries": {"max_attempts": int(extra.get("max_attempts", 12)), "mode": "standard"},
         "connect_timeout": 5,
         "read_timeout": 60,
         "s3": {"addressing_style": extra.get("addressing_style",

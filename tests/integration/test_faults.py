@@ -480,12 +480,6 @@ def test_s3_outage_outlasting_retry_budget_fails_clearly_then_retry_succeeds(
     _ends_like_clean(fresh_db, run_id, small, S3_TABLES)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the lake's default client (max_attempts 8, i.e. 9 attempts) with botocore's standard "
-    "backoff for connection errors (rand * 0.05 s * 2**i, botocore >= 1.40) waits at most "
-    "12.75 s and on average 6.4 s in total: a 5 s outage is ridden out only ~71 % of the "
-    "time, a 10 s one ~5 %; fix: default max_attempts 12 in lake.s3_client (at most ~86 s, "
-    "~43 s on average), Airflow's task retries covering longer outages"))
 def test_default_s3_retry_budget_rides_out_a_few_seconds(monkeypatch):
     """How long an outage the lake's default client rides out, from botocore's own backoff.
 
@@ -599,12 +593,6 @@ def test_lake_disk_full_during_write(stage, small, fresh_db, small_fs, monkeypat
     _ends_like_clean(fresh_db, run_id, small)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "LocalLake.put_bytes lets the filesystem's OSError through: the task's one line is "
-    "'[Errno 28] No space left on device', naming neither the lake, the object nor what to "
-    "do; fix: catch OSError in LocalLake.put_bytes/put_file and raise LakeError('lake write "
-    "file://<root>/<key> failed: no space left on device (N MiB free); free space or move "
-    "HANDOVER_LAKE_URL')"))
 def test_lake_disk_full_error_names_the_lake_object(small_fs):
     from handover.lake import LocalLake
 
