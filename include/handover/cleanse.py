@@ -79,7 +79,7 @@ class _Verdict:
 
     @property
     def failed(self) -> np.ndarray:
-        return self.reason != None  # noqa: E711 - elementwise on an object array
+        return pd.notna(self.reason)
 
 
 def is_epoch_format(fmt: str) -> bool:

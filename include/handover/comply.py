@@ -46,7 +46,7 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
 
     for r in policy["rules"]:
         rid = r["id"]
-        open_ = rule == None  # noqa: E711
+        open_ = pd.isna(rule)  # no rule has excluded the row yet
         if rid == "OBJECTED_TRANSFER" and cust_col:
             hit = cust.isin(facts.objected).to_numpy()
         elif rid == "RETENTION_EXPIRED" and category_policy.get("retention_months") \
@@ -65,7 +65,7 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
             continue
         rule[open_ & hit] = rid
 
-    excluded_mask = rule != None  # noqa: E711
+    excluded_mask = pd.notna(rule)
     basis = category_policy["lawful_basis"]
     if basis == "separate_consent":
         basis = f"consent:{category_policy['consent_purpose']}"

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,30 +41,35 @@ def part_key(run_id: str, stage: str, table: str, partition: str) -> str:
     return f"runs/{safe_run_id(run_id)}/{stage}/{table}/part-{partition}.parquet"
 
 
-class Lake:
+class Lake(ABC):
     """A key/value view of the lake with Parquet helpers; subclasses hold the storage."""
 
     url: str
 
     # -- storage primitives -------------------------------------------------
+    @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        ...
 
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file (a partition written to disk first); big files stream."""
         self.put_bytes(key, Path(path).read_bytes())
 
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def exists(self, key: str) -> bool:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def list(self, prefix: str) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete_prefix(self, prefix: str) -> int:
-        raise NotImplementedError
+        ...
 
     def uri(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"

@@ -17,6 +17,7 @@ import codecs
 import csv
 import hashlib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def _numbered(columns: list[pa.Array], names: list[str], first_row: int) -> pa.R
     return pa.RecordBatch.from_arrays(list(columns) + [rows], schema=schema)
 
 
-class TableSource:
+class TableSource(ABC):
     """One table of a legacy export. `with source:` opens it; then `columns`, `batches()`."""
 
     table: str
@@ -114,18 +115,21 @@ class TableSource:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @abstractmethod
     def open(self) -> None:
-        raise NotImplementedError
+        ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing open
+        """Release what open() took (a file handle, a cursor); nothing by default."""
 
+    @abstractmethod
     def batches(self) -> Iterator[pa.RecordBatch]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fingerprint(self) -> str:
         """sha256 of what was read (file bytes, or the rows a query returned)."""
-        raise NotImplementedError
+        ...
 
 
 class _FileSource(TableSource):
