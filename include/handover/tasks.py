@@ -8,7 +8,9 @@ Either way, a task that ends failed notifies once (``handover.notify``); retries
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +19,7 @@ from typing import Any
 from handover.notify import HandoverNotifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger(__name__)
 
 DEFAULT_ARGS: dict[str, Any] = {
     "owner": "handover",
@@ -45,10 +48,18 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
+    context = get_current_context()
     if label:
-        get_current_context()["part_label"] = label
+        context["part_label"] = label
+    measured = reset_peak_rss()
+    started = time.monotonic()
     try:
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        ti = context.get("ti")
+        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB",
+                 getattr(ti, "task_id", fn.__name__), getattr(ti, "map_index", -1),
+                 time.monotonic() - started, peak_rss_mb() if measured else "n/a")
+        return out
     except data_faults() as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
     except transient_faults() as exc:
@@ -56,6 +67,30 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
             f"{type(exc).__name__}: {_first_line(exc)}; transient (database or object store "
             "unreachable): Airflow retries with backoff; if retries run out, check the service "
             "and clear the task") from exc
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark (Linux ``clear_refs`` 5), so :func:`peak_rss_mb`
+    measures one task even where several run in one process (``airflow dags test``).
+    False where the kernel does not offer it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> int | None:
+    """Peak resident memory of this process since the last reset (``VmHWM``), in MB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
 
 
 class TransientFault(RuntimeError):

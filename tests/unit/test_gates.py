@@ -350,3 +350,57 @@ def test_import_does_not_load_great_expectations() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------- speed settings
+
+
+def test_gx_tuning_takes_hold_and_pages_still_render(tmp_path: Path) -> None:
+    """The two process-wide GX settings run_gate applies (see gates._tune_gx) exist in the
+    pinned GX: a GX upgrade that moves them fails here instead of silently slowing gates."""
+    suites_dir = tmp_path / "suites"
+    write_suite(suites_dir, "quality", "payments", PAYMENTS_SUITE)
+    first = gate(payments(10), suites_dir, partition="p01", docs_dir=tmp_path / "docs")
+
+    from great_expectations.execution_engine import pandas_execution_engine
+    from great_expectations.render.view.view import DefaultJinjaView
+
+    assert pandas_execution_engine.HASH_THRESHOLD == 0
+    view = DefaultJinjaView()
+    cache = view.env.bytecode_cache
+    assert cache is not None and cache.code, "templates compiled once are kept for the process"
+    compiled = len(cache.code)
+    second = gate(payments(15), suites_dir, partition="p02", docs_dir=tmp_path / "docs")
+    assert len(cache.code) == compiled, "a second page reuses the compiled templates"
+    for result in (first, second):
+        page = (tmp_path / "docs" / result.docs_path).read_text(encoding="utf-8")
+        assert "payments" in page and "</html>" in page
+
+
+def test_gx_frame_keeps_every_value() -> None:
+    df = pd.DataFrame({
+        "full": pd.array([1, 2, 3], dtype="Int64"),
+        "gaps": pd.array([1, None, 2**53], dtype="Int64"),
+        "huge": pd.array([2**62, None, 1], dtype="Int64"),
+        "money": pd.array([1.5, None, 2.0], dtype="Float64"),
+        "text": ["a", "b", None],
+    })
+    out = gates._gx_frame(df)
+
+    assert str(out["full"].dtype) == "int64" and out["full"].tolist() == [1, 2, 3]
+    assert str(out["gaps"].dtype) == "float64"
+    assert out["gaps"].isna().tolist() == [False, True, False]
+    assert int(out["gaps"].iloc[2]) == 2**53
+    assert out["huge"].dtype == df["huge"].dtype, "beyond 2**53 a float would round: kept"
+    assert str(out["money"].dtype) == "float64" and out["money"].isna().sum() == 1
+    assert out["text"].equals(df["text"])
+    untouched = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    assert gates._gx_frame(untouched) is untouched
+
+
+def test_between_on_nullable_integers_still_catches_a_breach(suites: Path) -> None:
+    bad = payments(10)
+    bad["amount_fen"] = pd.array([5] * 9 + [-1], dtype="Int64")
+    bad.loc[3, "amount_fen"] = None
+    result = gate(bad, suites)
+    assert not result.success
