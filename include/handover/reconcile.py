@@ -55,36 +55,35 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     tgt = sql.Identifier(schema, target)
     kid = sql.Identifier(key)
     target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
-    missing = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {s} s LEFT JOIN {t} t USING ({k}) WHERE t.{k} IS NULL"
-    ).format(s=stage_tbl, t=tgt, k=kid)).fetchone()[0]
-    extra = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {t} t LEFT JOIN {s} s USING ({k}) WHERE s.{k} IS NULL"
-    ).format(s=stage_tbl, t=tgt, k=kid)).fetchone()[0]
+    # One full join answers the key, field and money questions together (one pass over
+    # both sides instead of four): per period of the source row, the keys missing from the
+    # target, the target rows the run did not send (target_only), the rows whose fields
+    # differ, and the money on each side of the matched rows.
     compare = [c for c in comparable_columns(columns) if c != key] if columns else []
-    mismatches = 0
-    if compare:
-        mismatches = conn.execute(sql.SQL(
-            "SELECT count(*) FROM {s} s JOIN {t} t USING ({k}) WHERE ({sc}) IS DISTINCT FROM ({tc})"
-        ).format(s=stage_tbl, t=tgt, k=kid,
-                 sc=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c))
-                                       for c in compare),
-                 tc=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
-                                       for c in compare))).fetchone()[0]
-
+    differs = (sql.SQL("({}) IS DISTINCT FROM ({})").format(
+        sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare))
+        if compare else sql.SQL("false"))
     money_col = next((c for c in MONEY_COLUMNS if c in columns), None)
     time_col = next((c for c in TIME_COLUMNS if c in columns), None)
+    period = (sql.SQL("to_char(s.{}, 'YYYY-MM')").format(sql.Identifier(time_col))
+              if money_col and time_col else sql.SQL("'all'"))
+    money = (sql.SQL("sum(s.{m}), sum(t.{m}) FILTER (WHERE s.{k} IS NOT NULL)").format(
+        m=sql.Identifier(money_col), k=kid) if money_col else sql.SQL("NULL, NULL"))
+    rows = conn.execute(sql.SQL(
+        "SELECT s.{k} IS NULL AS target_only, {p} AS period, "
+        "count(*) FILTER (WHERE t.{k} IS NULL), count(*) FILTER (WHERE s.{k} IS NULL), "
+        "count(*) FILTER (WHERE s.{k} IS NOT NULL AND t.{k} IS NOT NULL AND {d}), {money} "
+        "FROM {s} s FULL JOIN {t} t USING ({k}) GROUP BY 1, 2 ORDER BY 1, 2"
+    ).format(k=kid, p=period, d=differs, money=money, s=stage_tbl, t=tgt)).fetchall()
+    missing = sum(r[2] for r in rows)
+    extra = sum(r[3] for r in rows)
+    mismatches = sum(r[4] for r in rows)
     money_source = money_target = None
     by_month: list[dict] = []
     if money_col:
-        mc = sql.Identifier(money_col)
-        period = (sql.SQL("to_char(s.{}, 'YYYY-MM')").format(sql.Identifier(time_col))
-                  if time_col else sql.SQL("'all'"))
-        rows = conn.execute(sql.SQL(
-            "SELECT {p} AS period, sum(s.{m}), sum(t.{m}) FROM {s} s LEFT JOIN {t} t USING ({k}) "
-            "GROUP BY 1 ORDER BY 1").format(p=period, m=mc, s=stage_tbl, t=tgt, k=kid)).fetchall()
         by_month = [{"period": p, "source_fen": int(a or 0), "target_fen": int(b or 0)}
-                    for p, a, b in rows]
+                    for target_only, p, _, _, _, a, b in rows if not target_only]
         money_source = sum(r["source_fen"] for r in by_month)
         money_target = sum(r["target_fen"] for r in by_month)
 

@@ -207,3 +207,44 @@ def test_missing_input_file_stops_before_touching_target(env, tmp_path, monkeypa
         assert not _has_meta_schema(name)
     finally:
         drop_database(name)
+
+
+def test_reconcile_catches_a_tampered_target_and_recovers(env):
+    """Each reconciliation check can fail alone: a changed field, a changed amount, a row
+    gone and a row nobody sent are each counted; reloading (and removing the stray row)
+    balances the table again. Runs last in this module: it restores what it changes."""
+    ctx = env["out"]["ctx"]
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:
+        ids = [r[0] for r in conn.execute(
+            "SELECT cdr_id FROM crm.call_record ORDER BY cdr_id LIMIT 3").fetchall()]
+        conn.execute("UPDATE crm.call_record SET cell_id = 'tampered' WHERE cdr_id = %s",
+                     (ids[0],))
+        conn.execute("UPDATE crm.call_record SET charge_fen = charge_fen + 7 WHERE cdr_id = %s",
+                     (ids[1],))
+        conn.execute("DELETE FROM crm.call_record WHERE cdr_id = %s", (ids[2],))
+        conn.execute("INSERT INTO crm.call_record SELECT (jsonb_populate_record("
+                     "NULL::crm.call_record, to_jsonb(c) || '{\"cdr_id\": \"STRAY-1\"}')).* "
+                     "FROM crm.call_record c WHERE cdr_id = %s", (ids[0],))
+    pipeline.reconcile_table(ctx, "call_records")
+    with psycopg.connect(env["dsn"]) as conn:
+        row = conn.execute(
+            "SELECT missing_keys, field_mismatches, money_source - money_target, target_rows - "
+            "loaded, balanced FROM handover_meta.reconciliation WHERE run_id=%s AND "
+            "table_name='call_records'", (env["run_id"],)).fetchone()
+    missing, mismatched, money_diff, surplus, balanced = row
+    assert missing == 1
+    assert mismatched == 2, "the changed cell and the changed charge"
+    assert money_diff != 0
+    assert surplus == 0, "one row gone, one stray row: the count alone would not tell"
+    assert not balanced
+    report = json.loads((env["root"] / "lake" / "runs" / env["run_id"] / "reconcile" /
+                         "call_records.json").read_text())
+    assert report["extra_rows"] == 1 and not report["checks"]["no_extra_rows"]
+    assert sum(m["source_fen"] - m["target_fen"] for m in report["money"]) == \
+        report["money_source"] - report["money_target"]
+
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:
+        conn.execute("DELETE FROM crm.call_record WHERE cdr_id = 'STRAY-1'")
+    for part in [p for p in env["out"]["loaded"] if p["table"] == "call_records"]:
+        pipeline.load_partition(ctx, part)
+    assert pipeline.reconcile_table(ctx, "call_records")["balanced"]
