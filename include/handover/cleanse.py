@@ -167,12 +167,15 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         out[col] = pd.Series(norm[col].to_pylist(), index=raw.index, dtype=object)
 
     not_future = set(rules.get("not_future", []))
+    not_before = rules.get("not_before", {})  # {column: 'YYYY-MM-DD'}: sentinels, typos
     for col, fmt in rules.get("dates", {}).items():
         text = out[col]
         parsed = parse_dates(text, fmt)
         bad = text.notna() & parsed.isna()
         if col in not_future:
             bad |= parsed > exported_at
+        if col in not_before:
+            bad |= parsed < pd.Timestamp(str(not_before[col]))
         verdict.fail(bad.to_numpy(), "INVALID_DATE", col)
         parsed = parsed.astype("datetime64[s]")
         out[col] = parsed.dt.date if not format_has_time(fmt) else parsed

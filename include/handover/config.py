@@ -29,7 +29,7 @@ ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030"]
 TRANSFORMS = ["from", "concat", "split", "default", "lookup", "parse_date", "yuan_to_fen",
               "cast", "protect"]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
-FILE_SOURCE_OPTIONS = ("file", "encoding", "delimiter", "header", "quote")
+FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote")
 CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote")
 SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
 DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
@@ -53,6 +53,7 @@ _SOURCE = {
     "properties": {
         "format": {"enum": SOURCE_FORMATS},
         "file": {"type": "string", "minLength": 1},
+        "files": {"type": "string", "minLength": 1},  # a glob: one table in several files
         "encoding": {"enum": ENCODINGS},
         "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
         "header": {"type": "boolean"},
@@ -178,6 +179,10 @@ CLEANSING_SCHEMA = {
                     "mandatory": _COLS,
                     "msisdn": _COLS,
                     "not_future": _COLS,
+                    # {column: 'YYYY-MM-DD'}: earlier dates are INVALID_DATE (sentinels such
+                    # as 1899-12-30); values checked in _check_cleansing_table (YAML may
+                    # read an unquoted date as a date, not a string).
+                    "not_before": {"type": "object", "additionalProperties": {}},
                     "integers": _COLS,
                     "non_negative": _COLS,
                     "decimals": {"type": "object",
@@ -334,7 +339,7 @@ def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"format": fmt, "encoding": "utf-8", "delimiter": ",", "header": True,
                            "quote": '"', "chunk_rows": 50_000}
     out.update(given)
-    if fmt != "sql":
+    if fmt != "sql" and not given.get("files"):
         ext = "parquet" if fmt == "parquet" else "csv"
         out["file"] = given.get("file") or spec.get("file") or f"{table}.{ext}"
     return out
@@ -546,6 +551,17 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
     for col in spec.get("not_future", []):
         if col not in spec.get("dates", {}):
             fail(f, ("tables", table, "not_future"), f"'{col}' needs a format under dates")
+    bounds = spec.get("not_before", {})
+    for col, value in bounds.items():
+        keys = ("tables", table, "not_before", col)
+        need(col, keys)
+        if col not in spec.get("dates", {}):
+            fail(f, keys, f"'{col}' needs a format under dates")
+        day = _iso_day(value)
+        if day is None:
+            fail(f, keys, f"'{value}' is not a date; write the earliest valid date as "
+                 "'YYYY-MM-DD'")
+        bounds[col] = day  # a string, however YAML read it
     numeric = set(spec.get("integers", [])) | set(spec.get("decimals", {}))
     for i, col in enumerate(spec.get("non_negative", [])):
         if col not in numeric:
@@ -575,6 +591,22 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
             fail(f, ("tables", table, "dedupe", "order_by"),
                  f"'{dedupe['order_by']}' must have a format under dates (or be listed under "
                  "integers) so that newest/oldest compares values, not text")
+
+
+def _iso_day(value: Any) -> str | None:
+    """A `not_before` value as 'YYYY-MM-DD', or None when it is not a real date."""
+    import datetime as dt
+
+    if isinstance(value, dt.datetime):
+        return None  # a date, not a time
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return None
+    try:
+        return dt.date.fromisoformat(value).isoformat()
+    except ValueError:
+        return None
 
 
 def _check_mapping_table(cfg: SourceConfig, table: str, spec: dict, need, fail) -> None:
@@ -663,6 +695,15 @@ def _check_source(table: str, spec: dict, fail) -> None:
     if "file" in src and "file" in spec:
         fail("catalog.yaml", keys + ("file",),
              "the file is named twice (tables.<t>.file and source.file); keep one")
+    if "files" in src:
+        if "file" in src or "file" in spec:
+            fail("catalog.yaml", keys + ("files",),
+                 "use either file (one file) or files (a glob matching several), not both")
+        pattern = src["files"]
+        if pattern.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", pattern):
+            fail("catalog.yaml", keys + ("files",),
+                 f"'{pattern}' must be a glob relative to the export folder "
+                 "(such as payments*.csv)")
     if src.get("quote") and src["quote"] == src.get("delimiter", ","):
         fail("catalog.yaml", keys + ("quote",), "quote and delimiter must differ")
 

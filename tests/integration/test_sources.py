@@ -96,8 +96,9 @@ def test_undecodable_bytes_in_the_body_name_file_and_row(tmp_path):
 
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", encoding="gbk", delimiter="|"))
-    assert str(path) in str(err.value) and "near row" in str(err.value)
-    assert "cannot decode as gbk" in str(err.value)
+    assert str(err.value).startswith(f"{path} row 2 (line 3): column 'b' cannot be decoded "
+                                     "as gbk;")
+    assert "source.encoding" in str(err.value)
 
 
 def test_no_header_takes_names_from_the_catalog(tmp_path):
@@ -118,7 +119,116 @@ def test_no_header_with_a_wrong_column_count_names_the_row(tmp_path):
 
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", columns=["x", "y", "z"], header=False))
-    assert "near row" in str(err.value) and "Expected 3 columns, got 2" in str(err.value)
+    assert str(err.value).startswith(f"{path} row 3 (line 3): expected 3 fields, got 2 "
+                                     "(column 'z' and after are missing")
+
+
+SECRET = "张三丰"  # a value no error may quote
+
+
+def _rows(n: int, *, multiline: bool = True) -> list[list[str]]:
+    """Rows of k,name,note,n; every 5th note holds a line break (so it is quoted)."""
+    return [[f"K{i:05d}", SECRET, f"第{i}行\n续" if multiline and i % 5 == 0 else f"v{i}",
+             str(i)] for i in range(1, n + 1)]
+
+
+def _write(path: Path, rows: list[list[str]], tail: bytes = b"") -> None:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([["k", "name", "note", "n"], *rows])
+    path.write_bytes(buf.getvalue().encode() + tail)
+
+
+@pytest.mark.parametrize("case, row, says", [
+    ("short", 700, "expected 4 fields, got 2 (column 'note' and after are missing"),
+    ("extra", 701, "expected 4 fields, got 5 (1 more than the header"),
+    ("truncated", 1001, "expected 4 fields, got 3 (column 'n' and after are missing; the "
+                        "file ends inside this row"),
+])
+def test_a_broken_row_is_named_exactly_across_blocks_and_no_value_is_quoted(tmp_path, case,
+                                                                           row, says):
+    rows = _rows(1000)
+    tail = b""
+    if case == "short":
+        rows[row - 1] = rows[row - 1][:2]
+    elif case == "extra":
+        rows[row - 1] = rows[row - 1] + ["x"]
+    else:
+        tail = f"K99999,{SECRET},cut".encode()
+    path = tmp_path / "t.csv"
+    _write(path, rows, tail)
+    # Rows 1..row-1 hold 1 + (row-1)//5 quoted two-line values: the line is further down.
+    line = row + 1 + (row - 1) // 5
+
+    with pytest.raises(SourceReadError) as err:
+        read_all(DelimitedSource(path, table="t", block_size=4096))
+    message = str(err.value)
+    assert message.startswith(f"{path} row {row} (line {line}): {says}"), message
+    assert SECRET not in message and "K0" not in message and "\n" not in message
+
+
+def test_an_unclosed_quote_names_the_row_where_it_opens(tmp_path):
+    path = tmp_path / "t.csv"
+    _write(path, _rows(600, multiline=False))
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[3] = lines[3].replace(",v3,", ',"v3,')  # row 3 (line 4): note opens a quote
+    path.write_text("".join(lines), encoding="utf-8")
+
+    with pytest.raises(SourceReadError) as err:
+        read_all(DelimitedSource(path, table="t", block_size=4096))
+    message = str(err.value)
+    assert message.startswith(f"{path} row 3 (line 4): column 'note' opens a quote that is "
+                              f"never closed, so lines 4 to {len(lines)} (the end of the "
+                              "file) would be read as one value;"), message
+    assert SECRET not in message
+
+    # Closed by a stray quote six rows on: a row of four fields again, with rows 4-8 inside.
+    lines[9] = lines[9].replace(",v9,", ',v9",')
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(SourceReadError) as err:
+        read_all(DelimitedSource(path, table="t", block_size=4096))
+    assert str(err.value).startswith(
+        f"{path} row 3 (line 4): column 'note' runs over lines 4 to 10, which look like rows "
+        "of this file: a quote opened in this row is closed only in a later one;"), err.value
+
+    # Closed in the next row: the merged row has a field too many. (Closed where the merged
+    # row has the right count again and less than a row inside, only the manifest's row count
+    # can tell.)
+    lines[9] = lines[9].replace(',v9",', ",v9,")
+    lines[4] = lines[4].replace(f"{SECRET},", f'{SECRET}",')
+    path.write_text("".join(lines), encoding="utf-8")
+    with pytest.raises(SourceReadError) as err:
+        read_all(DelimitedSource(path, table="t", block_size=4096))
+    assert str(err.value).startswith(
+        f"{path} row 3 (line 4): expected 4 fields, got 5 (1 more than the header; a quoted "
+        "value runs from line 4 to line 5: check for an unbalanced quote)"), err.value
+
+
+def test_a_quoted_line_break_in_the_last_row_is_only_a_value(tmp_path):
+    rows = _rows(5)  # row 5 holds "第5行\n续"
+    path = tmp_path / "t.csv"
+    _write(path, rows)
+
+    table = read_all(DelimitedSource(path, table="t"))
+
+    assert table.column("note").to_pylist()[-1] == "第5行\n续"
+
+
+def test_one_undecodable_value_names_its_row_and_column(tmp_path):
+    path = tmp_path / "t.csv"
+    _write(path, _rows(300))
+    lines = path.read_bytes().split(b"\n")
+    lines[200] = lines[200].replace(SECRET.encode(), SECRET.encode("gbk"))
+    path.write_bytes(b"\n".join(lines))
+    row = next(i for i in range(1, 301) if i + 1 + (i - 1) // 5 == 201)  # line 201
+
+    with pytest.raises(SourceReadError) as err:
+        read_all(DelimitedSource(path, table="t", block_size=4096))
+    message = str(err.value)
+    assert message.startswith(f"{path} row {row} (line 201): column 'name' cannot be decoded "
+                              "as utf-8;"), message
 
 
 def test_empty_headerless_file_is_zero_rows_and_empty_header_file_is_an_error(tmp_path):
@@ -164,6 +274,87 @@ def test_missing_file_and_default_source_is_todays_csv(tmp_path):
     source = open_source("things", spec, tmp_path)
     assert isinstance(source, DelimitedSource) and source.encoding == "utf-8"
     assert read_all(source).to_pylist() == [{"a": "1", "b": "2", "_source_row": 1}]
+
+
+# -- one table in several files ----------------------------------------------------------
+
+
+def test_a_files_glob_reads_one_table_in_name_order(tmp_path):
+    (tmp_path / "pay_2.csv").write_text("k,v\nB1,2\nB2,3\n", encoding="utf-8")
+    (tmp_path / "pay.csv").write_text("k,v\nA1,1\n", encoding="utf-8")
+    (tmp_path / "pay_10.csv").write_text("v,k\n9,C1\n", encoding="utf-8")  # other order
+    (tmp_path / "other.csv").write_text("x\n1\n", encoding="utf-8")
+    spec = {"key": "k", "columns": {"k": {}, "v": {}}, "source": {"files": "pay*.csv"}}
+
+    source = open_source("payments", spec, tmp_path)
+    table = read_all(source)
+
+    assert source.location == str(tmp_path / "pay*.csv") and source.columns == ["k", "v"]
+    assert [p.name for p in source.parts] == ["pay.csv", "pay_10.csv", "pay_2.csv"]
+    assert table.to_pylist() == [{"k": "A1", "v": "1", "_source_row": 1},
+                                 {"k": "C1", "v": "9", "_source_row": 2},
+                                 {"k": "B1", "v": "2", "_source_row": 3},
+                                 {"k": "B2", "v": "3", "_source_row": 4}]
+    want = hashlib.sha256()
+    for name in ("pay.csv", "pay_10.csv", "pay_2.csv"):
+        want.update(f"{name}\t{hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}\n"
+                    .encode())
+    assert source.fingerprint() == want.hexdigest()
+
+
+def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
+    (tmp_path / "pay_1.csv").write_text("k,v\nA1,1\nA2,2\n", encoding="utf-8")
+    (tmp_path / "pay_2.csv").write_text("k,v\nB1,1\nB2\n", encoding="utf-8")
+    spec = {"key": "k", "columns": {"k": {}, "v": {}}, "source": {"files": "pay_*.csv"}}
+
+    with pytest.raises(SourceReadError) as err:
+        read_all(open_source("payments", spec, tmp_path))
+    assert str(err.value).startswith(f"{tmp_path / 'pay_2.csv'} row 2 (line 3): expected 2 "
+                                     "fields, got 1")
+
+    (tmp_path / "pay_2.csv").write_text("k,w\nB1,1\n", encoding="utf-8")
+    with pytest.raises(SourceReadError) as err:
+        read_all(open_source("payments", spec, tmp_path))
+    assert str(err.value).startswith(f"{tmp_path / 'pay_2.csv'} line 1: column 'v' of "
+                                     "pay_1.csv is missing")
+
+    spec["source"]["files"] = "nothing_*.csv"
+    with pytest.raises(SourceReadError, match="no file matches source.files of table payments"):
+        read_all(open_source("payments", spec, tmp_path))
+
+
+def test_every_export_file_is_read_by_a_table(tmp_path):
+    from handover.sources import check_export_files
+
+    tables = {"subs": {"key": "k", "columns": {"k": {}}},
+              "pays": {"key": "k", "columns": {"k": {}}}}
+    for name in ("subs.csv", "pays.csv", "truth.csv", "export_manifest.json", "notes.md"):
+        (tmp_path / name).write_text("k\n1\n", encoding="utf-8")
+    (tmp_path / "source_db").mkdir()
+    manifest = {"tables": {"subs": {"file": "subs.csv"}, "pays": {"file": "pays.csv"}}}
+    check_export_files(tables, tmp_path, manifest)  # the answer key, manifest, a note: fine
+
+    (tmp_path / "pays_2.csv").write_text("k\n2\n", encoding="utf-8")
+    with pytest.raises(SourceReadError) as err:
+        check_export_files(tables, tmp_path, manifest, catalog="cat.yaml")
+    assert str(err.value).startswith(f"{tmp_path / 'pays_2.csv'}: export file read by no table "
+                                     "of cat.yaml;")
+
+    manifest["tables"]["pays"]["files"] = ["pays.csv", "pays_2.csv"]
+    with pytest.raises(SourceReadError) as err:
+        check_export_files(tables, tmp_path, manifest)
+    assert "lists it under table pays, which does not read it" in str(err.value)
+    assert "source.files: 'pays*.csv'" in str(err.value)
+
+    tables["pays"]["source"] = {"files": "pays*.csv"}
+    check_export_files(tables, tmp_path, manifest)
+    # A table the manifest lists but this system does not migrate is not an unread file.
+    del tables["pays"]
+    check_export_files(tables, tmp_path, manifest)
+    # ... but a file no manifest entry accounts for is.
+    with pytest.raises(SourceReadError, match=r"pays\.csv: export file read by no table "
+                                              r"of catalog\.yaml \(and 1 more\)"):
+        check_export_files(tables, tmp_path, {"tables": {"subs": {"file": "subs.csv"}}})
 
 
 # -- Parquet ------------------------------------------------------------------------------
@@ -339,3 +530,14 @@ def test_mariadb_when_a_driver_is_installed(monkeypatch):
         with conn.cursor() as cur:
             cur.execute("DROP DATABASE handover_src_test")
         conn.close()
+
+
+def test_free_text_with_one_row_shaped_line_is_not_mistaken_for_swallowed_rows(tmp_path):
+    """A complaint may hold a line with a row's count of commas; only two such lines in a
+    row are taken for rows read into a value by a stray quote."""
+    path = tmp_path / "complaints.csv"
+    path.write_text('id,cust,text,channel\nK1,C1,"called twice\nbilling, refund, again, still",'
+                    'app\nK2,C2,plain,web\n', encoding="utf-8")
+    table = read_all(DelimitedSource(path, table="complaints"))
+    assert table.num_rows == 2
+    assert table["text"][0].as_py() == "called twice\nbilling, refund, again, still"

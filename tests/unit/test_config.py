@@ -245,3 +245,27 @@ def test_unknown_system_name_suggests_nearest():
     assert "source system 'legacy_bs'" in message
     assert "did you mean 'legacy_bss'" in message
     assert "\n" not in message
+
+
+# -- not_before and files -----------------------------------------------------------------
+
+
+def test_not_before_is_a_date_string_however_yaml_reads_it(system: Path):
+    edit(system / "cleansing.yaml", 'not_before: {open_date: "1980-01-01"}',
+         "not_before: {open_date: 1990-06-01}")  # unquoted: YAML reads a date
+
+    cfg = load_config(system)
+
+    assert cfg.rules("subscribers")["not_before"] == {"open_date": "1990-06-01"}
+    assert load_config("telco_b").rules("cust_profile")["not_before"] == {"开户日期": "1980-01-01"}
+
+
+def test_files_glob_replaces_the_file(system: Path):
+    edit(system / "catalog.yaml", "  payments:\n    category: consumption\n",
+         '  payments:\n    source: {files: "payments*.csv"}\n    category: consumption\n')
+
+    cfg = load_config(system)
+
+    assert cfg.source("payments")["files"] == "payments*.csv"
+    assert "file" not in cfg.source("payments")
+    assert cfg.source("subscribers")["file"] == "subscribers.csv"
