@@ -48,7 +48,10 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    context = get_current_context()
+    try:
+        context = get_current_context()
+    except RuntimeError:  # called outside a task (tests, scripts): no context to label
+        context = {}
     if label:
         context["part_label"] = label
     measured = reset_peak_rss()
