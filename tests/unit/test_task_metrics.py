@@ -17,3 +17,26 @@ def test_peak_rss_is_per_task_after_a_reset() -> None:
     assert reset_peak_rss()
     after = peak_rss_mb()
     assert after is not None and after < high - 150, "the reset forgets the earlier task's peak"
+
+
+def _rss_mb() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmRSS:"))
+
+
+def test_release_memory_hands_freed_arrow_and_heap_memory_back() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    from handover.tasks import release_memory
+
+    release_memory()
+    base = _rss_mb()
+    numbers = pa.array(np.arange(20_000_000))
+    words = [str(i) * 3 for i in range(1_000_000)]
+    grown = _rss_mb()
+    del numbers, words
+    release_memory()
+    after = _rss_mb()
+    assert grown - base >= 150, (base, grown)
+    assert after - base < (grown - base) / 2, (base, grown, after)
