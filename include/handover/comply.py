@@ -5,6 +5,9 @@ further (PIPL Art. 5-6: minimum necessary). Rules run in the policy's order; the
 first that matches excludes the row with its rule id, and rows past retention get a
 destroy-by date so the retention DAG can destroy every copy. Every moved row carries
 its lawful basis, so "every row has a decision" is checkable by the compliance gate.
+
+Text columns are compared as Arrow arrays (pyarrow.compute: trim, is_in, equal); a
+column that does not hold only text falls back to the same comparison on Python objects.
 """
 
 from __future__ import annotations
@@ -13,6 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Every character str.strip() removes (str.isspace()); tests/unit/test_comply.py checks it.
+WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+              "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
 
 
 @dataclass(frozen=True)
@@ -32,27 +41,69 @@ class ComplyResult:
 
 
 def _norm(s: pd.Series) -> pd.Series:
+    """Object values, None for missing, strings stripped (the fallback for non-text)."""
     return s.astype(object).where(s.notna(), None).map(
         lambda v: v.strip() if isinstance(v, str) else v)
+
+
+def _strings(values: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array | None:
+    """Text values stripped as by str.strip(), as Arrow; None when not all values are text."""
+    if isinstance(values, pd.Series):
+        try:
+            values = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
+            return None
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_null(values.type):
+        values = values.cast(pa.string())
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        return None
+    return pc.utf8_trim(values, WHITESPACE)
+
+
+def _isin(values: pa.Array | pd.Series, members: frozenset) -> np.ndarray:
+    """Boolean mask: value is one of `members` (missing values never are)."""
+    if isinstance(values, pd.Series):
+        return values.isin(members).to_numpy()
+    texts = [m for m in members if isinstance(m, str)]  # a str equals no other type
+    if not texts:
+        return np.zeros(len(values), dtype=bool)
+    hit = pc.is_in(values, value_set=pa.array(texts, values.type))
+    return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+
+
+def _customers(s: pd.Series) -> pa.Array | pd.Series:
+    arr = _strings(s)
+    return _norm(s) if arr is None else arr
+
+
+def _objects(values: pa.Array | pd.Series, index: pd.Index) -> pd.Series:
+    if isinstance(values, pd.Series):
+        return values
+    return pd.Series(values.to_numpy(zero_copy_only=False), index=index, dtype=object)
 
 
 def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy: dict,
            facts: PolicyFacts, event_time_format: str | None) -> ComplyResult:
     n = len(raw)
-    rule = np.full(n, None, dtype=object)
+    rule_ids: list[str] = []
+    rule = np.zeros(n, dtype=np.int32)  # 0: no rule has excluded the row; k: rule_ids[k-1]
     destroy_by = np.full(n, None, dtype=object)
     cust_col = table_spec.get("customer_column")
-    cust = _norm(raw[cust_col]) if cust_col else pd.Series([None] * n, index=raw.index)
+    cust = _customers(raw[cust_col]) if cust_col else None
 
     for r in policy["rules"]:
         rid = r["id"]
-        open_ = pd.isna(rule)  # no rule has excluded the row yet
+        open_ = rule == 0
         if rid == "OBJECTED_TRANSFER" and cust_col:
-            hit = cust.isin(facts.objected).to_numpy()
+            hit = _isin(cust, facts.objected)
         elif rid == "RETENTION_EXPIRED" and category_policy.get("retention_months") \
                 and table_spec.get("event_time"):
-            ts = pd.to_datetime(_norm(raw[table_spec["event_time"]]), format=event_time_format,
-                                errors="coerce")
+            col = raw[table_spec["event_time"]]
+            text = _strings(col)
+            ts = pd.to_datetime(_norm(col) if text is None else _objects(text, raw.index),
+                                format=event_time_format, errors="coerce")
             cutoff = facts.exported_at - pd.DateOffset(months=category_policy["retention_months"])
             hit = (ts < cutoff).fillna(False).to_numpy()
             sel = open_ & hit  # only old rows: adding months to year 9999 would overflow
@@ -60,38 +111,93 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
             destroy_by[sel] = np.minimum(due.to_numpy(dtype=object), facts.exported_at.date())
         elif rid == "NO_CONSENT" and category_policy.get("lawful_basis") == "separate_consent":
             granted = facts.consented.get(category_policy["consent_purpose"], frozenset())
-            hit = ~cust.isin(granted).to_numpy()
+            hit = ~_isin(cust, granted) if cust is not None else np.ones(n, dtype=bool)
         else:
             continue
-        rule[open_ & hit] = rid
+        if rid not in rule_ids:
+            rule_ids.append(rid)
+        rule[open_ & hit] = rule_ids.index(rid) + 1
 
-    excluded_mask = pd.notna(rule)
+    excluded_mask = rule != 0
     basis = category_policy["lawful_basis"]
     if basis == "separate_consent":
         basis = f"consent:{category_policy['consent_purpose']}"
     moved = raw.loc[~excluded_mask].copy()
     moved["_basis"] = basis
     excluded = raw.loc[excluded_mask].copy()
-    excluded["_rule"] = rule[excluded_mask]
+    names = np.array([None, *rule_ids], dtype=object)
+    excluded["_rule"] = names[rule[excluded_mask]]
     excluded["_destroy_by"] = destroy_by[excluded_mask]
-    counts = pd.Series(rule[excluded_mask]).value_counts().to_dict() if excluded_mask.any() else {}
-    return ComplyResult(moved.reset_index(drop=True), excluded.reset_index(drop=True),
-                        {str(k): int(v) for k, v in counts.items()})
+    counts: dict[str, int] = {}
+    if excluded_mask.any():
+        per_rule = np.bincount(rule[excluded_mask], minlength=len(names))
+        counts = {str(names[k]): int(per_rule[k])
+                  for k in sorted(range(1, len(names)), key=lambda k: -per_rule[k])
+                  if per_rule[k]}
+    return ComplyResult(moved.reset_index(drop=True), excluded.reset_index(drop=True), counts)
 
 
-def policy_facts(subscribers: pd.DataFrame | None, consents: pd.DataFrame | None, policy: dict,
+Frame = pd.DataFrame | pa.Table
+
+
+def _column(frame: Frame, name: str) -> pa.Array | None:
+    return _strings(frame[name])
+
+
+def policy_facts(subscribers: Frame | None, consents: Frame | None, policy: dict,
                  exported_at: pd.Timestamp, customer_column: str = "cust_id") -> PolicyFacts:
+    """Objections and consents; frames are pandas DataFrames or Arrow tables."""
     objected: frozenset[str] = frozenset()
     spec = policy.get("objection")
     if spec and subscribers is not None:
-        cust = _norm(subscribers[customer_column])
-        flag = _norm(subscribers[spec["column"]])
-        objected = frozenset(cust[flag == spec["value"]].dropna())
+        cust = _column(subscribers, customer_column)
+        flag = _column(subscribers, spec["column"])
+        if cust is None or flag is None:
+            objected = _objected_objects(_frame(subscribers), spec, customer_column)
+        else:
+            hit = _equals(flag, spec["value"])
+            objected = frozenset(pc.filter(cust, hit).drop_null().to_pylist())
     consented: dict[str, frozenset[str]] = {}
     spec = policy.get("consent")
     if spec and consents is not None:
-        c = consents.assign(**{k: _norm(consents[k]) for k in consents.columns})
-        granted = c[c[spec["granted_column"]] == spec["granted_value"]]
-        for purpose, grp in granted.groupby(spec["purpose_column"]):
-            consented[str(purpose)] = frozenset(grp[spec["customer_column"]].dropna())
+        cols = [_column(consents, spec[k])
+                for k in ("customer_column", "purpose_column", "granted_column")]
+        if any(c is None for c in cols):
+            consented = _consented_objects(_frame(consents), spec)
+        else:
+            cust, purpose, granted = cols
+            hit = _equals(granted, spec["granted_value"])
+            by = pa.table({"p": pc.filter(purpose, hit), "c": pc.filter(cust, hit)})
+            by = by.filter(pc.is_valid(by["p"]))
+            grouped = by.group_by("p").aggregate([("c", "distinct")]).to_pydict()
+            for purpose_, members in sorted(zip(grouped["p"], grouped["c_distinct"],
+                                                strict=True)):
+                consented[str(purpose_)] = frozenset(m for m in members if m is not None)
     return PolicyFacts(exported_at, objected, consented)
+
+
+def _equals(values: pa.Array, value: object) -> pa.Array:
+    """values == value, missing -> False; text never equals a value of another type."""
+    if not isinstance(value, str):
+        return pa.array(np.zeros(len(values), dtype=bool))
+    return pc.fill_null(pc.equal(values, pa.scalar(value, values.type)), False)
+
+
+def _frame(frame: Frame) -> pd.DataFrame:
+    return frame.to_pandas() if isinstance(frame, pa.Table) else frame
+
+
+def _objected_objects(subscribers: pd.DataFrame, spec: dict, customer_column: str
+                      ) -> frozenset[str]:
+    cust = _norm(subscribers[customer_column])
+    flag = _norm(subscribers[spec["column"]])
+    return frozenset(cust[flag == spec["value"]].dropna())
+
+
+def _consented_objects(consents: pd.DataFrame, spec: dict) -> dict[str, frozenset[str]]:
+    consented: dict[str, frozenset[str]] = {}
+    c = consents.assign(**{k: _norm(consents[k]) for k in consents.columns})
+    granted = c[c[spec["granted_column"]] == spec["granted_value"]]
+    for purpose, grp in granted.groupby(spec["purpose_column"]):
+        consented[str(purpose)] = frozenset(grp[spec["customer_column"]].dropna())
+    return consented

@@ -16,6 +16,11 @@ The output holds no L4 value in clear: encrypted fields keep only ciphertext, ke
 blind index and mask. Data that does not fit (a code without a lookup entry, a date in
 no listed format) stops the partition with one line naming table, field and source row;
 cleansing rules are the place to quarantine such rows instead.
+
+Text columns are transformed as Arrow arrays with pyarrow.compute, numeric ones with numpy;
+per-value Python remains only where no exact vector form exists (AES-GCM and HMAC per
+value, the redaction regex on the texts an Arrow prefilter lets through, and rare inputs
+such as text that only Decimal or strptime parses, handled once per distinct value).
 """
 
 from __future__ import annotations
@@ -26,13 +31,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
+from pandas.api.types import infer_dtype, is_object_dtype
 
 from handover.protect import (
     Keyring,
     blind_index,
     encrypt_values,
     mask_msisdn,
+    mask_msisdn_array,
     mask_resident_id,
+    mask_resident_id_array,
+    redact_array,
     redact_text,
 )
 
@@ -74,6 +84,112 @@ def _text(v: Any) -> str:
     return str(v)
 
 
+# ------------------------------------------------------------------ vector forms
+# A field's values travel as an Arrow array while every transform so far has an exact
+# vector form (text columns above all), else as a numpy object array handled value by
+# value as before. _Source stands for an untouched non-text column until a transform
+# needs its Python objects, so plain columns never become objects at all.
+
+
+class _Source:
+    def __init__(self, series: pd.Series) -> None:
+        self.series = series
+        self._objs: np.ndarray | None = None
+
+    def objects(self) -> np.ndarray:
+        if self._objs is None:
+            self._objs = _objects(self.series)
+        return self._objs
+
+
+Values = pa.Array | np.ndarray | _Source
+_STRING_DTYPES = ("string", "large_string")
+
+
+def _text_array(series: pd.Series) -> pa.Array | None:
+    """A column holding only text (and missing values) as an Arrow string array."""
+    dtype = series.dtype
+    if isinstance(dtype, pd.StringDtype) or (
+            isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in _STRING_DTYPES):
+        arr = pa.array(series, from_pandas=True)
+    elif is_object_dtype(dtype) and infer_dtype(series, skipna=True) in ("string",
+                                                                              "empty"):
+        arr = pa.array(series.where(series.notna(), None), pa.string(), from_pandas=True)
+    else:
+        return None
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    return arr if arr.type == pa.string() else arr.cast(pa.string())
+
+
+def _is_text(values: Values) -> bool:
+    return isinstance(values, pa.Array) and values.type == pa.string()
+
+
+def _as_objects(values: Values) -> np.ndarray:
+    """The values as a numpy object array with None for missing (the per-value form)."""
+    if isinstance(values, _Source):
+        return values.objects()
+    if isinstance(values, np.ndarray):
+        return values
+    if _is_text(values):
+        return values.to_numpy(zero_copy_only=False)
+    out = np.empty(len(values), dtype=object)
+    out[:] = values.to_pylist()
+    return out
+
+
+def _per_distinct(values: pa.Array, fn, kind: pa.DataType) -> tuple[pa.Array, np.ndarray]:
+    """fn on each distinct text (no vector form), spread back: (typed values, bad mask).
+    fn returns the typed value or raises the errors _cast_one raises for bad input."""
+    enc = values.dictionary_encode()
+    out, bad = [], []
+    for v in enc.dictionary.to_pylist():
+        try:
+            out.append(fn(v))
+            bad.append(False)
+        except (ValueError, TypeError, InvalidOperation, OverflowError):
+            out.append(None)
+            bad.append(True)
+    indices = enc.indices
+    typed = pa.array(out, kind).take(indices)
+    idx = pc.fill_null(indices, 0).to_numpy(zero_copy_only=False)
+    rows_bad = np.asarray(bad, dtype=bool)[idx] if bad else np.zeros(len(values), bool)
+    return typed, rows_bad & values.is_valid().to_numpy(zero_copy_only=False)
+
+
+def _strip(values: pa.Array) -> pa.Array:
+    from handover.comply import WHITESPACE
+
+    return pc.utf8_trim(values, WHITESPACE)
+
+
+def _strip_blank_to_null(values: pa.Array) -> pa.Array:
+    stripped = _strip(values)
+    return pc.if_else(pc.equal(stripped, ""), pa.scalar(None, pa.string()), stripped)
+
+
+def _patch(typed: pa.Array, where: np.ndarray, other: pa.Array) -> pa.Array:
+    """typed, with the rows in `where` taken from `other` (same length and type)."""
+    if not where.any():
+        return typed
+    return pc.if_else(pa.array(where), other, typed)
+
+
+def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(values, present mask, 'int'|'float') of a numeric column, None otherwise."""
+    dtype = series.dtype
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        return None
+    if pd.api.types.is_signed_integer_dtype(dtype):
+        present = series.notna().to_numpy()
+        return series.to_numpy(dtype=np.int64, na_value=0), present, "int"
+    if str(dtype) in ("float64", "Float64"):
+        x = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return x, ~np.isnan(x), "float"
+    return None
+
+
 class _Field:
     """One target field being computed; errors name the table, field and first source row."""
 
@@ -94,21 +210,25 @@ class _Field:
                 f"(from {src}): {n} value(s) {what}, first at source row {first}; {fix}")
 
     def values(self) -> tuple[np.ndarray, pa.DataType | None]:
+        """The values as Python objects (the public form, see field_values)."""
+        values, kind = self.compute()
+        return _as_objects(values), kind
+
+    def compute(self) -> tuple[Values, pa.DataType | None]:
+        """The values, as Arrow wherever a vector form exists, and their fixed type."""
         spec = self.spec
+        values: Values
         if "concat" in spec:
-            sep = spec["concat"].get("separator", "")
-            parts = [_objects(self.clean[c]) for c in spec["concat"]["columns"]]
-            values = np.array([
-                None if all(p is None for p in row) else
-                sep.join(_text(p) for p in row if p is not None)
-                for row in zip(*parts, strict=True)], dtype=object)
+            values = self._concat(spec["concat"])
         else:
-            values = _objects(self.clean[spec["from"]])
+            series = self.clean[spec["from"]]
+            text = _text_array(series)
+            values = _Source(series) if text is None else text
         kind: pa.DataType | None = None
         if "split" in spec:
             values = self._split(values, spec["split"])
         if "default" in spec:
-            values = np.array([spec["default"] if v is None else v for v in values], dtype=object)
+            values = self._default(values, spec["default"])
         if "lookup" in spec:
             values = self._lookup(values, spec["lookup"])
         if "parse_date" in spec:
@@ -119,7 +239,39 @@ class _Field:
             values, kind = self._cast(values, spec["cast"])
         return values, kind
 
-    def _split(self, values: np.ndarray, opt: dict) -> np.ndarray:
+    # -- from / concat
+    def _concat(self, opt: dict) -> Values:
+        sep = opt.get("separator", "")
+        texts = [_text_array(self.clean[c]) for c in opt["columns"]]
+        if all(t is not None for t in texts) and isinstance(sep, str):
+            # sep.join of the present parts; None when no part is present
+            acc = texts[0]
+            for part in texts[1:]:
+                acc = pc.coalesce(pc.binary_join_element_wise(acc, part, sep), acc, part)
+            return acc
+        parts = [_objects(self.clean[c]) for c in opt["columns"]]
+        return np.array([
+            None if all(p is None for p in row) else
+            sep.join(_text(p) for p in row if p is not None)
+            for row in zip(*parts, strict=True)], dtype=object)
+
+    # -- split
+    def _split(self, values: Values, opt: dict) -> Values:
+        sep, part, parts = opt["separator"], opt["part"], opt.get("parts")
+        vector = (_is_text(values) and isinstance(sep, str) and sep
+                  and isinstance(part, int) and part >= 0
+                  and (not parts or (isinstance(parts, int) and parts >= 1)))
+        if not vector:
+            return self._split_objects(_as_objects(values), opt)
+        lists = pc.split_pattern(values, sep, max_splits=parts - 1 if parts else None)
+        offsets = lists.offsets.to_numpy()
+        present = (lists.is_valid().to_numpy(zero_copy_only=False)
+                   & (np.diff(offsets) > part))
+        idx = pa.array(offsets[:-1] + part, pa.int64(), mask=~present)
+        picked = lists.values.take(idx)
+        return _strip_blank_to_null(picked)
+
+    def _split_objects(self, values: np.ndarray, opt: dict) -> np.ndarray:
         sep, part, parts = opt["separator"], opt["part"], opt.get("parts")
         out = np.full(len(values), None, dtype=object)
         for i, v in enumerate(values):
@@ -130,25 +282,80 @@ class _Field:
                 out[i] = pieces[part].strip() or None
         return out
 
-    def _lookup(self, values: np.ndarray, lookup: dict) -> np.ndarray:
+    # -- default
+    def _default(self, values: Values, default: Any) -> Values:
+        if _is_text(values) and isinstance(default, str):
+            return pc.fill_null(values, default)
+        return np.array([default if v is None else v for v in _as_objects(values)],
+                        dtype=object)
+
+    # -- lookup
+    def _lookup(self, values: Values, lookup: dict) -> Values:
         table_map = {str(k): v for k, v in lookup.items()}
-        present = [v for v in values if v is not None]
-        missing = sorted({_text(v) for v in present} - set(table_map))
+        if _is_text(values):
+            present = set(pc.unique(values.drop_null()).to_pylist())
+        else:
+            values = _as_objects(values)
+            present = {_text(v) for v in values if v is not None}
+        missing = sorted(present - set(table_map))
         if missing:
             src = "+".join(source_columns(self.spec))
             raise MappingError(
                 f"mapping of {self.table} partition {self.partition}: field {self.target} (from "
                 f"{src}) has {len(missing)} code(s) without a lookup entry, e.g. {missing[0]!r}; "
                 "add them to mapping.yaml or a codes rule to cleansing.yaml")
-        return np.array([None if v is None else table_map[_text(v)] for v in values],
-                        dtype=object)
+        if not _is_text(values):
+            return np.array([None if v is None else table_map[_text(v)] for v in values],
+                            dtype=object)
+        codes = list(table_map)
+        targets = [table_map[c] for c in codes]
+        at = pc.index_in(values, value_set=pa.array(codes, pa.string()))  # null: missing
+        if all(type(t) is str for t in targets):
+            return pa.array(targets, pa.string()).take(at)
+        if all(type(t) is bool for t in targets):
+            return pa.array(targets, pa.bool_()).take(at)
+        table = np.empty(len(targets) + 1, dtype=object)
+        table[:-1] = targets
+        return table[pc.fill_null(at, len(targets)).to_numpy(zero_copy_only=False)]
 
-    def _parse_date(self, values: np.ndarray, opt: dict) -> tuple[np.ndarray, pa.DataType]:
+    # -- parse_date
+    def _parse_date(self, values: Values, opt: dict) -> tuple[Values, pa.DataType]:
         from handover.cleanse import format_has_time, parse_dates
 
         formats = opt["format"] if isinstance(opt["format"], list) else [opt["format"]]
         to = opt.get("to") or ("timestamp" if any(format_has_time(f) for f in formats)
                                else "date")
+        if not _is_text(values):
+            return self._parse_date_objects(_as_objects(values), formats, to)
+        text_arr = _strip_blank_to_null(values)
+        text = pd.Series(text_arr.to_numpy(zero_copy_only=False), dtype=object)
+        parsed = np.full(len(text), np.datetime64("NaT"), dtype="datetime64[us]")
+        todo = text.notna().to_numpy().copy()
+        for fmt in formats:
+            if not todo.any():
+                break
+            got = parse_dates(text[todo], fmt)
+            if got.dtype.kind != "M" or getattr(got.dtype, "tz", None) is not None:
+                # zoned or mixed results: the per-value form decides
+                return self._parse_date_objects(_as_objects(values), formats, to)
+            ok = got.notna().to_numpy()
+            idx = np.flatnonzero(todo)[ok]
+            parsed[idx] = got.to_numpy()[ok].astype("datetime64[us]")
+            todo[idx] = False
+        self.fail(todo, f"match none of the date formats {formats}",
+                  "add the format to parse_date in mapping.yaml, or a dates rule to "
+                  "cleansing.yaml to quarantine such rows")
+        missing = np.isnat(parsed)
+        if to == "date":  # numpy floors to the day, as Timestamp.date() does
+            return pa.array(parsed.astype("datetime64[D]"), pa.date32(),
+                            mask=missing), pa.date32()
+        return pa.array(parsed.astype("datetime64[s]"), pa.timestamp("s"),
+                        mask=missing), pa.timestamp("s")
+
+    def _parse_date_objects(self, values: np.ndarray, formats: list,
+                            to: str) -> tuple[np.ndarray, pa.DataType]:
+        from handover.cleanse import parse_dates
+
         parsed = np.full(len(values), None, dtype=object)
         typed = np.array([v is not None and not isinstance(v, str) and hasattr(v, "year")
                           for v in values], dtype=bool)
@@ -174,39 +381,158 @@ class _Field:
         return np.array([None if v is None else v.floor("s").to_pydatetime() for v in parsed],
                         dtype=object), pa.timestamp("s")
 
-    def _yuan_to_fen(self, values: np.ndarray) -> np.ndarray:
-        out = np.full(len(values), None, dtype=object)
-        bad = np.zeros(len(values), dtype=bool)
-        for i, v in enumerate(values):
-            if v is None:
-                continue
-            try:
-                fen = Decimal(repr(float(v)) if isinstance(v, float | np.floating)
-                              else _text(v).strip()) * 100
-                if not fen.is_finite() or fen != fen.to_integral_value() or abs(fen) >= 2**63:
-                    raise InvalidOperation
-                out[i] = int(fen)
-            except (InvalidOperation, ValueError):
-                bad[i] = True
+    # -- yuan_to_fen
+    _YUAN = r"^[+-]?[0-9]{1,15}(\.[0-9]{1,2})?$"
+
+    def _yuan_to_fen(self, values: Values) -> Values:
+        what = "are not amounts in yuan with at most 2 decimals"
+        fix = "add a decimals rule to cleansing.yaml to quarantine such rows"
+        num = _numeric(values.series) if isinstance(values, _Source) else None
+        if num is not None:
+            x, present, kind = num
+            if kind == "int":
+                ok = present & (np.abs(x) < 2**63 // 100)
+                fen = x * 100
+            else:
+                # |x| < 2**33: a float whose shortest repr has at most 2 decimals is exactly
+                # one with round(x*100)/100 == x, and that repr times 100 is round(x*100).
+                small = present & (np.abs(np.where(present, x, 0)) < 2**33)
+                fen_f = np.round(np.where(small, x, 0) * 100)
+                ok = small & (fen_f / 100 == x)
+                fen = fen_f.astype(np.int64)
+            bad = present & ~ok
+            out = pa.array(fen, pa.int64(), mask=~ok)
+            rest = present & ~ok
+            if kind == "float":
+                rest &= ~small  # large or non-finite: value by value
+            if rest.any():
+                objs = _as_objects(values)
+                sub = np.full(len(objs), None, dtype=object)
+                sub[rest] = objs[rest]
+                fixed, sub_bad = _yuan_objects(sub)
+                bad = (bad & ~rest) | sub_bad
+                out = _patch(out, rest, pa.array(fixed.tolist(), pa.int64()))
+            self.fail(bad, what, fix)
+            return out
+        if _is_text(values):
+            text = _strip(values)
+            simple = pc.fill_null(pc.match_substring_regex(text, self._YUAN), False)
+            simple_np = simple.to_numpy(zero_copy_only=False)
+            s = pc.if_else(simple, text, pa.scalar(None, pa.string()))
+            dot = pc.find_substring(s, ".")
+            decimals = pc.if_else(pc.equal(dot, -1), 0,
+                                  pc.subtract(pc.subtract(pc.utf8_length(s), dot), 1))
+            digits = pc.replace_substring(pc.replace_substring(s, ".", ""), "+", "")
+            scale = pc.power(10, pc.subtract(2, decimals))
+            out = pc.multiply(pc.cast(digits, pa.int64()), pc.cast(scale, pa.int64()))
+            rest = values.is_valid().to_numpy(zero_copy_only=False) & ~simple_np
+            if rest.any():
+                typed, bad = _per_distinct(pc.filter(values, pa.array(rest)),
+                                           _yuan_one, pa.int64())
+                full_bad = np.zeros(len(values), dtype=bool)
+                full_bad[np.flatnonzero(rest)[bad]] = True
+                self.fail(full_bad, what, fix)
+                out = pc.replace_with_mask(out, pa.array(rest), typed)
+            return out
+        return self._yuan_to_fen_objects(_as_objects(values))
+
+    def _yuan_to_fen_objects(self, values: np.ndarray) -> np.ndarray:
+        out, bad = _yuan_objects(values)
         self.fail(bad, "are not amounts in yuan with at most 2 decimals",
                   "add a decimals rule to cleansing.yaml to quarantine such rows")
         return out
 
-    def _cast(self, values: np.ndarray, to: str) -> tuple[np.ndarray, pa.DataType]:
-        out = np.full(len(values), None, dtype=object)
-        bad = np.zeros(len(values), dtype=bool)
-        for i, v in enumerate(values):
-            if v is None:
-                continue
-            try:
-                out[i] = _cast_one(v, to)
-            except (ValueError, TypeError, InvalidOperation, OverflowError):
-                bad[i] = True
+    # -- cast
+    _KINDS = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
+              "bool": pa.bool_(), "date": pa.date32(), "timestamp": pa.timestamp("s")}
+    _INT = r"^[+-]?[0-9]{1,18}$"
+
+    def _cast(self, values: Values, to: str) -> tuple[Values, pa.DataType]:
+        kind = self._KINDS[to]
+        what, fix = (f"cannot be cast to {to}",
+                     "fix the export, or add a cleansing rule that quarantines such rows")
+        if _is_text(values) and to == "string":
+            return values, kind  # _text of a str is the str
+        if to == "int" and isinstance(values, _Source):
+            num = _numeric(values.series)
+            if num is not None:
+                x, present, nkind = num
+                if nkind == "int":
+                    return pa.array(x, pa.int64(), mask=~present), kind
+                xs = np.where(present, x, 0)
+                whole = present & (np.abs(xs) < 2**52) & (np.floor(xs) == xs)
+                out = pa.array(np.where(whole, xs, 0).astype(np.int64), pa.int64(),
+                               mask=~whole)
+                rest = present & ~whole  # fractions, huge or non-finite: value by value
+                if rest.any():
+                    objs = _as_objects(values)
+                    sub = np.full(len(objs), None, dtype=object)
+                    sub[rest] = objs[rest]
+                    fixed, bad = _cast_objects(sub, to)
+                    self.fail(bad, what, fix)
+                    out = _patch(out, rest, pa.array(fixed.tolist(), pa.int64()))
+                return out, kind
+        if _is_text(values):
+            if to == "int":
+                text = _strip(values)
+                simple = pc.fill_null(pc.match_substring_regex(text, self._INT), False)
+                s = pc.if_else(simple, pc.replace_substring(text, "+", ""),
+                               pa.scalar(None, pa.string()))
+                out = pc.cast(s, pa.int64())
+                rest = (values.is_valid().to_numpy(zero_copy_only=False)
+                        & ~simple.to_numpy(zero_copy_only=False))
+            else:
+                out, rest = pa.nulls(len(values), kind), \
+                    values.is_valid().to_numpy(zero_copy_only=False)
+            if rest.any():
+                typed, bad = _per_distinct(pc.filter(values, pa.array(rest)),
+                                           lambda v: _cast_one(v, to), kind)
+                full_bad = np.zeros(len(values), dtype=bool)
+                full_bad[np.flatnonzero(rest)[bad]] = True
+                self.fail(full_bad, what, fix)
+                out = pc.replace_with_mask(out, pa.array(rest), typed)
+            return out, kind
+        return self._cast_objects(_as_objects(values), to)
+
+    def _cast_objects(self, values: np.ndarray, to: str) -> tuple[np.ndarray, pa.DataType]:
+        out, bad = _cast_objects(values, to)
         self.fail(bad, f"cannot be cast to {to}",
                   "fix the export, or add a cleansing rule that quarantines such rows")
-        kinds = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
-                 "bool": pa.bool_(), "date": pa.date32(), "timestamp": pa.timestamp("s")}
-        return out, kinds[to]
+        return out, self._KINDS[to]
+
+
+def _yuan_objects(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full(len(values), None, dtype=object)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            out[i] = _yuan_one(v)
+        except (InvalidOperation, ValueError):
+            bad[i] = True
+    return out, bad
+
+
+def _cast_objects(values: np.ndarray, to: str) -> tuple[np.ndarray, np.ndarray]:
+    out = np.full(len(values), None, dtype=object)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        try:
+            out[i] = _cast_one(v, to)
+        except (ValueError, TypeError, InvalidOperation, OverflowError):
+            bad[i] = True
+    return out, bad
+
+
+def _yuan_one(v: Any) -> int:
+    fen = Decimal(repr(float(v)) if isinstance(v, float | np.floating)
+                  else _text(v).strip()) * 100
+    if not fen.is_finite() or fen != fen.to_integral_value() or abs(fen) >= 2**63:
+        raise InvalidOperation
+    return int(fen)
 
 
 def _cast_one(v: Any, to: str) -> Any:
@@ -254,8 +580,12 @@ def _cast_one(v: Any, to: str) -> Any:
 
 def field_values(clean: pd.DataFrame, table: str, target: str, spec: dict, *,
                  partition: str = "") -> tuple[np.ndarray, pa.DataType | None]:
-    """A field's values before protection, and their Arrow type if a transform fixed it."""
+    """A field's values before protection (Python objects, None for missing), and their
+    Arrow type if a transform fixed it."""
     return _Field(clean, table, target, spec, partition).values()
+
+
+_ARRAY_MASKERS = {"resident_id": mask_resident_id_array, "msisdn": mask_msisdn_array}
 
 
 def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_columns: dict,
@@ -265,11 +595,14 @@ def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_column
     for target, spec in mapping["fields"].items():
         src = source_columns(spec)[0] if "concat" in spec else spec["from"]
         series = clean[src]
-        values, kind = field_values(clean, table, target, spec, partition=partition)
+        values, kind = _Field(clean, table, target, spec, partition).compute()
         shaped = any(t in spec for t in VALUE_TRANSFORMS)
         protections = spec.get("protect", [])
+        if protections and not _is_text(values):
+            values = _as_objects(values)  # the per-value forms below
         if "redact" in protections:
-            values = np.array([redact_text(v) for v in values], dtype=object)
+            values = (redact_array(values) if _is_text(values)
+                      else np.array([redact_text(v) for v in values], dtype=object))
         if protections and any(p in protections for p in ("encrypt", "blind_index")):
             if ring is None:
                 raise RuntimeError(f"mapping of {table}: field {target} needs keys; none loaded")
@@ -277,24 +610,57 @@ def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_column
             out[f"{target}_bidx"] = pa.array(blind_index(values, ring, f"{table}.{target}"),
                                              pa.string())
         if "mask" in protections:
-            masker = _masker(catalog_columns[src].get("pii", ""))
+            pii = catalog_columns[src].get("pii", "")
+            masker = _masker(pii)
             if masker is None:
                 raise MappingError(f"mapping.yaml: tables.{table}.fields.{target}: mask needs a "
                                    "catalogued pii type resident_id or msisdn")
-            out[f"{target}_masked"] = pa.array([masker(v) for v in values], pa.string())
+            out[f"{target}_masked"] = (_ARRAY_MASKERS[pii](values) if _is_text(values) else
+                                       pa.array([masker(v) for v in values], pa.string()))
         if "encrypt" in protections:
             aad = f"{table}.{target}".encode()
             out[f"{target}_enc"] = pa.array(encrypt_values(values, ring, aad), pa.binary())
-            out[f"{target}_key_id"] = pa.array(
-                [None if v is None else ring.active_key_id for v in values], pa.string())
+            if _is_text(values):
+                out[f"{target}_key_id"] = pc.if_else(
+                    values.is_valid(), pa.scalar(ring.active_key_id, pa.string()),
+                    pa.scalar(None, pa.string()))
+            else:
+                out[f"{target}_key_id"] = pa.array(
+                    [None if v is None else ring.active_key_id for v in values], pa.string())
         elif kind is not None:
-            out[target] = pa.array(values.tolist(), kind)
+            out[target] = (values if isinstance(values, pa.Array) and values.type == kind
+                           else pa.array(_as_objects(values).tolist(), kind))
         elif shaped:
-            out[target] = _infer_arrow(values)
+            out[target] = _infer_arrow_any(values)
         else:
-            out[target] = _to_arrow(series, values)
-    ordered = {k: out[k] for k in sorted(out, key=lambda k: list(out).index(k))}
-    return pa.table(ordered)
+            out[target] = _to_arrow_any(series, values)
+    return pa.table(out)
+
+
+def _infer_arrow_any(values: Values) -> pa.Array:
+    """_infer_arrow, without Python objects for text and boolean Arrow values."""
+    if isinstance(values, pa.Array) and values.type in (pa.string(), pa.bool_()):
+        if values.null_count == len(values):
+            return pa.nulls(len(values), pa.string())
+        return values
+    return _infer_arrow(_as_objects(values))
+
+
+def _to_arrow_any(series: pd.Series, values: Values) -> pa.Array:
+    """_to_arrow, without Python objects for typed columns and text or boolean values."""
+    dtype = series.dtype
+    if str(dtype) == "Int64" or str(dtype).startswith("datetime64"):
+        return _to_arrow(series, np.empty(0, dtype=object))  # built from the series
+    if isinstance(values, pa.Array) and values.type in (pa.string(), pa.bool_()):
+        if len(values) == 0:
+            return pa.array([], pa.string())
+        if values.null_count == len(values):
+            return pa.nulls(len(values), pa.bool_())
+        return values
+    if (isinstance(values, _Source) and is_object_dtype(dtype)
+            and infer_dtype(series, skipna=True) == "date"):
+        return pa.array(series.where(series.notna(), None), pa.date32(), from_pandas=True)
+    return _to_arrow(series, _as_objects(values))
 
 
 def _infer_arrow(values: np.ndarray) -> pa.Array:

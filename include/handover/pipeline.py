@@ -100,14 +100,13 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
         exported_at = pd.Timestamp(manifest["exported_at"])
     except (ValueError, KeyError) as exc:
         raise SourceError(f"{manifest_path}: needs JSON with 'exported_at' ({exc})") from exc
-    for table in cfg.tables:
-        source = cfg.source(table)
-        if source["format"] == "sql":  # read through its connection at extract
-            continue
-        f = src / source["file"]
-        if not f.is_file():
-            raise SourceError(f"{f}: source file for table {table} not found; export it or "
-                              f"remove {table} from {cfg.directory / 'catalog.yaml'}")
+    from handover.sources import SourceReadError, check_export_files
+
+    try:  # every file a table reads is there, and no export file is left unread
+        check_export_files(cfg.catalog["tables"], src, manifest,
+                           catalog=cfg.directory / "catalog.yaml")
+    except SourceReadError as exc:
+        raise SourceError(str(exc)) from exc
     with ledger.connect() as conn:
         ledger.ensure_schema(conn)
         with conn.transaction():
@@ -195,6 +194,8 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                         key_sums[i] = np.uint64(
                             (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
         sha = source.fingerprint()
+        pieces = getattr(source, "parts", None)
+        files = [p.name for p in pieces] if pieces is not None else None
     except SourceReadError as exc:
         _drop_dir(tmp, writers)
         raise SourceError(str(exc)) from exc
@@ -211,10 +212,12 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 partition = f"p{i:02d}"
                 data = (tmp / f"{i}.parquet").read_bytes()
                 lake.put_bytes(part_key(run_id, "raw", table, partition), data)
+                detail = {"source_file": source.name, "source_sha256": sha}
+                if files is not None:  # a `files:` glob: which files it matched
+                    detail["source_files"] = files
                 ledger.record(conn, run_id=run_id, table=table, partition=partition,
                               stage="extract", rows_in=counts[i], rows_out=counts[i],
-                              checksum=f"{int(key_sums[i]):016x}",
-                              detail={"source_file": source.name, "source_sha256": sha})
+                              checksum=f"{int(key_sums[i]):016x}", detail=detail)
                 parts.append({"table": table, "partition": partition, "rows": counts[i]})
     finally:
         _drop_dir(tmp, [])
@@ -316,7 +319,7 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
 
     cfg = _config(system)
     lake = _lake()
-    frames: dict[str, pd.DataFrame | None] = {}
+    frames: dict[str, pa.Table | None] = {}  # Arrow: policy_facts compares with pyarrow
     for what in ("objection", "consent"):
         spec = cfg.policy.get(what)
         if not spec:
@@ -326,8 +329,8 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
         cols = ([cfg.table(t)["customer_column"], spec["column"]] if what == "objection" else
                 [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
         keys = lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/")
-        frames[what] = pd.concat([lake.read_table(k, columns=cols).to_pandas() for k in keys],
-                                 ignore_index=True) if keys else None
+        frames[what] = pa.concat_tables([lake.read_table(k, columns=cols) for k in keys],
+                                        promote_options="permissive") if keys else None
     obj = cfg.policy.get("objection")
     cust_col = cfg.table(obj["table"]).get("customer_column", "cust_id") if obj else "cust_id"
     return policy_facts(frames["objection"], frames["consent"], cfg.policy,
@@ -421,17 +424,23 @@ def resolve_customers(ctx: dict) -> dict:
 
 
 def _registry(run_id: str, table: str):
+    import pyarrow.compute as pc
+
     from handover.cleanse import ParentRegistry
 
-    reg = _lake().read_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet").to_pandas()
-    by = reg.groupby("fate")["key"].apply(set).to_dict()
-    losers = set(reg.loc[reg["duplicate_loser"], "key"])
-    return ParentRegistry(by.get("valid", set()), by.get("quarantined", set()),
-                          by.get("excluded", set())), losers
+    reg = _lake().read_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet")
+    keys = reg.column("key")
+
+    def where(mask) -> set:
+        return set(keys.filter(pc.fill_null(mask, False)).to_numpy(zero_copy_only=False))
+
+    fate = reg.column("fate")
+    return ParentRegistry(where(pc.equal(fate, "valid")), where(pc.equal(fate, "quarantined")),
+                          where(pc.equal(fate, "excluded"))), where(reg.column("duplicate_loser"))
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
-    from handover.cleanse import cleanse
+    from handover.cleanse import cleanse, record_keys
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
@@ -449,10 +458,10 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     _write(lake, run_id, "cleanse", table, partition, res.clean)
     _write(lake, run_id, "cleanse/_quarantine", table, partition, res.quarantine)
     with ledger.connect() as conn, conn.transaction():
-        keys = _record_key(res.quarantine.assign(**{spec["key"]: res.quarantine["_key"]}),
-                           spec["key"])
+        q = res.quarantine  # keys as _record_key gives them, without a Python step per row
+        keys = record_keys(q["_key"], q["_source_row"] if "_source_row" in q.columns else None)
         ledger.replace_quarantine(conn, run_id, table, partition, list(zip(
-            keys, res.quarantine["_reason"], res.quarantine["_field"], strict=True)))
+            keys, q["_reason"].tolist(), q["_field"].tolist(), strict=True)))
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
                       rows_in=len(raw), rows_out=len(res.clean),
                       quarantined=len(res.quarantine),
@@ -497,7 +506,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
     tmap = cfg.table_mapping(table)
     mapped = _lake().read_table(part_key(run_id, "mapped", table, partition))
     started = time.monotonic()
-    with ledger.connect() as conn, conn.transaction():
+    with ledger.connect(bulk=True) as conn, conn.transaction():
         stats = upsert_partition(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], mapped)
         secs = time.monotonic() - started
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
@@ -514,7 +523,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
     from handover.reconcile import reconcile
 
     cfg = _config(ctx["system"])
-    with ledger.connect() as conn, conn.transaction():
+    with ledger.connect(bulk=True) as conn, conn.transaction():
         result = reconcile(conn, _lake(), cfg, ctx["run_id"], table,
                            manifest_rows=ctx.get("manifest_rows", {}).get(table))
     log.info("reconcile %s: %s", table, {k: v for k, v in result.items() if k != "money"})

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import re
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from handover.validators import luhn_ok, resident_id_ok
 
@@ -177,19 +177,38 @@ def load_keyring() -> Keyring:
         "or set HANDOVER_KEYRING_FILE")
 
 
-def encrypt_values(values: np.ndarray, ring: Keyring, aad: bytes = b"") -> list[bytes | None]:
-    """AES-256-GCM per value with a random 96-bit nonce; output is nonce || ciphertext+tag."""
+def _texts(values: Any) -> tuple[list[bytes | None], int]:
+    """UTF-8 bytes per value (None stays None), straight from Arrow for string arrays."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and (pa.types.is_string(values.type)
+                                         or pa.types.is_large_string(values.type)):
+        return values.cast(pa.large_binary()).to_pylist(), len(values)
+    if isinstance(values, pa.Array):
+        values = values.to_pylist()
+    return [None if v is None else str(v).encode() for v in values], len(values)
+
+
+def encrypt_values(values: Any, ring: Keyring, aad: bytes = b"") -> list[bytes | None]:
+    """AES-256-GCM per value with a random 96-bit nonce; output is nonce || ciphertext+tag.
+
+    One AESGCM object and one os.urandom call per batch; the per-value work is the AEAD
+    itself, which has no vector form. `values`: an Arrow string array or any iterable."""
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    aes = AESGCM(ring.keys[ring.active_key_id])
+    plain, _ = _texts(values)
+    encrypt = AESGCM(ring.keys[ring.active_key_id]).encrypt
+    present = sum(v is not None for v in plain)
+    nonces = os.urandom(12 * present)
     out: list[bytes | None] = []
-    urandom = os.urandom
-    for v in values:
+    at = 0
+    for v in plain:
         if v is None:
             out.append(None)
             continue
-        nonce = urandom(12)
-        out.append(nonce + aes.encrypt(nonce, str(v).encode(), aad))
+        nonce = nonces[at:at + 12]
+        at += 12
+        out.append(nonce + encrypt(nonce, v, aad))
     return out
 
 
@@ -199,17 +218,38 @@ def decrypt_value(blob: bytes, key_id: str, ring: Keyring, aad: bytes = b"") -> 
     return AESGCM(ring.keys[key_id]).decrypt(blob[:12], blob[12:], aad).decode()
 
 
-def blind_index(values: np.ndarray, ring: Keyring, domain: str) -> list[str | None]:
-    """Keyed HMAC-SHA256, domain-separated per field so equal values in two fields differ."""
-    base = hmac.new(ring.hmac_key, domain.encode() + b"\x00", hashlib.sha256)
+def _hmac_pads(key: bytes, prefix: bytes) -> tuple[Any, Any]:
+    """HMAC-SHA256 (RFC 2104) split into its inner hash, already fed the key pad and
+    `prefix`, and its outer hash fed the outer pad: per value only copy and update."""
+    block = hashlib.sha256().block_size
+    if len(key) > block:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+    inner.update(prefix)
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
+def blind_index(values: Any, ring: Keyring, domain: str) -> list[str | None]:
+    """Keyed HMAC-SHA256, domain-separated per field so equal values in two fields differ.
+
+    Equal to hmac.new(hmac_key, domain + b"\\x00" + value, sha256).hexdigest(); the pads are
+    hashed once per call. `values`: an Arrow string array or any iterable."""
+    plain, _ = _texts(values)
+    inner, outer = _hmac_pads(ring.hmac_key, domain.encode() + b"\x00")
+    icopy, ocopy = inner.copy, outer.copy
     out: list[str | None] = []
-    for v in values:
+    append = out.append
+    for v in plain:
         if v is None:
-            out.append(None)
+            append(None)
             continue
-        h = base.copy()
-        h.update(str(v).encode())
-        out.append(h.hexdigest())
+        i = icopy()
+        i.update(v)
+        o = ocopy()
+        o.update(i.digest())
+        append(o.hexdigest())
     return out
 
 
@@ -219,6 +259,24 @@ def mask_resident_id(v: str | None) -> str | None:
 
 def mask_msisdn(v: str | None) -> str | None:
     return None if v is None else v[:3] + "****" + v[-4:]
+
+
+def _head_stars_tail(values: pa.Array, stars: pa.Array | str) -> pa.Array:
+    """v[:3] + stars + v[-4:] per value, with Python's slicing of short strings."""
+    head = pc.utf8_slice_codeunits(values, 0, 3)
+    tail = pc.utf8_slice_codeunits(values, -4)
+    return pc.binary_join_element_wise(head, stars, tail, "")
+
+
+def mask_resident_id_array(values: pa.Array) -> pa.Array:
+    """mask_resident_id on every value of an Arrow string array."""
+    stars = pc.max_element_wise(pc.subtract(pc.utf8_length(values), 7), 0)
+    return _head_stars_tail(values, pc.binary_repeat("*", stars))
+
+
+def mask_msisdn_array(values: pa.Array) -> pa.Array:
+    """mask_msisdn on every value of an Arrow string array."""
+    return _head_stars_tail(values, "****")
 
 
 _CANDIDATES = re.compile(
@@ -255,3 +313,44 @@ def redact_text(text: str | None) -> str | None:
     if text is None:
         return None
     return _CANDIDATES.sub(_redact_match, text)
+
+
+# Where Python's \d (str.isdecimal(), Unicode 14 as in Python 3.11) matches: ten-digit runs
+# starting at these code points, plus the mathematical digits U+1D7CE-U+1D7FF.
+# tests/unit/test_protect.py checks this against the running interpreter.
+DIGIT_RUNS = (
+    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
+    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80,
+    0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50,
+    0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450,
+    0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60,
+    0x16AC0, 0x16B50, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0)
+DIGIT_RANGES = tuple((a, a + 9) for a in DIGIT_RUNS) + ((0x1D7CE, 0x1D7FF),)
+
+
+def _digit_class() -> str:
+    """Python's \\d as an RE2 character class (RE2's own \\d is ASCII only)."""
+    return "[" + "".join(f"\\x{{{a:x}}}-\\x{{{b:x}}}" for a, b in sorted(DIGIT_RANGES)) + "]"
+
+
+# Every text _CANDIDATES can match in (and a few more): each alternative needs an '@', the
+# digits "1[3-9]" (MSISDN) or 15 decimal digits in a row.
+_PREFILTER = f"@|1[3-9]|{_digit_class()}{{15}}"
+
+
+def redact_prefilter() -> str:
+    """The RE2 pattern redact_array uses to pick the texts worth the Python regex."""
+    return _PREFILTER
+
+
+def redact_array(values: pa.Array) -> pa.Array:
+    """redact_text on every value of an Arrow string array: the regex runs in Python only
+    on the values the Arrow prefilter lets through; the others are returned untouched."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    maybe = pc.fill_null(pc.match_substring_regex(values, redact_prefilter()), False)
+    if not pc.any(maybe).as_py():
+        return values
+    todo = pc.filter(values, maybe).to_pylist()
+    return pc.replace_with_mask(values, maybe,
+                                pa.array([redact_text(v) for v in todo], values.type))

@@ -290,3 +290,168 @@ def test_yuan_to_fen_is_exact_from_text_and_from_float(amount):
     from_float, _ = field_values(clean, "t", "x", {"from": "f", "yuan_to_fen": True})
 
     assert from_text.tolist() == from_float.tolist() == [int(amount * 100)]
+
+
+# -- vector forms agree with the per-value forms they replace ------------------------------
+# mapping, protect and comply run on Arrow arrays; each keeps its per-value form for
+# values the vector form does not cover. Forcing every column down the per-value path
+# (no column counts as text or numbers) must give exactly the same answers and errors.
+
+NUMBERISH = st.one_of(
+    st.from_regex(r"\A[ +-]?[0-9]{0,20}(\.[0-9]{0,4})?[ ]?\Z"),
+    st.sampled_from(["1e3", "1_000", "١٢", "１２", "inf", "NaN", "-0", "+0.50", " 7 ", "5.",
+                     ".5", "true", "Y", "no", "2024-02-29", "2024-02-29 12:30:59",
+                     "2024-02-29T12:30:59.999", "20240229", "2024年2月29日", "1700000000",
+                     "1700000000123", "a/b", "/", "a/b/c", " / x /"]))
+VALUE_TEXTS = st.lists(st.none() | NUMBERISH | TEXT, max_size=12)
+VECTOR_SPECS = TRANSFORM_SPECS + [
+    {"from": "v", "cast": "string"},
+    {"from": "v", "split": {"separator": "/", "part": 0}},
+    {"from": "v", "split": {"separator": "/", "part": 2, "parts": 1}},
+    {"from": "v", "default": "d"},
+    {"from": "v", "lookup": {"1": True, "0": False}},
+    {"from": "v", "lookup": {"1": 10, "0": 0}},
+    {"from": "v", "parse_date": {"format": "%Y-%m-%d %H:%M:%S", "to": "date"}},
+    {"from": "v", "parse_date": {"format": ["%Y-%m-%d", "epoch_ms"], "to": "timestamp"}},
+    {"concat": {"columns": ["v", "w", "v"], "separator": "-"}},
+]
+
+
+def _per_value_only(monkeypatch):
+    from handover import mapping
+
+    monkeypatch.setattr(mapping, "_text_array", lambda series: None)
+    monkeypatch.setattr(mapping, "_numeric", lambda series: None)
+
+
+def _outcome(clean, spec):
+    try:
+        values, kind = field_values(clean, "t", "f", spec, partition="p")
+    except MappingError as exc:
+        return "error", str(exc)
+    return [(type(v), v) for v in values], kind
+
+
+@SETTINGS
+@given(VALUE_TEXTS, st.sampled_from(VECTOR_SPECS))
+def test_mapping_vector_forms_equal_the_per_value_forms_on_text(values, spec):
+    clean = pd.DataFrame({"v": pd.Series(values, dtype="str"),
+                          "w": pd.Series(values[::-1], dtype="str")})
+    vector = _outcome(clean, spec)
+    with pytest.MonkeyPatch.context() as mp:
+        _per_value_only(mp)
+        per_value = _outcome(clean, spec)
+
+    assert vector == per_value
+
+
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
+                   st.decimals(min_value=-10**12, max_value=10**12, places=2).map(float),
+                   st.decimals(min_value=-1000, max_value=1000, places=3).map(float),
+                   st.integers(-2**62, 2**62).map(float))
+
+
+@SETTINGS
+@given(st.lists(st.none() | FLOATS, max_size=12),
+       st.sampled_from([{"from": "v", "yuan_to_fen": True}, {"from": "v", "cast": "int"}]))
+def test_mapping_vector_forms_equal_the_per_value_forms_on_numbers(values, spec):
+    for clean in (pd.DataFrame({"v": pd.Series(values, dtype="float64")}),
+                  pd.DataFrame({"v": pd.Series(
+                      [None if v is None or v != v or abs(v) > 2**62 else int(v)
+                       for v in values], dtype="Int64")})):
+        vector = _outcome(clean, spec)
+        with pytest.MonkeyPatch.context() as mp:
+            _per_value_only(mp)
+            per_value = _outcome(clean, spec)
+
+        assert vector == per_value
+
+
+@SETTINGS
+@given(st.lists(st.none() | TEXT | NUMBERISH, min_size=1, max_size=12), st.data())
+def test_map_partition_vector_forms_equal_the_per_value_forms(values, data):
+    import base64
+
+    from handover import protect
+    from handover.mapping import map_partition
+    from handover.protect import Keyring
+
+    ring = Keyring.from_dict({"active_key_id": "k1",
+                              "keys": {"k1": base64.b64encode(bytes(32)).decode()},
+                              "hmac_key": base64.b64encode(b"h" * 32).decode()})
+    mapping = {"fields": {
+        "plain": {"from": "v"},
+        "code": {"from": "v", "lookup": {str(v): f"c{i}" for i, v in enumerate(values)}},
+        "rid": {"from": "v", "protect": data.draw(st.sampled_from(
+            [["encrypt", "blind_index", "mask"], ["blind_index", "mask"], ["redact"]]))},
+        "tel": {"from": "w", "protect": ["mask"]},
+    }}
+    columns = {"v": {"pii": "resident_id"}, "w": {"pii": "msisdn"}}
+    clean = pd.DataFrame({"v": pd.Series(values, dtype="str"),
+                          "w": pd.Series(values[::-1], dtype="str")})
+
+    def run():
+        stream = np.random.default_rng(1)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(protect.os, "urandom", stream.bytes)
+            return map_partition(clean, "t", mapping, columns, ring)
+
+    vector = run()
+    with pytest.MonkeyPatch.context() as mp:
+        _per_value_only(mp)
+        per_value = run()
+
+    assert vector.equals(per_value)
+
+
+def test_comply_whitespace_is_what_str_strip_removes():
+    import sys
+
+    from handover.comply import WHITESPACE
+
+    assert set(WHITESPACE) == {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.none() | st.sampled_from(["C1", " C2", "C3 ", "C\u30004", ""])
+                          | TEXT,
+                          st.none() | st.sampled_from(["2020-01-01 00:00:00",
+                                                       " 2026-10-01 10:00:00 "]) | TEXT),
+                max_size=12),
+       st.sampled_from(["consumption", "behavioural"]))
+def test_comply_vector_forms_equal_the_per_value_forms(rows, category):
+    from handover import comply
+
+    policy = {"rules": [{"id": "OBJECTED_TRANSFER"}, {"id": "RETENTION_EXPIRED"},
+                        {"id": "NO_CONSENT"}]}
+    cat = {"consumption": {"lawful_basis": "contract", "retention_months": 36},
+           "behavioural": {"lawful_basis": "separate_consent",
+                           "consent_purpose": "behavioural", "retention_months": 12}}[category]
+    subscribers = pd.DataFrame({"cust_id": ["C1", "C2", " C\u30004 ", None, ""],
+                                "flag": ["1", " 1\u3000", "0", "1", "1"]}, dtype="str")
+    consents = pd.DataFrame({"cust_id": ["C3", "C1", None, " C2"],
+                             "purpose": ["behavioural", " behavioural", "marketing", None],
+                             "granted": ["1", "1", "1", "1"]}, dtype="str")
+    full = {**policy, "objection": {"column": "flag", "value": "1"},
+            "consent": {"customer_column": "cust_id", "purpose_column": "purpose",
+                        "granted_column": "granted", "granted_value": "1"}}
+    raw = pd.DataFrame(rows, columns=["cust_id", "ts"], dtype="str")
+    raw.insert(0, "id", [f"R{i}" for i in range(len(raw))])
+
+    def run():
+        facts = comply.policy_facts(subscribers, consents, full, E)
+        res = comply.decide(raw, table_spec={"key": "id", "customer_column": "cust_id",
+                                             "event_time": "ts"},
+                            category_policy=cat, policy=policy, facts=facts,
+                            event_time_format="%Y-%m-%d %H:%M:%S")
+        return facts, res
+
+    facts, vector = run()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(comply, "_strings", lambda values: None)
+        facts_pv, per_value = run()
+
+    assert (facts.objected, facts.consented) == (facts_pv.objected, facts_pv.consented)
+    pd.testing.assert_frame_equal(vector.moved, per_value.moved)
+    pd.testing.assert_frame_equal(vector.excluded, per_value.excluded)
+    assert vector.counts == per_value.counts
