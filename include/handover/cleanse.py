@@ -42,16 +42,24 @@ class ParentRegistry:
     quarantined: set[str]
     excluded: set[str]
 
-    def classify(self, keys: pd.Series) -> np.ndarray:
+    def classify(self, keys: pd.Series | pa.Array) -> np.ndarray:
         """Per child row: None (parent fine) or the quarantine reason."""
+        try:
+            arr = keys if isinstance(keys, pa.Array) else _to_arrow(keys)
+            in_valid, in_q, in_x = (_in(arr, s) for s in (self.valid, self.quarantined,
+                                                          self.excluded))
+            present = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            # keys or registry not all text: pandas' isin over objects
+            keys = pd.Series(keys.to_pylist() if isinstance(keys, pa.Array) else keys,
+                             dtype=object)
+            in_valid, in_q, in_x = (keys.isin(s).to_numpy() for s in (
+                self.valid, self.quarantined, self.excluded))
+            present = pd.notna(keys.to_numpy(dtype=object))
         out = np.full(len(keys), None, dtype=object)
-        k = keys.to_numpy(dtype=object)
-        in_valid = keys.isin(self.valid).to_numpy()
-        in_q = keys.isin(self.quarantined).to_numpy()
-        in_x = keys.isin(self.excluded).to_numpy()
         out[~in_valid & in_q] = "PARENT_QUARANTINED"
         out[~in_valid & ~in_q & in_x] = "PARENT_EXCLUDED"
-        out[~in_valid & ~in_q & ~in_x & pd.notna(k)] = "ORPHAN_RECORD"
+        out[~in_valid & ~in_q & ~in_x & present] = "ORPHAN_RECORD"
         return out
 
 
@@ -79,7 +87,7 @@ class _Verdict:
 
     @property
     def failed(self) -> np.ndarray:
-        return pd.notna(self.reason)
+        return self.rank < len(REASON_ORDER)
 
 
 def is_epoch_format(fmt: str) -> bool:
@@ -108,8 +116,122 @@ def parse_dates(text: pd.Series, fmt: str) -> pd.Series:
     return parsed.dt.tz_localize(None)
 
 
+def _to_arrow(s: pd.Series) -> pa.Array:
+    """A text column as one pyarrow string array, nulls for NA; no Python object per value.
+
+    Arrow-backed columns (what the lake's parquet reads into) hand over their buffers;
+    object columns are converted by pyarrow in C. Anything pyarrow will not take as text
+    goes the old way, value by value, so it fails (or not) exactly as before.
+    """
+    if isinstance(s.dtype, (pd.StringDtype, pd.ArrowDtype)):
+        try:
+            arr = pa.array(s.array)
+            if isinstance(arr, pa.ChunkedArray):
+                arr = arr.combine_chunks()
+            if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+                return arr.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+    elif s.dtype == object:
+        try:
+            return pa.array(s.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+    return pa.array(s.astype(object).where(s.notna(), None).tolist(), pa.string())
+
+
 def _arr(df: pd.DataFrame, col: str) -> pa.Array:
-    return pa.array(df[col].astype(object).where(df[col].notna(), None).tolist(), pa.string())
+    return _to_arrow(df[col])
+
+
+def _in(arr: pa.Array, values) -> np.ndarray:
+    """Membership of each value of `arr` in the collection `values` (null -> False)."""
+    if not len(values):
+        return np.zeros(len(arr), dtype=bool)
+    value_set = pa.array(values if isinstance(values, list) else list(values), pa.string())
+    return pc.fill_null(pc.is_in(arr, value_set=value_set, skip_nulls=True),
+                        False).to_numpy(zero_copy_only=False)
+
+
+def _np(mask) -> np.ndarray:
+    """A pyarrow boolean result as numpy, nulls as False."""
+    return pc.fill_null(mask, False).to_numpy(zero_copy_only=False)
+
+
+def _objects(arr: pa.Array, index: pd.Index) -> pd.Series:
+    """Arrow text as the object column the typed frame has always had (str or None)."""
+    return pd.Series(arr.to_numpy(zero_copy_only=False), index=index, dtype=object)
+
+
+# UTF-8 bytes below 0x20 only ever encode those ASCII controls, so a byte scan is exact.
+_CONTROL_BYTES = np.zeros(256, dtype=bool)
+_CONTROL_BYTES[[*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]] = True
+
+
+def _has_control(arr: pa.Array) -> np.ndarray:
+    """Per value: contains NUL or a C0 control other than tab and line ends (null -> False).
+
+    Same as matching r"[\x00-\x08\x0b\x0c\x0e-\x1f]", over the string bytes with numpy.
+    """
+    n = len(arr)
+    out = np.zeros(n, dtype=bool)
+    if n == 0 or arr.null_count == n or arr.buffers()[2] is None:
+        return out
+    width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    low = data < 0x20  # a compare over the bytes is cheaper than the table lookup
+    if not low.any():
+        return out
+    bad = low & _CONTROL_BYTES[data]
+    if not bad.any():
+        return out
+    seen = np.concatenate(([0], np.cumsum(bad, dtype=np.int64)))
+    rel = offsets - offsets[0]
+    out = (seen[rel[1:]] - seen[rel[:-1]]) > 0
+    if arr.null_count:
+        out &= pc.is_valid(arr).to_numpy(zero_copy_only=False)
+    return out
+
+
+def _duplicated(arr: pa.Array) -> np.ndarray:
+    """Per value: an earlier row has the same (non-null) value."""
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    codes = pc.fill_null(pc.dictionary_encode(arr).indices, -1).to_numpy(zero_copy_only=False)
+    dup = np.ones(n, dtype=bool)
+    _, first = np.unique(codes, return_index=True)
+    dup[first] = False
+    return dup & (codes >= 0)
+
+
+def _parse_decimal(arr: pa.Array, places: int, index: pd.Index) -> pd.Series:
+    """Text with at most `places` decimals as float64; anything else NaN.
+
+    The same floats pd.to_numeric over the text gave, to the bit. While a value has at
+    most 15 digits, its digits form an integer a double holds exactly and both parsers
+    round the one division by 10**k correctly, so Arrow's cast takes those. pandas
+    returns an int64 result (so +0.0 for "-0") when every value is a plain integer, and
+    floats (-0.0) otherwise; that is kept. A column with a longer digit run goes through
+    pandas as before.
+    """
+    n = len(arr)
+    p = int(places)
+    shaped_re = rf"^[+-]?(?:[0-9]+(?:\.[0-9]{{0,{p}}})?|\.[0-9]{{1,{p}}})$"
+    shaped = _np(pc.match_substring_regex(arr, shaped_re))
+    values = np.full(n, np.nan)
+    if not shaped.any():
+        return pd.Series(values, index=index)
+    long = shaped & _np(pc.greater(pc.count_substring_regex(arr, "[0-9]"), 15))
+    if long.any():  # rare: pandas over the whole column, non-decimals masked as before
+        text = _objects(arr, index).where(shaped)
+        return pd.to_numeric(text, errors="coerce").astype("float64")
+    text = pc.utf8_ltrim(pc.filter(arr, pa.array(shaped)), "+")
+    values[shaped] = pc.cast(text, pa.float64()).to_numpy(zero_copy_only=False)
+    if shaped.all() and not _np(pc.match_substring_regex(arr, r"\.")).any():
+        values[values == 0] = 0.0  # an all-integer column: pandas read "-0" as int 0
+    return pd.Series(values, index=index)
 
 
 def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
@@ -123,16 +245,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
 
     # Control characters (NUL and C0 other than tab and line ends) break COPY and exports.
     for col in data_cols:
-        ctrl = pc.match_substring_regex(norm[col], r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-        verdict.fail(pc.fill_null(ctrl, False).to_numpy(zero_copy_only=False),
-                     "INVALID_CHARACTER", col)
+        verdict.fail(_has_control(norm[col]), "INVALID_CHARACTER", col)
 
     for col in rules.get("mandatory", []):
         verdict.fail(pc.is_null(norm[col]).to_numpy(zero_copy_only=False), "MISSING_FIELD", col)
 
-    keys = pd.Series(norm[key].to_pylist(), index=raw.index, dtype=object)
-    verdict.fail(keys.duplicated(keep="first").to_numpy() & keys.notna().to_numpy(),
-                 "DUPLICATE_KEY", key)
+    verdict.fail(_duplicated(norm[key]), "DUPLICATE_KEY", key)
 
     rid = rules.get("resident_id")
     if rid:
@@ -147,15 +265,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
             other = norm[rid["birth_date"]]
             fmt = rules.get("dates", {}).get(rid["birth_date"])
             if fmt and fmt != "%Y-%m-%d":  # compare as dates, not as text
-                text = pd.Series(other.to_pylist(), dtype=object)
-                iso = parse_dates(text, fmt).dt.strftime("%Y-%m-%d")
-                other = pa.array(iso.astype(object).where(iso.notna(), None).tolist(),
-                                 pa.string())
-            same = pc.fill_null(pc.equal(birth, other), False).to_numpy(zero_copy_only=False)
+                text = _objects(other, pd.RangeIndex(len(other)))
+                other = _to_arrow(parse_dates(text, fmt).dt.strftime("%Y-%m-%d"))
+            same = _np(pc.equal(birth, other))
             verdict.fail(present & ok & ~same, "INVALID_ID_BIRTHDATE", rid["birth_date"])
         if rid.get("gender"):
-            other = norm[rid["gender"]]
-            same = pc.fill_null(pc.equal(gender, other), False).to_numpy(zero_copy_only=False)
+            same = _np(pc.equal(gender, norm[rid["gender"]]))
             verdict.fail(present & ok & ~same, "INVALID_ID_GENDER", rid["gender"])
 
     for col in rules.get("msisdn", []):
@@ -164,7 +279,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         verdict.fail(present & ~msisdn_valid(norm[col]), "INVALID_MSISDN", col)
 
     for col in data_cols:
-        out[col] = pd.Series(norm[col].to_pylist(), index=raw.index, dtype=object)
+        out[col] = _objects(norm[col], raw.index)
 
     not_future = set(rules.get("not_future", []))
     not_before = rules.get("not_before", {})  # {column: 'YYYY-MM-DD'}: sentinels, typos
@@ -185,11 +300,14 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         text = out[col]
         # Plain integers are parsed exactly (a float detour would round 2**53 + 1 silently);
         # anything else ("12.0", "1e3") must be a whole number a float holds exactly.
-        plain = text.astype("string").str.fullmatch(r"[+-]?[0-9]{1,18}").fillna(False)
+        arr = norm[col]
+        plain_np = _np(pc.match_substring_regex(arr, r"^[+-]?[0-9]{1,18}$"))
+        plain = pd.Series(plain_np, index=text.index)
         values = np.zeros(len(text), dtype=np.int64)
-        valid = plain.to_numpy(dtype=bool).copy()
-        if valid.any():
-            values[valid] = pd.to_numeric(text[plain]).to_numpy(dtype=np.int64)
+        valid = plain_np.copy()
+        if valid.any():  # Arrow's integer parser takes no "+" sign
+            digits = pc.utf8_ltrim(pc.filter(arr, pa.array(plain_np)), "+")
+            values[valid] = pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
         rest = text.notna() & ~plain
         other = pd.to_numeric(text[rest], errors="coerce")
         whole = (other.notna() & (other.abs() < 2**53) & (other == other.round())).reindex(
@@ -209,23 +327,27 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         # Money in yuan and the like: at most `places` decimals, kept as float64 (exact to
         # the cent far beyond any amount; mapping's yuan_to_fen rounds to whole fen).
         text = out[col]
-        pattern = rf"^[+-]?(?:\d+(?:\.\d{{0,{int(places)}}})?|\.\d{{1,{int(places)}}})$"
-        shaped = text.astype("string").str.fullmatch(pattern).fillna(False).astype(bool)
-        num = pd.to_numeric(text.where(shaped), errors="coerce")
-        ok = shaped & num.notna() & (num.abs() < 2**53 / 100)
+        num = _parse_decimal(norm[col], int(places), text.index)
+        ok = num.notna() & (num.abs() < 2**53 / 100)
         verdict.fail((text.notna() & ~ok).to_numpy(), "INVALID_NUMBER", col)
         num = num.where(ok)
         if col in non_negative:
             verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
         out[col] = num.astype("float64")
 
+    # Columns still text in `out` can be checked on their Arrow form.
+    typed_cols = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("decimals", {})}
     for col, allowed in rules.get("codes", {}).items():
-        bad = out[col].notna() & ~out[col].isin([str(a) for a in allowed])
-        verdict.fail(bad.to_numpy(), "INVALID_CODE", col)
+        allowed = [str(a) for a in allowed]
+        if col in typed_cols:
+            bad = (out[col].notna() & ~out[col].isin(allowed)).to_numpy()
+        else:
+            bad = pc.is_valid(norm[col]).to_numpy(zero_copy_only=False) & ~_in(norm[col], allowed)
+        verdict.fail(bad, "INVALID_CODE", col)
 
     if parent is not None and rules.get("parent"):
         col = rules["parent"]["column"]
-        fate = parent.classify(out[col])
+        fate = parent.classify(out[col] if col in typed_cols else norm[col])
         for reason in ("ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED"):
             verdict.fail(fate == reason, reason, col)
 
@@ -233,6 +355,37 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         if col in raw.columns:
             out[col] = raw[col].to_numpy()
     return out, verdict
+
+
+# What str.strip() removes, as a regex class (the running Python's Unicode tables).
+_PY_SPACE = "".join(f"\\x{{{c:x}}}" for c in range(0x110000) if chr(c).isspace())
+_BLANK = f"^[{_PY_SPACE}]*$"
+
+
+def record_keys(keys: pd.Series, rows: pd.Series | None = None) -> list[str]:
+    """Ledger key per row: the key if it is text with a non-blank character, else
+    "row:<source row>". pipeline._record_key without a Python step per row (its
+    str.strip() is matched with the exact character class); a key column that is not
+    text, or source rows that are not integers, go through that loop instead.
+    """
+    rows = pd.Series(range(len(keys))) if rows is None else rows
+    if not pd.api.types.is_integer_dtype(rows.dtype) or not (
+            keys.dtype == object or isinstance(keys.dtype, (pd.StringDtype, pd.ArrowDtype))):
+        return _record_keys_loop(keys, rows)
+    try:
+        arr = _to_arrow(keys)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return _record_keys_loop(keys, rows)
+    blank = pc.fill_null(pc.match_substring_regex(arr, _BLANK), True)
+    fallback = pc.binary_join_element_wise(
+        "row:", pc.cast(pa.array(rows.to_numpy(dtype=np.int64)), pa.string()), "")
+    return pc.if_else(blank, fallback, arr).to_pylist()
+
+
+def _record_keys_loop(keys: pd.Series, rows: pd.Series) -> list[str]:
+    keys = keys.astype(object).where(keys.notna(), None)
+    return [k if isinstance(k, str) and k.strip() else f"row:{r}"
+            for k, r in zip(keys, rows, strict=True)]
 
 
 def dedupe_losers(typed: pd.DataFrame, verdict_failed: np.ndarray, rules: dict,

@@ -45,14 +45,20 @@ def luhn_ok(digits: str) -> bool:
 def resident_id_valid(ids: pa.Array) -> np.ndarray:
     """Vectorised check: shape and check digit. Null -> False."""
     ids = pc.fill_null(ids.cast(pa.string()), "")
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
     shape_ok = pc.match_substring_regex(ids, ID_PATTERN).to_numpy(zero_copy_only=False)
     result = np.zeros(len(ids), dtype=bool)
     idx = np.flatnonzero(shape_ok)
     if len(idx) == 0:
         return result
-    good = pc.take(ids, pa.array(idx))
-    raw = np.frombuffer("".join(good.to_pylist()).encode("ascii"), dtype=np.uint8)
-    mat = raw.reshape(-1, 18)
+    # Well-formed IDs are exactly 18 ASCII bytes: read the string data buffer as an
+    # (n, 18) byte matrix, no Python string per ID.
+    good = pc.filter(ids, pa.array(shape_ok))
+    offsets = np.frombuffer(good.buffers()[1], dtype=np.int32)[
+        good.offset:good.offset + len(good) + 1]
+    data = np.frombuffer(good.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    mat = data.reshape(-1, 18)
     digits = (mat[:, :17] - ord("0")).astype(np.int64)
     expected = np.frombuffer(ID_CHECK.encode(), dtype=np.uint8)[(digits @ ID_WEIGHTS) % 11]
     result[idx] = expected == mat[:, 17]
@@ -72,22 +78,62 @@ def resident_id_birth_gender(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     return birth, gender
 
 
+def _only_where(arr: pa.Array, todo: pa.Array, fn) -> pa.Array:
+    """fn applied to the values where `todo` is true; the others are kept as they are.
+
+    For transforms that leave most values unchanged: the work runs on that subset only.
+    """
+    todo = pc.fill_null(todo, False)
+    count = pc.sum(todo).as_py() or 0
+    if count == 0:
+        return arr
+    if count == len(arr):
+        return fn(arr)
+    return pc.replace_with_mask(arr, todo, fn(pc.filter(arr, todo)))
+
+
 def normalise_text(arr: pa.Array) -> pa.Array:
     """Full-width to half-width (NFKC), trim; empty becomes null."""
-    arr = pc.utf8_normalize(arr.cast(pa.string()), "NFKC")
+    arr = arr.cast(pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    # NFKC leaves ASCII text as it is: normalise only the values with other characters.
+    arr = _only_where(arr, pc.invert(pc.string_is_ascii(arr)),
+                      lambda a: pc.utf8_normalize(a, "NFKC"))
     arr = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
 
-def normalise_msisdn(arr: pa.Array) -> pa.Array:
-    """Strip separators and the +86 / 0086 country prefix; the result is 11 digits if valid."""
-    arr = normalise_text(arr)
+def _fix_msisdn(arr: pa.Array) -> pa.Array:
     arr = pc.replace_substring_regex(arr, r"[\s\-()]", "")
     # NFKC again: removing a space can leave a combining mark that now composes (idempotence)
     arr = pc.utf8_normalize(arr, "NFKC")
     arr = pc.replace_substring_regex(arr, r"^(?:\+86|0086)+", "")
     arr = pc.replace_substring_regex(arr, r"^86(1\d{10})$", r"\1")
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def _fix_msisdn_to_rest(arr: pa.Array) -> pa.Array:
+    """_fix_msisdn, repeated while it still changes a value: removing a separator can
+    leave whitespace at an end that trimming takes next time ("-\\x85 138..."), or a
+    second country prefix. Repeating makes normalise_msisdn idempotent."""
+    arr = _fix_msisdn(arr)
+    for _ in range(8):
+        again = _fix_msisdn(normalise_text(arr))
+        same = pc.or_(pc.fill_null(pc.equal(again, arr), False),
+                      pc.and_(pc.is_null(again), pc.is_null(arr)))
+        if pc.all(same).as_py() is not False:
+            break
+        arr = again
+    return arr
+
+
+def normalise_msisdn(arr: pa.Array) -> pa.Array:
+    """Strip separators and the +86 / 0086 country prefix; the result is 11 digits if valid."""
+    arr = normalise_text(arr)
+    # "1" and ten ASCII digits (most values) is a fixed point of every step: fix the others.
+    return _only_where(arr, pc.invert(pc.match_substring_regex(arr, r"^1[0-9]{10}$")),
+                       _fix_msisdn_to_rest)
 
 
 def msisdn_valid(arr: pa.Array) -> np.ndarray:

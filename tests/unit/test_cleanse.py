@@ -453,3 +453,139 @@ def test_conservation_on_tiny_partitions(n: int):
     assert len(result.clean) == n
     assert len(result.quarantine) == 0
     assert result.counts == {}
+
+
+# -- vector forms agree with the per-value forms they replaced -------------------------------
+
+ANY_TEXT = st.none() | st.text(st.characters(codec="utf-8"), max_size=12)
+KEYISH = st.none() | st.sampled_from(["", " ", "\u3000", "\x1c", "\x85", "\u200b", "K1", " K "]) \
+    | st.text(st.characters(codec="utf-8"), max_size=6)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(ANY_TEXT, max_size=15))
+def test_control_scan_equals_the_regex(values):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from handover.cleanse import _has_control
+
+    arr = pa.array(["pad"] + values, pa.string()).slice(1)
+    regex = pc.fill_null(pc.match_substring_regex(arr, r"[\x00-\x08\x0b\x0c\x0e-\x1f]"), False)
+
+    assert _has_control(arr).tolist() == regex.to_pylist()
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(KEYISH, max_size=12), st.booleans(), st.booleans())
+def test_record_keys_equal_the_pipeline_loop(keys, as_str, with_rows):
+    from handover.cleanse import record_keys
+    from handover.pipeline import _record_key
+
+    series = pd.Series(keys, dtype="str" if as_str else object)
+    df = pd.DataFrame({"k": series})
+    rows = None
+    if with_rows:
+        rows = pd.Series(np.arange(len(keys), dtype=np.int64) * 7 + 3)
+        df["_source_row"] = rows
+
+    assert record_keys(series, rows) == _record_key(df, "k")
+
+
+def _decimal_by_pandas(values: list, places: int) -> np.ndarray:
+    """The decimal parse as it was, through pandas' own regex and to_numeric."""
+    text = pd.Series(values, dtype=object)
+    pattern = rf"^[+-]?(?:\d+(?:\.\d{{0,{places}}})?|\.\d{{1,{places}}})$"
+    shaped = text.astype("string").str.fullmatch(pattern).fillna(False).astype(bool)
+    return pd.to_numeric(text.where(shaped), errors="coerce").astype("float64").to_numpy()
+
+
+DECIMAL_TEXT = st.builds(
+    lambda sign, lead, whole, frac: f"{sign}{lead}{whole}{frac}",
+    st.sampled_from(["", "-", "+"]), st.sampled_from(["", "0", "000000000000000"]),
+    st.sampled_from(["", "0"]) | st.integers(0, 10**16).map(str),
+    st.sampled_from(["", ".", ".0", ".00", ".000"]) | st.integers(0, 999).map(lambda f: f".{f}"))
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.none() | DECIMAL_TEXT | ANY_TEXT, max_size=10), st.sampled_from([1, 2, 3]))
+def test_decimal_parse_equals_pandas_to_the_bit(values, places):
+    import pyarrow as pa
+
+    from handover.cleanse import _parse_decimal
+    from handover.validators import normalise_text
+
+    arr = normalise_text(pa.array(values, pa.string()))
+    expected = _decimal_by_pandas(arr.to_pylist(), places)
+
+    got = _parse_decimal(arr, places, pd.RangeIndex(len(values))).to_numpy()
+
+    assert np.array_equal(np.isnan(got), np.isnan(expected))
+    assert got[~np.isnan(got)].view(np.int64).tolist() == \
+        expected[~np.isnan(expected)].view(np.int64).tolist()  # -0.0 and 0.0 differ here
+
+
+@pytest.mark.parametrize("values, signs", [
+    (["-0", "12", "+5"], [False, False, False]),     # all integers: pandas read "-0" as int 0
+    (["-0", "12", None], [True, False, False]),      # a blank: floats, "-0" stays -0.0
+    (["-0", "1.5"], [True, False]),
+    (["-0.00", "7"], [True, False]),
+])
+def test_decimal_negative_zero_follows_pandas(values, signs):
+    rules = {"decimals": {"amount": 2}}
+    raw = pd.DataFrame({"id": [f"P{i}" for i in range(len(values))], "amount": values},
+                       dtype=object)
+
+    typed, verdict = validate(raw, rules, key="id", exported_at=E)
+
+    amounts = typed["amount"].to_numpy()
+    assert np.signbit(amounts[~np.isnan(amounts)]).tolist() == [
+        s for s, v in zip(signs, values, strict=True) if v is not None]
+
+
+def test_decimal_with_a_long_digit_run_goes_through_pandas():
+    values = ["0000000000000000012.34", "-0", "12345678901234567", "5.5"]
+    rules = {"decimals": {"amount": 2}}
+    raw = pd.DataFrame({"id": ["P1", "P2", "P3", "P4"], "amount": values}, dtype=object)
+
+    typed, verdict = validate(raw, rules, key="id", exported_at=E)
+
+    expected = _decimal_by_pandas(values, 2).copy()
+    expected[np.abs(expected) >= 2**53 / 100] = np.nan
+    np.testing.assert_array_equal(typed["amount"].to_numpy(), expected)
+    assert verdict.reason.tolist() == [None, None, "INVALID_NUMBER", None]
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(st.none() | st.just(float("nan")) | st.text(max_size=5), max_size=10),
+       st.sampled_from([object, "str"]))
+def test_arrow_conversion_equals_the_per_value_conversion(values, dtype):
+    import pyarrow as pa
+
+    from handover.cleanse import _arr
+
+    df = pd.DataFrame({"c": pd.Series(values, dtype=dtype)})
+    per_value = pa.array(df["c"].astype(object).where(df["c"].notna(), None).tolist(),
+                         pa.string())
+
+    assert _arr(df, "c").equals(per_value)
+
+
+def test_duplicate_keys_after_normalisation_keep_the_first():
+    raw = frame([call("R1"), call("Ｒ1"), call(" R1 "), call("R2"), call(None), call(None)])
+
+    typed, verdict = validate(raw, CALL_RULES, key="cdr_id", exported_at=E)
+
+    assert verdict.reason.tolist() == [None, "DUPLICATE_KEY", "DUPLICATE_KEY", None,
+                                       "MISSING_FIELD", "MISSING_FIELD"]
+
+
+def test_parent_registry_classify_takes_arrow_and_non_text_keys():
+    import pyarrow as pa
+
+    registry = ParentRegistry(valid={"C1"}, quarantined={"C2"}, excluded=set())
+
+    fate = registry.classify(pa.array(["C1", "C2", None, "C9"]))
+    assert fate.tolist() == [None, "PARENT_QUARANTINED", None, "ORPHAN_RECORD"]
+    assert ParentRegistry(valid={1}, quarantined=set(), excluded=set()).classify(
+        pd.Series([1, 2, None], dtype=object)).tolist() == [None, "ORPHAN_RECORD", None]

@@ -135,6 +135,8 @@ def test_written_msisdns_normalise_to_11_digits_idempotently(values):
 @SETTINGS
 @example("0086+8613812345678")
 @example("-")
+@example("-\x1f0")  # a removed separator exposed a control the next trim took
+@example("-\x85 13812345678")
 @given(MAYBE_TEXT)
 def test_normalise_msisdn_is_idempotent_on_arbitrary_text(value):
     once = one(normalise_msisdn, value)

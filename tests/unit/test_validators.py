@@ -147,6 +147,47 @@ def test_normalise_msisdn_keeps_what_it_cannot_fix():
     assert out.to_pylist() == ["12345678", "1381234567x", None, None]
 
 
+@pytest.mark.parametrize("raw, expected", [
+    ("-\x1f0", "0"),                              # the separator went, the control is trimmed
+    ("-\x85 13812345678", "13812345678"),          # NEL: trimmed, not a separator
+    ("+86\x1f+8613812345678", "13812345678"),      # a second prefix behind a trimmed control
+])
+def test_normalise_msisdn_reaches_its_fixed_point(raw: str, expected: str):
+    once = normalise_msisdn(pa.array([raw]))
+
+    assert once.to_pylist() == [expected]
+    assert normalise_msisdn(once).to_pylist() == [expected]
+
+
+def test_normalise_msisdn_mixes_canonical_and_other_values_in_place():
+    values = ["13812345678", "+86 139 1234 5678", None, "１３７１２３４５６７８", "13812345678 ", ""]
+
+    out = normalise_msisdn(pa.array(values, pa.string()))
+
+    assert out.to_pylist() == ["13812345678", "13912345678", None, "13712345678",
+                                "13812345678", None]
+
+
+def test_normalise_text_only_touches_non_ascii_values_and_keeps_order():
+    values = ["abc", "ＡＢＣ", None, " x ", "e\u0301", "", "plain"]
+
+    out = normalise_text(pa.array(values, pa.string()))
+
+    assert out.to_pylist() == ["abc", "ABC", None, "x", "\u00e9", None, "plain"]
+    assert normalise_text(pa.chunked_array([values[:3], values[3:]], pa.string())).to_pylist() \
+        == out.to_pylist()
+
+
+def test_resident_id_vector_on_sliced_chunked_and_large_arrays():
+    good, bad = make_id(), with_wrong_check(make_id())
+    values = ["x", good, None, bad, good.lower(), make_id("440524", "18800101", "001")]
+    expected = [False, True, False, False, False, True]
+
+    assert resident_id_valid(pa.array(["pad"] + values).slice(1)).tolist() == expected
+    assert resident_id_valid(pa.chunked_array([values[:2], values[2:]])).tolist() == expected
+    assert resident_id_valid(pa.array(values, pa.large_string())).tolist() == expected
+
+
 @pytest.mark.parametrize("number, ok", [
     ("13812345678", True),
     ("15012345678", True),
