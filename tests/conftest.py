@@ -7,6 +7,7 @@ never see each other's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import uuid
@@ -128,6 +129,154 @@ def stop_process(proc, timeout: float = 10) -> None:
         except (ProcessLookupError, PermissionError):
             proc.kill()
         proc.wait(timeout=timeout)
+
+
+def session_members(sid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of session `sid`.
+
+    A process started with `start_new_session=True` leads a session of its own, and
+    everything it forks stays in it, including Airflow's task processes, which move to
+    process groups of their own (so `os.killpg` on the leader's group misses them). The
+    kernel does not reuse a pid while a session or group still carries it, so the sid
+    of a dead leader still names only its own family.
+    """
+    import psutil
+
+    members = []
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == sid:
+                members.append(p.pid)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return members
+
+
+def kill_session(sid: int, timeout: float = 30) -> list[int]:
+    """SIGKILL every process of session `sid` at once, like a host or container dying.
+
+    The family is frozen first (SIGSTOP, scanning again until no new member appears), so
+    nothing forks while it is collected, then killed. Returns the pids killed; raises
+    RuntimeError if any is still alive after `timeout` seconds.
+    """
+    import signal
+    import time
+
+    stopped: set[int] = set()
+    for _ in range(50):
+        new = set(session_members(sid)) - stopped
+        if not new:
+            break
+        for pid in new:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                pass
+        stopped |= new
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while (alive := session_members(sid)) and time.monotonic() < deadline:
+        for pid in alive:  # a member forked between the last scan and its parent's SIGSTOP
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    if alive:
+        raise RuntimeError(f"session {sid}: processes survived SIGKILL: {alive}")
+    return sorted(stopped)
+
+
+def stop_session(proc, timeout: float = 10) -> list[int]:
+    """`stop_process` (SIGTERM to the process group, SIGKILL if it lingers), then SIGKILL
+    whatever is left of the session the process leads (see `session_members`). For
+    processes started with `start_new_session=True`; returns the pids of the leftovers."""
+    import subprocess
+
+    try:
+        stop_process(proc, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    leftovers = kill_session(proc.pid)
+    if proc.poll() is None:
+        proc.wait(timeout=timeout)
+    return leftovers
+
+
+# ---------------------------------------------------------------- Airflow for e2e tests
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def make_airflow_env(home: Path, metadata_db: str, *, dags: Path | None = None,
+                target: str | None = None, lake: Path | None = None,
+                keyring_file: Path | None = None, log_level: str = "WARNING",
+                **extra: str) -> dict[str, str]:
+    """The environment of an Airflow command or component run by a test.
+
+    Nothing named AIRFLOW* or HANDOVER* is inherited from the caller (a shell that sourced
+    scripts/env.sh, a test's leftovers): the metadata database `metadata_db`, AIRFLOW_HOME
+    `home`, the DAG folder (the project's unless `dags`), the plugins, and when given the
+    target database (the handover_target connection), the lake folder and the keyring
+    (the handover_keys connection) are the test's own. `extra` adds or overrides variables.
+    """
+    import json
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER"))}
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(metadata_db, "postgresql+psycopg2"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags or ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
+        "PYTHONPATH": str(ROOT / "include"),
+        "PYTHONWARNINGS": "ignore",
+    })
+    if target is not None:
+        env["AIRFLOW_CONN_HANDOVER_TARGET"] = pg_url(target, "postgres")
+    if lake is not None:
+        env["HANDOVER_LAKE_URL"] = f"file://{lake}"
+    if keyring_file is not None:
+        env["AIRFLOW_CONN_HANDOVER_KEYS"] = json.dumps(
+            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())})
+    env.update(extra)
+    return env
+
+
+def migrate_airflow(env: dict[str, str], timeout: float = 300) -> None:
+    """`airflow db migrate` on the environment's metadata database; fails the test on error."""
+    import subprocess
+
+    run = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True,
+                         timeout=timeout)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
+
+
+@contextlib.contextmanager
+def fresh_airflow(root: Path, keyring_file: Path, *, target_prefix: str = "handover_e2e",
+                  migrate: bool = True, log_level: str = "WARNING", **extra: str):
+    """Airflow for `airflow dags test` / `tasks test` in a test module: a fresh metadata
+    database and a fresh target database on the machine's PostgreSQL, AIRFLOW_HOME
+    `root`/airflow, the lake `root`/lake, the keyring of `keyring_file` (see
+    `make_airflow_env`); migrated unless `migrate=False`. Yields {"env", "root", "meta",
+    "target"}; both databases are dropped on exit."""
+    meta = create_database("handover_af")
+    try:
+        target = create_database(target_prefix)
+        try:
+            env = make_airflow_env(root / "airflow", meta, target=target, lake=root / "lake",
+                                   keyring_file=keyring_file, log_level=log_level, **extra)
+            if migrate:
+                migrate_airflow(env)
+            yield {"env": env, "root": root, "meta": meta, "target": target}
+        finally:
+            drop_database(target)
+    finally:
+        drop_database(meta)
 
 
 @pytest.fixture(scope="session")

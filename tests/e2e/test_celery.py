@@ -37,7 +37,7 @@ from tests.conftest import (
     pg_dsn,
     pg_url,
     start_moto_server,
-    stop_process,
+    stop_session,
 )
 
 pytestmark = pytest.mark.e2e
@@ -139,10 +139,17 @@ class CeleryStack:
         return self
 
     def close(self) -> None:
-        for name in reversed(list(self.procs)):
-            stop_process(self.procs[name], timeout=20)
-        if self.moto is not None:
-            stop_process(self.moto)
+        """Stop every process the stack started, each with its whole session (a task
+        process lives in a process group of its own: stopping the worker's group alone
+        would leave it running), then remove the broker keys and drop the databases."""
+        errors = []
+        procs = [*(self.procs[n] for n in reversed(list(self.procs))),
+                 *([self.moto] if self.moto is not None else [])]
+        for proc in procs:
+            try:
+                stop_session(proc, timeout=20)
+            except Exception as exc:  # noqa: BLE001 - stop the others, then report
+                errors.append(f"{proc.args[:3]}: {exc!r}")
         if self.env:
             self._drop_broker_keys()
         for name in self.databases:
@@ -150,6 +157,8 @@ class CeleryStack:
                 drop_database(name)
             except Exception:  # noqa: BLE001 - teardown must go on
                 pass
+        if errors:
+            raise RuntimeError(f"processes of the stack survived: {errors}")
 
     def _drop_broker_keys(self) -> None:
         """Remove this stack's keys (queue, unacked messages of a killed worker) from Redis."""
@@ -325,7 +334,7 @@ class ReferenceRun:
         return self._checksums
 
     def close(self) -> None:
-        stop_process(self.proc)
+        stop_session(self.proc)
         drop_database(self.db)
 
 

@@ -20,10 +20,17 @@ import pytest
 from handover import synth
 from handover.config import load_config
 from handover.load import table_checksum
-from tests.conftest import ROOT, create_database, drop_database, pg_dsn, pg_url
+from tests.conftest import (
+    AIRFLOW,
+    ROOT,
+    create_database,
+    drop_database,
+    fresh_airflow,
+    pg_dsn,
+    pg_url,
+)
 
 pytestmark = pytest.mark.e2e
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def _checksums(dsn: str) -> dict:
@@ -36,31 +43,11 @@ def _checksums(dsn: str) -> dict:
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("e2e")
-    af_db, target = create_database("handover_af"), create_database("handover_e2e")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(af_db, "postgresql+psycopg2"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-        "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(target, "postgres"),
-        "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
-            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}),
-        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    }
-    for var in ("HANDOVER_TARGET_DSN", "HANDOVER_KEYRING_FILE"):
-        env.pop(var, None)
-    synth.generate(root / "source", 1000, seed=11)
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
-    yield {"env": env, "root": root, "target": target}
-    drop_database(af_db)
-    drop_database(target)
+    # INFO: the PII test searches every line the tasks logged.
+    with fresh_airflow(root, keyring_file, target_prefix="handover_e2e",
+                       log_level="INFO") as af:
+        synth.generate(root / "source", 1000, seed=11)
+        yield af
 
 
 def _airflow(env, *args, timeout=900):

@@ -2,8 +2,9 @@
 
 The library-level faults (load killed, PostgreSQL stopped, S3 unreachable, disk full, a
 gate failing) are in tests/integration/test_faults.py; the matrix is docs/reliability.md.
-Airflow's metadata lives in a fresh database on the machine's PostgreSQL; every wait on
-a component is bounded.
+Airflow's metadata lives in fresh databases on the machine's PostgreSQL (the scheduler
+test has one of its own); every wait on a component is bounded, and every process a test
+starts is killed with its whole session at teardown.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,21 +24,24 @@ import pytest
 
 from handover import synth
 from tests.conftest import (
+    AIRFLOW,
+    PG,
     ROOT,
     assert_ledger_balanced,
     content_checksums,
     create_database,
     drop_database,
     free_port,
+    kill_session,
+    make_airflow_env,
     make_system,
+    migrate_airflow,
     pg_dsn,
     pg_url,
     run_stages,
-    stop_process,
 )
 
 pytestmark = pytest.mark.e2e
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "customer_migration"
 GATE_TABLES = ("subscribers", "complaints")
 # Not subscribers alone: with no child table, resolve_customers skips de-duplication and
@@ -71,26 +73,12 @@ print(json.dumps({t.task_id: {
 """
 
 
-def _base_env(home: Path, dags: Path = ROOT / "dags") -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    })
-    return env
-
-
 def test_loads_wait_for_every_contract_gate(tmp_path):
     """Structure: `load` expands over the whole output of the mapped contract gate, so no
     load instance exists before every contract-gate instance has succeeded, and every
     earlier gate is upstream of it; a failed gate leaves every load upstream_failed."""
-    env = _base_env(tmp_path / "home")
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = "postgresql+psycopg2://nobody@127.0.0.1:1/none"
+    env = make_airflow_env(tmp_path / "home", "none", AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=(
+        "postgresql+psycopg2://nobody@127.0.0.1:1/none"))
     run = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "dags" / f"{DAG_ID}.py")],
                          env=env, capture_output=True, text=True, timeout=180)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -108,29 +96,29 @@ def test_loads_wait_for_every_contract_gate(tmp_path):
 
 
 # ---------------------------------------------------------------- a real Airflow
+def _dags_folder(root: Path) -> Path:
+    """Only the migration DAG: the project's scheduled DAGs (backup, restore drill, nightly
+    sync, retention) would otherwise run against the test's target as soon as a scheduler
+    starts."""
+    dags = root / "dags"
+    dags.mkdir(parents=True)
+    shutil.copy(ROOT / "dags" / f"{DAG_ID}.py", dags / f"{DAG_ID}.py")
+    return dags
+
+
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, keyring_file):
-    """A fresh, migrated metadata database and the environment every component shares."""
+    """A fresh, migrated metadata database and the environment `airflow dags test` uses."""
     root = tmp_path_factory.mktemp("af_faults")
-    # Only the migration DAG: the project's scheduled DAGs (backup, restore drill, nightly
-    # sync, retention) would otherwise run against the test's target as soon as a
-    # scheduler starts.
-    dags = root / "dags"
-    dags.mkdir()
-    shutil.copy(ROOT / "dags" / f"{DAG_ID}.py", dags / f"{DAG_ID}.py")
     meta = create_database("handover_af_faults")
-    env = _base_env(root / "home", dags)
-    env.update({
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(meta, "postgresql+psycopg2"),
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
-            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}),
-    })
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
-    yield {"root": root, "env": env, "meta": meta}
-    drop_database(meta)
+    try:
+        env = make_airflow_env(root / "home", meta, dags=_dags_folder(root),
+                          keyring_file=keyring_file,
+                          AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False")
+        migrate_airflow(env)
+        yield {"root": root, "env": env, "meta": meta}
+    finally:
+        drop_database(meta)
 
 
 def _export(dest: Path, subscribers: int, seed: int, order_no: bool = False) -> Path:
@@ -195,44 +183,48 @@ def test_contract_gate_failing_on_one_table_loads_nothing(airflow, tmp_path):
 
 
 # ---------------------------------------------------------------- the scheduler killed
-HEAVY = os.environ.get("HANDOVER_SCHEDULER_FAULT") == "1"
-
-
 class Component:
-    """One Airflow process (api-server, scheduler, dag-processor) in its own session."""
+    """One Airflow process (api-server, scheduler, dag-processor) leading a session of its
+    own: everything it forks (LocalExecutor workers, the log server, task supervisors and
+    task processes, which move to process groups of their own) stays in that session, so
+    `crash` and `stop` reach all of it."""
 
     def __init__(self, name: str, args: list[str], env: dict, logs: Path):
-        self.name, self.args, self.env, self.logs = name, args, env, logs
-        self.proc: subprocess.Popen | None = None
-        self.start()
+        self.name, self.args, self.env = name, args, env
+        self.log = logs / f"{name}.log"
+        self.killed: list[int] = []
+        with open(self.log, "ab") as out:
+            # Each its own log-server port: 8793 may be taken by another Airflow on the machine.
+            self.proc = subprocess.Popen(
+                [AIRFLOW, *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
 
-    def start(self) -> None:
-        log = open(self.logs / f"{self.name}.log", "ab")
-        # Each its own log-server port: 8793 may be taken by another Airflow on the machine.
-        env = {**self.env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
-        try:
-            self.proc = subprocess.Popen([AIRFLOW, *self.args], env=env, stdout=log,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        finally:
-            log.close()
+    def crash(self) -> list[int]:
+        """SIGKILL the component with every process of its session at once, as when its
+        host, container or service unit dies. Returns the pids killed.
 
-    def kill_main(self) -> None:
-        """SIGKILL the component's main process only, as a crash would."""
-        os.kill(self.proc.pid, signal.SIGKILL)
+        Not the main process alone: its forked children (executor workers, log server,
+        task processes) inherit its metadata-database sockets, so PostgreSQL would never
+        see the dead process's connection close; killed inside a transaction, its row
+        locks on dag_run and slot_pool would then outlive it, and a new scheduler skips
+        the locked run (SKIP LOCKED) for as long as the orphans live.
+        """
+        self.killed = kill_session(self.proc.pid)
         self.proc.wait(timeout=30)
+        return self.killed
 
     def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, timeout=20)
-            try:  # children a SIGKILLed main process left behind share its session
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_session(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=30)
 
-    def tail(self) -> str:
-        path = self.logs / f"{self.name}.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+    def tail(self, chars: int = 4000) -> str:
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as f:
+            f.seek(max(0, self.log.stat().st_size - chars))
+            return f.read().decode(errors="replace")
 
 
 def _task_errors(home: Path, run_id: str) -> list[str]:
@@ -247,7 +239,47 @@ def _task_errors(home: Path, run_id: str) -> list[str]:
     return found
 
 
-def _until(predicate, timeout: float, what: str, components=(), interval: float = 1.0):
+def _open_transactions(meta: str) -> list[tuple]:
+    """Backends of the metadata database inside a transaction: a dead scheduler's
+    transaction left open is what blocks a new one."""
+    with psycopg.connect(pg_dsn("postgres")) as conn:
+        return conn.execute(
+            "SELECT pid, state, date_trunc('second', now() - xact_start)::text, "
+            "left(query, 120) FROM pg_stat_activity WHERE datname=%s AND xact_start IS NOT "
+            "NULL AND pid <> pg_backend_pid() ORDER BY xact_start", (meta,)).fetchall()
+
+
+def _locking_runs(pid: int, meta: str) -> list[int]:
+    """Backends of process `pid`'s connections to the metadata database `meta` that hold
+    dag_run rows locked right now: the scheduler's loop examines the runs it schedules
+    under `SELECT ... FOR UPDATE SKIP LOCKED`, inside a transaction."""
+    import psutil
+
+    ports = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
+             if c.raddr and c.raddr.port == int(PG["port"])]
+    if not ports:
+        return []
+    with psycopg.connect(pg_dsn(meta)) as conn:  # pg_class is per database
+        return [r[0] for r in conn.execute(
+            "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+            "JOIN pg_class c ON c.oid = l.relation WHERE a.client_port = ANY(%s) AND "
+            "a.client_addr = '127.0.0.1' AND l.granted AND l.mode = 'RowShareLock' AND "
+            "c.relname = 'dag_run'", (ports,))]
+
+
+def _until(predicate, timeout: float, what: str, components=(), interval: float = 1.0,
+           diagnose=None):
+    """Poll `predicate` until truthy; fail with the components' log tails (and `diagnose()`)
+    when a component exits or after `timeout` seconds."""
+    def report(headline: str) -> str:
+        parts = [headline, *(f"--- {c.name} (log {c.log}):\n{c.tail()}" for c in components)]
+        if diagnose is not None:
+            try:
+                parts.append(f"--- diagnosis:\n{diagnose()}")
+            except Exception as exc:  # noqa: BLE001 - the report must not hide the failure
+                parts.append(f"--- diagnosis failed: {exc!r}")
+        return "\n".join(parts)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = predicate()
@@ -255,96 +287,160 @@ def _until(predicate, timeout: float, what: str, components=(), interval: float 
             return got
         for c in components:
             if c.proc.poll() is not None:
-                raise AssertionError(f"{c.name} exited ({c.proc.returncode}) while waiting for "
-                                     f"{what}:\n{c.tail()}")
+                raise AssertionError(report(f"{c.name} exited ({c.proc.returncode}) while "
+                                            f"waiting for {what}"))
         time.sleep(interval)
-    tails = "\n".join(f"--- {c.name}\n{c.tail()}" for c in components)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+    raise AssertionError(report(f"timed out after {timeout:.0f}s waiting for {what}"))
 
 
-@pytest.mark.skipif(not HEAVY, reason=(
-    "opt-in (HANDOVER_SCHEDULER_FAULT=1): a real api-server + scheduler + dag-processor run "
-    "takes 100-200 s on 2 shared cores, and in the full suite right after the Celery tests it "
-    "failed once in CI-like conditions while passing alone; kept out of make test until that "
-    "is understood"))
-def test_scheduler_killed_and_restarted_mid_run(airflow, tmp_path):
-    """SIGKILL the scheduler while the run is in its mapped stages, start a new one: the run
-    completes, the target equals a clean run's, the ledger balances."""
-    env = dict(airflow["env"])
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health",
+                                    timeout=3) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _start_api_server(env: dict, logs: Path, started: list, attempts: int = 3) -> Component:
+    """The api-server (UI, REST and execution API) on a fresh loopback port, answering.
+
+    `free_port` only says the port was free a moment ago: if another process takes it
+    before the api-server binds it, the api-server exits and a new port is tried. `env`
+    gets the port's URLs, for every component started after it; `started` every
+    api-server process, for the teardown.
+    """
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        env.update({
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+        })
+        api = Component(f"api-server-{attempt}", ["api-server", "--host", "127.0.0.1",
+                                                  "--port", str(port)], env, logs)
+        started.append(api)
+        try:
+            _until(lambda p=port: _healthy(p), 150, "the api-server to answer", [api])
+            return api
+        except AssertionError:
+            api.stop()
+            if attempt == attempts or "address already in use" not in api.tail().lower():
+                raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def scheduler_stack(tmp_path, keyring_file):
+    """Its own metadata and target databases, environment and log folder for the scheduler
+    test; at teardown every component it started is killed with its session, and the
+    databases are dropped, whatever happened."""
+    meta = create_database("handover_af_sched_meta")
     target = create_database("handover_af_sched")
-    clean_db = create_database("handover_af_sched_clean")
-    port = free_port()
-    env.update({
-        "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(target, "postgres"),
-        "HANDOVER_LAKE_URL": f"file://{tmp_path / 'lake'}",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__API_AUTH__JWT_SECRET": uuid.uuid4().hex * 2,
-        "AIRFLOW__API__SECRET_KEY": uuid.uuid4().hex,
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
-        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
-    })
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    stack = {"meta": meta, "target": target, "components": [], "logs": tmp_path / "logs"}
+    stack["logs"].mkdir()
+    try:
+        stack["env"] = make_airflow_env(
+            tmp_path / "home", meta, dags=_dags_folder(tmp_path), target=target,
+            lake=tmp_path / "lake", keyring_file=keyring_file,
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+            AIRFLOW__CORE__PARALLELISM="2",
+            AIRFLOW__API_AUTH__JWT_SECRET=uuid.uuid4().hex * 2,
+            AIRFLOW__API__SECRET_KEY=uuid.uuid4().hex,
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+            AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="10",
+            AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="5",
+            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60")
+        migrate_airflow(stack["env"])
+        yield stack
+    finally:
+        errors = []
+        for c in reversed(stack["components"]):
+            try:
+                c.stop()
+            except Exception as exc:  # noqa: BLE001 - stop the others, then report
+                errors.append(f"{c.name}: {exc!r}")
+        drop_database(target)
+        drop_database(meta)
+        assert not errors, errors
+
+
+def test_scheduler_killed_and_restarted_mid_run(scheduler_stack, tmp_path):
+    """SIGKILL the scheduler (its whole process session: main process, executor workers,
+    log server, running tasks) while the run is in its mapped stages, start a new one: the
+    run completes, the target equals a clean run's, the ledger balances."""
+    env, meta, components = (scheduler_stack["env"], scheduler_stack["meta"],
+                             scheduler_stack["components"])
+    logs = scheduler_stack["logs"]
     src = _export(tmp_path / "source", 150, seed=41)
     system = make_system(tmp_path / "system", SCHEDULER_TABLES)
     run_id = f"faults_sched_{uuid.uuid4().hex[:6]}"
-    meta = airflow["meta"]
-    components: list[Component] = []
-    try:
-        api = Component("api-server", ["api-server", "--host", "127.0.0.1", "--port",
-                                       str(port)], env, logs)
-        processor = Component("dag-processor", ["dag-processor"], env, logs)
-        scheduler = Component("scheduler", ["scheduler"], env, logs)
-        components += [api, processor, scheduler]
 
-        def parsed():
-            with psycopg.connect(pg_dsn(meta)) as conn:
-                return conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id=%s",
-                                    (DAG_ID,)).fetchone()
-        _until(parsed, 180, "the dag-processor to serialise the DAG", components)
-        conf = json.dumps({"source_dir": str(src), "system": str(system)})
-        trigger = subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id,
-                                  "--conf", conf], env=env, capture_output=True, text=True,
-                                 timeout=180)
-        assert trigger.returncode == 0, (trigger.stdout + trigger.stderr)[-2000:]
+    def diagnose() -> str:
+        return json.dumps({"task_states": _task_states(meta, run_id),
+                           "task_errors": _task_errors(Path(env["AIRFLOW_HOME"]), run_id),
+                           "open_transactions": _open_transactions(meta)}, default=str)
 
-        def mid_run():
-            states = _task_states(meta, run_id)
-            return "success" in states.get("comply", []) and states
-        before = _until(mid_run, 300, "the run to reach its mapped stages", components, 0.5)
-        scheduler.kill_main()
-        assert "success" not in before.get("publish", [])
-        time.sleep(3)
-        restarted = Component("scheduler-2", ["scheduler"], env, logs)
-        components.append(restarted)
+    api = _start_api_server(env, logs, components)  # sets the API URLs in env: first
+    # The schedulers log at INFO: their log tail is what a timeout reports.
+    sched_env = {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}
+    processor = Component("dag-processor", ["dag-processor"], env, logs)
+    components.append(processor)
+    scheduler = Component("scheduler", ["scheduler"], sched_env, logs)
+    components.append(scheduler)
 
-        def finished():
-            with psycopg.connect(pg_dsn(meta)) as conn:
-                row = conn.execute("SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s",
-                                   (DAG_ID, run_id)).fetchone()
-            return row and row[0] in ("success", "failed") and row[0]
-        state = _until(finished, 420, "the run to finish after the restart",
-                       [api, processor, restarted], 2.0)
-        assert state == "success", json.dumps(
-            [_task_states(meta, run_id), _task_errors(Path(env["AIRFLOW_HOME"]), run_id)])
-    finally:
-        for c in reversed(components):
-            c.stop()
+    def parsed():
+        with psycopg.connect(pg_dsn(meta)) as conn:
+            return conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id=%s",
+                                (DAG_ID,)).fetchone()
+    _until(parsed, 150, "the dag-processor to serialise the DAG", components)
+    conf = json.dumps({"source_dir": str(src), "system": str(system)})
+    trigger = subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id,
+                              "--conf", conf], env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert trigger.returncode == 0, (trigger.stdout + trigger.stderr)[-2000:]
+
+    def mid_run():
+        states = _task_states(meta, run_id)
+        return "success" in states.get("comply", []) and states
+    before = _until(mid_run, 200, "the run to reach its mapped stages", components, 0.5,
+                    diagnose)
+    # The worst moment: while the scheduler holds the run's row lock, so a crash that
+    # left the dead scheduler's connection (and transaction) open would block the new
+    # scheduler every time rather than now and then.
+    deadline = time.monotonic() + 30
+    while not _locking_runs(scheduler.proc.pid, meta) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    killed = scheduler.crash()
+    # The main process, the log server and the LocalExecutor's workers at least.
+    assert len(killed) >= 3, killed
+    assert "success" not in before.get("publish", [])
+    time.sleep(3)
+    restarted = Component("scheduler-2", ["scheduler"], sched_env, logs)
+    components.append(restarted)
+
+    def finished():
+        with psycopg.connect(pg_dsn(meta)) as conn:
+            row = conn.execute("SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s",
+                               (DAG_ID, run_id)).fetchone()
+        return row and row[0] in ("success", "failed") and row[0]
+    state = _until(finished, 330, "the run to finish after the restart",
+                   [restarted, processor, api], 2.0, diagnose)
+    assert state == "success", diagnose()
+
+    clean_db = create_database("handover_af_sched_clean")
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(clean_db))
             mp.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'clean_lake'}")
             mp.setenv("AIRFLOW_CONN_HANDOVER_KEYS", env["AIRFLOW_CONN_HANDOVER_KEYS"])
             run_stages("clean", src, system, gates=False)
-        assert content_checksums(pg_dsn(target), str(system)) == content_checksums(
+        target = pg_dsn(scheduler_stack["target"])
+        assert content_checksums(target, str(system)) == content_checksums(
             pg_dsn(clean_db), str(system))
-        assert_ledger_balanced(pg_dsn(target), run_id, SCHEDULER_TABLES)
+        assert_ledger_balanced(target, run_id, SCHEDULER_TABLES)
     finally:
-        drop_database(target)
         drop_database(clean_db)

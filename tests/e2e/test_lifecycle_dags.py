@@ -11,18 +11,14 @@ one line is covered, through the same task wrapper, by tests/integration.)
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import ROOT, create_database, drop_database, pg_dsn, pg_url
+from tests.conftest import AIRFLOW, ROOT, fresh_airflow, pg_dsn
 
 pytestmark = pytest.mark.e2e
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def _seed_target(dsn: str) -> None:
@@ -52,31 +48,9 @@ def _seed_target(dsn: str) -> None:
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("lifecycle_e2e")
-    af_db, target = create_database("handover_af"), create_database("handover_lc_e2e")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(af_db, "postgresql+psycopg2"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(target, "postgres"),
-        "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
-            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}),
-        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    }
-    for var in ("HANDOVER_TARGET_DSN", "HANDOVER_KEYRING_FILE", "AIRFLOW_CONN_HANDOVER_LAKE"):
-        env.pop(var, None)
-    _seed_target(pg_dsn(target))
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True,
-                             text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-2000:]
-    yield {"env": env, "root": root, "dsn": pg_dsn(target)}
-    drop_database(af_db)
-    drop_database(target)
+    with fresh_airflow(root, keyring_file, target_prefix="handover_lc_e2e") as af:
+        _seed_target(pg_dsn(af["target"]))
+        yield {"env": af["env"], "root": root, "dsn": pg_dsn(af["target"])}
 
 
 def _airflow(env, *args, timeout=600):

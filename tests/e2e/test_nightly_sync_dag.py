@@ -14,9 +14,7 @@ tests/integration/test_nightly_sync.py.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +23,9 @@ import pytest
 
 from handover import synth, synth_changes
 from handover.config import CONFIG_ROOT
-from tests.conftest import ROOT, create_database, drop_database, pg_dsn, pg_url
+from tests.conftest import AIRFLOW, fresh_airflow, pg_dsn
 
 pytestmark = pytest.mark.e2e
-AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAY = "2026-11-01"
 TABLES = ("subscribers", "consents", "call_records")
 
@@ -52,54 +49,42 @@ def _three_table_system(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("sync_e2e")
-    af_db, target = create_database("handover_af"), create_database("handover_sync_e2e")
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(root / "airflow"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(af_db, "postgresql+psycopg2"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
-        "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(target, "postgres"),
-        "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
-            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}),
-        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    }
-    for var in ("HANDOVER_TARGET_DSN", "HANDOVER_KEYRING_FILE"):
-        env.pop(var, None)
-    # Airflow's metadata database migrates while day 0 is migrated in this process.
-    migrate = subprocess.Popen([AIRFLOW, "db", "migrate"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    source, changes = root / "source", root / "changes"
-    system = _three_table_system(root / "three_bss")
-    synth.generate(source, 200, seed=11)
-    synth_changes.generate_changes(source, changes, days=1, seed=3)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target))
-    mp.setenv("HANDOVER_LAKE_URL", env["HANDOVER_LAKE_URL"])
-    mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
-    mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
-    try:
-        from handover.runner import run_migration
+    with fresh_airflow(root, keyring_file, target_prefix="handover_sync_e2e",
+                       migrate=False) as af:
+        env, target = af["env"], af["target"]
+        # Airflow's metadata database migrates while day 0 is migrated in this process.
+        migrate = subprocess.Popen([AIRFLOW, "db", "migrate"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            source, changes = root / "source", root / "changes"
+            system = _three_table_system(root / "three_bss")
+            synth.generate(source, 200, seed=11)
+            synth_changes.generate_changes(source, changes, days=1, seed=3)
+            mp = pytest.MonkeyPatch()
+            mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target))
+            mp.setenv("HANDOVER_LAKE_URL", env["HANDOVER_LAKE_URL"])
+            mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
+            mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
+            mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
+            try:
+                from handover.runner import run_migration
 
-        run_migration(run_id="e2e_day0", source_dir=str(source), system=str(system))
-    finally:
-        mp.undo()
-        _, err = migrate.communicate(timeout=300)
-    assert migrate.returncode == 0, err[-2000:]
-    # The night of legacy day DAY ends at midnight Shanghai; `dags test` infers the data
-    # interval of a daily schedule as the last whole day before the given date.
-    night_end = f"{pd.Timestamp(DAY) + pd.Timedelta(days=1):%Y-%m-%d}T00:00:00+08:00"
-    conf = json.dumps({"changes_dir": str(changes), "system": str(system)})
-    run = subprocess.run([AIRFLOW, "dags", "test", "nightly_sync", night_end, "-c", conf],
-                         env=env, capture_output=True, text=True, timeout=600)
-    yield {"run": run, "dsn": pg_dsn(target), "changes": changes}
-    drop_database(af_db)
-    drop_database(target)
+                run_migration(run_id="e2e_day0", source_dir=str(source), system=str(system))
+            finally:
+                mp.undo()
+            _, err = migrate.communicate(timeout=300)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+        assert migrate.returncode == 0, err[-2000:]
+        # The night of legacy day DAY ends at midnight Shanghai; `dags test` infers the
+        # data interval of a daily schedule as the last whole day before the given date.
+        night_end = f"{pd.Timestamp(DAY) + pd.Timedelta(days=1):%Y-%m-%d}T00:00:00+08:00"
+        conf = json.dumps({"changes_dir": str(changes), "system": str(system)})
+        run = subprocess.run([AIRFLOW, "dags", "test", "nightly_sync", night_end, "-c", conf],
+                             env=env, capture_output=True, text=True, timeout=600)
+        yield {"run": run, "dsn": pg_dsn(target), "changes": changes}
 
 
 def test_night_runs_through_airflow_and_old_new_agree(night):
