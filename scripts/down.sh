@@ -8,20 +8,24 @@ STATE="${HANDOVER_STATE:-$ROOT/.state}"
 PY="$ROOT/.venv/bin/python"
 RUN="$STATE/airflow-run"
 
+# Each component runs in its own session (setsid in up.sh); its pid is the session id.
+# The whole session is signalled, whether or not the main process is still alive: a
+# scheduler killed alone (OOM killer, kill -9) leaves forked executor workers and task
+# processes that share its metadata-database connection, keep its transaction and row
+# locks open, and make a restarted scheduler skip the run silently.
+alive() { pgrep -s "$1" >/dev/null 2>&1; }
 stop() {
     local name="$1" pidfile="$RUN/$1.pid" pid
     [ -f "$pidfile" ] || return 0
     pid="$(cat "$pidfile")"
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "    stopping $name (pid $pid)" >&2
-        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    if alive "$pid"; then
+        echo "    stopping $name (session $pid)" >&2
+        pkill -TERM -s "$pid" 2>/dev/null || true
         for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 1
         done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-        fi
+        pkill -KILL -s "$pid" 2>/dev/null || true
     fi
     rm -f "$pidfile"
 }

@@ -49,6 +49,8 @@ start() {
         echo "    $name already running (pid $(cat "$RUN/$name.pid"))" >&2
         return
     fi
+    # Its main process died: stop what it left behind (see down.sh) before a new one starts.
+    [ -f "$RUN/$name.pid" ] && pkill -KILL -s "$(cat "$RUN/$name.pid")" 2>/dev/null || true
     # Its own session, so `make down` can stop it with every process it started.
     setsid airflow "$@" >>"$RUN/$name.log" 2>&1 < /dev/null &
     echo $! > "$RUN/$name.pid"

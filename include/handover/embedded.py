@@ -94,6 +94,11 @@ SETTINGS: dict[str, str] = {
     "synchronous_commit": "on",
     "huge_pages": "'off'",
     "jit": "'off'",
+    # A backstop for a client that died without closing (a scheduler killed while forked
+    # children keep its connection): its open transaction and row locks go after 10 min
+    # instead of blocking a restarted scheduler for ever. No handover or Airflow session
+    # idles inside a transaction anywhere near that long.
+    "idle_in_transaction_session_timeout": "'10min'",
     "timezone": "'UTC'",
     "log_timezone": "'UTC'",
     "logging_collector": "off",
