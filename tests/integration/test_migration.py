@@ -248,3 +248,15 @@ def test_reconcile_catches_a_tampered_target_and_recovers(env):
     for part in [p for p in env["out"]["loaded"] if p["table"] == "call_records"]:
         pipeline.load_partition(ctx, part)
     assert pipeline.reconcile_table(ctx, "call_records")["balanced"]
+
+
+def test_policy_facts_are_reused_until_an_extract_is_rerun(env):
+    ctx = env["out"]["ctx"]
+    first = pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"])
+    assert pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"]) is first
+    with psycopg.connect(env["dsn"], autocommit=True) as conn:  # what a rerun extract does
+        conn.execute("UPDATE handover_meta.ledger SET recorded_at = now() WHERE run_id=%s AND "
+                     "stage='extract' AND table_name='consents'", (ctx["run_id"],))
+    again = pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"])
+    assert again is not first
+    assert again.objected == first.objected and again.consented == first.consented
