@@ -409,12 +409,17 @@ def resolve_customers(ctx: dict) -> dict:
     for table in parent_tables(cfg):
         spec, rules = cfg.table(table), cfg.rules(table)
         key = spec["key"]
+        # Only the columns survivorship reads are kept across partitions (the key, the
+        # dedupe key and its order): memory grows by three columns of the table, not all.
+        dedupe = rules.get("dedupe") or {}
+        keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
         typed_parts, failed_parts = [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             raw = lake.read_table(k).to_pandas()
             typed, verdict = validate(raw, rules, key=key, exported_at=exported_at)
-            typed_parts.append(typed)
+            typed_parts.append(typed[keep])
             failed_parts.append(verdict.failed)
+            del raw, typed
         import numpy as np
 
         typed = pd.concat(typed_parts, ignore_index=True) if typed_parts else pd.DataFrame(
