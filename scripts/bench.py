@@ -109,7 +109,7 @@ class PeakRSS(threading.Thread):
 
 def dag_run(source: Path, env: dict) -> tuple[float, int, str]:
     conf = json.dumps({"source_dir": str(source)})
-    log = ROOT / ".state" / "bench" / "dag-run.log"
+    log = ROOT / ".state" / "bench" / f"dag-run-{source.name}.log"  # one per size
     started = time.monotonic()
     with log.open("w") as fh:
         # INFO: each task logs its "task metrics" line (seconds, peak RSS) at that level.
@@ -126,7 +126,7 @@ def dag_run(source: Path, env: dict) -> tuple[float, int, str]:
 
 
 METRIC = re.compile(r"task metrics: (?P<task>[\w.]+)\[(?P<index>-?\d+)\] (?P<secs>[\d.]+) s, "
-                    r"peak RSS (?P<mb>\d+) MB")
+                    r"peak RSS (?P<mb>\d+) MB(?: \((?P<start>\d+) MB at start\))?")
 
 
 def task_metrics(log: Path) -> dict[str, dict]:
@@ -134,10 +134,13 @@ def task_metrics(log: Path) -> dict[str, dict]:
     one instance (handover.tasks resets the process's peak mark before each task body)."""
     out: dict[str, dict] = {}
     for m in METRIC.finditer(log.read_text(errors="replace")):
-        t = out.setdefault(m["task"], {"instances": 0, "seconds": 0.0, "peak_rss_mb": 0})
+        t = out.setdefault(m["task"], {"instances": 0, "seconds": 0.0, "peak_rss_mb": 0,
+                                       "own_rss_mb": 0})
         t["instances"] += 1
         t["seconds"] = round(t["seconds"] + float(m["secs"]), 2)
         t["peak_rss_mb"] = max(t["peak_rss_mb"], int(m["mb"]))
+        if m["start"] is not None:  # above what the process held when the task began
+            t["own_rss_mb"] = max(t["own_rss_mb"], int(m["mb"]) - int(m["start"]))
     return out
 
 
@@ -223,12 +226,16 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
         "ratio_vs_naive": round((total / wall) / (n / naive_s), 2),
         "max_task_peak_rss_mb": task_peak,
         "task_peak_rss_mb": {k: v["peak_rss_mb"] for k, v in tasks.items()},
+        "max_task_own_rss_mb": max(t["own_rss_mb"] for t in tasks.values()),
+        "task_own_rss_mb": {k: v["own_rss_mb"] for k, v in tasks.items()},
         "task_seconds": {k: v["seconds"] for k, v in tasks.items()},
         "process_peak_rss_mb": peak_mb,
         "peak_rss_note": "airflow dags test runs every task in one process, one after another; "
                          "each task's peak is that process's VmHWM after a reset at the task's "
                          "start, so it includes what the process holds already (Airflow, GX, "
-                         "allocator pools); process_peak_rss_mb is the whole run's peak",
+                         "allocator pools, state earlier tasks left in this shared process); "
+                         "task_own_rss_mb is each task's peak above the RSS at its start; "
+                         "process_peak_rss_mb is the whole run's peak",
         "stages": stages, "load_rerun": rerun, "dag_log": log,
         "all_balanced": bool(balanced[0]),
     }
@@ -263,9 +270,13 @@ def main() -> int:
         small, big = results[0], results[-1]
         growth = big["max_task_peak_rss_mb"] / small["max_task_peak_rss_mb"] - 1
         out["task_peak_rss_growth"] = round(growth, 3)
+        own = big["max_task_own_rss_mb"] / max(1, small["max_task_own_rss_mb"]) - 1
+        out["task_own_rss_growth"] = round(own, 3)
         print(f"largest task peak RSS: {small['max_task_peak_rss_mb']} MB at "
               f"{small['call_records']:,} call records, {big['max_task_peak_rss_mb']} MB at "
-              f"{big['call_records']:,} ({growth:+.0%})")
+              f"{big['call_records']:,} ({growth:+.0%}); above the process's RSS at the task's "
+              f"start: {small['max_task_own_rss_mb']} MB and {big['max_task_own_rss_mb']} MB "
+              f"({own:+.0%})")
         (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     print("stages (s):", json.dumps(main_result["stages"]))
     print("task peak RSS (MB):", json.dumps(main_result["task_peak_rss_mb"]))

@@ -55,14 +55,16 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
     if label:
         context["part_label"] = label
     measured = reset_peak_rss()
+    at_start = peak_rss_mb() if measured else None  # right after a reset: the current RSS
     started = time.monotonic()
     try:
         out = fn(*args, **kwargs)
         release_memory()
         ti = context.get("ti")
-        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB",
+        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB (%s MB at start)",
                  getattr(ti, "task_id", fn.__name__), getattr(ti, "map_index", -1),
-                 time.monotonic() - started, peak_rss_mb() if measured else "n/a")
+                 time.monotonic() - started, peak_rss_mb() if measured else "n/a",
+                 at_start if measured else "n/a")
         return out
     except data_faults() as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
