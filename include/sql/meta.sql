@@ -86,6 +86,10 @@ LANGUAGE plpgsql AS $$
 DECLARE last text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('handover_meta.audit_log'));
+    -- The id is drawn again inside the lock: the column default was drawn before it, so
+    -- two concurrent inserts could otherwise get ids in one order and chain in the other
+    -- (the later id linking to an entry the earlier id never saw). Gaps are harmless.
+    NEW.id := nextval(pg_get_serial_sequence('handover_meta.audit_log', 'id'));
     SELECT hash INTO last FROM handover_meta.audit_log ORDER BY id DESC LIMIT 1;
     NEW.prev_hash := coalesce(last, repeat('0', 64));
     NEW.hash := encode(sha256(convert_to(

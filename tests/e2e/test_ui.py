@@ -482,7 +482,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
 
     # Its log says what failed, where, and points at the validation page, in one line.
     cell.click()
-    b.click("a", text="payments/p00", timeout=30)
+    b.click("a", text="payments/p00", timeout=90)
     log_text = b.wait_text("intake gate failed for payments partition p00", timeout=60)
     line = next(ln for ln in log_text.splitlines()
                 if "intake gate failed for payments partition p00" in ln)

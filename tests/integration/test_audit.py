@@ -148,3 +148,32 @@ def test_auditor_role_can_verify(trail):
         check = ledger.verify_audit_chain(conn)
 
     assert check.intact and check.entries == 6
+
+
+def test_concurrent_writers_keep_one_unbroken_chain(trail):
+    """Task listeners of parallel workers append at the same moments: ids must follow the
+    chain's order (the trigger draws the id inside its lock), or verification breaks."""
+    import threading
+
+    dsn, _ = trail
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for i in range(40):
+                    ledger.audit(conn, "task_finished", run_id=f"w{n}", detail={"i": i})
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with psycopg.connect(dsn) as conn:
+        check = ledger.verify_audit_chain(conn)
+    intact, checked = check
+    assert intact, (check.first_bad_id, check.reason, check.broken)
+    assert checked == 6 + 8 * 40

@@ -144,7 +144,7 @@ SELECT a.pid, p.tuples_processed FROM pg_stat_activity a JOIN pg_stat_progress_c
 """
 MID_UPSERT = """
 SELECT a.pid, pg_relation_size('crm.call_record') FROM pg_stat_activity a
- WHERE a.application_name = %s AND a.state = 'active' AND a.query LIKE 'INSERT INTO%%'
+ WHERE a.application_name = %s AND a.state = 'active' AND a.query LIKE '%%INSERT INTO%%'
    AND pg_relation_size('crm.call_record') > 65536
 """
 
@@ -304,7 +304,7 @@ def test_postgres_stopped_during_load_then_restarted_retry_succeeds(small, priva
         with psycopg.connect(dsn, autocommit=True) as watch:
             _wait(lambda: watch.execute(
                 "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query "
-                "LIKE 'INSERT INTO \"crm\".\"call_record\"%%'").fetchone(), 60,
+                "LIKE '%%INSERT INTO \"crm\".\"call_record\"%%'").fetchone(), 60,
                 "the load to wait inside its transaction")
         embedded.stop(private_pg["pgdata"])
         worker.join(60)
