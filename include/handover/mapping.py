@@ -501,30 +501,28 @@ class _Field:
         return out, self._KINDS[to]
 
 
-def _yuan_objects(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _per_value(values: np.ndarray, convert: Any,
+               errors: tuple[type[Exception], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``convert`` on each non-null value; (results, mask of the values it refused)."""
     out = np.full(len(values), None, dtype=object)
     bad = np.zeros(len(values), dtype=bool)
     for i, v in enumerate(values):
         if v is None:
             continue
         try:
-            out[i] = _yuan_one(v)
-        except (InvalidOperation, ValueError):
+            out[i] = convert(v)
+        except errors:
             bad[i] = True
     return out, bad
+
+
+def _yuan_objects(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _per_value(values, _yuan_one, (InvalidOperation, ValueError))
 
 
 def _cast_objects(values: np.ndarray, to: str) -> tuple[np.ndarray, np.ndarray]:
-    out = np.full(len(values), None, dtype=object)
-    bad = np.zeros(len(values), dtype=bool)
-    for i, v in enumerate(values):
-        if v is None:
-            continue
-        try:
-            out[i] = _cast_one(v, to)
-        except (ValueError, TypeError, InvalidOperation, OverflowError):
-            bad[i] = True
-    return out, bad
+    return _per_value(values, lambda v: _cast_one(v, to),
+                      (ValueError, TypeError, InvalidOperation, OverflowError))
 
 
 def _yuan_one(v: Any) -> int:
