@@ -23,13 +23,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+import psycopg
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-import psutil  # noqa: E402
-import psycopg  # noqa: E402
-
-from handover import synth  # noqa: E402
+from handover import synth  # noqa: E402 - importable only after the sys.path line above
 
 TABLES = ["subscribers", "consents", "call_records", "data_sessions", "payments", "complaints",
           "browsing_events"]

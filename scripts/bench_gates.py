@@ -37,18 +37,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.compute as pc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-
-from handover import gates  # noqa: E402
+from handover import gates  # noqa: E402 - importable only after the sys.path line above
 
 GATE, TABLE, SYSTEM = "quality", "call_records", "legacy_bss"
 SUITES_DIR = ROOT / "expectations" / SYSTEM

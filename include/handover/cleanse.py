@@ -23,6 +23,12 @@ from handover.validators import (
     resident_id_valid,
 )
 
+#: What pyarrow raises when a column cannot be taken as text as a whole (an object column
+#: holding ints, bytes or mixed values). Each vectorised path catches exactly these and falls
+#: back to its per-value form, which gives the same result (tests/unit/test_cleanse.py
+#: compares the two); any other error is a real fault and propagates.
+ARROW_REFUSED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
 EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
 
 REASON_ORDER = [
@@ -49,7 +55,7 @@ class ParentRegistry:
             in_valid, in_q, in_x = (_in(arr, s) for s in (self.valid, self.quarantined,
                                                           self.excluded))
             present = pc.is_valid(arr).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
             # keys or registry not all text: pandas' isin over objects
             keys = pd.Series(keys.to_pylist() if isinstance(keys, pa.Array) else keys,
                              dtype=object)
@@ -130,12 +136,12 @@ def _to_arrow(s: pd.Series) -> pa.Array:
                 arr = arr.combine_chunks()
             if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
                 return arr.cast(pa.string())
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
             pass
     elif s.dtype == object:
         try:
             return pa.array(s.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
             pass
     return pa.array(s.astype(object).where(s.notna(), None).tolist(), pa.string())
 
@@ -374,7 +380,7 @@ def record_keys(keys: pd.Series, rows: pd.Series | None = None) -> list[str]:
         return _record_keys_loop(keys, rows)
     try:
         arr = _to_arrow(keys)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+    except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
         return _record_keys_loop(keys, rows)
     blank = pc.fill_null(pc.match_substring_regex(arr, _BLANK), True)
     fallback = pc.binary_join_element_wise(
