@@ -23,6 +23,7 @@ it: importing this module (e.g. from a DAG file the scheduler parses) stays chea
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import hashlib
 import json
@@ -203,9 +204,28 @@ def load_suite(suites_dir: Path, gate: str, table: str) -> dict[str, Any]:
     _check_name("table", table)
     path = Path(suites_dir) / gate / f"{table}.json"
     try:
-        text = path.read_text(encoding="utf-8")
+        stat = path.stat()
     except FileNotFoundError:
         raise SuiteError(f"no suite for gate {gate!r} table {table!r}: {path} not found") from None
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite {path}: {exc.strerror or exc}") from None
+    # Checking every expectation costs ~65 ms (pydantic per expectation), once per partition
+    # per gate; the checked file is kept per process until it changes on disk.
+    stamp = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    with _lock:
+        cached = _checked_suites.get(stamp)
+    if cached is None:
+        cached = _check_suite(path)
+        with _lock:
+            _checked_suites[stamp] = cached
+    return copy.deepcopy(cached)
+
+
+def _check_suite(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SuiteError(f"suite {path} vanished while being read") from None
     except OSError as exc:
         raise SuiteError(f"cannot read suite {path}: {exc.strerror or exc}") from None
     try:
@@ -270,6 +290,8 @@ def _build_suite(suite_dict: dict[str, Any], name: str) -> ExpectationSuite:
 _lock = threading.RLock()
 _contexts: dict[Path | None, AbstractDataContext] = {}
 _stored_suites: set[tuple[Path, str, str]] = set()
+# Checked suite files, keyed by (resolved path, mtime_ns, size).
+_checked_suites: dict[tuple[str, int, int], dict[str, Any]] = {}
 
 
 def store_dir_for(docs_dir: Path) -> Path:
@@ -680,9 +702,13 @@ def _write_docs(
         batch_identifier=_slug(partition),
     )
     try:
-        _store_suite(context, docs_dir, suite, suite_key)
+        wrote = _store_suite(context, docs_dir, suite, suite_key)
         context.validation_results_store.set(key, result)
-        context.build_data_docs(site_names=[_SITE_NAME], resource_identifiers=[key, suite_key],
+        # The suite's page changes only with the suite: render it when the suite was
+        # (re)written or its page is missing, not once per partition.
+        suite_page = docs_dir / "expectations" / (suite.name.replace(".", "/") + ".html")
+        resources = [key, suite_key] if wrote or not suite_page.is_file() else [key]
+        context.build_data_docs(site_names=[_SITE_NAME], resource_identifiers=resources,
                                 build_index=build_index)
     except Exception:  # docs are a convenience; the gate's verdict must still come back
         log.warning(
@@ -695,8 +721,9 @@ def _write_docs(
 
 def _store_suite(
     context: AbstractDataContext, docs_dir: Path, suite: ExpectationSuite, suite_key: Any
-) -> None:
-    """Write the suite into the shared expectations store once per process and content.
+) -> bool:
+    """Write the suite into the shared expectations store once per process and content;
+    return whether it was written.
 
     Written straight through the store (not ``context.suites.add_or_update``, which reads the
     stored copy first and fails on a file another process is writing at that moment).
@@ -705,9 +732,10 @@ def _store_suite(
     body = store.serialize(suite)
     marker = (docs_dir.resolve(), suite.name, hashlib.sha256(body.encode()).hexdigest())
     if marker in _stored_suites and store.has_key(suite_key):
-        return
+        return False
     store.set(suite_key, suite)
     _stored_suites.add(marker)
+    return True
 
 
 def validation_page_path(key: ValidationResultIdentifier) -> str:

@@ -6,6 +6,13 @@ commit all three together. A rerun finds every row present and rewrites none of 
 (rows whose non-ciphertext columns are unchanged are skipped), so the target ends the
 same however often a task is cleared. Ciphertext is compared through the blind index:
 a new random nonce must not count as a change.
+
+A partition none of whose keys is in the target yet (the first load of a migration) is
+COPYed straight into the target instead, inside a savepoint: that is about twice as fast
+as staging plus upsert, because it skips the second write and the per-row conflict
+probe. A probe of keys spread over the partition decides; if any key turns out to be
+present after all, the COPY fails on the primary key, the savepoint rolls it back and
+the keyed upsert runs, so the end state is the same on either path.
 """
 
 from __future__ import annotations
@@ -13,23 +20,52 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
 
+_HEX = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint8).reshape(256, 2)
+
+
+def bytea_hex(col: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A binary column as PostgreSQL's bytea hex text (``\\x0a1b...``), without a Python step
+    per value: each byte becomes two hex digits by table lookup, and every value gets its
+    ``\\x`` prefix by offset arithmetic."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
+    col = col.cast(pa.binary())
+    n = len(col)
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=n + 1, offset=col.offset * 4)
+    start, end = int(offsets[0]), int(offsets[-1])
+    data = (np.frombuffer(col.buffers()[2], dtype=np.uint8, count=end - start, offset=start)
+            if end > start else np.zeros(0, dtype=np.uint8))
+    lengths = np.diff(offsets).astype(np.int64)
+    rel = offsets.astype(np.int64) - start
+    new_off = 2 * rel + 2 * np.arange(n + 1, dtype=np.int64)  # "\\x" + two digits per byte
+    out = np.empty(int(new_off[-1]), dtype=np.uint8)
+    out[new_off[:-1]] = ord("\\")
+    out[new_off[:-1] + 1] = ord("x")
+    if len(data):
+        owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
+        pos = 2 * np.arange(len(data), dtype=np.int64) + 2 * owner + 2
+        out[pos] = _HEX[data, 0]
+        out[pos + 1] = _HEX[data, 1]
+    validity = col.buffers()[0] if col.null_count else None
+    if validity is not None and col.offset:
+        validity = pa.array(col.is_valid().to_numpy(zero_copy_only=False)).buffers()[1]
+    typ = pa.large_string() if len(out) >= 2**31 else pa.string()
+    width = np.int64 if typ == pa.large_string() else np.int32
+    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(new_off.astype(width)),
+                                          pa.py_buffer(out)], null_count=col.null_count)
+
 
 def _csv_ready(table: pa.Table) -> pa.Table:
     """Binary columns become PostgreSQL's bytea hex text (\\x...) for CSV COPY."""
-    cols = []
-    for name in table.column_names:
-        col = table[name]
-        if pa.types.is_binary(col.type):
-            hexed = pa.array([None if v is None else "\\x" + v.hex() for v in col.to_pylist()],
-                             pa.string())
-            col = hexed
-        cols.append(col)
+    cols = [bytea_hex(table[name]) if pa.types.is_binary(table[name].type) else table[name]
+            for name in table.column_names]
     return pa.table(cols, names=table.column_names)
 
 
@@ -53,9 +89,43 @@ def comparable_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if not (c.endswith("_enc") or c.endswith("_key_id"))]
 
 
+PROBE_KEYS = 64
+
+
+def _keys_absent(conn: psycopg.Connection, schema: str, target: str, key: str,
+                 table: pa.Table) -> bool:
+    """True when none of up to PROBE_KEYS keys spread over the partition is in the target:
+    then the partition is very likely new there and a plain COPY is worth trying."""
+    n = table.num_rows
+    picks = np.unique(np.linspace(0, n - 1, num=min(n, PROBE_KEYS)).astype(np.int64))
+    keys = [k for k in pc.cast(table[key].take(pa.array(picks)), pa.string()).to_pylist()
+            if k is not None]
+    found = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ANY(%s))").format(
+        sql.Identifier(schema, target), sql.Identifier(key)), (keys,)).fetchone()[0]
+    return not found
+
+
 def upsert_partition(conn: psycopg.Connection, schema: str, target: str, key: str,
-                     table: pa.Table) -> dict[str, int]:
-    """Stage and upsert; caller owns the transaction. Returns inserted/updated/unchanged."""
+                     table: pa.Table) -> dict[str, Any]:
+    """Load one partition; caller owns the transaction.
+
+    Returns inserted / updated / unchanged counts and `method`: "copy" when the partition
+    went straight into the target (none of its keys was there), else "upsert".
+    """
+    if table.num_rows and _keys_absent(conn, schema, target, key, table):
+        try:
+            with conn.transaction():  # a savepoint inside the caller's transaction
+                copy_arrow(conn, sql.Identifier(schema, target), table)
+            return {"inserted": table.num_rows, "updated": 0, "unchanged": 0, "method": "copy"}
+        except psycopg.errors.UniqueViolation:
+            pass  # some key is there after all (the probe samples): upsert row by key below
+    return {**_staged_upsert(conn, schema, target, key, table), "method": "upsert"}
+
+
+def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
+                   table: pa.Table) -> dict[str, int]:
+    """COPY into a temporary staging table, then one INSERT ... ON CONFLICT DO UPDATE that
+    rewrites only rows whose comparable columns differ."""
     staging = sql.Identifier(f"stg_{target}")
     conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
                          "ON COMMIT DELETE ROWS").format(staging, sql.Identifier(schema, target)))

@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from handover import ledger
 from handover.config import SourceConfig, load_config
-from handover.lake import Lake, lake_from_url, part_key, safe_run_id
+from handover.lake import PARQUET_COMPRESSION, Lake, lake_from_url, part_key, safe_run_id
 
 log = logging.getLogger("handover")
 
@@ -174,7 +174,8 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                                   f"is missing from the {source.what_columns}; fix the export or "
                                   f"catalog.yaml tables.{table}.key")
             schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, compression="zstd")
+            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema,
+                                        compression=PARQUET_COMPRESSION)
                        for i in range(n_parts)]
             progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
