@@ -13,6 +13,7 @@ Four independent checks, each able to fail on its own:
 from __future__ import annotations
 
 import json
+import uuid
 
 import psycopg
 from psycopg import sql
@@ -43,9 +44,12 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     quarantined = int(totals["cleanse"]["q"])
     loaded = int(totals["load"]["out"])
 
-    # Stage the run's mapped rows once, for key, field and money comparisons.
-    stage_tbl = sql.Identifier(f"rec_{target}")
-    conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP")
+    # Stage the run's mapped rows once, for key, field and money comparisons. An UNLOGGED
+    # table made and dropped inside this transaction, not a TEMP one: PostgreSQL never
+    # scans a temporary table with parallel workers, and the full join below runs about
+    # twice as fast on two. If anything fails, the rollback takes the table with it.
+    stage_tbl = sql.Identifier("handover_work", f"rec_{target}_{uuid.uuid4().hex[:12]}")
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)")
                  .format(stage_tbl, sql.Identifier(schema, target)))
     columns: list[str] = []
     for k in lake.list(f"runs/{safe_run_id(run_id)}/mapped/{table}/"):
@@ -70,12 +74,17 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
               if money_col and time_col else sql.SQL("'all'"))
     money = (sql.SQL("sum(s.{m}), sum(t.{m}) FILTER (WHERE s.{k} IS NOT NULL)").format(
         m=sql.Identifier(money_col), k=kid) if money_col else sql.SQL("NULL, NULL"))
+    # A handful of groups (two sides x months): hash them; a sort of every joined row is
+    # what the planner picks otherwise, and it costs more than the join.
+    conn.execute("SET LOCAL enable_sort = off")
     rows = conn.execute(sql.SQL(
         "SELECT s.{k} IS NULL AS target_only, {p} AS period, "
         "count(*) FILTER (WHERE t.{k} IS NULL), count(*) FILTER (WHERE s.{k} IS NULL), "
         "count(*) FILTER (WHERE s.{k} IS NOT NULL AND t.{k} IS NOT NULL AND {d}), {money} "
         "FROM {s} s FULL JOIN {t} t USING ({k}) GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(k=kid, p=period, d=differs, money=money, s=stage_tbl, t=tgt)).fetchall()
+    conn.execute("RESET enable_sort")
+    conn.execute(sql.SQL("DROP TABLE {}").format(stage_tbl))
     missing = sum(r[2] for r in rows)
     extra = sum(r[3] for r in rows)
     mismatches = sum(r[4] for r in rows)

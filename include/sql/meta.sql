@@ -1,6 +1,10 @@
 -- handover_meta: the migration's own books, in the target database so that the
 -- ledger commits in the same transaction as the data it counts.
 CREATE SCHEMA IF NOT EXISTS handover_meta;
+-- Scratch space for one transaction's staged rows (reconcile): UNLOGGED tables, created and
+-- dropped inside the transaction that uses them, so PostgreSQL may scan them with parallel
+-- workers (a TEMP table never is). Only the loader may use it (include/sql/roles.sql).
+CREATE SCHEMA IF NOT EXISTS handover_work;
 
 CREATE TABLE IF NOT EXISTS handover_meta.run (
     run_id            text PRIMARY KEY,

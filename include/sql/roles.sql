@@ -101,7 +101,8 @@ SELECT event_id, customer_id, occurred_at, domain, search_text
 FROM crm.browsing_event;
 
 -- ------------------------------------------------------------------ nobody by default
-REVOKE ALL ON SCHEMA crm, crm_masked, handover_meta FROM PUBLIC;
+REVOKE ALL ON SCHEMA crm, crm_masked, handover_meta, handover_work FROM PUBLIC;
+REVOKE ALL ON SCHEMA handover_work FROM handover_analyst, handover_auditor;
 REVOKE ALL ON ALL TABLES IN SCHEMA crm FROM PUBLIC, handover_analyst, handover_auditor;
 REVOKE ALL ON ALL TABLES IN SCHEMA handover_meta FROM PUBLIC, handover_analyst;
 REVOKE ALL ON ALL TABLES IN SCHEMA crm_masked FROM PUBLIC, handover_loader, handover_auditor;
@@ -119,6 +120,7 @@ END $$;
 
 -- ------------------------------------------------------------------ loader
 GRANT USAGE ON SCHEMA crm, handover_meta TO handover_loader;
+GRANT USAGE, CREATE ON SCHEMA handover_work TO handover_loader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA crm TO handover_loader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA handover_meta TO handover_loader;
 GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA crm, handover_meta TO handover_loader;
