@@ -221,6 +221,38 @@ def load_suite(suites_dir: Path, gate: str, table: str) -> dict[str, Any]:
     return copy.deepcopy(cached)
 
 
+# Expectations that read the frame's column names or row count, never a value.
+_SHAPE_ONLY = frozenset({
+    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
+    "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
+    "expect_table_row_count_to_equal", "expect_table_row_count_to_be_between",
+    "expect_column_to_exist",
+})
+_COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list")
+
+
+def read_columns(suite: dict[str, Any]) -> set[str] | None:
+    """The columns whose values some expectation of `suite` reads; None when one might read
+    any column (a table-level expectation this function does not know). A gate needs only
+    these columns' data: the others matter to it by name alone."""
+    needed: set[str] = set()
+    for item in suite["expectations"]:
+        kwargs = item.get("kwargs") or {}
+        if item["type"] in _SHAPE_ONLY:
+            continue
+        named = [kwargs[k] for k in _COLUMN_KWARGS if k in kwargs]
+        if not named:
+            return None
+        for value in named:
+            if isinstance(value, str):
+                needed.add(value)
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                needed.update(value)
+            else:
+                return None
+    return needed
+
+
 def _check_suite(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")

@@ -95,6 +95,15 @@ class Lake(ABC):
                 "run (or failed) for this run; clear that upstream task and run it again")
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
 
+    def read_projected(self, key: str, columns: list[str]) -> tuple[pa.Table, pa.Schema]:
+        """Only `columns` (those the file has) of one Parquet object, and the file's whole
+        schema, from one read of the object."""
+        if not self.exists(key):
+            return self.read_table(key), pa.schema([])  # raises the one-line error above
+        pf = pq.ParquetFile(io.BytesIO(self.get_bytes(key)))
+        schema = pf.schema_arrow
+        return pf.read(columns=[c for c in columns if c in schema.names]), schema
+
     def sync_dir(self, local_dir: Path, prefix: str) -> int:
         """Upload the files under `local_dir` whose content differs from `prefix/...`.
 

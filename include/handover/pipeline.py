@@ -286,11 +286,33 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
     return result
 
 
+def _gate_frame(ctx: dict, gate: str, table: str, partition: str) -> pd.DataFrame:
+    """What the gate validates: the stage's output, with real values only in the columns
+    some expectation of the suite reads. The others keep their name, type and row count
+    (all the suite can see of them) as all-null Arrow columns, so they cost no decoding
+    and no Python objects: most intake and contract suites read a column or two of ten."""
+    from handover.gates import load_suite, read_columns
+
+    key = part_key(ctx["run_id"], GATE_INPUT[gate], table, partition)
+    needed = read_columns(load_suite(suites_dir_for(ctx["system"], gate, table), gate, table))
+    if needed is None:
+        df = _lake().read_table(key).to_pandas()
+        return df.drop(columns=[c for c in META if c in df.columns])
+    data, schema = _lake().read_projected(key, sorted(needed))
+    df = data.to_pandas()
+    cols = {}
+    for f in schema:
+        if f.name in META:
+            continue
+        cols[f.name] = df[f.name] if f.name in df.columns else pd.Series(
+            pd.arrays.ArrowExtensionArray(pa.nulls(data.num_rows, f.type)), index=df.index)
+    return pd.DataFrame(cols, index=df.index)
+
+
 def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
     """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
     table, partition = part["table"], part["partition"]
-    df = _read(_lake(), ctx["run_id"], GATE_INPUT[gate], table, partition)
-    df = df.drop(columns=[c for c in META if c in df.columns])
+    df = _gate_frame(ctx, gate, table, partition)
     result = _validate(df, ctx, gate, table, partition)
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
 

@@ -404,3 +404,65 @@ def test_between_on_nullable_integers_still_catches_a_breach(suites: Path) -> No
     bad.loc[3, "amount_fen"] = None
     result = gate(bad, suites)
     assert not result.success
+
+
+# ------------------------------------------------------------ reading only what a gate reads
+def test_read_columns_names_the_columns_whose_values_a_suite_reads():
+    from handover.gates import read_columns
+
+    suite = {"expectations": PAYMENTS_SUITE}
+    assert read_columns(suite) == {"payment_id", "amount_fen", "channel"}
+    compound = {"expectations": [{"type": "expect_compound_columns_to_be_unique",
+                                  "kwargs": {"column_list": ["a", "b"]}}]}
+    assert read_columns(compound) == {"a", "b"}
+    # A table-level expectation it does not know might read anything: read everything.
+    unknown = {"expectations": [{"type": "expect_table_row_count_to_equal_other_table",
+                                 "kwargs": {"other_table_name": "x"}}]}
+    assert read_columns(unknown) is None
+
+
+@pytest.mark.parametrize("gate", ["intake", "quality", "contract"])
+def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
+        gate, tmp_path, monkeypatch):
+    """The columns no expectation reads become all-null placeholders; planted faults in
+    read columns still fail the gate the same way, and faults in unread ones never could."""
+    import pyarrow as pa
+
+    from handover import pipeline
+    from handover.lake import part_key
+
+    monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'lake'}")
+    n = 200
+    stage = pipeline.GATE_INPUT[gate]
+    if gate == "contract":
+        table = pa.table({
+            "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
+            "customer_id": [f"C{i:08d}" for i in range(n)],
+            "caller_msisdn": ["13812345678"] * n, "callee_msisdn": ["13987654321"] * n,
+            "started_at": pa.array([0] * n, pa.timestamp("ms")),
+            "duration_s": [i for i in range(n)], "cell_id": ["C1"] * n,
+            "charge_fen": [i for i in range(n)]})
+    else:
+        table = pa.table({
+            "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
+            "cust_id": [f"C{i:08d}" for i in range(n)],
+            "caller": ["1381234567x" if i == 3 else "13812345678" for i in range(n)],
+            "callee": ["13987654321"] * n, "start_time": ["2026-01-01 00:00:00"] * n,
+            "duration_s": ["-5" if i == 4 else "60" for i in range(n)],
+            "cell_id": ["C1"] * n, "charge_fen": ["10"] * n,
+            "_source_row": list(range(n))})
+        if gate == "quality":  # typed as cleanse writes it
+            table = table.set_column(5, "duration_s", pa.array(
+                [-5 if i == 4 else 60 for i in range(n)], pa.int64()))
+            table = table.set_column(7, "charge_fen", pa.array([10] * n, pa.int64()))
+    ctx = {"run_id": "gate_projection", "system": "legacy_bss"}
+    pipeline._lake().write_table(part_key(ctx["run_id"], stage, "call_records", "p00"), table)
+    projected = pipeline._gate_frame(ctx, gate, "call_records", "p00")
+    whole = table.to_pandas().drop(columns=["_source_row"], errors="ignore")
+    assert list(projected.columns) == list(whole.columns) and len(projected) == n
+    suites = pipeline.suites_dir_for("legacy_bss", gate, "call_records")
+    verdicts = [run_gate(frame, gate=gate, table="call_records", partition="p00",
+                         run_id="r", suites_dir=suites, docs_dir=None)
+                for frame in (projected, whole)]
+    assert verdicts[0].success is False  # the null key is always read
+    assert verdicts[0].to_manifest() == verdicts[1].to_manifest()
