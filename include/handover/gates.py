@@ -472,7 +472,71 @@ def _tune_gx() -> None:
     # Patching the class is the only hook: GX builds its views internally, with no option
     # to pass an environment; test_gx_tuning_takes_hold_and_pages_still_render checks it.
     DefaultJinjaView.__init__ = init  # type: ignore[method-assign]  # see the line above
+    _render_only_what_is_asked()
     _tuned = True
+
+
+class _ListedStore:
+    """A store whose key listing is the given keys: everything else is the real store's."""
+
+    def __init__(self, store: Any, keys: list) -> None:
+        self._store, self._keys = store, keys
+
+    def list_keys(self) -> list:
+        return list(self._keys)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def _render_only_what_is_asked() -> None:
+    """Two costs of a Data Docs build for one page that grow with the whole site.
+
+    - A site section asked for given resources still lists every key of its store (every
+      validation of the run, read from disk) only to skip the others: a gate's page cost
+      grew with the number of partitions validated before it. Asked for resources, the
+      section now lists just those that exist (same pages, same order of work).
+    - The static assets (styles, fonts, images) are copied on every build; they are copied
+      once per site and process now, and again if the site's folder lost them.
+    Same rules as the view patch above: class-level hooks of the pinned GX, checked by
+    test_gx_tuning_takes_hold_and_pages_still_render.
+    """
+    from great_expectations.data_context.store.html_site_store import HtmlSiteStore
+    from great_expectations.render.renderer.site_builder import DefaultSiteSectionBuilder
+
+    original_build = DefaultSiteSectionBuilder.build
+
+    def build(self: Any, resource_identifiers: Any = None) -> None:
+        limited = self.name == "validations" and self.validation_results_limit
+        if not resource_identifiers or limited:
+            return original_build(self, resource_identifiers)
+        store = self.source_store
+        key_class = getattr(store, "key_class", None)
+        wanted = [k for k in resource_identifiers
+                  if (key_class is None or isinstance(k, key_class)) and store.has_key(k)]
+        self.source_store = _ListedStore(store, wanted)
+        try:
+            return original_build(self, resource_identifiers)
+        finally:
+            self.source_store = store
+
+    original_copy = HtmlSiteStore.copy_static_assets
+    copied: set[str] = set()
+
+    def copy_static_assets(self: Any, static_assets_source_dir: str | None = None) -> Any:
+        backend = self.store_backends.get("static_assets")
+        root = getattr(backend, "full_base_directory", None)
+        if root is None or static_assets_source_dir is not None:
+            return original_copy(self, static_assets_source_dir)
+        marker = Path(root) / "static" / "styles"
+        if root in copied and marker.is_dir():
+            return None
+        out = original_copy(self, static_assets_source_dir)
+        copied.add(root)
+        return out
+
+    DefaultSiteSectionBuilder.build = build  # type: ignore[method-assign]  # see docstring
+    HtmlSiteStore.copy_static_assets = copy_static_assets  # type: ignore[method-assign]  # idem
 
 
 _tuned = False

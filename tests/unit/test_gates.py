@@ -376,6 +376,31 @@ def test_gx_tuning_takes_hold_and_pages_still_render(tmp_path: Path) -> None:
         page = (tmp_path / "docs" / result.docs_path).read_text(encoding="utf-8")
         assert "payments" in page and "</html>" in page
 
+    # A page's build lists only the resources asked for, not the whole store, and the
+    # static assets are copied once (and again when the site lost them).
+    from great_expectations.data_context.store.html_site_store import HtmlSiteStore
+    from great_expectations.data_context.store.store import Store
+
+    listed, copies = [], []
+    real_list, real_copy = Store.list_keys, HtmlSiteStore.copy_static_assets
+    try:
+        Store.list_keys = lambda self: listed.append(self) or real_list(self)
+        HtmlSiteStore.copy_static_assets = (
+            lambda self, *a, **k: copies.append(1) or real_copy(self, *a, **k))
+        import shutil
+
+        third = gate(payments(20), suites_dir, partition="p03", docs_dir=tmp_path / "docs")
+        assert listed == [], "no store was listed to render one page"
+        styles = tmp_path / "docs" / "static" / "styles"
+        assert styles.is_dir()
+        shutil.rmtree(styles)
+        fourth = gate(payments(20), suites_dir, partition="p04", docs_dir=tmp_path / "docs")
+        assert styles.is_dir(), "assets a site lost are copied again"
+    finally:
+        Store.list_keys, HtmlSiteStore.copy_static_assets = real_list, real_copy
+    for result in (third, fourth):
+        assert "</html>" in (tmp_path / "docs" / result.docs_path).read_text(encoding="utf-8")
+
 
 def test_gx_frame_keeps_every_value() -> None:
     df = pd.DataFrame({
