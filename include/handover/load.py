@@ -122,10 +122,20 @@ def upsert_partition(conn: psycopg.Connection, schema: str, target: str, key: st
     return {**_staged_upsert(conn, schema, target, key, table), "method": "upsert"}
 
 
+MERGE_RETURNING = 170000  # MERGE ... RETURNING merge_action() needs PostgreSQL 17
+
+
 def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
                    table: pa.Table) -> dict[str, int]:
-    """COPY into a temporary staging table, then one INSERT ... ON CONFLICT DO UPDATE that
-    rewrites only rows whose comparable columns differ."""
+    """COPY into a temporary staging table, then one statement that inserts new keys and
+    rewrites only rows whose comparable columns differ.
+
+    On PostgreSQL 17+ that statement is a MERGE probing the primary key row by row: a
+    rerun (every row present and unchanged) then only reads, where INSERT ... ON CONFLICT
+    DO UPDATE locks every conflicting row even when its WHERE skips it, writing each
+    page; measured on 350k call records, 0.87 s against 1.07-1.17 s. Older servers run
+    the ON CONFLICT form. Either way one statement, counted in the server.
+    """
     staging = sql.Identifier(f"stg_{target}")
     conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
                          "ON COMMIT DELETE ROWS").format(staging, sql.Identifier(schema, target)))
@@ -134,6 +144,9 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
     cols = table.column_names
     ident = [sql.Identifier(c) for c in cols]
     compare = comparable_columns(cols)
+    if conn.info.server_version >= MERGE_RETURNING:
+        return _merge(conn, sql.Identifier(schema, target), staging, key, cols, compare,
+                      table.num_rows)
     # Counted in the server: a row per written row sent back only to be counted would be
     # hundreds of thousands of round-trip values per partition.
     stmt = sql.SQL(
@@ -158,6 +171,39 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
     inserted, updated = conn.execute(stmt).fetchone()
     return {"inserted": inserted, "updated": updated,
             "unchanged": table.num_rows - inserted - updated}
+
+
+def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable, key: str,
+           cols: list[str], compare: list[str], rows: int) -> dict[str, int]:
+    # A MERGE whose source is a whole staged partition is planned as a hash join over the
+    # entire target (a sequential scan that grows with the table: 1.4 s against 0.9 s at
+    # 2.5 M target rows); probing the primary key per staged row is what ON CONFLICT does.
+    # MERGE is not safe against a concurrent insert of the same key (ON CONFLICT is): a
+    # partition's keys are its own, and a clash fails the task, whose retry finds the row.
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    stmt = sql.SQL(
+        "WITH written AS (MERGE INTO {target} AS t USING {staging} AS s ON t.{key} = s.{key} "
+        "WHEN MATCHED AND ({t_cmp}) IS DISTINCT FROM ({s_cmp}) THEN UPDATE SET {sets} "
+        "WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({vals}) "
+        "RETURNING merge_action() AS action) "
+        "SELECT count(*) FILTER (WHERE action = 'INSERT'), "
+        "count(*) FILTER (WHERE action = 'UPDATE') FROM written"
+    ).format(
+        target=target, staging=staging, key=sql.Identifier(key),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        vals=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in cols if c != key),
+        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
+        s_cmp=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
+    )
+    inserted, updated = conn.execute(stmt).fetchone()
+    # SET LOCAL would last to the caller's commit: the rest of its transaction plans freely.
+    conn.execute("RESET enable_hashjoin")
+    conn.execute("RESET enable_mergejoin")
+    return {"inserted": inserted, "updated": updated, "unchanged": rows - inserted - updated}
 
 
 def table_checksum(conn: psycopg.Connection, schema: str, target: str, key: str) -> tuple[int, str]:

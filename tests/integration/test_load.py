@@ -11,15 +11,38 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from handover.load import PROBE_KEYS, bytea_hex, table_checksum, upsert_partition
+from handover.load import (
+    MERGE_RETURNING,
+    PROBE_KEYS,
+    bytea_hex,
+    table_checksum,
+    upsert_partition,
+)
 from tests.conftest import pg_dsn
 
 N = 1000
 
 
-@pytest.fixture()
-def conn(target_db):
-    with psycopg.connect(pg_dsn(target_db)) as c:
+@pytest.fixture(scope="module")
+def embedded_dsn(tmp_path_factory):
+    """The embedded PostgreSQL (18): its staged upsert is the MERGE form; the machine's
+    PostgreSQL (15) runs the ON CONFLICT form. Both must behave the same."""
+    from handover import embedded
+
+    pgdata = tmp_path_factory.mktemp("embedded-load") / "pgdata"
+    try:
+        yield embedded.ensure_running(pgdata, databases=("handover",))["target_url"]
+    finally:
+        embedded.stop(pgdata)
+
+
+@pytest.fixture(params=["machine", "embedded"])
+def conn(request, target_db):
+    dsn = (pg_dsn(target_db) if request.param == "machine"
+           else request.getfixturevalue("embedded_dsn"))
+    with psycopg.connect(dsn) as c:
+        merge = c.info.server_version >= MERGE_RETURNING
+        assert merge == (request.param == "embedded"), "each server runs its own form"
         c.execute("CREATE SCHEMA IF NOT EXISTS t")
         c.execute("DROP TABLE IF EXISTS t.item")
         c.execute("CREATE TABLE t.item (item_id text PRIMARY KEY, qty bigint NOT NULL "
@@ -101,3 +124,15 @@ def test_bytea_hex_text_is_what_postgres_decodes(conn):
     got = [None if h is None else bytes(conn.execute(sql.SQL("SELECT %s::bytea"), (h,))
                                         .fetchone()[0]) for h in hexed]
     assert got == values
+
+
+def test_a_rerun_repairs_a_changed_and_a_missing_row(conn):
+    part = _part()
+    _load(conn, part)
+    before = table_checksum(conn, "t", "item", "item_id")
+    conn.execute("UPDATE t.item SET qty = qty + 1 WHERE item_id = 'k00500'")
+    conn.execute("DELETE FROM t.item WHERE item_id IN ('k00000', 'k00999')")
+    conn.commit()
+    stats = _load(conn, part)  # the probe finds keys: the staged upsert (MERGE on 17+)
+    assert stats == {"inserted": 2, "updated": 1, "unchanged": N - 3, "method": "upsert"}
+    assert table_checksum(conn, "t", "item", "item_id") == before
