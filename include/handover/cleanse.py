@@ -44,9 +44,10 @@ META_COLUMNS = ["_source_row"]
 class ParentRegistry:
     """Fate of every parent key, decided once for the whole parent table."""
 
-    valid: set[str]
-    quarantined: set[str]
-    excluded: set[str]
+    # Python sets, or Arrow string arrays (the run's registry: no Python object per key).
+    valid: set[str] | pa.Array
+    quarantined: set[str] | pa.Array
+    excluded: set[str] | pa.Array
 
     def classify(self, keys: pd.Series | pa.Array) -> np.ndarray:
         """Per child row: None (parent fine) or the quarantine reason."""
@@ -59,7 +60,7 @@ class ParentRegistry:
             # keys or registry not all text: pandas' isin over objects
             keys = pd.Series(keys.to_pylist() if isinstance(keys, pa.Array) else keys,
                              dtype=object)
-            in_valid, in_q, in_x = (keys.isin(s).to_numpy() for s in (
+            in_valid, in_q, in_x = (keys.isin(_members(s)).to_numpy() for s in (
                 self.valid, self.quarantined, self.excluded))
             present = pd.notna(keys.to_numpy(dtype=object))
         out = np.full(len(keys), None, dtype=object)
@@ -67,6 +68,10 @@ class ParentRegistry:
         out[~in_valid & ~in_q & in_x] = "PARENT_EXCLUDED"
         out[~in_valid & ~in_q & ~in_x & present] = "ORPHAN_RECORD"
         return out
+
+
+def _members(values: set[str] | pa.Array | pa.ChunkedArray) -> set:
+    return set(values.to_pylist()) if isinstance(values, (pa.Array, pa.ChunkedArray)) else values
 
 
 @dataclass
@@ -154,8 +159,11 @@ def _in(arr: pa.Array, values) -> np.ndarray:
     """Membership of each value of `arr` in the collection `values` (null -> False)."""
     if not len(values):
         return np.zeros(len(arr), dtype=bool)
-    value_set = pa.array(values if isinstance(values, list) else list(values), pa.string())
-    return pc.fill_null(pc.is_in(arr, value_set=value_set, skip_nulls=True),
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    value_set = (values if isinstance(values, pa.Array) else
+                 pa.array(values if isinstance(values, list) else list(values), pa.string()))
+    return pc.fill_null(pc.is_in(arr, value_set=value_set.cast(arr.type), skip_nulls=True),
                         False).to_numpy(zero_copy_only=False)
 
 
