@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from handover import ledger
 from handover.config import SourceConfig, load_config
-from handover.lake import PARQUET_COMPRESSION, Lake, lake_from_url, part_key, safe_run_id
+from handover.lake import PARQUET_OPTIONS, Lake, lake_from_url, part_key, safe_run_id
 
 log = logging.getLogger("handover")
 
@@ -174,8 +174,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                                   f"is missing from the {source.what_columns}; fix the export or "
                                   f"catalog.yaml tables.{table}.key")
             schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema,
-                                        compression=PARQUET_COMPRESSION)
+            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, **PARQUET_OPTIONS)
                        for i in range(n_parts)]
             progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
@@ -184,7 +183,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 progress.add(n)
                 # Partition on the key as cleanse will see it (NFKC, trimmed), so spellings
                 # of one key meet in one partition and are caught as DUPLICATE_KEY.
-                keys = np.asarray(normalise_text(batch.column(key)).to_pylist(), dtype=object)
+                keys = normalise_text(batch.column(key)).to_numpy(zero_copy_only=False)
                 hashed = pd.util.hash_array(keys, categorize=False)
                 pid = (hashed % np.uint64(n_parts)).astype(np.int64)
                 for i in range(n_parts):

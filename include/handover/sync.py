@@ -53,7 +53,7 @@ import pyarrow as pa
 
 from handover import ledger, pipeline
 from handover.config import SourceConfig, load_config
-from handover.lake import PARQUET_COMPRESSION, Lake, lake_from_url, part_key, safe_run_id
+from handover.lake import PARQUET_OPTIONS, Lake, lake_from_url, part_key, safe_run_id
 
 log = logging.getLogger("handover")
 
@@ -256,8 +256,7 @@ def _split_csv(path: Path, key: str, n_parts: int, tmp: Path) -> tuple[list[int]
                                    "header; fix the change export")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema,
-                                        compression=PARQUET_COMPRESSION)
+    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, **PARQUET_OPTIONS)
                for i in range(n_parts)]
     counts, sums, row_no = [0] * n_parts, [0] * n_parts, 0
     try:
