@@ -177,6 +177,15 @@ def _objects(arr: pa.Array, index: pd.Index) -> pd.Series:
     return pd.Series(arr.to_numpy(zero_copy_only=False), index=index, dtype=object)
 
 
+def _texts(arr: pa.Array, index: pd.Index) -> pd.Series:
+    """Arrow text as pandas' Arrow-backed string column, handing over the buffers: the
+    typed frame's text columns cost no Python object per value, and writing them back to
+    Parquet costs no conversion (they read back from the lake as this same dtype)."""
+    s = arr.to_pandas()
+    s.index = index
+    return s
+
+
 # UTF-8 bytes below 0x20 only ever encode those ASCII controls, so a byte scan is exact.
 _CONTROL_BYTES = np.zeros(256, dtype=bool)
 _CONTROL_BYTES[[*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)]] = True
@@ -293,7 +302,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         verdict.fail(present & ~msisdn_valid(norm[col]), "INVALID_MSISDN", col)
 
     for col in data_cols:
-        out[col] = _objects(norm[col], raw.index)
+        out[col] = _texts(norm[col], raw.index)
 
     not_future = set(rules.get("not_future", []))
     not_before = rules.get("not_before", {})  # {column: 'YYYY-MM-DD'}: sentinels, typos
