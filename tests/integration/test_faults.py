@@ -144,9 +144,30 @@ SELECT a.pid, p.tuples_processed FROM pg_stat_activity a JOIN pg_stat_progress_c
 """
 MID_UPSERT = """
 SELECT a.pid, pg_relation_size('crm.call_record') FROM pg_stat_activity a
- WHERE a.application_name = %s AND a.state = 'active' AND a.query LIKE '%%INSERT INTO%%'
+ WHERE a.application_name = %s AND a.state = 'active'
+   AND (a.query LIKE '%%INSERT INTO%%' OR a.query LIKE '%%MERGE INTO%%')
    AND pg_relation_size('crm.call_record') > 65536
 """
+# The statement a load runs into the target: a new partition is COPYed straight in; one
+# whose keys are there already (a rerun, or SEEDED below) goes through the keyed upsert.
+INTO_TARGET = ("query LIKE '%%INSERT INTO \"crm\".\"call_record\"%%' OR "
+               "query LIKE '%%MERGE INTO \"crm\".\"call_record\"%%' OR "
+               "query LIKE 'COPY \"crm\".\"call_record\"%%'")
+
+
+def _seed_first_row(dsn: str, ctx: dict, part: dict) -> int:
+    """Put the partition's first row (a key the load's probe always asks about) into the
+    target, so the load of that partition takes the keyed-upsert path; returns 1."""
+    from psycopg import sql
+
+    from handover.lake import lake_from_url, part_key
+    from handover.load import copy_arrow
+
+    mapped = lake_from_url().read_table(part_key(ctx["run_id"], "mapped", part["table"],
+                                                 part["partition"]))
+    with psycopg.connect(dsn) as conn:
+        copy_arrow(conn, sql.Identifier("crm", "call_record"), mapped.slice(0, 1))
+    return 1
 
 
 def _clone(template: str) -> str:
@@ -190,14 +211,17 @@ def big(tmp_path_factory, keys_env):
             drop_database(name)
 
 
-def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3) -> dict:
+def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3,
+                    seed: bool = False) -> dict:
     """Start the load of the big partition in a child process, SIGKILL it the moment
     `watch_sql` sees it (mid-COPY or mid-upsert), and return what was seen. Retries on a
-    fresh clone if the child finished before it could be caught."""
+    fresh clone if the child finished before it could be caught. `seed`: one row of the
+    partition is in the target first, so the load takes the keyed-upsert path."""
     for _ in range(attempts):
         db = _clone(big["template"])
         big["clones"].append(db)
         dsn = pg_dsn(db)
+        seeded = _seed_first_row(dsn, big["state"]["ctx"], big["part"]) if seed else 0
         app = _uid("fault_load")
         env = {**os.environ, "HANDOVER_TARGET_DSN": dsn, "PGAPPNAME": app,
                "PYTHONPATH": str(ROOT / "include"), "PYTHONWARNINGS": "ignore"}
@@ -225,15 +249,16 @@ def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3) -
                 proc.kill()
                 proc.wait()
         monkeypatch.setenv("HANDOVER_TARGET_DSN", dsn)
-        return {"dsn": dsn, "seen": seen, "returncode": proc.returncode}
+        return {"dsn": dsn, "seen": seen, "returncode": proc.returncode, "seeded": seeded}
     raise AssertionError(f"the load finished {attempts} times before it could be killed")
 
 
 def _after_kill_then_rerun(big: dict, killed: dict) -> None:
     run_id, dsn = big["state"]["run_id"], killed["dsn"]
     assert killed["returncode"] == -signal.SIGKILL
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM crm.call_record").fetchone()[0] == 0
+    with psycopg.connect(dsn) as conn:  # nothing the killed load wrote is there
+        assert (conn.execute("SELECT count(*) FROM crm.call_record").fetchone()[0]
+                == killed["seeded"])
         assert conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s "
                             "AND stage='load'", (run_id,)).fetchone()[0] == 0
     finish_run(big["state"])  # the retry: every load again, then reconcile and publish
@@ -242,13 +267,15 @@ def _after_kill_then_rerun(big: dict, killed: dict) -> None:
 
 
 def test_load_killed_mid_copy_then_rerun(big, monkeypatch):
+    """A new partition is COPYed straight into the target: killed mid-COPY."""
     killed = _kill_load_when(big, MID_COPY, monkeypatch)
-    assert killed["seen"][1] > 0  # rows had reached the staging table
+    assert killed["seen"][1] > 0  # rows had reached the target
     _after_kill_then_rerun(big, killed)
 
 
 def test_load_killed_mid_upsert_then_rerun(big, monkeypatch):
-    killed = _kill_load_when(big, MID_UPSERT, monkeypatch)
+    """A partition with a key already in the target goes through the keyed upsert."""
+    killed = _kill_load_when(big, MID_UPSERT, monkeypatch, seed=True)
     assert killed["seen"][1] > 65536  # the upsert had written pages of the target
     _after_kill_then_rerun(big, killed)
 
@@ -303,8 +330,8 @@ def test_postgres_stopped_during_load_then_restarted_retry_succeeds(small, priva
         worker.start()
         with psycopg.connect(dsn, autocommit=True) as watch:
             _wait(lambda: watch.execute(
-                "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query "
-                "LIKE '%%INSERT INTO \"crm\".\"call_record\"%%'").fetchone(), 60,
+                f"SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                f"({INTO_TARGET})").fetchone(), 60,
                 "the load to wait inside its transaction")
         embedded.stop(private_pg["pgdata"])
         worker.join(60)
