@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from handover.config import load_config  # noqa: E402
-from handover.mapping import target_columns  # noqa: E402
-from handover.validators import ID_PATTERN, MSISDN_PATTERN  # noqa: E402
+# The handover imports come after the sys.path line above, which makes them importable.
+from handover.config import load_config  # noqa: E402 - needs the sys.path line
+from handover.mapping import target_columns  # noqa: E402 - needs the sys.path line
+from handover.validators import ID_PATTERN, MSISDN_PATTERN  # noqa: E402 - idem
 
 
 def e(kind: str, **kwargs) -> dict:

@@ -396,6 +396,9 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     # The moved rows are the raw Arrow rows the policy kept, plus their basis: written
     # from Arrow, not converted back from the pandas frame (a third of this task's time).
     moved = raw_table.filter(pa.array(res.keep))
+    if moved.num_rows != len(res.moved):  # the file and the ledger count the same rows
+        raise AssertionError(f"comply {table} {partition}: {moved.num_rows} rows kept in "
+                             f"Arrow but {len(res.moved)} decided; nothing was written")
     moved = moved.append_column("_basis", pa.repeat(pa.scalar(res.basis, pa.string()),
                                                     moved.num_rows))
     lake.write_table(part_key(run_id, "comply", table, partition), moved)
