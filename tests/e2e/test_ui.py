@@ -49,6 +49,7 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--window-size=1600,1000")
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 SHOTS = ROOT / "docs" / "screenshots"
+FAILURES = ROOT / ".state" / "test-failures"  # screenshots of failed waits (git-ignored)
 DAG_ID = "customer_migration"
 USER, PASSWORD = "oncall", "oncall-" + secrets.token_hex(4)
 DRIFT_COLUMN = "coupon_code"
@@ -297,7 +298,10 @@ class Browser:
             text = self.text()
             return text if all(n in text for n in needles) else None
 
-        return wait_for(f"page text {needles!r}", probe, timeout=timeout, every=1)
+        try:
+            return wait_for(f"page text {needles!r}", probe, timeout=timeout, every=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.where()}") from None
 
     _FIND_JS = """
         const [css, text, href] = arguments;
@@ -316,9 +320,42 @@ class Browser:
         round trip so that a UI re-rendering every few seconds cannot make it stale."""
         what = f"{css}" + (f" with text {text!r}" if text else "") + (
             f" linking to {href_part!r}" if href_part else "")
-        return wait_for(what, lambda: self.driver.execute_script(self._FIND_JS, css, text,
-                                                                 href_part),
-                        timeout=timeout, every=0.5)
+        try:
+            return wait_for(what, lambda: self.driver.execute_script(self._FIND_JS, css, text,
+                                                                     href_part),
+                            timeout=timeout, every=0.5)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.where()}") from None
+
+    def where(self) -> str:
+        """Where the browser is and what it shows, for a failed wait (screenshot saved)."""
+        FAILURES.mkdir(parents=True, exist_ok=True)
+        shot = FAILURES / f"failure-{int(time.time() * 1000)}.png"
+        try:
+            self.driver.save_screenshot(str(shot))
+            text = " | ".join(self.text().split("\n"))[:1500]
+        except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+            text = f"(page unreadable: {exc!r})"
+        return f"browser at {self.driver.current_url}; screenshot {shot}; page text: {text}"
+
+    def follow(self, css: str, url_part: str, timeout: float = 60, **kwargs) -> None:
+        """Click a link and wait until the browser is at a URL containing ``url_part``.
+
+        The grid repaints every few seconds; a click that lands during a repaint can hit a
+        node React is about to replace and go nowhere. Such a click is repeated (a fresh
+        lookup each time) until the page changes or ``timeout`` passes.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self.click(css, **kwargs)
+            try:
+                wait_for(f"the browser to reach a URL with {url_part!r}",
+                         lambda: url_part in self.driver.current_url, timeout=10, every=0.5)
+                return
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"clicking {css} {kwargs} did not lead to {url_part!r}"
+                                         f"\n{self.where()}") from None
 
     def click(self, css: str, **kwargs) -> None:
         from selenium.common.exceptions import (
@@ -476,13 +513,14 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
 
     # In the grid: the red task.
     b.open(f"/dags/{DAG_ID}")
-    cell = b.find("a", href_part=f"/runs/{run_id}/tasks/validate_intake/mapped")
+    mapped = f"/runs/{run_id}/tasks/validate_intake/mapped"
+    b.find("a", href_part=mapped)
     b.wait_text("validate_intake", "Failed Task")
     b.shot("grid-failed")
 
     # Its log says what failed, where, and points at the validation page, in one line.
-    cell.click()
-    b.click("a", text="payments/p00", timeout=90)
+    b.follow("a", mapped, href_part=mapped)
+    b.follow("a", "/tasks/validate_intake/mapped/", text="payments/p00", timeout=90)
     log_text = b.wait_text("intake gate failed for payments partition p00", timeout=60)
     line = next(ln for ln in log_text.splitlines()
                 if "intake gate failed for payments partition p00" in ln)
@@ -510,7 +548,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     # On-call fixes the export, then clears the table's extract with its downstream.
     (stack.source / "payments.csv").write_text(stack.original_payments)
     b.open(f"{run_path}/tasks/extract_table/mapped")
-    b.click("a", text="payments", timeout=30)
+    b.follow("a", "/tasks/extract_table/mapped/", text="payments", timeout=30)
     b.click("button[aria-label='Press shift+c to clear']")
     b.wait_text("Clear Task Instance", "Affected Tasks")
     b.click("[role=dialog] button", text="Confirm")
