@@ -148,6 +148,17 @@ def task_metrics(log: Path) -> dict[str, dict]:
     return out
 
 
+# Runs argv with its output to stderr, then prints the child's peak RSS in MB (wait4).
+LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[1:], stdout=2)
+_, status, usage = os.wait4(proc.pid, 0)
+code = os.waitstatus_to_exitcode(status)
+print(usage.ru_maxrss // 1024)
+sys.exit(code)
+"""
+
+
 def task_process_peaks(run_id: str, tasks: dict[str, dict], env: dict, log: Path) -> dict:
     """Peak RSS of each task id in a process of its own, as an executor runs it.
 
@@ -165,16 +176,19 @@ def task_process_peaks(run_id: str, tasks: dict[str, dict], env: dict, log: Path
             if index >= 0:
                 cmd += ["--map-index", str(index)]
             started = time.monotonic()
-            proc = subprocess.Popen(cmd, env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
-                                    stdout=fh, stderr=subprocess.STDOUT)
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            if proc.returncode != 0:
+            # Through a small launcher: Linux keeps the high-water mark of the image a
+            # process replaced by exec, and Python starts children with vfork, so a task
+            # launched from this (large) process would report this process's peak.
+            launched = subprocess.run(
+                [sys.executable, "-S", "-c", LAUNCHER, *cmd],
+                env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
+                stdout=subprocess.PIPE, stderr=fh, text=True)
+            if launched.returncode != 0:
                 raise SystemExit(f"bench: rerunning {task_id}[{index}] failed; see {log}")
-            out[task_id] = {"map_index": index, "peak_rss_mb": usage.ru_maxrss // 1024,
+            peak_mb = int(launched.stdout.split()[-1])
+            out[task_id] = {"map_index": index, "peak_rss_mb": peak_mb,
                             "seconds": round(time.monotonic() - started, 1)}
-            print(f"    own process: {task_id}[{index}] peak RSS {usage.ru_maxrss // 1024} MB",
-                  flush=True)
+            print(f"    own process: {task_id}[{index}] peak RSS {peak_mb} MB", flush=True)
     return out
 
 

@@ -16,6 +16,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore}"
+# Arrow's memory pool, read once when pyarrow is imported (include/handover/__init__.py says why).
+export ARROW_DEFAULT_MEMORY_POOL="${ARROW_DEFAULT_MEMORY_POOL:-jemalloc}"
 export NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$STATE"
 

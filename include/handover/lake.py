@@ -97,6 +97,16 @@ class Lake(ABC):
                 "run (or failed) for this run; clear that upstream task and run it again")
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
 
+    def iter_batches(self, key: str, columns: list[str], batch_rows: int = 65536):
+        """Record batches of `columns` of one Parquet object, a slice at a time: for reading
+        a few columns of a big object and keeping only some of its rows."""
+        if not self.exists(key):
+            self.read_table(key)  # raises the one-line error above
+        yield from self._parquet_file(key).iter_batches(batch_size=batch_rows, columns=columns)
+
+    def _parquet_file(self, key: str) -> pq.ParquetFile:
+        return pq.ParquetFile(io.BytesIO(self.get_bytes(key)))
+
     def read_projected(self, key: str, columns: list[str]) -> tuple[pa.Table, pa.Schema]:
         """Only `columns` (those the file has) of one Parquet object, and the file's whole
         schema, from one read of the object."""
@@ -186,6 +196,9 @@ class LocalLake(Lake):
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
+
+    def _parquet_file(self, key: str) -> pq.ParquetFile:
+        return pq.ParquetFile(self.path(key), memory_map=True)  # pages, not the whole file
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -126,14 +126,22 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
 # ---------------------------------------------------------------- extract
 MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "400000"))
+# Rows alone do not bound a partition: 400,000 subscribers (165 bytes a row in the export)
+# weigh twice 400,000 call records (90 bytes), and every stage holds a partition at a time.
+MAX_PARTITION_BYTES = int(os.environ.get("HANDOVER_MAX_PARTITION_BYTES", str(40 << 20)))
 
 
-def partition_count(configured: int, expected_rows: int | None) -> int:
+SPLIT_BYTES = 16 << 20  # source rows gathered before one hash split across partitions
+
+
+def partition_count(configured: int, expected_rows: int | None,
+                    text_bytes: int | None = None) -> int:
     """At least the catalog's count, more when the table is big: each partition (the unit of
-    memory, retry and parallelism) stays under MAX_PARTITION_ROWS rows."""
-    if not expected_rows:
-        return configured
-    return max(configured, -(-expected_rows // MAX_PARTITION_ROWS))
+    memory, retry and parallelism) stays under MAX_PARTITION_ROWS rows and, where the export
+    is delimited text, under MAX_PARTITION_BYTES of it."""
+    by_rows = -(-expected_rows // MAX_PARTITION_ROWS) if expected_rows else 0
+    by_bytes = -(-text_bytes // MAX_PARTITION_BYTES) if text_bytes else 0
+    return max(configured, by_rows, by_bytes)
 
 
 def extract_table(ctx: dict, table: str) -> list[dict]:
@@ -149,7 +157,6 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
     cfg = _config(ctx["system"])
     spec = cfg.table(table)
     expected = ctx.get("manifest_rows", {}).get(table)
-    n_parts = partition_count(cfg.partitions(table), expected)
     key = spec["key"]
     lake, run_id = _lake(), ctx["run_id"]
     started = time.monotonic()
@@ -162,12 +169,13 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         raise SourceError(str(exc)) from exc
     tmp = Path(tempfile.mkdtemp(prefix=f"extract-{table}-"))
     writers: list = []
-    counts = [0] * n_parts
-    key_sums = [np.uint64(0)] * n_parts
     row_no = 0
     try:
         with source:
             header = source.columns
+            n_parts = partition_count(cfg.partitions(table), expected, source.text_bytes)
+            counts = [0] * n_parts
+            key_sums = [np.uint64(0)] * n_parts
             if key not in header:
                 where = " line 1" if source.what_columns == "header" else ""
                 raise SourceError(f"{source.location}{where}: key column '{key}' of table {table} "
@@ -177,22 +185,41 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, **PARQUET_OPTIONS)
                        for i in range(n_parts)]
             progress = Progress(f"extract {table}", total=expected, logger=log)
-            for batch in source.batches():
-                n = batch.num_rows
-                row_no += n
-                progress.add(n)
+
+            def split(batch: pa.RecordBatch) -> None:
                 # Partition on the key as cleanse will see it (NFKC, trimmed), so spellings
                 # of one key meet in one partition and are caught as DUPLICATE_KEY.
                 keys = normalise_text(batch.column(key)).to_numpy(zero_copy_only=False)
                 hashed = pd.util.hash_array(keys, categorize=False)
                 pid = (hashed % np.uint64(n_parts)).astype(np.int64)
+                order = np.argsort(pid, kind="stable")  # one take, then a slice per partition
+                bounds = np.searchsorted(pid[order], np.arange(n_parts + 1))
+                grouped = batch.take(pa.array(order))
                 for i in range(n_parts):
-                    idx = np.flatnonzero(pid == i)
-                    if len(idx):
-                        writers[i].write_batch(batch.take(pa.array(idx)))
-                        counts[i] += len(idx)
-                        key_sums[i] = np.uint64(
-                            (int(key_sums[i]) + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64)
+                    lo, hi = int(bounds[i]), int(bounds[i + 1])
+                    if hi > lo:
+                        writers[i].write_batch(grouped.slice(lo, hi - lo))
+                        counts[i] += hi - lo
+                        key_sums[i] = np.uint64((int(key_sums[i]) + int(
+                            np.sum(hashed[order[lo:hi]], dtype=np.uint64))) % 2**64)
+
+            # The reader's blocks are small (its read-ahead grows with the file otherwise);
+            # they are gathered to SPLIT_BYTES before splitting, so that each partition's
+            # file gets row groups of thousands of rows, not hundreds.
+            pending: list[pa.RecordBatch] = []
+            pending_bytes = 0
+            for batch in source.batches():
+                n = batch.num_rows
+                row_no += n
+                progress.add(n)
+                pending.append(batch)
+                pending_bytes += batch.nbytes
+                if pending_bytes >= SPLIT_BYTES:
+                    split(pa.Table.from_batches(pending).combine_chunks().to_batches()[0])
+                    pending, pending_bytes = [], 0
+            if pending:
+                split(pa.Table.from_batches(pending).combine_chunks().to_batches()[0])
+            del pending
         sha = source.fingerprint()
         pieces = getattr(source, "parts", None)
         files = [p.name for p in pieces] if pieces is not None else None
@@ -345,7 +372,7 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
     the extract ledger rows of the fact tables (partition, checksum, recorded_at), which a
     cleared and rerun extract rewrites, so rewritten raw data is never served stale.
     """
-    from handover.comply import policy_facts
+    from handover.comply import facts_from_tables
 
     cfg = _config(system)
     tables = sorted({cfg.policy[w]["table"] for w in ("objection", "consent")
@@ -359,22 +386,21 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
     if cache_key in _facts_cache:
         return _facts_cache[cache_key]
     lake = _lake()
-    frames: dict[str, pa.Table | None] = {}  # Arrow: policy_facts compares with pyarrow
-    for what in ("objection", "consent"):
-        spec = cfg.policy.get(what)
-        if not spec:
-            frames[what] = None
-            continue
-        t = spec["table"]
-        cols = ([cfg.table(t)["customer_column"], spec["column"]] if what == "objection" else
-                [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
-        keys = lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/")
-        frames[what] = pa.concat_tables([lake.read_table(k, columns=cols) for k in keys],
-                                        promote_options="permissive") if keys else None
     obj = cfg.policy.get("objection")
     cust_col = cfg.table(obj["table"]).get("customer_column", "cust_id") if obj else "cust_id"
-    facts = policy_facts(frames["objection"], frames["consent"], cfg.policy,
-                         pd.Timestamp(exported_at), customer_column=cust_col)
+
+    def slices(what: str):  # a fact table's raw rows, only the columns the rule reads
+        spec = cfg.policy.get(what)
+        if not spec:
+            return
+        t = spec["table"]
+        cols = ([cust_col, spec["column"]] if what == "objection" else
+                [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
+        for k in lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/"):
+            yield from lake.iter_batches(k, cols)
+
+    facts = facts_from_tables(slices("objection"), slices("consent"), cfg.policy,
+                              pd.Timestamp(exported_at), customer_column=cust_col)
     _facts_cache.clear()  # one run's facts at a time: memory stays bounded
     _facts_cache[cache_key] = facts
     return facts

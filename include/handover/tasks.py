@@ -61,10 +61,10 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         out = fn(*args, **kwargs)
         release_memory()
         ti = context.get("ti")
-        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB (%s MB at start)",
+        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB (%s MB at start), Arrow pool %s",
                  getattr(ti, "task_id", fn.__name__), getattr(ti, "map_index", -1),
                  time.monotonic() - started, peak_rss_mb() if measured else "n/a",
-                 at_start if measured else "n/a")
+                 at_start if measured else "n/a", arrow_pool())
         return out
     except data_faults() as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
@@ -105,6 +105,15 @@ def release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to trim
         pass
+
+
+def arrow_pool() -> str:
+    """The allocator behind Arrow's default pool in this process ("-" if none loaded)."""
+    import sys
+
+    if "pyarrow" not in sys.modules:
+        return "-"
+    return sys.modules["pyarrow"].default_memory_pool().backend_name
 
 
 def peak_rss_mb() -> int | None:

@@ -302,6 +302,29 @@ def test_a_files_glob_reads_one_table_in_name_order(tmp_path):
     assert source.fingerprint() == want.hexdigest()
 
 
+def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypatch):
+    from handover import pipeline
+
+    (tmp_path / "a_1.csv").write_text("k,v\n" + "K1,xxxxxxxx\n" * 50, encoding="utf-8")
+    (tmp_path / "a_2.csv").write_text("k,v\nK2,1\n", encoding="utf-8")
+    glob = open_source("a", {"key": "k", "source": {"files": "a_*.csv"}}, tmp_path)
+    one = open_source("a", {"key": "k", "source": {"file": "a_2.csv"}}, tmp_path)
+    pq.write_table(pa.table({"k": ["K1"]}), tmp_path / "p.parquet")
+    parquet = open_source("p", {"key": "k", "source": {"file": "p.parquet", "format": "parquet"}},
+                          tmp_path)
+    for source in (glob, one, parquet):
+        source.open()
+    assert glob.text_bytes == (tmp_path / "a_1.csv").stat().st_size + 9
+    assert one.text_bytes == 9 and parquet.text_bytes is None
+
+    monkeypatch.setattr(pipeline, "MAX_PARTITION_ROWS", 100)
+    monkeypatch.setattr(pipeline, "MAX_PARTITION_BYTES", 1000)
+    assert pipeline.partition_count(2, None, None) == 2          # the catalog's count
+    assert pipeline.partition_count(1, 250, None) == 3           # rows
+    assert pipeline.partition_count(1, 250, 4500) == 5           # bytes weigh more
+    assert pipeline.partition_count(8, 250, 4500) == 8           # never under the catalog
+
+
 def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
     (tmp_path / "pay_1.csv").write_text("k,v\nA1,1\nA2,2\n", encoding="utf-8")
     (tmp_path / "pay_2.csv").write_text("k,v\nB1,1\nB2\n", encoding="utf-8")
