@@ -64,17 +64,22 @@ def _csv_ready(table: pa.Table) -> pa.Table:
     return pa.table(cols, names=table.column_names)
 
 
+COPY_SLICE_ROWS = 65536
+
+
 def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable, table: pa.Table) -> None:
     """Stream an Arrow table into PostgreSQL with COPY ... (FORMAT csv)."""
     if table.num_rows == 0:
         return
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(qualified, columns)
-    ready = _csv_ready(table)
     with conn.cursor().copy(stmt) as cp:
-        for batch in ready.to_batches(max_chunksize=65536):
+        # Converted a slice at a time: bytea as hex text doubles a ciphertext column, and
+        # a whole partition of it at once was the largest thing reconcile and load held.
+        for offset in range(0, table.num_rows, COPY_SLICE_ROWS):
+            ready = _csv_ready(table.slice(offset, COPY_SLICE_ROWS))
             buf = io.BytesIO()
-            pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False,
+            pacsv.write_csv(ready, buf, pacsv.WriteOptions(include_header=False,
                                                             quoting_style="needed"))
             cp.write(buf.getvalue())
 
