@@ -37,9 +37,7 @@ class Members:
     __hash__ = None  # mutable-looking container semantics: equal to sets, so not hashable
 
     def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
-        if isinstance(values, pa.ChunkedArray):
-            values = values.combine_chunks()
-        self.values: pa.Array = pc.unique(values.drop_null())
+        self.values: pa.Array = pc.unique(values.drop_null())  # an Array, also from chunks
 
     def __len__(self) -> int:
         return len(self.values)
@@ -236,7 +234,7 @@ def facts_from_tables(objections: Iterable[Frame | pa.RecordBatch],
     consented: dict[str, frozenset[str] | Members] = {}
     spec = policy.get("consent")
     if spec:
-        pairs: list[pa.Table] = []
+        ids_by_purpose: dict[str, list[pa.Array]] = {}
         others: dict[str, set] = {}
         for t in map(_table, consents):
             cols = [_column(t, spec[k])
@@ -247,17 +245,14 @@ def facts_from_tables(objections: Iterable[Frame | pa.RecordBatch],
                 continue
             cust, purpose, granted = (c.cast(pa.string()) for c in cols)
             hit = _equals(granted, spec["granted_value"])
-            by = pa.table({"p": pc.filter(purpose, hit), "c": pc.filter(cust, hit)})
+            cust, purpose = pc.filter(cust, hit), pc.filter(purpose, hit)
             # A purpose granted only with no customer still names the purpose (no members).
-            by = by.filter(pc.is_valid(by["p"]))
-            pairs.append(by.group_by(["p", "c"]).aggregate([]))  # distinct pairs
-        by = pa.concat_tables(pairs) if pairs else None
-        purposes = set(others)
-        if by is not None:
-            purposes |= set(pc.unique(by["p"]).to_pylist())
-        for purpose_ in sorted(purposes):
-            ids = [] if by is None else [pc.filter(by["c"], pc.equal(by["p"], purpose_))]
-            consented[str(purpose_)] = _members(ids, others.get(purpose_, set()))
+            for purpose_ in pc.unique(purpose.drop_null()).to_pylist():
+                ids_by_purpose.setdefault(purpose_, []).append(
+                    pc.unique(pc.filter(cust, pc.equal(purpose, purpose_)).drop_null()))
+        for purpose_ in sorted(set(others) | set(ids_by_purpose)):
+            consented[str(purpose_)] = _members(ids_by_purpose.pop(purpose_, []),
+                                                others.get(purpose_, set()))
     return PolicyFacts(exported_at, objected, consented)
 
 

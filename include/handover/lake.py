@@ -198,7 +198,7 @@ class LocalLake(Lake):
         return self.path(key).read_bytes()
 
     def _parquet_file(self, key: str) -> pq.ParquetFile:
-        return pq.ParquetFile(self.path(key), memory_map=True)  # pages, not the whole file
+        return pq.ParquetFile(self.path(key))  # read a column chunk at a time, not the file
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
