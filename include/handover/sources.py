@@ -37,6 +37,7 @@ DEFAULT_CHUNK_ROWS = 50_000
 # held grew with the file (peak +230 MB at 95 MB of call records, +490 MB at 950 MB);
 # with 1 MB blocks it stays at +140 MB for both, and reads as fast.
 CSV_BLOCK_BYTES = 1 << 20
+MAX_CSV_BLOCK_BYTES = 256 << 20  # the longest row (quoted line breaks included) read
 SQL_DIALECTS = {"postgres": "postgres", "postgresql": "postgres", "sqlite": "sqlite",
                 "mysql": "mysql", "mariadb": "mysql"}
 
@@ -308,31 +309,47 @@ class DelimitedSource(_FileSource):
 
         if not self.header and self.path.stat().st_size == 0:
             return
-        read = pacsv.ReadOptions(encoding=ENCODINGS[self.encoding], block_size=self.block_size,
-                                 column_names=None if self.header else self.columns)
         parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char=self.quote or False,
                                    newlines_in_values=True)
         convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in self.columns},
                                        strings_can_be_null=False)
         row = 0
         last: pa.RecordBatch | None = None
+        block = self.block_size
         try:
-            reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse,
-                                    convert_options=convert)
-            for batch in reader:
-                if batch.num_rows == 0:
-                    continue
-                if batch.schema.names != self.columns:
-                    raise SourceReadError(f"{self.path}: columns changed while reading near row "
-                                          f"{row + 1}")
-                swallowed = self._swallowed(batch) if self.quote else None
-                if swallowed is not None:
-                    raise SourceReadError(self._swallowed_message(row + swallowed[0] + 1,
-                                                                  swallowed[1]))
-                out = _numbered(list(batch.columns), self.columns, row + 1)
-                row += batch.num_rows
-                last = batch
-                yield out
+            while True:
+                read = pacsv.ReadOptions(encoding=ENCODINGS[self.encoding], block_size=block,
+                                         column_names=None if self.header else self.columns)
+                reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse,
+                                        convert_options=convert)
+                skip = row  # rows an earlier pass (smaller blocks) has given already
+                try:
+                    for batch in reader:
+                        if batch.num_rows <= skip:
+                            skip -= batch.num_rows
+                            continue
+                        if skip:
+                            batch, skip = batch.slice(skip), 0
+                        if batch.schema.names != self.columns:
+                            raise SourceReadError(f"{self.path}: columns changed while reading "
+                                                  f"near row {row + 1}")
+                        swallowed = self._swallowed(batch) if self.quote else None
+                        if swallowed is not None:
+                            raise SourceReadError(self._swallowed_message(
+                                row + swallowed[0] + 1, swallowed[1]))
+                        out = _numbered(list(batch.columns), self.columns, row + 1)
+                        row += batch.num_rows
+                        last = batch
+                        yield out
+                    break
+                except pa.ArrowInvalid as exc:
+                    # A value longer than a block (a 10 MB free-text field): read again in
+                    # bigger blocks, past the rows already given. Blocks are small because
+                    # Arrow's read-ahead holds several of them.
+                    if "straddles two block boundaries" not in str(exc) \
+                            or block >= MAX_CSV_BLOCK_BYTES:
+                        raise
+                    block = min(block * 16, MAX_CSV_BLOCK_BYTES)
         except UnicodeDecodeError as exc:
             # Arrow names the block, not the row; the re-scan names row, line and column.
             raise SourceReadError(self._diagnose() or (

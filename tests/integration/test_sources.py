@@ -265,6 +265,23 @@ def test_many_small_blocks_keep_row_numbers_and_multiline_values(tmp_path):
     assert source.fingerprint() == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_a_value_longer_than_a_block_is_read_once_in_bigger_blocks(tmp_path):
+    # Rows before it are given in small blocks; the long value makes the reader start
+    # again with bigger blocks, past those rows: none twice, none lost, numbers intact.
+    rows = [{"k": f"K{i:04d}", "v": f"v{i}"} for i in range(2000)]
+    rows[1500]["v"] = "长" * 3000 + "\n" + "x" * 20000  # ~29 KB, a quoted line break inside
+    path = tmp_path / "t.csv"
+    write_delimited(path, rows, encoding="utf-8", delimiter=",")
+
+    source = DelimitedSource(path, table="t", block_size=4096)
+    with source:
+        batches = list(source.batches())
+
+    table = pa.Table.from_batches(batches)
+    assert table.column("_source_row").to_pylist() == list(range(1, 2001))
+    assert table.column("v").to_pylist() == [r["v"] for r in rows]
+
+
 def test_missing_file_and_default_source_is_todays_csv(tmp_path):
     spec = {"key": "a", "columns": {"a": {}, "b": {}}}
 
