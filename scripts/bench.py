@@ -321,6 +321,7 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
                          "allocator pools, state earlier tasks left in this shared process); "
                          "task_own_rss_mb is each task's peak above the RSS at its start; "
                          "process_peak_rss_mb is the whole run's peak",
+        "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "mimalloc"),
         "stages": stages, "load_rerun": rerun, "dag_log": log,
         "all_balanced": bool(balanced[0]),
     }
