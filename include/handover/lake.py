@@ -97,9 +97,9 @@ class Lake(ABC):
                 "run (or failed) for this run; clear that upstream task and run it again")
         return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
 
-    def iter_batches(self, key: str, columns: list[str], batch_rows: int = 65536):
-        """Record batches of `columns` of one Parquet object, a slice at a time: for reading
-        a few columns of a big object and keeping only some of its rows."""
+    def iter_batches(self, key: str, columns: list[str] | None, batch_rows: int = 65536):
+        """Record batches of `columns` (None: all) of one Parquet object, a slice at a time:
+        for reading a big object without holding all of it."""
         if not self.exists(key):
             self.read_table(key)  # raises the one-line error above
         yield from self._parquet_file(key).iter_batches(batch_size=batch_rows, columns=columns)

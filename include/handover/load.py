@@ -18,6 +18,10 @@ the keyed upsert runs, so the end state is the same on either path.
 from __future__ import annotations
 
 import io
+import itertools
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +30,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from psycopg import sql
-from psycopg.copy import QueuedLibpqWriter
 
 _HEX = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint8).reshape(256, 2)
 
@@ -66,26 +69,96 @@ def _csv_ready(table: pa.Table) -> pa.Table:
 
 
 COPY_SLICE_ROWS = 65536
+COPY_SLICE_BYTES = 4 << 20
+COPY_READ_AHEAD = 2  # CSV slices made ahead of the one being sent
 
 
-def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable, table: pa.Table) -> None:
-    """Stream an Arrow table into PostgreSQL with COPY ... (FORMAT csv)."""
-    if table.num_rows == 0:
-        return
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
+def _csv_slices(table: pa.Table) -> Iterator[bytes]:
+    """The table as CSV for COPY, a slice at a time: bytea as hex text doubles a ciphertext
+    column, and a whole partition of it at once was the largest thing load and reconcile
+    held."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
+    # About COPY_SLICE_BYTES of CSV a slice (binary counts twice: it travels as hex), so
+    # wide rows (ciphertext) make shorter slices.
+    size = sum(table[c].nbytes * (2 if pa.types.is_binary(table[c].type) else 1)
+               for c in table.column_names)
+    rows = max(1024, min(COPY_SLICE_ROWS, COPY_SLICE_BYTES * table.num_rows // max(size, 1)))
+    for offset in range(0, table.num_rows, rows):
+        buf = io.BytesIO()
+        pacsv.write_csv(_csv_ready(table.slice(offset, rows)), buf, options)
+        yield buf.getvalue()
+
+
+def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
+    """``items``, produced on a thread at most ``depth`` ahead of the consumer.
+
+    Arrow's CSV writer and the hex encoding release the GIL, so the next slice is made
+    while this thread sends the last one and the server parses it: 10-14 % off a
+    partition's COPY here. The bound keeps memory at a few slices (psycopg's own queued
+    writer holds up to 128 MB). An error on either side stops both; the producer's error
+    is raised here.
+    """
+    done, stop = object(), threading.Event()
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            failure.append(exc)
+        finally:
+            while not stop.is_set():
+                try:
+                    box.put(done, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    worker = threading.Thread(target=produce, name="copy-csv", daemon=True)
+    worker.start()
+    try:
+        while (item := box.get()) is not done:
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        worker.join()
+
+
+def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable,
+               table: pa.Table | Iterable[pa.RecordBatch]) -> list[str]:
+    """Stream an Arrow table, or record batches read one by one, into PostgreSQL with one
+    COPY ... (FORMAT csv). Returns the column names (none for no rows)."""
+    batches = iter([table] if isinstance(table, pa.Table) else table)
+    first = next((b for b in batches if b.num_rows), None)
+    if first is None:
+        return []
+    names = first.schema.names
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(qualified, columns)
-    cur = conn.cursor()
-    # Sent from a writer thread while the next slice is turned into CSV (Arrow's CSV
-    # writer releases the GIL): 10-14 % off a partition's COPY here.
-    with cur.copy(stmt, writer=QueuedLibpqWriter(cur)) as cp:
-        # Converted a slice at a time: bytea as hex text doubles a ciphertext column, and
-        # a whole partition of it at once was the largest thing reconcile and load held.
-        for offset in range(0, table.num_rows, COPY_SLICE_ROWS):
-            ready = _csv_ready(table.slice(offset, COPY_SLICE_ROWS))
-            buf = io.BytesIO()
-            pacsv.write_csv(ready, buf, pacsv.WriteOptions(include_header=False,
-                                                            quoting_style="needed"))
-            cp.write(buf.getvalue())
+
+    def slices() -> Iterator[bytes]:
+        for part in itertools.chain([first], batches):
+            part = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
+            if part.schema.names != names:
+                raise ValueError(f"COPY into {qualified.as_string(conn)}: columns changed "
+                                 f"from {names} to {part.schema.names}")
+            yield from _csv_slices(part)
+
+    with conn.cursor().copy(stmt) as cp:
+        for data in _made_ahead(slices(), COPY_READ_AHEAD):
+            cp.write(data)
+    return names
 
 
 def comparable_columns(columns: list[str]) -> list[str]:

@@ -136,3 +136,38 @@ def test_a_rerun_repairs_a_changed_and_a_missing_row(conn):
     stats = _load(conn, part)  # the probe finds keys: the staged upsert (MERGE on 17+)
     assert stats == {"inserted": 2, "updated": 1, "unchanged": N - 3, "method": "upsert"}
     assert table_checksum(conn, "t", "item", "item_id") == before
+
+
+def test_copy_in_slices_made_ahead_equals_the_table_and_stops_cleanly(conn, monkeypatch):
+    import threading
+
+    from handover import load
+
+    # Small slices, so the CSV of many slices is made ahead on the thread while sent.
+    monkeypatch.setattr(load, "COPY_SLICE_BYTES", 2048)
+    part = _part()
+    names = load.copy_arrow(conn, sql.Identifier("t", "item"),
+                            iter(part.to_batches(max_chunksize=300)))
+    assert names == part.column_names
+    assert conn.execute("SELECT count(*), sum(qty) FROM t.item").fetchone() == (
+        N, sum(part["qty"].to_pylist()))
+    got = conn.execute("SELECT item_id, note, secret_enc FROM t.item ORDER BY item_id").fetchall()
+    assert got == [(r["item_id"], r["note"], r["secret_enc"]) for r in part.to_pylist()]
+    conn.rollback()
+
+    # A server error mid-stream (a CHECK violation) stops the producer thread too.
+    bad = part.set_column(1, "qty", pa.array([-1 if i == N - 1 else 1 for i in range(N)]))
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(psycopg.errors.CheckViolation):
+        load.copy_arrow(conn, sql.Identifier("t", "item"), bad)
+    conn.rollback()
+    assert "copy-csv" not in {t.name for t in threading.enumerate()} - before
+
+    # An error while making the CSV reaches the caller, nothing is loaded.
+    def broken():
+        yield part.to_batches(max_chunksize=300)[0]
+        raise OSError("lake read failed")
+    with pytest.raises(OSError, match="lake read failed"):
+        load.copy_arrow(conn, sql.Identifier("t", "item"), broken())
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM t.item").fetchone()[0] == 0
