@@ -102,26 +102,25 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
     box: queue.Queue = queue.Queue(maxsize=depth)
     failure: list[BaseException] = []
 
+    def offer(item: object) -> bool:
+        """Queue ``item`` unless the consumer has stopped (then False)."""
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        box.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer(item):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             failure.append(exc)
         finally:
-            while not stop.is_set():
-                try:
-                    box.put(done, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            offer(done)
 
     worker = threading.Thread(target=produce, name="copy-csv", daemon=True)
     worker.start()
