@@ -22,9 +22,9 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:  # Airflow adds the plugins folder, but not in every process
     sys.path.append(_HERE)
 
-from airflow.plugins_manager import AirflowPlugin  # noqa: E402
-from handover_ui.links import ValidationPageLink  # noqa: E402
-from handover_ui.listener import audit_listener  # noqa: E402
+from airflow.plugins_manager import AirflowPlugin  # noqa: E402 - after the sys.path line above
+from handover_ui.links import ValidationPageLink  # noqa: E402 - importable only after sys.path line
+from handover_ui.listener import audit_listener  # noqa: E402 - importable only after sys.path line
 
 LEDGER_HREF = "handover/ledger?dag_id={DAG_ID}&run_id={RUN_ID}"
 

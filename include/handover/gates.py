@@ -471,7 +471,7 @@ def _tune_gx() -> None:
 
     # Patching the class is the only hook: GX builds its views internally, with no option
     # to pass an environment; test_gx_tuning_takes_hold_and_pages_still_render checks it.
-    DefaultJinjaView.__init__ = init  # type: ignore[method-assign]  # GX has no env hook
+    DefaultJinjaView.__init__ = init  # type: ignore[method-assign]  # deliberate patch: GX offers no hook to pass a Jinja env
     _render_only_what_is_asked()
     _tuned = True
 
@@ -538,8 +538,8 @@ def _render_only_what_is_asked() -> None:
     # GX builds its site builders and stores internally, with no option to pass our own:
     # patching the pinned classes is the only hook (the docstring says what each does);
     # test_gx_tuning_takes_hold_and_pages_still_render fails if an upgrade moves them.
-    DefaultSiteSectionBuilder.build = build  # type: ignore[method-assign]  # no GX hook
-    HtmlSiteStore.copy_static_assets = copy_static_assets  # type: ignore[method-assign]  # same
+    DefaultSiteSectionBuilder.build = build  # type: ignore[method-assign]  # deliberate patch: GX has no option to render only the asked resources
+    HtmlSiteStore.copy_static_assets = copy_static_assets  # type: ignore[method-assign]  # deliberate patch: GX has no option to copy static assets once
 
 
 _tuned = False

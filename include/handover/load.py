@@ -117,7 +117,7 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
             for item in items:
                 if not offer(item):
                     return
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        except BaseException as exc:  # noqa: BLE001 - any error, SystemExit too, is re-raised by the consumer; none may end the COPY short in silence
             failure.append(exc)
         finally:
             offer(done)

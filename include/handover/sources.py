@@ -854,7 +854,7 @@ class SqlSource(TableSource):
             self.columns = [d[0] for d in self._cur.description]
         except SourceReadError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - DB-API drivers raise their own hierarchies; re-raised as one SourceReadError
             self.close()
             raise SourceReadError(f"{self.location}: query failed "
                                   f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
@@ -874,7 +874,7 @@ class SqlSource(TableSource):
         while True:
             try:
                 rows = self._cur.fetchmany(self.chunk_rows)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - DB-API drivers raise their own hierarchies; re-raised as one SourceReadError
                 raise SourceReadError(f"{self.location}: reading failed near row {row + 1} "
                                       f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
                                       ) from exc

@@ -125,7 +125,7 @@ def create_app() -> FastAPI:
                     "SELECT docs_path FROM handover_meta.gate_result WHERE run_id = %s AND "
                     "gate = %s AND table_name = %s AND partition = %s",
                     (run_id, gate, table, partition or "all")).fetchone()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any database failure becomes a one-line 503 page, never a stack trace
             return _html(_unavailable(exc), 503)
         if row and row[0]:
             return RedirectResponse(f"runs/{safe}/docs/{row[0]}", status_code=307)
@@ -181,7 +181,7 @@ def _lake():
 def _lake_exists(key: str) -> bool:
     try:
         return _lake().exists(key)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unreachable lake means "no such page"; the page says so
         return False
 
 

