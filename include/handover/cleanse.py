@@ -229,6 +229,12 @@ def _duplicated(arr: pa.Array) -> np.ndarray:
     return dup & (codes >= 0)
 
 
+def duplicate_keys(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """DUPLICATE_KEY of a whole partition from its raw key column alone: per row, an earlier
+    row has the same key once normalised as validate normalises it."""
+    return _duplicated(normalise_text(keys))
+
+
 def _parse_decimal(arr: pa.Array, places: int, index: pd.Index) -> pd.Series:
     """Text with at most `places` decimals as float64; anything else NaN.
 
@@ -258,8 +264,14 @@ def _parse_decimal(arr: pa.Array, places: int, index: pd.Index) -> pd.Series:
 
 
 def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
-             parent: ParentRegistry | None = None) -> tuple[pd.DataFrame, _Verdict]:
-    """Normalise and type the partition; return the typed frame and the verdict per row."""
+             parent: ParentRegistry | None = None,
+             duplicate_key: np.ndarray | None = None) -> tuple[pd.DataFrame, _Verdict]:
+    """Normalise and type the partition; return the typed frame and the verdict per row.
+
+    Every rule reads one row, except DUPLICATE_KEY (an earlier row of the partition has the
+    key): a caller validating a partition slice by slice passes that mask, computed once
+    over the partition's keys (`duplicate_keys`), as `duplicate_key`.
+    """
     n = len(raw)
     verdict = _Verdict(n)
     out = pd.DataFrame(index=raw.index)
@@ -273,7 +285,11 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     for col in rules.get("mandatory", []):
         verdict.fail(pc.is_null(norm[col]).to_numpy(zero_copy_only=False), "MISSING_FIELD", col)
 
-    verdict.fail(_duplicated(norm[key]), "DUPLICATE_KEY", key)
+    if duplicate_key is None:
+        duplicate_key = _duplicated(norm[key])
+    elif len(duplicate_key) != n:
+        raise ValueError(f"validate: {len(duplicate_key)} duplicate-key flags for {n} rows")
+    verdict.fail(duplicate_key, "DUPLICATE_KEY", key)
 
     rid = rules.get("resident_id")
     if rid:
@@ -425,8 +441,10 @@ def dedupe_losers(typed: pd.DataFrame, verdict_failed: np.ndarray, rules: dict,
 
 def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
             parent: ParentRegistry | None = None,
-            duplicate_losers: set[str] | None = None) -> CleanseResult:
-    typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent)
+            duplicate_losers: set[str] | None = None,
+            duplicate_key: np.ndarray | None = None) -> CleanseResult:
+    typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent,
+                              duplicate_key=duplicate_key)
     if duplicate_losers:
         verdict.fail(typed[key].isin(duplicate_losers).to_numpy(), "DUPLICATE_PERSON",
                      rules.get("dedupe", {}).get("key", key))

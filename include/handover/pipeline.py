@@ -456,6 +456,24 @@ def comply_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- cleanse
+#: Rows cleansed at a time within a partition. Cleansing holds several typed and text
+#: forms of each row it works on; in slices, what a task holds grows with the slice, not
+#: with the partition (the slices' results are kept as Arrow, about the size of the input).
+CLEANSE_SLICE_ROWS = int(os.environ.get("HANDOVER_CLEANSE_SLICE_ROWS", "100000"))
+
+
+def _arrow_frame(df: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(df, preserve_index=False)
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """Slices' results as one table: a column null throughout one slice has Arrow's null
+    type there and takes the other slices' type."""
+    if len(tables) == 1:
+        return tables[0]
+    return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+
+
 def parent_tables(cfg: SourceConfig) -> list[str]:
     """Tables resolved once per run: parents of other tables, and any table de-duplicated
     across partitions (survivorship needs the whole table even without children)."""
@@ -470,7 +488,10 @@ def resolve_customers(ctx: dict) -> dict:
     Survivorship needs the whole table at once, so it runs once per run, before the
     mapped cleanse; children then learn from this registry whether their parent lives.
     """
-    from handover.cleanse import dedupe_losers, validate
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from handover.cleanse import dedupe_losers, duplicate_keys, validate
 
     cfg = _config(ctx["system"])
     run_id, lake = ctx["run_id"], _lake()
@@ -480,39 +501,51 @@ def resolve_customers(ctx: dict) -> dict:
         spec, rules = cfg.table(table), cfg.rules(table)
         key = spec["key"]
         # Only the columns survivorship reads are kept across partitions (the key, the
-        # dedupe key and its order): memory grows by three columns of the table, not all.
+        # dedupe key and its order), as Arrow: memory grows by three columns of the table,
+        # not all; each partition is validated a slice at a time, as cleanse does.
         dedupe = rules.get("dedupe") or {}
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
         typed_parts, failed_parts = [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
-            raw = lake.read_table(k).to_pandas()
-            typed, verdict = validate(raw, rules, key=key, exported_at=exported_at)
-            typed_parts.append(typed[keep])
-            failed_parts.append(verdict.failed)
-            del raw, typed
-        import numpy as np
-
-        typed = pd.concat(typed_parts, ignore_index=True) if typed_parts else pd.DataFrame(
-            columns=[key])
+            source = lake.read_table(k)
+            dup = duplicate_keys(source.column(key)) if key in source.column_names else None
+            for start in range(0, max(source.num_rows, 1), CLEANSE_SLICE_ROWS):
+                raw = source.slice(start, CLEANSE_SLICE_ROWS).to_pandas()
+                typed, verdict = validate(
+                    raw, rules, key=key, exported_at=exported_at,
+                    duplicate_key=None if dup is None else dup[start:start + len(raw)])
+                typed_parts.append(_arrow_frame(typed[keep]))
+                failed_parts.append(verdict.failed)
+                del raw, typed
+            del source
+        if typed_parts:
+            kept = _concat(typed_parts)
+            keys = kept.column(key).combine_chunks().cast(pa.string())
+        else:
+            kept, keys = None, pa.array([], pa.string())
+        del typed_parts
         failed = np.concatenate(failed_parts) if failed_parts else np.zeros(0, dtype=bool)
-        losers = set(dedupe_losers(typed, failed, rules, key)) if rules.get("dedupe") else set()
-        keys = typed[key].astype(object)
-        valid_mask = ~failed & ~keys.isin(losers).to_numpy()
+        losers = (set(dedupe_losers(kept.to_pandas(), failed, rules, key))
+                  if rules.get("dedupe") and kept is not None else set())
+        del kept
+        is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
+                                     sorted(x for x in losers if x is not None), pa.string())),
+                                 False).to_numpy(zero_copy_only=False)
+                    if losers else np.zeros(len(keys), dtype=bool))
+        valid_mask = ~failed & ~is_loser
         excluded = set()
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/_excluded/{table}/"):
             ex = lake.read_table(k, columns=[key]).to_pandas()[key]
             excluded |= {v.strip() for v in ex.dropna()}
-        registry = pd.DataFrame({
-            "key": keys.to_numpy(),
-            "fate": np.where(valid_mask, "valid", "quarantined"),
-            "duplicate_loser": keys.isin(losers).to_numpy(),
-        })
-        registry = pd.concat([registry, pd.DataFrame({
-            "key": sorted(excluded), "fate": "excluded", "duplicate_loser": False})],
-            ignore_index=True)
-        registry = registry[registry["key"].notna()]
-        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet",
-                         pa.Table.from_pandas(registry, preserve_index=False))
+        registry = pa.concat_tables([
+            pa.table({"key": keys,
+                      "fate": pa.array(np.where(valid_mask, "valid", "quarantined"), pa.string()),
+                      "duplicate_loser": pa.array(is_loser, pa.bool_())}),
+            pa.table({"key": pa.array(sorted(excluded), pa.string()),
+                      "fate": pa.array(["excluded"] * len(excluded), pa.string()),
+                      "duplicate_loser": pa.array([False] * len(excluded), pa.bool_())})])
+        registry = registry.filter(pc.is_valid(registry.column("key")))
+        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet", registry)
         summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int((~valid_mask).sum()),
                           "duplicates": len(losers), "excluded": len(excluded)}
     log.info("resolved parents: %s", summary)
@@ -539,36 +572,62 @@ def _registry(run_id: str, table: str):
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
-    from handover.cleanse import cleanse, record_keys
+    from handover.cleanse import cleanse, duplicate_keys, record_keys
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     lake = _lake()
     spec, rules = cfg.table(table), cfg.rules(table)
-    raw = _read(lake, run_id, "comply", table, partition)
-    raw = raw.drop(columns=["_basis"])
+    source = lake.read_table(part_key(run_id, "comply", table, partition))
+    if "_basis" in source.column_names:
+        source = source.drop_columns(["_basis"])
     parent = losers = None
     if rules.get("parent"):
         parent, _ = _registry(run_id, rules["parent"]["table"])
     if table in parent_tables(cfg):
         _, losers = _registry(run_id, table)
-    res = cleanse(raw, rules, key=spec["key"], exported_at=pd.Timestamp(ctx["exported_at"]),
-                  parent=parent, duplicate_losers=losers)
-    _write(lake, run_id, "cleanse", table, partition, res.clean)
-    _write(lake, run_id, "cleanse/_quarantine", table, partition, res.quarantine)
-    with ledger.connect() as conn, conn.transaction():
+    exported_at = pd.Timestamp(ctx["exported_at"])
+    # The one rule that reads more than its row (an earlier row with the same key), over
+    # the whole partition's keys; every other rule runs slice by slice.
+    dup = duplicate_keys(source.column(spec["key"])) if spec["key"] in source.column_names \
+        else None
+    clean_parts, quarantine_parts, keys = [], [], []
+    counts: dict[str, int] = {}
+    rows_in = source.num_rows
+    for start in range(0, max(rows_in, 1), CLEANSE_SLICE_ROWS):
+        raw = source.slice(start, CLEANSE_SLICE_ROWS).to_pandas()
+        res = cleanse(raw, rules, key=spec["key"], exported_at=exported_at, parent=parent,
+                      duplicate_losers=losers,
+                      duplicate_key=None if dup is None else dup[start:start + len(raw)])
+        clean_parts.append(_arrow_frame(res.clean))
         q = res.quarantine  # keys as _record_key gives them, without a Python step per row
-        keys = record_keys(q["_key"], q["_source_row"] if "_source_row" in q.columns else None)
+        keys += record_keys(q["_key"], q["_source_row"] if "_source_row" in q.columns else None)
+        quarantine_parts.append(_arrow_frame(q))
+        for reason, n in res.counts.items():
+            counts[reason] = counts.get(reason, 0) + n
+        del raw, res, q
+    del source
+    clean, quarantine = _concat(clean_parts), _concat(quarantine_parts)
+    del clean_parts, quarantine_parts
+    if clean.num_rows + quarantine.num_rows != rows_in:  # every row leaves one way
+        raise AssertionError(f"cleanse {table} {partition}: {rows_in} rows in but "
+                             f"{clean.num_rows} clean and {quarantine.num_rows} quarantined; "
+                             "nothing was written")
+    lake.write_table(part_key(run_id, "cleanse", table, partition), clean)
+    lake.write_table(part_key(run_id, "cleanse/_quarantine", table, partition), quarantine)
+    with ledger.connect() as conn, conn.transaction():
         ledger.replace_quarantine(conn, run_id, table, partition, list(zip(
-            keys, q["_reason"].tolist(), q["_field"].tolist(), strict=True)))
+            keys, quarantine.column("_reason").to_pylist(),
+            quarantine.column("_field").to_pylist(), strict=True)))
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
-                      rows_in=len(raw), rows_out=len(res.clean),
-                      quarantined=len(res.quarantine),
-                      checksum=ledger.key_checksum(res.clean[spec["key"]].to_numpy(dtype=object)),
-                      detail={"quarantined_by_reason": res.counts})
-    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s", table, partition, len(raw),
-             len(res.clean), len(res.quarantine), res.counts)
-    return _part(part, rows=len(res.clean), quarantined=len(res.quarantine))
+                      rows_in=rows_in, rows_out=clean.num_rows,
+                      quarantined=quarantine.num_rows,
+                      checksum=ledger.key_checksum(
+                          clean.column(spec["key"]).to_numpy(zero_copy_only=False)),
+                      detail={"quarantined_by_reason": counts})
+    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s", table, partition, rows_in,
+             clean.num_rows, quarantine.num_rows, counts)
+    return _part(part, rows=clean.num_rows, quarantined=quarantine.num_rows)
 
 
 # ---------------------------------------------------------------- map + protect

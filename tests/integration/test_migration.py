@@ -19,6 +19,7 @@ import pytest
 
 from handover import pipeline, synth
 from handover.config import CONFIG_ROOT, ConfigError
+from handover.lake import safe_run_id
 from handover.load import table_checksum
 from handover.protect import Keyring, decrypt_value
 from handover.runner import run_migration
@@ -260,3 +261,72 @@ def test_policy_facts_are_reused_until_an_extract_is_rerun(env):
     again = pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"])
     assert again is not first
     assert again.objected == first.objected and again.consented == first.consented
+
+
+def test_cleanse_in_slices_equals_cleanse_whole(env, monkeypatch):
+    """Resolving parents and cleansing partitions a few rows at a time writes the same
+    registry, clean and quarantined rows, ledger and quarantine entries as doing it whole,
+    duplicate keys whose first row sits in an earlier slice included. Runs under a run id
+    of its own (the run's comply output with duplicates added), so the module's run is
+    left as it was."""
+    import pyarrow as pa
+
+    ctx, lake = env["out"]["ctx"], pipeline._lake()
+    run_id = f"{ctx['run_id']}_slices"
+    sctx = {**ctx, "run_id": run_id}
+    src, dst = f"runs/{safe_run_id(ctx['run_id'])}", f"runs/{safe_run_id(run_id)}"
+    for k in [*lake.list(f"{src}/comply/subscribers/"),  # what resolve_customers reads
+              *lake.list(f"{src}/comply/_excluded/subscribers/")]:
+        lake.put_bytes(dst + k[len(src):], lake.get_bytes(k))
+    parts = []
+    for table in ("subscribers", "call_records"):
+        k = lake.list(f"{src}/comply/{table}/")[0]
+        t = lake.read_table(k)
+        # Rows 5, 40 and 41 again at the end: with slices of 37 rows their first copies
+        # are two and more slices earlier; one has its key padded and full-width, which
+        # normalises to the same key.
+        again = t.take([5, 40, 41]).to_pydict()
+        cfg_key = pipeline._config(ctx["system"]).table(table)["key"]
+        again[cfg_key][2] = "  " + again[cfg_key][2] + " "
+        t = pa.concat_tables([t, pa.Table.from_pydict(again, schema=t.schema)])
+        lake.write_table(dst + k[len(src):], t)
+        parts.append({"table": table,
+                      "partition": k.rsplit("part-", 1)[1].removesuffix(".parquet")})
+
+    def outputs() -> dict:
+        pipeline.resolve_customers(sctx)
+        for p in parts:
+            pipeline.cleanse_partition(sctx, p)
+        with psycopg.connect(env["dsn"]) as conn:
+            ledger_rows = conn.execute(
+                "SELECT table_name, partition, rows_in, rows_out, rows_quarantined, checksum, "
+                "detail FROM handover_meta.ledger WHERE run_id=%s AND stage='cleanse' "
+                "ORDER BY 1, 2", (run_id,)).fetchall()
+            quarantine = conn.execute(
+                "SELECT table_name, partition, record_key, reason, field FROM "
+                "handover_meta.quarantine WHERE run_id=%s ORDER BY 1, 2, 3, 4, 5",
+                (run_id,)).fetchall()
+        files = {"registry": lake.read_table(f"{dst}/resolve/subscribers.parquet").to_pandas()}
+        for p in parts:
+            for stage in ("cleanse", "cleanse/_quarantine"):
+                t = lake.read_table(pipeline.part_key(run_id, stage, p["table"], p["partition"]))
+                files[stage, p["table"]] = t.to_pandas()
+        return {"ledger": ledger_rows, "quarantine": quarantine, "files": files}
+
+    try:
+        whole = outputs()
+        dup = [r for r in whole["quarantine"] if r[3] == "DUPLICATE_KEY"]
+        assert len(dup) == 6, dup  # three per table, the later copies
+        assert whole["files"]["registry"]["duplicate_loser"].sum() > 0
+        assert (whole["files"]["registry"]["fate"] == "excluded").sum() > 0
+        monkeypatch.setattr(pipeline, "CLEANSE_SLICE_ROWS", 37)
+        sliced = outputs()
+        assert sliced["ledger"] == whole["ledger"]
+        assert sliced["quarantine"] == whole["quarantine"]
+        for k, frame in whole["files"].items():
+            pd.testing.assert_frame_equal(sliced["files"][k], frame, obj=str(k))
+    finally:
+        lake.delete_prefix(f"{dst}/")
+        with psycopg.connect(env["dsn"], autocommit=True) as conn:
+            for t in ("ledger", "quarantine"):
+                conn.execute(f"DELETE FROM handover_meta.{t} WHERE run_id=%s", (run_id,))
