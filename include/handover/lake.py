@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -84,18 +85,24 @@ class Lake(ABC):
 
     # -- helpers -------------------------------------------------------------
     def write_table(self, key: str, table: pa.Table) -> dict[str, Any]:
-        buf = io.BytesIO()
-        pq.write_table(table, buf, **PARQUET_OPTIONS)
-        data = buf.getvalue()
-        self.put_bytes(key, data)
-        return {"key": key, "rows": table.num_rows, "bytes": len(data)}
+        # Through a local file, not a buffer: the Parquet bytes of a partition never sit in
+        # memory beside the table (put_file streams them up).
+        with tempfile.TemporaryDirectory(prefix="handover-part-") as tmp:
+            path = Path(tmp) / "part.parquet"
+            pq.write_table(table, path, **PARQUET_OPTIONS)
+            size = path.stat().st_size
+            self.put_file(key, path)
+        return {"key": key, "rows": table.num_rows, "bytes": size}
+
+    def _missing(self, key: str) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"lake object {self.uri(key)} is missing: the stage that writes it has not "
+            "run (or failed) for this run; clear that upstream task and run it again")
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
         if not self.exists(key):
-            raise FileNotFoundError(
-                f"lake object {self.uri(key)} is missing: the stage that writes it has not "
-                "run (or failed) for this run; clear that upstream task and run it again")
-        return pq.read_table(io.BytesIO(self.get_bytes(key)), columns=columns)
+            raise self._missing(key)
+        return self._parquet_file(key).read(columns=columns)
 
     def iter_batches(self, key: str, columns: list[str] | None, batch_rows: int = 65536):
         """Record batches of `columns` (None: all) of one Parquet object, a slice at a time:
@@ -112,7 +119,7 @@ class Lake(ABC):
         schema, from one read of the object."""
         if not self.exists(key):
             return self.read_table(key), pa.schema([])  # raises the one-line error above
-        pf = pq.ParquetFile(io.BytesIO(self.get_bytes(key)))
+        pf = self._parquet_file(key)
         schema = pf.schema_arrow
         return pf.read(columns=[c for c in columns if c in schema.names]), schema
 
@@ -199,6 +206,25 @@ class LocalLake(Lake):
 
     def _parquet_file(self, key: str) -> pq.ParquetFile:
         return pq.ParquetFile(self.path(key))  # read a column chunk at a time, not the file
+
+    def write_table(self, key: str, table: pa.Table) -> dict[str, Any]:
+        """Straight to a temporary file beside the target, then renamed over it (readers
+        never see a partial partition)."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            pq.write_table(table, tmp, **PARQUET_OPTIONS)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            size = tmp.stat().st_size
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise self._fail(key, exc) from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return {"key": key, "rows": table.num_rows, "bytes": size}
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

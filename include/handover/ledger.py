@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
+import pyarrow as pa
 
 from handover import access
 
@@ -52,14 +53,25 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         access.apply_roles(conn)
 
 
-def key_checksum(keys: Iterable[str] | pd.Series | np.ndarray) -> str:
-    """Order-independent checksum of a key set: the sum of 64-bit key hashes, mod 2**64."""
+def key_checksum(keys: Iterable[str] | pd.Series | np.ndarray | pa.Array | pa.ChunkedArray,
+                 ) -> str:
+    """Order-independent checksum of a key set: the sum of 64-bit key hashes, mod 2**64.
+
+    An Arrow column is hashed 65,536 keys at a time (the sum does not care), so a
+    partition's keys never all become Python strings at once."""
+    if isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        total = sum(_hash_sum(keys.slice(start, 65536).to_numpy(zero_copy_only=False))
+                    for start in range(0, len(keys), 65536))
+        return f"{total % (1 << 64):016x}" if len(keys) else "0" * 16
     arr = np.asarray(list(keys) if not hasattr(keys, "__len__") else keys, dtype=object)
     if len(arr) == 0:
         return "0" * 16
-    hashed = pd.util.hash_array(arr, categorize=False)
-    total = int(np.sum(hashed, dtype=np.uint64))
-    return f"{total:016x}"
+    return f"{_hash_sum(arr):016x}"
+
+
+def _hash_sum(arr: np.ndarray) -> int:
+    hashed = pd.util.hash_array(np.asarray(arr, dtype=object), categorize=False)
+    return int(np.sum(hashed, dtype=np.uint64))
 
 
 def record(conn: psycopg.Connection, *, run_id: str, table: str, partition: str, stage: str,

@@ -68,6 +68,13 @@ def _write(lake: Lake, run_id: str, stage: str, table: str, partition: str,
                      pa.Table.from_pandas(df, preserve_index=False))
 
 
+#: Rows comply, resolve and cleanse turn into pandas and work on at a time within a
+#: partition. They hold several typed and text forms of each row they work on; in slices,
+#: what a task holds grows with the slice, not with the partition (what they keep of each
+#: slice is Arrow, about the size of the input).
+SLICE_ROWS = int(os.environ.get("HANDOVER_SLICE_ROWS", "50000"))
+
+
 def _part(part: dict, **counts: Any) -> dict:
     return {"table": part["table"], "partition": part["partition"], **counts}
 
@@ -407,6 +414,7 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
 
 
 def comply_partition(ctx: dict, part: dict) -> dict:
+    import numpy as np
     import pyarrow.compute as pc
 
     from handover.comply import decide
@@ -421,45 +429,85 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     # Arrow and is written from there (converting whole partitions cost a third of this
     # task's time and most of its memory).
     reads = [spec["key"], "_source_row", spec.get("customer_column"), spec.get("event_time")]
-    raw = raw_table.select([c for c in dict.fromkeys(reads)
-                            if c and c in raw_table.column_names]).to_pandas()
+    # A slice at a time (the rules read one row each): the pandas form of the columns
+    # grows with the slice, not with the partition.
+    reads = raw_table.select([c for c in dict.fromkeys(reads)
+                              if c and c in raw_table.column_names])
     facts = _policy_facts(run_id, ctx["system"], ctx["exported_at"])
-    res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
-                 policy=cfg.policy, facts=facts,
-                 event_time_format=_date_format(cfg, table, spec.get("event_time")))
-    keep = pa.array(res.keep)
+    keep_parts, moved_keys, excluded_parts = [], [], []
+    counts: dict[str, int] = {}
+    basis = None
+    for start in range(0, max(reads.num_rows, 1), SLICE_ROWS):
+        raw = reads.slice(start, SLICE_ROWS).to_pandas()
+        res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
+                     policy=cfg.policy, facts=facts,
+                     event_time_format=_date_format(cfg, table, spec.get("event_time")))
+        keep_parts.append(res.keep)
+        moved_keys.append(res.moved[spec["key"]].to_numpy(dtype=object))
+        excluded_parts.append(res.excluded)
+        for rule, n in res.counts.items():
+            counts[rule] = counts.get(rule, 0) + n
+        basis = res.basis
+        del raw, res
+    rows_in = reads.num_rows
+    del reads
+    order = [r["id"] for r in cfg.policy["rules"]]  # as decide orders them: most rows first
+    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0])
+                                                         if kv[0] in order else len(order))))
+    moved_keys_all = np.concatenate(moved_keys) if moved_keys else np.zeros(0, dtype=object)
+    excluded_frame = (pd.concat([e for e in excluded_parts if len(e)], ignore_index=True)
+                      if any(len(e) for e in excluded_parts) else excluded_parts[0])
+    keep = pa.array(np.concatenate(keep_parts))
     moved = raw_table.filter(keep)
     excluded = raw_table.filter(pc.invert(keep))
-    if moved.num_rows != len(res.moved) or excluded.num_rows != len(res.excluded):
+    if moved.num_rows != len(moved_keys_all) or excluded.num_rows != len(excluded_frame):
         # the files and the ledger count the same rows
         raise AssertionError(f"comply {table} {partition}: {moved.num_rows} rows kept and "
-                             f"{excluded.num_rows} excluded in Arrow but {len(res.moved)} and "
-                             f"{len(res.excluded)} decided; nothing was written")
-    moved = moved.append_column("_basis", pa.repeat(pa.scalar(res.basis, pa.string()),
+                             f"{excluded.num_rows} excluded in Arrow but {len(moved_keys_all)} "
+                             f"and {len(excluded_frame)} decided; nothing was written")
+    moved = moved.append_column("_basis", pa.repeat(pa.scalar(basis, pa.string()),
                                                     moved.num_rows))
-    why = pa.Table.from_pandas(res.excluded[["_rule", "_destroy_by"]], preserve_index=False)
+    why = pa.Table.from_pandas(excluded_frame[["_rule", "_destroy_by"]], preserve_index=False)
     for name in why.column_names:
         excluded = excluded.append_column(name, why[name])
     lake.write_table(part_key(run_id, "comply", table, partition), moved)
     lake.write_table(part_key(run_id, "comply/_excluded", table, partition), excluded)
     with ledger.connect() as conn, conn.transaction():
-        keys = _record_key(res.excluded, spec["key"])
+        keys = _record_key(excluded_frame, spec["key"])
         ledger.replace_exclusions(conn, run_id, table, partition, list(zip(
-            keys, res.excluded["_rule"], res.excluded["_destroy_by"], strict=True)))
+            keys, excluded_frame["_rule"], excluded_frame["_destroy_by"], strict=True)))
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
-                      rows_in=len(raw), rows_out=len(res.moved), excluded=len(res.excluded),
-                      checksum=ledger.key_checksum(res.moved[spec["key"]].to_numpy(dtype=object)),
-                      detail={"excluded_by_rule": res.counts})
-    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, len(raw),
-             len(res.moved), len(res.excluded), res.counts)
-    return _part(part, rows=len(res.moved), excluded=len(res.excluded))
+                      rows_in=rows_in, rows_out=len(moved_keys_all),
+                      excluded=len(excluded_frame),
+                      checksum=ledger.key_checksum(moved_keys_all),
+                      detail={"excluded_by_rule": counts})
+    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, rows_in,
+             len(moved_keys_all), len(excluded_frame), counts)
+    return _part(part, rows=len(moved_keys_all), excluded=len(excluded_frame))
 
 
 # ---------------------------------------------------------------- cleanse
-#: Rows cleansed at a time within a partition. Cleansing holds several typed and text
-#: forms of each row it works on; in slices, what a task holds grows with the slice, not
-#: with the partition (the slices' results are kept as Arrow, about the size of the input).
-CLEANSE_SLICE_ROWS = int(os.environ.get("HANDOVER_CLEANSE_SLICE_ROWS", "100000"))
+def _slices(lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = ()):
+    """One stage input a slice at a time: (duplicate-key flags of the whole partition or
+    None, then (rows before the slice, slice as pandas) pairs). Only the key column is read
+    whole; the rest is read and converted a slice at a time, never all at once. A partition
+    without rows gives one empty slice, so its outputs keep their columns."""
+    from handover.cleanse import duplicate_keys
+
+    keys, schema = lake.read_projected(key, [key_column])
+    dup = duplicate_keys(keys.column(key_column)) if key_column in schema.names else None
+    del keys
+    columns = [n for n in schema.names if n not in drop]
+
+    def frames():
+        start = 0
+        for batch in lake.iter_batches(key, columns, batch_rows=SLICE_ROWS):
+            yield start, batch.to_pandas()
+            start += batch.num_rows
+        if start == 0:
+            yield 0, pa.schema([schema.field(c) for c in columns]).empty_table().to_pandas()
+
+    return dup, frames()
 
 
 def _arrow_frame(df: pd.DataFrame) -> pa.Table:
@@ -471,7 +519,7 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
     type there and takes the other slices' type."""
     if len(tables) == 1:
         return tables[0]
-    return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    return pa.concat_tables(tables, promote_options="permissive")  # no copy of the data
 
 
 def parent_tables(cfg: SourceConfig) -> list[str]:
@@ -491,7 +539,7 @@ def resolve_customers(ctx: dict) -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
-    from handover.cleanse import dedupe_losers, duplicate_keys, validate
+    from handover.cleanse import dedupe_losers, validate
 
     cfg = _config(ctx["system"])
     run_id, lake = ctx["run_id"], _lake()
@@ -507,17 +555,14 @@ def resolve_customers(ctx: dict) -> dict:
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
         typed_parts, failed_parts = [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
-            source = lake.read_table(k)
-            dup = duplicate_keys(source.column(key)) if key in source.column_names else None
-            for start in range(0, max(source.num_rows, 1), CLEANSE_SLICE_ROWS):
-                raw = source.slice(start, CLEANSE_SLICE_ROWS).to_pandas()
+            dup, frames = _slices(lake, k, key)
+            for start, raw in frames:
                 typed, verdict = validate(
                     raw, rules, key=key, exported_at=exported_at,
                     duplicate_key=None if dup is None else dup[start:start + len(raw)])
                 typed_parts.append(_arrow_frame(typed[keep]))
                 failed_parts.append(verdict.failed)
                 del raw, typed
-            del source
         if typed_parts:
             kept = _concat(typed_parts)
             keys = kept.column(key).combine_chunks().cast(pa.string())
@@ -525,7 +570,7 @@ def resolve_customers(ctx: dict) -> dict:
             kept, keys = None, pa.array([], pa.string())
         del typed_parts
         failed = np.concatenate(failed_parts) if failed_parts else np.zeros(0, dtype=bool)
-        losers = (set(dedupe_losers(kept.to_pandas(), failed, rules, key))
+        losers = (set(dedupe_losers(kept, failed, rules, key))
                   if rules.get("dedupe") and kept is not None else set())
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
@@ -572,30 +617,27 @@ def _registry(run_id: str, table: str):
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
-    from handover.cleanse import cleanse, duplicate_keys, record_keys
+    from handover.cleanse import cleanse, record_keys
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     lake = _lake()
     spec, rules = cfg.table(table), cfg.rules(table)
-    source = lake.read_table(part_key(run_id, "comply", table, partition))
-    if "_basis" in source.column_names:
-        source = source.drop_columns(["_basis"])
     parent = losers = None
     if rules.get("parent"):
         parent, _ = _registry(run_id, rules["parent"]["table"])
     if table in parent_tables(cfg):
         _, losers = _registry(run_id, table)
     exported_at = pd.Timestamp(ctx["exported_at"])
-    # The one rule that reads more than its row (an earlier row with the same key), over
-    # the whole partition's keys; every other rule runs slice by slice.
-    dup = duplicate_keys(source.column(spec["key"])) if spec["key"] in source.column_names \
-        else None
+    # The one rule that reads more than its row (an earlier row with the same key) over
+    # the whole partition's keys; every other rule slice by slice.
+    dup, frames = _slices(lake, part_key(run_id, "comply", table, partition), spec["key"],
+                          drop=("_basis",))
     clean_parts, quarantine_parts, keys = [], [], []
     counts: dict[str, int] = {}
-    rows_in = source.num_rows
-    for start in range(0, max(rows_in, 1), CLEANSE_SLICE_ROWS):
-        raw = source.slice(start, CLEANSE_SLICE_ROWS).to_pandas()
+    rows_in = 0
+    for start, raw in frames:
+        rows_in += len(raw)
         res = cleanse(raw, rules, key=spec["key"], exported_at=exported_at, parent=parent,
                       duplicate_losers=losers,
                       duplicate_key=None if dup is None else dup[start:start + len(raw)])
@@ -606,7 +648,6 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         for reason, n in res.counts.items():
             counts[reason] = counts.get(reason, 0) + n
         del raw, res, q
-    del source
     clean, quarantine = _concat(clean_parts), _concat(quarantine_parts)
     del clean_parts, quarantine_parts
     if clean.num_rows + quarantine.num_rows != rows_in:  # every row leaves one way
@@ -622,8 +663,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
                       rows_in=rows_in, rows_out=clean.num_rows,
                       quarantined=quarantine.num_rows,
-                      checksum=ledger.key_checksum(
-                          clean.column(spec["key"]).to_numpy(zero_copy_only=False)),
+                      checksum=ledger.key_checksum(clean.column(spec["key"])),
                       detail={"quarantined_by_reason": counts})
     log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s", table, partition, rows_in,
              clean.num_rows, quarantine.num_rows, counts)
@@ -649,7 +689,7 @@ def map_protect_partition(ctx: dict, part: dict) -> dict:
     with ledger.connect() as conn, conn.transaction():
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="map",
                       rows_in=len(clean), rows_out=mapped.num_rows,
-                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      checksum=ledger.key_checksum(mapped[tmap["key"]]),
                       detail={"target": f"{cfg.mapping['schema']}.{tmap['target']}",
                               "key_id": ring.active_key_id if ring else None})
     return _part(part, rows=mapped.num_rows)
@@ -669,7 +709,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
         secs = time.monotonic() - started
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,
-                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      checksum=ledger.key_checksum(mapped[tmap["key"]]),
                       detail={**stats, "seconds": round(secs, 3)})
     log.info("load %s %s: %d rows (%s) in %.1fs, %.0f rows/s", table, partition, mapped.num_rows,
              stats, secs, mapped.num_rows / max(secs, 1e-9))

@@ -526,7 +526,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
         stats["tombstoned"] = tombstoned
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,
-                      checksum=ledger.key_checksum(mapped[tmap["key"]].to_pylist()),
+                      checksum=ledger.key_checksum(mapped[tmap["key"]]),
                       detail={**stats, "seconds": round(time.monotonic() - started, 3)})
     log.info("load %s %s: %d rows %s", table, partition, mapped.num_rows, stats)
     return {"table": table, "partition": partition, "rows": mapped.num_rows, **stats}

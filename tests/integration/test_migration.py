@@ -263,11 +263,11 @@ def test_policy_facts_are_reused_until_an_extract_is_rerun(env):
     assert again.objected == first.objected and again.consented == first.consented
 
 
-def test_cleanse_in_slices_equals_cleanse_whole(env, monkeypatch):
-    """Resolving parents and cleansing partitions a few rows at a time writes the same
-    registry, clean and quarantined rows, ledger and quarantine entries as doing it whole,
-    duplicate keys whose first row sits in an earlier slice included. Runs under a run id
-    of its own (the run's comply output with duplicates added), so the module's run is
+def test_stages_in_slices_equal_stages_whole(env, monkeypatch):
+    """Comply, resolve and cleanse working a few rows at a time write the same files,
+    registry, ledger, exclusion and quarantine entries as working on whole partitions,
+    duplicate keys whose first row sits in an earlier slice included. Runs under a run
+    id of its own (the run's raw extract with duplicates added), so the module's run is
     left as it was."""
     import pyarrow as pa
 
@@ -275,58 +275,66 @@ def test_cleanse_in_slices_equals_cleanse_whole(env, monkeypatch):
     run_id = f"{ctx['run_id']}_slices"
     sctx = {**ctx, "run_id": run_id}
     src, dst = f"runs/{safe_run_id(ctx['run_id'])}", f"runs/{safe_run_id(run_id)}"
-    for k in [*lake.list(f"{src}/comply/subscribers/"),  # what resolve_customers reads
-              *lake.list(f"{src}/comply/_excluded/subscribers/")]:
-        lake.put_bytes(dst + k[len(src):], lake.get_bytes(k))
+
+    def partition_of(k: str) -> str:
+        return k.rsplit("part-", 1)[1].removesuffix(".parquet")
+
     parts = []
-    for table in ("subscribers", "call_records"):
-        k = lake.list(f"{src}/comply/{table}/")[0]
-        t = lake.read_table(k)
-        # Rows 5, 40 and 41 again at the end: with slices of 37 rows their first copies
-        # are two and more slices earlier; one has its key padded and full-width, which
-        # normalises to the same key.
-        again = t.take([5, 40, 41]).to_pydict()
-        cfg_key = pipeline._config(ctx["system"]).table(table)["key"]
-        again[cfg_key][2] = "  " + again[cfg_key][2] + " "
-        t = pa.concat_tables([t, pa.Table.from_pydict(again, schema=t.schema)])
-        lake.write_table(dst + k[len(src):], t)
-        parts.append({"table": table,
-                      "partition": k.rsplit("part-", 1)[1].removesuffix(".parquet")})
+    for table in ("subscribers", "consents"):  # the parents and the policy facts
+        for k in lake.list(f"{src}/raw/{table}/"):
+            lake.put_bytes(dst + k[len(src):], lake.get_bytes(k))
+            if table == "subscribers":
+                parts.append({"table": table, "partition": partition_of(k)})
+    k = lake.list(f"{src}/raw/call_records/")[0]
+    t = lake.read_table(k)
+    # Rows 5, 40 and 41 again at the end: with slices of 37 rows their first copies are
+    # two and more slices earlier; one has its key padded, which normalises to the same.
+    again = t.take([5, 40, 41]).to_pydict()
+    again["cdr_id"][2] = "  " + again["cdr_id"][2] + " "
+    lake.write_table(dst + k[len(src):],
+                     pa.concat_tables([t, pa.Table.from_pydict(again, schema=t.schema)]))
+    parts.append({"table": "call_records", "partition": partition_of(k)})
 
     def outputs() -> dict:
+        for p in parts:
+            pipeline.comply_partition(sctx, p)
         pipeline.resolve_customers(sctx)
         for p in parts:
             pipeline.cleanse_partition(sctx, p)
+        out = {}
         with psycopg.connect(env["dsn"]) as conn:
-            ledger_rows = conn.execute(
-                "SELECT table_name, partition, rows_in, rows_out, rows_quarantined, checksum, "
-                "detail FROM handover_meta.ledger WHERE run_id=%s AND stage='cleanse' "
-                "ORDER BY 1, 2", (run_id,)).fetchall()
-            quarantine = conn.execute(
-                "SELECT table_name, partition, record_key, reason, field FROM "
-                "handover_meta.quarantine WHERE run_id=%s ORDER BY 1, 2, 3, 4, 5",
-                (run_id,)).fetchall()
-        files = {"registry": lake.read_table(f"{dst}/resolve/subscribers.parquet").to_pandas()}
+            out["ledger"] = conn.execute(
+                "SELECT stage, table_name, partition, rows_in, rows_out, rows_quarantined, "
+                "rows_excluded, checksum, detail FROM handover_meta.ledger WHERE run_id=%s "
+                "ORDER BY 1, 2, 3", (run_id,)).fetchall()
+            for what in ("quarantine", "exclusion"):
+                out[what] = conn.execute(
+                    f"SELECT * FROM handover_meta.{what} WHERE run_id=%s "
+                    "ORDER BY 1, 2, 3, 4, 5", (run_id,)).fetchall()
+        out["registry"] = lake.read_table(f"{dst}/resolve/subscribers.parquet").to_pandas()
         for p in parts:
-            for stage in ("cleanse", "cleanse/_quarantine"):
+            for stage in ("comply", "comply/_excluded", "cleanse", "cleanse/_quarantine"):
                 t = lake.read_table(pipeline.part_key(run_id, stage, p["table"], p["partition"]))
-                files[stage, p["table"]] = t.to_pandas()
-        return {"ledger": ledger_rows, "quarantine": quarantine, "files": files}
+                out[stage, p["table"], p["partition"]] = t.to_pandas()
+        return out
 
     try:
         whole = outputs()
-        dup = [r for r in whole["quarantine"] if r[3] == "DUPLICATE_KEY"]
-        assert len(dup) == 6, dup  # three per table, the later copies
-        assert whole["files"]["registry"]["duplicate_loser"].sum() > 0
-        assert (whole["files"]["registry"]["fate"] == "excluded").sum() > 0
-        monkeypatch.setattr(pipeline, "CLEANSE_SLICE_ROWS", 37)
+        dup = [r for r in whole["quarantine"] if r[4] == "DUPLICATE_KEY"]
+        assert len(dup) == 3, dup  # the later copies
+        assert whole["registry"]["duplicate_loser"].sum() > 0
+        assert (whole["registry"]["fate"] == "excluded").sum() > 0
+        assert len(whole["exclusion"]) > 0
+        monkeypatch.setattr(pipeline, "SLICE_ROWS", 37)
         sliced = outputs()
-        assert sliced["ledger"] == whole["ledger"]
-        assert sliced["quarantine"] == whole["quarantine"]
-        for k, frame in whole["files"].items():
-            pd.testing.assert_frame_equal(sliced["files"][k], frame, obj=str(k))
+        assert sliced.keys() == whole.keys()
+        for k, value in whole.items():
+            if isinstance(value, pd.DataFrame):
+                pd.testing.assert_frame_equal(sliced[k], value, obj=str(k))
+            else:
+                assert sliced[k] == value, k
     finally:
         lake.delete_prefix(f"{dst}/")
         with psycopg.connect(env["dsn"], autocommit=True) as conn:
-            for t in ("ledger", "quarantine"):
+            for t in ("ledger", "quarantine", "exclusion"):
                 conn.execute(f"DELETE FROM handover_meta.{t} WHERE run_id=%s", (run_id,))
