@@ -26,6 +26,15 @@ from handover.lake import PARQUET_OPTIONS, Lake, lake_from_url, part_key, safe_r
 
 log = logging.getLogger("handover")
 
+#: jemalloc (Arrow's pool, see handover/__init__.py) keeps pages a task freed for a while
+#: before it gives them back; a stage frees and allocates a partition's worth of buffers
+#: several times within a second, so the pages kept piled up on the task's peak. Returned at
+#: once, the peaks of the partition-bound tasks at 10 M call records fell by 16-93 MB
+#: (docs/performance.md). HANDOVER_ARROW_DECAY_MS sets another delay.
+ARROW_DECAY_MS = int(os.environ.get("HANDOVER_ARROW_DECAY_MS", "0"))
+if pa.default_memory_pool().backend_name == "jemalloc":
+    pa.jemalloc_set_decay_ms(ARROW_DECAY_MS)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUITES_DIR = PROJECT_ROOT / "expectations"
 META = ["_source_row"]
