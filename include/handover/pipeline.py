@@ -496,16 +496,17 @@ def comply_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- cleanse
-def _slices(lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = ()):
-    """One stage input a slice at a time: (duplicate-key flags of the whole partition or
-    None, then (rows before the slice, slice as pandas) pairs). Only the key column is read
-    whole; the rest is read and converted a slice at a time, never all at once. A partition
-    without rows gives one empty slice, so its outputs keep their columns."""
+def _slices(lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = (),
+            whole: tuple[str, ...] = ()):
+    """One stage input a slice at a time: (the columns `whole` and the duplicate-key flags
+    of the whole partition (None without the key column), then (rows before the slice,
+    slice as pandas) pairs). Only those columns are read whole; the rest is read and
+    converted a slice at a time, never all at once. A partition without rows gives one
+    empty slice, so its outputs keep their columns."""
     from handover.cleanse import duplicate_keys
 
-    keys, schema = lake.read_projected(key, [key_column])
-    dup = duplicate_keys(keys.column(key_column)) if key_column in schema.names else None
-    del keys
+    cols, schema = lake.read_projected(key, list(dict.fromkeys([key_column, *whole])))
+    dup = duplicate_keys(cols.column(key_column)) if key_column in schema.names else None
     columns = [n for n in schema.names if n not in drop]
 
     def frames():
@@ -516,7 +517,7 @@ def _slices(lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = ()):
         if start == 0:
             yield 0, pa.schema([schema.field(c) for c in columns]).empty_table().to_pandas()
 
-    return dup, frames()
+    return cols, dup, frames()
 
 
 def _arrow_frame(df: pd.DataFrame) -> pa.Table:
@@ -564,7 +565,7 @@ def resolve_customers(ctx: dict) -> dict:
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
         typed_parts, failed_parts = [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
-            dup, frames = _slices(lake, k, key)
+            _, dup, frames = _slices(lake, k, key)
             for start, raw in frames:
                 typed, verdict = validate(
                     raw, rules, key=key, exported_at=exported_at,
@@ -626,7 +627,7 @@ def _registry(run_id: str, table: str):
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
-    from handover.cleanse import cleanse, record_keys
+    from handover.cleanse import cleanse, parent_fates, record_keys
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
@@ -640,8 +641,14 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     exported_at = pd.Timestamp(ctx["exported_at"])
     # The one rule that reads more than its row (an earlier row with the same key) over
     # the whole partition's keys; every other rule slice by slice.
-    dup, frames = _slices(lake, part_key(run_id, "comply", table, partition), spec["key"],
-                          drop=("_basis",))
+    parent_col = rules["parent"]["column"] if parent is not None else None
+    whole, dup, frames = _slices(lake, part_key(run_id, "comply", table, partition),
+                                 spec["key"], drop=("_basis",),
+                                 whole=(parent_col,) if parent_col else ())
+    # So are the parent rules: the registry is looked up once, not once a slice.
+    fates = (parent_fates(parent, rules, whole.column(parent_col))
+             if parent_col in whole.column_names else None)
+    del whole
     clean_parts, quarantine_parts, keys = [], [], []
     counts: dict[str, int] = {}
     rows_in = 0
@@ -649,7 +656,8 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         rows_in += len(raw)
         res = cleanse(raw, rules, key=spec["key"], exported_at=exported_at, parent=parent,
                       duplicate_losers=losers,
-                      duplicate_key=None if dup is None else dup[start:start + len(raw)])
+                      duplicate_key=None if dup is None else dup[start:start + len(raw)],
+                      parent_fate=None if fates is None else fates[start:start + len(raw)])
         clean_parts.append(_arrow_frame(res.clean))
         q = res.quarantine  # keys as _record_key gives them, without a Python step per row
         keys += record_keys(q["_key"], q["_source_row"] if "_source_row" in q.columns else None)

@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handover.cleanse import REASON_ORDER, ParentRegistry, cleanse, dedupe_losers, validate
+from handover.cleanse import (
+    REASON_ORDER,
+    ParentRegistry,
+    cleanse,
+    dedupe_losers,
+    parent_fates,
+    validate,
+)
 from handover.validators import id_check_digit
 
 E = pd.Timestamp("2026-11-01 00:00:00")
@@ -401,6 +408,25 @@ def test_parent_registry_classify():
 
     assert fate.tolist() == [None, "PARENT_QUARANTINED", "PARENT_EXCLUDED", "ORPHAN_RECORD",
                              None, None]
+
+
+def test_parent_fates_of_a_whole_column_equal_validate_classifying_itself():
+    """parent_fates normalises the raw parent column as validate does (full width, padding,
+    blanks), so the verdicts a sliced cleanse passes in are the ones validate would find."""
+    registry = ParentRegistry(valid=pa.array(["C00000001"]), quarantined=pa.array(["C00000002"]),
+                              excluded=pa.array(["C00000003"]))
+    parents = ["C00000001", " C00000002", "Ｃ00000003", "C00000009", None, "  ", "C00000001 "]
+    raw = frame([call(f"D{i}", cust_id=p) for i, p in enumerate(parents)])
+    fates = parent_fates(registry, CALL_RULES, pa.array(raw["cust_id"].tolist(), pa.string()))
+    assert fates.tolist() == [None, "PARENT_QUARANTINED", "PARENT_EXCLUDED", "ORPHAN_RECORD",
+                              None, None, None]
+    itself = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=registry)
+    given = cleanse(raw, CALL_RULES, key="cdr_id", exported_at=E, parent=registry,
+                    parent_fate=fates)
+    assert outcome(given) == outcome(itself) and clean_rows(given) == clean_rows(itself)
+    assert parent_fates(None, CALL_RULES, pa.array(parents)) is None
+    msisdn_parent = {**CALL_RULES, "msisdn": ["cust_id"]}  # transformed first: validate's job
+    assert parent_fates(registry, msisdn_parent, pa.array(parents)) is None
 
 
 def test_parent_registry_quarantine_wins_over_exclusion():
