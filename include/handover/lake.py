@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,14 +165,15 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def _replace(self, key: str, write: Callable[[Path], None]) -> None:
+        """`write` a temporary file beside the object, flush it to disk, rename it over the
+        object: readers never see a partial object, and a failed write leaves none."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
+            write(tmp)
+            with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, target)
         except OSError as exc:
@@ -181,18 +182,11 @@ class LocalLake(Lake):
             if tmp.exists():
                 tmp.unlink()
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._replace(key, lambda tmp: tmp.write_bytes(data))
+
     def put_file(self, key: str, path: Path) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise self._fail(key, exc) from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        self._replace(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def _fail(self, key: str, exc: OSError) -> OSError:
         """One line naming the lake object and the fix (an OSError still: callers and
@@ -208,23 +202,9 @@ class LocalLake(Lake):
         return pq.ParquetFile(self.path(key))  # read a column chunk at a time, not the file
 
     def write_table(self, key: str, table: pa.Table) -> dict[str, Any]:
-        """Straight to a temporary file beside the target, then renamed over it (readers
-        never see a partial partition)."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(table, tmp, **PARQUET_OPTIONS)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            size = tmp.stat().st_size
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise self._fail(key, exc) from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return {"key": key, "rows": table.num_rows, "bytes": size}
+        """Straight to the object's temporary file: no Parquet bytes held in memory."""
+        self._replace(key, lambda tmp: pq.write_table(table, tmp, **PARQUET_OPTIONS))
+        return {"key": key, "rows": table.num_rows, "bytes": self.path(key).stat().st_size}
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
