@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pgpq
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -94,7 +95,8 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
 
     Arrow's CSV writer and the hex encoding release the GIL, so the next slice is made
     while this thread sends the last one and the server parses it: 10-14 % off a
-    partition's COPY here. The bound keeps memory at a few slices (psycopg's own queued
+    partition's CSV COPY here (the binary encoding is cheaper still, and overlaps the same
+    way). The bound keeps memory at a few slices (psycopg's own queued
     writer holds up to 128 MB). An error on either side stops both; the producer's error
     is raised here.
     """
@@ -122,7 +124,7 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
         finally:
             offer(done)
 
-    worker = threading.Thread(target=produce, name="copy-csv", daemon=True)
+    worker = threading.Thread(target=produce, name="copy-encode", daemon=True)
     worker.start()
     try:
         while (item := box.get()) is not done:
@@ -134,25 +136,82 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
         worker.join()
 
 
+# PostgreSQL types (pg_type.typname) whose binary input reads exactly what pgpq writes for
+# an Arrow type. Anything else (a domain, numeric, integer from int64, text into a date, a
+# naive timestamp into timestamptz, whose text form the server would read in its own time
+# zone) goes as CSV, which the server parses into any type.
+_BINARY_TYPES: dict[str, tuple[str, ...]] = {
+    "int64": ("int8",), "int32": ("int4",), "int16": ("int2",),
+    "double": ("float8",), "float": ("float4",), "bool": ("bool",),
+    "string": ("text", "varchar", "bpchar"), "large_string": ("text", "varchar", "bpchar"),
+    "binary": ("bytea",), "large_binary": ("bytea",), "date32[day]": ("date",),
+}
+
+
+def _binary_ok(arrow: pa.DataType, pg: str | None) -> bool:
+    if pa.types.is_timestamp(arrow):  # s, ms, us; pgpq refuses ns
+        return arrow.unit != "ns" and pg == ("timestamptz" if arrow.tz else "timestamp")
+    return pg in _BINARY_TYPES.get(str(arrow), ())
+
+
+def copy_format(conn: psycopg.Connection, qualified: sql.Composable, schema: pa.Schema) -> str:
+    """"binary" when every column of ``schema`` goes to a column of the relation whose
+    binary input takes pgpq's encoding of its Arrow type, else "csv"."""
+    types = dict(conn.execute(
+        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+        (qualified.as_string(conn),)).fetchall())
+    ok = all(_binary_ok(f.type, types.get(f.name)) for f in schema)
+    return "binary" if ok else "csv"
+
+
+def _binary_slices(table: pa.Table, encoder: Any) -> Iterator[bytes]:
+    """The table in PostgreSQL's binary COPY format, a slice at a time (header and trailer
+    are the caller's)."""
+    size = sum(table[c].nbytes for c in table.column_names) + 4 * table.num_columns * table.num_rows
+    rows = max(1024, min(COPY_SLICE_ROWS, COPY_SLICE_BYTES * table.num_rows // max(size, 1)))
+    for offset in range(0, table.num_rows, rows):
+        for batch in table.slice(offset, rows).to_batches():
+            yield encoder.write_batch(batch)
+
+
 def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable,
                table: pa.Table | Iterable[pa.RecordBatch]) -> list[str]:
     """Stream an Arrow table, or record batches read one by one, into PostgreSQL with one
-    COPY ... (FORMAT csv). Returns the column names (none for no rows)."""
+    COPY. Returns the column names (none for no rows).
+
+    In PostgreSQL's binary format where every column's type allows (``copy_format``): the
+    server then parses no text (timestamps, integers), a third less time for a partition
+    of call records into an unindexed table here (0.53 -> 0.36 s for 493k rows). Else CSV.
+    """
     batches = iter([table] if isinstance(table, pa.Table) else table)
     first = next((b for b in batches if b.num_rows), None)
     if first is None:
         return []
-    names = first.schema.names
+    schema = first.schema
+    names = schema.names
+    fmt = copy_format(conn, qualified, schema)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(qualified, columns)
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(qualified, columns,
+                                                                  sql.SQL(fmt))
+    encoder = pgpq.ArrowToPostgresBinaryEncoder(schema) if fmt == "binary" else None
 
     def slices() -> Iterator[bytes]:
+        if encoder is not None:
+            yield encoder.write_header()
         for part in itertools.chain([first], batches):
             part = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
             if part.schema.names != names:
                 raise ValueError(f"COPY into {qualified.as_string(conn)}: columns changed "
                                  f"from {names} to {part.schema.names}")
-            yield from _csv_slices(part)
+            if encoder is None:
+                yield from _csv_slices(part)
+                continue
+            if not part.schema.equals(schema):  # one encoder, one schema: e.g. a null column
+                part = part.cast(schema)
+            yield from _binary_slices(part, encoder)
+        if encoder is not None:
+            yield encoder.finish()
 
     with conn.cursor().copy(stmt) as cp:
         for data in _made_ahead(slices(), COPY_READ_AHEAD):

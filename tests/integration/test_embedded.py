@@ -49,7 +49,7 @@ def test_start_connect_and_databases_exist(server):
             == "C"
         )
         assert conn.execute("show shared_buffers").fetchone()[0] == "1GB"
-        assert conn.execute("show max_wal_size").fetchone()[0] == "2GB"
+        assert conn.execute("show max_wal_size").fetchone()[0] == "8GB"
     with psycopg.connect(host=info["socket_dir"], user="postgres", dbname="airflow") as conn:
         assert conn.execute("select 1").fetchone()[0] == 1
     assert (pgdata / "server.log").exists()

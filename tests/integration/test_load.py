@@ -161,7 +161,7 @@ def test_copy_in_slices_made_ahead_equals_the_table_and_stops_cleanly(conn, monk
     with pytest.raises(psycopg.errors.CheckViolation):
         load.copy_arrow(conn, sql.Identifier("t", "item"), bad)
     conn.rollback()
-    assert "copy-csv" not in {t.name for t in threading.enumerate()} - before
+    assert "copy-encode" not in {t.name for t in threading.enumerate()} - before
 
     # An error while making the CSV reaches the caller, nothing is loaded.
     def broken():
@@ -171,3 +171,93 @@ def test_copy_in_slices_made_ahead_equals_the_table_and_stops_cleanly(conn, monk
         load.copy_arrow(conn, sql.Identifier("t", "item"), broken())
     conn.rollback()
     assert conn.execute("SELECT count(*) FROM t.item").fetchone()[0] == 0
+
+
+def _typed() -> pa.Table:
+    """Every Arrow type a mapping writes, with nulls, sub-second times, old dates, odd text."""
+    n = 500
+    base = 1_700_000_000_123  # ms
+    return pa.table({
+        "k": pa.array([f"k{i:04d}" for i in range(n)]),
+        "big": pa.array([None if i % 7 == 0 else (i - 250) * 10**12 for i in range(n)],
+                        pa.int64()),
+        "flag": pa.array([None if i % 5 == 0 else i % 2 == 0 for i in range(n)]),
+        "at": pa.array([None if i % 6 == 0 else base + i * 1_000_001 for i in range(n)],
+                       pa.timestamp("ms")),
+        "day": pa.array([None if i % 8 == 0 else -20_000 + i * 97 for i in range(n)],
+                        pa.date32()),
+        "code": pa.array([None if i % 4 == 0 else "MF"[i % 2] for i in range(n)]),
+        "txt": pa.array([None if i % 3 == 0 else f'ä,"q"\\N\n\t{i}' for i in range(n)],
+                        pa.large_string()),
+        "blob": pa.array([None if i % 9 == 0 else bytes([i % 256]) * (i % 17) for i in range(n)],
+                         pa.binary()),
+    })
+
+
+TYPED_DDL = ("(k text PRIMARY KEY, big bigint, flag boolean, at timestamp, day date, "
+             "code char(1), txt text, blob bytea)")
+
+
+def test_binary_copy_loads_what_csv_copy_loads(conn, monkeypatch):
+    from handover import load
+
+    data = _typed()
+    for name in ("typed_csv", "typed_bin"):
+        conn.execute(sql.SQL("CREATE TABLE t.{} " + TYPED_DDL).format(sql.Identifier(name)))
+    assert load.copy_format(conn, sql.Identifier("t", "typed_bin"), data.schema) == "binary"
+    load.copy_arrow(conn, sql.Identifier("t", "typed_bin"), data)
+    monkeypatch.setattr(load, "copy_format", lambda *_: "csv")
+    load.copy_arrow(conn, sql.Identifier("t", "typed_csv"), data)
+    rows = [conn.execute(f"SELECT * FROM t.{name} ORDER BY k").fetchall()
+            for name in ("typed_csv", "typed_bin")]
+    assert len(rows[0]) == data.num_rows
+    assert rows[0] == rows[1]
+    # and both equal the Arrow values (timestamps to the millisecond, no time zone shift)
+    assert [r[3] for r in rows[1]] == data["at"].to_pylist()
+    assert [r[4] for r in rows[1]] == data["day"].to_pylist()
+    assert [r[7] for r in rows[1]] == data["blob"].to_pylist()
+    conn.rollback()
+
+
+def test_copy_falls_back_to_csv_where_binary_input_would_misread(conn):
+    from handover import load
+
+    conn.execute("CREATE DOMAIN t.code AS text CHECK (VALUE <> '')")
+    conn.execute("CREATE TABLE t.odd (k text, n integer, d date, z timestamptz, c t.code, "
+                 "m numeric(12, 2))")
+    odd = sql.Identifier("t", "odd")
+
+    def fmt(**columns: pa.Array) -> str:
+        return load.copy_format(conn, odd, pa.table(columns).schema)
+
+    assert fmt(k=pa.array(["a"])) == "binary"
+    assert fmt(k=pa.array(["a"]), n=pa.array([1], pa.int64())) == "csv"      # int8 -> int4
+    assert fmt(k=pa.array(["a"]), n=pa.array([1], pa.int32())) == "binary"
+    assert fmt(d=pa.array(["2024-01-31"])) == "csv"                           # text -> date
+    assert fmt(z=pa.array([0], pa.timestamp("ms"))) == "csv"                 # naive -> tz
+    assert fmt(z=pa.array([0], pa.timestamp("us", tz="UTC"))) == "binary"
+    assert fmt(z=pa.array([0], pa.timestamp("ns", tz="UTC"))) == "csv"      # pgpq: no ns
+    assert fmt(c=pa.array(["x"])) == "csv"                                    # a domain
+    assert fmt(m=pa.array(["1.50"])) == "csv"
+    assert fmt(nope=pa.array(["x"])) == "csv"                                 # no such column
+
+    # the CSV path still loads what binary input would refuse: int64 into integer, text dates
+    load.copy_arrow(conn, odd, pa.table({"k": ["a", "b"], "n": pa.array([1, None], pa.int64()),
+                                         "d": ["2024-01-31", None], "m": ["1.50", "2"]}))
+    assert conn.execute("SELECT k, n, d::text, m::text FROM t.odd ORDER BY k").fetchall() == [
+        ("a", 1, "2024-01-31", "1.50"), ("b", None, None, "2.00")]
+    conn.rollback()
+
+
+def test_binary_copy_takes_batches_whose_types_drift_to_the_first_schema(conn):
+    """A later file of a table can type an all-null column as null; one encoder serves all."""
+    from handover import load
+
+    first = pa.record_batch({"item_id": ["a1"], "qty": pa.array([1], pa.int64()),
+                             "note": ["x"], "secret_enc": pa.array([b"\x00"], pa.binary())})
+    later = pa.record_batch({"item_id": ["a2"], "qty": pa.array([2], pa.int64()),
+                             "note": pa.nulls(1), "secret_enc": pa.nulls(1)})
+    load.copy_arrow(conn, sql.Identifier("t", "item"), iter([first, later]))
+    assert conn.execute("SELECT item_id, qty, note, secret_enc FROM t.item ORDER BY 1").fetchall() \
+        == [("a1", 1, "x", b"\x00"), ("a2", 2, None, None)]
+    conn.rollback()
