@@ -427,23 +427,28 @@ _BLANK = f"^[{_PY_SPACE}]*$"
 
 
 def record_keys(keys: pd.Series, rows: pd.Series | None = None) -> list[str]:
+    """Ledger key per row, as a list: see record_key_array."""
+    return record_key_array(keys, rows).to_pylist()
+
+
+def record_key_array(keys: pd.Series, rows: pd.Series | None = None) -> pa.Array:
     """Ledger key per row: the key if it is text with a non-blank character, else
-    "row:<source row>". pipeline._record_key without a Python step per row (its
+    "row:<source row>". _record_keys_loop without a Python step per row (its
     str.strip() is matched with the exact character class); a key column that is not
     text, or source rows that are not integers, go through that loop instead.
     """
     rows = pd.Series(range(len(keys))) if rows is None else rows
     if not pd.api.types.is_integer_dtype(rows.dtype) or not (
             keys.dtype == object or isinstance(keys.dtype, (pd.StringDtype, pd.ArrowDtype))):
-        return _record_keys_loop(keys, rows)
+        return pa.array(_record_keys_loop(keys, rows), pa.string())
     try:
         arr = _to_arrow(keys)
     except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
-        return _record_keys_loop(keys, rows)
+        return pa.array(_record_keys_loop(keys, rows), pa.string())
     blank = pc.fill_null(pc.match_substring_regex(arr, _BLANK), True)
     fallback = pc.binary_join_element_wise(
         "row:", pc.cast(pa.array(rows.to_numpy(dtype=np.int64)), pa.string()), "")
-    return pc.if_else(blank, fallback, arr).to_pylist()
+    return pc.if_else(blank, fallback, arr).cast(pa.string())
 
 
 def _record_keys_loop(keys: pd.Series, rows: pd.Series) -> list[str]:

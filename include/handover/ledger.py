@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -97,25 +97,56 @@ def record(conn: psycopg.Connection, *, run_id: str, table: str, partition: str,
 
 
 def replace_quarantine(conn: psycopg.Connection, run_id: str, table: str, partition: str,
-                       rows: Sequence[tuple[str, str, str | None]]) -> None:
-    """Replace this partition's quarantine entries: (record key, reason, field)."""
+                       keys: Any, reasons: Any, fields: Any) -> None:
+    """Replace this partition's quarantine entries: record key, reason, field per row (equal
+    lengths; Arrow arrays, pandas Series, numpy arrays or lists)."""
     conn.execute("DELETE FROM handover_meta.quarantine WHERE run_id=%s AND table_name=%s "
                  "AND partition=%s", (run_id, table, partition))
-    with conn.cursor().copy("COPY handover_meta.quarantine (run_id, table_name, partition, "
-                            "record_key, reason, field) FROM STDIN") as cp:
-        for key, reason, field in rows:
-            cp.write_row((run_id, table, partition, key, reason, field))
+    _copy_entries(conn, "quarantine", run_id, table, partition, {
+        "record_key": _column(keys, pa.string()), "reason": _column(reasons, pa.string()),
+        "field": _column(fields, pa.string())})
 
 
 def replace_exclusions(conn: psycopg.Connection, run_id: str, table: str, partition: str,
-                       rows: Sequence[tuple[str, str, Any]]) -> None:
-    """Replace this partition's exclusions: (record key, rule id, destroy-by date)."""
+                       keys: Any, rules: Any, destroy_by: Any) -> None:
+    """Replace this partition's exclusions: record key, rule id, destroy-by date per row."""
     conn.execute("DELETE FROM handover_meta.exclusion WHERE run_id=%s AND table_name=%s "
                  "AND partition=%s", (run_id, table, partition))
-    with conn.cursor().copy("COPY handover_meta.exclusion (run_id, table_name, partition, "
-                            "record_key, rule_id, destroy_by) FROM STDIN") as cp:
-        for key, rule, destroy_by in rows:
-            cp.write_row((run_id, table, partition, key, rule, destroy_by))
+    _copy_entries(conn, "exclusion", run_id, table, partition, {
+        "record_key": _column(keys, pa.string()), "rule_id": _column(rules, pa.string()),
+        "destroy_by": _column(destroy_by, pa.date32())})
+
+
+def _column(values: Any, typ: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        return values.cast(typ)
+    if isinstance(values, pd.Series):
+        values = values.astype(object).where(values.notna(), None).to_numpy()
+    return pa.array(values, typ, from_pandas=True)
+
+
+def _copy_entries(conn: psycopg.Connection, name: str, run_id: str, table: str,
+                  partition: str, columns: dict[str, pa.Array]) -> None:
+    """A partition's ledger entries in one COPY built in Arrow, with no Python step per
+    entry. For 300,000 exclusions (a partition of browsing events, most without consent)
+    the server's COPY, index included, stays the cost: ~0.5 s."""
+    from psycopg import sql
+
+    from handover.load import copy_arrow
+
+    lengths = {len(c) for c in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{name} entries of {table} {partition}: columns of unequal length "
+                         f"{sorted(lengths)}")
+    n = lengths.pop() if lengths else 0
+    if not n:
+        return
+    fixed = {"run_id": run_id, "table_name": table, "partition": partition}
+    entries = pa.table({**{k: pa.repeat(pa.scalar(v, pa.string()), n) for k, v in fixed.items()},
+                        **columns})
+    copy_arrow(conn, sql.Identifier("handover_meta", name), entries)
 
 
 def audit(conn: psycopg.Connection, action: str, *, run_id: str | None = None,

@@ -88,13 +88,6 @@ def _part(part: dict, **counts: Any) -> dict:
     return {"table": part["table"], "partition": part["partition"], **counts}
 
 
-def _record_key(df: pd.DataFrame, key_col: str) -> list[str]:
-    keys = df[key_col].astype(object).where(df[key_col].notna(), None)
-    rows = df["_source_row"] if "_source_row" in df.columns else pd.Series(range(len(df)))
-    return [k if isinstance(k, str) and k.strip() else f"row:{r}"
-            for k, r in zip(keys, rows, strict=True)]
-
-
 def _date_format(cfg: SourceConfig, table: str, column: str | None) -> str | None:
     if column is None:
         return None
@@ -429,6 +422,7 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
+    from handover.cleanse import record_key_array
     from handover.comply import decide
 
     cfg = _config(ctx["system"])
@@ -485,9 +479,10 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     lake.write_table(part_key(run_id, "comply", table, partition), moved)
     lake.write_table(part_key(run_id, "comply/_excluded", table, partition), excluded)
     with ledger.connect() as conn, conn.transaction():
-        keys = _record_key(excluded_frame, spec["key"])
-        ledger.replace_exclusions(conn, run_id, table, partition, list(zip(
-            keys, excluded_frame["_rule"], excluded_frame["_destroy_by"], strict=True)))
+        ledger.replace_exclusions(
+            conn, run_id, table, partition,
+            record_key_array(excluded_frame[spec["key"]], excluded_frame.get("_source_row")),
+            excluded_frame["_rule"], excluded_frame["_destroy_by"])
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
                       rows_in=rows_in, rows_out=len(moved_keys_all),
                       excluded=len(excluded_frame),
@@ -630,7 +625,7 @@ def _registry(run_id: str, table: str):
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
-    from handover.cleanse import cleanse, parent_fates, record_keys
+    from handover.cleanse import cleanse, parent_fates, record_key_array
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
@@ -662,8 +657,8 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
                       duplicate_key=None if dup is None else dup[start:start + len(raw)],
                       parent_fate=None if fates is None else fates[start:start + len(raw)])
         clean_parts.append(_arrow_frame(res.clean))
-        q = res.quarantine  # keys as _record_key gives them, without a Python step per row
-        keys += record_keys(q["_key"], q["_source_row"] if "_source_row" in q.columns else None)
+        q = res.quarantine
+        keys.append(record_key_array(q["_key"], q.get("_source_row")))
         quarantine_parts.append(_arrow_frame(q))
         for reason, n in res.counts.items():
             counts[reason] = counts.get(reason, 0) + n
@@ -677,9 +672,10 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     lake.write_table(part_key(run_id, "cleanse", table, partition), clean)
     lake.write_table(part_key(run_id, "cleanse/_quarantine", table, partition), quarantine)
     with ledger.connect() as conn, conn.transaction():
-        ledger.replace_quarantine(conn, run_id, table, partition, list(zip(
-            keys, quarantine.column("_reason").to_pylist(),
-            quarantine.column("_field").to_pylist(), strict=True)))
+        ledger.replace_quarantine(
+            conn, run_id, table, partition,
+            pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
+            quarantine.column("_reason"), quarantine.column("_field"))
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
                       rows_in=rows_in, rows_out=clean.num_rows,
                       quarantined=quarantine.num_rows,

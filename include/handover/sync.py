@@ -396,8 +396,8 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     with ledger.connect() as conn, conn.transaction():
         keys = [str(k).strip() if isinstance(k, str) and k.strip() else f"row:{r}"
                 for k, r in zip(res.excluded[key], res.excluded["_source_row"], strict=True)]
-        ledger.replace_exclusions(conn, run_id, table, partition, list(zip(
-            keys, res.excluded["_rule"], res.excluded["_destroy_by"], strict=True)))
+        ledger.replace_exclusions(conn, run_id, table, partition, keys, res.excluded["_rule"],
+                                  res.excluded["_destroy_by"])
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
                       rows_in=len(raw), rows_out=len(res.moved), excluded=len(res.excluded),
                       checksum=ledger.key_checksum(res.moved[key].to_numpy(dtype=object)),

@@ -507,17 +507,16 @@ def test_control_scan_equals_the_regex(values):
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(KEYISH, max_size=12), st.booleans(), st.booleans())
 def test_record_keys_equal_the_pipeline_loop(keys, as_str, with_rows):
-    from handover.cleanse import record_keys
-    from handover.pipeline import _record_key
+    from handover.cleanse import _record_keys_loop, record_key_array, record_keys
 
     series = pd.Series(keys, dtype="str" if as_str else object)
-    df = pd.DataFrame({"k": series})
     rows = None
     if with_rows:
         rows = pd.Series(np.arange(len(keys), dtype=np.int64) * 7 + 3)
-        df["_source_row"] = rows
 
-    assert record_keys(series, rows) == _record_key(df, "k")
+    expected = _record_keys_loop(series, rows if rows is not None else range(len(keys)))
+    assert record_keys(series, rows) == expected
+    assert record_key_array(series, rows).type == pa.string()  # one type to concatenate
 
 
 def _decimal_by_pandas(values: list, places: int) -> np.ndarray:
