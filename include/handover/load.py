@@ -21,6 +21,7 @@ import io
 import itertools
 import queue
 import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -262,27 +263,40 @@ MERGE_RETURNING = 170000  # MERGE ... RETURNING merge_action() needs PostgreSQL 
 
 def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
                    table: pa.Table) -> dict[str, int]:
-    """COPY into a temporary staging table, then one statement that inserts new keys and
-    rewrites only rows whose comparable columns differ.
+    """COPY into a staging table, check whether the target already holds every staged row
+    as it is, and only if not run one statement that inserts new keys and rewrites only
+    rows whose comparable columns differ.
 
-    On PostgreSQL 17+ that statement is a MERGE probing the primary key row by row: a
-    rerun (every row present and unchanged) then only reads, where INSERT ... ON CONFLICT
-    DO UPDATE locks every conflicting row even when its WHERE skips it, writing each
-    page; measured on 350k call records, 0.87 s against 1.07-1.17 s. Older servers run
-    the ON CONFLICT form. Either way one statement, counted in the server.
+    The staging table is UNLOGGED, made and dropped inside the caller's transaction (a
+    rollback takes it too), not TEMP: PostgreSQL never scans a temporary table with
+    parallel workers, and the check probes the primary key from two. A rerun of a loaded
+    partition (every row present and unchanged) is then only that read: for 549k call
+    records against 10 M target rows the whole load transaction took 1.35-1.39 s with the
+    MERGE (1.0 s of it) and 0.92-0.98 s with the check on two workers (~0.55 s).
+
+    The write, when needed, is a MERGE probing the primary key row by row on PostgreSQL
+    17+: INSERT ... ON CONFLICT DO UPDATE locks every conflicting row even when its WHERE
+    skips it, writing each page (measured on 350k call records, 0.87 s against
+    1.07-1.17 s). Older servers run the ON CONFLICT form. Either way one statement,
+    counted in the server.
     """
-    staging = sql.Identifier(f"stg_{target}")
-    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
-                         "ON COMMIT DELETE ROWS").format(staging, sql.Identifier(schema, target)))
-    conn.execute(sql.SQL("TRUNCATE {}").format(staging))
+    staging = sql.Identifier("handover_work", f"stg_{target}_{uuid.uuid4().hex[:12]}")
+    tgt = sql.Identifier(schema, target)
+    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)")
+                 .format(staging, tgt))
     copy_arrow(conn, staging, table)
     cols = table.column_names
-    ident = [sql.Identifier(c) for c in cols]
     # The key is equal on every matched row: comparing it again is a wasted text compare.
     compare = [c for c in comparable_columns(cols) if c != key] or [key]
+    present, differ = _present_and_differing(conn, tgt, staging, key, compare)
+    if present == table.num_rows and not differ:
+        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
+        return {"inserted": 0, "updated": 0, "unchanged": table.num_rows}
     if conn.info.server_version >= MERGE_RETURNING:
-        return _merge(conn, sql.Identifier(schema, target), staging, key, cols, compare,
-                      table.num_rows)
+        result = _merge(conn, tgt, staging, key, cols, compare, table.num_rows)
+        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
+        return result
+    ident = [sql.Identifier(c) for c in cols]
     # Counted in the server: a row per written row sent back only to be counted would be
     # hundreds of thousands of round-trip values per partition.
     stmt = sql.SQL(
@@ -293,7 +307,7 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
         "FROM written"
     ).format(
-        target=sql.Identifier(schema, target),
+        target=tgt,
         cols=sql.SQL(", ").join(ident),
         staging=staging,
         key=sql.Identifier(key),
@@ -305,8 +319,29 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
                                  for c in compare),
     )
     inserted, updated = conn.execute(stmt).fetchone()
+    conn.execute(sql.SQL("DROP TABLE {}").format(staging))
     return {"inserted": inserted, "updated": updated,
             "unchanged": table.num_rows - inserted - updated}
+
+
+def _present_and_differing(conn: psycopg.Connection, target: sql.Composable,
+                           staging: sql.Composable, key: str, compare: list[str]
+                           ) -> tuple[int, int]:
+    """How many staged rows have their key in the target, and how many of those differ in
+    a comparable column: a read-only probe of the primary key per staged row, which the
+    planner may split across parallel workers (a hash join would scan the whole target)."""
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    present, differ = conn.execute(sql.SQL(
+        "SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND ({t_cmp}) IS "
+        "DISTINCT FROM ({s_cmp})) FROM {s} s LEFT JOIN {t} t ON t.{k} = s.{k}").format(
+        k=sql.Identifier(key), s=staging, t=target,
+        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
+        s_cmp=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
+    )).fetchone()
+    conn.execute("RESET enable_hashjoin")
+    conn.execute("RESET enable_mergejoin")
+    return int(present), int(differ)
 
 
 def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable, key: str,

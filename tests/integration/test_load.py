@@ -44,6 +44,7 @@ def conn(request, target_db):
         merge = c.info.server_version >= MERGE_RETURNING
         assert merge == (request.param == "embedded"), "each server runs its own form"
         c.execute("CREATE SCHEMA IF NOT EXISTS t")
+        c.execute("CREATE SCHEMA IF NOT EXISTS handover_work")  # ledger.ensure_schema's
         c.execute("DROP TABLE IF EXISTS t.item")
         c.execute("CREATE TABLE t.item (item_id text PRIMARY KEY, qty bigint NOT NULL "
                   "CHECK (qty >= 0), note text, secret_enc bytea)")
@@ -77,9 +78,43 @@ def test_new_partition_is_copied_and_a_rerun_changes_nothing(conn):
     assert [r[2] for r in rows] == part["note"].to_pylist()  # quotes, commas, newlines
     assert [None if r[3] is None else bytes(r[3]) for r in rows] == part["secret_enc"].to_pylist()
     before = table_checksum(conn, "t", "item", "item_id")
+    versions = conn.execute("SELECT xmin::text, ctid::text FROM t.item ORDER BY item_id"
+                            ).fetchall()
     again = _load(conn, part)
     assert again == {"inserted": 0, "updated": 0, "unchanged": N, "method": "upsert"}
     assert table_checksum(conn, "t", "item", "item_id") == before
+    # the rerun only read: no row version was written, and its staging table is gone
+    assert conn.execute("SELECT xmin::text, ctid::text FROM t.item ORDER BY item_id"
+                        ).fetchall() == versions
+    assert _staging_tables(conn) == []
+
+
+def _staging_tables(conn) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'handover_work'").fetchall()]
+
+
+def test_a_rerun_that_finds_one_changed_row_writes_that_row_only(conn):
+    part = _part()
+    _load(conn, part)
+    conn.execute("UPDATE t.item SET note = 'edited' WHERE item_id = 'k00007'")
+    conn.commit()
+    versions = dict(conn.execute("SELECT item_id, ctid::text FROM t.item").fetchall())
+    stats = _load(conn, part)
+    assert stats == {"inserted": 0, "updated": 1, "unchanged": N - 1, "method": "upsert"}
+    after = dict(conn.execute("SELECT item_id, ctid::text FROM t.item").fetchall())
+    assert {k for k in after if after[k] != versions[k]} == {"k00007"}
+    assert conn.execute("SELECT note FROM t.item WHERE item_id = 'k00007'").fetchone()[0] == \
+        part["note"][7].as_py()
+    assert _staging_tables(conn) == []
+
+    # a failing rerun leaves no staging table behind either (the rollback takes it)
+    bad = part.set_column(1, "qty", pa.array([-1] * N, pa.int64()))
+    with pytest.raises(psycopg.errors.CheckViolation):
+        _load(conn, bad)
+    conn.rollback()
+    assert _staging_tables(conn) == []
 
 
 def test_a_key_the_probe_misses_falls_back_to_the_keyed_upsert(conn):
