@@ -57,7 +57,6 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         columns = copy_arrow(conn, stage_tbl, lake.iter_batches(k, None)) or columns
     tgt = sql.Identifier(schema, target)
     kid = sql.Identifier(key)
-    target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
     # One full join answers the key, field and money questions together (one pass over
     # both sides instead of four): per period of the source row, the keys missing from the
     # target, the target rows the run did not send (target_only), the rows whose fields
@@ -79,11 +78,14 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     rows = conn.execute(sql.SQL(
         "SELECT s.{k} IS NULL AS target_only, {p} AS period, "
         "count(*) FILTER (WHERE t.{k} IS NULL), count(*) FILTER (WHERE s.{k} IS NULL), "
-        "count(*) FILTER (WHERE s.{k} IS NOT NULL AND t.{k} IS NOT NULL AND {d}), {money} "
+        "count(*) FILTER (WHERE s.{k} IS NOT NULL AND t.{k} IS NOT NULL AND {d}), {money}, "
+        "count(t.{k}) "
         "FROM {s} s FULL JOIN {t} t USING ({k}) GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(k=kid, p=period, d=differs, money=money, s=stage_tbl, t=tgt)).fetchall()
     conn.execute("RESET enable_sort")
     conn.execute(sql.SQL("DROP TABLE {}").format(stage_tbl))
+    # every target row is in the full join once: its count is the table's (no second scan)
+    target_rows = sum(r[7] for r in rows)
     missing = sum(r[2] for r in rows)
     extra = sum(r[3] for r in rows)
     mismatches = sum(r[4] for r in rows)
@@ -91,7 +93,7 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     by_month: list[dict] = []
     if money_col:
         by_month = [{"period": p, "source_fen": int(a or 0), "target_fen": int(b or 0)}
-                    for target_only, p, _, _, _, a, b in rows if not target_only]
+                    for target_only, p, _, _, _, a, b, _ in rows if not target_only]
         money_source = sum(r["source_fen"] for r in by_month)
         money_target = sum(r["target_fen"] for r in by_month)
 
