@@ -1,10 +1,11 @@
 """Load: one partition into the target, in one transaction, idempotently.
 
-Write-audit-publish at partition grain: COPY the mapped rows into a temporary staging
-table, then one set-based upsert keyed on the natural key, then the ledger row, and
-commit all three together. A rerun finds every row present and rewrites none of them
-(rows whose non-ciphertext columns are unchanged are skipped), so the target ends the
-same however often a task is cleared. Ciphertext is compared through the blind index:
+Write-audit-publish at partition grain: COPY the mapped rows into a staging table (an
+UNLOGGED one, made and dropped in the transaction), then one set-based upsert keyed on
+the natural key, then the ledger row, and commit all of it together. A rerun finds every
+row present and unchanged in a read-only check and writes nothing (rows whose
+non-ciphertext columns are unchanged are never rewritten), so the target ends the same
+however often a task is cleared. Ciphertext is compared through the blind index:
 a new random nonce must not count as a change.
 
 A partition none of whose keys is in the target yet (the first load of a migration) is
