@@ -135,8 +135,8 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
 # ---------------------------------------------------------------- extract
 # The partition is the unit of memory and of Airflow's per-task cost (~0.14 s a task
-# instance, nine task instances a partition): 600,000 rows keeps the largest task near
-# 0.7 GB (docs/performance.md has the trade measured at 260,000, 400,000 and 600,000).
+# instance, eight task instances a partition): 600,000 rows keeps the largest task near
+# 0.6 GB (docs/performance.md has the trade measured at 260,000, 400,000 and 600,000).
 MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "600000"))
 # Rows alone do not bound a partition: 600,000 subscribers (165 bytes a row in the export)
 # weigh twice 600,000 call records (90 bytes), and every stage holds a partition at a time.
