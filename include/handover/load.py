@@ -18,6 +18,7 @@ the keyed upsert runs, so the end state is the same on either path.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import queue
@@ -289,40 +290,34 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
     cols = table.column_names
     # The key is equal on every matched row: comparing it again is a wasted text compare.
     compare = [c for c in comparable_columns(cols) if c != key] or [key]
+    rows = table.num_rows
     present, differ = _present_and_differing(conn, tgt, staging, key, compare)
-    if present == table.num_rows and not differ:
-        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
-        return {"inserted": 0, "updated": 0, "unchanged": table.num_rows}
-    if conn.info.server_version >= MERGE_RETURNING:
-        result = _merge(conn, tgt, staging, key, cols, compare, table.num_rows)
-        conn.execute(sql.SQL("DROP TABLE {}").format(staging))
-        return result
-    ident = [sql.Identifier(c) for c in cols]
-    # Counted in the server: a row per written row sent back only to be counted would be
-    # hundreds of thousands of round-trip values per partition.
-    stmt = sql.SQL(
-        "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
-        "ON CONFLICT ({key}) DO UPDATE SET {sets} "
-        "WHERE ({t_cmp}) IS DISTINCT FROM ({x_cmp}) "
-        "RETURNING (xmax = 0) AS inserted) "
-        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
-        "FROM written"
-    ).format(
-        target=tgt,
-        cols=sql.SQL(", ").join(ident),
-        staging=staging,
-        key=sql.Identifier(key),
-        sets=sql.SQL(", ").join(
-            sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in cols if c != key),
-        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
-        x_cmp=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
-                                 for c in compare),
-    )
-    inserted, updated = conn.execute(stmt).fetchone()
+    if present == rows and not differ:
+        result = {"inserted": 0, "updated": 0, "unchanged": rows}
+    elif conn.info.server_version >= MERGE_RETURNING:
+        result = _merge(conn, tgt, staging, key, cols, compare, rows)
+    else:
+        result = _on_conflict(conn, tgt, staging, key, cols, compare, rows)
     conn.execute(sql.SQL("DROP TABLE {}").format(staging))
-    return {"inserted": inserted, "updated": updated,
-            "unchanged": table.num_rows - inserted - updated}
+    return result
+
+
+def _prefixed(alias: str, columns: list[str]) -> sql.Composable:
+    """``alias.c1, alias.c2, ...``"""
+    return sql.SQL(", ").join(sql.SQL(alias + ".{}").format(sql.Identifier(c)) for c in columns)
+
+
+@contextlib.contextmanager
+def _probing_the_key(conn: psycopg.Connection) -> Iterator[None]:
+    """Plan the statements inside as a primary-key probe per staged row: a hash or merge
+    join over a whole staged partition would scan the entire target, a cost that grows
+    with the table (1.4 s against 0.9 s at 2.5 M target rows). Reset afterwards: SET LOCAL
+    would last to the caller's commit, and the rest of its transaction plans freely."""
+    conn.execute("SET LOCAL enable_hashjoin = off")
+    conn.execute("SET LOCAL enable_mergejoin = off")
+    yield
+    conn.execute("RESET enable_hashjoin")
+    conn.execute("RESET enable_mergejoin")
 
 
 def _present_and_differing(conn: psycopg.Connection, target: sql.Composable,
@@ -330,30 +325,20 @@ def _present_and_differing(conn: psycopg.Connection, target: sql.Composable,
                            ) -> tuple[int, int]:
     """How many staged rows have their key in the target, and how many of those differ in
     a comparable column: a read-only probe of the primary key per staged row, which the
-    planner may split across parallel workers (a hash join would scan the whole target)."""
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    conn.execute("SET LOCAL enable_mergejoin = off")
-    present, differ = conn.execute(sql.SQL(
-        "SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND ({t_cmp}) IS "
-        "DISTINCT FROM ({s_cmp})) FROM {s} s LEFT JOIN {t} t ON t.{k} = s.{k}").format(
-        k=sql.Identifier(key), s=staging, t=target,
-        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
-        s_cmp=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
-    )).fetchone()
-    conn.execute("RESET enable_hashjoin")
-    conn.execute("RESET enable_mergejoin")
+    planner may split across parallel workers."""
+    with _probing_the_key(conn):
+        present, differ = conn.execute(sql.SQL(
+            "SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND ({t_cmp}) IS "
+            "DISTINCT FROM ({s_cmp})) FROM {s} s LEFT JOIN {t} t ON t.{k} = s.{k}").format(
+            k=sql.Identifier(key), s=staging, t=target,
+            t_cmp=_prefixed("t", compare), s_cmp=_prefixed("s", compare))).fetchone()
     return int(present), int(differ)
 
 
 def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable, key: str,
            cols: list[str], compare: list[str], rows: int) -> dict[str, int]:
-    # A MERGE whose source is a whole staged partition is planned as a hash join over the
-    # entire target (a sequential scan that grows with the table: 1.4 s against 0.9 s at
-    # 2.5 M target rows); probing the primary key per staged row is what ON CONFLICT does.
     # MERGE is not safe against a concurrent insert of the same key (ON CONFLICT is): a
     # partition's keys are its own, and a clash fails the task, whose retry finds the row.
-    conn.execute("SET LOCAL enable_hashjoin = off")
-    conn.execute("SET LOCAL enable_mergejoin = off")
     stmt = sql.SQL(
         "WITH written AS (MERGE INTO {target} AS t USING {staging} AS s ON t.{key} = s.{key} "
         "WHEN MATCHED AND ({t_cmp}) IS DISTINCT FROM ({s_cmp}) THEN UPDATE SET {sets} "
@@ -364,17 +349,39 @@ def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Compos
     ).format(
         target=target, staging=staging, key=sql.Identifier(key),
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-        vals=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in cols),
+        vals=_prefixed("s", cols),
         sets=sql.SQL(", ").join(
             sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c))
             for c in cols if c != key),
-        t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
-        s_cmp=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
+        t_cmp=_prefixed("t", compare), s_cmp=_prefixed("s", compare),
+    )
+    with _probing_the_key(conn):
+        inserted, updated = conn.execute(stmt).fetchone()
+    return {"inserted": inserted, "updated": updated, "unchanged": rows - inserted - updated}
+
+
+def _on_conflict(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable,
+                 key: str, cols: list[str], compare: list[str], rows: int) -> dict[str, int]:
+    # Counted in the server: a row per written row sent back only to be counted would be
+    # hundreds of thousands of round-trip values per partition.
+    stmt = sql.SQL(
+        "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
+        "ON CONFLICT ({key}) DO UPDATE SET {sets} "
+        "WHERE ({t_cmp}) IS DISTINCT FROM ({x_cmp}) "
+        "RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+        "FROM written"
+    ).format(
+        target=target,
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+        staging=staging,
+        key=sql.Identifier(key),
+        sets=sql.SQL(", ").join(
+            sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
+            for c in cols if c != key),
+        t_cmp=_prefixed("t", compare), x_cmp=_prefixed("excluded", compare),
     )
     inserted, updated = conn.execute(stmt).fetchone()
-    # SET LOCAL would last to the caller's commit: the rest of its transaction plans freely.
-    conn.execute("RESET enable_hashjoin")
-    conn.execute("RESET enable_mergejoin")
     return {"inserted": inserted, "updated": updated, "unchanged": rows - inserted - updated}
 
 
