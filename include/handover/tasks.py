@@ -72,7 +72,9 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         raise TransientFault(
             f"{type(exc).__name__}: {_first_line(exc)}; transient (database or object store "
             "unreachable): Airflow retries with backoff; if retries run out, check the service "
-            "and clear the task") from exc
+            "and clear the task") from _chained(exc)
+    except database_faults() as exc:
+        raise DatabaseFault(database_error_line(exc)) from None
 
 
 def reset_peak_rss() -> bool:
@@ -137,6 +139,48 @@ def transient_faults() -> tuple[type[BaseException], ...]:
     from botocore.exceptions import ConnectionError as BotoConnectionError
 
     return (psycopg.OperationalError, BotoConnectionError, ConnectionError, TimeoutError)
+
+
+class DatabaseFault(RuntimeError):
+    """A database error, told without the row values PostgreSQL puts in its message."""
+
+
+def database_faults() -> tuple[type[BaseException], ...]:
+    import psycopg
+
+    return (psycopg.Error,)
+
+
+def _chained(exc: BaseException) -> BaseException | None:
+    """The cause to chain to a task's own error: none for a database error, whose full
+    text (DETAIL, CONTEXT) can quote a row; Airflow logs a chained cause whole."""
+    return None if isinstance(exc, database_faults()) else exc
+
+
+def database_error_line(exc: BaseException) -> str:
+    """One line for a PostgreSQL error with no value from a row in it: its class, SQLSTATE,
+    the table, column and constraint it names, where in handover it was raised, and the
+    primary message unless it is a data exception (SQLSTATE class 22, which quotes the
+    value it could not take). Left out: DETAIL (an integrity error's "Failing row contains
+    (...)" or "Key (...)=(...)") and CONTEXT (the COPY line)."""
+    import traceback
+
+    diag = getattr(exc, "diag", None)
+    state = getattr(diag, "sqlstate", None) or "?"
+    parts = [f"{type(exc).__name__} (SQLSTATE {state})"]
+    primary = getattr(diag, "message_primary", None)
+    if primary and not state.startswith("22"):
+        parts.append(primary.splitlines()[0])
+    parts += [f"{what} {name}" for what, name in (
+        ("table", getattr(diag, "table_name", None)), ("column", getattr(diag, "column_name", None)),
+        ("constraint", getattr(diag, "constraint_name", None))) if name]
+    ours = [f for f in traceback.extract_tb(exc.__traceback__)
+            if "handover" in Path(f.filename).parts]
+    if ours:
+        parts.append(f"at {Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].name})")
+    parts.append("row values left out of this log (they can be personal data); the database "
+                 "server's own log has the statement")
+    return "; ".join(parts)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -103,3 +103,37 @@ def test_object_store_down_is_transient_and_retried_with_one_line(env, export, m
     assert not isinstance(err.value, AirflowFailException)  # Airflow will retry it
     assert "\n" not in msg and f"127.0.0.1:{port}" in msg
     assert "retries" in msg
+
+
+def test_database_error_reaches_the_log_without_row_values(env):
+    """PostgreSQL quotes rows in its errors (DETAIL "Failing row contains (...)", a
+    duplicate "Key (...)=(...)", the bad value of a data exception): none of that may reach
+    the task log, where Airflow prints the error and any chained cause whole."""
+    import psycopg
+
+    phone, resident_id = "13912345678", "110101199003074477"
+    with psycopg.connect(pg_dsn(env), autocommit=True) as conn:
+        conn.execute("CREATE TABLE t_sub (id text PRIMARY KEY, msisdn text "
+                     "CHECK (length(msisdn) = 11))")
+        conn.execute("INSERT INTO t_sub VALUES (%s, %s)", (resident_id, phone))
+
+    def run(statement: str, *params):
+        with psycopg.connect(pg_dsn(env), autocommit=True) as conn:
+            conn.execute(statement, params)
+
+    cases = [
+        ("INSERT INTO t_sub VALUES (%s, %s)", (resident_id, phone), "23505", "t_sub_pkey"),
+        ("INSERT INTO t_sub VALUES (%s, %s)", ("x", phone + "9"), "23514", "t_sub_msisdn_check"),
+        ("SELECT %s::bigint", (phone + "x",), "22P02", None),
+    ]
+    for statement, params, state, constraint in cases:
+        with pytest.raises(tasks.DatabaseFault) as err:
+            tasks.call(run, statement, *params)
+        msg = str(err.value)
+        assert phone not in msg and resident_id not in msg, msg
+        assert "\n" not in msg and f"SQLSTATE {state}" in msg
+        if constraint:
+            assert f"constraint {constraint}" in msg and "table t_sub" in msg
+        # no cause or context chained: Airflow would print its DETAIL and CONTEXT
+        assert err.value.__cause__ is None and err.value.__suppress_context__
+        assert not isinstance(err.value, AirflowFailException)  # retried, as before
