@@ -24,6 +24,7 @@ import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,23 @@ class Lake(ABC):
             size = path.stat().st_size
             self.put_file(key, path)
         return {"key": key, "rows": table.num_rows, "bytes": size}
+
+    @contextmanager
+    def table_writer(self, key: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """A Parquet object written a slice at a time (`write_table` on what this yields).
+        It appears whole when the block ends, and not at all if the block raises: readers
+        never see a partial object. Through a local file, like `write_table`."""
+        with tempfile.TemporaryDirectory(prefix="handover-part-") as tmp:
+            path = Path(tmp) / "part.parquet"
+            with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+                yield writer
+            self.put_file(key, path)
+
+    def schema(self, key: str) -> pa.Schema:
+        """The Arrow schema of one Parquet object (its footer only)."""
+        if not self.exists(key):
+            raise self._missing(key)
+        return self._parquet_file(key).schema_arrow
 
     def _missing(self, key: str) -> FileNotFoundError:
         return FileNotFoundError(
@@ -205,6 +223,26 @@ class LocalLake(Lake):
         """Straight to the object's temporary file: no Parquet bytes held in memory."""
         self._replace(key, lambda tmp: pq.write_table(table, tmp, **PARQUET_OPTIONS))
         return {"key": key, "rows": table.num_rows, "bytes": self.path(key).stat().st_size}
+
+    @contextmanager
+    def table_writer(self, key: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
+        """Straight into the object's temporary file, renamed over the object when the
+        block ends (see Lake.table_writer); removed if the block raises."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer:
+                yield writer
+            try:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise self._fail(key, exc) from exc
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()

@@ -134,13 +134,15 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
 
 # ---------------------------------------------------------------- extract
-# The partition is the unit of memory and of Airflow's per-task cost (~0.14 s a task
-# instance, eight task instances a partition): 600,000 rows keeps the largest task near
-# 0.6 GB (docs/performance.md has the trade measured at 260,000, 400,000 and 600,000).
-MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "600000"))
-# Rows alone do not bound a partition: 600,000 subscribers (165 bytes a row in the export)
-# weigh twice 600,000 call records (90 bytes), and every stage holds a partition at a time.
-MAX_PARTITION_BYTES = int(os.environ.get("HANDOVER_MAX_PARTITION_BYTES", str(60 << 20)))
+# The partition is the unit of memory and of Airflow's per-task cost (~0.14-0.2 s a task
+# instance, eight task instances a partition). Stages that can stream hold a 50,000-row
+# slice, not the partition; what does hold a partition (the gates' frames, the key
+# columns) keeps the largest task near 0.8 GB at 1,200,000 rows (docs/performance.md has
+# the trade measured at 260,000, 400,000, 600,000 and 1,200,000).
+MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "1200000"))
+# Rows alone do not bound a partition: 1,200,000 subscribers (165 bytes a row in the
+# export) weigh twice 1,200,000 call records (90 bytes).
+MAX_PARTITION_BYTES = int(os.environ.get("HANDOVER_MAX_PARTITION_BYTES", str(120 << 20)))
 
 
 SPLIT_BYTES = 16 << 20  # source rows gathered before one hash split across partitions
@@ -249,8 +251,8 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         with ledger.connect() as conn, conn.transaction():
             for i in range(n_parts):
                 partition = f"p{i:02d}"
-                data = (tmp / f"{i}.parquet").read_bytes()
-                lake.put_bytes(part_key(run_id, "raw", table, partition), data)
+                # from the file: a partition's Parquet bytes never sit in memory here
+                lake.put_file(part_key(run_id, "raw", table, partition), tmp / f"{i}.parquet")
                 detail = {"source_file": source.name, "source_sha256": sha}
                 if files is not None:  # a `files:` glob: which files it matched
                     detail["source_files"] = files
@@ -419,7 +421,6 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
 
 
 def comply_partition(ctx: dict, part: dict) -> dict:
-    import numpy as np
     import pyarrow.compute as pc
 
     from handover.cleanse import record_key_array
@@ -428,69 +429,75 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     lake = _lake()
-    raw_table = lake.read_table(part_key(run_id, "raw", table, partition))
+    raw_key = part_key(run_id, "raw", table, partition)
+    schema = lake.schema(raw_key)
     spec = cfg.table(table)
     # The rules read the customer and the event time; the key and the row number name
-    # what they exclude. Only those columns become pandas: the rest of the row stays in
-    # Arrow and is written from there (converting whole partitions cost a third of this
-    # task's time and most of its memory).
-    reads = [spec["key"], "_source_row", spec.get("customer_column"), spec.get("event_time")]
-    # A slice at a time (the rules read one row each): the pandas form of the columns
-    # grows with the slice, not with the partition.
-    reads = raw_table.select([c for c in dict.fromkeys(reads)
-                              if c and c in raw_table.column_names])
+    # what they exclude. Only those columns become pandas, and only a slice at a time: the
+    # rest of the row stays in Arrow and is written from there, slice by slice, so the
+    # task holds a slice, not the partition (the whole partition in Arrow, kept and
+    # excluded copies beside it, was this task's peak: ~860 MB at 1.1 M call records).
+    reads = [c for c in dict.fromkeys([spec["key"], "_source_row", spec.get("customer_column"),
+                                       spec.get("event_time")]) if c and c in schema.names]
     facts = _policy_facts(run_id, ctx["system"], ctx["exported_at"])
-    keep_parts, moved_keys, excluded_parts = [], [], []
+    date_format = _date_format(cfg, table, spec.get("event_time"))
+    moved_keys, ex_keys, ex_rules, ex_destroy = [], [], [], []
     counts: dict[str, int] = {}
-    basis = None
-    for start in range(0, max(reads.num_rows, 1), SLICE_ROWS):
-        raw = reads.slice(start, SLICE_ROWS).to_pandas()
-        res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
-                     policy=cfg.policy, facts=facts,
-                     event_time_format=_date_format(cfg, table, spec.get("event_time")))
-        keep_parts.append(res.keep)
-        moved_keys.append(res.moved[spec["key"]].to_numpy(dtype=object))
-        excluded_parts.append(res.excluded)
-        for rule, n in res.counts.items():
-            counts[rule] = counts.get(rule, 0) + n
-        basis = res.basis
-        del raw, res
-    rows_in = reads.num_rows
-    del reads
+    rows_in = 0
+    with lake.table_writer(part_key(run_id, "comply", table, partition),
+                           schema.append(pa.field("_basis", pa.string()))) as moved_out, \
+            lake.table_writer(part_key(run_id, "comply/_excluded", table, partition),
+                              schema.append(pa.field("_rule", pa.large_string()))
+                              .append(pa.field("_destroy_by", pa.date32()))) as excluded_out:
+        for batch in lake.iter_batches(raw_key, None, batch_rows=SLICE_ROWS):
+            chunk = pa.Table.from_batches([batch])
+            res = decide(chunk.select(reads).to_pandas(), table_spec=spec,
+                         category_policy=cfg.category_policy(table), policy=cfg.policy,
+                         facts=facts, event_time_format=date_format)
+            keep = pa.array(res.keep)
+            moved, excluded = chunk.filter(keep), chunk.filter(pc.invert(keep))
+            if moved.num_rows != len(res.moved) or excluded.num_rows != len(res.excluded):
+                # the files and the ledger count the same rows
+                raise AssertionError(
+                    f"comply {table} {partition}: {moved.num_rows} rows kept and "
+                    f"{excluded.num_rows} excluded in Arrow but {len(res.moved)} and "
+                    f"{len(res.excluded)} decided; nothing was written")
+            moved_out.write_table(moved.append_column(
+                "_basis", pa.repeat(pa.scalar(res.basis, pa.string()), moved.num_rows)))
+            rule = pa.array(res.excluded["_rule"].to_numpy(dtype=object), pa.large_string())
+            destroy = pa.array(res.excluded["_destroy_by"].to_numpy(dtype=object), pa.date32())
+            excluded_out.write_table(excluded.append_column("_rule", rule)
+                                     .append_column("_destroy_by", destroy))
+            moved_keys.append(moved.column(spec["key"]))
+            ex_keys.append(record_key_array(res.excluded[spec["key"]],
+                                            res.excluded.get("_source_row")))
+            ex_rules.append(rule)
+            ex_destroy.append(destroy)
+            for r, n in res.counts.items():
+                counts[r] = counts.get(r, 0) + n
+            rows_in += chunk.num_rows
+            del chunk, res, moved, excluded
+        kept = pa.chunked_array([c for k in moved_keys for c in k.chunks],
+                                schema.field(spec["key"]).type)
+        excluded_keys = pa.chunked_array(ex_keys, pa.string())
+        if rows_in != len(kept) + len(excluded_keys):  # every row leaves one way
+            raise AssertionError(f"comply {table} {partition}: {rows_in} rows in but "
+                                 f"{len(kept)} kept and {len(excluded_keys)} excluded; "
+                                 "nothing was written")
     order = [r["id"] for r in cfg.policy["rules"]]  # as decide orders them: most rows first
     counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0])
                                                          if kv[0] in order else len(order))))
-    moved_keys_all = np.concatenate(moved_keys) if moved_keys else np.zeros(0, dtype=object)
-    excluded_frame = (pd.concat([e for e in excluded_parts if len(e)], ignore_index=True)
-                      if any(len(e) for e in excluded_parts) else excluded_parts[0])
-    keep = pa.array(np.concatenate(keep_parts))
-    moved = raw_table.filter(keep)
-    excluded = raw_table.filter(pc.invert(keep))
-    if moved.num_rows != len(moved_keys_all) or excluded.num_rows != len(excluded_frame):
-        # the files and the ledger count the same rows
-        raise AssertionError(f"comply {table} {partition}: {moved.num_rows} rows kept and "
-                             f"{excluded.num_rows} excluded in Arrow but {len(moved_keys_all)} "
-                             f"and {len(excluded_frame)} decided; nothing was written")
-    moved = moved.append_column("_basis", pa.repeat(pa.scalar(basis, pa.string()),
-                                                    moved.num_rows))
-    why = pa.Table.from_pandas(excluded_frame[["_rule", "_destroy_by"]], preserve_index=False)
-    for name in why.column_names:
-        excluded = excluded.append_column(name, why[name])
-    lake.write_table(part_key(run_id, "comply", table, partition), moved)
-    lake.write_table(part_key(run_id, "comply/_excluded", table, partition), excluded)
     with ledger.connect() as conn, conn.transaction():
         ledger.replace_exclusions(
-            conn, run_id, table, partition,
-            record_key_array(excluded_frame[spec["key"]], excluded_frame.get("_source_row")),
-            excluded_frame["_rule"], excluded_frame["_destroy_by"])
+            conn, run_id, table, partition, excluded_keys.combine_chunks(),
+            pa.chunked_array(ex_rules, pa.large_string()).combine_chunks(),
+            pa.chunked_array(ex_destroy, pa.date32()).combine_chunks())
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
-                      rows_in=rows_in, rows_out=len(moved_keys_all),
-                      excluded=len(excluded_frame),
-                      checksum=ledger.key_checksum(moved_keys_all),
-                      detail={"excluded_by_rule": counts})
+                      rows_in=rows_in, rows_out=len(kept), excluded=len(excluded_keys),
+                      checksum=ledger.key_checksum(kept), detail={"excluded_by_rule": counts})
     log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, rows_in,
-             len(moved_keys_all), len(excluded_frame), counts)
-    return _part(part, rows=len(moved_keys_all), excluded=len(excluded_frame))
+             len(kept), len(excluded_keys), counts)
+    return _part(part, rows=len(kept), excluded=len(excluded_keys))
 
 
 # ---------------------------------------------------------------- cleanse

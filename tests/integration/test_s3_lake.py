@@ -85,6 +85,43 @@ def test_put_get_list_and_delete_prefix(s3_env):
         lake.get_bytes("runs/r1/raw/t/part-p00.parquet")
 
 
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_table_writer_shows_the_object_whole_or_not_at_all(where, s3_env, tmp_path):
+    """Comply writes its outputs a slice at a time: the object appears when the writer
+    closes and a failure half-way leaves none (nor an earlier complete one half-replaced),
+    on the local lake and over HTTP alike."""
+    url = f"file://{tmp_path}/lake" if where == "local" else f"s3://{s3_env['bucket']}/h"
+    lake = lake_from_url(url)
+    if where == "s3":
+        lake.ensure_bucket()
+    key = "runs/r1/comply/t/part-p00.parquet"
+    schema = pa.schema([("k", pa.string()), ("v", pa.int64())])
+    with lake.table_writer(key, schema) as out:
+        out.write_table(pa.table({"k": ["1", "2"], "v": [1, 2]}, schema=schema))
+        assert not lake.exists(key)  # nothing visible before the writer closes
+        out.write_table(pa.table({"k": ["3"], "v": [3]}, schema=schema))
+    assert lake.read_table(key).to_pydict() == {"k": ["1", "2", "3"], "v": [1, 2, 3]}
+    assert lake.schema(key) == schema
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        with lake.table_writer(key, schema) as out:
+            out.write_table(pa.table({"k": ["9"], "v": [9]}, schema=schema))
+            raise RuntimeError("failed half-way")
+    assert lake.read_table(key).num_rows == 3  # the earlier object, untouched
+    with pytest.raises(RuntimeError):
+        with lake.table_writer("runs/r1/comply/t/part-p01.parquet", schema) as out:
+            raise RuntimeError("failed before any row")
+    assert lake.list("runs/r1/comply/") == [key]
+    if where == "local":  # no temporary file left beside the object
+        assert [p.name for p in (tmp_path / "lake/runs/r1/comply/t").iterdir()] == [
+            "part-p00.parquet"]
+    # an empty partition is still a file with its columns
+    with lake.table_writer("runs/r1/comply/t/part-p02.parquet", schema):
+        pass
+    empty = lake.read_table("runs/r1/comply/t/part-p02.parquet")
+    assert empty.num_rows == 0 and empty.schema == schema
+
+
 def test_every_object_is_server_side_encrypted(s3_env):
     """The bucket has no default encryption here, so the header must come from the lake."""
     raw = _raw_client(s3_env["endpoint"])

@@ -57,7 +57,7 @@ def test_shipped_config_loads_by_name():
 def test_shipped_config_accessors():
     cfg = load_config("legacy_bss")
 
-    assert cfg.partitions("call_records") == 2
+    assert cfg.partitions("call_records") == 1
     assert cfg.rules("subscribers")["dedupe"] == {"key": "id_number", "order_by": "updated_at",
                                                   "keep": "newest"}
     assert cfg.table_mapping("subscribers")["target"] == "customer"
