@@ -137,11 +137,14 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 # The partition is the unit of memory and of Airflow's per-task cost (~0.14-0.2 s a task
 # instance, eight task instances a partition). Stages that can stream hold a 50,000-row
 # slice, not the partition; what does hold a partition (the gates' frames, the key
-# columns) keeps the largest task near 0.8 GB at 1,200,000 rows (docs/performance.md has
-# the trade measured at 260,000, 400,000, 600,000 and 1,200,000).
-MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "1200000"))
-# Rows alone do not bound a partition: 1,200,000 subscribers (165 bytes a row in the
-# export) weigh twice 1,200,000 call records (90 bytes).
+# columns) keeps the largest task under 0.8 GB at this bound. A table near the bound
+# fills its partitions near it at every size (1 M call records: one partition; 10 M:
+# ten), so the largest task does not grow with the export; at 1,200,000 the 10 M-row
+# partitions were 11 % fuller than the 1 M-row one and the peak grew 17 %.
+# docs/performance.md has the trade measured from 260,000 to 1,200,000.
+MAX_PARTITION_ROWS = int(os.environ.get("HANDOVER_MAX_PARTITION_ROWS", "1050000"))
+# Rows alone do not bound a partition: 1,050,000 subscribers (165 bytes a row in the
+# export) weigh twice 1,050,000 call records (90 bytes).
 MAX_PARTITION_BYTES = int(os.environ.get("HANDOVER_MAX_PARTITION_BYTES", str(120 << 20)))
 
 

@@ -1,8 +1,9 @@
 """Glue between Airflow tasks and the library: faults, labels and defaults.
 
-Data faults (a failed gate, bad configuration, a broken export) fail a task at once:
-retrying cannot fix them, and a retry storm hides the one line that says what to do.
-Transient faults (a dropped connection) keep Airflow's retries with backoff.
+Data faults (a failed gate, bad configuration, a broken export, a value or constraint
+the database refuses) fail a task at once: retrying cannot fix them, and a retry storm
+hides the one line that says what to do. Transient faults (a dropped connection) keep
+Airflow's retries with backoff.
 Either way, a task that ends failed notifies once (``handover.notify``); retries stay quiet.
 """
 
@@ -74,7 +75,13 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
             "unreachable): Airflow retries with backoff; if retries run out, check the service "
             "and clear the task") from _chained(exc)
     except database_faults() as exc:
-        raise DatabaseFault(database_error_line(exc)) from None
+        line = database_error_line(exc)
+        if deterministic(exc):
+            raise AirflowFailException(
+                f"DatabaseFault: {line}; not retried: the same statement on the same data "
+                "fails the same way (fix the data, mapping or schema, then clear the task)"
+            ) from None
+        raise DatabaseFault(line) from None
 
 
 def reset_peak_rss() -> bool:
@@ -149,6 +156,20 @@ def database_faults() -> tuple[type[BaseException], ...]:
     import psycopg
 
     return (psycopg.Error,)
+
+
+# SQLSTATE classes that a retry cannot change: data exception, integrity constraint
+# violation, syntax error or access rule violation, feature not supported, WITH CHECK
+# OPTION violation. Connection, resource, lock and cancel classes (08, 40, 53, 55, 57) are
+# psycopg OperationalErrors and retried as transient; anything else is retried too.
+DETERMINISTIC_SQLSTATE_CLASSES = ("22", "23", "42", "0A", "44")
+
+
+def deterministic(exc: BaseException) -> bool:
+    """A database error that fails again on a retry, three times over and minutes later:
+    on-call should see it at once."""
+    state = getattr(getattr(exc, "diag", None), "sqlstate", None) or ""
+    return state[:2] in DETERMINISTIC_SQLSTATE_CLASSES
 
 
 def _chained(exc: BaseException) -> BaseException | None:

@@ -127,13 +127,29 @@ def test_database_error_reaches_the_log_without_row_values(env):
         ("SELECT %s::bigint", (phone + "x",), "22P02", None),
     ]
     for statement, params, state, constraint in cases:
-        with pytest.raises(tasks.DatabaseFault) as err:
+        with pytest.raises(AirflowFailException) as err:
             tasks.call(run, statement, *params)
         msg = str(err.value)
         assert phone not in msg and resident_id not in msg, msg
         assert "\n" not in msg and f"SQLSTATE {state}" in msg
+        assert msg.startswith("DatabaseFault: ") and "not retried" in msg
         if constraint:
             assert f"constraint {constraint}" in msg and "table t_sub" in msg
         # no cause or context chained: Airflow would print its DETAIL and CONTEXT
         assert err.value.__cause__ is None and err.value.__suppress_context__
-        assert not isinstance(err.value, AirflowFailException)  # retried, as before
+
+
+def test_database_error_a_retry_may_clear_is_retried(env):
+    """An error outside the classes a retry cannot change (here an internal error, as an
+    I/O fault on the server raises) stays a DatabaseFault, which Airflow retries."""
+    import psycopg
+
+    def run():
+        with psycopg.connect(pg_dsn(env), autocommit=True) as conn:
+            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'could not read block 7' "
+                         "USING ERRCODE = 'XX001'; END $$")
+
+    with pytest.raises(tasks.DatabaseFault) as err:
+        tasks.call(run)
+    assert not isinstance(err.value, AirflowFailException)  # Airflow retries it
+    assert "SQLSTATE XX001" in str(err.value) and err.value.__cause__ is None

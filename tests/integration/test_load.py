@@ -117,6 +117,40 @@ def test_a_rerun_that_finds_one_changed_row_writes_that_row_only(conn):
     assert _staging_tables(conn) == []
 
 
+def test_the_check_probes_a_big_target_and_hashes_a_small_one_alike(conn):
+    """A rerun's check reads the target by key probes when it is big beside the partition
+    and by a hash join when it is not (or unknown: never analyzed); both give the same
+    counts, a changed row included."""
+    from handover.load import _present_and_differing, _worth_probing
+
+    target = sql.Identifier("t", "item")
+    assert _worth_probing(conn, target, N)  # never analyzed: probe
+    part = _part()
+    _load(conn, part)
+    conn.execute("UPDATE t.item SET note = 'edited' WHERE item_id = 'k00007'")
+    conn.commit()
+    conn.autocommit = True
+    conn.execute("ANALYZE t.item")
+    conn.autocommit = False
+    assert not _worth_probing(conn, target, N)  # the whole table again: hash it
+    assert _worth_probing(conn, target, N // 3)  # a third of it: probe
+    with conn.transaction():
+        conn.execute("CREATE UNLOGGED TABLE handover_work.stg (LIKE t.item)")
+        conn.execute("INSERT INTO handover_work.stg SELECT * FROM t.item")
+        conn.execute("UPDATE handover_work.stg SET note = 'x' WHERE item_id = 'k00007'")
+        conn.execute("INSERT INTO handover_work.stg VALUES ('new', 1, NULL, NULL)")
+        stg = sql.Identifier("handover_work", "stg")
+        compare = ["qty", "note", "secret_enc"]
+        plans = {}
+        for probe in (True, False):
+            plans[probe] = _present_and_differing(conn, target, stg, "item_id", compare,
+                                                  probe=probe)
+            # the planner settings are back to normal after either
+            assert conn.execute("SHOW enable_hashjoin").fetchone()[0] == "on"
+        assert plans[True] == plans[False] == (N, 1)
+        conn.execute("DROP TABLE handover_work.stg")
+
+
 def test_a_key_the_probe_misses_falls_back_to_the_keyed_upsert(conn):
     part = _part()
     # Row 1 is not among the probed keys (0, ~16, ~32, ...): the probe sees a new partition,
