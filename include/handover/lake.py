@@ -183,22 +183,34 @@ class LocalLake(Lake):
     def path(self, key: str) -> Path:
         return self.root / key
 
-    def _replace(self, key: str, write: Callable[[Path], None]) -> None:
-        """`write` a temporary file beside the object, flush it to disk, rename it over the
-        object: readers never see a partial object, and a failed write leaves none."""
+    @contextmanager
+    def _replacing(self, key: str) -> Iterator[Path]:
+        """A temporary path beside the object; when the block ends it is flushed to disk
+        and renamed over the object: readers never see a partial object, and a block that
+        raises leaves none (nor touches the object there was)."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
-            write(tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except OSError as exc:
-            raise self._fail(key, exc) from exc
+            yield tmp
+            try:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise self._fail(key, exc) from exc
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def _replace(self, key: str, write: Callable[[Path], None]) -> None:
+        """`write` the object's temporary file (see _replacing); its OSError is told as a
+        lake write failure."""
+        with self._replacing(key) as tmp:
+            try:
+                write(tmp)
+            except OSError as exc:
+                raise self._fail(key, exc) from exc
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._replace(key, lambda tmp: tmp.write_bytes(data))
@@ -228,21 +240,9 @@ class LocalLake(Lake):
     def table_writer(self, key: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
         """Straight into the object's temporary file, renamed over the object when the
         block ends (see Lake.table_writer); removed if the block raises."""
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer:
-                yield writer
-            try:
-                with open(tmp, "rb+") as fh:
-                    os.fsync(fh.fileno())
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise self._fail(key, exc) from exc
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with self._replacing(key) as tmp, pq.ParquetWriter(tmp, schema,
+                                                           **PARQUET_OPTIONS) as writer:
+            yield writer
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
