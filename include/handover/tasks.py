@@ -163,13 +163,16 @@ def database_faults() -> tuple[type[BaseException], ...]:
 # OPTION violation. Connection, resource, lock and cancel classes (08, 40, 53, 55, 57) are
 # psycopg OperationalErrors and retried as transient; anything else is retried too.
 DETERMINISTIC_SQLSTATE_CLASSES = ("22", "23", "42", "0A", "44")
+# Except a unique violation: a concurrent writer of the same key (load's MERGE is not
+# safe against one, see load._merge) is gone on the retry, which then finds the row.
+RETRIED_SQLSTATES = ("23505",)
 
 
 def deterministic(exc: BaseException) -> bool:
     """A database error that fails again on a retry, three times over and minutes later:
     on-call should see it at once."""
     state = getattr(getattr(exc, "diag", None), "sqlstate", None) or ""
-    return state[:2] in DETERMINISTIC_SQLSTATE_CLASSES
+    return state[:2] in DETERMINISTIC_SQLSTATE_CLASSES and state not in RETRIED_SQLSTATES
 
 
 def _chained(exc: BaseException) -> BaseException | None:
