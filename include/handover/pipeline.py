@@ -161,15 +161,88 @@ def partition_count(configured: int, expected_rows: int | None,
     return max(configured, by_rows, by_bytes)
 
 
+class HashSplit:
+    """Rows into `n_parts` raw Parquet files in `folder`, by a hash of their key as cleanse
+    will see it (NFKC, trimmed), so that spellings of one key meet in one partition and are
+    caught there as DUPLICATE_KEY. Keeps rows and a key-hash sum per partition (the
+    ledger's extract checksum). The migration's extract and the nightly sync's share it.
+
+    Batches (all columns text, plus `_source_row`) are gathered to SPLIT_BYTES before one
+    split, so that each partition's file gets row groups of thousands of rows, not
+    hundreds; the split is one `take` sorted by partition, then a slice per partition."""
+
+    def __init__(self, folder: Path, columns: list[str], key: str, n_parts: int) -> None:
+        import pyarrow.parquet as pq
+
+        self.key, self.n_parts = key, n_parts
+        self.paths = [folder / f"{i}.parquet" for i in range(n_parts)]
+        self.counts = [0] * n_parts
+        self.rows = 0
+        self._sums = [0] * n_parts
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_bytes = 0
+        schema = pa.schema([(c, pa.string()) for c in columns] + [("_source_row", pa.int64())])
+        self._writers: list = []
+        try:
+            for path in self.paths:
+                self._writers.append(pq.ParquetWriter(path, schema, **PARQUET_OPTIONS))
+        except BaseException:
+            self.close(flush=False)
+            raise
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        self._pending.append(batch)
+        self._pending_bytes += batch.nbytes
+        if self._pending_bytes >= SPLIT_BYTES:
+            self._flush()
+
+    def checksum(self, i: int) -> str:
+        return f"{self._sums[i]:016x}"
+
+    def close(self, flush: bool = True) -> None:
+        """Split what is gathered (unless `flush` is false: a failed read) and close every
+        file; safe to call twice."""
+        try:
+            if flush:
+                self._flush()
+        finally:
+            self._pending = []
+            for w in self._writers:
+                w.close()
+            self._writers = []
+
+    def _flush(self) -> None:
+        import numpy as np
+
+        from handover.validators import normalise_text
+
+        if not self._pending:
+            return
+        batch = pa.Table.from_batches(self._pending).combine_chunks().to_batches()[0]
+        self._pending, self._pending_bytes = [], 0
+        keys = normalise_text(batch.column(self.key)).to_numpy(zero_copy_only=False)
+        hashed = pd.util.hash_array(keys, categorize=False)
+        pid = (hashed % np.uint64(self.n_parts)).astype(np.int64)
+        order = np.argsort(pid, kind="stable")
+        bounds = np.searchsorted(pid[order], np.arange(self.n_parts + 1))
+        grouped = batch.take(pa.array(order))
+        for i in range(self.n_parts):
+            lo, hi = int(bounds[i]), int(bounds[i + 1])
+            if hi > lo:
+                self._writers[i].write_batch(grouped.slice(lo, hi - lo))
+                self.counts[i] += hi - lo
+                self._sums[i] = (self._sums[i] + int(
+                    np.sum(hashed[order[lo:hi]], dtype=np.uint64))) % 2**64
+
+
 def extract_table(ctx: dict, table: str) -> list[dict]:
     """Stream one source table (CSV, Parquet or SQL, as its catalog source block says) into
     hash partitions of raw Parquet (all values as text)."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    import tempfile
 
     from handover.progress import Progress
     from handover.sources import SourceReadError, open_source
-    from handover.validators import normalise_text
 
     cfg = _config(ctx["system"])
     spec = cfg.table(table)
@@ -178,76 +251,36 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
     lake, run_id = _lake(), ctx["run_id"]
     started = time.monotonic()
 
-    import tempfile
-
     try:
         source = open_source(table, spec, ctx["source_dir"])
     except SourceReadError as exc:
         raise SourceError(str(exc)) from exc
     tmp = Path(tempfile.mkdtemp(prefix=f"extract-{table}-"))
-    writers: list = []
-    row_no = 0
+    split: HashSplit | None = None
     try:
         with source:
             header = source.columns
             n_parts = partition_count(cfg.partitions(table), expected, source.text_bytes)
-            counts = [0] * n_parts
-            key_sums = [np.uint64(0)] * n_parts
             if key not in header:
                 where = " line 1" if source.what_columns == "header" else ""
                 raise SourceError(f"{source.location}{where}: key column '{key}' of table {table} "
                                   f"is missing from the {source.what_columns}; fix the export or "
                                   f"catalog.yaml tables.{table}.key")
-            schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-            writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, **PARQUET_OPTIONS)
-                       for i in range(n_parts)]
+            split = HashSplit(tmp, header, key, n_parts)
             progress = Progress(f"extract {table}", total=expected, logger=log)
-
-            def split(batch: pa.RecordBatch) -> None:
-                # Partition on the key as cleanse will see it (NFKC, trimmed), so spellings
-                # of one key meet in one partition and are caught as DUPLICATE_KEY.
-                keys = normalise_text(batch.column(key)).to_numpy(zero_copy_only=False)
-                hashed = pd.util.hash_array(keys, categorize=False)
-                pid = (hashed % np.uint64(n_parts)).astype(np.int64)
-                order = np.argsort(pid, kind="stable")  # one take, then a slice per partition
-                bounds = np.searchsorted(pid[order], np.arange(n_parts + 1))
-                grouped = batch.take(pa.array(order))
-                for i in range(n_parts):
-                    lo, hi = int(bounds[i]), int(bounds[i + 1])
-                    if hi > lo:
-                        writers[i].write_batch(grouped.slice(lo, hi - lo))
-                        counts[i] += hi - lo
-                        key_sums[i] = np.uint64((int(key_sums[i]) + int(
-                            np.sum(hashed[order[lo:hi]], dtype=np.uint64))) % 2**64)
-
-            # The reader's blocks are small (its read-ahead grows with the file otherwise);
-            # they are gathered to SPLIT_BYTES before splitting, so that each partition's
-            # file gets row groups of thousands of rows, not hundreds.
-            pending: list[pa.RecordBatch] = []
-            pending_bytes = 0
             for batch in source.batches():
-                n = batch.num_rows
-                row_no += n
-                progress.add(n)
-                pending.append(batch)
-                pending_bytes += batch.nbytes
-                if pending_bytes >= SPLIT_BYTES:
-                    split(pa.Table.from_batches(pending).combine_chunks().to_batches()[0])
-                    pending, pending_bytes = [], 0
-            if pending:
-                split(pa.Table.from_batches(pending).combine_chunks().to_batches()[0])
-            del pending
+                split.add(batch)
+                progress.add(batch.num_rows)
+            split.close()
         sha = source.fingerprint()
         pieces = getattr(source, "parts", None)
         files = [p.name for p in pieces] if pieces is not None else None
     except SourceReadError as exc:
-        _drop_dir(tmp, writers)
+        _drop_dir(tmp, split)
         raise SourceError(str(exc)) from exc
     except BaseException:
-        _drop_dir(tmp, writers)
+        _drop_dir(tmp, split)
         raise
-    for w in writers:
-        w.close()
 
     parts = []
     try:  # the temporary copy holds raw rows (PII): it goes whatever happens
@@ -255,30 +288,30 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             for i in range(n_parts):
                 partition = f"p{i:02d}"
                 # from the file: a partition's Parquet bytes never sit in memory here
-                lake.put_file(part_key(run_id, "raw", table, partition), tmp / f"{i}.parquet")
+                lake.put_file(part_key(run_id, "raw", table, partition), split.paths[i])
                 detail = {"source_file": source.name, "source_sha256": sha}
                 if files is not None:  # a `files:` glob: which files it matched
                     detail["source_files"] = files
                 ledger.record(conn, run_id=run_id, table=table, partition=partition,
-                              stage="extract", rows_in=counts[i], rows_out=counts[i],
-                              checksum=f"{int(key_sums[i]):016x}", detail=detail)
-                parts.append({"table": table, "partition": partition, "rows": counts[i]})
+                              stage="extract", rows_in=split.counts[i],
+                              rows_out=split.counts[i], checksum=split.checksum(i),
+                              detail=detail)
+                parts.append({"table": table, "partition": partition, "rows": split.counts[i]})
     finally:
-        _drop_dir(tmp, [])
-    expected = ctx.get("manifest_rows", {}).get(table)
-    if expected is not None and expected != row_no:
-        raise SourceError(f"{source.location}: read {row_no} rows but the export manifest says "
-                          f"{expected}; the source is truncated or was changed after export")
-    log.info("extract %s: %d rows into %d partitions in %.1fs", table, row_no, n_parts,
+        _drop_dir(tmp, None)
+    if expected is not None and expected != split.rows:
+        raise SourceError(f"{source.location}: read {split.rows} rows but the export manifest "
+                          f"says {expected}; the source is truncated or was changed after export")
+    log.info("extract %s: %d rows into %d partitions in %.1fs", table, split.rows, n_parts,
              time.monotonic() - started)
     return parts
 
 
-def _drop_dir(tmp: Path, writers: list) -> None:
+def _drop_dir(tmp: Path, split: HashSplit | None) -> None:
     import shutil
 
-    for w in writers:
-        w.close()
+    if split is not None:
+        split.close(flush=False)
     shutil.rmtree(tmp, ignore_errors=True)
 
 

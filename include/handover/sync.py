@@ -53,7 +53,8 @@ import pyarrow as pa
 
 from handover import ledger, pipeline
 from handover.config import SourceConfig, load_config
-from handover.lake import PARQUET_OPTIONS, Lake, lake_from_url, part_key, safe_run_id
+from handover.lake import Lake, lake_from_url, part_key, safe_run_id
+from handover.sources import DelimitedSource, SourceReadError
 
 log = logging.getLogger("handover")
 
@@ -243,48 +244,6 @@ def _check_order(conn, changes_dir: str, start: pd.Timestamp, end: pd.Timestamp,
 
 
 # ---------------------------------------------------------------- extract
-def _split_csv(path: Path, key: str, n_parts: int, tmp: Path) -> tuple[list[int], list[int],
-                                                                       int, str]:
-    """Stream a change file into hash partitions of raw Parquet (all values as text)."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        header = fh.readline().rstrip("\r\n").split(",")
-    if key not in header:
-        raise pipeline.SourceError(f"{path} line 1: key column '{key}' is missing from the "
-                                   "header; fix the change export")
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    schema = pa.schema([(c, pa.string()) for c in header] + [("_source_row", pa.int64())])
-    writers = [pq.ParquetWriter(tmp / f"{i}.parquet", schema, **PARQUET_OPTIONS)
-               for i in range(n_parts)]
-    counts, sums, row_no = [0] * n_parts, [0] * n_parts, 0
-    try:
-        reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in header}, strings_can_be_null=False))
-        for batch in reader:
-            n = batch.num_rows
-            rows = pa.array(np.arange(row_no + 1, row_no + n + 1, dtype=np.int64))
-            row_no += n
-            batch = pa.RecordBatch.from_arrays(list(batch.columns) + [rows], schema=schema)
-            hashed = pd.util.hash_array(np.asarray(batch.column(key).to_pylist(), dtype=object),
-                                        categorize=False)
-            pid = (hashed % np.uint64(n_parts)).astype(np.int64)
-            for i in range(n_parts):
-                idx = np.flatnonzero(pid == i)
-                if len(idx):
-                    writers[i].write_batch(batch.take(pa.array(idx)))
-                    counts[i] += len(idx)
-                    sums[i] = (sums[i] + int(np.sum(hashed[idx], dtype=np.uint64))) % 2**64
-    except pa.ArrowInvalid as exc:
-        raise pipeline.SourceError(f"{path}: cannot parse as CSV near row {row_no + 1}: "
-                                   f"{str(exc).splitlines()[0]}; fix the change export") from exc
-    finally:
-        for w in writers:
-            w.close()
-    return counts, sums, row_no, sha
-
-
 def _read_deletions(path: Path, key: str) -> pd.DataFrame:
     """The deleted-keys export: (key, deleted_at) as text, checked line by line."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
@@ -311,7 +270,27 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
     lake, run_id = _lake(), ctx["run_id"]
     path = folder / files["file"]
     with tempfile.TemporaryDirectory(prefix=f"sync-{table}-") as tmp:
-        counts, sums, rows, sha = _split_csv(path, key, n_parts, Path(tmp))
+        # The migration's reader and split: UTF-8 with or without BOM, quoted values may
+        # hold commas and newlines, errors name the file and row; keys partitioned as
+        # cleanse sees them, so two spellings of one key meet in one partition.
+        source = DelimitedSource(path, table=table)
+        split: pipeline.HashSplit | None = None
+        try:
+            with source:
+                if key not in source.columns:
+                    raise pipeline.SourceError(f"{path} line 1: key column '{key}' is missing "
+                                               "from the header; fix the change export")
+                split = pipeline.HashSplit(Path(tmp), source.columns, key, n_parts)
+                for batch in source.batches():
+                    split.add(batch)
+                split.close()
+            sha = source.fingerprint()
+        except SourceReadError as exc:
+            raise pipeline.SourceError(str(exc)) from exc
+        finally:
+            if split is not None:
+                split.close(flush=False)
+        rows = split.rows
         if rows != expected:
             raise pipeline.SourceError(f"{path}: read {rows} rows but the change manifest says "
                                        f"{expected}; the file is truncated or was changed")
@@ -326,13 +305,13 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
         with ledger.connect() as conn, conn.transaction():
             for i in range(n_parts):
                 partition = f"p{i:02d}"
-                lake.put_bytes(part_key(run_id, "raw", table, partition),
-                               (Path(tmp) / f"{i}.parquet").read_bytes())
+                lake.put_file(part_key(run_id, "raw", table, partition), split.paths[i])
                 ledger.record(conn, run_id=run_id, table=table, partition=partition,
-                              stage="extract", rows_in=counts[i], rows_out=counts[i],
-                              checksum=f"{sums[i]:016x}",
+                              stage="extract", rows_in=split.counts[i],
+                              rows_out=split.counts[i], checksum=split.checksum(i),
                               detail={"source_file": path.name, "source_sha256": sha})
-                parts.append({"table": table, "partition": partition, "rows": counts[i]})
+                parts.append({"table": table, "partition": partition,
+                              "rows": split.counts[i]})
             ledger.record(conn, run_id=run_id, table=table, partition=DELETED, stage="extract",
                           rows_in=len(deletions), rows_out=0, excluded=len(deletions),
                           checksum=ledger.key_checksum(deletions["key"].to_numpy(dtype=object)),

@@ -316,3 +316,48 @@ def test_drift_fails_the_reconciliation_gate_clearly(world):
         assert f"reconciliation gate failed for {table}" in message
         assert differing in message and "old_new_agree" in message
         assert "\n" not in message
+
+
+def test_extract_reads_a_change_file_as_the_migration_reads_an_export(world, tmp_path):
+    """A BOM, CRLF line ends and a quoted comma and newline in a complaint's text are read;
+    rows are split by the key as cleanse sees it (pipeline.HashSplit), so a full-width
+    spelling of a key lands beside its ASCII one; every row lands once, in the ledger too."""
+    from handover.lake import lake_from_url, part_key
+
+    header = "complaint_id,cust_id,created_at,category,text,satisfaction"
+    rows = [f"CP{i:05d},C{i:05d},2026-11-02 10:00:00,billing,plain text {i},3"
+            for i in range(600)]
+    rows.append('CP00007x,C00007,2026-11-02 11:00:00,billing,"says ""hi"", then\nmore",2')
+    rows.append("\uff23\uff30\uff10\uff10\uff10\uff11\uff12,C00012,2026-11-02 12:00:00,billing,t,1")
+    (tmp_path / "complaints.csv").write_bytes(
+        ("\ufeff" + "\r\n".join([header, *rows]) + "\r\n").encode("utf-8"))
+    (tmp_path / "complaints_deleted.csv").write_text("complaint_id,deleted_at\n")
+    run_id = f"extract_{uuid.uuid4().hex[:8]}"
+    ctx = {"system": "legacy_bss", "run_id": run_id, "source_dir": str(tmp_path),
+           "files": {"complaints": {"file": "complaints.csv",
+                                    "deleted_file": "complaints_deleted.csv"}},
+           "manifest_rows": {"complaints": len(rows)}, "deleted_rows": {"complaints": 0}}
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sync, "ROWS_PER_PARTITION", 100)  # several partitions of a small file
+    mp.setattr(pipeline.SourceConfig, "partitions", lambda self, name: 8)
+    try:
+        parts = sync.extract_changes(ctx, "complaints")
+    finally:
+        mp.undo()
+    assert len(parts) == 7 and sum(p["rows"] for p in parts) == len(rows)
+    lake = lake_from_url()
+    tables = {p["partition"]: lake.read_table(part_key(run_id, "raw", "complaints",
+                                                        p["partition"])) for p in parts}
+    where = {k: p for p, t in tables.items() for k in t.column("complaint_id").to_pylist()}
+    assert where["\uff23\uff30\uff10\uff10\uff10\uff11\uff12"] == where["CP00012"]
+    quoted = next(t for t in tables.values() if "CP00007x" in t.column("complaint_id").to_pylist())
+    texts = dict(zip(quoted.column("complaint_id").to_pylist(), quoted.column("text").to_pylist(),
+                     strict=True))
+    assert texts["CP00007x"] == 'says "hi", then\nmore'
+    assert sorted(r for t in tables.values() for r in t.column("_source_row").to_pylist()) == \
+        list(range(1, len(rows) + 1))
+    with psycopg.connect(world["dsn"]) as conn:
+        ledger_rows = conn.execute(
+            "SELECT sum(rows_out) FILTER (WHERE partition LIKE 'p%%'), count(*) FROM "
+            "handover_meta.ledger WHERE run_id=%s AND stage='extract'", (run_id,)).fetchone()
+    assert ledger_rows == (len(rows), 8)  # seven partitions and the deletions' row
