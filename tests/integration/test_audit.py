@@ -177,3 +177,51 @@ def test_concurrent_writers_keep_one_unbroken_chain(trail):
     intact, checked = check
     assert intact, (check.first_bad_id, check.reason, check.broken)
     assert checked == 6 + 8 * 40
+
+
+def test_task_listener_keeps_one_connection_and_survives_losing_it(trail):
+    """The audit listener writes every event of a process on one connection: a dropped
+    connection is replaced on the next event (which is kept), and a forked process opens
+    its own instead of writing on its parent's."""
+    import multiprocessing
+
+    sys.path.insert(0, str(ROOT / "plugins"))
+    from handover_ui import listener
+
+    dsn, _ = trail
+
+    def event(state: str) -> dict:
+        return {"dag_id": "customer_migration", "task_id": "load", "map_index": 0,
+                "run_id": "r_listener", "try_number": 1, "state": state}
+
+    def backend() -> int:
+        return listener._held["conn"].info.backend_pid
+
+    try:
+        assert listener.write_event(event("running"), dsn)
+        first = backend()
+        assert listener.write_event(event("success"), dsn)
+        assert backend() == first  # no new connection for the second event
+        with psycopg.connect(dsn, autocommit=True) as admin:  # the server drops it
+            admin.execute("SELECT pg_terminate_backend(%s)", (first,))
+        assert listener.write_event(event("running"), dsn)  # replaced, and kept
+        assert backend() != first
+        child = multiprocessing.get_context("fork").Process(
+            target=lambda: sys.exit(0 if listener.write_event(event("failed"), dsn)
+                                    and backend() != parent else 1))
+        parent = backend()
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert listener.write_event(event("success"), dsn)  # the parent's still works
+        assert backend() == parent
+    finally:
+        listener._forget()
+    with psycopg.connect(dsn) as conn:
+        actions = [r[0] for r in conn.execute(
+            "SELECT action FROM handover_meta.audit_log WHERE run_id = 'r_listener' "
+            "ORDER BY id")]
+        intact, _ = ledger.verify_audit_chain(conn)
+    assert actions == ["task_running", "task_success", "task_running", "task_failed",
+                       "task_success"]
+    assert intact
