@@ -449,12 +449,15 @@ def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
     ).format(s=staging, t=tgt, k=kid, v=ver)).fetchone()[0]
     cols = table.column_names
     compare = comparable_columns(cols)
+    # counted in the server, like _on_conflict: not one flag per written row to Python
     stmt = sql.SQL(
-        "INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
+        "WITH written AS (INSERT INTO {target} AS t ({cols}) SELECT {cols} FROM {staging} "
         "ON CONFLICT ({key}) DO UPDATE SET {sets} "
         "WHERE (t.{v} IS NULL OR excluded.{v} >= t.{v}) "
         "AND ({t_cmp}) IS DISTINCT FROM ({x_cmp}) "
-        "RETURNING (xmax = 0) AS inserted"
+        "RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
+        "FROM written"
     ).format(
         target=tgt, staging=staging, key=kid, v=ver,
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
@@ -465,9 +468,7 @@ def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
         x_cmp=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
                                  for c in compare),
     )
-    flags = [r[0] for r in conn.execute(stmt).fetchall()]
-    inserted = sum(1 for f in flags if f)
-    updated = len(flags) - inserted
+    inserted, updated = (int(n) for n in conn.execute(stmt).fetchone())
     return {"inserted": inserted, "updated": updated, "stale": int(stale),
             "unchanged": table.num_rows - inserted - updated - int(stale)}
 
@@ -493,8 +494,8 @@ def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
     ).format(d=del_tbl, t=tgt, k=kid)).fetchone()[0]
     guard = (sql.SQL("AND (t.{v} IS NULL OR t.{v} <= d.deleted_at)").format(
         v=sql.Identifier(version)) if version else sql.SQL(""))
-    deleted = len(conn.execute(sql.SQL(
-        "DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard} RETURNING 1"
-    ).format(t=tgt, d=del_tbl, k=kid, guard=guard)).fetchall())
+    deleted = conn.execute(sql.SQL(
+        "DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard}"
+    ).format(t=tgt, d=del_tbl, k=kid, guard=guard)).rowcount
     return {"deleted": deleted, "absent": int(absent),
             "superseded": len(deletions) - deleted - int(absent)}

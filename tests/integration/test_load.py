@@ -330,3 +330,41 @@ def test_binary_copy_takes_batches_whose_types_drift_to_the_first_schema(conn):
     assert conn.execute("SELECT item_id, qty, note, secret_enc FROM t.item ORDER BY 1").fetchall() \
         == [("a1", 1, "x", b"\x00"), ("a2", 2, None, None)]
     conn.rollback()
+
+
+def test_sync_upsert_and_delete_count_what_they_wrote(conn):
+    """The nightly sync's writes: older never beats newer, and every staged row and
+    deletion is counted once as inserted, updated, unchanged, stale, deleted, absent or
+    superseded, counted in the server."""
+    from datetime import datetime
+
+    from handover.load import delete_keys, upsert_newer
+
+    conn.execute("ALTER TABLE t.item ADD COLUMN changed_at timestamp")
+    conn.commit()
+
+    def night(keys, qty, at):
+        return pa.table({"item_id": keys, "qty": [qty] * len(keys), "note": ["n"] * len(keys),
+                         "secret_enc": pa.nulls(len(keys), pa.binary()),
+                         "changed_at": [datetime(2026, 11, at)] * len(keys)})
+
+    with conn.transaction():
+        first = upsert_newer(conn, "t", "item", "item_id", night(["a", "b", "c", "d"], 1, 2),
+                             "changed_at")
+    assert first == {"inserted": 4, "updated": 0, "stale": 0, "unchanged": 0}
+    with conn.transaction():  # a night of the 3rd: b and c change, e is new, a is as it was
+        later = night(["b", "c", "e"], 2, 3)
+        again = upsert_newer(conn, "t", "item", "item_id",
+                             pa.concat_tables([night(["a"], 1, 2), later]), "changed_at")
+    assert again == {"inserted": 1, "updated": 2, "stale": 0, "unchanged": 1}
+    with conn.transaction():  # the night of the 2nd replayed: b and c stay as the 3rd left them
+        replay = upsert_newer(conn, "t", "item", "item_id", night(["b", "c"], 1, 2),
+                              "changed_at")
+    assert replay == {"inserted": 0, "updated": 0, "stale": 2, "unchanged": 0}
+    with conn.transaction():
+        gone = delete_keys(conn, "t", "item", "item_id",
+                           [("a", datetime(2026, 11, 4)), ("b", datetime(2026, 11, 2, 12)),
+                            ("zz", datetime(2026, 11, 4))], "changed_at")
+    assert gone == {"deleted": 1, "absent": 1, "superseded": 1}
+    rows = dict(conn.execute("SELECT item_id, qty FROM t.item ORDER BY 1").fetchall())
+    assert rows == {"b": 2, "c": 2, "d": 1, "e": 2}
