@@ -67,18 +67,6 @@ VERSION_COLUMNS = {"subscribers": "updated_at", "consents": "granted_at"}
 DELETED = "deleted"  # ledger partition of a table's deletion records
 GATES = ("intake", "compliance", "quality", "contract")
 
-TOMBSTONE_DDL = """
-CREATE TABLE IF NOT EXISTS handover_meta.tombstone (
-    table_name   text NOT NULL,
-    record_key   text NOT NULL,
-    deleted_at   timestamp NOT NULL,
-    run_id       text NOT NULL,
-    recorded_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (table_name, record_key)
-)
-"""
-
-
 class NightOrderError(pipeline.SourceError):
     """A night cannot run yet (or at all): the message says which night to run first."""
 
@@ -150,12 +138,6 @@ def state_file(state_dir: str | Path, table: str) -> Path:
     return Path(state_dir) / name
 
 
-def ensure_sync_schema(conn) -> None:
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('handover_ddl'))")
-        conn.execute(TOMBSTONE_DDL)
-
-
 def _succeeded(conn, run_id: str) -> str | None:
     row = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
                        (run_id,)).fetchone()
@@ -199,8 +181,7 @@ def plan_night(*, dag_id: str = DAG_ID, system: str, changes_dir: str, data_inte
                                    "sync needs it for policy facts and to reconcile")
     run_id = night_run_id(start, dag_id)
     with ledger.connect() as conn:
-        ledger.ensure_schema(conn)
-        ensure_sync_schema(conn)
+        ledger.ensure_schema(conn)  # handover_meta.tombstone included (meta.sql)
         _check_order(conn, changes_dir, start, end, dag_id)
         with conn.transaction():
             conn.execute(

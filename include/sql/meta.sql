@@ -130,3 +130,14 @@ CREATE TABLE IF NOT EXISTS handover_meta.gate_result (
     checked_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, gate, table_name, partition)
 );
+
+-- The nightly sync's record of every key the legacy system deleted: a replayed older night
+-- must not bring a deleted row back (handover.sync).
+CREATE TABLE IF NOT EXISTS handover_meta.tombstone (
+    table_name   text NOT NULL,
+    record_key   text NOT NULL,
+    deleted_at   timestamp NOT NULL,
+    run_id       text NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, record_key)
+);

@@ -138,15 +138,15 @@ GRANT USAGE ON SCHEMA handover_meta TO handover_auditor;
 REVOKE ALL ON ALL TABLES IN SCHEMA handover_meta FROM handover_auditor;
 GRANT SELECT ON handover_meta.run, handover_meta.ledger, handover_meta.audit_log,
     handover_meta.reconciliation, handover_meta.quarantine, handover_meta.exclusion,
-    handover_meta.gate_result TO handover_auditor;
--- The lifecycle books (backups, drills, destruction certificates, subject requests) and the
--- sync's tombstones are created by their own modules; grant them when they exist, so a
--- re-run of this file does not take the auditor's view of them away.
+    handover_meta.gate_result, handover_meta.tombstone TO handover_auditor;
+-- The lifecycle books (backups, drills, destruction certificates, subject requests) are
+-- created by their own modules; grant them when they exist, so a re-run of this file does
+-- not take the auditor's view of them away.
 DO $$
 DECLARE t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['backup', 'backup_file', 'restore_drill', 'destruction_certificate',
-                             'subject_request', 'erased_subject', 'tombstone'] LOOP
+                             'subject_request', 'erased_subject'] LOOP
         IF to_regclass('handover_meta.' || t) IS NOT NULL THEN
             EXECUTE format('GRANT SELECT ON handover_meta.%I TO handover_auditor', t);
         END IF;
