@@ -12,6 +12,12 @@ Pages for people, next to the Airflow UI and behind its login:
 
 Airflow does not authenticate plugin apps; every route here asks Airflow's auth manager
 (the UI's session cookie or a bearer token), like the core API does.
+
+Every page tells the browser to load nothing from another origin (``PAGE_HEADERS``).
+Great Expectations' pages ask for jQuery, bootstrap, vega and fonts from public CDNs;
+served here they would run under the Airflow UI's origin, beside its session, and a CDN
+that served a bad file would run it with the auditor's rights. The pages stay readable
+without them (the Data Docs index gets a plain list of its validations, docs_index.py).
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ log = logging.getLogger("handover.ui")
 
 _SAFE_RUN = re.compile(r"^[A-Za-z0-9_.-]+$")
 _KINDS = ("docs", "reports")
+#: Same origin only: scripts and styles of the page itself (GX inlines both), nothing from
+#: elsewhere; no plugins, no forms posting out, no framing except by the Airflow UI.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                "Referrer-Policy": "no-referrer"}
 
 
 def _target():
@@ -57,8 +72,7 @@ def _rendered_map_index(dag_id: str, run_id: str, task_id: str, map_index: int) 
 
 
 def _html(body: str, status_code: int = 200) -> HTMLResponse:
-    return HTMLResponse(body, status_code=status_code,
-                        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})
+    return HTMLResponse(body, status_code=status_code, headers=PAGE_HEADERS)
 
 
 def create_app() -> FastAPI:
@@ -156,8 +170,7 @@ def create_app() -> FastAPI:
 
             data = add_plain_index(data.decode("utf-8")).encode("utf-8")
         media = mimetypes.guess_type(path)[0] or "application/octet-stream"
-        return Response(data, media_type=media, headers={"Cache-Control": "no-store",
-                                                         "X-Content-Type-Options": "nosniff"})
+        return Response(data, media_type=media, headers=PAGE_HEADERS)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -646,6 +646,22 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     assert "Succeeded" in page
     assert not re.search(r"\b\d{17}[\dX]\b", page), "a resident ID number leaked"
 
+    # The page is served under the Airflow UI's origin: it may load nothing from elsewhere.
+    # GX's CDN scripts are refused by the browser (Content-Security-Policy), not merely
+    # unreachable from this machine, and the page stays readable without them.
+    csp = b.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "fetch(location.href).then(r => done(r.headers.get('content-security-policy')));")
+    assert csp and "default-src 'self'" in csp and "https:" not in csp, csp
+    blocked = b.driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "document.addEventListener('securitypolicyviolation', e => done(e.blockedURI));"
+        "setTimeout(() => done(null), 5000);"
+        "const s = document.createElement('script');"
+        "s.src = 'https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js';"
+        "document.head.appendChild(s);")
+    assert blocked and blocked.startswith("https://unpkg.com/"), blocked
+
     # Pages are behind Airflow's login: without the session cookie, no ledger.
     req = urllib.request.Request(f"{stack.url}/handover/ledger?{query}")
     with pytest.raises(urllib.error.HTTPError) as denied:
