@@ -5,6 +5,26 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
+
+# The scripts, styles and fonts of the Data Docs pages (docs-assets/package-lock.json), which
+# the plugin serves from the Airflow UI's own origin instead of public CDNs. Without npm
+# the pages are served without them (readable; the Data Docs index gets a plain list).
+assets() {
+    local lock=docs-assets/package-lock.json stamp=docs-assets/node_modules/.lock.sha256 want
+    want="$(sha256sum "$lock" | cut -d' ' -f1)"
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null; then
+        echo "==> npm not found: Data Docs pages will be served without their scripts and styles" >&2
+        return 0
+    fi
+    echo "==> installing the Data Docs assets (docs-assets/: npm ci)" >&2
+    npm ci --prefix docs-assets --ignore-scripts --no-audit --no-fund --loglevel=error >&2
+    echo "$want" > "$stamp"
+}
+assets
+
 STAMP=.venv/.requirements.sha256
 want="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then

@@ -8,7 +8,9 @@ Pages for people, next to the Airflow UI and behind its login:
   page in the run's Data Docs and redirects to it;
 * ``runs/<run>/docs/...`` and ``runs/<run>/reports/...`` — the run's Data Docs site and
   reconciliation report, served from the lake (local folder or S3) so a browser can open
-  them over HTTP; old runs stay readable as long as the lake keeps them.
+  them over HTTP; old runs stay readable as long as the lake keeps them;
+* ``vendor/...`` — the scripts, styles and fonts the Data Docs pages would otherwise
+  fetch from public CDNs (docs_assets.py).
 
 Airflow does not authenticate plugin apps; every route here asks Airflow's auth manager
 (the UI's session cookie or a bearer token), like the core API does.
@@ -16,8 +18,9 @@ Airflow does not authenticate plugin apps; every route here asks Airflow's auth 
 Every page tells the browser to load nothing from another origin (``PAGE_HEADERS``).
 Great Expectations' pages ask for jQuery, bootstrap, vega and fonts from public CDNs;
 served here they would run under the Airflow UI's origin, beside its session, and a CDN
-that served a bad file would run it with the auditor's rights. The pages stay readable
-without them (the Data Docs index gets a plain list of its validations, docs_index.py).
+that served a bad file would run it with the auditor's rights. The pages get the same
+files, pinned, from ``vendor/`` instead; they stay readable without them (the Data Docs
+index also gets a plain list of its validations, docs_index.py).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+_FONT_TYPES = {".woff2": "font/woff2", ".woff": "font/woff", ".ttf": "font/ttf"}
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                 "Content-Security-Policy": CONTENT_SECURITY_POLICY,
                 "Referrer-Policy": "no-referrer"}
@@ -151,6 +155,20 @@ def create_app() -> FastAPI:
             "run, or failed before validating (a missing or invalid suite). The task log "
             "says why."), 404)
 
+    @app.get("/vendor/{path:path}", dependencies=can_read_runs)
+    def vendor(path: str) -> Response:
+        """A script, stylesheet or font of the Data Docs pages (docs_assets.py)."""
+        from fastapi.responses import FileResponse
+
+        from handover_ui.docs_assets import vendor_file
+
+        found = vendor_file(path)
+        if found is None:
+            raise HTTPException(404, "not found")
+        media = _FONT_TYPES.get(found.suffix) or mimetypes.guess_type(found.name)[0]
+        return FileResponse(found, media_type=media or "application/octet-stream",
+                            headers={**PAGE_HEADERS, "Cache-Control": "max-age=86400"})
+
     @app.get("/runs/{run}/{kind}/{path:path}", dependencies=can_read_runs)
     def run_file(run: str, kind: str, path: str) -> Response:
         """A file of the run's Data Docs or reports, straight from the lake."""
@@ -165,10 +183,18 @@ def create_app() -> FastAPI:
             return _html(ledger_view.render_message(
                 "Not found", f"{kind}/{path} of run {run} is not in the lake (the run has not "
                 "published it yet, or the lake was cleaned)."), 404)
-        if kind == "docs" and path == "index.html":
-            from handover_ui.docs_index import add_plain_index
+        if kind == "docs" and path.endswith(".html"):
+            from handover_ui.docs_assets import rewrite
 
-            data = add_plain_index(data.decode("utf-8")).encode("utf-8")
+            # relative to the page, so that any prefix the UI is served under still holds:
+            # the page is `path` under runs/<run>/docs/, three levels below vendor/'s parent
+            up = "../" * path.count("/")
+            page = rewrite(data.decode("utf-8"), f"{up}../../../vendor/", up)
+            if path == "index.html":
+                from handover_ui.docs_index import add_plain_index
+
+                page = add_plain_index(page)
+            data = page.encode("utf-8")
         media = mimetypes.guess_type(path)[0] or "application/octet-stream"
         return Response(data, media_type=media, headers=PAGE_HEADERS)
 

@@ -1,10 +1,11 @@
 """A plain list of a run's validations, added to the Data Docs index when it is served.
 
-Great Expectations renders its index table with scripts loaded from public CDNs
-(jQuery, bootstrap-table); in a network without internet access, where a migration
-often runs, the index then shows no validation at all. The rows are in the page as
-data, so the plugin lists them once more as plain HTML at the end of the page. If GX
-changes its page and nothing is found, the page is served as it is.
+Great Expectations draws its index table with scripts (jQuery, bootstrap-table) that its
+page asks public CDNs for; the plugin serves pinned copies from its own origin
+(docs_assets.py), but where they are not installed the index shows no validation at all.
+The rows are in the page as data, so the plugin lists them once more as plain HTML at the
+end of the page, a list that needs no script. If GX changes its page and nothing is
+found, the page is served as it is.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def add_plain_index(page: str) -> str:
     section = (
         f'<section {MARK} style="margin:2em;font:14px system-ui,sans-serif">'
         "<h2>Validations of this run</h2><p>Every gate's validation, as a plain list (the "
-        "table above needs scripts from the internet).</p>"
+        "table above is drawn by scripts; this list needs none).</p>"
         '<table border="1" cellpadding="4" style="border-collapse:collapse">'
         "<tr><th>gate.table</th><th>partition</th><th>result</th><th></th></tr>"
         f"{body}</table></section>")

@@ -629,7 +629,7 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     b.shot("report-page")
 
     # The run's Data Docs index lists every gate's validations, the failed tries included.
-    # (GX draws its own table with scripts from public CDNs; the plugin adds a plain list.)
+    # (GX draws its own table with scripts; the plugin adds a plain list that needs none.)
     b.open(f"/handover/ledger?{query}")
     b.click("a", text="Validation docs")
     docs = b.wait_text("Validations of this run", timeout=30)
@@ -646,6 +646,15 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     assert "Succeeded" in page
     assert not re.search(r"\b\d{17}[\dX]\b", page), "a resident ID number leaked"
 
+    # It has its scripts and styles: GX's CDN addresses point at pinned copies served from
+    # this origin (plugins/handover_ui/docs_assets.py, docs-assets/).
+    loaded = b.driver.execute_script(
+        "return {jquery: typeof window.jQuery, vega: typeof window.vega,"
+        " table: typeof (window.jQuery && window.jQuery.fn.bootstrapTable),"
+        " css: [...document.styleSheets].filter(s => s.href && s.href.includes("
+        "'/handover/vendor/bootstrap/dist/css/') && s.cssRules.length > 0).length};")
+    assert loaded == {"jquery": "function", "vega": "object", "table": "function", "css": 1}, \
+        loaded
     # The page is served under the Airflow UI's origin: it may load nothing from elsewhere.
     # GX's CDN scripts are refused by the browser (Content-Security-Policy), not merely
     # unreachable from this machine, and the page stays readable without them.
