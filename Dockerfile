@@ -1,6 +1,13 @@
 # One image for every Airflow component of the distributed stack (docker-compose.yaml):
 # Python 3.11 with exactly the pinned requirements (Airflow 3.3.2, the Celery provider,
 # boto3, ...), the DAGs, the handover library, its configuration and the GX suites.
+# The Data Docs pages' scripts, styles and fonts, pinned by docs-assets/package-lock.json
+# (the plugin serves them from the UI's origin instead of public CDNs).
+FROM node:20-bookworm-slim AS docs-assets
+WORKDIR /assets
+COPY docs-assets/package.json docs-assets/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -23,6 +30,7 @@ COPY --chown=airflow:0 dags/ dags/
 COPY --chown=airflow:0 plugins/ plugins/
 COPY --chown=airflow:0 include/ include/
 COPY --chown=airflow:0 expectations/ expectations/
+COPY --chown=airflow:0 --from=docs-assets /assets/node_modules docs-assets/node_modules
 COPY --chown=airflow:0 docker/airflow-init.sh /usr/local/bin/handover-init
 
 # .state holds what a worker builds locally before it goes to the lake (Data Docs).

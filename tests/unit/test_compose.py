@@ -201,3 +201,8 @@ def test_dockerfile_installs_the_pinned_requirements():
         assert f"COPY --chown=airflow:0 {folder} {folder}" in text, folder
         assert (ROOT / folder).is_dir()
     assert "python:3.11" in text  # the project's Python (pyproject requires-python)
+    # the Data Docs assets, pinned by their lock file, where the plugin looks for them
+    assert "COPY docs-assets/package.json docs-assets/package-lock.json ./" in text
+    assert "RUN npm ci --ignore-scripts" in text
+    assert "--from=docs-assets /assets/node_modules docs-assets/node_modules" in text
+    assert (ROOT / "docs-assets" / "package-lock.json").is_file()
