@@ -279,8 +279,6 @@ def mask_msisdn_array(values: pa.Array) -> pa.Array:
     return _head_stars_tail(values, "****")
 
 
-ID_SHAPED_TAG = "[18位号码]"
-
 _CANDIDATES = re.compile(
     r"(?<![0-9A-Za-z])(\d{17}[\dXx])(?![0-9A-Za-z])"  # resident ID
     r"|(?<!\d)(\d{15,19})(?!\d)"  # bank card or IMEI (Luhn)
@@ -295,11 +293,8 @@ def _redact_match(m: re.Match) -> str:
     if rid is not None:
         if resident_id_ok(rid.upper()):
             return "[身份证号]"
-        # 18 digits can still be a bank card. Otherwise it has an ID's shape and a wrong
-        # check digit: most often an ID number mistyped by one digit, which still names
-        # its holder. It goes too, under a tag that does not claim it is an ID; the
-        # contract gate fails on any ID-shaped run left in free text.
-        return "[银行卡号]" if rid.isdigit() and luhn_ok(rid) else ID_SHAPED_TAG
+        # Not an ID, but 18 digits can still be a bank card.
+        return "[银行卡号]" if rid.isdigit() and luhn_ok(rid) else rid
     if digits is not None:
         if luhn_ok(digits):
             return "[IMEI]" if len(digits) == 15 else "[银行卡号]"
