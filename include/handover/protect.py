@@ -280,7 +280,10 @@ def mask_msisdn_array(values: pa.Array) -> pa.Array:
 
 
 _CANDIDATES = re.compile(
-    r"(?<![0-9A-Za-z])(\d{17}[\dXx])(?![0-9A-Za-z])"  # resident ID
+    # resident ID: bounded by non-digits only, as the contract gate's pattern is, so a
+    # verified ID written against a letter ("ID110105...") is redacted, not left for the
+    # gate to stop the run on
+    r"(?<!\d)(\d{17}[\dXx])(?!\d)"
     r"|(?<!\d)(\d{15,19})(?!\d)"  # bank card or IMEI (Luhn)
     r"|(?<!\d)((?:\+?86[- ]?)?1[3-9]\d[- ]?\d{4}[- ]?\d{4})(?!\d)"  # MSISDN
     r"|([A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,})"  # e-mail

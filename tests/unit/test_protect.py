@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -164,6 +165,16 @@ def test_id_with_wrong_check_digit_is_not_tagged_as_id():
 
     assert "[身份证号]" not in out
     assert out == text
+
+
+def test_a_valid_id_against_letters_is_redacted_and_an_unverified_one_left_to_the_gate():
+    # The contract gate refuses any ID-shaped run bounded by non-digits; the redactor takes
+    # a verified ID on the same bounds, so the gate stops only on what is not verified.
+    gate = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")  # expectations/*/contract/complaints.json
+    assert redact_text(f"证件ID{VALID_ID}号No{VALID_ID.lower()}x") == "证件ID[身份证号]号No[身份证号]x"
+    bad = wrong_check("44052418800101001")
+    left = redact_text(f"单号A{bad}B")
+    assert left == f"单号A{bad}B" and gate.search(left)
 
 
 def test_eighteen_digit_bank_card_failing_gb11643_is_still_redacted():
