@@ -167,7 +167,7 @@ def create_app() -> FastAPI:
             raise HTTPException(404, "not found")
         media = _FONT_TYPES.get(found.suffix) or mimetypes.guess_type(found.name)[0]
         return FileResponse(found, media_type=media or "application/octet-stream",
-                            headers={**PAGE_HEADERS, "Cache-Control": "max-age=86400"})
+                            headers={**PAGE_HEADERS, "Cache-Control": "private, max-age=86400"})
 
     @app.get("/runs/{run}/{kind}/{path:path}", dependencies=can_read_runs)
     def run_file(run: str, kind: str, path: str) -> Response:

@@ -450,7 +450,6 @@ def test_plugin_module_is_cheap_to_import():
 
 
 def test_audit_listener_never_fails_a_task_when_the_target_is_down(monkeypatch):
-    sys.path.insert(0, str(ROOT / "plugins"))
     from handover_ui import listener
 
     monkeypatch.setenv("HANDOVER_TARGET_DSN", "host=127.0.0.1 port=1 user=nobody dbname=none")
@@ -467,7 +466,6 @@ def test_audit_listener_never_fails_a_task_when_the_target_is_down(monkeypatch):
 
 
 def test_ledger_view_flags_a_stage_that_lost_rows():
-    sys.path.insert(0, str(ROOT / "plugins"))
     from handover_ui.ledger_view import build, render_ledger
 
     stages = [("payments", "extract", 2, 100, 100, 0, 0), ("payments", "comply", 2, 100, 95, 0, 5),

@@ -185,7 +185,6 @@ def test_task_listener_keeps_one_connection_and_survives_losing_it(trail):
     its own instead of writing on its parent's."""
     import multiprocessing
 
-    sys.path.insert(0, str(ROOT / "plugins"))
     from handover_ui import listener
 
     dsn, _ = trail

@@ -5,17 +5,12 @@ serves nothing else."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from handover_ui import docs_assets  # plugins/ is on pytest's pythonpath (pyproject.toml)
 
 from tests.unit.test_gates import PAYMENTS_SUITE, gate, payments, write_suite
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins"))
-
-from handover_ui import docs_assets  # noqa: E402 - the plugins folder is put on sys.path above
 
 REMOTE = re.compile(r'(?:src|href)="(https?://[^"]+)"')
 #: Links a reader may follow, not files the page loads.
