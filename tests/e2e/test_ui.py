@@ -85,7 +85,7 @@ class Receiver:
         bodies = self.bodies = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
+            def do_POST(self):  # noqa: N802 - the name http.server calls for a POST
                 n = int(self.headers.get("Content-Length") or 0)
                 bodies.append(self.rfile.read(n).decode("utf-8"))
                 self.send_response(204)
