@@ -1,23 +1,31 @@
 """
 ### Data-subject request
 
-Triggered from the UI form (Trigger DAG → fill the fields). A customer's right to see,
-correct or erase their data (PIPL Art. 44-47):
+A customer's right to see, correct or erase their data (PIPL Art. 44-47):
 
 - **access**: everything held about the customer (new system, every lake copy incl.
   quarantine and exclusions, decisions, backups holding them) as one encrypted file in
   the lake under `subject-requests/<request_id>/`; the passphrase is revealed to the
   privacy officer by `python -m handover.subject passphrase <request_id>` (audited).
-- **correction**: `field` set to `new_value`, then the row runs through the migration's
+- **correction**: `field` set to the new value, then the row runs through the migration's
   own stages and gates before it is upserted; a rejected value changes nothing.
 - **erasure**: deleted from the target and every lake copy, earlier exports deleted,
   backups holding them crypto-shredded, checked, certified.
 
+**Submit first, then trigger with only the request id.** A run's config is kept in
+Airflow's database and shown here to everyone who may see this DAG, so the customer's
+identifier never goes into it:
+
+    python -m handover.subject submit REQ-123 --type erasure --identifier-type msisdn
+
+reads the identifier (and a correction's new value) from stdin and stores it sealed
+under the keyring; then Trigger DAG with `request_id` REQ-123. A run whose config
+carries `identifier` or `new_value` is refused. The seal is cleared when the request
+ends or is rejected.
+
 validate_request → fulfil_request → **validate_outcome** → record_outcome.
-The identifier (customer id, resident ID or MSISDN; the last two found by blind index)
-is never logged: logs and the audit trail show a keyed hash. Run config is visible to
-users who can see this DAG's runs: restrict the DAG to the privacy team and prefer the
-customer id. Runbook: docs/lifecycle.md.
+Logs and the audit trail show a keyed hash of the customer, never the identifier.
+Runbook: docs/lifecycle.md.
 """
 
 from __future__ import annotations
@@ -40,18 +48,8 @@ from handover.tasks import DEFAULT_ARGS
     tags=["handover", "lifecycle", "privacy"],
     params={
         "request_id": Param("", type="string", title="Request id",
-                            description="ticket id of the customer's request (letters, digits, "
-                                        ". _ -)"),
-        "request_type": Param("access", type="string", title="Request type",
-                              enum=["access", "correction", "erasure"]),
-        "identifier_type": Param("customer_id", type="string", title="Identifier type",
-                                 enum=["customer_id", "resident_id", "msisdn"]),
-        "identifier": Param("", type="string", title="Customer identifier",
-                            description="customer id, 18-digit resident ID or mobile number"),
-        "field": Param("", type="string", title="Field (correction)",
-                       description="e.g. address, name, msisdn, id_number, city"),
-        "new_value": Param("", type="string", title="New value (correction)"),
-        "system": Param("legacy_bss", type="string", title="Source system config folder"),
+                            description="ticket id of a request submitted with `python -m "
+                                        "handover.subject submit` (letters, digits, . _ -)"),
     },
 )
 def subject_request():

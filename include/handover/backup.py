@@ -52,6 +52,9 @@ from handover.lake import Lake, LocalLake, S3Lake, lake_from_url, safe_run_id
 log = logging.getLogger("handover")
 
 SCHEMAS = ("crm", "handover_meta")
+# Not backed up: sealed identifiers of open data-subject requests. They live only until the
+# request ends, and a backup would keep them past an erasure (the keyring is not shredded).
+NOT_BACKED_UP = (("handover_meta", "subject_intake"),)
 SQL_FILE = ledger.SQL_DIR / "lifecycle.sql"
 BACKUPS = "backups"
 KEYS = "backup-keys"
@@ -99,7 +102,7 @@ def snapshot_tables(conn) -> list[tuple[str, str]]:
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
         "ORDER BY 1, 2", (list(SCHEMAS),)).fetchall()
-    return [(s, t) for s, t in rows]
+    return [(s, t) for s, t in rows if (s, t) not in NOT_BACKED_UP]
 
 
 def table_columns(conn, schema: str, table: str) -> list[tuple[str, str]]:

@@ -1,7 +1,10 @@
 """Data-subject requests (PIPL Art. 44-47): access, correction and erasure, end to end.
 
-The `subject_request` DAG is triggered from the Airflow UI with a form; its tasks call
-the four steps here: validate the request, fulfil it, check the outcome, record it.
+A privacy officer submits a request with `python -m handover.subject submit` (the
+identifier, and a correction's new value, are read from stdin and stored sealed under the
+keyring in `handover_meta.subject_intake`), then triggers the `subject_request` DAG with
+only the request id; its tasks call the four steps here: validate the request, fulfil it,
+check the outcome, record it. The seal is cleared when the request ends or is rejected.
 
 - The customer is named by customer id, resident ID or MSISDN. ID numbers and MSISDNs
   are found through their blind index (keyed HMAC) in `crm.customer`, never by scanning
@@ -83,30 +86,139 @@ class SubjectRequest:
     new_value: str = ""
     system: str = "legacy_bss"
 
-    @classmethod
-    def from_params(cls, params: dict) -> SubjectRequest:
+    def checked(self) -> SubjectRequest:
         """Check the form; messages never repeat the identifier."""
-        p = {k: ("" if v is None else str(v)).strip() for k, v in dict(params).items()}
-        req = cls(p.get("request_id", ""), p.get("request_type", ""),
-                  p.get("identifier_type", "customer_id") or "customer_id",
-                  p.get("identifier", ""), p.get("field", ""), p.get("new_value", ""),
-                  p.get("system", "legacy_bss") or "legacy_bss")
-        if not REQUEST_ID.match(req.request_id):
+        if not REQUEST_ID.match(self.request_id):
             raise RequestRejected("request_id: give the ticket id of the request (letters, "
                                   "digits, '.', '_' or '-', at most 64)")
-        if req.request_type not in REQUEST_TYPES:
-            raise RequestRejected(f"request_type {req.request_type!r}: use one of "
+        if self.request_type not in REQUEST_TYPES:
+            raise RequestRejected(f"request_type {self.request_type!r}: use one of "
                                   f"{', '.join(REQUEST_TYPES)}")
-        if req.identifier_type not in IDENTIFIER_TYPES:
-            raise RequestRejected(f"identifier_type {req.identifier_type!r}: use one of "
+        if self.identifier_type not in IDENTIFIER_TYPES:
+            raise RequestRejected(f"identifier_type {self.identifier_type!r}: use one of "
                                   f"{', '.join(IDENTIFIER_TYPES)}")
-        if not req.identifier:
-            raise RequestRejected(f"request {req.request_id}: identifier is empty; give the "
-                                  f"customer's {req.identifier_type}")
-        if req.request_type == "correction" and not (req.field and req.new_value):
-            raise RequestRejected(f"request {req.request_id}: a correction needs field and "
+        if not self.identifier:
+            raise RequestRejected(f"request {self.request_id}: identifier is empty; give the "
+                                  f"customer's {self.identifier_type}")
+        if self.request_type == "correction" and not (self.field and self.new_value):
+            raise RequestRejected(f"request {self.request_id}: a correction needs field and "
                                   "new_value")
+        return self
+
+    @classmethod
+    def from_params(cls, params: dict) -> SubjectRequest:
+        """The request a run names by `request_id`, unsealed from its intake.
+
+        The run config must not carry the identifier or a new value: Airflow keeps a run's
+        config in its database and shows it in the UI to everyone who may see the DAG."""
+        p = {k: ("" if v is None else str(v)).strip() for k, v in dict(params).items()}
+        request_id = p.get("request_id", "")
+        if not REQUEST_ID.match(request_id):
+            raise RequestRejected("request_id: give the ticket id of the request (letters, "
+                                  "digits, '.', '_' or '-', at most 64)")
+        given = [k for k in SEALED if p.get(k)]
+        if given:
+            raise RequestRejected(
+                f"request {request_id}: {' and '.join(given)} in the run config, which "
+                "Airflow stores and shows in the UI; submit the request sealed with `python "
+                f"-m handover.subject submit {request_id} --type <type> --identifier-type "
+                "<type>` (reads them from stdin) and trigger with only request_id")
+        return load_request(request_id)
+
+
+# ---------------------------------------------------------------- intake (sealed)
+SEALED = ("identifier", "new_value")
+
+
+def _intake_aad(req: SubjectRequest) -> bytes:
+    """The request's other fields bound to the seal: a row edited in the database (another
+    type, field or system for the same identifier) no longer opens."""
+    return "|".join(("handover-intake", req.request_id, req.request_type, req.identifier_type,
+                     req.field, req.system)).encode()
+
+
+def submit_request(request_id: str, request_type: str, identifier_type: str, identifier: str,
+                   field: str = "", new_value: str = "", system: str = "legacy_bss") -> dict:
+    """Check a request and store it with its identifier and new value sealed (AES-256-GCM
+    under the keyring's active key) in `handover_meta.subject_intake`; the DAG is then
+    triggered with only the request id. Submitting the same id again replaces it."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from handover.protect import load_keyring
+
+    req = SubjectRequest(*(str(v or "").strip() for v in (
+        request_id, request_type, identifier_type, identifier, field, new_value)),
+        system=str(system or "legacy_bss").strip()).checked()
+    ring = load_keyring()
+    nonce = os.urandom(12)
+    sealed = nonce + AESGCM(ring.keys[ring.active_key_id]).encrypt(
+        nonce, json.dumps({"identifier": req.identifier, "new_value": req.new_value}).encode(),
+        _intake_aad(req))
+    with ledger.connect() as conn:
+        ensure_lifecycle_schema(conn)
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO handover_meta.subject_intake (request_id, request_type, "
+                "identifier_type, field, system, key_id, sealed) VALUES (%s,%s,%s,%s,%s,%s,%s) "
+                "ON CONFLICT (request_id) DO UPDATE SET request_type = excluded.request_type, "
+                "identifier_type = excluded.identifier_type, field = excluded.field, "
+                "system = excluded.system, key_id = excluded.key_id, sealed = excluded.sealed, "
+                "submitted_by = current_user, submitted_at = now(), cleared_at = NULL",
+                (req.request_id, req.request_type, req.identifier_type, req.field, req.system,
+                 ring.active_key_id, sealed))
+            ledger.audit(conn, "subject_request_submitted", detail={
+                "request_id": req.request_id, "request_type": req.request_type,
+                "identifier_type": req.identifier_type, "field": req.field,
+                "system": req.system})
+    log.info("subject request %s (%s) submitted, identifier sealed", req.request_id,
+             req.request_type)
+    return {"request_id": req.request_id, "request_type": req.request_type,
+            "conf": {"request_id": req.request_id}}
+
+
+def load_request(request_id: str) -> SubjectRequest:
+    """The submitted request, unsealed. After it ended (or was rejected) its identifier is
+    cleared: the request comes back with an empty identifier."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from handover.protect import load_keyring
+
+    with ledger.connect() as conn:
+        ensure_lifecycle_schema(conn)
+        row = conn.execute(
+            "SELECT request_type, identifier_type, field, system, key_id, sealed FROM "
+            "handover_meta.subject_intake WHERE request_id = %s", (request_id,)).fetchone()
+    if row is None:
+        raise RequestRejected(
+            f"request {request_id}: nothing was submitted under this id; submit it first: "
+            f"python -m handover.subject submit {request_id} --type "
+            "<access|correction|erasure> --identifier-type <customer_id|resident_id|msisdn>")
+    request_type, identifier_type, field, system, key_id, sealed = row
+    req = SubjectRequest(request_id, request_type, identifier_type, "", field, "", system)
+    if sealed is None:
         return req
+    ring = load_keyring()
+    if key_id not in ring.keys:
+        raise RequestRejected(f"request {request_id}: sealed under key {key_id}, which the "
+                              "keyring no longer holds; submit the request again")
+    blob = bytes(sealed)
+    try:
+        plain = json.loads(AESGCM(ring.keys[key_id]).decrypt(blob[:12], blob[12:],
+                                                             _intake_aad(req)))
+    except InvalidTag:
+        raise LifecycleError(f"request {request_id}: its sealed intake does not open with its "
+                             "own fields (changed in the database?); submit the request "
+                             "again") from None
+    return SubjectRequest(request_id, request_type, identifier_type, plain["identifier"],
+                          field, plain["new_value"], system)
+
+
+def _clear_seal(conn, request_id: str) -> None:
+    """Data minimisation: the identifier is kept only while the request runs."""
+    conn.execute("UPDATE handover_meta.subject_intake SET sealed = NULL, key_id = NULL, "
+                 "cleared_at = now() WHERE request_id = %s AND sealed IS NOT NULL",
+                 (request_id,))
 
 
 # ---------------------------------------------------------------- identity
@@ -151,6 +263,9 @@ def resolve_customer(conn, cfg, ring, req: SubjectRequest) -> str:
     from handover.protect import blind_index
     from handover.validators import normalise_msisdn
 
+    if not req.identifier:
+        raise RequestRejected(f"request {req.request_id}: its identifier was cleared when the "
+                              "request ended or was rejected; submit it again to rerun it")
     table = customer_table(cfg)
     s = shapes(cfg)[table]
     if req.identifier_type == "customer_id":
@@ -561,10 +676,10 @@ def validate_request(params: dict) -> dict:
         with ledger.connect() as conn:
             ensure_lifecycle_schema(conn)
             with conn.transaction():
+                request_id = str(params.get("request_id", ""))[:64]
+                _clear_seal(conn, request_id)
                 ledger.audit(conn, "subject_request_rejected", detail={
-                    "request_id": str(params.get("request_id", ""))[:64],
-                    "request_type": str(params.get("request_type", ""))[:20],
-                    "error": str(exc)[:300]})
+                    "request_id": request_id, "error": str(exc)[:300]})
         raise
     ref = subject_ref(ring, customer_id)
     with ledger.connect() as conn, conn.transaction():
@@ -718,6 +833,7 @@ def record_outcome(params: dict, done: dict, verified: dict) -> dict:
         conn.execute("UPDATE handover_meta.subject_request SET status = 'done', finished_at = "
                      "now(), detail = %s WHERE request_id = %s",
                      (json.dumps(detail, default=str), req.request_id))
+        _clear_seal(conn, req.request_id)
         ledger.audit(conn, f"subject_{req.request_type}", detail=detail)
     log.info("subject request %s (%s) done for subject %s", req.request_id, req.request_type,
              ref[:12])
@@ -734,18 +850,51 @@ def handle_request(params: dict) -> dict:
     return {"checked": checked, "done": done, "verified": verified, "recorded": recorded}
 
 
+def _read_secret(prompt: str) -> str:
+    """A value typed at a hidden prompt, or the next line of piped input: never an
+    argument (other users of the machine see a process's arguments)."""
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m handover.subject passphrase|decrypt REQUEST_ID`: for privacy officers."""
+    """`python -m handover.subject submit|passphrase|decrypt REQUEST_ID`: for privacy
+    officers."""
     import argparse
+    import sys
 
     ap = argparse.ArgumentParser(prog="python -m handover.subject")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("submit", help="submit a request: its identifier (and a correction's "
+                                      "new value) are read from stdin and stored sealed")
+    s.add_argument("request_id")
+    s.add_argument("--type", required=True, choices=REQUEST_TYPES, dest="request_type")
+    s.add_argument("--identifier-type", default="customer_id", choices=IDENTIFIER_TYPES)
+    s.add_argument("--field", default="", help="the field a correction sets")
+    s.add_argument("--system", default="legacy_bss", help="source system config folder")
     p = sub.add_parser("passphrase", help="print an access export's passphrase (audited)")
     p.add_argument("request_id")
     d = sub.add_parser("decrypt", help="decrypt an access export to a file (audited)")
     d.add_argument("request_id")
     d.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    if args.cmd == "submit":
+        identifier = _read_secret(f"{args.identifier_type}: ")
+        new_value = (_read_secret(f"new {args.field or 'value'}: ")
+                     if args.request_type == "correction" else "")
+        try:
+            out = submit_request(args.request_id, args.request_type, args.identifier_type,
+                                 identifier, args.field, new_value, args.system)
+        except RequestRejected as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"request {out['request_id']} ({out['request_type']}) submitted, identifier "
+              f"sealed; trigger the subject_request DAG with {json.dumps(out['conf'])}")
+        return 0
     if args.cmd == "passphrase":
         print(reveal_passphrase(args.request_id))
         return 0

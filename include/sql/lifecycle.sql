@@ -86,6 +86,25 @@ CREATE TABLE IF NOT EXISTS handover_meta.subject_request (
     detail        jsonb NOT NULL DEFAULT '{}'
 );
 
+-- A request as the privacy officer submitted it (`python -m handover.subject submit`):
+-- the identifier and a correction's new value sealed (AES-256-GCM under the keyring, the
+-- other columns bound as associated data), so the DAG run's config, which Airflow keeps
+-- in its database and shows in the UI, carries only the request id. The seal is cleared
+-- when the request ends or is rejected; the table is left out of backups.
+CREATE TABLE IF NOT EXISTS handover_meta.subject_intake (
+    request_id      text PRIMARY KEY,
+    request_type    text NOT NULL CHECK (request_type IN ('access', 'correction', 'erasure')),
+    identifier_type text NOT NULL
+                    CHECK (identifier_type IN ('customer_id', 'resident_id', 'msisdn')),
+    field           text NOT NULL DEFAULT '',
+    system          text NOT NULL DEFAULT 'legacy_bss',
+    key_id          text,
+    sealed          bytea,                    -- nonce || ciphertext; NULL once cleared
+    submitted_by    text NOT NULL DEFAULT current_user,
+    submitted_at    timestamptz NOT NULL DEFAULT now(),
+    cleared_at      timestamptz
+);
+
 -- Erased subjects: the nightly sync must not bring them back from the legacy system.
 CREATE TABLE IF NOT EXISTS handover_meta.erased_subject (
     subject_ref   text PRIMARY KEY,           -- same keyed hash as subject_request
@@ -100,10 +119,15 @@ BEGIN
         GRANT SELECT ON handover_meta.backup, handover_meta.backup_file,
             handover_meta.restore_drill, handover_meta.destruction_certificate,
             handover_meta.subject_request, handover_meta.erased_subject TO handover_auditor;
+        -- who submitted which request and when, not the sealed identifier
+        GRANT SELECT (request_id, request_type, identifier_type, field, system, key_id,
+                      submitted_by, submitted_at, cleared_at)
+            ON handover_meta.subject_intake TO handover_auditor;
     END IF;
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'handover_loader') THEN
         GRANT SELECT, INSERT, UPDATE, DELETE ON handover_meta.backup, handover_meta.backup_file,
             handover_meta.restore_drill, handover_meta.destruction_certificate,
-            handover_meta.subject_request, handover_meta.erased_subject TO handover_loader;
+            handover_meta.subject_request, handover_meta.erased_subject,
+            handover_meta.subject_intake TO handover_loader;
     END IF;
 END $$;

@@ -85,3 +85,35 @@ def test_pre_load_backup_then_weekly_drill(airflow_env):
                                ).fetchone()[0]
     assert ok is True and seconds > 0 and bid == backup_id and audited == 1
     assert scratch == 0  # the teardown dropped the scratch database
+
+
+def test_subject_request_runs_on_the_request_id_alone(airflow_env):
+    """The privacy officer's path: submit (identifier piped, stored sealed), trigger with
+    only the request id; a run config carrying the identifier fails its first task."""
+    env, dsn = airflow_env["env"], airflow_env["dsn"]
+    dag_file = str(ROOT / "dags" / "subject_request.py")
+    submitted = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "python"), "-m", "handover.subject", "submit",
+         "REQ-e2e-1", "--type", "access"], input="C90000001\n", env=env,
+        capture_output=True, text=True, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+    run = _airflow(env, "dags", "test", "subject_request", "-f", dag_file,
+                   "-c", json.dumps({"request_id": "REQ-e2e-1"}))
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    with psycopg.connect(dsn) as conn:
+        status = conn.execute("SELECT status FROM handover_meta.subject_request WHERE "
+                              "request_id = 'REQ-e2e-1'").fetchone()[0]
+        sealed = conn.execute("SELECT sealed FROM handover_meta.subject_intake WHERE "
+                              "request_id = 'REQ-e2e-1'").fetchone()[0]
+    assert status == "done" and sealed is None
+    assert (airflow_env["root"] / "lake" / "subject-requests" / "REQ-e2e-1" /
+            "access-export.json.enc").is_file()
+
+    leaky = _airflow(env, "dags", "test", "subject_request", "-f", dag_file, "-c", json.dumps(
+        {"request_id": "REQ-e2e-2", "identifier": "C90000002"}))
+    out = leaky.stdout + leaky.stderr
+    assert leaky.returncode != 0, out[-3000:]
+    assert "identifier in the run config" in out and "validate_request" in out
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM handover_meta.subject_request WHERE "
+                            "request_id = 'REQ-e2e-2'").fetchone()[0] == 0

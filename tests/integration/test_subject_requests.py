@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import subprocess
+import sys
 import uuid
 
 import pandas as pd
@@ -48,8 +49,19 @@ def env(request, tmp_path_factory):
 
 
 def _request(**kw) -> dict:
-    return {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "identifier_type": "customer_id",
+    """Submit a request as the privacy officer does; the run config gets only its id."""
+    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "identifier_type": "customer_id",
             "field": "", "new_value": "", **kw}
+    out = subject.submit_request(**form)
+    assert out["conf"] == {"request_id": form["request_id"]}
+    return out["conf"]
+
+
+def _intake(env, request_id: str):
+    with psycopg.connect(env["dsn"]) as conn:
+        return conn.execute("SELECT request_type, sealed, key_id, cleared_at FROM "
+                            "handover_meta.subject_intake WHERE request_id = %s",
+                            (request_id,)).fetchone()
 
 
 def _no_identifier_in(env, text: str) -> None:
@@ -61,8 +73,14 @@ def test_access_exports_everything_encrypted(env, caplog):
     caplog.set_level(logging.INFO)
     req = _request(request_type="access", identifier_type="resident_id",
                    identifier=env["id_number"])
+    sealed = bytes(_intake(env, req["request_id"])[1])
+    assert env["id_number"].encode() not in sealed and len(sealed) > 12 + 16
     out = subject.handle_request(req)
     assert out["verified"]["export_opens"]
+    _, sealed, key_id, cleared_at = _intake(env, req["request_id"])
+    assert sealed is None and key_id is None and cleared_at is not None  # minimised
+    with pytest.raises(subject.RequestRejected, match="cleared"):
+        subject.validate_request(req)  # a rerun needs the request submitted again
     blob = (env["lake"] / "subject-requests" / req["request_id"] /
             "access-export.json.enc").read_bytes()
     assert blob[:8] == b"Salted__"
@@ -125,15 +143,57 @@ def test_correction_flows_through_the_gates(env):
 
 def test_unknown_identifier_is_rejected_without_echoing_it(env):
     secret = "110101199003071234"
+    req = _request(request_type="access", identifier_type="resident_id", identifier=secret)
     with pytest.raises(subject.RequestRejected) as err:
-        subject.handle_request(_request(request_type="access", identifier_type="resident_id",
-                                        identifier=secret))
+        subject.handle_request(req)
     assert secret not in str(err.value) and "customer_id" in str(err.value)
+    assert _intake(env, req["request_id"])[1] is None  # a rejected request keeps no seal
     with psycopg.connect(env["dsn"]) as conn:
         rejected = [r[0] for r in conn.execute(
             "SELECT detail::text FROM handover_meta.audit_log WHERE action = "
             "'subject_request_rejected'")]
     assert rejected and all(secret not in r for r in rejected)
+
+
+def test_identifier_in_the_run_config_is_refused(env):
+    """Airflow keeps a run's config and shows it in the UI: an identifier there is refused,
+    as is a request id nobody submitted, and a sealed intake edited in the database."""
+    secret = env["msisdn"]
+    with pytest.raises(subject.RequestRejected, match="run config") as err:
+        subject.handle_request({"request_id": "REQ-conf", "request_type": "access",
+                                "identifier_type": "msisdn", "identifier": secret})
+    assert secret not in str(err.value)
+    with pytest.raises(subject.RequestRejected, match="nothing was submitted"):
+        subject.handle_request({"request_id": "REQ-never-submitted"})
+
+    req = _request(request_type="access", identifier_type="msisdn", identifier=secret)
+    with psycopg.connect(env["dsn"]) as conn:
+        conn.execute("UPDATE handover_meta.subject_intake SET request_type = 'erasure' "
+                     "WHERE request_id = %s", (req["request_id"],))
+    with pytest.raises(subject.LifecycleError, match="does not open"):
+        subject.handle_request(req)
+    with psycopg.connect(env["dsn"]) as conn:
+        details = " ".join(r[0] for r in conn.execute(
+            "SELECT detail::text FROM handover_meta.audit_log"))
+        assert ("handover_meta", "subject_intake") not in backup.snapshot_tables(conn)
+    _no_identifier_in(env, details)
+
+
+def test_submit_reads_the_identifier_from_stdin(env):
+    """The officer's command: the identifier is piped (or typed at a hidden prompt), never
+    an argument, and the command prints the run config to trigger with."""
+    done = subprocess.run(
+        [sys.executable, "-m", "handover.subject", "submit", "REQ-cli-1", "--type",
+         "correction", "--identifier-type", "msisdn", "--field", "address"],
+        input=f"{env['msisdn']}\nNew Road 1\n", capture_output=True, text=True, check=True)
+    assert '{"request_id": "REQ-cli-1"}' in done.stdout and env["msisdn"] not in done.stdout
+    req = subject.load_request("REQ-cli-1")
+    assert (req.request_type, req.identifier, req.field, req.new_value) == (
+        "correction", env["msisdn"], "address", "New Road 1")
+    bad = subprocess.run(
+        [sys.executable, "-m", "handover.subject", "submit", "REQ-cli-2", "--type", "access"],
+        input="\n", capture_output=True, text=True)
+    assert bad.returncode == 2 and "identifier is empty" in bad.stderr
 
 
 def test_erasure_leaves_nothing_readable(env):
@@ -172,8 +232,8 @@ def test_erasure_leaves_nothing_readable(env):
     _no_identifier_in(env, (env["lake"] / cert[0]).read_text())
 
     # A rerun (a cleared task) is safe, and the customer cannot be found any more.
-    again = subject.handle_request({**req, "identifier_type": "customer_id",
-                                    "identifier": env["customer"]})
+    subject.submit_request(req["request_id"], "erasure", "customer_id", env["customer"])
+    again = subject.handle_request(req)
     assert again["done"]["target"]["target_rows_deleted"] == {}
     assert again["done"]["lake"]["lake_objects_rewritten"] == 0
     with pytest.raises(subject.RequestRejected):
