@@ -83,9 +83,9 @@ def suites(system: str) -> dict[tuple[str, str], list[dict]]:
                 c.append(e("expect_column_values_to_not_be_null", column=f"{field}_enc"))
             if "redact" in prot:
                 c.append(e("expect_column_values_to_not_match_regex", column=field,
-                           regex=r"(?<!\d)\d{17}[\dXx](?!\d)"))
+                           regex=r"(?<!\d)\d{17}[\dXxＸｘ](?!\d)"))
                 c.append(e("expect_column_values_to_not_match_regex", column=field,
-                           regex=r"(?<!\d)1[3-9]\d{9}(?!\d)"))
+                           regex=r"(?<!\d)[1１][3-9３-９]\d{9}(?!\d)"))
             if "lookup" in fspec:
                 values = sorted({str(v) for v in fspec["lookup"].values()}) \
                     if not all(isinstance(v, bool) for v in fspec["lookup"].values()) else None

@@ -21,6 +21,7 @@ from handover.validators import (
     normalise_text,
     resident_id_birth_gender,
     resident_id_valid,
+    trim_text,
 )
 
 #: What pyarrow raises when a column cannot be taken as text as a whole (an object column
@@ -296,7 +297,11 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     verdict = _Verdict(n)
     out = pd.DataFrame(index=raw.index)
     data_cols = [c for c in raw.columns if c not in META_COLUMNS]
-    norm: dict[str, pa.Array] = {c: normalise_text(_arr(raw, c)) for c in data_cols}
+    # Free text keeps its characters (trimmed only): NFKC would turn a complaint's "，" into
+    # "," and "①" into "1". Redaction folds it for matching (protect.redact_text).
+    verbatim = set(rules.get("verbatim", ()))
+    norm: dict[str, pa.Array] = {
+        c: (trim_text if c in verbatim else normalise_text)(_arr(raw, c)) for c in data_cols}
 
     # Control characters (NUL and C0 other than tab and line ends) break COPY and exports.
     for col in data_cols:

@@ -319,7 +319,12 @@ class SourceConfig:
         return int(self.table(name).get("partitions", 1))
 
     def rules(self, name: str) -> dict[str, Any]:
-        return self.cleansing["tables"].get(name, {})
+        """The table's cleansing rules, plus `verbatim`: its free-text columns (catalog
+        `pii: free_text`), which cleanse trims but does not NFKC-normalise."""
+        rules = self.cleansing["tables"].get(name, {})
+        columns = self.catalog["tables"].get(name, {}).get("columns") or {}
+        verbatim = [c for c, spec in columns.items() if (spec or {}).get("pii") == "free_text"]
+        return {**rules, "verbatim": verbatim} if verbatim else rules
 
     def table_mapping(self, name: str) -> dict[str, Any]:
         return self.mapping["tables"][name]

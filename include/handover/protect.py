@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from handover.validators import luhn_ok, resident_id_ok
+from handover.validators import luhn_ok, nfkc, resident_id_ok
 
 
 @dataclass(frozen=True)
@@ -311,11 +312,39 @@ def _redact_match(m: re.Match) -> str:
     return "[IMSI]" if imsi else m.group(0)
 
 
+def _folded(text: str) -> tuple[str, list[int]]:
+    """`text` with every character NFKC-normalised on its own ("１３８" -> "138", "＠" ->
+    "@"), and for each character of the result the index of the one it came from."""
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        folded = ch if ch.isascii() else unicodedata.normalize("NFKC", ch)
+        out.append(folded)
+        origin.extend([i] * len(folded))
+    return "".join(out), origin
+
+
 def redact_text(text: str | None) -> str | None:
-    """Replace resident IDs, MSISDNs, bank cards, IMEI/IMSI and e-mails in free text."""
+    """Replace resident IDs, MSISDNs, bank cards, IMEI/IMSI and e-mails in free text.
+
+    Free text is kept as written (cleanse does not NFKC it), so the patterns are matched on
+    a folded copy (full-width digits, letters and signs as ASCII) and each match replaces
+    the characters it came from; the rest of the text is left as it was."""
     if text is None:
         return None
-    return _CANDIDATES.sub(_redact_match, text)
+    if text.isascii():
+        return _CANDIDATES.sub(_redact_match, text)
+    folded, origin = _folded(text)
+    parts: list[str] = []
+    done = 0
+    for m in _CANDIDATES.finditer(folded):
+        tag = _redact_match(m)
+        if tag == m.group(0):
+            continue
+        start, end = max(origin[m.start()], done), origin[m.end() - 1] + 1
+        parts += [text[done:start], tag]
+        done = end
+    return "".join(parts) + text[done:] if parts else text
 
 
 # Where Python's \d (str.isdecimal(), Unicode 14 as in Python 3.11) matches: ten-digit runs
@@ -348,10 +377,11 @@ def redact_prefilter() -> str:
 
 def redact_array(values: pa.Array) -> pa.Array:
     """redact_text on every value of an Arrow string array: the regex runs in Python only
-    on the values the Arrow prefilter lets through; the others are returned untouched."""
+    on the values the Arrow prefilter lets through (matched on their NFKC form, as
+    redact_text matches a folded copy); the others are returned untouched."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    maybe = pc.fill_null(pc.match_substring_regex(values, redact_prefilter()), False)
+    maybe = pc.fill_null(pc.match_substring_regex(nfkc(values), redact_prefilter()), False)
     if not pc.any(maybe).as_py():
         return values
     todo = pc.filter(values, maybe).to_pylist()

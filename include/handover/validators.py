@@ -92,14 +92,28 @@ def _only_where(arr: pa.Array, todo: pa.Array, fn) -> pa.Array:
     return pc.replace_with_mask(arr, todo, fn(pc.filter(arr, todo)))
 
 
+def nfkc(arr: pa.Array) -> pa.Array:
+    """NFKC of a string array. NFKC leaves ASCII text as it is: only the values with other
+    characters are normalised."""
+    return _only_where(arr, pc.invert(pc.string_is_ascii(arr)),
+                       lambda a: pc.utf8_normalize(a, "NFKC"))
+
+
 def normalise_text(arr: pa.Array) -> pa.Array:
     """Full-width to half-width (NFKC), trim; empty becomes null."""
     arr = arr.cast(pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    # NFKC leaves ASCII text as it is: normalise only the values with other characters.
-    arr = _only_where(arr, pc.invert(pc.string_is_ascii(arr)),
-                      lambda a: pc.utf8_normalize(a, "NFKC"))
+    arr = pc.utf8_trim_whitespace(nfkc(arr))
+    return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
+
+
+def trim_text(arr: pa.Array) -> pa.Array:
+    """Trim; empty becomes null; nothing else changes (free text: a customer's words as
+    written, full-width punctuation and circled numbers included)."""
+    arr = arr.cast(pa.string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
     arr = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 

@@ -338,3 +338,23 @@ def test_stages_in_slices_equal_stages_whole(env, monkeypatch):
         with psycopg.connect(env["dsn"], autocommit=True) as conn:
             for t in ("ledger", "quarantine", "exclusion"):
                 conn.execute(f"DELETE FROM handover_meta.{t} WHERE run_id=%s", (run_id,))
+
+
+def test_complaint_text_is_kept_as_written_apart_from_redaction(env):
+    """Free text is not NFKC-normalised: a loaded complaint is the source text, trimmed,
+    with only its PII replaced by tags (its "，" and "。" stay full-width)."""
+    import unicodedata
+
+    from handover.protect import redact_text
+
+    src = pd.read_csv(env["source"] / "complaints.csv", dtype=str, keep_default_na=False)
+    src["key"] = [unicodedata.normalize("NFKC", k).strip() for k in src["complaint_id"]]
+    src = src.drop_duplicates("key", keep="first")
+    with psycopg.connect(env["dsn"]) as conn:
+        body = dict(conn.execute("SELECT complaint_id, body FROM crm.complaint").fetchall())
+    pairs = [(body[k], t.strip()) for k, t in zip(src["key"], src["text"], strict=True)
+             if k in body and t.strip()]
+    assert len(pairs) > 100
+    assert all(got == redact_text(text) for got, text in pairs)
+    assert sum("，" in got for got, _ in pairs) > 10
+    assert any("[手机号]" in got or "[身份证号]" in got for got, _ in pairs)

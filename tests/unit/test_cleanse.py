@@ -647,3 +647,29 @@ def test_dedupe_in_arrow_equals_the_pandas_rule(keep):
     assert set(dedupe_losers(typed, failed, rules, "cust_id")) == want
     as_arrow = pa.Table.from_pandas(typed, preserve_index=False)
     assert set(dedupe_losers(as_arrow, failed, rules, "cust_id")) == want
+
+
+def test_free_text_keeps_its_characters_while_keys_and_codes_are_normalised():
+    """A complaint is kept as the customer wrote it (trimmed): NFKC would turn "，" into
+    "," and "①" into "1". The key and the code beside it are still normalised."""
+    text = "  ①网络很差，经常掉线！（已投诉３次）　"
+    raw = frame([{"complaint_id": "Ｑ000000001", "cust_id": "C00000001",
+                  "created_at": "2026-10-01 09:00:00", "category": "网络", "text": text,
+                  "satisfaction": "４"}])
+
+    kept = cleanse(raw, {**COMPLAINT_RULES, "verbatim": ["text"]}, key="complaint_id",
+                   exported_at=E).clean.iloc[0]
+    folded = cleanse(raw, COMPLAINT_RULES, key="complaint_id", exported_at=E).clean.iloc[0]
+
+    assert kept["text"] == "①网络很差，经常掉线！（已投诉３次）"
+    assert folded["text"] == "1网络很差,经常掉线!(已投诉3次)"
+    assert kept["complaint_id"] == "Q000000001" and kept["satisfaction"] == 4
+
+
+def test_catalog_free_text_columns_are_verbatim():
+    from handover.config import load_config
+
+    cfg = load_config("legacy_bss")
+    assert cfg.rules("complaints")["verbatim"] == ["text"]
+    assert "verbatim" not in cfg.rules("subscribers")
+    assert load_config("telco_b").rules("complaint_ticket").get("verbatim") == ["投诉内容"]

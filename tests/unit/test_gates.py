@@ -491,3 +491,23 @@ def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
                 for frame in (projected, whole)]
     assert verdicts[0].success is False  # the null key is always read
     assert verdicts[0].to_manifest() == verdicts[1].to_manifest()
+
+
+@pytest.mark.parametrize(("body", "passes"), [
+    ("电话１３８１２３４５６７８", False),  # full-width MSISDN the redactor missed
+    ("电话1３8１２３４５６７８", False),  # mixed widths
+    ("证件１１０１０５１９４９１２３１００２Ｘ", False),  # ID-shaped, full-width X
+    ("电话[手机号]，谢谢（已回访）", True),
+    ("①号线，工单１２３４５", True),
+])
+def test_contract_gate_stops_full_width_identifiers_left_in_free_text(body: str,
+                                                                      passes: bool) -> None:
+    # Free text reaches the gate as written (cleanse does not NFKC it), so the gate's
+    # patterns take full-width forms too.
+    frame = pd.DataFrame({"complaint_id": ["Q1"], "customer_id": ["C1"],
+                          "created_at": [pd.Timestamp("2026-01-01")], "category": ["network"],
+                          "body": [body], "satisfaction": [3]})
+    result = run_gate(frame, gate="contract", table="complaints", partition="p00",
+                      run_id="r", suites_dir=ROOT / "expectations" / "legacy_bss",
+                      docs_dir=None)
+    assert result.success is passes

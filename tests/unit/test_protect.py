@@ -219,6 +219,33 @@ def test_redacts_everything_in_one_complaint():
                    "银行卡[银行卡号]被多扣费，请发邮件到[邮箱]。")
 
 
+FULL = str.maketrans("0123456789Xx@.+-abcdefghijklmnopqrstuvwxyz",
+                     "０１２３４５６７８９Ｘｘ＠．＋－ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚ")
+
+
+@pytest.mark.parametrize(("written", "tag"), [
+    (VALID_ID.translate(FULL), "[身份证号]"),
+    ("１３８１２３４５６７８", "[手机号]"),
+    ("＋86 １３８ 1234 ５６７８", "[手机号]"),
+    ("zhang.san@example.com".translate(FULL), "[邮箱]"),
+    (luhn_complete("622202123456789012").translate(FULL), "[银行卡号]"),
+])
+def test_full_width_pii_is_redacted_and_the_text_around_it_kept(written: str, tag: str):
+    # Free text is not NFKC-normalised by cleanse: the redactor matches a folded copy and
+    # replaces only the characters of the match; full-width punctuation stays.
+    text = f"①客户：{written}，（已核实）"
+    want = f"①客户：{tag}，（已核实）"
+
+    assert redact_text(text) == want
+    assert redact_array(pa.array([text, "无"])).to_pylist() == [want, "无"]
+
+
+def test_folding_keeps_unmatched_text_exactly():
+    text = "网络①②差，４Ｇ掉线３次；工单号：１２３４５"
+    assert redact_text(text) == text
+    assert redact_array(pa.array([text])).to_pylist() == [text]
+
+
 def test_text_without_pii_is_unchanged():
     text = "网络信号差，4G经常掉线，2026年10月起，共3次。"
 
@@ -354,7 +381,9 @@ PII_TEXT = st.lists(st.one_of(
     st.builds(lambda a, b: a + b, st.sampled_from(
         ["", "电话", "a", "1", "+86 ", "邮箱"]), st.sampled_from(
         [VALID_ID, "13812345678", "138-1234-5678", "4111111111111111", "460001234567890",
-         "490154203237518", "a.b@example.com", "1" * 19, "١١٠١٠٥١٩٤٩١٢٣١٠٠٢X", "12"]))),
+         "490154203237518", "a.b@example.com", "1" * 19, "١١٠١٠٥١٩٤٩١٢٣١٠٠٢X", "12",
+         "１３８１２３４５６７８", "＋８６ １３８-1234-５６７８", "ａ．ｂ＠ｅｘａｍｐｌｅ．ｃｎ",
+         "①②", "１１０１０５１９４９１２３１００２Ｘ"]))),
     max_size=12)
 
 
