@@ -806,6 +806,7 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
 
 
 def publish(ctx: dict) -> dict:
+    from handover import docs_assets
     from handover.gates import build_docs_index
     from handover.report import write_reports
 
@@ -814,6 +815,8 @@ def publish(ctx: dict) -> dict:
     docs_dir = docs_dir_for(lake, run_id)
     if docs_dir.is_dir():
         build_docs_index(docs_dir)
+        bundled = docs_assets.bundle(docs_dir)  # opened from the lake, the site is whole
+        log.info("data docs of %s: %s", run_id, bundled)
         publish_docs(lake, run_id, docs_dir)
     with ledger.connect() as conn, conn.transaction():
         paths = write_reports(conn, lake, _config(ctx["system"]), run_id)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import posixpath
 import re
 from typing import Any
 
@@ -160,7 +161,7 @@ def create_app() -> FastAPI:
         """A script, stylesheet or font of the Data Docs pages (docs_assets.py)."""
         from fastapi.responses import FileResponse
 
-        from handover_ui.docs_assets import vendor_file
+        from handover.docs_assets import vendor_file
 
         found = vendor_file(path)
         if found is None:
@@ -184,7 +185,7 @@ def create_app() -> FastAPI:
                 "Not found", f"{kind}/{path} of run {run} is not in the lake (the run has not "
                 "published it yet, or the lake was cleaned)."), 404)
         if kind == "docs" and path.endswith(".html"):
-            from handover_ui.docs_assets import rewrite
+            from handover.docs_assets import rewrite
 
             # relative to the page, so that any prefix the UI is served under still holds:
             # the page is `path` under runs/<run>/docs/, three levels below vendor/'s parent
@@ -195,7 +196,9 @@ def create_app() -> FastAPI:
 
                 page = add_plain_index(page)
             data = page.encode("utf-8")
-        media = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        # a bundled site's own vendor/ fonts (docs_assets.bundle) need their types too
+        media = (_FONT_TYPES.get(posixpath.splitext(path)[1]) or mimetypes.guess_type(path)[0]
+                 or "application/octet-stream")
         return Response(data, media_type=media, headers=PAGE_HEADERS)
 
     @app.exception_handler(HTTPException)

@@ -645,12 +645,14 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     assert not re.search(r"\b\d{17}[\dX]\b", page), "a resident ID number leaked"
 
     # It has its scripts and styles: GX's CDN addresses point at pinned copies served from
-    # this origin (plugins/handover_ui/docs_assets.py, docs-assets/).
+    # this origin (include/handover/docs_assets.py, docs-assets/): the site's own vendor/
+    # once the run has published it, else the plugin's.
     loaded = b.driver.execute_script(
         "return {jquery: typeof window.jQuery, vega: typeof window.vega,"
         " table: typeof (window.jQuery && window.jQuery.fn.bootstrapTable),"
         " css: [...document.styleSheets].filter(s => s.href && s.href.includes("
-        "'/handover/vendor/bootstrap/dist/css/') && s.cssRules.length > 0).length};")
+        "'/vendor/bootstrap/dist/css/') && s.href.startsWith(location.origin)"
+        " && s.cssRules.length > 0).length};")
     assert loaded == {"jquery": "function", "vega": "object", "table": "function", "css": 1}, \
         loaded
     # The page is served under the Airflow UI's origin: it may load nothing from elsewhere.

@@ -358,3 +358,16 @@ def test_complaint_text_is_kept_as_written_apart_from_redaction(env):
     assert all(got == redact_text(text) for got, text in pairs)
     assert sum("，" in got for got, _ in pairs) > 10
     assert any("[手机号]" in got or "[身份证号]" in got for got, _ in pairs)
+
+
+def test_published_data_docs_open_from_the_lake_without_a_cdn(env):
+    """The run's Data Docs site in the lake carries its scripts, styles and fonts (publish
+    bundles them), so an auditor can open it from the lake or a copy, offline."""
+    import re
+
+    docs = env["root"] / "lake" / "runs" / safe_run_id(env["run_id"]) / "docs"
+    assert (docs / "vendor" / "jquery" / "dist" / "jquery.min.js").is_file()
+    pages = [p for p in docs.rglob("*.html") if "vendor" not in p.relative_to(docs).parts]
+    assert len(pages) > 10
+    cdn = re.compile(r'(?:src|href)="https?://(?!greatexpectations\.io)[^"]+"')
+    assert [p.name for p in pages if cdn.search(p.read_text(encoding="utf-8"))] == []

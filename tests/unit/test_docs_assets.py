@@ -5,11 +5,12 @@ serves nothing else."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
-from handover_ui import docs_assets  # plugins/ is on pytest's pythonpath (pyproject.toml)
 
+from handover import docs_assets
 from tests.unit.test_gates import PAYMENTS_SUITE, gate, payments, write_suite
 
 REMOTE = re.compile(r'(?:src|href)="(https?://[^"]+)"')
@@ -74,3 +75,38 @@ def test_without_the_packages_a_page_is_left_as_it_was(monkeypatch, site):
     out = docs_assets.rewrite(page, "vendor/", "")
     assert REMOTE.findall(out) == [u for u in REMOTE.findall(page)
                                    if "great-expectations-web-assets" not in u]
+
+
+LOCAL = re.compile(r'(?:src|href)="((?:\./|(?:\.\./)*)(?:vendor|static)/[^"]+)"')
+
+
+def test_a_published_site_is_whole_offline(tmp_path, site):
+    """bundle(): what a run publishes to the lake opens from there (a file, a downloaded
+    copy) with every script, style, font and image of its own, and nothing from a CDN."""
+    raw = next(p for p in site.rglob("*.html") if "validations" in p.relative_to(site).parts)
+    favicon = re.search(r'href="([^"]*favicon\.ico)"', raw.read_text(encoding="utf-8"))[1]
+    assert not (raw.parent / favicon).resolve().is_file()  # GX counts one folder too few
+
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    first = docs_assets.bundle(copy)
+    assert first["pages"] >= 4 and first["files"] >= 10 and first["skipped"] == 0
+    pages = [p for p in copy.rglob("*.html") if "vendor" not in p.relative_to(copy).parts]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert [u for u in REMOTE.findall(text) if not u.startswith(LINKS)] == [], page
+        refs = LOCAL.findall(text)
+        assert any("/vendor/" in f"/{r}" for r in refs) and any("favicon" in r for r in refs)
+        for ref in refs:
+            assert (page.parent / ref.split("?")[0]).resolve().is_file(), (page.name, ref)
+    fonts = copy / "vendor" / "@fortawesome" / "fontawesome-free" / "webfonts"
+    assert (fonts / "fa-solid-900.woff2").is_file()  # loaded by all.min.css, not by a page
+    assert docs_assets.bundle(copy) == {"pages": 0, "files": 0, "skipped": 0}
+
+
+def test_without_the_packages_a_published_site_is_left_as_it_was(monkeypatch, tmp_path, site):
+    monkeypatch.setattr(docs_assets, "ASSETS", Path("/nonexistent/node_modules"))
+    copy = tmp_path / "site"
+    shutil.copytree(site, copy)
+    assert docs_assets.bundle(copy) == {"pages": 0, "files": 0, "skipped": 1}
+    assert not (copy / "vendor").exists()
