@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from handover import ledger, pipeline
 from handover.config import SourceConfig, load_config
@@ -470,6 +471,8 @@ def _duplicates_in_target(conn, ctx: dict, cfg: SourceConfig, table: str,
 # ---------------------------------------------------------------- load + delete
 def load_partition(ctx: dict, part: dict) -> dict:
     """Upsert where not older than the target, skipping rows a later night deleted."""
+    from psycopg import sql
+
     from handover.load import upsert_newer
 
     cfg = _config(ctx["system"])
@@ -479,8 +482,9 @@ def load_partition(ctx: dict, part: dict) -> dict:
     version = version_column(cfg, table)
     started = time.monotonic()
     with ledger.connect() as conn, conn.transaction():
-        keep, tombstoned = _drop_tombstoned(conn, table, mapped, tmap["key"], version,
-                                            pd.Timestamp(ctx["interval_start"]))
+        keep, tombstoned = _drop_tombstoned(
+            conn, table, mapped, tmap["key"], version, pd.Timestamp(ctx["interval_start"]),
+            sql.Identifier(cfg.mapping["schema"], tmap["target"]))
         stats = upsert_newer(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], keep,
                              version)
         stats["tombstoned"] = tombstoned
@@ -493,18 +497,37 @@ def load_partition(ctx: dict, part: dict) -> dict:
 
 
 def _drop_tombstoned(conn, table: str, mapped: pa.Table, key: str, version: str | None,
-                     start: pd.Timestamp) -> tuple[pa.Table, int]:
-    keys = mapped[key].to_pylist()
-    dead = dict(conn.execute(
-        "SELECT record_key, deleted_at FROM handover_meta.tombstone WHERE table_name=%s AND "
-        "record_key = ANY(%s)", (table, keys)).fetchall())
+                     start: pd.Timestamp, target: Any) -> tuple[pa.Table, int]:
+    """The partition without the rows a tombstone forbids (deleted at or after the row's
+    version, or after the night's start when there is none), and how many those were.
+
+    Set-based: the keys (and versions) go to the server in one binary COPY and the join
+    with the tombstones returns only the dead keys, which Arrow then filters out. (Keys as
+    a Python list through `= ANY(...)` and a Python loop cost 0.33-0.6 s a 250,000-row
+    partition.)"""
+    from psycopg import sql
+
+    from handover.load import copy_arrow
+
+    cols = [key] + ([version] if version else [])
+    probe = sql.Identifier("_tomb_probe")
+    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {p} AS SELECT {c} FROM {t} "
+                         "WITH NO DATA").format(
+        p=probe, t=target, c=sql.SQL(", ").join(sql.Identifier(c) for c in cols)))
+    conn.execute(sql.SQL("TRUNCATE {}").format(probe))
+    copy_arrow(conn, probe, mapped.select(cols))
+    newest = sql.SQL("p.{}").format(sql.Identifier(version)) if version else sql.SQL("NULL")
+    dead = [r[0] for r in conn.execute(sql.SQL(
+        "SELECT p.{k} FROM {p} p JOIN handover_meta.tombstone d ON d.table_name = %s "
+        "AND d.record_key = p.{k}::text WHERE d.deleted_at >= coalesce({v}, %s)").format(
+        k=sql.Identifier(key), p=probe, v=newest),
+        (table, start.to_pydatetime())).fetchall()]
+    conn.execute(sql.SQL("DROP TABLE {}").format(probe))
     if not dead:
         return mapped, 0
-    versions = mapped[version].to_pylist() if version else [None] * len(keys)
-    floor = start.to_pydatetime()
-    keep = [not (k in dead and dead[k] >= (v or floor)) for k, v in zip(keys, versions,
-                                                                      strict=True)]
-    return mapped.filter(pa.array(keep)), keep.count(False)
+    gone = pc.is_in(mapped[key], value_set=pa.array(dead, mapped.schema.field(key).type))
+    keep = pc.invert(pc.fill_null(gone, False))
+    return mapped.filter(keep), mapped.num_rows - pc.sum(keep).as_py()
 
 
 def apply_deletions(ctx: dict, table: str) -> dict:
