@@ -32,6 +32,7 @@ from handover.protect import (
     Keyring,
     decrypt_value,
     encrypt_values,
+    field_domain,
     kms_client,
     kms_generate,
     kms_wrap,
@@ -54,7 +55,7 @@ class RotationIncomplete(RuntimeError):
 class EncryptedColumn:
     """One encrypted field of the target, as the mapping declares it."""
 
-    source_table: str  # the mapping's table name: part of the AES-GCM associated data
+    source_table: str  # the mapping's table name
     schema: str
     table: str
     key: str
@@ -70,7 +71,7 @@ class EncryptedColumn:
 
     @property
     def aad(self) -> bytes:
-        return f"{self.source_table}.{self.field}".encode()
+        return field_domain(self.table, self.field).encode()
 
     @property
     def name(self) -> str:

@@ -38,6 +38,7 @@ from handover.protect import (
     Keyring,
     blind_index,
     encrypt_values,
+    field_domain,
     mask_msisdn,
     mask_msisdn_array,
     mask_resident_id,
@@ -605,8 +606,8 @@ def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_column
             if ring is None:
                 raise RuntimeError(f"mapping of {table}: field {target} needs keys; none loaded")
         if "blind_index" in protections:
-            out[f"{target}_bidx"] = pa.array(blind_index(values, ring, f"{table}.{target}"),
-                                             pa.string())
+            out[f"{target}_bidx"] = pa.array(
+                blind_index(values, ring, field_domain(mapping["target"], target)), pa.string())
         if "mask" in protections:
             pii = catalog_columns[src].get("pii", "")
             masker = _masker(pii)
@@ -616,7 +617,7 @@ def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_column
             out[f"{target}_masked"] = (_ARRAY_MASKERS[pii](values) if _is_text(values) else
                                        pa.array([masker(v) for v in values], pa.string()))
         if "encrypt" in protections:
-            aad = f"{table}.{target}".encode()
+            aad = field_domain(mapping["target"], target).encode()
             out[f"{target}_enc"] = pa.array(encrypt_values(values, ring, aad), pa.binary())
             if _is_text(values):
                 out[f"{target}_key_id"] = pc.if_else(

@@ -190,6 +190,15 @@ def _texts(values: Any) -> tuple[list[bytes | None], int]:
     return [None if v is None else str(v).encode() for v in values], len(values)
 
 
+def field_domain(target_table: str, field: str) -> str:
+    """The blind-index domain and the AES-GCM associated data of a protected field:
+    ``<target table>.<target field>`` (``customer.id_number``). Named by the target, not
+    by the source table, so that every source system loading the same target column
+    writes values that decrypt and index alike: one person's ID from two acquired systems
+    gets one blind index, and key rotation and subject requests read every row."""
+    return f"{target_table}.{field}"
+
+
 def encrypt_values(values: Any, ring: Keyring, aad: bytes = b"") -> list[bytes | None]:
     """AES-256-GCM per value with a random 96-bit nonce; output is nonce || ciphertext+tag.
 

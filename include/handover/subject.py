@@ -247,10 +247,13 @@ def _norm(value: str) -> str | None:
 
 def _bidx_column(cfg, table: str, pii: str) -> tuple[str, str]:
     """(target column, blind-index domain) of the customer field with this PII type."""
+    from handover.protect import field_domain
+
     columns = cfg.table(table)["columns"]
-    for name, f in cfg.table_mapping(table)["fields"].items():
+    tmap = cfg.table_mapping(table)
+    for name, f in tmap["fields"].items():
         if "blind_index" in f.get("protect", []) and columns[f["from"]].get("pii") == pii:
-            return f"{name}_bidx", f"{table}.{name}"
+            return f"{name}_bidx", field_domain(tmap["target"], name)
     raise RequestRejected(f"mapping.yaml: no blind index on a {pii} field of {table}; look the "
                           "customer up by customer_id")
 
@@ -318,15 +321,17 @@ def _jsonable(rows: list[dict]) -> list[dict]:
 
 def _decrypt_fields(cfg, table: str, row: dict, ring) -> dict:
     """Encrypted fields in clear (it is the subject's own data); internals dropped."""
-    from handover.protect import decrypt_value
+    from handover.protect import decrypt_value, field_domain
 
+    target = cfg.table_mapping(table)["target"]
     out = dict(row)
     for name, f in cfg.table_mapping(table)["fields"].items():
         if "encrypt" in f.get("protect", []) and f"{name}_enc" in out:
             blob, kid = out.pop(f"{name}_enc"), out.pop(f"{name}_key_id", None)
             try:
                 out[name] = (None if blob is None else
-                             decrypt_value(bytes(blob), kid, ring, aad=f"{table}.{name}".encode()))
+                             decrypt_value(bytes(blob), kid, ring,
+                                           aad=field_domain(target, name).encode()))
             except Exception:  # noqa: BLE001 - a key no longer held: say so, do not fail
                 out[name] = "[encrypted under a key no longer held]"
     return {k: v for k, v in out.items() if not k.endswith(("_bidx", "_key_id", "_enc"))}

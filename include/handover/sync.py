@@ -439,7 +439,7 @@ def _duplicates_in_target(conn, ctx: dict, cfg: SourceConfig, table: str,
     from psycopg import sql
 
     from handover.cleanse import validate
-    from handover.protect import blind_index, load_keyring
+    from handover.protect import blind_index, field_domain, load_keyring
 
     rules, tmap = cfg.rules(table), cfg.table_mapping(table)
     dedupe = rules.get("dedupe")
@@ -458,7 +458,7 @@ def _duplicates_in_target(conn, ctx: dict, cfg: SourceConfig, table: str,
     typed, _ = validate(raw, rules, key=key, exported_at=pd.Timestamp(ctx["exported_at"]))
     typed = typed[typed[key].isin(valid)]
     bidx = blind_index(typed[dedupe["key"]].to_numpy(dtype=object), load_keyring(),
-                       f"{table}.{field}")
+                       field_domain(tmap["target"], field))
     bcol = sql.Identifier(f"{field}_bidx")
     holders = dict(conn.execute(sql.SQL("SELECT {b}, {k} FROM {t} WHERE {b} = ANY(%s)").format(
         b=bcol, k=sql.Identifier(tmap["key"]),

@@ -59,7 +59,7 @@ def env(target_db, tmp_path_factory):
 def _decrypt_all(conn: psycopg.Connection, ring: Keyring) -> dict[str, str]:
     rows = conn.execute("SELECT customer_id, id_number_enc, id_number_key_id "
                         "FROM crm.customer").fetchall()
-    return {cid: decrypt_value(enc, kid, ring, aad=b"subscribers.id_number")
+    return {cid: decrypt_value(enc, kid, ring, aad=b"customer.id_number")
             for cid, enc, kid in rows}
 
 
@@ -98,7 +98,7 @@ def test_encrypted_columns_come_from_the_mapping(env):
     [col] = env["columns"]
 
     assert (col.name, col.enc, col.key_id, col.aad) == (
-        "crm.customer.id_number", "id_number_enc", "id_number_key_id", b"subscribers.id_number")
+        "crm.customer.id_number", "id_number_enc", "id_number_key_id", b"customer.id_number")
 
 
 def test_rotate_then_retire_old_key(env):

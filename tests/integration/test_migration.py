@@ -117,7 +117,7 @@ def test_resident_ids_only_encrypted(env):
     text = "\n".join(r[0] for r in dump)
     assert not any(i in text for i in source["id_number"])
     for cid, enc, kid, masked in sample:
-        plain = decrypt_value(enc, kid, ring, aad=b"subscribers.id_number")
+        plain = decrypt_value(enc, kid, ring, aad=b"customer.id_number")
         assert plain == source.loc[cid, "id_number"].strip().upper()
         assert masked == plain[:3] + "*" * 11 + plain[-4:]
 

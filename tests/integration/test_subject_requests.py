@@ -127,7 +127,7 @@ def test_correction_flows_through_the_gates(env):
         stages = {r[0] for r in conn.execute("SELECT stage FROM handover_meta.ledger "
                                              "WHERE run_id = %s", (run_id,))}
     assert msisdn == new
-    assert bidx == blind_index([new], env["ring"], "subscribers.msisdn")[0]
+    assert bidx == blind_index([new], env["ring"], "customer.msisdn")[0]
     assert gates == {"intake", "compliance", "quality", "contract"}
     assert {"extract", "comply", "cleanse", "map", "load"} <= stages
 

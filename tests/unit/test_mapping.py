@@ -90,7 +90,7 @@ def test_subscriber_id_number_decrypts_with_its_key_id(cfg, ring):
 
     assert out["id_number_key_id"] == ["k7", "k7"]
     assert out["id_number_masked"] == ["110***********0011", "110***********002X"]
-    decrypted = [decrypt_value(blob, kid, ring, aad=b"subscribers.id_number")
+    decrypted = [decrypt_value(blob, kid, ring, aad=b"customer.id_number")
                  for blob, kid in zip(out["id_number_enc"], out["id_number_key_id"], strict=True)]
     assert decrypted == [MALE_ID, FEMALE_ID]
 
@@ -99,7 +99,7 @@ def test_subscriber_blind_indexes_and_masks(cfg, ring):
     out = map_table(cfg, ring, "subscribers", subscribers(cfg)).to_pydict()
 
     expected = blind_index(np.array(["13812345678", "13987654321"], dtype=object), ring,
-                           "subscribers.msisdn")
+                           "customer.msisdn")
     assert out["msisdn_bidx"] == expected
     assert out["msisdn_masked"] == ["138****5678", "139****4321"]
     assert out["msisdn"] == ["13812345678", "13987654321"]  # L3: kept, normalised
@@ -191,3 +191,23 @@ def test_no_l4_column_is_mapped_in_clear(cfg, table: str):
         if columns[spec["from"]]["level"] == "L4":
             assert "encrypt" in spec.get("protect", [])
             assert target not in target_columns(tmap)
+
+
+def test_two_source_systems_write_one_target_field_alike(ring):
+    """Blind index and AES-GCM associated data are named by the target field
+    (customer.id_number), not by the source table: one person's ID from two acquired
+    systems gets one blind index, and either system's ciphertext opens the same way."""
+    spec = {"target": "customer", "key": "customer_id", "fields": {
+        "customer_id": {"from": "k"},
+        "id_number": {"from": "idn", "protect": ["encrypt", "blind_index"]}}}
+    clean = pd.DataFrame({"k": ["C1"], "idn": ["11010519491231002X"]})
+    columns = {"k": {"pii": "customer_id"}, "idn": {"pii": "resident_id"}}
+
+    legacy = map_partition(clean, "subscribers", spec, columns, ring).to_pydict()
+    other = map_partition(clean, "cust_profile", spec, columns, ring).to_pydict()
+
+    assert legacy["id_number_bidx"] == other["id_number_bidx"] == blind_index(
+        np.array(["11010519491231002X"], dtype=object), ring, "customer.id_number")
+    for out in (legacy, other):
+        assert decrypt_value(out["id_number_enc"][0], out["id_number_key_id"][0], ring,
+                             aad=b"customer.id_number") == "11010519491231002X"
