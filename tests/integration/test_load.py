@@ -368,3 +368,19 @@ def test_sync_upsert_and_delete_count_what_they_wrote(conn):
     assert gone == {"deleted": 1, "absent": 1, "superseded": 1}
     rows = dict(conn.execute("SELECT item_id, qty FROM t.item ORDER BY 1").fetchall())
     assert rows == {"b": 2, "c": 2, "d": 1, "e": 2}
+
+
+def test_a_changed_blind_index_rewrites_the_row_ciphertext_included(conn):
+    """docs/protection.md: a target loaded when blind indexes were named by the source
+    table is upgraded by loading again. The index differs, so the row is rewritten, and
+    the ciphertext (never compared itself) is replaced with the new one."""
+    conn.execute("ALTER TABLE t.item ADD COLUMN secret_bidx text")
+    conn.commit()
+    old = _part().append_column("secret_bidx", pa.array([f"old{i}" for i in range(N)]))
+    _load(conn, old)
+    new = (_part().set_column(3, "secret_enc", pa.array([b"new"] * N, pa.binary()))
+           .append_column("secret_bidx", pa.array([f"new{i}" for i in range(N)])))
+
+    assert _load(conn, new)["updated"] == N
+    assert conn.execute("SELECT count(*) FROM t.item WHERE secret_enc = 'new'::bytea AND "
+                        "secret_bidx LIKE 'new%'").fetchone()[0] == N
