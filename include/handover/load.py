@@ -474,8 +474,10 @@ def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
 
 
 def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
-                deletions: list[tuple[str, Any]], version: str | None) -> dict[str, int]:
-    """Delete rows the legacy system deleted: (key, deleted_at) pairs; caller owns the txn.
+                deletions: pa.Table | list[tuple[str, Any]],
+                version: str | None) -> dict[str, int]:
+    """Delete rows the legacy system deleted: a table of (key, deleted_at), one row per key,
+    or such pairs; caller owns the txn. Sent in one binary COPY.
 
     With a `version` column a row is deleted only if it is not newer than the deletion
     (a key re-created after it was deleted survives a replay of the older night).
@@ -485,9 +487,11 @@ def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
     conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (k text PRIMARY KEY, "
                          "deleted_at timestamp) ON COMMIT DELETE ROWS").format(del_tbl))
     conn.execute(sql.SQL("TRUNCATE {}").format(del_tbl))
-    with conn.cursor().copy(sql.SQL("COPY {} (k, deleted_at) FROM STDIN").format(del_tbl)) as cp:
-        for k, at in deletions:
-            cp.write_row((k, at))
+    if not isinstance(deletions, pa.Table):
+        deletions = pa.table({"k": pa.array([k for k, _ in deletions], pa.string()),
+                              "deleted_at": pa.array([at for _, at in deletions],
+                                                     pa.timestamp("us"))})
+    copy_arrow(conn, del_tbl, deletions.rename_columns(["k", "deleted_at"]))
     tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
     absent = conn.execute(sql.SQL(
         "SELECT count(*) FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{k} = d.k)"
@@ -498,4 +502,4 @@ def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
         "DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard}"
     ).format(t=tgt, d=del_tbl, k=kid, guard=guard)).rowcount
     return {"deleted": deleted, "absent": int(absent),
-            "superseded": len(deletions) - deleted - int(absent)}
+            "superseded": deletions.num_rows - deleted - int(absent)}

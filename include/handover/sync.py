@@ -56,6 +56,7 @@ from handover import ledger, pipeline
 from handover.config import SourceConfig, load_config
 from handover.lake import Lake, lake_from_url, part_key, safe_run_id
 from handover.sources import DelimitedSource, SourceReadError
+from handover.validators import normalise_text
 
 log = logging.getLogger("handover")
 
@@ -232,14 +233,16 @@ def _read_deletions(path: Path, key: str) -> pd.DataFrame:
     if list(frame.columns) != [key, "deleted_at"]:
         raise pipeline.SourceError(f"{path} line 1: expected the header '{key},deleted_at', got "
                                    f"{','.join(frame.columns)}; fix the deleted-keys export")
-    keys = frame[key].str.strip()
+    # keys as cleanse sees them (NFKC, trimmed), as the night's rows are split and loaded
+    keys = pd.Series(normalise_text(pa.array(frame[key], pa.string())).to_pylist(),
+                     dtype=object)
     at = pd.to_datetime(frame["deleted_at"].str.strip(), format=TIME_FMT, errors="coerce")
-    bad = (keys == "") | at.isna()
+    bad = keys.isna() | at.isna()
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
         raise pipeline.SourceError(f"{path} line {line}: a deletion needs a key and a deleted_at "
                                    f"'YYYY-MM-DD HH:MM:SS'; {int(bad.sum())} such line(s)")
-    return pd.DataFrame({"key": keys, "deleted_at": at.dt.strftime(TIME_FMT)})
+    return pd.DataFrame({"key": keys.astype(str), "deleted_at": at.dt.strftime(TIME_FMT)})
 
 
 def extract_changes(ctx: dict, table: str) -> list[dict]:
@@ -531,35 +534,47 @@ def _drop_tombstoned(conn, table: str, mapped: pa.Table, key: str, version: str 
 
 
 def apply_deletions(ctx: dict, table: str) -> dict:
-    """Tombstone and delete the night's deleted keys (never a row newer than its deletion)."""
-    from handover.load import delete_keys
+    """Tombstone and delete the night's deleted keys (never a row newer than its deletion).
+
+    Set-based, like the loads: the latest deletion per key is found in Arrow and goes to the
+    server in one binary COPY; tombstones and deletions are one statement each. (A legacy
+    system's own retention purge can delete millions of records in a night.)"""
+    from psycopg import sql
+
+    from handover.load import copy_arrow, delete_keys
 
     cfg = _config(ctx["system"])
     run_id = ctx["run_id"]
     tmap = cfg.table_mapping(table)
-    dels = _lake().read_table(f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet").to_pandas()
-    latest = (dels.assign(at=pd.to_datetime(dels["deleted_at"], format=TIME_FMT))
-              .groupby("key", sort=True)["at"].max())
-    pairs = [(k, t.to_pydatetime()) for k, t in latest.items()]
+    dels = _lake().read_table(f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet")
+    latest = (pa.table({"key": dels["key"],
+                        "at": pc.strptime(dels["deleted_at"], format=TIME_FMT, unit="s")})
+              .group_by("key").aggregate([("at", "max")])
+              .select(["key", "at_max"]).rename_columns(["key", "deleted_at"])
+              .sort_by("key"))
     with ledger.connect() as conn, conn.transaction():
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO handover_meta.tombstone AS t (table_name, record_key, deleted_at, "
-                "run_id) VALUES (%s, %s, %s, %s) ON CONFLICT (table_name, record_key) DO UPDATE "
-                "SET deleted_at = excluded.deleted_at, run_id = excluded.run_id, "
-                "recorded_at = now() WHERE excluded.deleted_at > t.deleted_at",
-                [(table, k, at, run_id) for k, at in pairs])
-        stats = delete_keys(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], pairs,
+        night = sql.Identifier("_night_deletions")
+        conn.execute(sql.SQL("CREATE TEMP TABLE {} (record_key text, deleted_at timestamp) "
+                             "ON COMMIT DROP").format(night))
+        copy_arrow(conn, night, latest.rename_columns(["record_key", "deleted_at"]))
+        conn.execute(sql.SQL(
+            "INSERT INTO handover_meta.tombstone AS t (table_name, record_key, deleted_at, "
+            "run_id) SELECT %s, record_key, deleted_at, %s FROM {} "
+            "ON CONFLICT (table_name, record_key) DO UPDATE "
+            "SET deleted_at = excluded.deleted_at, run_id = excluded.run_id, "
+            "recorded_at = now() WHERE excluded.deleted_at > t.deleted_at").format(night),
+            (table, run_id))
+        stats = delete_keys(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], latest,
                             version_column(cfg, table))
         ledger.record(conn, run_id=run_id, table=table, partition=DELETED, stage="delete",
-                      rows_in=len(dels), rows_out=len(dels),
-                      checksum=ledger.key_checksum(dels["key"].to_numpy(dtype=object)),
-                      detail={**stats, "duplicate_records": len(dels) - len(pairs)})
-        if len(dels):
+                      rows_in=dels.num_rows, rows_out=dels.num_rows,
+                      checksum=ledger.key_checksum(dels["key"]),
+                      detail={**stats, "duplicate_records": dels.num_rows - latest.num_rows})
+        if dels.num_rows:
             ledger.audit(conn, "rows_deleted", run_id=run_id,
                          detail={"table": table, **stats})
-    log.info("delete %s: %d deletion records %s", table, len(dels), stats)
-    return {"table": table, "partition": DELETED, "rows": len(dels), **stats}
+    log.info("delete %s: %d deletion records %s", table, dels.num_rows, stats)
+    return {"table": table, "partition": DELETED, "rows": dels.num_rows, **stats}
 
 
 # ---------------------------------------------------------------- reconcile

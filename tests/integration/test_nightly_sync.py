@@ -361,3 +361,20 @@ def test_extract_reads_a_change_file_as_the_migration_reads_an_export(world, tmp
             "SELECT sum(rows_out) FILTER (WHERE partition LIKE 'p%%'), count(*) FROM "
             "handover_meta.ledger WHERE run_id=%s AND stage='extract'", (run_id,)).fetchone()
     assert ledger_rows == (len(rows), 8)  # seven partitions and the deletions' row
+
+
+def test_deleted_keys_are_read_as_the_nights_rows_are(tmp_path):
+    """A deleted-keys export: keys normalised like the rows they delete (NFKC, trimmed),
+    so a full-width key deletes its row; a line without key or time names its line."""
+    from handover import pipeline as pl
+    from handover.sync import _read_deletions
+
+    path = tmp_path / "subscribers.deleted.csv"
+    path.write_text("cust_id,deleted_at\nＣ00000001 ,2026-11-02 08:00:00\n"
+                    "C00000002,2026-11-02 09:00:00\n", encoding="utf-8-sig")
+    dels = _read_deletions(path, "cust_id")
+    assert dels["key"].tolist() == ["C00000001", "C00000002"]
+    path.write_text("cust_id,deleted_at\nC1,2026-11-02 08:00:00\n　,2026-11-02 08:00:00\n",
+                    encoding="utf-8")
+    with pytest.raises(pl.SourceError, match=r"deleted\.csv line 3: a deletion needs a key"):
+        _read_deletions(path, "cust_id")
