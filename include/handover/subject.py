@@ -130,6 +130,22 @@ class SubjectRequest:
 SEALED = ("identifier", "new_value")
 
 
+def _seal(ring, plain: bytes, aad: bytes) -> tuple[str, bytes]:
+    """(key id, nonce || AES-256-GCM ciphertext) under the keyring's active key."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    return ring.active_key_id, nonce + AESGCM(ring.keys[ring.active_key_id]).encrypt(
+        nonce, plain, aad)
+
+
+def _unseal(ring, key_id: str, blob: bytes, aad: bytes) -> bytes:
+    """What _seal sealed; cryptography's InvalidTag if the blob or the aad was changed."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(ring.keys[key_id]).decrypt(blob[:12], blob[12:], aad)
+
+
 def _intake_aad(req: SubjectRequest) -> bytes:
     """The request's other fields bound to the seal: a row edited in the database (another
     type, field or system for the same identifier) no longer opens."""
@@ -142,18 +158,15 @@ def submit_request(request_id: str, request_type: str, identifier_type: str, ide
     """Check a request and store it with its identifier and new value sealed (AES-256-GCM
     under the keyring's active key) in `handover_meta.subject_intake`; the DAG is then
     triggered with only the request id. Submitting the same id again replaces it."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     from handover.protect import load_keyring
 
     req = SubjectRequest(*(str(v or "").strip() for v in (
         request_id, request_type, identifier_type, identifier, field, new_value)),
         system=str(system or "legacy_bss").strip()).checked()
     ring = load_keyring()
-    nonce = os.urandom(12)
-    sealed = nonce + AESGCM(ring.keys[ring.active_key_id]).encrypt(
-        nonce, json.dumps({"identifier": req.identifier, "new_value": req.new_value}).encode(),
-        _intake_aad(req))
+    key_id, sealed = _seal(ring, json.dumps({"identifier": req.identifier,
+                                             "new_value": req.new_value}).encode(),
+                           _intake_aad(req))
     with ledger.connect() as conn:
         ensure_lifecycle_schema(conn)
         with conn.transaction():
@@ -165,7 +178,7 @@ def submit_request(request_id: str, request_type: str, identifier_type: str, ide
                 "system = excluded.system, key_id = excluded.key_id, sealed = excluded.sealed, "
                 "submitted_by = current_user, submitted_at = now(), cleared_at = NULL",
                 (req.request_id, req.request_type, req.identifier_type, req.field, req.system,
-                 ring.active_key_id, sealed))
+                 key_id, sealed))
             ledger.audit(conn, "subject_request_submitted", detail={
                 "request_id": req.request_id, "request_type": req.request_type,
                 "identifier_type": req.identifier_type, "field": req.field,
@@ -180,7 +193,6 @@ def load_request(request_id: str) -> SubjectRequest:
     """The submitted request, unsealed. After it ended (or was rejected) its identifier is
     cleared: the request comes back with an empty identifier."""
     from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     from handover.protect import load_keyring
 
@@ -202,10 +214,8 @@ def load_request(request_id: str) -> SubjectRequest:
     if key_id not in ring.keys:
         raise RequestRejected(f"request {request_id}: sealed under key {key_id}, which the "
                               "keyring no longer holds; submit the request again")
-    blob = bytes(sealed)
     try:
-        plain = json.loads(AESGCM(ring.keys[key_id]).decrypt(blob[:12], blob[12:],
-                                                             _intake_aad(req)))
+        plain = json.loads(_unseal(ring, key_id, bytes(sealed), _intake_aad(req)))
     except InvalidTag:
         raise LifecycleError(f"request {request_id}: its sealed intake does not open with its "
                              "own fields (changed in the database?); submit the request "
@@ -440,19 +450,13 @@ def openssl_decrypt(blob: bytes, passphrase: str, rounds: int = PBKDF2_ROUNDS) -
 
 
 def _wrap_passphrase(ring, request_id: str, passphrase: str) -> dict:
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    nonce = os.urandom(12)
-    blob = nonce + AESGCM(ring.keys[ring.active_key_id]).encrypt(
-        nonce, passphrase.encode(), f"handover-export|{request_id}".encode())
-    return {"request_id": request_id, "key_id": ring.active_key_id,
+    key_id, blob = _seal(ring, passphrase.encode(), f"handover-export|{request_id}".encode())
+    return {"request_id": request_id, "key_id": key_id,
             "wrapped": base64.b64encode(blob).decode()}
 
 
 def reveal_passphrase(request_id: str, *, audit: bool = True) -> str:
     """The export's passphrase, for the privacy officer who hands it over (audited)."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
     from handover.protect import load_keyring
 
     lake, ring = lake_from_url(), load_keyring()
@@ -461,9 +465,8 @@ def reveal_passphrase(request_id: str, *, audit: bool = True) -> str:
         raise RequestRejected(f"request {request_id}: no export passphrase (never exported, or "
                               "erased since)")
     obj = lake.read_json(key)
-    blob = base64.b64decode(obj["wrapped"])
-    plain = AESGCM(ring.keys[obj["key_id"]]).decrypt(
-        blob[:12], blob[12:], f"handover-export|{request_id}".encode()).decode()
+    plain = _unseal(ring, obj["key_id"], base64.b64decode(obj["wrapped"]),
+                    f"handover-export|{request_id}".encode()).decode()
     if audit:
         with ledger.connect() as conn, conn.transaction():
             ledger.audit(conn, "export_passphrase_revealed", detail={"request_id": request_id})
