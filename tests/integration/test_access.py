@@ -193,3 +193,23 @@ def test_loader_loads_and_only_appends_to_the_audit_trail(env, monkeypatch):
         assert _refused(conn, "SELECT 1 FROM crm_masked.customer")
         assert not _refused(conn, "UPDATE crm.customer SET city = city WHERE false")
         assert ledger.verify_audit_chain(conn).intact
+
+
+def test_auditor_sees_who_submitted_a_subject_request_but_not_its_seal(env):
+    """handover_meta.subject_intake: the auditor reads the request's fields and its
+    submitter, never the sealed identifier (a column-level grant in lifecycle.sql)."""
+    from handover import subject
+    from handover.backup import ensure_lifecycle_schema
+
+    subject.submit_request("REQ-acc-1", "access", "customer_id", "C00000001")
+    with psycopg.connect(env["dsn"]) as conn:
+        ensure_lifecycle_schema(conn)  # roles.sql, then lifecycle.sql's grants, as a run does
+        conn.commit()
+        conn.execute("SET ROLE handover_auditor")
+        seen = conn.execute("SELECT request_type, submitted_by, cleared_at FROM "
+                            "handover_meta.subject_intake WHERE request_id = 'REQ-acc-1'"
+                            ).fetchone()
+        sealed_refused = _refused(conn, "SELECT sealed FROM handover_meta.subject_intake")
+        all_refused = _refused(conn, "SELECT * FROM handover_meta.subject_intake")
+    assert seen[0] == "access" and seen[1] and seen[2] is None
+    assert sealed_refused and all_refused
