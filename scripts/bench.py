@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -37,17 +38,26 @@ TABLES = ["subscribers", "consents", "call_records", "data_sessions", "payments"
           "browsing_events"]
 
 
+def _with_db(dsn: str, name: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": name})
+
+
 def admin_dsn() -> str:
     from handover.connections import target_dsn
 
-    return target_dsn().replace("dbname=handover", "dbname=postgres")
+    return _with_db(target_dsn(), "postgres")
+
+
+BENCH_DB = "handover_bench"
 
 
 def fresh_db(name: str) -> str:
     with psycopg.connect(admin_dsn(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_dsn().replace("dbname=postgres", f"dbname={name}")
+    return _with_db(admin_dsn(), name)
 
 
 def raw_copy(source: Path, dsn: str) -> tuple[int, float]:
@@ -272,7 +282,13 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
           f"{n / naive_s:,.0f} rows/s (sample, rate applies to all), peak RSS {naive_rss} MB",
           flush=True)
 
-    target = fresh_db("handover")
+    # Its own target database and lake, not the demo's: `make demo` after `make bench`
+    # finds its target as it left it (the bench's 20 M rows would collide with its keys).
+    target = fresh_db(BENCH_DB)
+    lake = base / f"lake-{source.name}"
+    shutil.rmtree(lake, ignore_errors=True)
+    # (set here too: the load rerun below runs in this process)
+    os.environ.update(HANDOVER_TARGET_DSN=target, HANDOVER_LAKE_URL=f"file://{lake}")
     env = dict(os.environ)
     wall, peak_mb, log = dag_run(source, env)
     with psycopg.connect(target) as conn:

@@ -381,7 +381,7 @@ def test_map_partition_vector_forms_equal_the_per_value_forms(values, data):
     ring = Keyring.from_dict({"active_key_id": "k1",
                               "keys": {"k1": base64.b64encode(bytes(32)).decode()},
                               "hmac_key": base64.b64encode(b"h" * 32).decode()})
-    mapping = {"fields": {
+    mapping = {"target": "t", "fields": {
         "plain": {"from": "v"},
         "code": {"from": "v", "lookup": {str(v): f"c{i}" for i, v in enumerate(values)}},
         "rid": {"from": "v", "protect": data.draw(st.sampled_from(
