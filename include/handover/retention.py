@@ -193,6 +193,10 @@ def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
     undated: dict[str, int] = {}
     with ledger.connect() as conn:
         ensure_lifecycle_schema(conn)
+        from handover.subject import clear_stale_intakes  # subject imports this module
+
+        with conn.transaction():  # data-subject requests' identifiers left by failed runs
+            stale_intakes = clear_stale_intakes(conn)
         for table, s in shapes(cfg).items():
             if not (s.retention_months and s.event):
                 continue
@@ -249,7 +253,8 @@ def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
     log.info("retention as of %s: %d records past retention in %d tables (%s)", day, total,
              len(plan["tables"]), {t: n for t, n in plan["tables"].items()})
     return {"run_id": run_id, "as_of": day.isoformat(), "system": system, "rules": rules,
-            "tables": plan["tables"], "keys": total, "undated_lake_rows": undated}
+            "tables": plan["tables"], "keys": total, "undated_lake_rows": undated,
+            "stale_subject_intakes_cleared": stale_intakes}
 
 
 def plan_prefix(run_id: str) -> str:

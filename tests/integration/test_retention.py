@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from handover import backup, retention, synth
+from handover import backup, retention, subject, synth
 from handover.config import load_config
 from handover.ledger import verify_audit_chain
 from handover.protect import Keyring
@@ -165,8 +165,13 @@ def expired_in_source(source: Path, as_of: date) -> dict[str, set[str]]:
 def env(request, tmp_path_factory):
     for env in lifecycle_env(request, tmp_path_factory, "handover_ret"):
         taken = backup.run_backup(reason="scheduled")  # holds data that is about to expire
+        # two data-subject requests waiting for their runs, one submitted 31 days ago
+        for rid in ("REQ-stale", "REQ-fresh"):
+            subject.submit_request(rid, "access", "customer_id", "C00000001")
         with psycopg.connect(env["dsn"]) as conn:
             before = conn.execute("SELECT count(*) FROM crm.browsing_event").fetchone()[0]
+            conn.execute("UPDATE handover_meta.subject_intake SET submitted_at = now() - "
+                         "interval '31 days' WHERE request_id = 'REQ-stale'")
         out = retention.run_retention(as_of=AS_OF, run_id="retention_test")
         yield {**env, "out": out, "backup_id": taken["backup_id"], "events_before": before}
 
@@ -258,3 +263,16 @@ def test_s3_object_versions_and_data_keys_leave_nothing(moto_server, monkeypatch
     assert backup.purge(lake, kobj, exact=True) == 3  # ...purge removes all of them
     left = lake.client.list_object_versions(Bucket=bucket, Prefix=f"lake/{kobj}")
     assert not left.get("Versions") and not left.get("DeleteMarkers")
+
+
+def test_a_subject_request_left_waiting_loses_its_seal(env):
+    """Data minimisation for requests whose run failed and was left: the retention run
+    clears seals older than subject.INTAKE_DAYS, audited; a recent one keeps its seal."""
+    assert env["out"]["found"]["stale_subject_intakes_cleared"] == 1
+    with psycopg.connect(env["dsn"]) as conn:
+        sealed = dict(conn.execute("SELECT request_id, sealed IS NOT NULL FROM "
+                                   "handover_meta.subject_intake").fetchall())
+        audited = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE action = "
+                               "'subject_intake_expired'").fetchall()
+    assert sealed == {"REQ-stale": False, "REQ-fresh": True}
+    assert [a[0]["request_ids"] for a in audited] == [["REQ-stale"]]
