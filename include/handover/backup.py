@@ -31,6 +31,7 @@ a reordered, truncated or extended file fails to decrypt.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -40,7 +41,7 @@ import struct
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +89,14 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 # ---------------------------------------------------------------- schema
+@contextlib.contextmanager
+def lifecycle_connect() -> Iterator[Any]:
+    """A connection to the target with the lifecycle's books in place (ensure_lifecycle_schema)."""
+    with ledger.connect() as conn:
+        ensure_lifecycle_schema(conn)
+        yield conn
+
+
 def ensure_lifecycle_schema(conn) -> None:
     """The migration's schemas, then the lifecycle's books (idempotent, serialised)."""
     ledger.ensure_schema(conn)
@@ -418,8 +427,7 @@ def take_backup(*, backup_id: str | None = None, reason: str = "manual", retenti
     lake, ring = lake_from_url(), load_keyring()
     prefix = f"{BACKUPS}/{backup_id}/"
     started = time.monotonic()
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         with conn.transaction():
             conn.execute("DELETE FROM handover_meta.backup_file WHERE backup_id = %s",
                          (backup_id,))
@@ -613,8 +621,7 @@ def expire_backups(*, now: datetime | None = None, keep_last: int = 1) -> dict:
     """Delete backups past their expiry (objects, every version, and keys), keeping the
     newest `keep_last` complete ones whatever their age; the catalogue keeps the record."""
     lake = lake_from_url()
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         keep = {r[0] for r in conn.execute(
             "SELECT backup_id FROM handover_meta.backup WHERE status = 'complete' "
             "ORDER BY started_at DESC LIMIT %s", (keep_last,)).fetchall()}

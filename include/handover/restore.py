@@ -31,6 +31,7 @@ from handover.backup import (
     content_checksum,
     ensure_lifecycle_schema,
     fetch_file,
+    lifecycle_connect,
     read_manifest,
     table_columns,
 )
@@ -132,8 +133,7 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
 
     started = time.monotonic()
     lake, ring = lake_from_url(), load_keyring()
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         backup_id = backup_id or latest_backup(conn)
         row = conn.execute("SELECT manifest_sha256 FROM handover_meta.backup "
                            "WHERE backup_id = %s", (backup_id,)).fetchone()

@@ -38,8 +38,8 @@ from typing import Any
 from handover import ledger
 from handover.backup import (
     LifecycleError,
-    ensure_lifecycle_schema,
     files_containing,
+    lifecycle_connect,
     purge,
     purge_noncurrent,
     shred_files,
@@ -191,8 +191,7 @@ def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
     found: dict[str, set[str]] = {}
     rules: list[dict] = []
     undated: dict[str, int] = {}
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         from handover.subject import clear_stale_intakes  # subject imports this module
 
         with conn.transaction():  # data-subject requests' identifiers left by failed runs
@@ -404,8 +403,7 @@ def shred_backups(keys: dict[str, set[str]], customers: set[str], *, reason: str
     lake = lake_from_url()
     values = _all_values(keys, customers)
     destroyed = []
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         hits = files_containing(conn, lake, ring, values, normalise=normalise)
         with conn.transaction():
             for backup_id, files in sorted(hits.items()):
@@ -539,8 +537,7 @@ def certify(*, kind: str, certificate_id: str, keys: dict[str, set[str]], custom
     cert_sha = hashlib.sha256(body).hexdigest()
     lake_key = f"{CERTIFICATES}/{kind}/{certificate_id}.json"
     lake.put_bytes(lake_key, body)
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         with conn.transaction():
             conn.execute(
                 "INSERT INTO handover_meta.destruction_certificate (certificate_id, kind, as_of, "

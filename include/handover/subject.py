@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from handover import ledger
-from handover.backup import LifecycleError, ensure_lifecycle_schema, purge
+from handover.backup import LifecycleError, lifecycle_connect, purge
 from handover.lake import Lake, lake_from_url, part_key, safe_run_id
 from handover.retention import (
     certify,
@@ -167,8 +167,7 @@ def submit_request(request_id: str, request_type: str, identifier_type: str, ide
     key_id, sealed = _seal(ring, json.dumps({"identifier": req.identifier,
                                              "new_value": req.new_value}).encode(),
                            _intake_aad(req))
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         with conn.transaction():
             conn.execute(
                 "INSERT INTO handover_meta.subject_intake (request_id, request_type, "
@@ -196,8 +195,7 @@ def load_request(request_id: str) -> SubjectRequest:
 
     from handover.protect import load_keyring
 
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         row = conn.execute(
             "SELECT request_type, identifier_type, field, system, key_id, sealed FROM "
             "handover_meta.subject_intake WHERE request_id = %s", (request_id,)).fetchone()
@@ -334,8 +332,7 @@ def _context(req: SubjectRequest):
     from handover.protect import load_keyring
 
     cfg, ring = load_config(req.system), load_keyring()
-    with ledger.connect() as conn:
-        ensure_lifecycle_schema(conn)
+    with lifecycle_connect() as conn:
         customer_id = resolve_customer(conn, cfg, ring, req)
     return cfg, ring, customer_id
 
@@ -702,8 +699,7 @@ def validate_request(params: dict) -> dict:
         req = SubjectRequest.from_params(params)
         cfg, ring, customer_id = _context(req)
     except RequestRejected as exc:
-        with ledger.connect() as conn:
-            ensure_lifecycle_schema(conn)
+        with lifecycle_connect() as conn:
             with conn.transaction():
                 request_id = str(params.get("request_id", ""))[:64]
                 _clear_seal(conn, request_id)
