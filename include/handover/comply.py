@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -140,7 +141,8 @@ def _objects(values: pa.Array | pd.Series, index: pd.Index) -> pd.Series:
 
 
 def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy: dict,
-           facts: PolicyFacts, event_time_format: str | None) -> ComplyResult:
+           facts: PolicyFacts, event_time_format: str | None,
+           run_date: date | None = None) -> ComplyResult:
     n = len(raw)
     rule_ids: list[str] = []
     rule = np.zeros(n, dtype=np.int32)  # 0: no rule has excluded the row; k: rule_ids[k-1]
@@ -174,6 +176,13 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
         rule[open_ & hit] = rule_ids.index(rid) + 1
 
     excluded_mask = rule != 0
+    # What may not move is not kept by the receiver either (PIPL Art. 22, 47): every
+    # excluded row is due for destruction at the end of the run that excluded it (the
+    # run's lake copies are purged by pipeline.destroy_excluded; retention catches a run
+    # that failed first). Past-retention rows keep their earlier due date.
+    today = run_date or datetime.now(UTC).date()
+    undated = excluded_mask & np.array([d is None for d in destroy_by], dtype=bool)
+    destroy_by[undated] = today
     basis = category_policy["lawful_basis"]
     if basis == "separate_consent":
         basis = f"consent:{category_policy['consent_purpose']}"

@@ -111,6 +111,11 @@ POLICY_SCHEMA = {
     "properties": {
         "system": {"type": "string"},
         "purpose": {"type": "string"},
+        # The lake is a working set (handover.lake_crypto): a run's stage objects are
+        # destroyed this many days after it ends; quarantined rows wait for a fix as long
+        # as quarantine_days (never less than the working set).
+        "working_set_days": {"type": "integer", "minimum": 0},
+        "quarantine_days": {"type": "integer", "minimum": 0},
         "objection": {
             "type": "object",
             "additionalProperties": False,

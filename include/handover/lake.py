@@ -52,9 +52,51 @@ PARQUET_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": False
 
 
 class Lake(ABC):
-    """A key/value view of the lake with Parquet helpers; subclasses hold the storage."""
+    """A key/value view of the lake with Parquet helpers; subclasses hold the storage.
+
+    Every Parquet object it writes is encrypted (handover.lake_crypto: Parquet modular
+    encryption under a key per run and stage, wrapped by the keyring); readers open it
+    through the lake and nothing else can."""
 
     url: str
+    encrypt: bool = True  # False only in the bench's plain-Parquet comparison
+
+    @property
+    def keys(self):
+        """The lake's scope keys (handover.lake_crypto.StageKeys), made on first use."""
+        from handover.lake_crypto import StageKeys
+
+        if getattr(self, "_stage_keys", None) is None:
+            self._stage_keys = StageKeys(self)
+        return self._stage_keys
+
+    def parquet_options(self, key: str) -> dict[str, Any]:
+        """Writer options for the Parquet object `key`: PARQUET_OPTIONS, and the encryption
+        properties of its scope (a fresh set of file keys each call)."""
+        from handover.lake_crypto import scope_of
+
+        scope = scope_of(key) if self.encrypt else None
+        if scope is None:
+            return dict(PARQUET_OPTIONS)
+        return {**PARQUET_OPTIONS, "encryption_properties": self.keys.encryption(scope)}
+
+    def _open_parquet(self, source: Any, encrypted: bool) -> pq.ParquetFile:
+        if not encrypted:
+            return pq.ParquetFile(source)
+        return pq.ParquetFile(source, decryption_properties=self.keys.decryption())
+
+    def _check_sealed(self, key: str, tail: bytes) -> None:
+        """A Parquet object of a scope that arrives as a ready file (put_file) must already
+        be encrypted: nothing reaches the lake in clear by the back door."""
+        from handover.lake_crypto import is_encrypted_tail, scope_of
+
+        if self.encrypt and scope_of(key) is not None and not is_encrypted_tail(tail):
+            raise ValueError(f"lake object {key}: a stage Parquet file must be written with "
+                             "lake.parquet_options(key) (encrypted); it was plain Parquet")
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write `data` at `key` only if no object is there; True if this call wrote it."""
 
     # -- storage primitives -------------------------------------------------
     @abstractmethod
@@ -63,7 +105,9 @@ class Lake(ABC):
 
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file (a partition written to disk first); big files stream."""
-        self.put_bytes(key, Path(path).read_bytes())
+        data = Path(path).read_bytes()
+        self._check_sealed(key, data[-4:])
+        self.put_bytes(key, data)
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
@@ -90,7 +134,7 @@ class Lake(ABC):
         # memory beside the table (put_file streams them up).
         with tempfile.TemporaryDirectory(prefix="handover-part-") as tmp:
             path = Path(tmp) / "part.parquet"
-            pq.write_table(table, path, **PARQUET_OPTIONS)
+            pq.write_table(table, path, **self.parquet_options(key))
             size = path.stat().st_size
             self.put_file(key, path)
         return {"key": key, "rows": table.num_rows, "bytes": size}
@@ -102,7 +146,7 @@ class Lake(ABC):
         never see a partial object. Through a local file, like `write_table`."""
         with tempfile.TemporaryDirectory(prefix="handover-part-") as tmp:
             path = Path(tmp) / "part.parquet"
-            with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+            with pq.ParquetWriter(path, schema, **self.parquet_options(key)) as writer:
                 yield writer
             self.put_file(key, path)
 
@@ -113,6 +157,15 @@ class Lake(ABC):
         return self._parquet_file(key).schema_arrow
 
     def _missing(self, key: str) -> FileNotFoundError:
+        from handover.lake_crypto import MARKER, WorkingSetGone
+
+        parts = key.split("/")
+        if parts[0] == "runs" and len(parts) > 2 and self.exists(f"runs/{parts[1]}/{MARKER}"):
+            info = self.read_json(f"runs/{parts[1]}/{MARKER}")
+            return WorkingSetGone(
+                f"lake object {self.uri(key)} is gone: the working set of run {parts[1]} was "
+                f"destroyed on {info.get('destroyed_at', '?')} ({info.get('reason', 'retention')}"
+                "); a destroyed run cannot be rerun: trigger a new run of the DAG on the export")
         return FileNotFoundError(
             f"lake object {self.uri(key)} is missing: the stage that writes it has not "
             "run (or failed) for this run; clear that upstream task and run it again")
@@ -130,7 +183,8 @@ class Lake(ABC):
         yield from self._parquet_file(key).iter_batches(batch_size=batch_rows, columns=columns)
 
     def _parquet_file(self, key: str) -> pq.ParquetFile:
-        return pq.ParquetFile(io.BytesIO(self.get_bytes(key)))
+        data = self.get_bytes(key)
+        return self._open_parquet(io.BytesIO(data), data[-4:] == b"PARE")
 
     def read_projected(self, key: str, columns: list[str]) -> tuple[pa.Table, pa.Schema]:
         """Only `columns` (those the file has) of one Parquet object, and the file's whole
@@ -189,13 +243,14 @@ class LocalLake(Lake):
         and renamed over the object: readers never see a partial object, and a block that
         raises leaves none (nor touches the object there was)."""
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._mkdirs(target.parent)
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             yield tmp
             try:
                 with open(tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
+                os.chmod(tmp, 0o600)
                 os.replace(tmp, target)
             except OSError as exc:
                 raise self._fail(key, exc) from exc
@@ -216,7 +271,51 @@ class LocalLake(Lake):
         self._replace(key, lambda tmp: tmp.write_bytes(data))
 
     def put_file(self, key: str, path: Path) -> None:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(path) - 4))
+            self._check_sealed(key, fh.read())
         self._replace(key, lambda tmp: shutil.copyfile(path, tmp))
+
+    def _mkdirs(self, folder: Path) -> None:
+        """Folders of the lake are 0700 (only the pipeline's user reads the working set),
+        the root included; every level created here gets that mode."""
+        if folder.is_dir():
+            return
+        missing = []
+        p = folder
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir(mode=0o700)
+            except FileExistsError:
+                pass
+            else:
+                os.chmod(d, 0o700)  # mkdir's mode is masked by the umask
+        if self.root in missing or self.root == folder:
+            os.chmod(self.root, 0o700)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A temporary file hard-linked to the object's name: the link fails if another
+        writer got there first, and the object never appears half-written."""
+        target = self.path(key)
+        self._mkdirs(target.parent)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
     def _fail(self, key: str, exc: OSError) -> OSError:
         """One line naming the lake object and the fix (an OSError still: callers and
@@ -229,19 +328,24 @@ class LocalLake(Lake):
         return self.path(key).read_bytes()
 
     def _parquet_file(self, key: str) -> pq.ParquetFile:
-        return pq.ParquetFile(self.path(key))  # read a column chunk at a time, not the file
+        path = self.path(key)  # read a column chunk at a time, not the file
+        with open(path, "rb") as fh:
+            fh.seek(max(0, path.stat().st_size - 4))
+            tail = fh.read()
+        return self._open_parquet(path, tail == b"PARE")
 
     def write_table(self, key: str, table: pa.Table) -> dict[str, Any]:
         """Straight to the object's temporary file: no Parquet bytes held in memory."""
-        self._replace(key, lambda tmp: pq.write_table(table, tmp, **PARQUET_OPTIONS))
+        opts = self.parquet_options(key)
+        self._replace(key, lambda tmp: pq.write_table(table, tmp, **opts))
         return {"key": key, "rows": table.num_rows, "bytes": self.path(key).stat().st_size}
 
     @contextmanager
     def table_writer(self, key: str, schema: pa.Schema) -> Iterator[pq.ParquetWriter]:
         """Straight into the object's temporary file, renamed over the object when the
         block ends (see Lake.table_writer); removed if the block raises."""
-        with self._replacing(key) as tmp, pq.ParquetWriter(tmp, schema,
-                                                           **PARQUET_OPTIONS) as writer:
+        opts = self.parquet_options(key)
+        with self._replacing(key) as tmp, pq.ParquetWriter(tmp, schema, **opts) as writer:
             yield writer
 
     def exists(self, key: str) -> bool:
@@ -384,6 +488,23 @@ class S3Lake(Lake):
             if type(exc).__name__ == "S3UploadFailedError":
                 raise self._fail("write", key, exc) from exc
             raise
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """A conditional PUT (`If-None-Match: *`): refused with 412 when the object exists."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
+                                   IfNoneMatch="*", **self._extra_args())
+        except ClientError as exc:
+            code, status = _error_code(exc)
+            if status in (409, 412) or code in ("PreconditionFailed",
+                                                 "ConditionalRequestConflict"):
+                return False
+            raise self._fail("write", key, exc) from exc
+        except BotoCoreError as exc:
+            raise self._fail("write", key, exc) from exc
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -109,9 +109,13 @@ def replace_quarantine(conn: psycopg.Connection, run_id: str, table: str, partit
 
 def replace_exclusions(conn: psycopg.Connection, run_id: str, table: str, partition: str,
                        keys: Any, rules: Any, destroy_by: Any) -> None:
-    """Replace this partition's exclusions: record key, rule id, destroy-by date per row."""
+    """Replace this partition's exclusions: record key, rule id, destroy-by date per row.
+    Evidence of rows already destroyed (key replaced by its keyed hash, 'destroyed:...')
+    stays: a rerun of comply after the run's end no longer sees those rows (see
+    retention.destroy_run_exclusions)."""
     conn.execute("DELETE FROM handover_meta.exclusion WHERE run_id=%s AND table_name=%s "
-                 "AND partition=%s", (run_id, table, partition))
+                 "AND partition=%s AND record_key NOT LIKE 'destroyed:%%'",
+                 (run_id, table, partition))
     _copy_entries(conn, "exclusion", run_id, table, partition, {
         "record_key": _column(keys, pa.string()), "rule_id": _column(rules, pa.string()),
         "destroy_by": _column(destroy_by, pa.date32())})

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,11 @@ class HashSplit:
     split, so that each partition's file gets row groups of thousands of rows, not
     hundreds; the split is one `take` sorted by partition, then a slice per partition."""
 
-    def __init__(self, folder: Path, columns: list[str], key: str, n_parts: int) -> None:
+    def __init__(self, folder: Path, columns: list[str], key: str, n_parts: int,
+                 options: Callable[[int], dict] | None = None) -> None:
+        """`options(i)`: the Parquet writer options of partition i, from the lake
+        (`lake.parquet_options(key)`: encrypted under the raw stage's key), so the
+        temporary files that hold raw rows on local disk are never plain Parquet."""
         import pyarrow.parquet as pq
 
         self.key, self.n_parts = key, n_parts
@@ -185,7 +190,8 @@ class HashSplit:
         self._writers: list = []
         try:
             for path in self.paths:
-                self._writers.append(pq.ParquetWriter(path, schema, **PARQUET_OPTIONS))
+                opts = options(len(self._writers)) if options else PARQUET_OPTIONS
+                self._writers.append(pq.ParquetWriter(path, schema, **opts))
         except BaseException:
             self.close(flush=False)
             raise
@@ -250,6 +256,9 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
     key = spec["key"]
     lake, run_id = _lake(), ctx["run_id"]
     started = time.monotonic()
+    from handover.lake_crypto import refuse_destroyed
+
+    refuse_destroyed(lake, run_id)
 
     try:
         source = open_source(table, spec, ctx["source_dir"])
@@ -266,7 +275,8 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 raise SourceError(f"{source.location}{where}: key column '{key}' of table {table} "
                                   f"is missing from the {source.what_columns}; fix the export or "
                                   f"catalog.yaml tables.{table}.key")
-            split = HashSplit(tmp, header, key, n_parts)
+            split = HashSplit(tmp, header, key, n_parts, options=lambda i: lake.parquet_options(
+                part_key(run_id, "raw", table, f"p{i:02d}")))
             progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
                 split.add(batch)
@@ -285,6 +295,9 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
     parts = []
     try:  # the temporary copy holds raw rows (PII): it goes whatever happens
         with ledger.connect() as conn, conn.transaction():
+            from handover.retention import forget_purged
+
+            forget_purged(conn, lake, run_id, table)
             for i in range(n_parts):
                 partition = f"p{i:02d}"
                 # from the file: a partition's Parquet bytes never sit in memory here
@@ -520,6 +533,12 @@ def comply_partition(ctx: dict, part: dict) -> dict:
             raise AssertionError(f"comply {table} {partition}: {rows_in} rows in but "
                                  f"{len(kept)} kept and {len(excluded_keys)} excluded; "
                                  "nothing was written")
+    # Rows this run already destroyed at its end (objection, no consent): no longer in raw,
+    # still excluded, and still counted, so the ledger balances against extract's.
+    from handover.retention import count_purged
+
+    n_purged = count_purged(lake, run_id, table, partition, counts)
+    rows_in += n_purged
     order = [r["id"] for r in cfg.policy["rules"]]  # as decide orders them: most rows first
     counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0])
                                                          if kv[0] in order else len(order))))
@@ -529,11 +548,13 @@ def comply_partition(ctx: dict, part: dict) -> dict:
             pa.chunked_array(ex_rules, pa.large_string()).combine_chunks(),
             pa.chunked_array(ex_destroy, pa.date32()).combine_chunks())
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
-                      rows_in=rows_in, rows_out=len(kept), excluded=len(excluded_keys),
-                      checksum=ledger.key_checksum(kept), detail={"excluded_by_rule": counts})
+                      rows_in=rows_in, rows_out=len(kept),
+                      excluded=len(excluded_keys) + n_purged,
+                      checksum=ledger.key_checksum(kept),
+                      detail={"excluded_by_rule": counts, "destroyed_at_run_end": n_purged})
     log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, rows_in,
-             len(kept), len(excluded_keys), counts)
-    return _part(part, rows=len(kept), excluded=len(excluded_keys))
+             len(kept), len(excluded_keys) + n_purged, counts)
+    return _part(part, rows=len(kept), excluded=len(excluded_keys) + n_purged)
 
 
 # ---------------------------------------------------------------- cleanse
@@ -818,8 +839,16 @@ def publish(ctx: dict) -> dict:
         bundled = docs_assets.bundle(docs_dir)  # opened from the lake, the site is whole
         log.info("data docs of %s: %s", run_id, bundled)
         publish_docs(lake, run_id, docs_dir)
+    from handover.retention import destroy_run_exclusions
+
+    # What may not move leaves the lake at the run's end: excluded rows are destroyed
+    # before the run is called succeeded (a failure here fails publish, visibly).
+    destroyed = destroy_run_exclusions(run_id, ctx["system"])
     with ledger.connect() as conn, conn.transaction():
         paths = write_reports(conn, lake, _config(ctx["system"]), run_id)
+        ledger.audit(conn, "run_exclusions_destroyed", run_id=run_id, detail={
+            k: destroyed[k] for k in ("rows_destroyed_by_table_rule", "raw_objects_rewritten",
+                                      "scope_keys_shredded", "books_pseudonymised")})
         conn.execute("UPDATE handover_meta.run SET status='succeeded', finished_at=now() "
                      "WHERE run_id=%s", (run_id,))
         ledger.audit(conn, "run_published", run_id=run_id, detail={"reports": paths})

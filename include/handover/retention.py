@@ -516,6 +516,12 @@ def certify(*, kind: str, certificate_id: str, keys: dict[str, set[str]], custom
         "lake_objects_rewritten": steps.get("lake", {}).get("lake_objects_rewritten", 0),
         "lake_old_versions_deleted": steps.get("lake", {}).get("lake_old_versions_deleted", 0),
         "backup_files_shredded": len(destroyed_keys),
+        "lake_working_sets_destroyed": len(steps.get("lake", {}).get("working_sets", {})
+                                           .get("runs", [])),
+        "lake_scope_keys_shredded": steps.get("lake", {}).get("working_sets", {})
+                                         .get("scope_keys_shredded", 0),
+        "lake_objects_deleted": steps.get("lake", {}).get("working_sets", {})
+                                     .get("objects_deleted", 0),
     }
     cert = {
         "certificate_id": certificate_id, "kind": kind,
@@ -528,6 +534,7 @@ def certify(*, kind: str, certificate_id: str, keys: dict[str, set[str]], custom
                    "lake runs/* (raw, comply, comply/_excluded, cleanse, cleanse/_quarantine, "
                    "mapped, resolve), all object versions", "backups (crypto-shredded)"],
         "destroyed_data_keys": destroyed_keys,
+        "lake_working_sets": steps.get("lake", {}).get("working_sets", {}).get("runs", []),
         "backups_shredded": steps.get("shred", {}).get("backups_shredded", []),
         "keys": {"hash": "HMAC-SHA256", "count": len(items), "list_sha256": list_sha,
                  "items": [{"table": t, "key_hmac": d} for t, d in items]},
@@ -576,8 +583,16 @@ def destroy_target_task(found: dict) -> dict:
 
 
 def destroy_lake_task(found: dict) -> dict:
+    """Expired working sets go first (keys, then objects: nothing left to rewrite there),
+    then every remaining lake copy of a record past retention is rewritten without it."""
+    sets = destroy_working_sets(as_of=found["as_of"], system=found["system"],
+                                run_id=found["run_id"])
     keys, customers = read_plan(lake_from_url(), found["run_id"])
-    return destroy_in_lake(keys, customers, system=found["system"])
+    out = destroy_in_lake(keys, customers, system=found["system"])
+    out["working_sets"] = {k: sets[k] for k in ("runs", "scope_keys_shredded",
+                                                "objects_deleted", "quarantine_scopes_kept",
+                                                "working_set_days", "quarantine_days")}
+    return out
 
 
 def shred_backups_task(found: dict) -> dict:
@@ -607,6 +622,7 @@ def certify_task(found: dict, target: dict, lake_step: dict, shred: dict,
                   steps={"target": target, "lake": lake_step, "shred": shred},
                   verification=verification, as_of=found["as_of"], rules=found["rules"])
     purge(lake, plan_prefix(found["run_id"]))
+    shred_scope(lake, plan_prefix(found["run_id"]).rstrip("/"))  # the plan's own key
     return out
 
 
@@ -622,3 +638,274 @@ def run_retention(*, as_of: Any = None, system: str = "legacy_bss",
     cert = certify_task(found, target, lake_step, shred, verification)
     return {"found": found, "target": target, "lake": lake_step, "shred": shred,
             "verification": verification, "certificate": cert}
+
+
+# ---------------------------------------------------------------- excluded rows, at run end
+PURGED = "_purged"  # runs/<run>/raw/_purged/<table>/part-<p>.parquet: row numbers and rules
+
+
+def purged_marker(run_id: str, table: str, partition: str) -> str:
+    return f"runs/{safe_run_id(run_id)}/raw/{PURGED}/{table}/part-{partition}.parquet"
+
+
+def purged_rows(lake: Lake, run_id: str, table: str, partition: str):
+    """(`_source_row`, `_rule`) of this partition's raw rows destroyed at the run's end,
+    or None: comply, rerun after the end, counts them as excluded (they are no longer in
+    raw), so its ledger still balances against extract's."""
+    key = purged_marker(run_id, table, partition)
+    return lake.read_table(key) if lake.exists(key) else None
+
+
+def forget_purged(conn, lake: Lake, run_id: str, table: str) -> None:
+    """A fresh raw copy of `table` (extract rerun) holds every row again: what the run's
+    end destroyed before will be excluded (and destroyed) anew, so the old marks go."""
+    for k in lake.list(f"runs/{safe_run_id(run_id)}/raw/{PURGED}/{table}/"):
+        lake.delete_prefix(k)
+    conn.execute("DELETE FROM handover_meta.exclusion WHERE run_id=%s AND table_name=%s AND "
+                 "record_key LIKE 'destroyed:%%'", (run_id, table))
+
+
+def count_purged(lake: Lake, run_id: str, table: str, partition: str,
+                 counts: dict[str, int]) -> int:
+    """Add this partition's rows destroyed at the run's end to `counts` (by rule); their
+    number, which comply adds to its rows in and excluded."""
+    purged = purged_rows(lake, run_id, table, partition)
+    if purged is None:
+        return 0
+    for r, n in zip(*[c.to_pylist() for c in purged.group_by("_rule").aggregate(
+            [("_rule", "count")]).columns], strict=True):
+        counts[r] = counts.get(r, 0) + n
+    return purged.num_rows
+
+
+def destroy_run_exclusions(run_id: str, system: str) -> dict:
+    """What may not move leaves nothing behind (PIPL Art. 22, 47): at the end of a run,
+    every row it excluded (objection, missing consent, past retention) is destroyed in
+    the run's lake copies, and its key in the books becomes a keyed hash.
+
+    - raw partitions are rewritten without the excluded rows (by `_source_row`, exact),
+      after their row numbers and rules are recorded (`raw/_purged/`, no values), so a
+      rerun of comply still balances;
+    - the `comply/_excluded` objects are crypto-shredded: their scope key goes first,
+      then the objects (and every S3 version);
+    - `handover_meta.exclusion` keeps the rule, the run and the count; the record key is
+      replaced by HMAC-SHA256 under the keyring's blind-index key;
+    - an `exclusion` destruction certificate lists the rows by table and rule.
+
+    Idempotent: a second call finds nothing left to destroy.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from handover.lake import part_key
+    from handover.protect import load_keyring
+
+    lake, ring = lake_from_url(), load_keyring()
+    sr = safe_run_id(run_id)
+    by_table_rule: dict[str, dict[str, int]] = {}
+    rewritten = 0
+    for k in lake.list(f"runs/{sr}/comply/_excluded/"):
+        if not k.endswith(".parquet"):
+            continue
+        table = k.split("/")[-2]
+        partition = k.rsplit("/", 1)[-1].removeprefix("part-").removesuffix(".parquet")
+        ex = lake.read_table(k, columns=["_source_row", "_rule"])
+        if not ex.num_rows:
+            continue
+        marker = purged_marker(run_id, table, partition)
+        prior = purged_rows(lake, run_id, table, partition)
+        both = ex if prior is None else pa.concat_tables([prior.select(ex.column_names)
+                                                          .cast(ex.schema), ex])
+        rows = both.group_by("_source_row").aggregate([("_rule", "min")]).rename_columns(
+            ["_source_row", "_rule"])
+        lake.write_table(marker, rows)  # first: a crash after it leaves a rerun to finish
+        raw_key = part_key(run_id, "raw", table, partition)
+        if lake.exists(raw_key):
+            gone = ex.column("_source_row")
+            schema = lake.schema(raw_key)
+            with lake.table_writer(raw_key, schema) as out:
+                for batch in lake.iter_batches(raw_key, None):
+                    keep = pc.invert(pc.fill_null(pc.is_in(batch.column("_source_row"),
+                                                           value_set=gone), False))
+                    out.write_table(pa.Table.from_batches([batch]).filter(keep))
+            purge_noncurrent(lake, raw_key)
+            rewritten += 1
+        for rule, n in zip(*[c.to_pylist() for c in ex.group_by("_rule").aggregate(
+                [("_rule", "count")]).columns], strict=True):
+            t = by_table_rule.setdefault(table, {})
+            t[rule] = t.get(rule, 0) + n
+    shredded = shred_scope(lake, f"runs/{sr}/comply/_excluded")
+    with lifecycle_connect() as conn, conn.transaction():
+        rows = conn.execute(
+            "SELECT DISTINCT table_name, record_key FROM handover_meta.exclusion WHERE run_id=%s "
+            "AND record_key NOT LIKE 'destroyed:%%'", (run_id,)).fetchall()
+        if rows:
+            conn.execute("CREATE TEMP TABLE _exdestroyed (t text, k text, d text) ON COMMIT DROP")
+            with conn.cursor().copy("COPY _exdestroyed (t, k, d) FROM STDIN") as cp:
+                for t, key in rows:
+                    cp.write_row((t, key, DESTROYED + key_digest(ring, t, key)))
+            conn.execute(
+                "UPDATE handover_meta.exclusion e SET record_key = x.d FROM _exdestroyed x "
+                "WHERE e.run_id = %s AND e.table_name = x.t AND e.record_key = x.k", (run_id,))
+        counts = {t: dict(r) for t, r in conn.execute(
+            "SELECT table_name, jsonb_object_agg(rule_id, n) FROM (SELECT table_name, rule_id, "
+            "count(*) AS n FROM handover_meta.exclusion WHERE run_id=%s GROUP BY 1, 2) x "
+            "GROUP BY 1", (run_id,)).fetchall()}
+    out = {"run_id": run_id, "rows_destroyed_by_table_rule": by_table_rule,
+           "raw_objects_rewritten": rewritten, "scope_keys_shredded": shredded["keys"],
+           "objects_deleted": shredded["objects"], "books_pseudonymised": len(rows),
+           "evidence_by_table_rule": counts}
+    if by_table_rule or rows:
+        certify_simple(kind="exclusion", certificate_id=f"dx_{sr}", run_id=run_id, body={
+            "what": "rows excluded by the transfer policy (objection, missing consent, past "
+                    "retention): destroyed in the run's lake copies at the run's end; the "
+                    "books keep only the rule, the run and the count, keys as HMAC-SHA256",
+            "rows_destroyed_by_table_rule": by_table_rule,
+            "evidence_kept_by_table_rule": counts,
+            "raw_objects_rewritten": rewritten,
+            "scope_keys_shredded": shredded["key_ids"],
+            "objects_deleted": shredded["objects"]})
+    log.info("run %s: excluded rows destroyed at its end: %s; %d raw objects rewritten, "
+             "%d book keys pseudonymised", run_id, by_table_rule, rewritten, len(rows))
+    return out
+
+
+def shred_scope(lake: Lake, scope: str) -> dict:
+    """Crypto-shred one key scope: its wrapped key first (every version), then every object
+    written under it. Returns counts and the scope names shredded."""
+    from handover.lake_crypto import key_object, scope_of
+
+    keys = purge(lake, key_object(scope), exact=True)
+    lake.keys.forget(scope)
+    prefix = scope + "/"
+    if scope.startswith("runs/"):
+        run, stage = scope.split("/", 2)[1], scope.split("/", 2)[2]
+        prefix = f"runs/{run}/{stage}/"
+    doomed = [k for k in lake.list(prefix) if scope_of(k) == scope]
+    objects = 0
+    for k in doomed:
+        objects += purge(lake, k, exact=True)
+    return {"keys": keys, "objects": objects, "key_ids": [scope] if keys else []}
+
+
+def certify_simple(*, kind: str, certificate_id: str, run_id: str | None, body: dict,
+                   as_of: str | None = None) -> dict:
+    """A destruction certificate without record keys (counts, scopes, key ids): lake JSON,
+    catalogue row, audit entry bound by its sha256."""
+    lake = lake_from_url()
+    cert = {"certificate_id": certificate_id, "kind": kind, "run_id": run_id,
+            "issued_at": datetime.now(UTC).isoformat(), "as_of": as_of, **body}
+    data = json.dumps(cert, indent=2, ensure_ascii=False, default=str).encode()
+    cert_sha = hashlib.sha256(data).hexdigest()
+    lake_key = f"{CERTIFICATES}/{kind}/{certificate_id}.json"
+    lake.put_bytes(lake_key, data)
+    with lifecycle_connect() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO handover_meta.destruction_certificate (certificate_id, kind, as_of, "
+            "keys, key_list_sha256, certificate_sha256, lake_key, counts) VALUES "
+            "(%s,%s,%s,0,%s,%s,%s,%s) ON CONFLICT (certificate_id) DO UPDATE SET "
+            "issued_at = now(), certificate_sha256 = excluded.certificate_sha256, "
+            "counts = excluded.counts",
+            (certificate_id, kind, as_of, hashlib.sha256(b"").hexdigest(), cert_sha, lake_key,
+             json.dumps(body, default=str)))
+        ledger.audit(conn, "destruction_certified", run_id=run_id, detail={
+            "certificate_id": certificate_id, "kind": kind, "certificate_sha256": cert_sha,
+            "certificate": lake.uri(lake_key)})
+    return {"certificate_id": certificate_id, "lake_key": lake_key,
+            "certificate_sha256": cert_sha}
+
+
+# ---------------------------------------------------------------- the lake's working set
+def destroy_working_sets(*, as_of: Any = None, system: str = "legacy_bss",
+                         run_id: str | None = None) -> dict:
+    """Destroy the stage objects of runs whose working set has expired: keys first, then
+    objects; a marker (`runs/<run>/working-set.json`) makes a later read or rerun say so
+    in one line. Reports, Data Docs and reconciliation JSON (counts, no values) stay.
+
+    Due: a finished run `working_set_days` after it ended; a failed or abandoned run as
+    soon as a later run of the same DAG on the same export succeeded, else the same days
+    after it started; quarantined rows (`*/_quarantine`) `quarantine_days` after the run
+    ended, for a fix and a rerun (at once for a superseded run). Runs the lake holds but
+    the books do not know are due `working_set_days` after their first key was made.
+    """
+    from handover.config import load_config
+    from handover.lake_crypto import KEYS_PREFIX, MARKER
+
+    cfg, lake, day = load_config(system), lake_from_url(), _as_of(as_of)
+    ws_days = int(cfg.policy.get("working_set_days", 7))
+    q_days = max(ws_days, int(cfg.policy.get("quarantine_days", 30)))
+    scopes: dict[str, set[str]] = {}
+    created: dict[str, date] = {}
+    for k in lake.list(f"{KEYS_PREFIX}/runs/"):
+        parts = k.removeprefix(f"{KEYS_PREFIX}/").removesuffix(".json").split("/")
+        if len(parts) < 3:
+            continue
+        run, scope = parts[1], "/".join(parts)
+        scopes.setdefault(run, set()).add(scope)
+        try:
+            made = date.fromisoformat(lake.read_json(k).get("created_at", "")[:10])
+        except ValueError:
+            made = day
+        created[run] = min(created.get(run, made), made)
+    with lifecycle_connect() as conn:
+        runs = conn.execute(
+            "SELECT r.run_id, r.dag_id, r.status, r.started_at, r.finished_at, "
+            "EXISTS (SELECT 1 FROM handover_meta.run n WHERE n.dag_id = r.dag_id AND "
+            "n.source_manifest = r.source_manifest AND n.status = 'succeeded' AND "
+            "n.started_at > r.started_at) FROM handover_meta.run r").fetchall()
+    known = {safe_run_id(r[0]): r for r in runs}
+    destroyed: list[dict] = []
+    kept_quarantine = 0
+    for run, run_scopes in sorted(scopes.items()):
+        row = known.get(run)
+        if row is None:
+            ends, q_ends, why = created[run], created[run], "run unknown to the books"
+        else:
+            _, dag_id, status, started, finished, superseded = row
+            if status == "succeeded" and finished is not None:
+                ends, q_ends, why = finished.date(), finished.date(), f"{dag_id} run ended"
+            elif superseded:
+                ends, q_ends, why = day, day, "a later run of the same export succeeded"
+            else:
+                ends, q_ends, why = started.date(), started.date(), f"{dag_id} run {status}"
+        due, gone = [], []
+        for scope in sorted(run_scopes):
+            limit = q_days if scope.endswith("/_quarantine") and why != \
+                "a later run of the same export succeeded" else ws_days
+            start = q_ends if scope.endswith("/_quarantine") else ends
+            if why == "a later run of the same export succeeded" or \
+                    (start.toordinal() + limit) <= day.toordinal():
+                due.append(scope)
+            elif scope.endswith("/_quarantine"):
+                kept_quarantine += 1
+        if not due:
+            continue
+        objects = 0
+        for scope in due:
+            res = shred_scope(lake, scope)
+            objects += res["objects"]
+            gone.append(scope)
+        left = [s for s in run_scopes if s not in due]
+        if lake.exists(f"runs/{run}/{MARKER}"):  # quarantine kept last time, gone now
+            gone = sorted(set(gone) | set(lake.read_json(f"runs/{run}/{MARKER}")
+                                         .get("scopes", [])))
+        lake.write_json(f"runs/{run}/{MARKER}", {
+            "run": run, "destroyed_at": day.isoformat(), "reason": f"working set expired: "
+            f"{why}; working_set_days={ws_days}, quarantine_days={q_days}",
+            "scopes": gone, "scopes_kept": left})
+        destroyed.append({"run": run, "why": why, "scopes": gone, "objects": objects,
+                          "scopes_kept": left})
+    out = {"as_of": day.isoformat(), "working_set_days": ws_days, "quarantine_days": q_days,
+           "runs": destroyed, "scope_keys_shredded": sum(len(d["scopes"]) for d in destroyed),
+           "objects_deleted": sum(d["objects"] for d in destroyed),
+           "quarantine_scopes_kept": kept_quarantine}
+    if destroyed:
+        certify_simple(kind="working_set", run_id=run_id, as_of=day.isoformat(),
+                       certificate_id=f"dw_{safe_run_id(run_id or day.isoformat())}", body={
+                           "what": "the lake's working set of finished or superseded runs: "
+                                   "scope keys shredded first, then every stage object",
+                           **{k: v for k, v in out.items() if k != "as_of"}})
+    log.info("working sets as of %s: %d runs destroyed (%d scope keys, %d objects), %d "
+             "quarantine scopes kept", day, len(destroyed), out["scope_keys_shredded"],
+             out["objects_deleted"], kept_quarantine)
+    return out

@@ -253,6 +253,9 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
     expected, expected_del = ctx["manifest_rows"][table], ctx["deleted_rows"][table]
     n_parts = max(1, min(cfg.partitions(table), math.ceil(expected / ROWS_PER_PARTITION)))
     lake, run_id = _lake(), ctx["run_id"]
+    from handover.lake_crypto import refuse_destroyed
+
+    refuse_destroyed(lake, run_id)
     path = folder / files["file"]
     with tempfile.TemporaryDirectory(prefix=f"sync-{table}-") as tmp:
         # The migration's reader and split: UTF-8 with or without BOM, quoted values may
@@ -265,7 +268,10 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
                 if key not in source.columns:
                     raise pipeline.SourceError(f"{path} line 1: key column '{key}' is missing "
                                                "from the header; fix the change export")
-                split = pipeline.HashSplit(Path(tmp), source.columns, key, n_parts)
+                split = pipeline.HashSplit(
+                    Path(tmp), source.columns, key, n_parts,
+                    options=lambda i: lake.parquet_options(
+                        part_key(run_id, "raw", table, f"p{i:02d}")))
                 for batch in source.batches():
                     split.add(batch)
                 split.close()
@@ -287,7 +293,10 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
         lake.write_table(f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet",
                          pa.Table.from_pandas(deletions, preserve_index=False))
         parts = []
+        from handover.retention import forget_purged
+
         with ledger.connect() as conn, conn.transaction():
+            forget_purged(conn, lake, run_id, table)
             for i in range(n_parts):
                 partition = f"p{i:02d}"
                 lake.put_file(part_key(run_id, "raw", table, partition), split.paths[i])
@@ -357,19 +366,24 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     lake.write_table(part_key(run_id, "comply/_excluded", table, partition),
                      pa.Table.from_pandas(res.excluded, preserve_index=False))
     key = spec["key"]
+    from handover.retention import count_purged
+
+    counts = dict(res.counts)
+    n_purged = count_purged(lake, run_id, table, partition, counts)  # destroyed at run end
     with ledger.connect() as conn, conn.transaction():
         keys = [str(k).strip() if isinstance(k, str) and k.strip() else f"row:{r}"
                 for k, r in zip(res.excluded[key], res.excluded["_source_row"], strict=True)]
         ledger.replace_exclusions(conn, run_id, table, partition, keys, res.excluded["_rule"],
                                   res.excluded["_destroy_by"])
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
-                      rows_in=len(raw), rows_out=len(res.moved), excluded=len(res.excluded),
+                      rows_in=len(raw) + n_purged, rows_out=len(res.moved),
+                      excluded=len(res.excluded) + n_purged,
                       checksum=ledger.key_checksum(res.moved[key].to_numpy(dtype=object)),
-                      detail={"excluded_by_rule": res.counts})
-    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, len(raw),
-             len(res.moved), len(res.excluded), res.counts)
+                      detail={"excluded_by_rule": counts, "destroyed_at_run_end": n_purged})
+    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition,
+             len(raw) + n_purged, len(res.moved), len(res.excluded) + n_purged, counts)
     return {"table": table, "partition": partition, "rows": len(res.moved),
-            "excluded": len(res.excluded)}
+            "excluded": len(res.excluded) + n_purged}
 
 
 # ---------------------------------------------------------------- resolve
@@ -410,13 +424,20 @@ def resolve_customers(ctx: dict) -> dict:
                 "record_key = ANY(%s) AND deleted_at >= %s", (table, wanted, start))}
             # The fate an earlier finished run gave a parent; "quarantined" sorts before
             # "x_excluded", so a key with both is quarantined, as ParentRegistry ranks them.
-            earlier = dict(conn.execute(
-                "SELECT e.record_key, min(e.fate) FROM (SELECT run_id, record_key, "
-                "'quarantined' AS fate FROM handover_meta.quarantine WHERE table_name=%s UNION ALL "
-                "SELECT run_id, record_key, 'x_excluded' FROM handover_meta.exclusion WHERE "
-                "table_name=%s) e JOIN handover_meta.run r USING (run_id) WHERE r.status = "
-                "'succeeded' AND r.run_id <> %s AND e.record_key = ANY(%s) GROUP BY 1",
-                (table, table, run_id, sorted(referenced))).fetchall())
+            # Books name destroyed rows (excluded rows after their run's end, erased ones)
+            # by keyed hash: look a parent up under both names.
+            named = book_names(table, referenced)
+            earlier: dict[str, str] = {}
+            for k, fate in conn.execute(
+                    "SELECT e.record_key, min(e.fate) FROM (SELECT run_id, record_key, "
+                    "'quarantined' AS fate FROM handover_meta.quarantine WHERE table_name=%s "
+                    "UNION ALL SELECT run_id, record_key, 'x_excluded' FROM "
+                    "handover_meta.exclusion WHERE table_name=%s) e JOIN handover_meta.run r "
+                    "USING (run_id) WHERE r.status = 'succeeded' AND r.run_id <> %s AND "
+                    "e.record_key = ANY(%s) GROUP BY 1",
+                    (table, table, run_id, sorted(named))).fetchall():
+                k = named[k]
+                earlier[k] = min(fate, earlier.get(k, fate))
         dup = reg["key"].isin(losers)
         reg.loc[dup, "fate"] = "quarantined"
         reg.loc[dup, "duplicate_loser"] = True
@@ -655,6 +676,29 @@ def _latest_applied(conn, ctx: dict) -> tuple[pd.Timestamp, Path]:
     return as_of, state
 
 
+def book_names(table: str, keys) -> dict[str, str]:
+    """Each key under the names the books may give it: itself, and the keyed hash that
+    replaces it once its row is destroyed (retention.key_digest); name -> key."""
+    from handover.protect import load_keyring
+    from handover.retention import DESTROYED, key_digest
+
+    ring = load_keyring()
+    out = {k: k for k in keys}
+    out.update({DESTROYED + key_digest(ring, table, k): k for k in keys})
+    return out
+
+
+def _by_book_name(marks: dict[str, Any], table: str, keys: pd.Series) -> pd.Series:
+    """`marks` (book name -> value) for each key, found by the key or by its keyed hash."""
+    found = keys.map(marks)
+    if any(str(k).startswith("destroyed:") for k in marks) and found.isna().any():
+        missing = keys[found.isna()].dropna().astype(str)
+        named = book_names(table, set(missing))
+        by_key = {named[n]: v for n, v in marks.items() if n in named}
+        found = found.where(found.notna(), keys.map(by_key))
+    return found
+
+
 def _accounted(conn, table: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per key, the newest as-of of a quarantine and of an exclusion in a finished run."""
     out: dict[str, dict[str, Any]] = {"q": {}, "x": {}}
@@ -709,7 +753,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
 
         def covered(marks: dict, keys: pd.Series, versions: pd.Series) -> np.ndarray:
             """A run no older than the legacy row quarantined / excluded the key."""
-            at = pd.to_datetime(keys.map(marks))
+            at = pd.to_datetime(_by_book_name(marks, table, keys))
             ok = at.notna()
             if has_version:
                 ok &= (at >= pd.to_datetime(versions)) | versions.isna()

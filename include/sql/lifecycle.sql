@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS handover_meta.restore_drill (
 -- lake, bound here and in the audit trail by its sha256. Keys appear only as keyed hashes.
 CREATE TABLE IF NOT EXISTS handover_meta.destruction_certificate (
     certificate_id      text PRIMARY KEY,
-    kind                text NOT NULL CHECK (kind IN ('retention', 'erasure')),
+    kind                text NOT NULL,
     issued_at           timestamptz NOT NULL DEFAULT now(),
     as_of               date,
     request_id          text,
@@ -73,6 +73,18 @@ CREATE TABLE IF NOT EXISTS handover_meta.destruction_certificate (
     lake_key            text NOT NULL,
     counts              jsonb NOT NULL DEFAULT '{}'
 );
+
+-- Kinds: retention, erasure, exclusion (a run's excluded rows, destroyed at its end) and
+-- working_set (a run's lake stage objects, destroyed after the policy's working_set_days).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'destruction_certificate_kinds') THEN
+        ALTER TABLE handover_meta.destruction_certificate
+            DROP CONSTRAINT IF EXISTS destruction_certificate_kind_check;
+        ALTER TABLE handover_meta.destruction_certificate
+            ADD CONSTRAINT destruction_certificate_kinds
+            CHECK (kind IN ('retention', 'erasure', 'exclusion', 'working_set'));
+    END IF;
+END $$;
 
 -- Data-subject requests (PIPL Art. 45-47): the subject only as a keyed hash.
 CREATE TABLE IF NOT EXISTS handover_meta.subject_request (

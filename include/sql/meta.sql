@@ -55,6 +55,15 @@ CREATE TABLE IF NOT EXISTS handover_meta.exclusion (
     destroy_by        date
 );
 CREATE INDEX IF NOT EXISTS exclusion_run ON handover_meta.exclusion (run_id, table_name, partition);
+-- What may not move is not kept: every exclusion is due for destruction (objection and
+-- missing consent at the end of the run that excluded the row). NOT VALID: rows written
+-- before this rule are not rechecked, every new one is.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'exclusion_destroy_by_set') THEN
+        ALTER TABLE handover_meta.exclusion ADD CONSTRAINT exclusion_destroy_by_set
+            CHECK (destroy_by IS NOT NULL) NOT VALID;
+    END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS handover_meta.reconciliation (
     run_id            text NOT NULL,

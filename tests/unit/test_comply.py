@@ -135,13 +135,17 @@ def test_retention_boundary_is_exclusive():
     assert result.moved["cdr_id"].tolist() == ["R2"]
 
 
-def test_destroy_by_is_set_for_retention_exclusions_only():
+def test_every_exclusion_has_a_destroy_by_date():
+    """Objectors and rows without consent are due at the end of the run that excluded them
+    (PIPL Art. 22, 47: what may not move is not kept by the receiver); rows past retention
+    keep their own, earlier date. None is never left."""
     raw = calls([("R1", "C_OK", OLD_CALL), ("R2", "C_OBJ", OLD_CALL), ("R3", "C_OK", RECENT)])
 
     result = decide_calls(raw)
 
     destroy = dict(zip(result.excluded["cdr_id"], result.excluded["_destroy_by"], strict=True))
-    assert destroy == {"R1": dt.date(2025, 5, 15), "R2": None}
+    assert destroy["R1"] == dt.date(2025, 5, 15)
+    assert destroy["R2"] == dt.datetime.now(dt.UTC).date()
     assert "_destroy_by" not in result.moved.columns
 
 
