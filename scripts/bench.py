@@ -7,6 +7,7 @@ For each size (the main one, then --scale times it) on the same PostgreSQL:
   (a) raw COPY ... FROM STDIN (FORMAT csv) of every source file into text tables (the floor);
   (b) naive pandas read_csv + DataFrame.to_sql of call records, on a sample, scaled;
   (c) the whole customer_migration DAG through `airflow dags test`, every stage and gate;
+  (f) the cost of encrypting its working set, per stage (plain vs encrypted Parquet);
 then three reruns of the largest finished load partition (once autovacuum has settled;
 the median against its first load), and each task id's most-growing instance rerun alone
 in a fresh process for its peak RSS. Prints rows/s, ratios, wall time per stage and peak
@@ -262,6 +263,69 @@ def rerun_largest_load(run_id: str, target_dsn: str) -> dict:
             "changed": changed, "target_unchanged": before == after}
 
 
+def encryption_cost(run_id: str, wall: float) -> dict:
+    """(f) What encrypting the working set costs, stage by stage: every stage object the
+    run left in the lake, written and read back once encrypted (Parquet modular
+    encryption under the stage's key, as the pipeline does) and once as plain Parquet
+    with the same options, best of two each; the difference summed per stage, against
+    the whole DAG's wall time. The run's end has already destroyed the excluded rows, so
+    comply/_excluded is not among them (it is small)."""
+    import pyarrow.parquet as pq
+
+    from handover.lake import PARQUET_OPTIONS, lake_from_url, safe_run_id
+    from handover.lake_crypto import scope_of
+    from handover.retention import shred_scope
+
+    lake = lake_from_url()
+    probe = ROOT / ".state" / "bench" / "encryption-probe.parquet"
+    stages: dict[str, dict[str, float]] = {}
+    for key in lake.list(f"runs/{safe_run_id(run_id)}/"):
+        scope = scope_of(key)
+        if scope is None or "/_purged" in scope:
+            continue
+        stage = scope.split("/", 2)[2]
+        table = lake.read_table(key)
+        probe_scope = key.replace(f"runs/{safe_run_id(run_id)}/", "runs/_bench_probe/", 1)
+        best = {}
+        for mode in ("plain", "encrypted"):
+            w = r = float("inf")
+            for _ in range(2):
+                opts = (dict(PARQUET_OPTIONS) if mode == "plain"
+                        else lake.parquet_options(probe_scope))
+                t0 = time.perf_counter()
+                pq.write_table(table, probe, **opts)
+                t1 = time.perf_counter()
+                lake._open_parquet(probe, mode == "encrypted").read()
+                t2 = time.perf_counter()
+                w, r = min(w, t1 - t0), min(r, t2 - t1)
+            best[mode] = (w, r)
+        s = stages.setdefault(stage, {"objects": 0, "rows": 0, "plain_s": 0.0,
+                                      "encrypted_s": 0.0})
+        s["objects"] += 1
+        s["rows"] += table.num_rows
+        s["plain_s"] += sum(best["plain"])
+        s["encrypted_s"] += sum(best["encrypted"])
+        del table
+    probe.unlink(missing_ok=True)
+    for k in lake.list("_keys/runs/_bench_probe/"):
+        shred_scope(lake, k.removeprefix("_keys/").removesuffix(".json"))
+    extra = sum(v["encrypted_s"] - v["plain_s"] for v in stages.values())
+    for v in stages.values():
+        v["extra_s"] = round(v["encrypted_s"] - v["plain_s"], 3)
+        v["extra_share_of_run"] = round(v["extra_s"] / wall, 4)
+        v["plain_s"], v["encrypted_s"] = round(v["plain_s"], 3), round(v["encrypted_s"], 3)
+    print(f"(f) encrypting the working set: +{extra:.2f}s of {wall:.1f}s = "
+          f"{extra / wall:.1%} of the run (write + read once per object, per stage below)",
+          flush=True)
+    for name, v in sorted(stages.items()):
+        print(f"    {name:<22} {v['objects']:>4} objects {v['rows']:>12,} rows  plain "
+              f"{v['plain_s']:7.2f}s  encrypted {v['encrypted_s']:7.2f}s  "
+              f"extra {v['extra_s']:+6.2f}s = {v['extra_share_of_run']:.1%} of the run",
+              flush=True)
+    return {"extra_seconds": round(extra, 2), "share_of_run": round(extra / wall, 4),
+            "stages": stages, "method": encryption_cost.__doc__.split("\n\n")[0]}
+
+
 def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
     base = ROOT / ".state" / "bench"
     source = base / f"source-{subscribers}"
@@ -306,6 +370,7 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
           f" run {status}, {balanced[1]} tables reconciled, all balanced: {balanced[0]}",
           flush=True)
     rerun = rerun_largest_load(run_id, target)
+    encryption = encryption_cost(run_id, wall)
     own = task_process_peaks(run_id, tasks, env,
                              ROOT / ".state" / "bench" / f"task-reruns-{source.name}.log")
     return {
@@ -338,7 +403,7 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
                          "task_own_rss_mb is each task's peak above the RSS at its start; "
                          "process_peak_rss_mb is the whole run's peak",
         "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "mimalloc"),
-        "stages": stages, "load_rerun": rerun, "dag_log": log,
+        "stages": stages, "load_rerun": rerun, "dag_log": log, "encryption": encryption,
         "all_balanced": bool(balanced[0]),
     }
 

@@ -57,6 +57,25 @@ def target_db():
     drop_database(name)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_keyring(tmp_path_factory):
+    """Every Parquet object the lake writes is encrypted (handover.lake_crypto), so any test
+    that writes to a lake needs a keyring: one for the session, unless the environment
+    or the test brings its own (module fixtures below override it)."""
+    if os.environ.get("HANDOVER_KEYRING_FILE") or os.environ.get("AIRFLOW_CONN_HANDOVER_KEYS"):
+        yield None
+        return
+    import json
+
+    from handover.protect import Keyring
+
+    path = tmp_path_factory.mktemp("session-keys") / "keys.json"
+    path.write_text(json.dumps(Keyring.generate("k-session")))
+    os.environ["HANDOVER_KEYRING_FILE"] = str(path)
+    yield path
+    os.environ.pop("HANDOVER_KEYRING_FILE", None)
+
+
 @pytest.fixture(scope="module")
 def keyring_file(tmp_path_factory) -> Path:
     import json
@@ -527,3 +546,19 @@ def empty_target(dsn: str) -> None:
             "WHERE table_schema = 'crm' AND table_type = 'BASE TABLE'")]
         if tables:
             conn.execute(f"TRUNCATE {', '.join(tables)}")
+
+
+# ---------------------------------------------------------------- books' keyed hashes
+def unhash_book_keys(keyring_file: Path, rows, candidates) -> list:
+    """Rows of (table, record_key, ...) from the books with keyed hashes
+    ('destroyed:<HMAC>', what a run's end and retention leave) turned back into the clear
+    key among `candidates` ({(table, key)} the test knows from the export). A hash that
+    matches no candidate stays as it is, so a test still sees it."""
+    import json
+
+    from handover.protect import Keyring
+    from handover.retention import DESTROYED, key_digest
+
+    ring = Keyring.from_dict(json.loads(Path(keyring_file).read_text()))
+    names = {(t, DESTROYED + key_digest(ring, t, k)): k for t, k in candidates}
+    return [(r[0], names.get((r[0], r[1]), r[1]), *r[2:]) for r in rows]

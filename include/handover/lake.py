@@ -296,6 +296,18 @@ class LocalLake(Lake):
         if self.root in missing or self.root == folder:
             os.chmod(self.root, 0o700)
 
+    def make_private(self, prefix: str) -> None:
+        """Files other writers (GX's site builder) made under `prefix`: 0600 in 0700 folders,
+        like everything the lake writes itself."""
+        base = self.path(prefix)
+        if not base.exists():
+            return
+        self._mkdirs(base)
+        for p in [base, *base.rglob("*")]:
+            want = 0o700 if p.is_dir() else 0o600
+            if p.stat().st_mode & 0o777 != want:
+                os.chmod(p, want)
+
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """A temporary file hard-linked to the object's name: the link fails if another
         writer got there first, and the object never appears half-written."""
@@ -749,7 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     eb = sub.add_parser("ensure-bucket", help="create the lake bucket if missing")
     eb.add_argument("url", nargs="?", default=None, help="default: $HANDOVER_LAKE_URL")
+    rw = sub.add_parser("rewrap-keys", help="wrap every lake scope key under the keyring's "
+                        "active key (key rotation, before retiring a key)")
+    rw.add_argument("url", nargs="?", default=None, help="default: $HANDOVER_LAKE_URL")
     args = ap.parse_args(argv)
+    if args.cmd == "rewrap-keys":
+        lake = lake_from_url(args.url)
+        print(f"lake {lake.url}: {lake.keys.rewrap()} scope keys rewrapped under "
+              f"'{lake.keys.ring.active_key_id}'")
+        return 0
     lake = lake_from_url(args.url)
     if not isinstance(lake, S3Lake):
         print(f"lake {lake.url} is a local folder: nothing to create")

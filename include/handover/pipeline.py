@@ -418,7 +418,11 @@ def publish_docs(lake: Lake, run_id: str, docs_dir: Path) -> None:
     """On an object-store lake, upload the Data Docs site built locally."""
     from handover.lake import LocalLake
 
-    if isinstance(lake, LocalLake) or not docs_dir.is_dir():
+    if isinstance(lake, LocalLake):
+        for folder in (docs_dir, docs_dir.with_name(f"{docs_dir.name}.gx")):
+            lake.make_private(str(folder.relative_to(lake.root)))
+        return
+    if not docs_dir.is_dir():
         return
     lake.sync_dir(docs_dir, f"runs/{safe_run_id(run_id)}/docs")  # only what changed
 

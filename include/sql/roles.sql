@@ -151,4 +151,11 @@ BEGIN
             EXECUTE format('GRANT SELECT ON handover_meta.%I TO handover_auditor', t);
         END IF;
     END LOOP;
+    -- subject intakes: who submitted which request and when, never the sealed identifier
+    -- (as lifecycle.sql grants it)
+    IF to_regclass('handover_meta.subject_intake') IS NOT NULL THEN
+        GRANT SELECT (request_id, request_type, identifier_type, field, system, key_id,
+                      submitted_by, submitted_at, cleared_at)
+            ON handover_meta.subject_intake TO handover_auditor;
+    END IF;
 END $$;

@@ -563,13 +563,14 @@ def _fill(fs: Path, leave: int) -> Path:
 
 def _lake_is_whole(lake_root: Path) -> list[Path]:
     """Every object in the lake is complete (Parquet readable, no temporary files)."""
-    import pyarrow.parquet as pq
+    from handover.lake import LocalLake
 
+    lake = LocalLake(lake_root)  # objects are encrypted: opened through the lake's keys
     files = [p for p in lake_root.rglob("*") if p.is_file()]
     assert not [p for p in files if p.name.startswith(".") or p.suffix == ".tmp"], files
     for p in files:
         if p.suffix == ".parquet":
-            pq.read_metadata(p)
+            lake.schema(str(p.relative_to(lake_root)))
     return files
 
 

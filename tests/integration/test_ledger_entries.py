@@ -31,18 +31,19 @@ def _rows(conn, table: str) -> list[tuple]:
 
 
 def test_exclusions_from_pandas_and_arrow_columns_replace_the_partition(conn):
-    # comply hands over pandas columns: dates as objects, None where no rule sets one
+    # comply hands over pandas columns: dates as objects (every exclusion has one)
     ledger.replace_exclusions(conn, "r1", "calls", "p00",
                               pa.array(["k1", "row:7", "k3"]),
                               pd.Series(["no_consent", "objection", "no_consent"], dtype="str"),
-                              pd.Series([dt.date(2027, 1, 31), None, dt.date(2026, 12, 1)],
-                                        dtype=object))
-    ledger.replace_exclusions(conn, "r1", "calls", "p01", ["k9"], ["objection"], [None])
+                              pd.Series([dt.date(2027, 1, 31), dt.date(2026, 12, 7),
+                                         dt.date(2026, 12, 1)], dtype=object))
+    ledger.replace_exclusions(conn, "r1", "calls", "p01", ["k9"], ["objection"],
+                              [dt.date(2026, 12, 7)])
     assert _rows(conn, "exclusion") == [
         ("r1", "calls", "p00", "k1", "no_consent", dt.date(2027, 1, 31)),
         ("r1", "calls", "p00", "k3", "no_consent", dt.date(2026, 12, 1)),
-        ("r1", "calls", "p01", "k9", "objection", None),
-        ("r1", "calls", "p00", "row:7", "objection", None)]
+        ("r1", "calls", "p01", "k9", "objection", dt.date(2026, 12, 7)),
+        ("r1", "calls", "p00", "row:7", "objection", dt.date(2026, 12, 7))]
 
     # a rerun of p00 replaces p00's entries only; an empty rerun leaves none
     ledger.replace_exclusions(conn, "r1", "calls", "p00", np.array(["k2"], dtype=object),
@@ -50,6 +51,19 @@ def test_exclusions_from_pandas_and_arrow_columns_replace_the_partition(conn):
     assert [r[2:4] for r in _rows(conn, "exclusion")] == [("p00", "k2"), ("p01", "k9")]
     ledger.replace_exclusions(conn, "r1", "calls", "p00", [], [], [])
     assert [r[2:4] for r in _rows(conn, "exclusion")] == [("p01", "k9")]
+
+
+def test_an_exclusion_without_a_destroy_by_date_is_refused(conn):
+    """What may not move is not kept: the books refuse an exclusion nobody will destroy."""
+    with pytest.raises(psycopg.errors.CheckViolation, match="exclusion_destroy_by_set"):
+        ledger.replace_exclusions(conn, "r1", "calls", "p02", ["k9"], ["objection"], [None])
+
+
+def test_evidence_of_destroyed_rows_survives_a_rerun_of_comply(conn):
+    ledger.replace_exclusions(conn, "r2", "calls", "p00", ["destroyed:ab12", "k5"],
+                              ["objection", "objection"], [dt.date(2026, 12, 7)] * 2)
+    ledger.replace_exclusions(conn, "r2", "calls", "p00", [], [], [])
+    assert [r[3] for r in _rows(conn, "exclusion") if r[0] == "r2"] == ["destroyed:ab12"]
 
 
 def test_quarantine_entries_take_arrow_columns_and_refuse_unequal_lengths(conn):

@@ -74,7 +74,14 @@ def test_put_get_list_and_delete_prefix(s3_env):
     # Keys are stored under the lake's prefix but listed relative to it.
     raw_keys = [o["Key"] for o in _raw_client(s3_env["endpoint"]).list_objects_v2(
         Bucket=s3_env["bucket"])["Contents"]]
-    assert all(k.startswith("handover/runs/") for k in raw_keys) and len(raw_keys) == 5
+    data = [k for k in raw_keys if not k.startswith("handover/_keys/")]
+    assert all(k.startswith("handover/runs/") for k in data) and len(data) == 5
+    # the cleansed partition is encrypted under its stage's key, kept wrapped beside it
+    assert raw_keys.count("handover/_keys/runs/r1/cleanse.json") == 1
+    assert lake.get_bytes("runs/r1/cleanse/t/part-p00.parquet")[-4:] == b"PARE"
+    assert lake.put_if_absent("_keys/runs/r1/cleanse.json", b"{}") is False  # If-None-Match
+    assert lake.put_if_absent("runs/r1/once.json", b"1") is True
+    lake.delete_prefix("runs/r1/once.json")
 
     assert lake.delete_prefix("runs/r1/") == 4
     assert lake.list("runs/r1/") == []
