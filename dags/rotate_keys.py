@@ -12,9 +12,11 @@ Runbook:
 1. Add a new key and make it active:
    `python -m handover.cli keys --from current.json --add k2` and store the output as
    the `handover_keys` connection's extra (keep the old key in it for now).
-2. Trigger this DAG. `validate_rotation` is the gate: green means no value is left under
-   an old key id.
-3. Retire the old key: `python -m handover.cli keys --from new.json --retire k1`.
+2. Trigger this DAG (unpause it first: `airflow dags unpause rotate_keys`). It also
+   rewraps every backup data key and lake scope key under the new key. `validate_rotation`
+   is the gate: green means no value, backup or lake key is left under an old key id.
+3. Retire the old key: `python -m handover.cli keys --from new.json --retire k1` (refused
+   while anything still needs it).
 
 Run config: `system` (a folder under include/config; its mapping names the columns).
 """

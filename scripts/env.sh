@@ -27,8 +27,9 @@ if [ -z "${HANDOVER_EXTERNAL:-}" ]; then
     export HANDOVER_LAKE_URL="${HANDOVER_LAKE_URL:-file://$STATE/lake}"
 fi
 if [ -z "${AIRFLOW_CONN_HANDOVER_KEYS:-}" ]; then
-    # A local keyring for the demo, outside the repository (.state is git-ignored).
+    # A local keyring for the demo, outside the repository (.state is git-ignored). By
+    # file, not as a connection in the environment: every task reads it when it runs, so a
+    # scheduler started by `make up` sees a rotated keyring (docs/protection.md, Rotation).
     [ -f "$STATE/keys.json" ] || (umask 077; "$PY" -m handover.cli keys > "$STATE/keys.json")
-    AIRFLOW_CONN_HANDOVER_KEYS="$("$PY" -c 'import json,sys; print(json.dumps({"conn_type": "generic", "extra": json.load(open(sys.argv[1]))}))' "$STATE/keys.json")"
-    export AIRFLOW_CONN_HANDOVER_KEYS
+    export HANDOVER_KEYRING_FILE="${HANDOVER_KEYRING_FILE:-$STATE/keys.json}"
 fi

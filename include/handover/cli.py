@@ -77,6 +77,21 @@ def keys_command(args: argparse.Namespace) -> int:
         if args.add:
             ring = keys.add_key(ring, args.add)
         elif args.retire:
+            if not args.unchecked:
+                try:
+                    needed = keys.key_still_needed(args.retire, args.system)
+                except Exception as exc:  # noqa: BLE001 - any reason we cannot look
+                    print(f"keys --retire {args.retire}: cannot check where the key is still "
+                          f"used ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); run "
+                          "with the target and lake settings of the running system, or "
+                          "--unchecked if you know nothing needs it", file=sys.stderr)
+                    return 2
+                if any(needed.values()):
+                    print(f"keys --retire {args.retire}: refused, the key still protects "
+                          f"{ {k: v for k, v in needed.items() if v} }: trigger rotate_keys "
+                          "(it re-encrypts values and rewraps backup and lake keys) first; "
+                          "retiring it now would lose that data", file=sys.stderr)
+                    return 2
             ring = keys.retire_key(ring, args.retire)
         elif args.kms_key_id:
             ring = keys.wrap_keyring(ring, args.kms_key_id)
@@ -109,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--from", dest="from_file")
     k.add_argument("--add")
     k.add_argument("--retire")
+    k.add_argument("--system", default="legacy_bss",
+                   help="with --retire: the system whose target is checked for the key")
+    k.add_argument("--unchecked", action="store_true",
+                   help="with --retire: do not check that nothing still needs the key")
     r = sub.add_parser("rotate-keys")
     r.add_argument("--system", default="legacy_bss")
     r.add_argument("--batch-size", type=int, default=5000)

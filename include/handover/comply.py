@@ -62,6 +62,9 @@ class Members:
         return f"Members({len(self)} ids)"
 
 
+ERASED = "ERASED_SUBJECT"  # a data-subject erasure: the person stays erased
+
+
 @dataclass(frozen=True)
 class PolicyFacts:
     """What the rules need to know about customers, read once per run."""
@@ -142,13 +145,22 @@ def _objects(values: pa.Array | pd.Series, index: pd.Index) -> pd.Series:
 
 def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy: dict,
            facts: PolicyFacts, event_time_format: str | None,
-           run_date: date | None = None) -> ComplyResult:
+           run_date: date | None = None, erased: frozenset[str] = frozenset()) -> ComplyResult:
+    """Each row moves or is excluded by the first rule that catches it. `erased`: customers
+    a data-subject erasure removed (handover_meta.erased_subject): their rows never come
+    back, whichever export or night carries them (ERASED_SUBJECT, before every policy
+    rule)."""
     n = len(raw)
     rule_ids: list[str] = []
     rule = np.zeros(n, dtype=np.int32)  # 0: no rule has excluded the row; k: rule_ids[k-1]
     destroy_by = np.full(n, None, dtype=object)
     cust_col = table_spec.get("customer_column")
     cust = _customers(raw[cust_col]) if cust_col else None
+    if erased and cust is not None:
+        hit = _isin(cust, erased)
+        if hit.any():
+            rule_ids.append(ERASED)
+            rule[hit] = 1
 
     for r in policy["rules"]:
         rid = r["id"]

@@ -16,6 +16,7 @@ key, retire an old one, or move plain keys under AWS KMS (envelope encryption).
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -237,18 +238,51 @@ def check_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: K
 def rotate_target_keys(system: str = "legacy_bss", *, run_id: str | None = None,
                        batch_size: int = BATCH_SIZE) -> dict[str, Any]:
     """Task body: rotate the target's encrypted columns to the keyring's active key."""
+    from handover.backup import rewrap_keys
     from handover.config import load_config
+    from handover.lake import lake_from_url
     from handover.protect import load_keyring
 
     cfg = load_config(system)
-    ring = load_keyring()
+    ring = load_keyring()  # read now, per task: a running scheduler rotates with today's keys
     columns = encrypted_columns(cfg)
     with ledger.connect() as conn:
         summary = rotate_keys(conn, columns, ring, batch_size=batch_size, run_id=run_id)
-    log.info("key rotation to %s: %d values in %d batches", ring.active_key_id,
-             summary["rows"], summary["batches"])
+    # What else the old key wraps: every backup's data keys and the lake's scope keys. Left
+    # out, the next restore drill fails and retiring the key loses every backup.
+    backups = rewrap_keys()["rewrapped"]
+    lake = lake_from_url()
+    lake.keys._ring = ring
+    lake_keys = lake.keys.rewrap()
+    log.info("key rotation to %s: %d values in %d batches; %d backup data keys and %d lake "
+             "scope keys rewrapped", ring.active_key_id, summary["rows"], summary["batches"],
+             backups, lake_keys)
     return {"active_key_id": ring.active_key_id, "rows": summary["rows"],
-            "batches": summary["batches"], "columns": [c.name for c in columns]}
+            "batches": summary["batches"], "columns": [c.name for c in columns],
+            "backup_keys_rewrapped": backups, "lake_keys_rewrapped": lake_keys}
+
+
+def key_still_needed(key_id: str, system: str = "legacy_bss") -> dict[str, int]:
+    """Where keyring key `key_id` still protects something: encrypted values in the target,
+    data keys of restorable backups, scope keys of the lake. Retiring it while any count is
+    not zero loses that data."""
+    from handover.config import load_config
+    from handover.lake import lake_from_url
+
+    out = {"target_values": 0, "backup_data_keys": 0, "lake_scope_keys": 0}
+    with ledger.connect() as conn:
+        for counts in key_usage(conn, encrypted_columns(load_config(system))).values():
+            out["target_values"] += counts.get(key_id, 0)
+        if conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]:
+            out["backup_data_keys"] = conn.execute(
+                "SELECT count(*) FROM handover_meta.backup_file f JOIN handover_meta.backup b "
+                "USING (backup_id) WHERE f.wrapping_key_id = %s AND f.shredded_at IS NULL AND "
+                "b.status NOT IN ('expired', 'failed')", (key_id,)).fetchone()[0]
+    lake = lake_from_url()
+    for k in lake.list("_keys/"):
+        if k.endswith(".json") and json.loads(lake.get_bytes(k)).get("wrapping_key_id") == key_id:
+            out["lake_scope_keys"] += 1
+    return out
 
 
 def validate_rotation(system: str = "legacy_bss", *, run_id: str | None = None) -> dict[str, Any]:
@@ -262,6 +296,15 @@ def validate_rotation(system: str = "legacy_bss", *, run_id: str | None = None) 
         result = check_keys(conn, encrypted_columns(cfg), ring)
         with conn.transaction():
             ledger.audit(conn, "keys_checked", run_id=run_id, detail=result)
+    old = {k: key_still_needed(k, system) for k in ring.keys if k != ring.active_key_id}
+    wrapped = {k: {p: n for p, n in v.items() if n and p != "target_values"}
+               for k, v in old.items()}
+    wrapped = {k: v for k, v in wrapped.items() if v}
+    if wrapped:
+        kid, places = next(iter(wrapped.items()))
+        raise RotationIncomplete(
+            f"key check failed: old key '{kid}' still wraps {places}; run rotate_keys again "
+            "(it rewraps backups and lake keys) before retiring it")
     if not result["ok"]:
         bad = {n: c for n, c in result["columns"].items()
                if c["stale"] or c["undecryptable"]}

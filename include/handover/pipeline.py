@@ -122,8 +122,8 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
         with conn.transaction():
             conn.execute(
                 "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
-                "exported_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET "
-                "status = 'running', finished_at = NULL",
+                "exported_at, kind) VALUES (%s, %s, %s, %s, %s, 'migration') ON CONFLICT "
+                "(run_id) DO UPDATE SET status = 'running', finished_at = NULL",
                 (run_id, dag_id, cfg.system, hashlib.sha256(raw).hexdigest(),
                  exported_at.to_pydatetime()))
             ledger.audit(conn, "run_started", run_id=run_id,
@@ -494,6 +494,13 @@ def comply_partition(ctx: dict, part: dict) -> dict:
                                        spec.get("event_time")]) if c and c in schema.names]
     facts = _policy_facts(run_id, ctx["system"], ctx["exported_at"])
     date_format = _date_format(cfg, table, spec.get("event_time"))
+    cust_col = spec.get("customer_column")
+    if cust_col and cust_col in schema.names:  # an erased person stays erased
+        from handover.subject import erased_among
+
+        erased = erased_among(lake.read_table(raw_key, columns=[cust_col]).column(0))
+    else:
+        erased = frozenset()
     moved_keys, ex_keys, ex_rules, ex_destroy = [], [], [], []
     counts: dict[str, int] = {}
     rows_in = 0
@@ -506,7 +513,7 @@ def comply_partition(ctx: dict, part: dict) -> dict:
             chunk = pa.Table.from_batches([batch])
             res = decide(chunk.select(reads).to_pandas(), table_spec=spec,
                          category_policy=cfg.category_policy(table), policy=cfg.policy,
-                         facts=facts, event_time_format=date_format)
+                         facts=facts, event_time_format=date_format, erased=erased)
             keep = pa.array(res.keep)
             moved, excluded = chunk.filter(keep), chunk.filter(pc.invert(keep))
             if moved.num_rows != len(res.moved) or excluded.num_rows != len(res.excluded):

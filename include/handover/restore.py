@@ -27,6 +27,7 @@ from pathlib import Path
 from handover import ledger
 from handover.backup import (
     SESSION,
+    BackupCorrupt,
     LifecycleError,
     content_checksum,
     ensure_lifecycle_schema,
@@ -133,13 +134,18 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
 
     started = time.monotonic()
     lake, ring = lake_from_url(), load_keyring()
-    with lifecycle_connect() as conn:
-        backup_id = backup_id or latest_backup(conn)
-        row = conn.execute("SELECT manifest_sha256 FROM handover_meta.backup "
-                           "WHERE backup_id = %s", (backup_id,)).fetchone()
-    if row is None:
-        raise LifecycleError(f"backup {backup_id} is not in handover_meta.backup")
     drill_id = drill_id or f"drill_{uuid.uuid4().hex[:10]}"
+    try:  # a drill that finds nothing to restore fails, and that is on record too
+        with lifecycle_connect() as conn:
+            backup_id = backup_id or latest_backup(conn)
+            row = conn.execute("SELECT manifest_sha256 FROM handover_meta.backup "
+                               "WHERE backup_id = %s", (backup_id,)).fetchone()
+        if row is None:
+            raise LifecycleError(f"backup {backup_id} is not in handover_meta.backup")
+    except LifecycleError as exc:
+        _record(drill_id, backup_id=backup_id or "(none)")
+        _fail(drill_id, backup_id or "(none)", exc, "find backup")
+        raise
     scratch = f"handover_drill_{uuid.uuid4().hex[:10]}"
     _record(drill_id, backup_id=backup_id, scratch_db=scratch)
     workdir = Path(tempfile.mkdtemp(prefix="handover-restore-"))
@@ -184,6 +190,13 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
                     path.unlink()
     except Exception as exc:
         _fail(drill_id, backup_id, exc, "restore")
+        if isinstance(exc, BackupCorrupt):  # never again the "latest complete" backup
+            with ledger.connect() as conn, conn.transaction():
+                conn.execute("UPDATE handover_meta.backup SET status = 'corrupt' "
+                             "WHERE backup_id = %s AND status = 'complete'", (backup_id,))
+                ledger.audit(conn, "backup_corrupt", detail={
+                    "backup_id": backup_id, "drill_id": drill_id,
+                    "error": str(exc).splitlines()[0][:300] if str(exc) else ""})
         if created:
             drop_scratch(scratch)
         raise

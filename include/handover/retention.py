@@ -414,8 +414,17 @@ def shred_backups(keys: dict[str, set[str]], customers: set[str], *, reason: str
                     "backups": sorted(hits), "data_key_ids": [d["data_key_id"]
                                                               for d in destroyed]})
     log.info("crypto-shredded %d backup files in %d backups", len(destroyed), len(hits))
+    fresh = None
+    if destroyed:
+        # A shredded backup is no longer restorable, and shredding reaches every backup that
+        # held the data: a new one is taken at once (the data already gone from the target),
+        # so a restore drill, or a real restore, always has a complete backup to use.
+        from handover.backup import run_backup
+
+        fresh = run_backup(reason="after_destruction")["backup_id"]
+        log.info("backup %s taken after the destruction (%s)", fresh, reason)
     return {"backups_shredded": sorted(hits), "backup_files_shredded": len(destroyed),
-            "destroyed_data_keys": destroyed}
+            "destroyed_data_keys": destroyed, "backup_after_destruction": fresh}
 
 
 # ---------------------------------------------------------------- verify and certify

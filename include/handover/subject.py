@@ -268,6 +268,24 @@ def erased_customers(conn, ring, customer_ids) -> set[str]:
     return {refs[r[0]] for r in rows}
 
 
+def erased_among(values) -> frozenset[str]:
+    """The customer ids among `values` (raw, any spelling) that an erasure removed, for
+    comply to exclude (ERASED_SUBJECT). Cheap when nobody was erased: one query."""
+    import pyarrow as pa
+
+    with ledger.connect() as conn:
+        if conn.execute("SELECT to_regclass('handover_meta.erased_subject')").fetchone()[0] \
+                is None or conn.execute(
+                    "SELECT NOT EXISTS (SELECT 1 FROM handover_meta.erased_subject)").fetchone()[0]:
+            return frozenset()
+        from handover.protect import load_keyring
+
+        arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(
+            [None if v is None else str(v) for v in values], pa.string())
+        distinct = {v for v in normalise(arr.cast(pa.string())).unique().to_pylist() if v}
+        return frozenset(erased_customers(conn, load_keyring(), distinct))
+
+
 def _norm(value: str) -> str | None:
     import pyarrow as pa
 
@@ -602,31 +620,38 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
     lake = lake_from_url()
     run_id = f"subject__{req.request_id}"
     local = datetime.now(ZoneInfo("Asia/Shanghai")).replace(tzinfo=None, microsecond=0)
-    updated = next((c for c, f in cfg.rules(table).get("dates", {}).items() if "%H" in f), None)
     with ledger.connect() as conn:
         row = _latest_raw_row(conn, lake, cfg, table, customer_id)
         with conn.transaction():
             conn.execute(
                 "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
-                "exported_at) VALUES (%s, 'subject_request', %s, %s, %s) ON CONFLICT (run_id) "
+                "exported_at, kind) VALUES (%s, 'subject_request', %s, %s, %s, "
+                "'subject_request') ON CONFLICT (run_id) "
                 "DO UPDATE SET status = 'running', finished_at = NULL, "
                 "exported_at = excluded.exported_at",
                 (run_id, cfg.system, hashlib.sha256(req.request_id.encode()).hexdigest(), local))
+    # What the old value implied goes with it: a city that was part of the old address
+    # is taken from the new one (or the correction is refused: nothing half-corrected).
+    derived = _derived_fields(row, source, value, req.request_id)
     cols = {}
     for name in row.column_names:
         col = row[name]
         if name == source:
             col = pa.array([value], col.type)
-        elif name == updated:
-            col = pa.array([local.strftime(cfg.rules(table)["dates"][updated])], col.type)
+        elif name in derived:
+            col = pa.array([derived[name]], col.type)
         elif name == "_source_row":
             col = pa.array([1], col.type)
+        # The source's update time stays: the correction's own time is in the ledger and
+        # the request's record, so newer-wins comparisons keep the legacy system's clock.
         cols[name] = col
     lake.write_table(part_key(run_id, "raw", table, "p00"), pa.table(cols))
     with ledger.connect() as conn, conn.transaction():
         ledger.record(conn, run_id=run_id, table=table, partition="p00", stage="extract",
                       rows_in=1, rows_out=1, detail={"request_id": req.request_id,
-                                                     "corrected_field": source})
+                                                     "corrected_field": source,
+                                                     "derived_fields": sorted(derived),
+                                                     "corrected_at": str(local)})
     ctx = {"run_id": run_id, "system": req.system, "exported_at": str(local)}
     part = {"table": table, "partition": "p00"}
     pipeline.run_gate_task(ctx, part, "intake")
@@ -651,11 +676,38 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
     except psycopg.errors.UniqueViolation as exc:
         raise RequestRejected(f"correction {req.request_id}: the new value of {source} belongs "
                               "to another customer (unique blind index); nothing changed") from exc
+    from handover.retention import key_digest
+
     with ledger.connect() as conn, conn.transaction():
         conn.execute("UPDATE handover_meta.run SET status = 'succeeded', finished_at = now() "
                      "WHERE run_id = %s", (run_id,))
+        # the nightly reconciliation expects this difference from the legacy system
+        conn.execute("INSERT INTO handover_meta.correction (table_name, key_hmac, request_id, "
+                     "corrected_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                     (table, key_digest(ring, table, customer_id), req.request_id, local))
     return {"run_id": run_id, "field": source, "inserted": loaded.get("inserted", 0),
             "updated": loaded.get("updated", 0), "unchanged": loaded.get("unchanged", 0)}
+
+
+_CITY = re.compile(r"^(?:.+?(?:省|自治区))?(.+?(?:市|自治州|地区|盟))")
+
+
+def _derived_fields(row, source: str, value: str, request_id: str) -> dict[str, str]:
+    """Fields derived from the corrected one: a `city` column whose value was read from the
+    old address is read again from the new address."""
+    out: dict[str, str] = {}
+    names = row.column_names
+    if "city" in names and source != "city":
+        old_value, old_city = row[source][0].as_py() or "", row["city"][0].as_py() or ""
+        if old_city and old_city.strip() in old_value:
+            m = _CITY.match(value.strip())
+            if not m:
+                raise RequestRejected(
+                    f"correction {request_id}: the city of the new {source} cannot be read from "
+                    "it (no …市 / …自治州 / …地区 / …盟); submit the full address with its city; "
+                    "nothing changed")
+            out["city"] = m.group(1)
+    return out
 
 
 def _run_id(req: SubjectRequest) -> str:
@@ -688,8 +740,11 @@ def erase(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
             for name in ("access-export.json.enc", "passphrase.json"):
                 exports += purge(lake, folder + name, exact=True)
     shred = shred_backups(keys, customers, reason=f"erasure {req.request_id}", ring=ring)
+    # shredding left every backup that held the person unrestorable: shred_backups took a
+    # new one at once (the person already gone), so the restore drill stays green
     return {"records": sum(len(v) for v in keys.values()), "target": target,
-            "lake": lake_step, "exports_deleted": exports, "shred": shred}
+            "lake": lake_step, "exports_deleted": exports, "shred": shred,
+            "backup_after_erasure": shred.get("backup_after_destruction")}
 
 
 # ---------------------------------------------------------------- the DAG's steps
@@ -740,7 +795,11 @@ def fulfil_request(params: dict) -> dict:
     else:
         cfg, ring, customer_id = _context(req)
     fn = {"access": access, "correction": correct, "erasure": erase}[req.request_type]
-    out = fn(req, cfg, ring, customer_id)
+    try:
+        out = fn(req, cfg, ring, customer_id)
+    except RequestRejected as exc:
+        _reject(req, exc)
+        raise
     ref = subject_ref(ring, customer_id)
     lake = lake_from_url()
     lake.write_json(f"{PREFIX}/{req.request_id}/request.json", {
@@ -751,6 +810,30 @@ def fulfil_request(params: dict) -> dict:
     log.info("subject request %s (%s) fulfilled for subject %s", req.request_id,
              req.request_type, ref[:12])
     return {"request_id": req.request_id, "request_type": req.request_type, **_small(out)}
+
+
+def _reject(req: SubjectRequest, exc: Exception) -> None:
+    """A request refused while being fulfilled ends `rejected`: its seal is cleared, and
+    the one-row run a correction opened leaves nothing in the lake (the customer's raw
+    row), only its books."""
+    from handover.retention import shred_scope
+
+    lake = lake_from_url()
+    run = f"runs/{safe_run_id(_run_id(req))}"
+    for k in sorted({k.removeprefix("_keys/").removesuffix(".json")
+                     for k in lake.list(f"_keys/{run}/")}):
+        shred_scope(lake, k)
+    purge(lake, f"{run}/")
+    with lifecycle_connect() as conn, conn.transaction():
+        conn.execute("UPDATE handover_meta.subject_request SET status = 'rejected', "
+                     "finished_at = now() WHERE request_id = %s", (req.request_id,))
+        conn.execute("UPDATE handover_meta.run SET status = 'rejected', finished_at = now() "
+                     "WHERE run_id = %s", (_run_id(req),))
+        _clear_seal(conn, req.request_id)
+        ledger.audit(conn, "subject_request_rejected", detail={
+            "request_id": req.request_id, "request_type": req.request_type,
+            "error": str(exc).splitlines()[0][:300] if str(exc) else ""})
+    log.info("subject request %s rejected: %s", req.request_id, exc)
 
 
 def _erasure_context(req: SubjectRequest):
@@ -771,7 +854,8 @@ def _erasure_context(req: SubjectRequest):
 def _small(out: dict) -> dict:
     """What may go to XCom: counts, paths, hashes and key ids, nothing about the person."""
     keep = ("export", "export_sha256", "counts", "run_id", "field", "inserted", "updated",
-            "unchanged", "records", "exports_deleted", "target", "lake", "shred")
+            "unchanged", "records", "exports_deleted", "target", "lake", "shred",
+            "backup_after_erasure")
     return {k: v for k, v in out.items() if k in keep}
 
 
@@ -919,6 +1003,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"request {out['request_id']} ({out['request_type']}) submitted, identifier "
               f"sealed; trigger the subject_request DAG with {json.dumps(out['conf'])}")
+        # DAGs start paused here (nothing destroys data by surprise): a trigger of a paused
+        # DAG waits, queued, for ever.
+        print("  airflow dags unpause subject_request   # once; a paused DAG's runs stay queued")
+        print(f"  airflow dags trigger subject_request -c '{json.dumps(out['conf'])}'")
         return 0
     if args.cmd == "passphrase":
         print(reveal_passphrase(args.request_id))

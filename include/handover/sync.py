@@ -188,8 +188,8 @@ def plan_night(*, dag_id: str = DAG_ID, system: str, changes_dir: str, data_inte
         with conn.transaction():
             conn.execute(
                 "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
-                "exported_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET "
-                "status = 'running', finished_at = NULL, source_manifest = "
+                "exported_at, kind) VALUES (%s, %s, %s, %s, %s, 'nightly') ON CONFLICT (run_id) "
+                "DO UPDATE SET status = 'running', finished_at = NULL, source_manifest = "
                 "excluded.source_manifest",
                 (run_id, dag_id, cfg.system, hashlib.sha256(raw).hexdigest(),
                  end.to_pydatetime()))
@@ -205,11 +205,16 @@ def plan_night(*, dag_id: str = DAG_ID, system: str, changes_dir: str, data_inte
             "deleted_rows": {t: manifest["tables"][t]["deleted_rows"] for t in cfg.tables}}
 
 
+MIGRATION_DAG = "customer_migration"
+
+
 def _check_order(conn, changes_dir: str, start: pd.Timestamp, end: pd.Timestamp,
                  dag_id: str) -> None:
+    # The migration's export, from migration runs only: corrections, subject requests,
+    # restores and retention runs record their own times but are not exports.
     baseline = conn.execute(
-        "SELECT max(exported_at) FROM handover_meta.run WHERE dag_id <> %s AND "
-        "status = 'succeeded'", (dag_id,)).fetchone()[0]
+        "SELECT max(exported_at) FROM handover_meta.run WHERE status = 'succeeded' AND "
+        "(kind = 'migration' OR (kind IS NULL AND dag_id = %s))", (MIGRATION_DAG,)).fetchone()[0]
     if baseline is None:
         raise NightOrderError("no completed migration in this target: run customer_migration "
                               "first; the nightly sync only carries changes after it")
@@ -357,8 +362,12 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     state = Path(ctx["state_dir"]) / "export_manifest.json"
     facts = _facts(ctx["state_dir"], ctx["system"], ctx["exported_at"], state.stat().st_mtime)
     event_time = spec.get("event_time")
+    cust_col = spec.get("customer_column")
+    from handover.subject import erased_among
+
+    erased = erased_among(raw[cust_col].tolist()) if cust_col in raw.columns else frozenset()
     res = decide(raw, table_spec=spec, category_policy=cfg.category_policy(table),
-                 policy=cfg.policy, facts=facts,
+                 policy=cfg.policy, facts=facts, erased=erased,
                  event_time_format=cfg.rules(table).get("dates", {}).get(event_time)
                  if event_time else None)
     lake.write_table(part_key(run_id, "comply", table, partition),
@@ -647,8 +656,10 @@ def legacy_projection(cfg: SourceConfig, table: str, state_dir: Path,
     keys = typed[spec["key"]].astype(object)
     src_version = VERSION_COLUMNS.get(table)
     money = next((s for f, s, _ in fields if f in MONEY_COLUMNS), None)
+    cust_col = spec.get("customer_column")
     out = pd.DataFrame({
         "key": keys.to_numpy(),
+        "customer": typed[cust_col].astype(object).to_numpy() if cust_col else None,
         "hash": [row_hash(vals) for vals in zip(*columns, strict=True)] if columns
         else [row_hash([]) for _ in range(len(keys))],
         "version": typed[src_version].to_numpy() if src_version else pd.NaT,
@@ -697,6 +708,25 @@ def _by_book_name(marks: dict[str, Any], table: str, keys: pd.Series) -> pd.Seri
         by_key = {named[n]: v for n, v in marks.items() if n in named}
         found = found.where(found.notna(), keys.map(by_key))
     return found
+
+
+def _corrected(conn, table: str, legacy: pd.DataFrame) -> np.ndarray:
+    """Per legacy row: a subject request corrected it in the new system, and the legacy row
+    has not changed since (its version is not newer than the correction)."""
+    from handover.protect import load_keyring
+    from handover.retention import key_digest
+
+    rows = conn.execute("SELECT key_hmac, max(corrected_at) FROM handover_meta.correction "
+                        "WHERE table_name = %s GROUP BY 1", (table,)).fetchall()
+    if not rows:
+        return np.zeros(len(legacy), dtype=bool)
+    ring = load_keyring()
+    at = dict(rows)
+    when = pd.to_datetime(legacy["key"].map(
+        lambda k: at.get(key_digest(ring, table, str(k))) if isinstance(k, str) else None))
+    hit = when.notna()
+    versions = pd.to_datetime(legacy["version"], errors="coerce")
+    return (hit & (versions.isna() | (versions <= when))).to_numpy()
 
 
 def _accounted(conn, table: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -761,8 +791,19 @@ def reconcile_table(ctx: dict, table: str) -> dict:
 
         in_quarantine = covered(q_at, legacy["key"], legacy["version"])
         in_exclusion = covered(x_at, legacy["key"], legacy["version"]) & ~in_quarantine
-        set_aside = legacy.loc[in_quarantine, "key"].tolist()
-        kept = legacy[~in_quarantine & ~in_exclusion]
+        # An erased person's rows are still in the legacy system; the new one must not
+        # hold them: expected absences, not missing rows.
+        from handover.subject import erased_among
+
+        erased = erased_among(legacy["customer"].tolist())
+        in_erasure = (legacy["customer"].isin(erased).to_numpy() if erased
+                      else np.zeros(len(legacy), dtype=bool)) & ~in_quarantine & ~in_exclusion
+        in_exclusion = in_exclusion | in_erasure
+        # A value the customer corrected in the new system (a subject request) differs from
+        # the legacy row until the legacy row changes after the correction.
+        in_correction = _corrected(conn, table, legacy) & ~in_quarantine & ~in_exclusion
+        set_aside = legacy.loc[in_quarantine | in_correction, "key"].tolist()
+        kept = legacy[~in_quarantine & ~in_exclusion & ~in_correction]
 
         aside = sql.Identifier(f"aside_{target}")
         conn.execute(sql.SQL("CREATE TEMP TABLE {} (k text PRIMARY KEY) ON COMMIT DROP")
@@ -823,7 +864,9 @@ def reconcile_table(ctx: dict, table: str) -> dict:
             "money_target": money_target,
             "old_vs_new": {**result.counts(), "legacy_rows": len(legacy),
                            "set_aside_quarantined": int(in_quarantine.sum()),
-                           "set_aside_excluded": int(in_exclusion.sum())},
+                           "set_aside_excluded": int(in_exclusion.sum()),
+                           "set_aside_erased": int(in_erasure.sum()),
+                           "set_aside_corrected": int(in_correction.sum())},
             # keys only (identifiers, as in handover_meta.quarantine), never values
             "differing_keys_sample": result.keys()[:20],
         }

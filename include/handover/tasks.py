@@ -47,7 +47,6 @@ def data_faults() -> tuple[type[BaseException], ...]:
 def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs: Any) -> Any:
     """Run a library function as a task body; data faults fail without retries."""
     from airflow.sdk import get_current_context
-    from airflow.sdk.exceptions import AirflowFailException
 
     try:
         context = get_current_context()
@@ -55,6 +54,45 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         context = {}
     if label:
         context["part_label"] = label
+    try:
+        return _call(fn, context, *args, **kwargs)
+    except BaseException as exc:
+        ti = context.get("ti")
+        final = type(exc).__name__ == "AirflowFailException" or ti is None or \
+            getattr(ti, "try_number", 1) > getattr(ti, "max_tries", 0)
+        if final:
+            mark_run_failed(args, ti, exc)
+        raise
+
+
+def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
+    """The run's row in handover_meta.run follows Airflow: a task that fails for good (no
+    retry left) marks it failed, with the task and its one-line reason in the audit trail,
+    so `cli summary`, the report and the plugin never call a failed run running or
+    succeeded. A later successful publish (after a clear) marks it succeeded again."""
+    ctx = next((a for a in args if isinstance(a, dict) and "run_id" in a), None)
+    if ctx is None:
+        return
+    try:
+        from handover import ledger
+
+        with ledger.connect() as conn, conn.transaction():
+            cur = conn.execute(
+                "UPDATE handover_meta.run SET status = 'failed', finished_at = now() "
+                "WHERE run_id = %s", (ctx["run_id"],))
+            if cur.rowcount:
+                ledger.audit(conn, "run_failed", run_id=ctx["run_id"], detail={
+                    "task_id": getattr(ti, "task_id", None),
+                    "map_index": getattr(ti, "map_index", None),
+                    "error": _first_line(exc)[:300]})
+    except Exception as err:  # the books unreachable: the task's own error still stands
+        log.warning("could not mark run %s failed in handover_meta.run: %s", ctx["run_id"],
+                    type(err).__name__)
+
+
+def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> Any:
+    from airflow.sdk.exceptions import AirflowFailException
+
     measured = reset_peak_rss()
     at_start = peak_rss_mb() if measured else None  # right after a reset: the current RSS
     started = time.monotonic()

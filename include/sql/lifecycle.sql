@@ -74,6 +74,15 @@ CREATE TABLE IF NOT EXISTS handover_meta.destruction_certificate (
     counts              jsonb NOT NULL DEFAULT '{}'
 );
 
+-- A backup a restore drill found damaged is marked 'corrupt' (never restored by default).
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'backup_statuses') THEN
+        ALTER TABLE handover_meta.backup DROP CONSTRAINT IF EXISTS backup_status_check;
+        ALTER TABLE handover_meta.backup ADD CONSTRAINT backup_statuses CHECK (status IN
+            ('running', 'written', 'complete', 'failed', 'shredded', 'expired', 'corrupt'));
+    END IF;
+END $$;
+
 -- Kinds: retention, erasure, exclusion (a run's excluded rows, destroyed at its end) and
 -- working_set (a run's lake stage objects, destroyed after the policy's working_set_days).
 DO $$ BEGIN

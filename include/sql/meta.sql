@@ -17,6 +17,11 @@ CREATE TABLE IF NOT EXISTS handover_meta.run (
     status            text NOT NULL DEFAULT 'running'
 );
 
+-- What a run is: 'migration' (an export moved), 'nightly' (a night's changes),
+-- 'subject_request' (a correction's one row). Only migrations are exports: the nightly
+-- sync's order check reads its baseline from them.
+ALTER TABLE handover_meta.run ADD COLUMN IF NOT EXISTS kind text;
+
 -- One row per run, table, partition and stage: rows in = out + quarantined + excluded.
 CREATE TABLE IF NOT EXISTS handover_meta.ledger (
     run_id            text NOT NULL,
@@ -138,6 +143,18 @@ CREATE TABLE IF NOT EXISTS handover_meta.gate_result (
     docs_path   text,
     checked_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, gate, table_name, partition)
+);
+
+-- Data-subject corrections: the new system holds a value the legacy system does not (the
+-- customer corrected it here). The nightly reconciliation expects that difference until
+-- the legacy row changes after the correction. The key only as a keyed hash
+-- (retention.key_digest); the time in the legacy system's clock (Asia/Shanghai).
+CREATE TABLE IF NOT EXISTS handover_meta.correction (
+    table_name    text NOT NULL,
+    key_hmac      text NOT NULL,
+    request_id    text NOT NULL,
+    corrected_at  timestamp NOT NULL,
+    PRIMARY KEY (table_name, key_hmac, request_id)
 );
 
 -- The nightly sync's record of every key the legacy system deleted: a replayed older night

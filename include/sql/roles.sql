@@ -138,7 +138,8 @@ GRANT USAGE ON SCHEMA handover_meta TO handover_auditor;
 REVOKE ALL ON ALL TABLES IN SCHEMA handover_meta FROM handover_auditor;
 GRANT SELECT ON handover_meta.run, handover_meta.ledger, handover_meta.audit_log,
     handover_meta.reconciliation, handover_meta.quarantine, handover_meta.exclusion,
-    handover_meta.gate_result, handover_meta.tombstone TO handover_auditor;
+    handover_meta.gate_result, handover_meta.tombstone, handover_meta.correction
+    TO handover_auditor;
 -- The lifecycle books (backups, drills, destruction certificates, subject requests) are
 -- created by their own modules; grant them when they exist, so a re-run of this file does
 -- not take the auditor's view of them away.
