@@ -35,7 +35,7 @@ EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
 REASON_ORDER = [
     "MISSING_FIELD", "INVALID_CHARACTER", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
     "INVALID_ID_GENDER", "INVALID_MSISDN", "INVALID_DATE", "INVALID_NUMBER", "INVALID_CODE",
-    "NEGATIVE_AMOUNT", "ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
+    "NEGATIVE_AMOUNT", "AMOUNT_OUT_OF_RANGE", "ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
     "DUPLICATE_PERSON",
 ]
 META_COLUMNS = ["_source_row"]
@@ -360,6 +360,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         out[col] = parsed.dt.date if not format_has_time(fmt) else parsed
 
     non_negative = set(rules.get("non_negative", []))
+    bounds = {c: v for c, v in rules.get("max", {}).items()}
     for col in rules.get("integers", []):
         text = out[col]
         # Plain integers are parsed exactly (a float detour would round 2**53 + 1 silently);
@@ -385,6 +386,9 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         verdict.fail(bad.to_numpy(), "INVALID_NUMBER", col)
         if col in non_negative:
             verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
+        if col in bounds:
+            verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
+                         "AMOUNT_OUT_OF_RANGE", col)
         out[col] = num
 
     for col, places in rules.get("decimals", {}).items():
@@ -397,6 +401,8 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         num = num.where(ok)
         if col in non_negative:
             verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
+        if col in bounds:
+            verdict.fail((num > bounds[col]).fillna(False).to_numpy(), "AMOUNT_OUT_OF_RANGE", col)
         out[col] = num.astype("float64")
 
     # Columns still text in `out` can be checked on their Arrow form.

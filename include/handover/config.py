@@ -190,6 +190,9 @@ CLEANSING_SCHEMA = {
                     "not_before": {"type": "object", "additionalProperties": {}},
                     "integers": _COLS,
                     "non_negative": _COLS,
+                    # {column: largest value}: above it AMOUNT_OUT_OF_RANGE (a charge of
+                    # 999,999,999,999,999,999 fen is a legacy sentinel, not money)
+                    "max": {"type": "object", "additionalProperties": {"type": "number"}},
                     "decimals": {"type": "object",
                                  "additionalProperties": {"type": "integer", "minimum": 0,
                                                           "maximum": 6}},

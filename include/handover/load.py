@@ -244,20 +244,25 @@ def _keys_absent(conn: psycopg.Connection, schema: str, target: str, key: str,
 
 
 def upsert_partition(conn: psycopg.Connection, schema: str, target: str, key: str,
-                     table: pa.Table) -> dict[str, Any]:
+                     table: pa.Table, version: str | None = None) -> dict[str, Any]:
     """Load one partition; caller owns the transaction.
 
-    Returns inserted / updated / unchanged counts and `method`: "copy" when the partition
-    went straight into the target (none of its keys was there), else "upsert".
+    Returns inserted / updated / unchanged (/ stale) counts and `method`: "copy" when the
+    partition went straight into the target (none of its keys was there), else "upsert"
+    (or "upsert_newer" with a `version` column: an older row never replaces a newer one).
     """
     if table.num_rows and _keys_absent(conn, schema, target, key, table):
         try:
             with conn.transaction():  # a savepoint inside the caller's transaction
                 copy_arrow(conn, sql.Identifier(schema, target), table)
-            return {"inserted": table.num_rows, "updated": 0, "unchanged": 0, "method": "copy"}
+            return {"inserted": table.num_rows, "updated": 0, "unchanged": 0, "stale": 0,
+                    "method": "copy"}
         except psycopg.errors.UniqueViolation:
             pass  # some key is there after all (the probe samples): upsert row by key below
-    return {**_staged_upsert(conn, schema, target, key, table), "method": "upsert"}
+    if version is not None:
+        return {**upsert_newer(conn, schema, target, key, table, version),
+                "method": "upsert_newer"}
+    return {**_staged_upsert(conn, schema, target, key, table), "stale": 0, "method": "upsert"}
 
 
 MERGE_RETURNING = 170000  # MERGE ... RETURNING merge_action() needs PostgreSQL 17

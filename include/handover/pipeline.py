@@ -131,7 +131,9 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     log.info("run %s planned: %d tables from %s", run_id, len(cfg.tables), src)
     return {"run_id": run_id, "system": system, "source_dir": str(src),
             "exported_at": str(exported_at), "tables": cfg.tables,
-            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()}}
+            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()},
+            "manifest_sha256": {t: v.get("sha256") for t, v in manifest.get("tables", {}).items()
+                                if isinstance(v, dict) and v.get("sha256")}}
 
 
 # ---------------------------------------------------------------- extract
@@ -285,6 +287,15 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         sha = source.fingerprint()
         pieces = getattr(source, "parts", None)
         files = [p.name for p in pieces] if pieces is not None else None
+        # The export is what the operator sealed in its manifest, byte for byte: a file
+        # changed after export (same row count, other amounts) stops here, before anything
+        # reaches the lake or the ledger.
+        want = ctx.get("manifest_sha256", {}).get(table)
+        if want and pieces is None and sha != want.lower():
+            raise SourceError(
+                f"{source.location}: sha256 {sha[:12]}… differs from the export manifest's "
+                f"{want[:12]}…: the file was changed after export (or the manifest is wrong); "
+                "get the export again from the operator, do not edit it")
     except SourceReadError as exc:
         _drop_dir(tmp, split)
         raise SourceError(str(exc)) from exc
@@ -787,16 +798,73 @@ def map_protect_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- load
+def newer_writer(conn, system: str, table: str, run_id: str) -> str | None:
+    """A run of the same source system, with a newer export (a later migration or night),
+    that has loaded `table`: the target's truth for it is that run's now."""
+    row = conn.execute(
+        "SELECT r.run_id FROM handover_meta.run r JOIN handover_meta.run me ON me.run_id = %s "
+        "WHERE r.source_system = me.source_system AND r.run_id <> me.run_id AND "
+        "r.exported_at > me.exported_at AND coalesce(r.kind, 'migration') IN ('migration', "
+        "'nightly') AND EXISTS (SELECT 1 FROM handover_meta.ledger l WHERE l.run_id = r.run_id "
+        "AND l.table_name = %s AND l.stage = 'load') ORDER BY r.exported_at DESC LIMIT 1",
+        (run_id, table)).fetchone()
+    return row[0] if row else None
+
+
+def _remove_set_aside(conn, schema: str, target: str, key: str, run_id: str, table: str,
+                      partition: str, mapped: pa.Table) -> int:
+    """Rows of this partition that this run now quarantines or excludes (a rule tightened,
+    cleanse or comply cleared and rerun) but an earlier load of it put in the target: they
+    go, in the load's transaction, so the target equals the ledger. A key the partition
+    still loads (a duplicate's surviving copy) stays."""
+    import pyarrow.compute as pc
+    from psycopg import sql
+
+    doomed = [r[0] for r in conn.execute(sql.SQL(
+        "SELECT b.record_key FROM (SELECT record_key FROM handover_meta.quarantine WHERE "
+        "run_id=%s AND table_name=%s AND partition=%s UNION SELECT record_key FROM "
+        "handover_meta.exclusion WHERE run_id=%s AND table_name=%s AND partition=%s) b "
+        "JOIN {t} t ON t.{k} = b.record_key").format(
+        t=sql.Identifier(schema, target), k=sql.Identifier(key)),
+        (run_id, table, partition, run_id, table, partition)).fetchall()]
+    if not doomed:
+        return 0
+    loaded = pc.cast(mapped[key], pa.string()) if mapped.num_rows else pa.array([], pa.string())
+    keep = set(pc.filter(pa.array(doomed, pa.string()),
+                         pc.is_in(pa.array(doomed, pa.string()), value_set=loaded)).to_pylist())
+    gone = [k for k in doomed if k not in keep]
+    if not gone:
+        return 0
+    return conn.execute(sql.SQL("DELETE FROM {t} WHERE {k} = ANY(%s)").format(
+        t=sql.Identifier(schema, target), k=sql.Identifier(key)), (gone,)).rowcount
+
+
 def load_partition(ctx: dict, part: dict) -> dict:
     from handover.load import upsert_partition
+    from handover.sync import version_column
 
     cfg = _config(ctx["system"])
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     tmap = cfg.table_mapping(table)
+    schema, target, key = cfg.mapping["schema"], tmap["target"], tmap["key"]
     mapped = _lake().read_table(part_key(run_id, "mapped", table, partition))
     started = time.monotonic()
     with ledger.connect(bulk=True) as conn, conn.transaction():
-        stats = upsert_partition(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], mapped)
+        newer = newer_writer(conn, cfg.system, table, run_id)
+        version = version_column(cfg, table)
+        if newer is not None:
+            # An older run cleared and rerun after a newer one loaded: the newer values stay,
+            # every row of this partition is left alone and counted stale.
+            stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": mapped.num_rows,
+                     "removed": 0, "method": "superseded", "superseded_by": newer}
+            log.warning("load %s %s: run %s is older than %s, which loaded %s since: "
+                        "%d rows left alone (stale)", table, partition, run_id, newer, table,
+                        mapped.num_rows)
+        else:
+            # an older row never replaces a newer one (the table's version column)
+            stats = upsert_partition(conn, schema, target, key, mapped, version)
+            stats["removed"] = _remove_set_aside(conn, schema, target, key, run_id, table,
+                                                 partition, mapped)
         secs = time.monotonic() - started
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,
@@ -810,11 +878,14 @@ def load_partition(ctx: dict, part: dict) -> dict:
 # ---------------------------------------------------------------- reconcile + publish
 def reconcile_table(ctx: dict, table: str) -> dict:
     from handover.reconcile import reconcile
+    from handover.sync import version_column
 
     cfg = _config(ctx["system"])
     with ledger.connect(bulk=True) as conn, conn.transaction():
         result = reconcile(conn, _lake(), cfg, ctx["run_id"], table,
-                           manifest_rows=ctx.get("manifest_rows", {}).get(table))
+                           manifest_rows=ctx.get("manifest_rows", {}).get(table),
+                           manifest_sha256=ctx.get("manifest_sha256", {}).get(table),
+                           version=version_column(cfg, table))
     log.info("reconcile %s: %s", table, {k: v for k, v in result.items() if k != "money"})
     return {"table": table, "partition": "all", "balanced": result["balanced"]}
 
@@ -832,9 +903,41 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
         frame = pd.DataFrame(cur.fetchall(), columns=cols)
     frame["accounted"] = frame["loaded"] + frame["quarantined"] + frame["excluded"]
     frame["unaccounted"] = frame["source_rows"] - frame["accounted"]
+    for c in ("money_source", "money_target"):  # numeric in the books (never overflows)
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     frame["money_diff"] = (frame["money_source"].fillna(0) - frame["money_target"].fillna(0))
-    result = _validate(frame, ctx, "reconciliation", table, "all")
+    try:
+        result = _validate(frame, ctx, "reconciliation", table, "all")
+    except GateFailed as exc:
+        raise GateFailed(f"{exc}; {reconciliation_failures(ctx, table, frame)}") from None
     return {"table": table, "partition": "all", "docs_path": result.docs_path}
+
+
+def reconciliation_failures(ctx: dict, table: str, frame: pd.DataFrame) -> str:
+    """The checks of the reconciliation that failed, with their counts, in words."""
+    r = frame.iloc[0] if len(frame) else None
+    key = f"runs/{safe_run_id(ctx['run_id'])}/reconcile/{table}.json"
+    try:
+        checks = _lake().read_json(key).get("checks", {})
+    except (OSError, ValueError):
+        checks = {}
+    words = {
+        "ledger_balances": lambda: f"ledger: {int(r['source_rows']):,} in but "
+                                   f"{int(r['accounted']):,} loaded+quarantined+excluded",
+        "manifest_matches": lambda: "row count differs from the export manifest",
+        "digest_matches": lambda: "the export's sha256 differs from the manifest's",
+        "no_missing_keys": lambda: f"key set: {int(r['missing_keys']):,} keys sent are "
+                                   "missing in the target",
+        "no_extra_rows": lambda: f"key set: the target holds {int(r['target_rows']):,} rows "
+                                 f"but the run loaded {int(r['loaded']):,}",
+        "fields_equal": lambda: f"fields: {int(r['field_mismatches']):,} rows differ from "
+                                "what the run sent",
+        "money_equal": lambda: f"money: source {r['money_source']:,.0f} fen, target "
+                               f"{r['money_target']:,.0f} fen",
+    }
+    failed = [words.get(k, lambda k=k: k)() for k, ok in checks.items() if not ok and r is not None]
+    return ("failed checks: " + "; ".join(failed) if failed else "see the checks in") + \
+        f" ({_lake().uri(key)})"
 
 
 def publish(ctx: dict) -> dict:

@@ -27,7 +27,10 @@ TIME_COLUMNS = ("started_at", "paid_at", "created_at", "occurred_at", "granted_a
 
 
 def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: str, table: str,
-              manifest_rows: int | None = None) -> dict:
+              manifest_rows: int | None = None, manifest_sha256: str | None = None,
+              version: str | None = None) -> dict:
+    """`version`: the table's version column; a target row newer than the run's (a later
+    night or export wrote it; the load left it alone as stale) is not a field mismatch."""
     tmap = cfg.table_mapping(table)
     schema, target, key = cfg.mapping["schema"], tmap["target"], tmap["key"]
     totals = {stage: dict(zip(("in", "out", "q", "x"), r, strict=True)) for stage, *r in
@@ -66,6 +69,9 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in compare),
         sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare))
         if compare else sql.SQL("false"))
+    if version and version in columns:
+        differs = sql.SQL("({d} AND NOT coalesce(t.{v} > s.{v}, false))").format(
+            d=differs, v=sql.Identifier(version))
     money_col = next((c for c in MONEY_COLUMNS if c in columns), None)
     time_col = next((c for c in TIME_COLUMNS if c in columns), None)
     period = (sql.SQL("to_char(s.{}, 'YYYY-MM')").format(sql.Identifier(time_col))
@@ -98,9 +104,26 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         money_target = sum(r["target_fen"] for r in by_month)
 
     accounted = loaded + quarantined + excluded
+    # An older run rerun after a newer one loaded the table: the target is the newer run's
+    # truth, so only this run's own books are checked (its load wrote nothing: stale).
+    superseded = conn.execute(
+        "SELECT max(detail->>'superseded_by') FROM handover_meta.ledger WHERE run_id=%s AND "
+        "table_name=%s AND stage='load'", (run_id, table)).fetchone()[0]
+    if superseded:
+        missing = extra = mismatches = 0
+        target_rows = loaded
+        money_source = money_target = None
+    # the digest extract read is the one the operator's manifest gives
+    # (a table read from several files is fingerprinted over all of them: not comparable)
+    digests = {r[0] for r in conn.execute(
+        "SELECT DISTINCT detail->>'source_sha256' FROM handover_meta.ledger WHERE run_id=%s "
+        "AND table_name=%s AND stage='extract' AND NOT detail ? 'source_files'",
+        (run_id, table)).fetchall()}
     checks = {
         "ledger_balances": source_rows == accounted,
         "manifest_matches": manifest_rows is None or manifest_rows == source_rows,
+        "digest_matches": manifest_sha256 is None or not digests
+        or digests == {manifest_sha256.lower()},
         "no_missing_keys": missing == 0,
         "no_extra_rows": extra == 0 and target_rows == loaded,
         "fields_equal": mismatches == 0,
@@ -123,7 +146,7 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
               "missing_keys": int(missing), "extra_rows": int(extra),
               "field_mismatches": int(mismatches), "money_source": money_source,
               "money_target": money_target, "money": by_month, "checks": checks,
-              "balanced": balanced}
+              "balanced": balanced, "superseded_by": superseded}
     lake.write_json(f"runs/{safe_run_id(run_id)}/reconcile/{table}.json", result)
     conn.execute(
         "INSERT INTO handover_meta.audit_log (run_id, actor, action, detail, prev_hash, hash) "

@@ -87,6 +87,16 @@ CREATE TABLE IF NOT EXISTS handover_meta.reconciliation (
     PRIMARY KEY (run_id, table_name)
 );
 
+-- Money is summed in numeric: a sum of many bigint amounts outgrows bigint (a reconcile
+-- that crashed on it left the rows loaded and nothing said).
+DO $$ BEGIN
+    IF (SELECT data_type FROM information_schema.columns WHERE table_schema = 'handover_meta'
+        AND table_name = 'reconciliation' AND column_name = 'money_source') = 'bigint' THEN
+        ALTER TABLE handover_meta.reconciliation ALTER COLUMN money_source TYPE numeric,
+            ALTER COLUMN money_target TYPE numeric;
+    END IF;
+END $$;
+
 -- Append-only, hash-chained audit trail: each entry's hash covers the previous hash.
 CREATE TABLE IF NOT EXISTS handover_meta.audit_log (
     id          bigserial PRIMARY KEY,
