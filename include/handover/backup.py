@@ -589,7 +589,8 @@ def verify_backup(backup_id: str) -> dict:
     with ledger.connect() as conn:
         row = conn.execute("SELECT manifest_sha256, status FROM handover_meta.backup "
                            "WHERE backup_id = %s", (backup_id,)).fetchone()
-        if row is None or row[1] not in ("written", "complete"):
+        # a backup a drill found corrupt is checked again (and stays corrupt unless whole)
+        if row is None or row[1] not in ("written", "complete", "corrupt"):
             raise LifecycleError(f"backup {backup_id} is {row[1] if row else 'unknown'}, not "
                                  "written: run its snapshot task (take_backup) first")
         manifest = read_manifest(lake, backup_id, row[0])
@@ -751,7 +752,8 @@ def rewrap_keys() -> dict:
         purge_noncurrent(lake, key)
         done += 1
     with ledger.connect() as conn, conn.transaction():
-        ensure_lifecycle_schema(conn)
+        if conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0] is None:
+            ensure_lifecycle_schema(conn)  # (the loader role may not create; it exists here)
         conn.execute("UPDATE handover_meta.backup_file SET wrapping_key_id = %s "
                      "WHERE shredded_at IS NULL", (ring.active_key_id,))
         ledger.audit(conn, "backup_keys_rewrapped", detail={"keys": done,

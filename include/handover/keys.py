@@ -250,7 +250,10 @@ def rotate_target_keys(system: str = "legacy_bss", *, run_id: str | None = None,
         summary = rotate_keys(conn, columns, ring, batch_size=batch_size, run_id=run_id)
     # What else the old key wraps: every backup's data keys and the lake's scope keys. Left
     # out, the next restore drill fails and retiring the key loses every backup.
-    backups = rewrap_keys()["rewrapped"]
+    with ledger.connect() as conn:  # no lifecycle books yet: no backup to rewrap
+        has_backups = conn.execute(
+            "SELECT to_regclass('handover_meta.backup_file')").fetchone()[0] is not None
+    backups = rewrap_keys()["rewrapped"] if has_backups else 0
     lake = lake_from_url()
     lake.keys._ring = ring
     lake_keys = lake.keys.rewrap()
@@ -296,6 +299,14 @@ def validate_rotation(system: str = "legacy_bss", *, run_id: str | None = None) 
         result = check_keys(conn, encrypted_columns(cfg), ring)
         with conn.transaction():
             ledger.audit(conn, "keys_checked", run_id=run_id, detail=result)
+    if not result["ok"]:
+        bad = {n: c for n, c in result["columns"].items()
+               if c["stale"] or c["undecryptable"]}
+        name, c = next(iter(bad.items()))
+        raise RotationIncomplete(
+            f"key check failed for {name}: {c['stale']:,} of {c['rows']:,} values not under "
+            f"active key {ring.active_key_id}, {c['undecryptable']:,} do not decrypt; run "
+            "rotate_keys again with every old key in the keyring")
     old = {k: key_still_needed(k, system) for k in ring.keys if k != ring.active_key_id}
     wrapped = {k: {p: n for p, n in v.items() if n and p != "target_values"}
                for k, v in old.items()}
@@ -305,14 +316,6 @@ def validate_rotation(system: str = "legacy_bss", *, run_id: str | None = None) 
         raise RotationIncomplete(
             f"key check failed: old key '{kid}' still wraps {places}; run rotate_keys again "
             "(it rewraps backups and lake keys) before retiring it")
-    if not result["ok"]:
-        bad = {n: c for n, c in result["columns"].items()
-               if c["stale"] or c["undecryptable"]}
-        name, c = next(iter(bad.items()))
-        raise RotationIncomplete(
-            f"key check failed for {name}: {c['stale']:,} of {c['rows']:,} values not under "
-            f"active key {ring.active_key_id}, {c['undecryptable']:,} do not decrypt; run "
-            "rotate_keys again with every old key in the keyring")
     log.info("key check: every encrypted value decrypts under %s: %s", ring.active_key_id,
              {n: c["rows"] for n, c in result["columns"].items()})
     return {"active_key_id": ring.active_key_id, "ok": True,

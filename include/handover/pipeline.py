@@ -96,6 +96,18 @@ def _date_format(cfg: SourceConfig, table: str, column: str | None) -> str | Non
 
 
 # ---------------------------------------------------------------- plan
+def manifest_sha256(source_dir: str, table: str) -> str | None:
+    """The sha256 the export's manifest gives a table's file, read now: a re-export (new
+    files, new manifest) cleared into a run passes, a file edited since its manifest
+    does not."""
+    try:
+        entry = json.loads((Path(source_dir) / "export_manifest.json").read_text(
+            encoding="utf-8"))["tables"][table]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return entry.get("sha256") if isinstance(entry, dict) else None
+
+
 def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     """Check config and inputs before anything touches the target, then open the run."""
     cfg = _config(system)
@@ -131,9 +143,7 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     log.info("run %s planned: %d tables from %s", run_id, len(cfg.tables), src)
     return {"run_id": run_id, "system": system, "source_dir": str(src),
             "exported_at": str(exported_at), "tables": cfg.tables,
-            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()},
-            "manifest_sha256": {t: v.get("sha256") for t, v in manifest.get("tables", {}).items()
-                                if isinstance(v, dict) and v.get("sha256")}}
+            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()}}
 
 
 # ---------------------------------------------------------------- extract
@@ -290,7 +300,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         # The export is what the operator sealed in its manifest, byte for byte: a file
         # changed after export (same row count, other amounts) stops here, before anything
         # reaches the lake or the ledger.
-        want = ctx.get("manifest_sha256", {}).get(table)
+        want = manifest_sha256(ctx["source_dir"], table)
         if want and pieces is None and sha != want.lower():
             raise SourceError(
                 f"{source.location}: sha256 {sha[:12]}… differs from the export manifest's "
@@ -884,7 +894,8 @@ def reconcile_table(ctx: dict, table: str) -> dict:
     with ledger.connect(bulk=True) as conn, conn.transaction():
         result = reconcile(conn, _lake(), cfg, ctx["run_id"], table,
                            manifest_rows=ctx.get("manifest_rows", {}).get(table),
-                           manifest_sha256=ctx.get("manifest_sha256", {}).get(table),
+                           manifest_sha256=manifest_sha256(ctx["source_dir"], table)
+                           if ctx.get("source_dir") else None,
                            version=version_column(cfg, table))
     log.info("reconcile %s: %s", table, {k: v for k, v in result.items() if k != "money"})
     return {"table": table, "partition": "all", "balanced": result["balanced"]}

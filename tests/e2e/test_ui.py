@@ -136,7 +136,18 @@ def plant_drift(src: Path) -> str:
     lines = original.splitlines()
     drifted = [lines[0] + f",{DRIFT_COLUMN}"] + [line + ",X1" for line in lines[1:]]
     path.write_text("\n".join(drifted) + "\n")
+    reseal(src)  # the operator's export, as sealed by its manifest, has the column
     return original
+
+
+def reseal(src: Path) -> None:
+    """The manifest of an export as the operator gives it: each file's sha256."""
+    import hashlib
+
+    manifest = json.loads((src / "export_manifest.json").read_text())
+    for entry in manifest["tables"].values():
+        entry["sha256"] = hashlib.sha256((src / entry["file"]).read_bytes()).hexdigest()
+    (src / "export_manifest.json").write_text(json.dumps(manifest))
 
 
 class AirflowStack:
@@ -547,6 +558,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
 
     # On-call fixes the export, then clears the table's extract with its downstream.
     (stack.source / "payments.csv").write_text(stack.original_payments)
+    reseal(stack.source)  # re-exported: new file, new manifest
     b.open(f"{run_path}/tasks/extract_table/mapped")
     b.follow("a", "/tasks/extract_table/mapped/", text="payments", timeout=30)
     b.click("button[aria-label='Press shift+c to clear']")

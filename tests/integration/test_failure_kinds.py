@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from handover import pipeline, synth, tasks
 from handover.config import CONFIG_ROOT
-from tests.conftest import create_database, drop_database, pg_dsn
+from tests.conftest import create_database, drop_database, pg_dsn, reseal
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +50,7 @@ def test_gate_failure_fails_at_once_with_one_line_naming_table_partition_and_pag
     lines = (export / "payments.csv").read_text().splitlines()
     (export / "payments.csv").write_text(
         "\n".join([lines[0] + ",coupon"] + [ln + ",X" for ln in lines[1:]]) + "\n")
+    reseal(export)  # the operator's export has the column
     run_id = f"fk_{uuid.uuid4().hex[:6]}"
     ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
                             source_dir=str(export))

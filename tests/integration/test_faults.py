@@ -44,6 +44,7 @@ from tests.conftest import (
     lake_connection,
     make_system,
     pg_dsn,
+    reseal,
     run_stages,
     stop_process,
 )
@@ -670,6 +671,7 @@ def test_gate_failing_on_one_table_loads_nothing_then_fixed_run_matches_clean(
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
     complaints.write_text(buf.getvalue())
+    reseal(src)  # the operator's export, order numbers and all
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'lake'}")
     run_id = _uid("gate")
     system = small["subsets"][GATE_TABLES]
@@ -692,5 +694,6 @@ def test_gate_failing_on_one_table_loads_nothing_then_fixed_run_matches_clean(
     assert not list((tmp_path / "lake").rglob("reports/*"))
 
     complaints.write_bytes(original)  # the export is fixed; the run is cleared and rerun
+    reseal(src)  # (a re-export comes with its manifest)
     run_stages(run_id, src, system, gates=False)
     _ends_like_clean(fresh_db, run_id, small, GATE_TABLES)

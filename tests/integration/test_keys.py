@@ -25,6 +25,7 @@ import pytest
 
 from handover import keys, synth
 from handover.config import load_config
+from handover.lake import lake_from_url
 from handover.protect import Keyring, decrypt_value, load_keyring
 from handover.runner import run_migration
 from tests.conftest import ROOT, pg_dsn
@@ -119,6 +120,11 @@ def test_rotate_then_retire_old_key(env):
     after = _ciphertexts(env["dsn"])
     assert all(after[c][0] != before[c][0] for c in before)  # every value re-encrypted
     _assert_all_under(env, ring)
+    # what else the old key wraps (rotate_target_keys does this as part of the DAG)
+    lake = lake_from_url()
+    lake.keys._ring = ring
+    assert lake.keys.rewrap() > 0
+    assert not any(v for k, v in keys.key_still_needed(old_id).items() if k != "target_values")
 
     retired = keys.retire_key(new, old_id)
     _save(env, retired)
@@ -328,6 +334,7 @@ def test_move_keys_under_kms_then_rotate_to_a_kms_data_key(env, kms, monkeypatch
     assert out["active_key_id"] == "kms-1" and out["rows"] == len(env["plain"])
     for old in list(envelope["wrapped_keys"]):
         if old != "kms-1":
+            assert not any(keys.key_still_needed(old).values())  # rotation rewrapped all
             envelope = keys.retire_key(envelope, old)
     assert list(envelope["wrapped_keys"]) == ["kms-1"]
     monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KEYS",

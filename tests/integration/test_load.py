@@ -71,7 +71,7 @@ def _load(conn, table):
 def test_new_partition_is_copied_and_a_rerun_changes_nothing(conn):
     part = _part()
     first = _load(conn, part)
-    assert first == {"inserted": N, "updated": 0, "unchanged": 0, "method": "copy"}
+    assert first == {"inserted": N, "updated": 0, "unchanged": 0, "stale": 0, "method": "copy"}
     rows = conn.execute("SELECT item_id, qty, note, secret_enc FROM t.item "
                         "ORDER BY item_id").fetchall()
     assert [r[0] for r in rows] == part["item_id"].to_pylist()
@@ -81,7 +81,7 @@ def test_new_partition_is_copied_and_a_rerun_changes_nothing(conn):
     versions = conn.execute("SELECT xmin::text, ctid::text FROM t.item ORDER BY item_id"
                             ).fetchall()
     again = _load(conn, part)
-    assert again == {"inserted": 0, "updated": 0, "unchanged": N, "method": "upsert"}
+    assert again == {"inserted": 0, "updated": 0, "unchanged": N, "stale": 0, "method": "upsert"}
     assert table_checksum(conn, "t", "item", "item_id") == before
     # the rerun only read: no row version was written, and its staging table is gone
     assert conn.execute("SELECT xmin::text, ctid::text FROM t.item ORDER BY item_id"
@@ -102,7 +102,7 @@ def test_a_rerun_that_finds_one_changed_row_writes_that_row_only(conn):
     conn.commit()
     versions = dict(conn.execute("SELECT item_id, ctid::text FROM t.item").fetchall())
     stats = _load(conn, part)
-    assert stats == {"inserted": 0, "updated": 1, "unchanged": N - 1, "method": "upsert"}
+    assert stats == {"inserted": 0, "updated": 1, "unchanged": N - 1, "stale": 0, "method": "upsert"}
     after = dict(conn.execute("SELECT item_id, ctid::text FROM t.item").fetchall())
     assert {k for k in after if after[k] != versions[k]} == {"k00007"}
     assert conn.execute("SELECT note FROM t.item WHERE item_id = 'k00007'").fetchone()[0] == \
@@ -159,7 +159,7 @@ def test_a_key_the_probe_misses_falls_back_to_the_keyed_upsert(conn):
     conn.execute("INSERT INTO t.item (item_id, qty) VALUES ('k00001', 999999)")
     conn.commit()
     stats = _load(conn, part)
-    assert stats == {"inserted": N - 1, "updated": 1, "unchanged": 0, "method": "upsert"}
+    assert stats == {"inserted": N - 1, "updated": 1, "unchanged": 0, "stale": 0, "method": "upsert"}
     assert conn.execute("SELECT count(*), sum(qty) FROM t.item").fetchone() == (
         N, sum(part["qty"].to_pylist()))
 
@@ -203,7 +203,7 @@ def test_a_rerun_repairs_a_changed_and_a_missing_row(conn):
     conn.execute("DELETE FROM t.item WHERE item_id IN ('k00000', 'k00999')")
     conn.commit()
     stats = _load(conn, part)  # the probe finds keys: the staged upsert (MERGE on 17+)
-    assert stats == {"inserted": 2, "updated": 1, "unchanged": N - 3, "method": "upsert"}
+    assert stats == {"inserted": 2, "updated": 1, "unchanged": N - 3, "stale": 0, "method": "upsert"}
     assert table_checksum(conn, "t", "item", "item_id") == before
 
 
