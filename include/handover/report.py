@@ -48,12 +48,18 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
             protection.append({"table": table, "target": f"{tmap['target']}.{field}",
                                "level": col["level"], "pii": col["pii"],
                                "protect": spec.get("protect", [])})
+    # Children quarantined because their parent was unknown, not taken in by a later night
+    # yet (every run: they wait for the night that brings the parent).
+    orphans = {t: int(n) for t, n in conn.execute(
+        "SELECT table_name, count(*) FROM handover_meta.quarantine WHERE reason = "
+        "'ORPHAN_RECORD' AND released_by IS NULL GROUP BY 1 ORDER BY 1").fetchall()}
     head = conn.execute("SELECT id, hash FROM handover_meta.audit_log ORDER BY id DESC "
                         "LIMIT 1").fetchone()
     return {"run_id": run_id, "system": cfg.system, "reconciliation": recon,
             "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
+            "orphans_waiting": orphans,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
             "rules": cfg.policy["rules"]}
 
@@ -89,6 +95,8 @@ def render_html(data: dict[str, Any]) -> str:
         for t, ms in data.get("money_by_period", {}).items() for m in ms)
     q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
                      for t, d in data["quarantine"].items() for reason, n in d.items())
+    o_rows = "".join(f"<tr><td>{esc(t)}</td><td>{n:,}</td></tr>"
+                     for t, n in data.get("orphans_waiting", {}).items())
     x_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
                      for t, d in data["exclusions"].items() for rule, n in d.items())
     g_rows = "".join(
@@ -119,6 +127,9 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 <table><tr><th>table</th><th>period</th><th>source</th><th>target</th><th></th></tr>{m_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
+<h2>Orphans waiting for their parent (all runs)</h2><p>Children quarantined
+<code>ORPHAN_RECORD</code>: each night takes them in again and loads those whose parent has
+arrived.</p><table><tr><th>table</th><th>rows waiting</th></tr>{o_rows}</table>
 <h2>Exclusions by policy rule</h2><table><tr><th>table</th><th>rule</th><th>rows</th></tr>
 {x_rows}</table>
 <h2>Protection of personal information</h2><table><tr><th>target field</th><th>level</th>

@@ -268,6 +268,7 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
         # cleanse sees them, so two spellings of one key meet in one partition.
         source = DelimitedSource(path, table=table)
         split: pipeline.HashSplit | None = None
+        released: dict | None = None
         try:
             with source:
                 if key not in source.columns:
@@ -279,6 +280,9 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
                         part_key(run_id, "raw", table, f"p{i:02d}")))
                 for batch in source.batches():
                     split.add(batch)
+                released = waiting_orphans(lake, cfg, table, run_id, source.columns)
+                if released is not None:  # after the night's own rows: those win a tie
+                    split.add(released["batch"])
                 split.close()
             sha = source.fingerprint()
         except SourceReadError as exc:
@@ -286,7 +290,8 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
         finally:
             if split is not None:
                 split.close(flush=False)
-        rows = split.rows
+        n_released = 0 if released is None else released["batch"].num_rows
+        rows = split.rows - n_released
         if rows != expected:
             raise pipeline.SourceError(f"{path}: read {rows} rows but the change manifest says "
                                        f"{expected}; the file is truncated or was changed")
@@ -308,9 +313,16 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
                 ledger.record(conn, run_id=run_id, table=table, partition=partition,
                               stage="extract", rows_in=split.counts[i],
                               rows_out=split.counts[i], checksum=split.checksum(i),
-                              detail={"source_file": path.name, "source_sha256": sha})
+                              detail={"source_file": path.name, "source_sha256": sha,
+                                      **({"released_orphans": n_released} if i == 0 else {})})
                 parts.append({"table": table, "partition": partition,
                               "rows": split.counts[i]})
+            if released is not None:
+                for (q_run, q_key) in released["entries"]:
+                    conn.execute(
+                        "UPDATE handover_meta.quarantine SET released_by = %s WHERE run_id = %s "
+                        "AND table_name = %s AND record_key = %s AND reason = 'ORPHAN_RECORD'",
+                        (run_id, q_run, table, q_key))
             ledger.record(conn, run_id=run_id, table=table, partition=DELETED, stage="extract",
                           rows_in=len(deletions), rows_out=0, excluded=len(deletions),
                           checksum=ledger.key_checksum(deletions["key"].to_numpy(dtype=object)),
@@ -318,9 +330,59 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
                                   "source_file": del_path.name,
                                   "source_sha256": hashlib.sha256(
                                       del_path.read_bytes()).hexdigest()})
-    log.info("extract %s: %d changed rows into %d partitions, %d deletions", table, rows,
-             n_parts, len(deletions))
+    log.info("extract %s: %d changed rows into %d partitions, %d deletions, %d orphans of "
+             "earlier nights taken in again", table, rows, n_parts, len(deletions), n_released)
     return parts
+
+
+def waiting_orphans(lake: Lake, cfg: SourceConfig, table: str, run_id: str,
+                    columns: list[str]) -> dict | None:
+    """Children earlier runs quarantined as ORPHAN_RECORD (their parent was unknown) and
+    that no run has taken in since: their rows, from those runs' quarantine objects, to go
+    through tonight's stages and gates after the night's own rows. Tonight may bring the
+    parent (they load) or not (quarantined again, here). A key the night carries itself
+    meets its own newer row first (DUPLICATE_KEY keeps that one)."""
+    if not cfg.rules(table).get("parent"):
+        return None
+    with ledger.connect() as conn:
+        rows = conn.execute(
+            "SELECT q.run_id, q.partition, q.record_key FROM handover_meta.quarantine q JOIN "
+            "handover_meta.run r USING (run_id) WHERE q.table_name = %s AND q.reason = "
+            "'ORPHAN_RECORD' AND q.released_by IS NULL AND q.run_id <> %s AND r.status = "
+            "'succeeded'", (table, run_id)).fetchall()
+    if not rows:
+        return None
+    key = cfg.table(table)["key"]
+    wanted: dict[tuple[str, str], set[str]] = {}
+    for q_run, q_part, q_key in rows:
+        wanted.setdefault((q_run, q_part), set()).add(q_key)
+    batches, entries = [], []
+    numbered = 0
+    for (q_run, q_part), keys in sorted(wanted.items()):
+        obj = part_key(q_run, "cleanse/_quarantine", table, q_part)
+        if not lake.exists(obj):  # its working set is gone: the orphan cannot be taken in
+            continue
+        t = lake.read_table(obj)
+        if "_reason" not in t.column_names or key not in t.column_names:
+            continue
+        norm = pc.utf8_trim_whitespace(pc.utf8_normalize(t[key].cast(pa.string()), "NFKC"))
+        mask = pc.and_(pc.equal(t["_reason"], "ORPHAN_RECORD"),
+                       pc.is_in(norm, value_set=pa.array(sorted(keys), pa.string())))
+        t = t.filter(pc.fill_null(mask, False))
+        if not t.num_rows:
+            continue
+        cols = {c: (t[c].cast(pa.string()) if c in t.column_names
+                    else pa.nulls(t.num_rows, pa.string())) for c in columns}
+        # numbered below zero: not a line of tonight's file (the key names the row)
+        cols["_source_row"] = pa.array(-np.arange(numbered + 1, numbered + t.num_rows + 1),
+                                       pa.int64())
+        numbered += t.num_rows
+        batches.append(pa.table(cols))
+        entries += [(q_run, k) for k in keys]
+    if not batches:
+        return None
+    table_ = pa.concat_tables(batches).combine_chunks()
+    return {"batch": table_.to_batches()[0] if table_.num_rows else None, "entries": entries}
 
 
 def list_partitions(lists: list[list[dict]]) -> list[dict]:
@@ -768,6 +830,11 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         t = {s: dict(zip(("in", "out", "q", "x"), map(int, totals[s]), strict=True))
              for s in need}
         changed, deleted = t[("extract", False)]["in"], t[("extract", True)]["in"]
+        # orphans of earlier nights taken in again are extra rows, not in tonight's file
+        released = int(conn.execute(
+            "SELECT coalesce(sum((detail->>'released_orphans')::int), 0) FROM "
+            "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND stage='extract'",
+            (run_id, table)).fetchone()[0])
         loaded, quarantined = t[("load", False)]["out"], t[("cleanse", False)]["q"]
         excluded = t[("comply", False)]["x"]
         chain = (t[("extract", False)]["out"] == t[("comply", False)]["in"]
@@ -837,7 +904,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         checks = {
             "ledger_balances": changed + deleted == loaded + quarantined + excluded + deleted,
             "stages_chain": chain,
-            "manifest_matches": (changed == ctx["manifest_rows"][table]
+            "manifest_matches": (changed - released == ctx["manifest_rows"][table]
                                  and deleted == ctx["deleted_rows"][table]),
             "old_new_agree": result.differing == 0,
             "money_equal": money_source == money_target,

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS handover_meta.quarantine (
     field        text
 );
 CREATE INDEX IF NOT EXISTS quarantine_run ON handover_meta.quarantine (run_id, table_name, partition);
+-- An orphan (child whose parent was unknown) taken into a later night that may bring its
+-- parent: the run that took it (it is quarantined again there if the parent still lacks).
+ALTER TABLE handover_meta.quarantine ADD COLUMN IF NOT EXISTS released_by text;
 
 -- Rows the policy did not allow to move, with the rule, and when they must be destroyed.
 CREATE TABLE IF NOT EXISTS handover_meta.exclusion (
