@@ -91,6 +91,10 @@ CATALOG_SCHEMA = {
                     "customer_column": {"type": "string"},
                     "event_time": {"type": "string"},
                     "partitions": {"type": "integer", "minimum": 1, "maximum": 4096},
+                    # A run that moves nothing is never green: the quality gate fails a
+                    # partition whose cleanse quarantined more than this share of its
+                    # rows (default MAX_QUARANTINE_SHARE), naming the top reasons.
+                    "max_quarantine_share": {"type": "number", "minimum": 0, "maximum": 1},
                     "file": {"type": "string"},
                     "source": _SOURCE,
                     "columns": {

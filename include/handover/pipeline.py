@@ -419,12 +419,42 @@ def _gate_frame(ctx: dict, gate: str, table: str, partition: str) -> pd.DataFram
     return pd.DataFrame(cols, index=df.index)
 
 
+# A partition whose cleanse quarantined more than this share of its rows fails the quality
+# gate (catalog.yaml tables.<t>.max_quarantine_share overrides): an export in a form no rule
+# reads (every amount "¥17,504.10") must not end green with nothing loaded.
+MAX_QUARANTINE_SHARE = 0.5
+
+
 def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
     """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
     table, partition = part["table"], part["partition"]
     df = _gate_frame(ctx, gate, table, partition)
     result = _validate(df, ctx, gate, table, partition)
+    if gate == "quality":
+        _check_quarantine_share(ctx, table, partition)
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
+
+
+def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
+    bound = float(_config(ctx["system"]).table(table).get("max_quarantine_share",
+                                                          MAX_QUARANTINE_SHARE))
+    with ledger.connect() as conn:
+        row = conn.execute(
+            "SELECT rows_in, rows_quarantined, detail->'quarantined_by_reason' FROM "
+            "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND partition=%s AND "
+            "stage='cleanse'", (ctx["run_id"], table, partition)).fetchone()
+    if not row or not row[0]:
+        return
+    rows_in, quarantined, reasons = int(row[0]), int(row[1]), dict(row[2] or {})
+    share = quarantined / rows_in
+    if share > bound:
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+        raise GateFailed(
+            f"quality gate failed for {table} partition {partition}: cleanse quarantined "
+            f"{quarantined:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top "
+            f"reasons: {', '.join(f'{r} {n:,}' for r, n in top)}; the export's form is not "
+            f"what cleansing.yaml reads (fix the rule, then clear cleanse) or the bound is "
+            f"wrong (catalog.yaml tables.{table}.max_quarantine_share)")
 
 
 def docs_dir_for(lake: Lake, run_id: str) -> Path:

@@ -161,3 +161,32 @@ def test_database_error_a_retry_may_clear_is_retried(env):
         tasks.call(run)
     assert not isinstance(err.value, AirflowFailException)  # Airflow retries it
     assert "SQLSTATE XX001" in str(err.value) and err.value.__cause__ is None
+
+
+def test_a_partition_that_would_load_almost_nothing_fails_the_quality_gate(env, export):
+    """Every amount written as legacy billing prints it (`¥17,504.10`): no rule reads it,
+    cleanse quarantines the table, and the quality gate says so in one line instead of
+    a green run that loaded nothing."""
+    import pandas as pd
+
+    pays = pd.read_csv(export / "payments.csv", dtype=str, keep_default_na=False)
+    pays["amount_fen"] = [f"¥{int(v) / 100:,.2f}" if v.isdigit() else v
+                          for v in pays["amount_fen"]]
+    pays.to_csv(export / "payments.csv", index=False)
+    reseal(export)
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
+                            source_dir=str(export))
+    for table in ("subscribers", "consents", "payments"):
+        for part in pipeline.extract_table(ctx, table):
+            pipeline.comply_partition(ctx, part)
+    pipeline.resolve_customers(ctx)
+    part = {"table": "payments", "partition": "p00"}
+    pipeline.cleanse_partition(ctx, part)
+    with pytest.raises(AirflowFailException) as err:
+        tasks.call(pipeline.run_gate_task, ctx, part, "quality")
+    line = str(err.value)
+    assert "\n" not in line
+    assert "quality gate failed for payments partition p00" in line
+    assert "INVALID_NUMBER" in line and "% > 50% allowed" in line
+    assert "max_quarantine_share" in line
