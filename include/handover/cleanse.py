@@ -8,7 +8,7 @@ REASON_ORDER wins, so a row's reason does not depend on the order of the YAML.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from handover.validators import (
     resident_id_birth_gender,
     resident_id_valid,
     trim_text,
+    upgrade_resident_ids,
 )
 
 #: What pyarrow raises when a column cannot be taken as text as a whole (an object column
@@ -80,12 +81,14 @@ class CleanseResult:
     clean: pd.DataFrame
     quarantine: pd.DataFrame  # original (raw) row + _reason + _field
     counts: dict[str, int]
+    normalised: dict[str, int] = field(default_factory=dict)  # e.g. 15-digit IDs upgraded
 
 
 class _Verdict:
     """Collects the first failing reason (and field) per row."""
 
     def __init__(self, n: int):
+        self.normalised: dict[str, int] = {}  # values rewritten into their one form, by kind
         self.reason = np.full(n, None, dtype=object)
         self.field = np.full(n, None, dtype=object)
         self.rank = np.full(n, len(REASON_ORDER), dtype=np.int16)
@@ -319,8 +322,10 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     rid = rules.get("resident_id")
     if rid:
         col = rid["column"]
-        ids = pc.utf8_upper(norm[col])
+        ids, upgraded = upgrade_resident_ids(norm[col])
         norm[col] = ids
+        if upgraded.any():  # normalised, not quarantined: counted apart in the ledger
+            verdict.normalised["ID_UPGRADED_15_TO_18"] = int(upgraded.sum())
         present = pc.is_valid(ids).to_numpy(zero_copy_only=False)
         ok = resident_id_valid(ids)
         verdict.fail(present & ~ok, "INVALID_ID_CHECKSUM", col)
@@ -516,4 +521,4 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
     clean = typed.loc[~failed].reset_index(drop=True)
     counts = pd.Series(verdict.reason[failed]).value_counts().to_dict() if failed.any() else {}
     return CleanseResult(clean, quarantine.reset_index(drop=True),
-                         {str(k): int(v) for k, v in counts.items()})
+                         {str(k): int(v) for k, v in counts.items()}, dict(verdict.normalised))

@@ -775,6 +775,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     del whole
     clean_parts, quarantine_parts, keys = [], [], []
     counts: dict[str, int] = {}
+    normalised: dict[str, int] = {}
     rows_in = 0
     for start, raw in frames:
         rows_in += len(raw)
@@ -788,6 +789,8 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         quarantine_parts.append(_arrow_frame(q))
         for reason, n in res.counts.items():
             counts[reason] = counts.get(reason, 0) + n
+        for kind, n in res.normalised.items():
+            normalised[kind] = normalised.get(kind, 0) + n
         del raw, res, q
     clean, quarantine = _concat(clean_parts), _concat(quarantine_parts)
     del clean_parts, quarantine_parts
@@ -806,9 +809,10 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
                       rows_in=rows_in, rows_out=clean.num_rows,
                       quarantined=quarantine.num_rows,
                       checksum=ledger.key_checksum(clean.column(spec["key"])),
-                      detail={"quarantined_by_reason": counts})
-    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s", table, partition, rows_in,
-             clean.num_rows, quarantine.num_rows, counts)
+                      detail={"quarantined_by_reason": counts, "normalised": normalised})
+    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s%s", table, partition, rows_in,
+             clean.num_rows, quarantine.num_rows, counts,
+             f", normalised {normalised}" if normalised else "")
     return _part(part, rows=clean.num_rows, quarantined=quarantine.num_rows)
 
 

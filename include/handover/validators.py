@@ -65,6 +65,37 @@ def resident_id_valid(ids: pa.Array) -> np.ndarray:
     return result
 
 
+def upgrade_resident_ids(ids: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Resident IDs as legacy systems hold them, in their one 18-digit form (GB 11643-1999):
+    spaces and hyphens dropped, `x` upper-cased (NFKC, done before, turns full-width digits
+    half-width), and first-generation 15-digit IDs (GB 11643-1989: area, YYMMDD, sequence)
+    upgraded: century 19 inserted, check digit computed, only where the encoded birth date
+    is a real date. Returns the IDs and a mask of those upgraded. One person then has one
+    blind index whichever form an export used."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    ids = pc.utf8_upper(pc.replace_substring_regex(ids.cast(pa.string()), r"[\s\-]+", ""))
+    short = pc.fill_null(pc.match_substring_regex(ids, r"^\d{15}$"), False)
+    short_np = short.to_numpy(zero_copy_only=False)
+    upgraded = np.zeros(len(ids), dtype=bool)
+    if not short_np.any():
+        return ids, upgraded
+    idx = np.flatnonzero(short_np)
+    old = pc.filter(ids, short).to_pylist()
+    out = ids.to_pylist()
+    import datetime as _dt
+
+    for i, v in zip(idx, old, strict=True):
+        try:
+            _dt.date(1900 + int(v[6:8]), int(v[8:10]), int(v[10:12]))
+        except ValueError:
+            continue  # not a real birth date: left as it is (the check digit rule fails it)
+        first17 = v[:6] + "19" + v[6:]
+        out[i] = first17 + id_check_digit(first17)
+        upgraded[i] = True
+    return pa.array(out, pa.string()), upgraded
+
+
 def resident_id_birth_gender(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     """Birth date (YYYY-MM-DD text) and gender ('男'/'女') encoded in well-formed IDs."""
     ids = ids.cast(pa.string())

@@ -673,3 +673,17 @@ def test_catalog_free_text_columns_are_verbatim():
     assert cfg.rules("complaints")["verbatim"] == ["text"]
     assert "verbatim" not in cfg.rules("subscribers")
     assert load_config("telco_b").rules("complaint_ticket").get("verbatim") == ["投诉内容"]
+
+
+def test_a_first_generation_id_is_upgraded_not_quarantined_and_counted():
+    old = "110105" + "491231" + "011"  # 15 digits: area, YYMMDD, sequence (odd: male)
+    raw = pd.DataFrame([subscriber("C1", 1), subscriber("C2", 2, id_number=old)],
+                       dtype=object)
+    raw["_source_row"] = [1, 2]
+
+    res = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+
+    assert res.counts == {} and len(res.clean) == 2
+    upgraded = res.clean.loc[res.clean["cust_id"] == "C2", "id_number"].iloc[0]
+    assert upgraded == resident_id(seq="011") and len(upgraded) == 18
+    assert res.normalised == {"ID_UPGRADED_15_TO_18": 1}

@@ -227,3 +227,21 @@ def test_msisdn_valid_null_is_false():
 ])
 def test_luhn_ok(digits: str, ok: bool):
     assert luhn_ok(digits) is ok
+
+
+def test_first_generation_ids_are_upgraded_to_eighteen_digits():
+    from handover.validators import resident_id_valid, upgrade_resident_ids
+
+    first17 = "110105" + "19" + "491231" + "002"
+    eighteen = first17 + id_check_digit(first17)
+    wrong = first17 + ("0" if eighteen[-1] != "0" else "1")
+    ids = pa.array(["110105491231002", " 110105 491231 002 ", wrong,
+                    "110105-491231-002", "110105493231002", None, eighteen.lower()])
+    out, upgraded = upgrade_resident_ids(ids)
+    values = out.to_pylist()
+    assert values[0] == values[1] == values[3] == eighteen
+    assert upgraded.tolist() == [True, True, False, True, False, False, False]
+    assert values[4] == "110105493231002"  # month 32: not a date, left to fail the check
+    assert values[5] is None
+    assert values[6] == eighteen.upper()
+    assert resident_id_valid(out).tolist() == [True, True, False, True, False, False, True]
