@@ -19,6 +19,7 @@ from handover.validators import (
     msisdn_valid,
     normalise_msisdn,
     normalise_text,
+    parse_money,
     resident_id_birth_gender,
     resident_id_valid,
     trim_text,
@@ -248,7 +249,7 @@ def parent_fates(parent: ParentRegistry | None, rules: dict,
     if parent is None or not rules.get("parent"):
         return None
     col = rules["parent"]["column"]
-    transformed = {*rules.get("dates", {}), *rules.get("integers", []),
+    transformed = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("money", {}),
                    *rules.get("decimals", {}), *rules.get("msisdn", []),
                    (rules.get("resident_id") or {}).get("column")}
     if col in transformed:
@@ -410,8 +411,28 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
             verdict.fail((num > bounds[col]).fillna(False).to_numpy(), "AMOUNT_OUT_OF_RANGE", col)
         out[col] = num.astype("float64")
 
+    for col, spec in rules.get("money", {}).items():
+        # Amounts as billing systems print them (`¥17,504.10`, `(12.50)`, `负3元`), read
+        # exactly into whole fen: an Int64 column as `integers` gives.
+        unit, places = spec.get("unit", "yuan"), int(spec.get("places", 2))
+        text = out[col]
+        fen = [parse_money(v, unit, places) if isinstance(v, str) else None for v in text]
+        valid = np.array([f is not None for f in fen], dtype=bool)
+        values = np.array([f if f is not None else 0 for f in fen], dtype=np.int64) \
+            if len(fen) else np.zeros(0, dtype=np.int64)
+        num = pd.Series(pd.arrays.IntegerArray(values, ~valid), index=text.index)
+        verdict.fail((text.notna() & ~pd.Series(valid, index=text.index)).to_numpy(),
+                     "INVALID_NUMBER", col)
+        if col in non_negative:
+            verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
+        if col in bounds:
+            verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
+                         "AMOUNT_OUT_OF_RANGE", col)
+        out[col] = num
+
     # Columns still text in `out` can be checked on their Arrow form.
-    typed_cols = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("decimals", {})}
+    typed_cols = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("decimals", {}),
+                  *rules.get("money", {})}
     for col, allowed in rules.get("codes", {}).items():
         allowed = [str(a) for a in allowed]
         if col in typed_cols:

@@ -197,6 +197,13 @@ CLEANSING_SCHEMA = {
                     # {column: largest value}: above it AMOUNT_OUT_OF_RANGE (a charge of
                     # 999,999,999,999,999,999 fen is a legacy sentinel, not money)
                     "max": {"type": "object", "additionalProperties": {"type": "number"}},
+                    # {column: {unit: yuan|jiao|fen, places: 0-2}}: amounts as printed
+                    # (`¥17,504.10`, `(12.50)`, `负3元`) read exactly into whole fen
+                    "money": {"type": "object", "additionalProperties": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"unit": {"enum": ["yuan", "jiao", "fen"]},
+                                       "places": {"type": "integer", "minimum": 0,
+                                                  "maximum": 2}}}},
                     "decimals": {"type": "object",
                                  "additionalProperties": {"type": "integer", "minimum": 0,
                                                           "maximum": 6}},
@@ -558,7 +565,7 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
     for rule in ("mandatory", "msisdn", "not_future", "integers", "non_negative"):
         for i, col in enumerate(spec.get(rule, [])):
             need(col, ("tables", table, rule, i))
-    for rule in ("dates", "codes", "decimals"):
+    for rule in ("dates", "codes", "decimals", "money", "max"):
         for col in spec.get(rule, {}):
             need(col, ("tables", table, rule, col))
     for col, fmt in spec.get("dates", {}).items():
@@ -579,15 +586,24 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
             fail(f, keys, f"'{value}' is not a date; write the earliest valid date as "
                  "'YYYY-MM-DD'")
         bounds[col] = day  # a string, however YAML read it
-    numeric = set(spec.get("integers", [])) | set(spec.get("decimals", {}))
+    numeric = (set(spec.get("integers", [])) | set(spec.get("decimals", {}))
+               | set(spec.get("money", {})))
     for i, col in enumerate(spec.get("non_negative", [])):
         if col not in numeric:
             fail(f, ("tables", table, "non_negative", i),
-                 f"'{col}' must also be listed under integers or decimals to be checked")
-    both = sorted(set(spec.get("integers", [])) & set(spec.get("decimals", {})))
+                 f"'{col}' must also be listed under integers, decimals or money to be "
+                 "checked")
+    for col in spec.get("max", {}):
+        if col not in numeric:
+            fail(f, ("tables", table, "max", col),
+                 f"'{col}' must also be listed under integers, decimals or money to be checked")
+    kinds = [set(spec.get("integers", [])), set(spec.get("decimals", {})),
+             set(spec.get("money", {}))]
+    both = sorted((kinds[0] & kinds[1]) | (kinds[0] & kinds[2]) | (kinds[1] & kinds[2]))
     if both:
         fail(f, ("tables", table, "decimals", both[0]),
-             f"'{both[0]}' is listed under both integers and decimals; choose one")
+             f"'{both[0]}' is listed under more than one of integers, decimals and money; "
+             "choose one")
     rid = spec.get("resident_id")
     if rid:
         for k, col in rid.items():

@@ -184,3 +184,45 @@ def normalise_msisdn(arr: pa.Array) -> pa.Array:
 def msisdn_valid(arr: pa.Array) -> np.ndarray:
     ok = pc.match_substring_regex(pc.fill_null(arr.cast(pa.string()), ""), MSISDN_PATTERN)
     return ok.to_numpy(zero_copy_only=False)
+
+
+# Money as legacy billing systems print it: currency marks before or after, thousands
+# separators, spaces, negatives as "-", "(...)" or "负".
+_MONEY_MARKS = re.compile(r"^(?:¥|￥|RMB|CNY)\s*|\s*(?:元|RMB|CNY)$", re.IGNORECASE)
+_MONEY = re.compile(r"^\d{1,3}(?:,\d{3})+(?:\.\d+)?$|^\d+(?:\.\d+)?$")
+_UNIT_FEN = {"yuan": 100, "jiao": 10, "fen": 1}
+
+
+def parse_money(value: str | None, unit: str = "yuan", places: int = 2) -> int | None:
+    """One amount as whole fen, exactly (decimal arithmetic, never float), or None when the
+    text is not an amount: `¥17,504.10`, `RMB 1 234`, `12元`, `(12.50)`, `负12.5`, `-3`.
+    `unit` is what a bare number counts (yuan, jiao or fen); `places` the decimals it may
+    have; a further decimal is an error, not rounded."""
+    from decimal import Decimal, InvalidOperation
+
+    if value is None:
+        return None
+    text = str(value).strip()
+    negative = False
+    if text.startswith("(") and text.endswith(")"):
+        negative, text = True, text[1:-1].strip()
+    if text.startswith("负"):
+        negative, text = True, text[1:].strip()
+    for _ in range(2):  # a mark on each side at most
+        text = _MONEY_MARKS.sub("", text).strip()
+    if text.startswith("-"):
+        negative, text = not negative, text[1:].strip()
+    text = text.replace(" ", "").replace("\u00a0", "")
+    if not _MONEY.match(text):
+        return None
+    digits = text.replace(",", "")
+    if "." in digits and len(digits.split(".", 1)[1]) > places:
+        return None
+    try:
+        fen = Decimal(digits) * _UNIT_FEN[unit]
+    except (InvalidOperation, KeyError):
+        return None
+    if fen != fen.to_integral_value():
+        return None
+    return -int(fen) if negative else int(fen)
+

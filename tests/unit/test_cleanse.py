@@ -687,3 +687,19 @@ def test_a_first_generation_id_is_upgraded_not_quarantined_and_counted():
     upgraded = res.clean.loc[res.clean["cust_id"] == "C2", "id_number"].iloc[0]
     assert upgraded == resident_id(seq="011") and len(upgraded) == 18
     assert res.normalised == {"ID_UPGRADED_15_TO_18": 1}
+
+
+def test_money_printed_as_billing_prints_it_is_read_into_whole_fen():
+    rules = {"mandatory": ["payment_id"], "money": {"amount": {"unit": "yuan", "places": 2}},
+             "non_negative": ["amount"], "max": {"amount": 10_000_000}}
+    raw = pd.DataFrame({"payment_id": ["P1", "P2", "P3", "P4", "P5"],
+                        "amount": ["¥17,504.10", "(12.50)", "12.345", "负3元", "¥200,000.00"]},
+                       dtype=object)
+    raw["_source_row"] = range(1, 6)
+
+    res = cleanse(raw, rules, key="payment_id", exported_at=E)
+
+    assert res.clean["amount"].tolist() == [1750410]
+    q = dict(zip(res.quarantine["payment_id"], res.quarantine["_reason"], strict=True))
+    assert q == {"P2": "NEGATIVE_AMOUNT", "P3": "INVALID_NUMBER", "P4": "NEGATIVE_AMOUNT",
+                 "P5": "AMOUNT_OUT_OF_RANGE"}

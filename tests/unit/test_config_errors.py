@@ -142,7 +142,7 @@ CASES = [
          'dates: {paid_at: "%Y-%m-%d %H:%M:%Q"}', "tables.payments.dates.paid_at",
          ("unknown date directive '%Q'",)),
     Case("non-negative-not-numeric", "cleansing.yaml", "    integers: [amount_fen]\n", "",
-         "tables.payments.non_negative.0", ("must also be listed under integers or decimals",),
+         "tables.payments.non_negative.0", ("must also be listed under integers, decimals or money",),
          line_of="    non_negative: [amount_fen]"),
     Case("epoch-event-time", "cleansing.yaml", 'dates: {begin_time: "%Y-%m-%d %H:%M:%S.%f"}',
          'dates: {begin_time: "epoch"}', "tables.voice_cdr.dates.begin_time",

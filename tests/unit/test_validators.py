@@ -245,3 +245,23 @@ def test_first_generation_ids_are_upgraded_to_eighteen_digits():
     assert values[5] is None
     assert values[6] == eighteen.upper()
     assert resident_id_valid(out).tolist() == [True, True, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("text, unit, places, fen", [
+    ("¥17,504.10", "yuan", 2, 1750410), ("￥17,504.1", "yuan", 2, 1750410),
+    ("RMB 1 234", "yuan", 2, 123400), ("12元", "yuan", 2, 1200), ("(12.50)", "yuan", 2, -1250),
+    ("负12.5", "yuan", 2, -1250), ("-3", "yuan", 0, -300), ("17504", "fen", 0, 17504),
+    ("12.3", "jiao", 1, 123), ("1,234,567,890,123.45", "yuan", 2, 123456789012345),
+    (" 0.01 ", "yuan", 2, 1),
+])
+def test_money_as_legacy_systems_print_it_is_exact_to_the_fen(text, unit, places, fen):
+    from handover.validators import parse_money
+
+    assert parse_money(text, unit, places) == fen
+
+
+@pytest.mark.parametrize("text", ["12.345", "1,23", "¥", "abc", "12..5", "1,2345.00", ""])
+def test_what_is_not_an_amount_is_refused_not_rounded(text):
+    from handover.validators import parse_money
+
+    assert parse_money(text, "yuan", 2) is None
