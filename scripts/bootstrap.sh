@@ -25,9 +25,25 @@ assets() {
 }
 assets
 
+# The library on the venv's path (a .pth file) and a `handover` command in .venv/bin, so
+# `.venv/bin/handover check …` and `.venv/bin/python -m handover.check …` work from any
+# folder without PYTHONPATH (docs/onboarding.md). Cheap and idempotent: done every time.
+link_library() {
+    local site
+    site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    echo "$ROOT/include" > "$site/handover-include.pth"
+    cat > .venv/bin/handover <<WRAP
+#!/usr/bin/env bash
+# handover's command line (python -m handover.cli): check, keys, rotate-keys, verify-audit, …
+exec "$ROOT/.venv/bin/python" -m handover.cli "\$@"
+WRAP
+    chmod +x .venv/bin/handover
+}
+
 STAMP=.venv/.requirements.sha256
 want="$(sha256sum requirements.txt | cut -d' ' -f1)"
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    link_library
     exit 0
 fi
 echo "==> creating .venv and installing pinned requirements (a few minutes the first time)" >&2
@@ -37,3 +53,4 @@ quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a director
 quiet .venv/bin/python -m pip install --quiet --upgrade pip
 quiet .venv/bin/python -m pip install --quiet -r requirements.txt
 echo "$want" > "$STAMP"
+link_library
