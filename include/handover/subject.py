@@ -325,8 +325,11 @@ def resolve_customer(conn, cfg, ring, req: SubjectRequest) -> str:
         return value
     pii = "resident_id" if req.identifier_type == "resident_id" else "msisdn"
     column, domain = _bidx_column(cfg, table, pii)
-    if pii == "resident_id":
-        value = (_norm(req.identifier) or "").upper()
+    if pii == "resident_id":  # in its one 18-digit form, as cleanse stored it
+        from handover.validators import upgrade_resident_ids
+
+        value = upgrade_resident_ids(pa.array([_norm(req.identifier) or ""],
+                                              pa.string()))[0][0].as_py()
     else:
         value = normalise_msisdn(pa.array([req.identifier], pa.string()))[0].as_py()
     bidx = blind_index([value], ring, domain)[0]
