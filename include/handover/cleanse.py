@@ -112,13 +112,30 @@ def is_epoch_format(fmt: str) -> bool:
     return fmt.split(":", 1)[0] in EPOCH_UNITS
 
 
-def format_has_time(fmt: str) -> bool:
+def format_has_time(fmt: str | list[str]) -> bool:
+    if isinstance(fmt, list):  # a list of formats: with a time if any of them has one
+        return any(format_has_time(f) for f in fmt)
     return is_epoch_format(fmt) or any(d in fmt for d in ("%H", "%I", "%M", "%S", "%X", "%c"))
 
 
-def parse_dates(text: pd.Series, fmt: str) -> pd.Series:
-    """Parse text with a strptime format or an epoch spec; unparseable -> NaT."""
+def parse_dates(text: pd.Series, fmt: str | list[str]) -> pd.Series:
+    """Parse text with a strptime format or an epoch spec; unparseable -> NaT. A list of
+    formats (a column legacy systems wrote several ways: `2006-4-24`, `2012/12/08 09:30`,
+    `20240105`) is tried in order, each on what the ones before could not read; check
+    refuses a list that could read one value two ways (day/month)."""
+    if isinstance(fmt, list):
+        out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+        for f in fmt:
+            todo = out.isna() & text.notna()
+            if not todo.any():
+                break
+            out.loc[todo] = parse_dates(text[todo], f).astype("datetime64[ns]")
+        return out
     if not is_epoch_format(fmt):
+        if fmt == "excel":  # Excel serial days (1900 system, 1899-12-30 as day 0)
+            num = pd.to_numeric(text, errors="coerce")
+            num = num.where((num > 0) & (num < 2958466))
+            return pd.to_datetime(num, unit="D", origin="1899-12-30", errors="coerce")
         return pd.to_datetime(text, format=fmt, errors="coerce")
     unit_name, _, zone = fmt.partition(":")
     num = pd.to_numeric(text, errors="coerce")

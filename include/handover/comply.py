@@ -144,7 +144,7 @@ def _objects(values: pa.Array | pd.Series, index: pd.Index) -> pd.Series:
 
 
 def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy: dict,
-           facts: PolicyFacts, event_time_format: str | None,
+           facts: PolicyFacts, event_time_format: str | list[str] | None,
            run_date: date | None = None, erased: frozenset[str] = frozenset()) -> ComplyResult:
     """Each row moves or is excluded by the first rule that catches it. `erased`: customers
     a data-subject erasure removed (handover_meta.erased_subject): their rows never come
@@ -171,8 +171,13 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
                 and table_spec.get("event_time"):
             col = raw[table_spec["event_time"]]
             text = _strings(col)
-            ts = pd.to_datetime(_norm(col) if text is None else _objects(text, raw.index),
-                                format=event_time_format, errors="coerce")
+            values = _norm(col) if text is None else _objects(text, raw.index)
+            if isinstance(event_time_format, list):  # several formats: the cleanse parser
+                from handover.cleanse import parse_dates
+
+                ts = parse_dates(pd.Series(values, index=raw.index), event_time_format)
+            else:
+                ts = pd.to_datetime(values, format=event_time_format, errors="coerce")
             cutoff = facts.exported_at - pd.DateOffset(months=category_policy["retention_months"])
             hit = (ts < cutoff).fillna(False).to_numpy()
             sel = open_ & hit  # only old rows: adding months to year 9999 would overflow

@@ -207,7 +207,13 @@ CLEANSING_SCHEMA = {
                     "decimals": {"type": "object",
                                  "additionalProperties": {"type": "integer", "minimum": 0,
                                                           "maximum": 6}},
-                    "dates": {"type": "object", "additionalProperties": {"type": "string"}},
+                    # {column: format} or {column: [format, ...]}: strptime formats,
+                    # 'epoch' / 'epoch_ms' (':<zone>'), 'excel' (serial days); a list is
+                    # tried in order (columns a legacy system wrote several ways)
+                    "dates": {"type": "object", "additionalProperties": {
+                        "oneOf": [{"type": "string"},
+                                  {"type": "array", "items": {"type": "string"},
+                                   "minItems": 1}]}},
                     "codes": {"type": "object", "additionalProperties": _COLS},
                     "resident_id": {
                         "type": "object",
@@ -369,8 +375,22 @@ def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def ambiguous_formats(formats: list[str]) -> tuple[str, str] | None:
+    """Two formats of a list that read the same text two ways: equal once day and month
+    directives are swapped (`%d/%m/%Y` and `%m/%d/%Y`)."""
+    swap = {"%d": "%m", "%m": "%d"}
+    for i, a in enumerate(formats):
+        flipped = re.sub(r"%[dm]", lambda m: swap[m.group(0)], a)
+        for b in formats[i + 1:]:
+            if flipped == b and flipped != a:
+                return a, b
+    return None
+
+
 def check_date_format(fmt: str) -> str | None:
     """Why a date format is unusable, or None. strptime formats or epoch[_ms][:<IANA zone>]."""
+    if fmt == "excel":
+        return None
     head, _, zone = fmt.partition(":")
     if head in ("epoch", "epoch_ms"):
         if zone:
@@ -569,9 +589,16 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
         for col in spec.get(rule, {}):
             need(col, ("tables", table, rule, col))
     for col, fmt in spec.get("dates", {}).items():
-        problem = check_date_format(fmt)
-        if problem:
-            fail(f, ("tables", table, "dates", col), problem)
+        for one in (fmt if isinstance(fmt, list) else [fmt]):
+            problem = check_date_format(one)
+            if problem:
+                fail(f, ("tables", table, "dates", col), problem)
+        if isinstance(fmt, list):
+            clash = ambiguous_formats(fmt)
+            if clash:
+                fail(f, ("tables", table, "dates", col),
+                     f"'{clash[0]}' and '{clash[1]}' read one value two ways (day and month "
+                     "swapped: 03/04/2024); keep the one the export uses")
     for col in spec.get("not_future", []):
         if col not in spec.get("dates", {}):
             fail(f, ("tables", table, "not_future"), f"'{col}' needs a format under dates")
@@ -789,7 +816,8 @@ def _check_event_times(cfg: SourceConfig, fail) -> None:
             fail("catalog.yaml", ("tables", table, "event_time"),
                  f"'{col}' needs a format under cleansing.yaml tables.{table}.dates, so that "
                  "retention can age the row")
-        elif fmt.split(":", 1)[0] in ("epoch", "epoch_ms"):
+        elif any(f.split(":", 1)[0] in ("epoch", "epoch_ms")
+                 for f in (fmt if isinstance(fmt, list) else [fmt])):
             fail("cleansing.yaml", ("tables", table, "dates", col),
                  f"event time '{col}' cannot use '{fmt}': retention reads event times with a "
                  "strptime format; export it as text or use a strptime format")

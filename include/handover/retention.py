@@ -146,6 +146,10 @@ def _event_times(col, fmt: str | None):
 
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         text = pd.Series(normalise(col).to_pylist(), dtype=object)
+        if isinstance(fmt, list):
+            from handover.cleanse import parse_dates
+
+            return parse_dates(text, fmt)
         return pd.to_datetime(text, format=fmt, errors="coerce")
     return pd.to_datetime(pd.Series(col.to_pylist(), dtype=object), errors="coerce")
 

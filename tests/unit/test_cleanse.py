@@ -703,3 +703,28 @@ def test_money_printed_as_billing_prints_it_is_read_into_whole_fen():
     q = dict(zip(res.quarantine["payment_id"], res.quarantine["_reason"], strict=True))
     assert q == {"P2": "NEGATIVE_AMOUNT", "P3": "INVALID_NUMBER", "P4": "NEGATIVE_AMOUNT",
                  "P5": "AMOUNT_OUT_OF_RANGE"}
+
+
+def test_a_date_column_written_several_ways_is_read_with_a_list_of_formats():
+    rules = {"mandatory": ["k"],
+             "dates": {"d": ["%Y-%m-%d", "%Y/%m/%d %H:%M", "%Y%m%d", "%Y年%m月%d日", "excel"]}}
+    raw = pd.DataFrame({"k": list("abcdefg"),
+                        "d": ["2006-4-24", "2012/12/08 09:30", "20240105", "2024年1月5日",
+                              "45292", "2024-13-01", None]}, dtype=object)
+    raw["_source_row"] = range(7)
+
+    res = cleanse(raw, rules, key="k", exported_at=E)
+
+    got = dict(zip(res.clean["k"], res.clean["d"], strict=True))
+    assert got["a"] == pd.Timestamp("2006-04-24") and got["b"] == pd.Timestamp("2012-12-08 09:30")
+    assert got["c"] == pd.Timestamp("2024-01-05") and got["d"] == pd.Timestamp("2024-01-05")
+    assert got["e"] == pd.Timestamp("2024-01-01")  # Excel serial day 45292
+    assert pd.isna(got["g"])
+    assert res.quarantine["k"].tolist() == ["f"] and res.counts == {"INVALID_DATE": 1}
+
+
+def test_a_list_of_formats_that_reads_a_value_two_ways_is_refused():
+    from handover.config import ambiguous_formats
+
+    assert ambiguous_formats(["%d/%m/%Y", "%Y-%m-%d", "%m/%d/%Y"]) == ("%d/%m/%Y", "%m/%d/%Y")
+    assert ambiguous_formats(["%Y-%m-%d", "%Y/%m/%d %H:%M", "%Y%m%d"]) is None
