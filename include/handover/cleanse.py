@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from handover.validators import (
+    classify_phones,
     msisdn_valid,
     normalise_msisdn,
     normalise_text,
@@ -267,7 +268,7 @@ def parent_fates(parent: ParentRegistry | None, rules: dict,
         return None
     col = rules["parent"]["column"]
     transformed = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("money", {}),
-                   *rules.get("decimals", {}), *rules.get("msisdn", []),
+                   *rules.get("decimals", {}), *rules.get("msisdn", []), *rules.get("phones", {}),
                    (rules.get("resident_id") or {}).get("column")}
     if col in transformed:
         return None
@@ -364,6 +365,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         norm[col] = normalise_msisdn(norm[col])
         present = pc.is_valid(norm[col]).to_numpy(zero_copy_only=False)
         verdict.fail(present & ~msisdn_valid(norm[col]), "INVALID_MSISDN", col)
+    for col, allowed in rules.get("phones", {}).items():
+        # Numbers of any class the policy allows for this column (a callee may be a
+        # landline, an IoT device, 10086 or abroad), each in its normal form.
+        norm[col], cls = classify_phones(norm[col])
+        present = pc.is_valid(norm[col]).to_numpy(zero_copy_only=False)
+        verdict.fail(present & ~np.isin(cls.astype(str), list(allowed)), "INVALID_MSISDN", col)
 
     for col in data_cols:
         out[col] = _texts(norm[col], raw.index)

@@ -197,6 +197,11 @@ CLEANSING_SCHEMA = {
                     # {column: largest value}: above it AMOUNT_OUT_OF_RANGE (a charge of
                     # 999,999,999,999,999,999 fen is a legacy sentinel, not money)
                     "max": {"type": "object", "additionalProperties": {"type": "number"}},
+                    # {column: [classes]}: telephone numbers of these classes are valid
+                    # (mobile, landline, iot, service, international), each normalised
+                    "phones": {"type": "object", "additionalProperties": {
+                        "type": "array", "minItems": 1, "items": {"enum": [
+                            "mobile", "landline", "iot", "service", "international"]}}},
                     # {column: {unit: yuan|jiao|fen, places: 0-2}}: amounts as printed
                     # (`¥17,504.10`, `(12.50)`, `负3元`) read exactly into whole fen
                     "money": {"type": "object", "additionalProperties": {
@@ -585,7 +590,7 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
     for rule in ("mandatory", "msisdn", "not_future", "integers", "non_negative"):
         for i, col in enumerate(spec.get(rule, [])):
             need(col, ("tables", table, rule, i))
-    for rule in ("dates", "codes", "decimals", "money", "max"):
+    for rule in ("dates", "codes", "decimals", "money", "max", "phones"):
         for col in spec.get(rule, {}):
             need(col, ("tables", table, rule, col))
     for col, fmt in spec.get("dates", {}).items():

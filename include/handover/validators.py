@@ -181,6 +181,47 @@ def normalise_msisdn(arr: pa.Array) -> pa.Array:
                        _fix_msisdn_to_rest)
 
 
+PHONE_CLASSES = ("mobile", "landline", "iot", "service", "international")
+_PHONE_PATTERNS = {
+    "mobile": MSISDN_PATTERN,
+    "iot": r"^1(?:4[0-9]|0[0-9])\d{10}$",           # 13-digit M2M numbers (1440…, 1064…)
+    "service": r"^(?:1\d{2,4}|9\d{4,5})$",           # 110, 10086, 12345, 95588, 96xxxx
+    "landline": r"^0[1-9]\d{8,10}$",                  # area code + local number
+    "international": r"^\+(?:[1-79]|8[0-57-9])\d{6,13}$",  # E.164, not +86
+}
+
+
+def classify_phones(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Every number as telecom data has it, in its normal form, with its class: mobile
+    (11 digits), landline (`0` + area code + number: `010-12345678`, `(0755)1234 5678`,
+    `+86 10 12345678` all become `01012345678`), IoT/M2M (13 digits), service or short
+    code (`10086`, `95588`), international (E.164 `+44…`; `00` read as `+`). Returns the
+    normalised numbers and a class per value (None: no class, e.g. `2…` or 8 digits)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    text = normalise_text(arr.cast(pa.string()))
+    bare = pc.replace_substring_regex(text, r"[\s\-().]+", "")
+    bare = pc.replace_substring_regex(bare, r"^00", "+")
+    china = pc.fill_null(pc.match_substring_regex(bare, r"^\+86"), False)
+    national = pc.if_else(china, pc.utf8_slice_codeunits(bare, 3), bare)
+    # +86 then an area code without its trunk 0 (10 12345678): the landline's own form
+    area = pc.and_(china, pc.match_substring_regex(national, r"^[2-9]\d{8,10}$|^10\d{8}$"))
+    national = pc.if_else(pc.fill_null(area, False),
+                          pc.binary_join_element_wise("0", national, ""), national)
+    mobile = normalise_msisdn(arr)  # the existing, idempotent mobile normalisation
+    cls = np.full(len(text), None, dtype=object)
+    out = national
+    for name in ("mobile", "iot", "service", "landline", "international"):
+        src = mobile if name == "mobile" else national
+        hit = pc.fill_null(pc.match_substring_regex(src, _PHONE_PATTERNS[name]), False)
+        hit_np = hit.to_numpy(zero_copy_only=False) & (cls == None)  # noqa: E711 - numpy
+        if hit_np.any():
+            cls[hit_np] = name
+            if name == "mobile":
+                out = pc.if_else(pa.array(hit_np), mobile, out)
+    return out, cls
+
+
 def msisdn_valid(arr: pa.Array) -> np.ndarray:
     ok = pc.match_substring_regex(pc.fill_null(arr.cast(pa.string()), ""), MSISDN_PATTERN)
     return ok.to_numpy(zero_copy_only=False)

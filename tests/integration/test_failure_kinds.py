@@ -190,3 +190,34 @@ def test_a_partition_that_would_load_almost_nothing_fails_the_quality_gate(env, 
     assert "quality gate failed for payments partition p00" in line
     assert "INVALID_NUMBER" in line and "% > 50% allowed" in line
     assert "max_quarantine_share" in line
+
+
+def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env, export):
+    """The shipped policy takes a callee of any class (cleansing.yaml phones); a number of
+    no class still quarantines its row."""
+    import pandas as pd
+    import psycopg
+
+    from handover.runner import run_migration
+
+    calls = pd.read_csv(export / "call_records.csv", dtype=str, keep_default_na=False)
+    planted = {"010-12345678": "01012345678", "+86 10 1234 5678": "01012345678",
+               "1440123456789": "1440123456789", "10086": "10086",
+               "0044 20 7946 0958": "+442079460958", "2381234567": None}
+    rows = calls.index[(calls["cust_id"] == calls["cust_id"].iloc[0])][:len(planted)]
+    assert len(rows) == len(planted)
+    calls.loc[rows, "callee"] = list(planted)
+    calls.to_csv(export / "call_records.csv", index=False)
+    reseal(export)
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    run_migration(run_id=run_id, source_dir=str(export))
+    keys = calls.loc[rows, "cdr_id"].str.strip().tolist()
+    with psycopg.connect(pg_dsn(env)) as conn:
+        loaded = dict(conn.execute("SELECT cdr_id, callee_msisdn FROM crm.call_record WHERE "
+                                   "cdr_id = ANY(%s)", (keys,)).fetchall())
+        reasons = dict(conn.execute("SELECT record_key, reason FROM handover_meta.quarantine "
+                                    "WHERE run_id=%s AND record_key = ANY(%s)",
+                                    (run_id, keys)).fetchall())
+    want = dict(zip(keys, planted.values(), strict=True))
+    assert {k: v for k, v in loaded.items()} == {k: v for k, v in want.items() if v}
+    assert reasons == {k: "INVALID_MSISDN" for k, v in want.items() if v is None}

@@ -265,3 +265,18 @@ def test_what_is_not_an_amount_is_refused_not_rounded(text):
     from handover.validators import parse_money
 
     assert parse_money(text, "yuan", 2) is None
+
+
+def test_numbers_as_telecom_data_has_them_are_classified_and_normalised():
+    from handover.validators import classify_phones
+
+    values = ["13812345678", "+86 138 1234 5678", "010-12345678", "(0755)1234 5678",
+              "+86 10 12345678", "1440123456789", "10086", "95588", "+44 20 7946 0958",
+              "0044 20 7946 0958", "2381234567", "13812345", "１３８１２３４５６７８", None]
+    out, cls = classify_phones(pa.array(values))
+    assert cls.tolist() == ["mobile", "mobile", "landline", "landline", "landline", "iot",
+                            "service", "service", "international", "international", None,
+                            None, "mobile", None]
+    assert out.to_pylist()[:5] == ["13812345678", "13812345678", "01012345678",
+                                   "075512345678", "01012345678"]
+    assert out.to_pylist()[8] == out.to_pylist()[9] == "+442079460958"
