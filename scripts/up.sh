@@ -32,6 +32,14 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$RUN/passwords.json"
 if [ -n "${HANDOVER_ALL_ADMINS:-}" ]; then
     export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True
 fi
+if [ -n "${HANDOVER_SOURCE_DIR:-}" ] && [ ! -f "$HANDOVER_SOURCE_DIR/export_manifest.json" ]; then
+    # Never write into someone's export folder: say what is missing instead.
+    echo "error: $HANDOVER_SOURCE_DIR has no export_manifest.json: ask the operator for the" \
+         "export's manifest, or write one from the files at hand:" \
+         ".venv/bin/handover manifest --system <system> --source-dir $HANDOVER_SOURCE_DIR" \
+         "--exported-at 'YYYY-MM-DD HH:MM:SS' (docs/source-contract.md)" >&2
+    exit 2
+fi
 export HANDOVER_SOURCE_DIR="${HANDOVER_SOURCE_DIR:-$STATE/source}"
 
 if [ ! -f "$HANDOVER_SOURCE_DIR/export_manifest.json" ]; then

@@ -113,6 +113,58 @@ def rotate_keys_command(system: str, batch_size: int) -> int:
     return 0
 
 
+def manifest_command(system: str, source_dir: str, exported_at: str, force: bool) -> int:
+    """Write export_manifest.json for an export that came without one: per catalog table its
+    file(s), rows as extract will count them and sha256, the export time the engineer gives,
+    marked as made by the receiver (it proves only what was received, not what the
+    operator sent: docs/source-contract.md)."""
+    import hashlib
+    from datetime import UTC, datetime
+    from pathlib import Path
+
+    import pandas as pd
+
+    from handover.config import load_config
+    from handover.sources import open_source, resolve_source
+
+    src = Path(source_dir)
+    out = src / "export_manifest.json"
+    if out.exists() and not force:
+        print(f"{out} exists: it is the operator's; nothing written (--force replaces it)",
+              file=sys.stderr)
+        return 2
+    try:
+        when = pd.Timestamp(exported_at)
+    except ValueError:
+        print(f"--exported-at {exported_at!r}: write the export time as 'YYYY-MM-DD HH:MM:SS'",
+              file=sys.stderr)
+        return 2
+    cfg = load_config(system)
+    tables = {}
+    for table in cfg.tables:
+        spec = cfg.table(table)
+        if resolve_source(table, spec)["format"] == "sql":
+            continue
+        with open_source(table, spec, src) as source:
+            rows = sum(b.num_rows for b in source.batches())
+        parts = getattr(source, "parts", None)
+        paths = [Path(p.path) for p in parts] if parts else [Path(source.location)]
+        entry = {"file": paths[0].name, "rows": rows}
+        if len(paths) == 1:
+            entry["sha256"] = hashlib.sha256(paths[0].read_bytes()).hexdigest()
+        else:
+            entry["files"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+        tables[table] = entry
+        print(f"{table}: {rows:,} rows", file=sys.stderr)
+    out.write_text(json.dumps({
+        "system": cfg.system, "exported_at": str(when), "tables": tables,
+        "made_by": "receiver", "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "note": "written by `handover manifest` from the files as received: it proves what "
+                "was received, not what the operator exported"}, indent=2, ensure_ascii=False))
+    print(f"wrote {out} ({len(tables)} tables, made by the receiver)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m handover.cli")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -132,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--system", default="legacy_bss")
     r.add_argument("--batch-size", type=int, default=5000)
     sub.add_parser("verify-audit")
+    m = sub.add_parser("manifest", help="write export_manifest.json for an export without one")
+    m.add_argument("--system", required=True)
+    m.add_argument("--source-dir", required=True)
+    m.add_argument("--exported-at", required=True,
+                   help="when the operator exported it, 'YYYY-MM-DD HH:MM:SS' (its clock)")
+    m.add_argument("--force", action="store_true", help="replace an existing manifest")
     from handover import check
 
     check.add_arguments(sub.add_parser("check", help=check.__doc__.splitlines()[0]))
@@ -144,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return keys_command(args)
     if args.cmd == "rotate-keys":
         return rotate_keys_command(args.system, args.batch_size)
+    if args.cmd == "manifest":
+        return manifest_command(args.system, args.source_dir, args.exported_at, args.force)
     with ledger.connect() as conn:
         chain = ledger.verify_audit_chain(conn)
     if chain.intact:

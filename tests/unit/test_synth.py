@@ -381,3 +381,25 @@ def test_cli_writes_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert "rows" in err
     assert (tmp_path / "export_manifest.json").exists()
     assert len(read(tmp_path / "call_records.csv")) > 50 * 25
+
+
+def test_handover_manifest_writes_what_the_operator_would_have(tmp_path):
+    """An export without a manifest: `handover manifest` writes one from the files (rows as
+    extract counts them, sha256), marked as made by the receiver; it never replaces the
+    operator's."""
+    import json
+
+    from handover import cli, synth
+
+    synth.generate(tmp_path, 60, seed=2)
+    original = json.loads((tmp_path / "export_manifest.json").read_text())
+    (tmp_path / "export_manifest.json").unlink()
+    args = ["manifest", "--system", "legacy_bss", "--source-dir", str(tmp_path),
+            "--exported-at", "2026-11-01 00:00:00"]
+    assert cli.main(args) == 0
+    made = json.loads((tmp_path / "export_manifest.json").read_text())
+    assert made["made_by"] == "receiver" and made["exported_at"] == "2026-11-01 00:00:00"
+    for table, entry in original["tables"].items():
+        assert made["tables"][table]["rows"] == entry["rows"]
+        assert made["tables"][table]["sha256"] == entry["sha256"]
+    assert cli.main(args) == 2  # a manifest is there now: never overwritten silently
