@@ -194,8 +194,8 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
     res = CheckResult()
     try:
         cfg = load_config(system)
-    except ConfigError as exc:
-        res.problems.append(str(exc))
+    except ConfigError as exc:  # every problem of the four files, one line each
+        res.problems.extend(exc.problems)
         return res
     source_dir = Path(source_dir)
     exported_at = _exported_at(source_dir)

@@ -323,7 +323,18 @@ MAPPING_SCHEMA = {
 
 
 class ConfigError(ValueError):
-    """A configuration file is wrong; the message names file, line and field."""
+    """A configuration file is wrong; the message names file, line and field.
+
+    `problems` holds every problem found in one pass (schemas of all four files, then the
+    cross-checks); the message is the first, with how many more there are: `handover
+    check` prints them all, a run fails on one line."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = list(problems) if problems else [message]
+        more = len(self.problems) - 1
+        super().__init__(message if not more else
+                         f"{message} (and {more} more problem{'s' if more > 1 else ''}: "
+                         "`.venv/bin/handover check --system …` lists them all)")
 
 
 @dataclass(frozen=True)
@@ -505,9 +516,17 @@ def _schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
 
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(data), key=lambda e: list(map(str, e.absolute_path)))
-    if not errors:
-        return
-    err = errors[0]
+    problems = []
+    for err in errors:
+        try:
+            problems.append(_schema_message(path, lines, err))
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError(problems[0], list(dict.fromkeys(problems)))
+
+
+def _schema_message(path: Path, lines: dict, err) -> str:
     keys = tuple(err.absolute_path)
     dotted = ".".join(map(str, keys)) or "(top level)"
     message = err.message
@@ -525,17 +544,32 @@ def _schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
             err.instance, err.validator_value)
     elif err.validator == "propertyNames":
         message = f"{err.message}{_nearest(err.instance, err.schema.get('enum', []))}"
-    raise ConfigError(f"{_where(path, lines, keys)}: {dotted}: {message}")
+    return f"{_where(path, lines, keys)}: {dotted}: {message}"
 
 
 def _cross_check(cfg: SourceConfig) -> None:
+    """Every cross-check, each problem collected: one run names them all."""
+    problems: list[str] = []
+    try:
+        _cross_checks(cfg, problems)
+    except ConfigError as exc:
+        problems.extend(p for p in exc.problems if p not in problems)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        if not problems:  # a check tripped over something no check names yet
+            raise
+    if problems:
+        raise ConfigError(problems[0], problems)
+
+
+def _cross_checks(cfg: SourceConfig, problems: list[str]) -> None:
     d = cfg.directory
     cat_tables = cfg.catalog["tables"]
 
     def fail(fname: str, keys: tuple, message: str) -> None:
         lines = cfg._lines[fname.removesuffix(".yaml")]
-        raise ConfigError(f"{_where(d / fname, lines, keys)}: {'.'.join(map(str, keys))}: "
-                          f"{message}")
+        line = f"{_where(d / fname, lines, keys)}: {'.'.join(map(str, keys))}: {message}"
+        if line not in problems:
+            problems.append(line)
 
     for fname, doc, lines in (
         ("cleansing.yaml", cfg.cleansing, cfg._lines["cleansing"]),
@@ -544,14 +578,15 @@ def _cross_check(cfg: SourceConfig) -> None:
         for table, spec in doc["tables"].items():
             where = _where(d / fname, lines, ("tables", table))
             if table not in cat_tables:
-                raise ConfigError(f"{where}: tables.{table}: table not in catalog.yaml"
-                                  f"{_nearest(table, cat_tables)}")
+                problems.append(f"{where}: tables.{table}: table not in catalog.yaml"
+                                f"{_nearest(table, cat_tables)}")
+                continue
             columns = cat_tables[table]["columns"]
 
             def need(col: str, keys: tuple, _cols=columns, _table=table, _fname=fname,
                      _lines=lines) -> None:
                 if col not in _cols:
-                    raise ConfigError(
+                    problems.append(
                         f"{_where(d / _fname, _lines, keys)}: {'.'.join(map(str, keys))}: "
                         f"column '{col}' is not in catalog table {_table}{_nearest(col, _cols)}")
 
@@ -564,21 +599,23 @@ def _cross_check(cfg: SourceConfig) -> None:
         for attr in ("key", "customer_column", "event_time"):
             col = spec.get(attr)
             if col is not None and col not in spec["columns"]:
-                raise ConfigError(
+                problems.append(
                     f"{_where(d / 'catalog.yaml', lines, ('tables', table, attr))}: "
                     f"tables.{table}.{attr}: '{col}' is not a column of {table}"
                     f"{_nearest(col, spec['columns'])}")
         if table not in cfg.mapping["tables"]:
-            raise ConfigError(
+            problems.append(
                 f"{_where(d / 'mapping.yaml', cfg._lines['mapping'], ('tables',))}: "
                 f"tables.{table}: catalog table '{table}' has no mapping; add it "
                 "(or remove it from the catalog)")
         _check_source(table, spec, fail)
-    for cat in {t["category"] for t in cat_tables.values()}:
+    for cat in sorted({t["category"] for t in cat_tables.values()}):
         if cat not in cfg.policy["categories"]:
-            raise ConfigError(
+            problems.append(
                 f"{_where(d / 'policy.yaml', cfg._lines['policy'], ('categories',))}: "
                 f"categories.{cat}: no policy for category '{cat}' used in catalog.yaml")
+    if problems:  # what follows reads tables, columns and categories checked above
+        return
     _check_policy(cfg, fail)
     _check_event_times(cfg, fail)
     _check_target(cfg, fail)
@@ -873,12 +910,27 @@ def load_config(system: str | Path = "legacy_bss") -> SourceConfig:
         raise ConfigError(f"source system '{system}': no folder {directory}"
                           f"{_nearest(str(system), known)}; known: {', '.join(known)}")
     docs, lines = {}, {}
+    problems: list[str] = []  # every file's schema problems, then (if none) the cross-checks
     for name, schema in (("catalog", CATALOG_SCHEMA), ("policy", POLICY_SCHEMA),
                          ("cleansing", CLEANSING_SCHEMA), ("mapping", MAPPING_SCHEMA)):
         path = directory / f"{name}.yaml"
         data, idx = _load_yaml(path)
-        _schema_check(path, data, idx, schema)
+        try:
+            _schema_check(path, data, idx, schema)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
         docs[name], lines[name] = data, idx
+    if problems:
+        # Still cross-check what can be: a newcomer gets every problem in one round. A
+        # check that trips over a structure the schema already refused is skipped.
+        try:
+            _cross_check(SourceConfig(system=str((docs["catalog"] or {}).get("system", "")),
+                                      directory=directory, _lines=lines, **docs))
+        except ConfigError as exc:
+            problems.extend(p for p in exc.problems if p not in problems)
+        except Exception:  # noqa: BLE001 - the schema problems above are the report
+            pass
+        raise ConfigError(problems[0], problems)
     cfg = SourceConfig(system=docs["catalog"]["system"], directory=directory, _lines=lines, **docs)
     _cross_check(cfg)
     return cfg

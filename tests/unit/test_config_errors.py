@@ -10,6 +10,7 @@ error names file and line but no field; tests/unit/test_config.py covers it.)
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,3 +234,38 @@ def test_broken_file_names_file_line_field_and_stops_before_the_target(case, tmp
                               "table_schema NOT IN ('pg_catalog', 'information_schema')"
                               ).fetchone()[0]
     assert tables == 0, "plan_run touched the target"
+
+
+def test_check_names_every_config_problem_in_one_run(tmp_path):
+    """Five different mistakes in three files: one `handover check` names them all (a
+    newcomer fixes them in one round, not five), each with file, line and field; a run
+    fails on the first with a count of the rest."""
+    import shutil
+
+    from handover.check import run_check
+    from handover.config import CONFIG_ROOT, ConfigError, load_config
+
+    folder = tmp_path / "legacy_bss"
+    shutil.copytree(CONFIG_ROOT / "legacy_bss", folder)
+    edits = {
+        "catalog.yaml": [("partitions: ", "partitionz: ")],
+        "cleansing.yaml": [("    integers: [amount_fen]\n", "    integers: [amount_fenn]\n"),
+                           ("codes: {channel:", "codez: {channel:")],
+        "policy.yaml": [("retention_months: 36", "retention_months: -3"),
+                        ("lawful_basis: contract", "lawful_basis: contrakt")],
+    }
+    for name, subs in edits.items():
+        text = (folder / name).read_text()
+        for old, new in subs:
+            assert old in text, (name, old)
+            text = text.replace(old, new, 1)
+        (folder / name).write_text(text)
+
+    res = run_check(str(folder), tmp_path / "no-export")
+    joined = "\n".join(res.problems)
+    assert len(res.problems) >= 5, joined
+    for needle in ("partitionz", "codez", "retention_months", "contrakt", "amount_fenn"):
+        assert needle in joined, needle
+    assert all(re.search(r"\.yaml( line \d+)?: ", p) for p in res.problems), joined
+    with pytest.raises(ConfigError, match=r"and \d+ more problems"):
+        load_config(folder)
