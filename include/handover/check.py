@@ -185,6 +185,22 @@ def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> 
                                 "is missing from the sample")
 
 
+def _check_personal_defaults(cfg, res: CheckResult) -> None:
+    """A constant default in a personal field (`birth_date: {from: dob, default:
+    1900-01-01}`) writes a made-up value about a person into the target: warn, and say what
+    gives the true one."""
+    for table in cfg.tables:
+        columns = cfg.table(table)["columns"]
+        for field_name, spec in cfg.table_mapping(table)["fields"].items():
+            src = spec.get("from")
+            if "default" in spec and src and columns.get(src, {}).get("pii", "none") != "none":
+                res.notes.append(
+                    f"mapping.yaml tables.{table}.fields.{field_name}: a constant default "
+                    f"({spec['default']!r}) fills a personal field ({columns[src]['pii']}) where "
+                    "the export has none; a made-up value about a person: derive it "
+                    "(from_resident_id: birth_date | gender | region) or leave it empty")
+
+
 def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
               tolerance: float = 0.05) -> CheckResult:
     """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
@@ -200,6 +216,7 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
     source_dir = Path(source_dir)
     exported_at = _exported_at(source_dir)
     _check_suites(cfg, res)
+    _check_personal_defaults(cfg, res)
     catalog_file = cfg.directory / "catalog.yaml"
     for table in cfg.tables:
         spec = cfg.table(table)

@@ -26,7 +26,8 @@ PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
 SOURCE_FORMATS = ["csv", "parquet", "sql"]
 ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
-TRANSFORMS = ["from", "concat", "split", "default", "lookup", "parse_date", "yuan_to_fen",
+TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup", "parse_date",
+              "yuan_to_fen",
               "cast", "protect"]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
 FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote")
@@ -277,6 +278,10 @@ MAPPING_SCHEMA = {
                             "additionalProperties": False,
                             "properties": {
                                 "from": {"type": "string"},
+                                # what the (18-digit, cleansed) resident ID in `from`
+                                # encodes: the true value of a field the export lacks
+                                "from_resident_id": {"enum": ["birth_date", "gender",
+                                                              "region"]},
                                 "concat": {
                                     "type": "object",
                                     "additionalProperties": False,

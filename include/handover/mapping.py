@@ -47,9 +47,10 @@ from handover.protect import (
     redact_text,
 )
 
-TRANSFORMS = ("from", "concat", "split", "default", "lookup", "parse_date", "yuan_to_fen",
-              "cast", "protect")
-VALUE_TRANSFORMS = ("concat", "split", "default", "parse_date", "yuan_to_fen", "cast")
+TRANSFORMS = ("from", "from_resident_id", "concat", "split", "default", "lookup",
+              "parse_date", "yuan_to_fen", "cast", "protect")
+VALUE_TRANSFORMS = ("from_resident_id", "concat", "split", "default", "parse_date", "yuan_to_fen",
+                    "cast")
 CASTS = ("string", "int", "float", "bool", "date", "timestamp")
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
@@ -226,6 +227,8 @@ class _Field:
             text = _text_array(series)
             values = _Source(series) if text is None else text
         kind: pa.DataType | None = None
+        if "from_resident_id" in spec:
+            values = self._from_resident_id(values, spec["from_resident_id"])
         if "split" in spec:
             values = self._split(values, spec["split"])
         if "default" in spec:
@@ -282,6 +285,23 @@ class _Field:
             if part < len(pieces):
                 out[i] = pieces[part].strip() or None
         return out
+
+    # -- from_resident_id
+    def _from_resident_id(self, values: Values, what: str) -> Values:
+        """Birth date (`YYYY-MM-DD`), gender (`男`/`女`) or region (the 6-digit area code)
+        encoded in an 18-digit resident ID: a NOT NULL target field the export lacks gets
+        the true value, not a placeholder. An ID not of that form gives None."""
+        from handover.validators import resident_id_birth_gender, resident_id_valid
+
+        ids = values if _is_text(values) else pa.array(
+            [None if v is None else _text(v) for v in _as_objects(values)], pa.string())
+        ok = pa.array(resident_id_valid(ids))
+        if what == "region":
+            out = pc.utf8_slice_codeunits(ids, 0, 6)
+        else:
+            birth, gender = resident_id_birth_gender(ids)
+            out = birth if what == "birth_date" else gender
+        return pc.if_else(ok, out, pa.scalar(None, pa.string()))
 
     # -- default
     def _default(self, values: Values, default: Any) -> Values:

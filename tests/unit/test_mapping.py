@@ -211,3 +211,29 @@ def test_two_source_systems_write_one_target_field_alike(ring):
     for out in (legacy, other):
         assert decrypt_value(out["id_number_enc"][0], out["id_number_key_id"][0], ring,
                              aad=b"customer.id_number") == "11010519491231002X"
+
+
+def test_fields_the_export_lacks_are_derived_from_the_resident_id():
+    """A NOT NULL birth date, gender or region the export does not have gets the value
+    the ID number encodes, not a placeholder; an ID not in its 18-digit form gives none."""
+    import pandas as pd
+
+    from handover.mapping import map_partition
+    from handover.validators import id_check_digit
+
+    first17 = "440304" + "19720206" + "601"
+    good = first17 + id_check_digit(first17)
+    clean = pd.DataFrame({"cid": ["C1", "C2"], "id_number": [good, "12345"],
+                          "_source_row": [1, 2]})
+    mapping = {"target": "customer", "key": "customer_id", "fields": {
+        "customer_id": {"from": "cid"},
+        "birth_date": {"from": "id_number", "from_resident_id": "birth_date", "cast": "date"},
+        "gender": {"from": "id_number", "from_resident_id": "gender"},
+        "region_code": {"from": "id_number", "from_resident_id": "region"}}}
+    columns = {"cid": {"level": "L2", "pii": "none"},
+               "id_number": {"level": "L4", "pii": "resident_id"}}
+    out = map_partition(clean, "subscribers", mapping, columns, None).to_pydict()
+    import datetime as dt
+
+    assert out["birth_date"] == [dt.date(1972, 2, 6), None]
+    assert out["gender"] == ["男", None] and out["region_code"] == ["440304", None]
