@@ -24,7 +24,7 @@ LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
 SOURCE_FORMATS = ["csv", "parquet", "sql"]
-ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030"]
+ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "utf-16", "utf-16-le", "utf-16-be"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
 TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup", "parse_date",
               "yuan_to_fen",

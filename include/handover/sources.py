@@ -31,7 +31,10 @@ from handover.config import resolve_source
 ROW_COLUMN = "_source_row"
 FORMATS = ("csv", "parquet", "sql")
 # Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
-ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030"}
+ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030",
+             # Windows tools export "Unicode" text as UTF-16 (with a BOM, or little-endian
+             # without one): transcoded while it streams, like GBK
+             "utf-16": "utf-16", "utf-16-le": "utf-16-le", "utf-16-be": "utf-16-be"}
 DEFAULT_CHUNK_ROWS = 50_000
 # Arrow's streaming CSV reader reads ahead of its consumer, and with 8 MB blocks what it
 # held grew with the file (peak +230 MB at 95 MB of call records, +490 MB at 950 MB);
@@ -267,6 +270,13 @@ class DelimitedSource(_FileSource):
 
     def open(self) -> None:
         self._require_file()
+        with open(self.path, "rb") as fh:
+            bom = fh.read(2)
+        if bom in (b"\xff\xfe", b"\xfe\xff") and not self.encoding.startswith("utf-16"):
+            raise SourceReadError(
+                f"{self.path}: the file is UTF-16 (it starts with a byte order mark) but is read "
+                f"as {self.encoding}; set source.encoding: utf-16 for table {self.table} in "
+                "catalog.yaml")
         if not self.header:
             if not self.catalog_columns:
                 raise SourceReadError(f"{self.path}: no header row and no catalog columns to "
@@ -278,6 +288,10 @@ class DelimitedSource(_FileSource):
         def lines(fh) -> Iterator[str]:  # decode only as far as the header reaches
             decoder = codecs.getincrementaldecoder(codec)()
             head = fh.read(1 << 20)  # the header line, ended by CRLF, LF or a lone CR
+            if codec.startswith("utf-16"):  # two bytes a character: decode, then split
+                text = decoder.decode(head, final=False)
+                yield re.split(r"\r\n?|\n", text, maxsplit=1)[0] + "\n"
+                return
             first = re.split(rb"\r\n?|\n", head, maxsplit=1)[0]
             yield decoder.decode(first + b"\n", final=True)
 

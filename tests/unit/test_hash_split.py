@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from handover.ledger import key_checksum
 from handover.pipeline import SPLIT_BYTES, HashSplit
@@ -70,3 +71,24 @@ def test_a_failed_read_writes_what_was_not_split_nowhere(tmp_path):
     split.close(flush=False)
     assert sum(split.counts) == 0
     assert all(pq.read_table(p).num_rows == 0 for p in split.paths)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_a_utf16_export_is_read_with_its_encoding(tmp_path, encoding):
+    from handover.sources import DelimitedSource
+
+    path = tmp_path / "t.csv"
+    path.write_text('cust_id,name\r\nC1,张三\r\nC2,"李四,\n续"\r\n', encoding=encoding)
+    with DelimitedSource(path, table="t", encoding=encoding) as source:
+        rows = [b.to_pydict() for b in source.batches()]
+    assert source.columns == ["cust_id", "name"]
+    assert rows[0]["name"] == ["张三", "李四,\n续"]
+
+
+def test_a_utf16_file_read_as_utf8_says_which_encoding_to_set(tmp_path):
+    from handover.sources import DelimitedSource, SourceReadError
+
+    path = tmp_path / "t.csv"
+    path.write_text("cust_id,name\r\nC1,张三\r\n", encoding="utf-16")
+    with pytest.raises(SourceReadError, match="UTF-16.*source.encoding: utf-16"):
+        DelimitedSource(path, table="t").open()
