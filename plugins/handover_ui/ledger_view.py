@@ -43,10 +43,16 @@ def gather(conn: Any, run_id: str) -> dict[str, Any] | None:
     gates = conn.execute(
         "SELECT gate, table_name, partition, success, rows, docs_path "
         "FROM handover_meta.gate_result WHERE run_id = %s", (run_id,)).fetchall()
-    return build(
+    data = build(
         run=dict(zip(("run_id", "dag_id", "system", "status", "started_at", "finished_at"),
                      run, strict=True)),
         stages=stages, recon=recon, gates=gates)
+    if data["run"]["status"] == "failed":  # what failed, in the task's own one line
+        failed = conn.execute(
+            "SELECT detail FROM handover_meta.audit_log WHERE run_id = %s AND action = "
+            "'run_failed' ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+        data["run"]["failure"] = failed[0] if failed else None
+    return data
 
 
 def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
@@ -130,6 +136,16 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
         f"(every source row loaded, quarantined or excluded). "
         f'<a href="{paths["report"]}">Reconciliation report</a> · '
         f'<a href="{paths["docs"]}">Validation docs</a> · <a href="ledger">all runs</a></p>')
+    failure = run.get("failure")
+    if run["status"] == "failed":
+        task = (failure or {}).get("task_id") or "a task"
+        index = (failure or {}).get("map_index")
+        head = (f'<p id="failed" class="bad">Run FAILED at {escape(str(task))}'
+                + (f"[{escape(str(index))}]" if index not in (None, -1) else "")
+                + (f": {escape((failure or {}).get('error') or '')}" if failure else "")
+                + '</p><p class="muted">Read the task\'s log in the grid, fix the cause '
+                "(docs/runbook.md), then clear the task; the counts below are what the run "
+                "wrote before it stopped.</p>") + head
     summary_rows = []
     for t in data["tables"]:
         r = t["reconciliation"] or {}
