@@ -23,6 +23,7 @@ it: importing this module (e.g. from a DAG file the scheduler parses) stays chea
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -632,9 +633,38 @@ def run_gate(
         run = _stamp(result, run_id=run_id, table=table, partition=partition, rows=len(df))
         docs_path = None
         if docs_dir is not None:
-            docs_path = _write_docs(context, Path(docs_dir), suite, result, run, partition,
-                                    build_index=not result.success)
+            docs = Path(docs_dir)
+            with _site_lock(docs):
+                # Once a gate of the run has failed, every gate after it rebuilds the index
+                # too (publish, which builds it on a green run, never runs on a red one):
+                # one at a time across processes, each after its own result is stored, so
+                # the last to finish lists them all.
+                failed_before = (docs / FAILED_MARKER).exists()
+                if not result.success:
+                    docs.mkdir(parents=True, exist_ok=True)
+                    (docs / FAILED_MARKER).touch()
+                docs_path = _write_docs(context, docs, suite, result, run, partition,
+                                        build_index=not result.success or failed_before)
     return _gate_result(result, gate, table, partition, len(df), docs_path)
+
+
+FAILED_MARKER = ".a-gate-failed"
+
+
+@contextlib.contextmanager
+def _site_lock(docs_dir: Path):
+    """An exclusive lock on a run's Data Docs site across processes (mapped gate tasks
+    write one site in parallel): store and index in turn, never interleaved."""
+    import fcntl
+    import os
+
+    docs_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(docs_dir.parent / f".{docs_dir.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def _release_batch(batch: Any) -> None:

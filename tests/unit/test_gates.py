@@ -511,3 +511,31 @@ def test_contract_gate_stops_full_width_identifiers_left_in_free_text(body: str,
                       run_id="r", suites_dir=ROOT / "expectations" / "legacy_bss",
                       docs_dir=None)
     assert result.success is passes
+
+
+def _gate_in_process(suites_dir: str, docs_dir: str, partition: str, bad: bool) -> str | None:
+    frame = payments(10)
+    if bad:
+        frame.loc[2, "channel"] = "paypal"
+    return gate(frame, Path(suites_dir), partition=partition, docs_dir=Path(docs_dir)).docs_path
+
+
+def test_after_a_gate_failed_the_index_lists_every_gate_of_the_run(tmp_path: Path) -> None:
+    """Gates run as parallel processes write one site; publish, which rebuilds the index,
+    never runs on a red run. Once one gate failed, each later gate rebuilds the index (one
+    at a time, under a lock), so the index left behind lists every validation, not the few
+    the failing gate saw."""
+    import multiprocessing
+
+    suites_dir, docs_dir = tmp_path / "suites", tmp_path / "docs"
+    write_suite(suites_dir, "quality", "payments", PAYMENTS_SUITE)
+    first = gate(payments(10).assign(channel="paypal"), suites_dir, partition="p00",
+                 docs_dir=docs_dir)
+    assert not first.success
+    jobs = [(str(suites_dir), str(docs_dir), f"p{i:02d}", i % 3 == 0) for i in range(1, 7)]
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        pages = pool.starmap(_gate_in_process, jobs)
+    text = (docs_dir / "index.html").read_text(encoding="utf-8")
+    assert first.docs_path in text
+    for page in pages:
+        assert page and page in text, page
