@@ -127,6 +127,16 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 <table><tr><th>table</th><th>period</th><th>source</th><th>target</th><th></th></tr>{m_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
+<p>Where they are: each quarantined row is kept whole, encrypted, in the lake's working set
+(<code>runs/&lt;run&gt;/cleanse/_quarantine/</code>) for the policy's
+<code>quarantine_days</code>, then destroyed by <code>retention_and_destruction</code>; only
+the pipeline's service (the lake and the keyring) can read it. The books
+(<code>handover_meta.quarantine</code>, readable by auditors) keep the record key, the
+reason and the field, never a value. What to do: a wrong rule is fixed in
+<code>cleansing.yaml</code> and the table's <code>cleanse</code> task cleared (the rows then
+load, and rows the new rule refuses leave the target); a wrong export is exported again and
+<code>extract_table</code> cleared (docs/runbook.md). Orphans wait for their parent and load
+in the night that brings it.</p>
 <h2>Orphans waiting for their parent (all runs)</h2><p>Children quarantined
 <code>ORPHAN_RECORD</code>: each night takes them in again and loads those whose parent has
 arrived.</p><table><tr><th>table</th><th>rows waiting</th></tr>{o_rows}</table>
