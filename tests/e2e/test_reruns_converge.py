@@ -6,7 +6,7 @@ clear in the UI runs again).
   the newer run left it and counts its rows stale.
 - An export edited after it was sealed (amounts multiplied, row count kept) is red at
   extract, naming the file and both digests.
-- A rule tightened after load (payments before a date are now quarantined), cleanse and
+- A rule tightened after load (payments before March are now quarantined), cleanse and
   what follows it rerun: the rows leave the target, target equals ledger, reconciliation
   is green.
 
@@ -157,7 +157,7 @@ def test_a_tightened_rule_then_clearing_cleanse_converges(two_runs):
     rules = (t["system"] / "cleansing.yaml").read_text()
     tightened = rules.replace("    dates: {paid_at: \"%Y-%m-%d %H:%M:%S\"}\n",
                               "    dates: {paid_at: \"%Y-%m-%d %H:%M:%S\"}\n"
-                              "    not_before: {paid_at: \"2026-06-01\"}\n", 1)
+                              "    not_before: {paid_at: \"2026-03-01\"}\n", 1)
     assert tightened != rules
     (t["system"] / "cleansing.yaml").write_text(tightened)
     try:
