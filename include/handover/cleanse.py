@@ -303,6 +303,16 @@ def _parse_decimal(arr: pa.Array, places: int, index: pd.Index) -> pd.Series:
     return pd.Series(values, index=index)
 
 
+def _amount_rules(verdict: _Verdict, num: pd.Series, col: str, non_negative: set[str],
+                  bounds: dict[str, float]) -> None:
+    """The sign and size rules of a numeric column (integers, decimals, money alike)."""
+    if col in non_negative:
+        verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
+    if col in bounds:
+        verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
+                     "AMOUNT_OUT_OF_RANGE", col)
+
+
 def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
              parent: ParentRegistry | None = None,
              duplicate_key: np.ndarray | None = None,
@@ -414,11 +424,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         num = pd.Series(pd.arrays.IntegerArray(values, ~valid), index=text.index)
         bad = rest & ~pd.Series(whole, index=text.index)
         verdict.fail(bad.to_numpy(), "INVALID_NUMBER", col)
-        if col in non_negative:
-            verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
-        if col in bounds:
-            verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
-                         "AMOUNT_OUT_OF_RANGE", col)
+        _amount_rules(verdict, num, col, non_negative, bounds)
         out[col] = num
 
     for col, places in rules.get("decimals", {}).items():
@@ -429,10 +435,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         ok = num.notna() & (num.abs() < 2**53 / 100)
         verdict.fail((text.notna() & ~ok).to_numpy(), "INVALID_NUMBER", col)
         num = num.where(ok)
-        if col in non_negative:
-            verdict.fail((num < 0).fillna(False).to_numpy(), "NEGATIVE_AMOUNT", col)
-        if col in bounds:
-            verdict.fail((num > bounds[col]).fillna(False).to_numpy(), "AMOUNT_OUT_OF_RANGE", col)
+        _amount_rules(verdict, num, col, non_negative, bounds)
         out[col] = num.astype("float64")
 
     for col, spec in rules.get("money", {}).items():
@@ -447,11 +450,7 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         num = pd.Series(pd.arrays.IntegerArray(values, ~valid), index=text.index)
         verdict.fail((text.notna() & ~pd.Series(valid, index=text.index)).to_numpy(),
                      "INVALID_NUMBER", col)
-        if col in non_negative:
-            verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
-        if col in bounds:
-            verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
-                         "AMOUNT_OUT_OF_RANGE", col)
+        _amount_rules(verdict, num, col, non_negative, bounds)
         out[col] = num
 
     # Columns still text in `out` can be checked on their Arrow form.
