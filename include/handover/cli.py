@@ -21,6 +21,8 @@ import argparse
 import json
 import sys
 
+import psycopg
+
 from handover import ledger
 from handover.lake import lake_from_url, safe_run_id
 
@@ -80,7 +82,8 @@ def keys_command(args: argparse.Namespace) -> int:
             if not args.unchecked:
                 try:
                     needed = keys.key_still_needed(args.retire, args.system)
-                except Exception as exc:  # noqa: BLE001 - any reason we cannot look
+                except (OSError, RuntimeError, ValueError, psycopg.Error) as exc:
+                    # target or lake unreachable, no keyring or connection defined
                     print(f"keys --retire {args.retire}: cannot check where the key is still "
                           f"used ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); run "
                           "with the target and lake settings of the running system, or "

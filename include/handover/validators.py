@@ -210,13 +210,15 @@ def classify_phones(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
                           pc.binary_join_element_wise("0", national, ""), national)
     mobile = normalise_msisdn(arr)  # the existing, idempotent mobile normalisation
     cls = np.full(len(text), None, dtype=object)
+    unclassified = np.ones(len(text), dtype=bool)  # the first class that matches wins
     out = national
     for name in ("mobile", "iot", "service", "landline", "international"):
         src = mobile if name == "mobile" else national
         hit = pc.fill_null(pc.match_substring_regex(src, _PHONE_PATTERNS[name]), False)
-        hit_np = hit.to_numpy(zero_copy_only=False) & (cls == None)  # noqa: E711 - numpy
+        hit_np = hit.to_numpy(zero_copy_only=False) & unclassified
         if hit_np.any():
             cls[hit_np] = name
+            unclassified &= ~hit_np
             if name == "mobile":
                 out = pc.if_else(pa.array(hit_np), mobile, out)
     return out, cls
