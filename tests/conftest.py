@@ -503,21 +503,22 @@ def ledger_report(dsn: str, run_id: str) -> dict[str, dict]:
 
     with psycopg.connect(dsn) as conn:
         recon = {r[0]: {"source_rows": r[1], "loaded": r[2], "quarantined": r[3],
-                        "excluded": r[4], "target_rows": r[5], "balanced": r[6]}
+                        "excluded": r[4], "target_rows": r[5], "balanced": r[6],
+                        "merged": r[7]}
                  for r in conn.execute(
                      "SELECT table_name, source_rows, loaded, quarantined, excluded, "
-                     "target_rows, balanced FROM handover_meta.reconciliation WHERE run_id=%s",
-                     (run_id,))}
+                     "target_rows, balanced, merged FROM handover_meta.reconciliation WHERE "
+                     "run_id=%s", (run_id,))}
         stages = conn.execute(
             "SELECT table_name, stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
-            "sum(rows_excluded) FROM handover_meta.ledger WHERE run_id=%s GROUP BY 1, 2",
-            (run_id,)).fetchall()
+            "sum(rows_excluded), sum(rows_merged) FROM handover_meta.ledger WHERE run_id=%s "
+            "GROUP BY 1, 2", (run_id,)).fetchall()
     by: dict[str, dict] = {}
-    for t, stage, i, o, q, x in stages:
-        by.setdefault(t, {})[stage] = (int(i), int(o), int(q), int(x))
+    for t, stage, i, o, q, x, m in stages:
+        by.setdefault(t, {})[stage] = (int(i), int(o), int(q), int(x), int(m))
     for t, st in by.items():
         chain = [s for s in ("extract", "comply", "cleanse", "map", "load") if s in st]
-        ok = all(st[s][0] == st[s][1] + st[s][2] + st[s][3] for s in chain)
+        ok = all(st[s][0] == st[s][1] + st[s][2] + st[s][3] + st[s][4] for s in chain)
         ok &= all(st[a][1] == st[b][0] for a, b in zip(chain, chain[1:], strict=False))
         recon.setdefault(t, {})["stages"] = st
         recon[t]["chained"] = ok
@@ -525,13 +526,14 @@ def ledger_report(dsn: str, run_id: str) -> dict[str, dict]:
 
 
 def assert_ledger_balanced(dsn: str, run_id: str, tables) -> dict:
-    """Every table reconciled and balanced: in = loaded + quarantined + excluded, the
+    """Every table reconciled and balanced: in = loaded + merged + quarantined + excluded, the
     target holds exactly the loaded rows, and the ledger's stages chain."""
     report = ledger_report(dsn, run_id)
     for t in tables:
         r = report.get(t)
         assert r is not None and "balanced" in r, f"{t}: no reconciliation row in {run_id}"
-        assert r["source_rows"] == r["loaded"] + r["quarantined"] + r["excluded"], (t, r)
+        assert r["source_rows"] == (r["loaded"] + r["merged"] + r["quarantined"]
+                                    + r["excluded"]), (t, r)
         assert r["target_rows"] == r["loaded"] and r["balanced"] and r["chained"], (t, r)
     return report
 
@@ -564,16 +566,21 @@ def unhash_book_keys(keyring_file: Path, rows, candidates) -> list:
     return [(r[0], names.get((r[0], r[1]), r[1]), *r[2:]) for r in rows]
 
 
-def reseal(src: Path) -> None:
-    """The export's manifest with each file's sha256 as it is now: an export as the
-    operator seals it (tests that plant a defect in a file are handing over a bad export,
-    not editing a sealed one, which extract refuses)."""
+def reseal(src: Path, rows: bool = False) -> None:
+    """The export's manifest with each file's sha256 as it is now (and, with `rows`, its
+    row count: a CSV with a header line and one line a row): an export as the operator
+    seals it (tests that plant a defect in a file are handing over a bad export, not
+    editing a sealed one, which extract refuses)."""
     import hashlib
     import json
+
+    import pandas as pd
 
     manifest = json.loads((Path(src) / "export_manifest.json").read_text())
     for entry in manifest.get("tables", {}).values():
         f = Path(src) / entry.get("file", "")
         if isinstance(entry, dict) and entry.get("file") and f.is_file():
             entry["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+            if rows:
+                entry["rows"] = len(pd.read_csv(f, dtype=str, keep_default_na=False))
     (Path(src) / "export_manifest.json").write_text(json.dumps(manifest))

@@ -52,6 +52,9 @@ class ParentRegistry:
     valid: set[str] | pa.Array
     quarantined: set[str] | pa.Array
     excluded: set[str] | pa.Array
+    # parents merged into another record of their person: key -> survivor's key. They count
+    # as valid (in `valid` too); their children are re-parented to the survivor.
+    merged: dict[str, str] = field(default_factory=dict)
 
     def classify(self, keys: pd.Series | pa.Array) -> np.ndarray:
         """Per child row: None (parent fine) or the quarantine reason."""
@@ -84,6 +87,9 @@ class CleanseResult:
     quarantine: pd.DataFrame  # original (raw) row + _reason + _field
     counts: dict[str, int]
     normalised: dict[str, int] = field(default_factory=dict)  # e.g. 15-digit IDs upgraded
+    # rows of a person merged into a surviving record: _key, _survivor, _rule
+    merged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        {"_key": [], "_survivor": [], "_rule": []}, dtype=object))
 
 
 class _Verdict:
@@ -105,6 +111,13 @@ class _Verdict:
     @property
     def failed(self) -> np.ndarray:
         return self.rank < len(REASON_ORDER)
+
+    def clear(self, mask: np.ndarray) -> None:
+        """Take back the verdict of these rows (they leave another way: merged)."""
+        hit = np.asarray(mask, dtype=bool)
+        self.reason[hit] = None
+        self.field[hit] = None
+        self.rank[hit] = len(REASON_ORDER)
 
 
 def is_epoch_format(fmt: str) -> bool:
@@ -474,6 +487,12 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
             fate = parent_fate
         for reason in ("ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED"):
             verdict.fail(fate == reason, reason, col)
+        if parent.merged and col not in typed_cols:
+            # A child of a record merged into its person's survivor follows the survivor.
+            moved = out[col].isin(parent.merged).to_numpy()
+            if moved.any():
+                out.loc[moved, col] = out.loc[moved, col].map(parent.merged)
+                verdict.normalised["REPARENTED_TO_SURVIVOR"] = int(moved.sum())
 
     for col in META_COLUMNS:
         if col in raw.columns:
@@ -519,50 +538,91 @@ def _record_keys_loop(keys: pd.Series, rows: pd.Series) -> list[str]:
 
 def dedupe_losers(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict,
                   key: str) -> list:
-    """Survivorship: among valid rows sharing the dedupe key, keep newest (or oldest).
+    """The losers' keys of survivorship (see dedupe_pairs)."""
+    return dedupe_pairs(typed, verdict_failed, rules, key)[0]
 
-    Sorted by (dedupe key, order, key) in Arrow, nulls last; every row after the first of
-    its dedupe key loses (rows without one count as one group, as pandas' duplicated()
-    counts them). Returns the losers' keys. Arrow, not pandas: a whole parent table's three
-    columns as Python objects cost more than the rest of resolve_customers together.
+
+def dedupe_pairs(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict,
+                 key: str) -> tuple[list, list]:
+    """Survivorship: among valid rows of one person (same dedupe key, e.g. the normalised
+    resident ID), one survives; returns (losers' keys, each one's survivor's key).
+
+    The survivor by `keep`: newest / oldest by `order_by`, `first_key` (the smallest key),
+    or `most_complete` (most filled fields, `_filled` in `typed`; then newest). Sorted in
+    Arrow, nulls last; every row after the first of its group loses. Rows without a dedupe
+    key are not one person: they never lose. Arrow, not pandas: a whole parent table's
+    three columns as Python objects cost more than the rest of resolve_customers together.
     """
     spec = rules["dedupe"]
-    cols = list(dict.fromkeys([key, spec["key"], spec["order_by"]]))
+    keep = spec["keep"]
+    extra = ["_filled"] if keep == "most_complete" else []
+    cols = list(dict.fromkeys([key, spec["key"], spec["order_by"], *extra]))
     table = (typed.select(cols) if isinstance(typed, pa.Table)
              else pa.Table.from_pandas(typed[cols], preserve_index=False))
     cand = table.filter(pa.array(~np.asarray(verdict_failed, dtype=bool)))
+    cand = cand.filter(pc.is_valid(cand.column(spec["key"])))
     if cand.num_rows < 2:
-        return []
-    newest_first = spec["keep"] != "oldest"
-    order = pc.sort_indices(cand, sort_keys=[
-        (spec["key"], "ascending"),
-        (spec["order_by"], "descending" if newest_first else "ascending"),
-        (key, "ascending")], null_placement="at_end")
+        return [], []
+    order_by = {"newest": [(spec["order_by"], "descending")],
+                "oldest": [(spec["order_by"], "ascending")],
+                "first_key": [],
+                "most_complete": [("_filled", "descending"), (spec["order_by"], "descending")],
+                }[keep]
+    order = pc.sort_indices(cand, sort_keys=[(spec["key"], "ascending"), *order_by,
+                                             (key, "ascending")], null_placement="at_end")
     ordered = cand.take(order)
     group = ordered.column(spec["key"]).combine_chunks()
     cur, prev = group.slice(1), group.slice(0, len(group) - 1)
-    same = pc.or_(pc.fill_null(pc.equal(cur, prev), False),
-                  pc.and_(pc.is_null(cur), pc.is_null(prev)))
-    losers = np.concatenate([[False], _np(same)])
-    return ordered.column(key).filter(pa.array(losers)).to_pylist()
+    same = np.concatenate([[False], _np(pc.fill_null(pc.equal(cur, prev), False))])
+    first = np.flatnonzero(~same)  # each group's survivor, in order
+    survivor_of = first[np.cumsum(~same) - 1]
+    keys = ordered.column(key).combine_chunks()
+    losers = pa.array(same)
+    return (keys.filter(losers).to_pylist(),
+            keys.take(pa.array(survivor_of)).filter(losers).to_pylist())
 
 
 def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
             parent: ParentRegistry | None = None,
-            duplicate_losers: set[str] | None = None,
+            duplicate_losers: set[str] | dict[str, str] | None = None,
             duplicate_key: np.ndarray | None = None,
-            parent_fate: np.ndarray | None = None) -> CleanseResult:
+            parent_fate: np.ndarray | None = None,
+            same_key_rows: set[int] | None = None) -> CleanseResult:
+    """`duplicate_losers`: keys that lost survivorship, each with its survivor's key (a
+    dict) where the rule merges (`dedupe.action: merge`, the default): those rows leave as
+    merged; a set, or `action: quarantine`, quarantines them as DUPLICATE_PERSON.
+    `same_key_rows`: source rows (`_source_row`) that repeat a key already held by a record
+    of the same person (resolve decided): merged into it, not DUPLICATE_KEY."""
     typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent,
                               duplicate_key=duplicate_key, parent_fate=parent_fate)
+    merge = (rules.get("dedupe") or {}).get("action", "merge") == "merge"
+    merged_mask = np.zeros(len(raw), dtype=bool)
+    survivors = np.full(len(raw), None, dtype=object)
+    rule = np.full(len(raw), None, dtype=object)
     if duplicate_losers:
-        verdict.fail(typed[key].isin(duplicate_losers).to_numpy(), "DUPLICATE_PERSON",
-                     rules.get("dedupe", {}).get("key", key))
+        hit = typed[key].isin(duplicate_losers).to_numpy() & ~verdict.failed
+        if merge and isinstance(duplicate_losers, dict):
+            merged_mask |= hit
+            survivors[hit] = typed.loc[hit, key].map(duplicate_losers).to_numpy(dtype=object)
+            rule[hit] = "SAME_PERSON"
+        else:
+            verdict.fail(hit, "DUPLICATE_PERSON", rules.get("dedupe", {}).get("key", key))
+    if same_key_rows and "_source_row" in raw.columns:
+        hit = (raw["_source_row"].isin(same_key_rows).to_numpy()
+               & (verdict.reason == "DUPLICATE_KEY"))
+        merged_mask |= hit
+        survivors[hit] = typed.loc[hit, key].to_numpy(dtype=object)
+        rule[hit] = "SAME_KEY"
+        verdict.clear(hit)
     failed = verdict.failed
+    merged = pd.DataFrame({"_key": typed.loc[merged_mask, key].to_numpy(dtype=object),
+                           "_survivor": survivors[merged_mask], "_rule": rule[merged_mask]})
     quarantine = raw.loc[failed].copy()
     quarantine["_reason"] = verdict.reason[failed]
     quarantine["_field"] = verdict.field[failed]
     quarantine["_key"] = typed.loc[failed, key].to_numpy()
-    clean = typed.loc[~failed].reset_index(drop=True)
+    clean = typed.loc[~failed & ~merged_mask].reset_index(drop=True)
     counts = pd.Series(verdict.reason[failed]).value_counts().to_dict() if failed.any() else {}
     return CleanseResult(clean, quarantine.reset_index(drop=True),
-                         {str(k): int(v) for k, v in counts.items()}, dict(verdict.normalised))
+                         {str(k): int(v) for k, v in counts.items()}, dict(verdict.normalised),
+                         merged)

@@ -39,20 +39,21 @@ def summary(run_id: str | None) -> int:
         status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
                               (run_id,)).fetchone()
         rows = conn.execute(
-            "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced "
+            "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s ORDER BY table_name",
             (run_id,)).fetchall()
     lake = lake_from_url()
     print(f"run {run_id}: {status[0] if status else 'unknown'}")
-    header = f"{'table':<18}{'in':>10}{'loaded':>10}{'quarant.':>10}{'excluded':>10}  balance"
+    header = (f"{'table':<18}{'in':>10}{'loaded':>10}{'merged':>8}{'quarant.':>10}"
+              f"{'excluded':>10}  balance")
     print(header)
     print("-" * len(header))
     ok = bool(rows)
-    for t, n, loaded, q, x, balanced in rows:
-        sums = loaded + q + x == n
+    for t, n, loaded, q, x, balanced, m in rows:
+        sums = loaded + m + q + x == n
         ok &= bool(balanced) and sums
-        print(f"{t:<18}{n:>10,}{loaded:>10,}{q:>10,}{x:>10,}  "
-              f"{'in = loaded + quarantined + excluded' if sums else 'DOES NOT BALANCE'}"
+        print(f"{t:<18}{n:>10,}{loaded:>10,}{m:>8,}{q:>10,}{x:>10,}  "
+              f"{'in = loaded + merged + quarantined + excluded' if sums else 'DOES NOT BALANCE'}"
               f"{'' if balanced else ' (reconciliation failed)'}")
     base = f"runs/{safe_run_id(run_id)}"
     print(f"\nreport:          {lake.uri(base + '/reports/report.html')}")

@@ -244,9 +244,18 @@ CLEANSING_SCHEMA = {
                         "properties": {
                             "key": {"type": "string"},
                             "order_by": {"type": "string"},
-                            "keep": {"enum": ["newest", "oldest"]},
+                            # the survivor of one person's records
+                            "keep": {"enum": ["newest", "oldest", "first_key",
+                                              "most_complete"]},
+                            # merge (default): the others merged into it, their children
+                            # re-parented (merge map); quarantine: DUPLICATE_PERSON
+                            "action": {"enum": ["merge", "quarantine"]},
                         },
                     },
+                    # upper | lower: the table's key (and its children's parent column) is
+                    # case-folded at extract, after NFKC and trimming, so ` c1 ` and `C1`
+                    # are one key before duplicates are decided
+                    "key_case": {"enum": ["upper", "lower", "keep"]},
                 },
             },
         },
@@ -371,6 +380,20 @@ class SourceConfig:
         columns = self.catalog["tables"].get(name, {}).get("columns") or {}
         verbatim = [c for c, spec in columns.items() if (spec or {}).get("pii") == "free_text"]
         return {**rules, "verbatim": verbatim} if verbatim else rules
+
+    def key_folds(self, name: str) -> dict[str, str]:
+        """Columns extract writes as keys (NFKC, trimmed, case-folded): the table's key by
+        its own `key_case`, its parent column by the parent table's. Empty without any."""
+        rules = self.cleansing["tables"].get(name, {})
+        folds = {}
+        if rules.get("key_case", "keep") != "keep":
+            folds[self.table(name)["key"]] = rules["key_case"]
+        parent = rules.get("parent")
+        if parent:
+            case = self.cleansing["tables"].get(parent["table"], {}).get("key_case", "keep")
+            if case != "keep":
+                folds[parent["column"]] = case
+        return folds
 
     def table_mapping(self, name: str) -> dict[str, Any]:
         return self.mapping["tables"][name]

@@ -3,7 +3,8 @@
 Each stage records, per run, table and partition, rows in, out, quarantined and
 excluded, and a key-set checksum. The table's CHECK constraint refuses a row that
 does not balance, and reconciliation reads the ledger to prove that every source
-row ended loaded, quarantined or excluded. Writes are upserts, so reruns replace
+row ended loaded, merged (one person's second record, into its survivor), quarantined or
+excluded. Writes are upserts, so reruns replace
 rather than add.
 """
 
@@ -76,24 +77,38 @@ def _hash_sum(arr: np.ndarray) -> int:
 
 def record(conn: psycopg.Connection, *, run_id: str, table: str, partition: str, stage: str,
            rows_in: int, rows_out: int, quarantined: int = 0, excluded: int = 0,
-           checksum: str | None = None, detail: dict[str, Any] | None = None) -> None:
-    if rows_in != rows_out + quarantined + excluded:
+           merged: int = 0, checksum: str | None = None,
+           detail: dict[str, Any] | None = None) -> None:
+    """`merged`: rows of a person merged into a surviving record (cleanse; merge_map)."""
+    if rows_in != rows_out + quarantined + excluded + merged:
         raise AssertionError(
             f"ledger does not balance for {table} partition {partition} at {stage}: "
-            f"in {rows_in} != out {rows_out} + quarantined {quarantined} + excluded {excluded}")
+            f"in {rows_in} != out {rows_out} + quarantined {quarantined} + excluded {excluded}"
+            f" + merged {merged}")
     conn.execute(
         """
         INSERT INTO handover_meta.ledger AS l (run_id, table_name, partition, stage, rows_in,
-            rows_out, rows_quarantined, rows_excluded, checksum, detail)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            rows_out, rows_quarantined, rows_excluded, rows_merged, checksum, detail)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         ON CONFLICT (run_id, table_name, partition, stage) DO UPDATE SET
             rows_in = excluded.rows_in, rows_out = excluded.rows_out,
             rows_quarantined = excluded.rows_quarantined, rows_excluded = excluded.rows_excluded,
+            rows_merged = excluded.rows_merged,
             checksum = excluded.checksum, detail = excluded.detail, recorded_at = now()
         """,
-        (run_id, table, partition, stage, rows_in, rows_out, quarantined, excluded, checksum,
-         json.dumps(detail or {})),
+        (run_id, table, partition, stage, rows_in, rows_out, quarantined, excluded, merged,
+         checksum, json.dumps(detail or {})),
     )
+
+
+def replace_merges(conn: psycopg.Connection, run_id: str, table: str, partition: str,
+                   merged: Any, survivors: Any, rules: Any) -> None:
+    """Replace this partition's merge-map entries: merged key, surviving key, rule."""
+    conn.execute("DELETE FROM handover_meta.merge_map WHERE run_id=%s AND table_name=%s "
+                 "AND partition=%s", (run_id, table, partition))
+    _copy_entries(conn, "merge_map", run_id, table, partition, {
+        "merged_key": _column(merged, pa.string()), "survivor_key": _column(survivors, pa.string()),
+        "rule": _column(rules, pa.string())})
 
 
 def replace_quarantine(conn: psycopg.Connection, run_id: str, table: str, partition: str,
@@ -220,7 +235,8 @@ def verify_audit_chain(conn: psycopg.Connection) -> AuditCheck:
 def stage_totals(conn: psycopg.Connection, run_id: str) -> dict[tuple[str, str], dict[str, int]]:
     rows = conn.execute(
         "SELECT table_name, stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
-        "sum(rows_excluded) FROM handover_meta.ledger WHERE run_id=%s GROUP BY 1, 2",
-        (run_id,)).fetchall()
-    return {(t, s): {"in": int(a), "out": int(b), "quarantined": int(c), "excluded": int(d)}
-            for t, s, a, b, c, d in rows}
+        "sum(rows_excluded), sum(rows_merged) FROM handover_meta.ledger WHERE run_id=%s "
+        "GROUP BY 1, 2", (run_id,)).fetchall()
+    return {(t, s): {"in": int(a), "out": int(b), "quarantined": int(c), "excluded": int(d),
+                     "merged": int(m)}
+            for t, s, a, b, c, d, m in rows}

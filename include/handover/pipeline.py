@@ -185,13 +185,17 @@ class HashSplit:
     hundreds; the split is one `take` sorted by partition, then a slice per partition."""
 
     def __init__(self, folder: Path, columns: list[str], key: str, n_parts: int,
-                 options: Callable[[int], dict] | None = None) -> None:
+                 options: Callable[[int], dict] | None = None,
+                 folds: dict[str, str] | None = None) -> None:
         """`options(i)`: the Parquet writer options of partition i, from the lake
         (`lake.parquet_options(key)`: encrypted under the raw stage's key), so the
-        temporary files that hold raw rows on local disk are never plain Parquet."""
+        temporary files that hold raw rows on local disk are never plain Parquet.
+        `folds` ({column: upper|lower}, SourceConfig.key_folds): key columns written
+        normalised and case-folded, so every stage sees one spelling of a key."""
         import pyarrow.parquet as pq
 
         self.key, self.n_parts = key, n_parts
+        self.folds = {c: f for c, f in (folds or {}).items() if c in columns}
         self.paths = [folder / f"{i}.parquet" for i in range(n_parts)]
         self.counts = [0] * n_parts
         self.rows = 0
@@ -233,12 +237,15 @@ class HashSplit:
     def _flush(self) -> None:
         import numpy as np
 
-        from handover.validators import normalise_text
+        from handover.validators import normalise_key, normalise_text
 
         if not self._pending:
             return
         batch = pa.Table.from_batches(self._pending).combine_chunks().to_batches()[0]
         self._pending, self._pending_bytes = [], 0
+        for col, case in self.folds.items():
+            i = batch.schema.get_field_index(col)
+            batch = batch.set_column(i, col, normalise_key(batch.column(i), case))
         keys = normalise_text(batch.column(self.key)).to_numpy(zero_copy_only=False)
         hashed = pd.util.hash_array(keys, categorize=False)
         pid = (hashed % np.uint64(self.n_parts)).astype(np.int64)
@@ -288,7 +295,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                                   f"is missing from the {source.what_columns}; fix the export or "
                                   f"catalog.yaml tables.{table}.key")
             split = HashSplit(tmp, header, key, n_parts, options=lambda i: lake.parquet_options(
-                part_key(run_id, "raw", table, f"p{i:02d}")))
+                part_key(run_id, "raw", table, f"p{i:02d}")), folds=cfg.key_folds(table))
             progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
                 split.add(batch)
@@ -680,7 +687,7 @@ def resolve_customers(ctx: dict) -> dict:
     import numpy as np
     import pyarrow.compute as pc
 
-    from handover.cleanse import dedupe_losers, validate
+    from handover.cleanse import dedupe_pairs, validate
 
     cfg = _config(ctx["system"])
     run_id, lake = ctx["run_id"], _lake()
@@ -694,16 +701,23 @@ def resolve_customers(ctx: dict) -> dict:
         # not all; each partition is validated a slice at a time, as cleanse does.
         dedupe = rules.get("dedupe") or {}
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
-        typed_parts, failed_parts = [], []
+        typed_parts, failed_parts, dupkey_parts = [], [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             _, dup, frames = _slices(lake, k, key)
             for start, raw in frames:
                 typed, verdict = validate(
                     raw, rules, key=key, exported_at=exported_at,
                     duplicate_key=None if dup is None else dup[start:start + len(raw)])
-                typed_parts.append(_arrow_frame(typed[keep]))
+                frame = typed[keep].copy()
+                frame["_source_row"] = raw["_source_row"].to_numpy() \
+                    if "_source_row" in raw.columns else np.arange(start, start + len(raw))
+                # fields a row fills: survivorship `most_complete`
+                frame["_filled"] = raw.drop(columns=["_source_row"], errors="ignore") \
+                    .notna().sum(axis=1).to_numpy(dtype=np.int32)
+                typed_parts.append(_arrow_frame(frame))
                 failed_parts.append(verdict.failed)
-                del raw, typed
+                dupkey_parts.append(verdict.reason == "DUPLICATE_KEY")
+                del raw, typed, frame
         if typed_parts:
             kept = _concat(typed_parts)
             keys = kept.column(key).combine_chunks().cast(pa.string())
@@ -711,31 +725,64 @@ def resolve_customers(ctx: dict) -> dict:
             kept, keys = None, pa.array([], pa.string())
         del typed_parts
         failed = np.concatenate(failed_parts) if failed_parts else np.zeros(0, dtype=bool)
-        losers = (set(dedupe_losers(kept, failed, rules, key))
-                  if rules.get("dedupe") and kept is not None else set())
+        dup_key = np.concatenate(dupkey_parts) if dupkey_parts else np.zeros(0, dtype=bool)
+        losers, survivors = (dedupe_pairs(kept, failed, rules, key)
+                             if dedupe and kept is not None else ([], []))
+        merges = dedupe.get("action", "merge") == "merge"
+        same_key = (_same_key_merges(kept, failed, dup_key, key, dedupe["key"])
+                    if dedupe and merges and kept is not None else [])
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
                                      sorted(x for x in losers if x is not None), pa.string())),
                                  False).to_numpy(zero_copy_only=False)
                     if losers else np.zeros(len(keys), dtype=bool))
-        valid_mask = ~failed & ~is_loser
+        if merges:  # a merged record's children follow its survivor: its key stays valid
+            fate = np.where(failed, "quarantined", np.where(is_loser, "merged", "valid"))
+            into = dict(zip(losers, survivors, strict=True))
+            merged_into = pa.array([into.get(k) if m else None for k, m in
+                                    zip(keys.to_pylist(), is_loser, strict=True)], pa.string()) \
+                if losers else pa.nulls(len(keys), pa.string())
+        else:
+            fate = np.where(~failed & ~is_loser, "valid", "quarantined")
+            merged_into = pa.nulls(len(keys), pa.string())
         excluded = set()
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/_excluded/{table}/"):
             ex = lake.read_table(k, columns=[key]).to_pandas()[key]
             excluded |= {v.strip() for v in ex.dropna()}
         registry = pa.concat_tables([
-            pa.table({"key": keys,
-                      "fate": pa.array(np.where(valid_mask, "valid", "quarantined"), pa.string()),
-                      "duplicate_loser": pa.array(is_loser, pa.bool_())}),
+            pa.table({"key": keys, "fate": pa.array(fate, pa.string()),
+                      "duplicate_loser": pa.array(is_loser, pa.bool_()),
+                      "merged_into": merged_into}),
             pa.table({"key": pa.array(sorted(excluded), pa.string()),
                       "fate": pa.array(["excluded"] * len(excluded), pa.string()),
-                      "duplicate_loser": pa.array([False] * len(excluded), pa.bool_())})])
+                      "duplicate_loser": pa.array([False] * len(excluded), pa.bool_()),
+                      "merged_into": pa.nulls(len(excluded), pa.string())})])
         registry = registry.filter(pc.is_valid(registry.column("key")))
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet", registry)
-        summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int((~valid_mask).sum()),
-                          "duplicates": len(losers), "excluded": len(excluded)}
+        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet",
+                         pa.table({"_source_row": pa.array(same_key, pa.int64())}))
+        valid_mask = fate == "valid"
+        summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int(failed.sum()),
+                          "duplicates": len(losers), "same_key": len(same_key),
+                          "merged": merges, "excluded": len(excluded)}
     log.info("resolved parents: %s", summary)
     return summary
+
+
+def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> list[int]:
+    """Source rows flagged DUPLICATE_KEY (and nothing else) whose key's first record is the
+    same person (same dedupe key): one customer written twice (` c10012080 ` beside
+    `C10012080` once keys are normalised), merged into it rather than quarantined."""
+    import numpy as np
+
+    only_dup = np.asarray(dup_key, dtype=bool)
+    if not only_dup.any():
+        return []
+    frame = kept.select([key, person, "_source_row"]).to_pandas()
+    firsts = frame[~np.asarray(failed, dtype=bool)].drop_duplicates(key).set_index(key)[person]
+    dups = frame[only_dup]
+    same = dups[person].notna() & (dups[key].map(firsts) == dups[person])
+    return [int(r) for r in dups.loc[same, "_source_row"]]
 
 
 def _registry(run_id: str, table: str):
@@ -743,7 +790,8 @@ def _registry(run_id: str, table: str):
 
     from handover.cleanse import ParentRegistry
 
-    reg = _lake().read_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet")
+    lake = _lake()
+    reg = lake.read_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet")
     keys = reg.column("key")
 
     def where(mask) -> pa.Array:
@@ -752,9 +800,22 @@ def _registry(run_id: str, table: str):
     fate = reg.column("fate")
     # Arrow arrays, not Python sets: a set of 400,000 parent keys cost ~1 s and ~60 MB to
     # build for every child partition; the losers (duplicates only) stay a small set.
-    losers = set(where(reg.column("duplicate_loser")).to_pylist())
-    return ParentRegistry(where(pc.equal(fate, "valid")), where(pc.equal(fate, "quarantined")),
-                          where(pc.equal(fate, "excluded"))), losers
+    loser_mask = reg.column("duplicate_loser")
+    losers = set(where(loser_mask).to_pylist())
+    merged: dict[str, str] = {}
+    if "merged_into" in reg.column_names:
+        is_merged = pc.equal(fate, "merged")
+        merged = dict(zip(where(is_merged).to_pylist(),
+                          reg.column("merged_into").filter(pc.fill_null(is_merged, False))
+                          .to_pylist(), strict=True))
+    if merged:
+        losers = merged  # merged into their survivor, not quarantined
+    same_key_file = f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet"
+    same_key = (set(lake.read_table(same_key_file).column("_source_row").to_pylist())
+                if lake.exists(same_key_file) else set())
+    valid = where(pc.or_(pc.equal(fate, "valid"), pc.equal(fate, "merged")))
+    return ParentRegistry(valid, where(pc.equal(fate, "quarantined")),
+                          where(pc.equal(fate, "excluded")), merged), losers, same_key
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
@@ -764,11 +825,11 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     lake = _lake()
     spec, rules = cfg.table(table), cfg.rules(table)
-    parent = losers = None
+    parent = losers = same_key = None
     if rules.get("parent"):
-        parent, _ = _registry(run_id, rules["parent"]["table"])
+        parent, _, _ = _registry(run_id, rules["parent"]["table"])
     if table in parent_tables(cfg):
-        _, losers = _registry(run_id, table)
+        _, losers, same_key = _registry(run_id, table)
     exported_at = pd.Timestamp(ctx["exported_at"])
     # The one rule that reads more than its row (an earlier row with the same key) over
     # the whole partition's keys; every other rule slice by slice.
@@ -780,7 +841,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     fates = (parent_fates(parent, rules, whole.column(parent_col))
              if parent_col in whole.column_names else None)
     del whole
-    clean_parts, quarantine_parts, keys = [], [], []
+    clean_parts, quarantine_parts, keys, merged_parts = [], [], [], []
     counts: dict[str, int] = {}
     normalised: dict[str, int] = {}
     rows_in = 0
@@ -789,8 +850,11 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         res = cleanse(raw, rules, key=spec["key"], exported_at=exported_at, parent=parent,
                       duplicate_losers=losers,
                       duplicate_key=None if dup is None else dup[start:start + len(raw)],
-                      parent_fate=None if fates is None else fates[start:start + len(raw)])
+                      parent_fate=None if fates is None else fates[start:start + len(raw)],
+                      same_key_rows=same_key)
         clean_parts.append(_arrow_frame(res.clean))
+        if len(res.merged):
+            merged_parts.append(res.merged)
         q = res.quarantine
         keys.append(record_key_array(q["_key"], q.get("_source_row")))
         quarantine_parts.append(_arrow_frame(q))
@@ -800,11 +864,13 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
             normalised[kind] = normalised.get(kind, 0) + n
         del raw, res, q
     clean, quarantine = _concat(clean_parts), _concat(quarantine_parts)
-    del clean_parts, quarantine_parts
-    if clean.num_rows + quarantine.num_rows != rows_in:  # every row leaves one way
+    merged = (pd.concat(merged_parts, ignore_index=True) if merged_parts
+              else pd.DataFrame({"_key": [], "_survivor": [], "_rule": []}, dtype=object))
+    del clean_parts, quarantine_parts, merged_parts
+    if clean.num_rows + quarantine.num_rows + len(merged) != rows_in:  # one way out each
         raise AssertionError(f"cleanse {table} {partition}: {rows_in} rows in but "
-                             f"{clean.num_rows} clean and {quarantine.num_rows} quarantined; "
-                             "nothing was written")
+                             f"{clean.num_rows} clean, {quarantine.num_rows} quarantined and "
+                             f"{len(merged)} merged; nothing was written")
     lake.write_table(part_key(run_id, "cleanse", table, partition), clean)
     lake.write_table(part_key(run_id, "cleanse/_quarantine", table, partition), quarantine)
     with ledger.connect() as conn, conn.transaction():
@@ -812,14 +878,18 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
             conn, run_id, table, partition,
             pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
             quarantine.column("_reason"), quarantine.column("_field"))
+        ledger.replace_merges(conn, run_id, table, partition, merged["_key"],
+                              merged["_survivor"], merged["_rule"])
+        merged_by_rule = {str(k): int(v) for k, v in merged["_rule"].value_counts().items()}
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
                       rows_in=rows_in, rows_out=clean.num_rows,
-                      quarantined=quarantine.num_rows,
+                      quarantined=quarantine.num_rows, merged=len(merged),
                       checksum=ledger.key_checksum(clean.column(spec["key"])),
-                      detail={"quarantined_by_reason": counts, "normalised": normalised})
-    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s%s", table, partition, rows_in,
-             clean.num_rows, quarantine.num_rows, counts,
-             f", normalised {normalised}" if normalised else "")
+                      detail={"quarantined_by_reason": counts, "normalised": normalised,
+                              "merged_by_rule": merged_by_rule})
+    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s, %d merged %s%s", table,
+             partition, rows_in, clean.num_rows, quarantine.num_rows, counts, len(merged),
+             merged_by_rule, f", normalised {normalised}" if normalised else "")
     return _part(part, rows=clean.num_rows, quarantined=quarantine.num_rows)
 
 
@@ -948,12 +1018,13 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
     with ledger.connect() as conn:
         cur = conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
-            "missing_keys, field_mismatches, money_source, money_target, balanced "
+            "missing_keys, field_mismatches, money_source, money_target, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s AND table_name=%s",
             (run_id, table))
         cols = [d.name for d in cur.description]
         frame = pd.DataFrame(cur.fetchall(), columns=cols)
-    frame["accounted"] = frame["loaded"] + frame["quarantined"] + frame["excluded"]
+    frame["accounted"] = (frame["loaded"] + frame["merged"] + frame["quarantined"]
+                          + frame["excluded"])
     frame["unaccounted"] = frame["source_rows"] - frame["accounted"]
     for c in ("money_source", "money_target"):  # numeric in the books (never overflows)
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")

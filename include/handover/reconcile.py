@@ -1,7 +1,8 @@
 """Reconcile: prove, per table, that what left the source arrived, and nothing else.
 
 Four independent checks, each able to fail on its own:
-1. the ledger balances: source rows = loaded + quarantined + excluded (and the source
+1. the ledger balances: source rows = loaded + merged + quarantined + excluded (merged: a
+   person's second record, merged into its survivor) (and the source
    count equals the export manifest's);
 2. key sets: every key the run mapped is in the target, and the target holds no row
    the run did not send (migration mode);
@@ -33,10 +34,11 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     night or export wrote it; the load left it alone as stale) is not a field mismatch."""
     tmap = cfg.table_mapping(table)
     schema, target, key = cfg.mapping["schema"], tmap["target"], tmap["key"]
-    totals = {stage: dict(zip(("in", "out", "q", "x"), r, strict=True)) for stage, *r in
+    totals = {stage: dict(zip(("in", "out", "q", "x", "m"), r, strict=True)) for stage, *r in
               conn.execute(
                   "SELECT stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
-                  "sum(rows_excluded) FROM handover_meta.ledger WHERE run_id=%s AND "
+                  "sum(rows_excluded), sum(rows_merged) FROM handover_meta.ledger WHERE "
+                  "run_id=%s AND "
                   "table_name=%s GROUP BY stage", (run_id, table)).fetchall()}
     for stage in ("extract", "comply", "cleanse", "map", "load"):
         if stage not in totals:
@@ -45,6 +47,7 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     source_rows = int(totals["extract"]["out"])
     excluded = int(totals["comply"]["x"])
     quarantined = int(totals["cleanse"]["q"])
+    merged = int(totals["cleanse"]["m"])
     loaded = int(totals["load"]["out"])
 
     # Stage the run's mapped rows once, for key, field and money comparisons. An UNLOGGED
@@ -103,7 +106,7 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         money_source = sum(r["source_fen"] for r in by_month)
         money_target = sum(r["target_fen"] for r in by_month)
 
-    accounted = loaded + quarantined + excluded
+    accounted = loaded + merged + quarantined + excluded
     # An older run rerun after a newer one loaded the table: the target is the newer run's
     # truth, so only this run's own books are checked (its load wrote nothing: stale).
     superseded = conn.execute(
@@ -133,16 +136,17 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     conn.execute(
         "INSERT INTO handover_meta.reconciliation (run_id, table_name, source_rows, loaded, "
         "quarantined, excluded, target_rows, missing_keys, field_mismatches, money_source, "
-        "money_target, balanced) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+        "money_target, balanced, merged) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
         "ON CONFLICT (run_id, table_name) DO UPDATE SET source_rows=excluded.source_rows, "
         "loaded=excluded.loaded, quarantined=excluded.quarantined, excluded=excluded.excluded, "
         "target_rows=excluded.target_rows, missing_keys=excluded.missing_keys, "
         "field_mismatches=excluded.field_mismatches, money_source=excluded.money_source, "
-        "money_target=excluded.money_target, balanced=excluded.balanced, checked_at=now()",
+        "money_target=excluded.money_target, balanced=excluded.balanced, "
+        "merged=excluded.merged, checked_at=now()",
         (run_id, table, source_rows, loaded, quarantined, excluded, target_rows, missing,
-         mismatches, money_source, money_target, balanced))
+         mismatches, money_source, money_target, balanced, merged))
     result = {"table": table, "source_rows": source_rows, "loaded": loaded,
-              "quarantined": quarantined, "excluded": excluded, "target_rows": int(target_rows),
+              "merged": merged, "quarantined": quarantined, "excluded": excluded, "target_rows": int(target_rows),
               "missing_keys": int(missing), "extra_rows": int(extra),
               "field_mismatches": int(mismatches), "money_source": money_source,
               "money_target": money_target, "money": by_month, "checks": checks,

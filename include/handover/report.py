@@ -22,15 +22,20 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
 
     recon = {r[0]: dict(zip(("source_rows", "loaded", "quarantined", "excluded", "target_rows",
                              "missing_keys", "field_mismatches", "money_source", "money_target",
-                             "balanced"), r[1:], strict=True))
+                             "balanced", "merged"), r[1:], strict=True))
              for r in rows("SELECT table_name, source_rows, loaded, quarantined, excluded, "
                            "target_rows, missing_keys, field_mismatches, money_source, "
-                           "money_target, balanced FROM handover_meta.reconciliation "
+                           "money_target, balanced, merged FROM handover_meta.reconciliation "
                            "WHERE run_id=%s ORDER BY table_name")}
     quarantine: dict[str, dict[str, int]] = {}
     for t, reason, n in rows("SELECT table_name, reason, count(*) FROM handover_meta.quarantine "
                              "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
         quarantine.setdefault(t, {})[reason] = int(n)
+    # Records of one person merged into its survivor: by count and rule, never by value.
+    merges: dict[str, dict[str, int]] = {}
+    for t, rule, n in rows("SELECT table_name, rule, count(*) FROM handover_meta.merge_map "
+                           "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
+        merges.setdefault(t, {})[rule] = int(n)
     exclusions: dict[str, dict[str, int]] = {}
     for t, rule, n in rows("SELECT table_name, rule_id, count(*) FROM handover_meta.exclusion "
                            "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
@@ -59,6 +64,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
             "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
+            "merges": merges,
             "orphans_waiting": orphans,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
             "rules": cfg.policy["rules"]}
@@ -79,13 +85,14 @@ def render_html(data: dict[str, Any]) -> str:
     head = data.get("audit_head") or {}
     recon_rows = []
     for t, r in data["reconciliation"].items():
-        bar = _bar([("loaded", r["loaded"], "#2e7d32"), ("quarantined", r["quarantined"],
-                    "#f9a825"), ("excluded", r["excluded"], "#1565c0")], r["source_rows"])
+        bar = _bar([("loaded", r["loaded"], "#2e7d32"), ("merged", r.get("merged", 0), "#6a1b9a"),
+                    ("quarantined", r["quarantined"], "#f9a825"),
+                    ("excluded", r["excluded"], "#1565c0")], r["source_rows"])
         money = "" if r["money_source"] is None else (
             f"{r['money_source'] / 100:,.2f} / {r['money_target'] / 100:,.2f}")
         recon_rows.append(
             f"<tr><td>{esc(t)}</td><td>{r['source_rows']:,}</td><td>{r['loaded']:,}</td>"
-            f"<td>{r['quarantined']:,}</td><td>{r['excluded']:,}</td>"
+            f"<td>{r.get('merged', 0):,}</td><td>{r['quarantined']:,}</td><td>{r['excluded']:,}</td>"
             f"<td>{r['missing_keys']}</td><td>{r['field_mismatches']}</td><td>{money}</td>"
             f"<td>{'✔ balanced' if r['balanced'] else '✘ NOT balanced'}</td><td>{bar}</td></tr>")
     m_rows = "".join(
@@ -93,6 +100,8 @@ def render_html(data: dict[str, Any]) -> str:
         f"<td>{m['source_fen'] / 100:,.2f}</td><td>{m['target_fen'] / 100:,.2f}</td>"
         f"<td>{'✔' if m['source_fen'] == m['target_fen'] else '✘ differs'}</td></tr>"
         for t, ms in data.get("money_by_period", {}).items() for m in ms)
+    mg_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
+                      for t, d in data.get("merges", {}).items() for rule, n in d.items())
     q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
                      for t, d in data["quarantine"].items() for reason, n in d.items())
     o_rows = "".join(f"<tr><td>{esc(t)}</td><td>{n:,}</td></tr>"
@@ -119,12 +128,19 @@ margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{
 <p>Audit trail head at publication: entry {head.get('id', '—')},
 <code>{esc(str(head.get('hash', '—')))}</code> (anchor for <code>verify-audit</code>).</p>
 <h2>Reconciliation</h2>
-<p>Per table: every source row is loaded (green), quarantined (amber) or excluded (blue).</p>
-<table><tr><th>table</th><th>source rows</th><th>loaded</th><th>quarantined</th>
+<p>Per table: every source row is loaded (green), merged into the record of the same person
+(purple), quarantined (amber) or excluded (blue).</p>
+<table><tr><th>table</th><th>source rows</th><th>loaded</th><th>merged</th><th>quarantined</th>
 <th>excluded</th><th>missing keys</th><th>field mismatches</th><th>money source / target (yuan)</th>
 <th>status</th><th>funnel</th></tr>{''.join(recon_rows)}</table>
 <h2>Money per period, source vs target (yuan)</h2>
 <table><tr><th>table</th><th>period</th><th>source</th><th>target</th><th></th></tr>{m_rows}</table>
+<h2>Merged records by rule</h2><p>One person exported as two customers
+(<code>SAME_PERSON</code>: the same resident ID once normalised, e.g. a 15-digit and an 18-digit
+form; <code>SAME_KEY</code>: one customer id written two ways): the surviving record is
+loaded, the other's child rows follow it. Which id went into which is in
+<code>handover_meta.merge_map</code> (auditors may read it).</p>
+<table><tr><th>table</th><th>rule</th><th>rows</th></tr>{mg_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
 <p>Where they are: each quarantined row is kept whole, encrypted, in the lake's working set

@@ -277,7 +277,8 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
                 split = pipeline.HashSplit(
                     Path(tmp), source.columns, key, n_parts,
                     options=lambda i: lake.parquet_options(
-                        part_key(run_id, "raw", table, f"p{i:02d}")))
+                        part_key(run_id, "raw", table, f"p{i:02d}")),
+                    folds=cfg.key_folds(table))
                 for batch in source.batches():
                     split.add(batch)
                 released = waiting_orphans(lake, cfg, table, run_id, source.columns)

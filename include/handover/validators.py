@@ -139,6 +139,17 @@ def normalise_text(arr: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(arr, ""), pa.scalar(None, pa.string()), arr)
 
 
+def normalise_key(arr: pa.Array, case: str | None = None) -> pa.Array:
+    """A key as every stage compares it: normalise_text, then folded to `case` (upper,
+    lower; keep or None: as written)."""
+    arr = normalise_text(arr)
+    if case == "upper":
+        return pc.utf8_upper(arr)
+    if case == "lower":
+        return pc.utf8_lower(arr)
+    return arr
+
+
 def trim_text(arr: pa.Array) -> pa.Array:
     """Trim; empty becomes null; nothing else changes (free text: a customer's words as
     written, full-width punctuation and circled numbers included)."""

@@ -38,6 +38,35 @@ CREATE TABLE IF NOT EXISTS handover_meta.ledger (
     PRIMARY KEY (run_id, table_name, partition, stage),
     CHECK (rows_in = rows_out + rows_quarantined + rows_excluded)
 );
+-- Rows of one person merged into a survivor (cleanse): they leave the stage neither
+-- moved nor quarantined, so the balance gains a term.
+ALTER TABLE handover_meta.ledger ADD COLUMN IF NOT EXISTS rows_merged bigint NOT NULL DEFAULT 0;
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ledger_check'
+               AND conrelid = 'handover_meta.ledger'::regclass) THEN
+        ALTER TABLE handover_meta.ledger DROP CONSTRAINT ledger_check;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'ledger_balances'
+                   AND conrelid = 'handover_meta.ledger'::regclass) THEN
+        ALTER TABLE handover_meta.ledger ADD CONSTRAINT ledger_balances
+            CHECK (rows_in = rows_out + rows_quarantined + rows_excluded + rows_merged);
+    END IF;
+END $$;
+
+-- The merge map: a record of one person (same normalised resident ID, or the same key
+-- once normalised) merged into the surviving record, by which rule, in which run. Its
+-- child rows were re-parented to the survivor. Keys as the quarantine books hold them.
+CREATE TABLE IF NOT EXISTS handover_meta.merge_map (
+    run_id        text NOT NULL,
+    table_name    text NOT NULL,
+    partition     text NOT NULL,
+    merged_key    text NOT NULL,
+    survivor_key  text NOT NULL,
+    rule          text NOT NULL,
+    recorded_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS merge_map_run ON handover_meta.merge_map (run_id, table_name, partition);
+CREATE INDEX IF NOT EXISTS merge_map_merged ON handover_meta.merge_map (table_name, merged_key);
 
 -- Quarantined rows: the key, the reason and the field; the row itself stays in the lake.
 CREATE TABLE IF NOT EXISTS handover_meta.quarantine (
@@ -89,6 +118,7 @@ CREATE TABLE IF NOT EXISTS handover_meta.reconciliation (
     checked_at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (run_id, table_name)
 );
+ALTER TABLE handover_meta.reconciliation ADD COLUMN IF NOT EXISTS merged bigint NOT NULL DEFAULT 0;
 
 -- Money is summed in numeric: a sum of many bigint amounts outgrows bigint (a reconcile
 -- that crashed on it left the rows loaded and nothing said).

@@ -5,7 +5,7 @@
 --   handover_analyst  reads crm_masked only: masked views, no base table, no ciphertext,
 --                     no blind index, no key id (keys never live in the database at all)
 --   handover_auditor  reads the books in handover_meta: run, ledger, audit trail,
---                     reconciliation, quarantine, exclusions, gate results; no customer data
+--                     reconciliation, quarantine, exclusions, merge map, gate results; no customer data
 --
 -- All three are NOLOGIN group roles: people and services log in as their own roles and
 -- are granted membership. Roles are cluster-wide and many databases share a cluster, so
@@ -138,7 +138,8 @@ GRANT USAGE ON SCHEMA handover_meta TO handover_auditor;
 REVOKE ALL ON ALL TABLES IN SCHEMA handover_meta FROM handover_auditor;
 GRANT SELECT ON handover_meta.run, handover_meta.ledger, handover_meta.audit_log,
     handover_meta.reconciliation, handover_meta.quarantine, handover_meta.exclusion,
-    handover_meta.gate_result, handover_meta.tombstone, handover_meta.correction
+    handover_meta.gate_result, handover_meta.tombstone, handover_meta.correction,
+    handover_meta.merge_map
     TO handover_auditor;
 -- The lifecycle books (backups, drills, destruction certificates, subject requests) are
 -- created by their own modules; grant them when they exist, so a re-run of this file does

@@ -34,11 +34,11 @@ def gather(conn: Any, run_id: str) -> dict[str, Any] | None:
         return None
     stages = conn.execute(
         "SELECT table_name, stage, count(*), sum(rows_in), sum(rows_out), "
-        "sum(rows_quarantined), sum(rows_excluded) FROM handover_meta.ledger "
-        "WHERE run_id = %s GROUP BY 1, 2", (run_id,)).fetchall()
+        "sum(rows_quarantined), sum(rows_excluded), sum(rows_merged) FROM "
+        "handover_meta.ledger WHERE run_id = %s GROUP BY 1, 2", (run_id,)).fetchall()
     recon = conn.execute(
         "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
-        "missing_keys, field_mismatches, balanced FROM handover_meta.reconciliation "
+        "missing_keys, field_mismatches, balanced, merged FROM handover_meta.reconciliation "
         "WHERE run_id = %s", (run_id,)).fetchall()
     gates = conn.execute(
         "SELECT gate, table_name, partition, success, rows, docs_path "
@@ -59,14 +59,15 @@ def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
           gates: list[tuple]) -> dict[str, Any]:
     """Turn the raw rows into per-table stage checks (pure: unit-testable without a database)."""
     by_table: dict[str, dict[str, dict[str, int]]] = {}
-    for table, stage, parts, rows_in, rows_out, quarantined, excluded in stages:
+    for table, stage, parts, rows_in, rows_out, quarantined, excluded, *merged in stages:
         by_table.setdefault(table, {})[stage] = {
             "partitions": int(parts), "in": int(rows_in), "out": int(rows_out),
-            "quarantined": int(quarantined), "excluded": int(excluded)}
-    recon_by_table = {
-        r[0]: dict(zip(("source_rows", "loaded", "quarantined", "excluded", "target_rows",
-                        "missing_keys", "field_mismatches", "balanced"), r[1:], strict=True))
-        for r in recon}
+            "quarantined": int(quarantined), "excluded": int(excluded),
+            "merged": int(merged[0] or 0) if merged else 0}
+    names = ("source_rows", "loaded", "quarantined", "excluded", "target_rows",
+             "missing_keys", "field_mismatches", "balanced", "merged")
+    recon_by_table = {r[0]: {"merged": 0, **dict(zip(names, r[1:], strict=False))}
+                      for r in recon}
     gate_rows = [dict(zip(("gate", "table", "partition", "success", "rows", "docs_path"), g,
                           strict=True)) for g in gates]
     tables = []
@@ -80,7 +81,7 @@ def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
                 rows.append({"stage": stage, "status": "pending"})
                 prev_out = None
                 continue
-            sums = c["in"] == c["out"] + c["quarantined"] + c["excluded"]
+            sums = c["in"] == c["out"] + c["quarantined"] + c["excluded"] + c["merged"]
             flows = prev_out is None or stage == "extract" or c["in"] == prev_out
             complete = expected_parts is None or c["partitions"] == expected_parts
             status = ("balanced" if sums and flows and complete else
@@ -133,7 +134,8 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
         f"started {escape(run['started_at'] or '')}"
         + (f", finished {escape(run['finished_at'])}" if run["finished_at"] else "") + ".</p>"
         f'<p id="summary"><b>{data["balanced_tables"]} of {n_tables} tables balanced</b> '
-        f"(every source row loaded, quarantined or excluded). "
+        f"(every source row loaded, merged into its person's record, quarantined or "
+        f"excluded). "
         f'<a href="{paths["report"]}">Reconciliation report</a> · '
         f'<a href="{paths["docs"]}">Validation docs</a> · <a href="ledger">all runs</a></p>')
     failure = run.get("failure")
@@ -152,12 +154,12 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
         summary_rows.append(
             f'<tr><td class="l">{escape(t["table"])}</td><td>{_n(t["source_rows"])}</td>'
             + "".join(f"<td>{_n(r.get(k))}</td>" for k in
-                      ("loaded", "quarantined", "excluded", "target_rows", "missing_keys",
-                       "field_mismatches"))
+                      ("loaded", "merged", "quarantined", "excluded", "target_rows",
+                       "missing_keys", "field_mismatches"))
             + f'<td>{t["gates_failed"]}</td><td class="l">{_status(t["status"])}</td></tr>')
     summary = (
         "<h2>Per table</h2><table><tr><th class=l>table</th><th>source rows</th><th>loaded</th>"
-        "<th>quarantined</th><th>excluded</th><th>target rows</th><th>missing keys</th>"
+        "<th>merged</th><th>quarantined</th><th>excluded</th><th>target rows</th><th>missing keys</th>"
         "<th>field mismatches</th><th>failed gates</th><th class=l>status</th></tr>"
         + "".join(summary_rows) + "</table>")
     stage_rows = []
@@ -167,18 +169,19 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
                 if i == 0 else ""
             if s["status"] == "pending":
                 stage_rows.append(f'<tr>{name}<td class="l">{s["stage"]}</td>'
-                                  f'<td colspan="5"></td><td class="l">{_status("pending")}</td>'
+                                  f'<td colspan="6"></td><td class="l">{_status("pending")}</td>'
                                   "</tr>")
                 continue
             stage_rows.append(
                 f'<tr>{name}<td class="l">{s["stage"]}</td><td>{s["partitions"]}</td>'
-                f'<td>{_n(s["in"])}</td><td>{_n(s["out"])}</td><td>{_n(s["quarantined"])}</td>'
-                f'<td>{_n(s["excluded"])}</td><td class="l">{_status(s["status"])}</td></tr>')
+                f'<td>{_n(s["in"])}</td><td>{_n(s["out"])}</td><td>{_n(s["merged"])}</td>'
+                f'<td>{_n(s["quarantined"])}</td><td>{_n(s["excluded"])}</td><td class="l">{_status(s["status"])}</td></tr>')
     stages = (
         "<h2>Per table and stage</h2><p class=muted>A stage balances when rows in = out + "
-        "quarantined + excluded in every partition and its input is exactly the previous "
+        "merged + quarantined + excluded in every partition and its input is exactly the previous "
         "stage's output.</p><table><tr><th class=l>table</th><th class=l>stage</th>"
-        "<th>partitions</th><th>rows in</th><th>out</th><th>quarantined</th><th>excluded</th>"
+        "<th>partitions</th><th>rows in</th><th>out</th><th>merged</th><th>quarantined</th>"
+        "<th>excluded</th>"
         "<th class=l>status</th></tr>" + "".join(stage_rows) + "</table>")
     gate_rows = "".join(
         f'<tr><td class="l">{escape(g["gate"])}</td><td class="l">{escape(g["table"])}</td>'

@@ -376,7 +376,7 @@ def test_partitions_run_on_both_workers_and_target_equals_embedded_run(stack):
     assert min(per_host.values()) >= 10, per_host
 
     with psycopg.connect(pg_dsn(target)) as conn:
-        recon = conn.execute("SELECT table_name, source_rows, loaded + quarantined + excluded, "
+        recon = conn.execute("SELECT table_name, source_rows, loaded + merged + quarantined + excluded, "
                              "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
                              (run_id,)).fetchall()
     assert len(recon) == 7 and all(n == acc and ok for _, n, acc, ok in recon), recon

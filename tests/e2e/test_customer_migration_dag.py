@@ -72,7 +72,7 @@ def test_dag_run_balances_and_reruns_change_nothing(airflow_env):
         run_id, status = conn.execute(
             "SELECT run_id, status FROM handover_meta.run ORDER BY started_at DESC LIMIT 1"
         ).fetchone()
-        recon = conn.execute("SELECT table_name, source_rows, loaded + quarantined + excluded, "
+        recon = conn.execute("SELECT table_name, source_rows, loaded + merged + quarantined + excluded, "
                              "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
                              (run_id,)).fetchall()
     assert status == "succeeded"
@@ -132,7 +132,7 @@ def test_demo_command_on_embedded_defaults(tmp_path):
                              capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
         rows = [line for line in run.stdout.splitlines()
-                if "in = loaded + quarantined + excluded" in line]
+                if "in = loaded + merged + quarantined + excluded" in line]
         assert len(rows) == 7, run.stdout
         assert "report:" in run.stdout and "validation docs:" in run.stdout
         assert any(state.joinpath("lake", "runs").glob("*/reports/report.html"))

@@ -96,7 +96,7 @@ def test_night_runs_through_airflow_and_old_new_agree(night):
             "SELECT status, exported_at FROM handover_meta.run WHERE run_id=%s",
             (f"nightly_sync__{DAY}",)).fetchone()
         recon = conn.execute(
-            "SELECT table_name, source_rows, loaded + quarantined + excluded, missing_keys, "
+            "SELECT table_name, source_rows, loaded + merged + quarantined + excluded, missing_keys, "
             "field_mismatches, balanced FROM handover_meta.reconciliation WHERE run_id=%s",
             (f"nightly_sync__{DAY}",)).fetchall()
         customers = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}

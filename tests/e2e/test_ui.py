@@ -585,7 +585,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     # The ledger balances, in the database ...
     with psycopg.connect(pg_dsn(stack.target_db)) as conn:
         recon = conn.execute(
-            "SELECT table_name, source_rows, loaded + quarantined + excluded, balanced "
+            "SELECT table_name, source_rows, loaded + merged + quarantined + excluded, balanced "
             "FROM handover_meta.reconciliation WHERE run_id = %s", (run_id,)).fetchall()
         status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id = %s",
                               (run_id,)).fetchone()[0]

@@ -135,7 +135,7 @@ class Kind:
 
     id: str
     plant: Callable[[Path, Base], dict | None]  # edits the export; may return overrides
-    expect: str  # error | quarantined | excluded | loaded | completes
+    expect: str  # error | quarantined | excluded | merged | loaded | completes
     reason: str | None = None  # quarantine reason or exclusion rule (None: any)
     names: tuple[str, ...] = ()  # error: regexes its one line must match
     system: dict = field(default_factory=dict)  # make_system overrides
@@ -632,10 +632,10 @@ KINDS: list[Kind] = [
          reason="INVALID_ID_CHECKSUM"),
     Kind("codes_in_other_vocabulary", plant_codes_other_vocabulary, "quarantined",
          reason="INVALID_ID_GENDER"),
-    Kind("duplicate_person_with_child_tables", plant_duplicate_person, "quarantined",
-         reason="DUPLICATE_PERSON"),
-    Kind("duplicate_person_without_child_tables", plant_duplicate_person, "quarantined",
-         reason="DUPLICATE_PERSON", system={"tables": ("subscribers",)}),
+    Kind("duplicate_person_with_child_tables", plant_duplicate_person, "merged",
+         reason="SAME_PERSON"),
+    Kind("duplicate_person_without_child_tables", plant_duplicate_person, "merged",
+         reason="SAME_PERSON", system={"tables": ("subscribers",)}),
 ]
 
 
@@ -655,8 +655,12 @@ def _fates(dsn: str, run_id: str, keyring_file=None,
                          "handover_meta.exclusion WHERE run_id=%s", (run_id,)).fetchall()
         if keyring_file is not None:  # excluded rows were destroyed: keys are keyed hashes
             x = unhash_book_keys(keyring_file, x, keys)
+        m = conn.execute("SELECT table_name, merged_key, rule, survivor_key FROM "
+                         "handover_meta.merge_map WHERE run_id=%s", (run_id,)).fetchall()
         fates: dict = {(t, k): ("quarantined", r, f) for t, k, r, f in q}
         fates.update({(t, k): ("excluded", r, f) for t, k, r, f in x})
+        # a same-key merge names the key it kept: that row is loaded, its twin merged
+        fates.update({(t, k): ("merged", r, s) for t, k, r, s in m if k != s})
         for table, (target, key) in TARGETS.items():
             for (k,) in conn.execute(f"SELECT {key} FROM crm.{target}"):
                 fates.setdefault((table, k), ("loaded", None, None))

@@ -221,3 +221,67 @@ def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env
     want = dict(zip(keys, planted.values(), strict=True))
     assert {k: v for k, v in loaded.items()} == {k: v for k, v in want.items() if v}
     assert reasons == {k: "INVALID_MSISDN" for k, v in want.items() if v is None}
+
+
+def test_one_person_written_twice_is_one_customer_with_every_child_row(env, export):
+    """Two ways an old system writes one person twice, planted in the shipped demo export:
+    the same customer id in another case with spaces (` c10012080 ` beside `C10012080`),
+    and the same person under a new id with the first-generation 15-digit form of their
+    resident ID. Each is merged into one customer (merge map: SAME_KEY, SAME_PERSON), not
+    quarantined, and every child row of either record is loaded under the survivor."""
+    import pandas as pd
+    import psycopg
+
+    from handover.runner import run_migration
+
+    subs = pd.read_csv(export / "subscribers.csv", dtype=str, keep_default_na=False)
+    calls = pd.read_csv(export / "call_records.csv", dtype=str, keep_default_na=False)
+    truth = pd.read_csv(export / "truth.csv", dtype=str, keep_default_na=False)
+    bad = set(truth["key"])
+    unique = ~subs["id_number"].duplicated(keep=False)
+    callers = set(calls["cust_id"])
+    pool = subs[unique & ~subs["cust_id"].isin(bad) & subs["cust_id"].isin(callers)
+                & subs["id_number"].str[6:8].eq("19")]
+    a, b = pool.iloc[0], pool.iloc[1]
+    variant = f" {a['cust_id'].lower()} "  # one customer id, written another way
+    twin_a = a.copy()
+    twin_a["cust_id"] = variant
+    twin_b = b.copy()  # one person, a new id, the 15-digit ID, an older record
+    twin_b["cust_id"] = "C99999990"
+    twin_b["id_number"] = b["id_number"][:6] + b["id_number"][8:17]
+    twin_b["updated_at"] = "2015-01-01 00:00:00"
+    subs = pd.concat([subs, pd.DataFrame([twin_a, twin_b])], ignore_index=True)
+    template = calls[calls["cust_id"] == a["cust_id"]].iloc[0]
+    extra = []
+    for i, owner in enumerate([variant, a["cust_id"].lower(), "C99999990", "c99999990"]):
+        row = template.copy()
+        row["cdr_id"], row["cust_id"] = f"X{i:09d}", owner
+        extra.append(row)
+    calls = pd.concat([calls, pd.DataFrame(extra)], ignore_index=True)
+    subs.to_csv(export / "subscribers.csv", index=False)
+    calls.to_csv(export / "call_records.csv", index=False)
+    reseal(export, rows=True)
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    run_migration(run_id=run_id, source_dir=str(export))
+
+    with psycopg.connect(pg_dsn(env)) as conn:
+        merges = conn.execute("SELECT merged_key, survivor_key, rule FROM "
+                              "handover_meta.merge_map WHERE run_id=%s ORDER BY rule",
+                              (run_id,)).fetchall()
+        customers = {r[0] for r in conn.execute(
+            "SELECT customer_id FROM crm.customer WHERE customer_id = ANY(%s)",
+            ([a["cust_id"], b["cust_id"], "C99999990", variant.strip()],))}
+        owners = dict(conn.execute("SELECT cdr_id, customer_id FROM crm.call_record WHERE "
+                                   "cdr_id LIKE 'X%%'").fetchall())
+        stray = conn.execute("SELECT count(*) FROM handover_meta.quarantine WHERE run_id=%s "
+                             "AND (record_key = ANY(%s) OR record_key LIKE 'X%%')",
+                             (run_id, [a["cust_id"], "C99999990"])).fetchone()[0]
+        rec = conn.execute("SELECT merged, balanced FROM handover_meta.reconciliation WHERE "
+                           "run_id=%s AND table_name='subscribers'", (run_id,)).fetchone()
+    assert ("C99999990", b["cust_id"], "SAME_PERSON") in merges
+    assert (a["cust_id"], a["cust_id"], "SAME_KEY") in merges
+    assert customers == {a["cust_id"], b["cust_id"]}
+    assert owners == {"X000000000": a["cust_id"], "X000000001": a["cust_id"],
+                      "X000000002": b["cust_id"], "X000000003": b["cust_id"]}
+    assert stray == 0
+    assert rec[0] >= 2 and rec[1]

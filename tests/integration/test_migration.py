@@ -60,12 +60,12 @@ def test_every_table_balances(env):
     with psycopg.connect(env["dsn"]) as conn:
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
-            "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
+            "balanced, merged FROM handover_meta.reconciliation WHERE run_id=%s",
             (env["run_id"],)).fetchall()
     assert len(rows) == 7
-    for table, n, loaded, q, x, target_rows, balanced in rows:
+    for table, n, loaded, q, x, target_rows, balanced, m in rows:
         assert n == manifest["tables"][table]["rows"], table
-        assert n == loaded + q + x, table
+        assert n == loaded + m + q + x, table
         assert target_rows == loaded, table
         assert balanced, table
 
@@ -77,8 +77,11 @@ def test_truth_file_precision_and_recall(env):
                          "WHERE run_id=%s", (env["run_id"],)).fetchall()
         x = conn.execute("SELECT table_name, record_key, rule_id FROM handover_meta.exclusion "
                          "WHERE run_id=%s", (env["run_id"],)).fetchall()
+        m = conn.execute("SELECT table_name, merged_key, rule FROM handover_meta.merge_map "
+                         "WHERE run_id=%s", (env["run_id"],)).fetchall()
     got = {(t, k): ("quarantined", r) for t, k, r in q}
     got.update({(t, k): ("excluded", r) for t, k, r in x})
+    got.update({(t, k): ("merged", r) for t, k, r in m})
     # Excluded rows are destroyed at the run's end; the books keep their keys only as
     # keyed hashes (retention.key_digest), under which they are compared here.
     ring = Keyring.from_dict(json.loads(Path(env["keyring"]).read_text()))

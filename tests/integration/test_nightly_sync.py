@@ -70,7 +70,7 @@ def _old_vs_new(source, changes, upto: int, dsn: str) -> dict[str, list]:
     truth = pd.concat([pd.read_csv(source / "truth.csv", dtype=str, keep_default_na=False),
                        days], ignore_index=True)
     kept_old = set(days.loc[days["defect"] == "MALFORMED_MSISDN", "key"])
-    absent = truth[truth["expected_outcome"].isin(["quarantined", "excluded"])
+    absent = truth[truth["expected_outcome"].isin(["quarantined", "excluded", "merged"])
                    & ~truth["key"].isin(kept_old)]
     state = changes / DAYS[upto - 1] / "state"
     target = _target(dsn)

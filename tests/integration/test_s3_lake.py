@@ -271,13 +271,13 @@ def test_migration_on_s3_lake_balances(two_runs):
         status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
                               (two_runs["run_ids"]["s3"],)).fetchone()[0]
         rows = conn.execute(
-            "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced "
+            "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s",
             (two_runs["run_ids"]["s3"],)).fetchall()
     assert status == "succeeded"
     assert len(rows) == 7
-    for table, n, loaded, q, x, balanced in rows:
-        assert n == manifest["tables"][table]["rows"] == loaded + q + x and balanced, table
+    for table, n, loaded, q, x, balanced, m in rows:
+        assert n == manifest["tables"][table]["rows"] == loaded + m + q + x and balanced, table
 
 
 def test_migration_on_s3_lake_lands_what_the_local_lake_lands(two_runs):

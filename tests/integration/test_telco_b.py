@@ -70,7 +70,7 @@ def _reconciliation(both, system):
     with psycopg.connect(pg_dsn(both["targets"][system])) as conn:
         return conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
-            "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
+            "balanced, merged FROM handover_meta.reconciliation WHERE run_id=%s",
             (both["runs"][system],)).fetchall()
 
 
@@ -80,9 +80,9 @@ def test_both_profiles_migrate_with_balanced_ledgers(both, system):
     rows = _reconciliation(both, system)
 
     assert sorted(r[0] for r in rows) == sorted(load_config(system).tables)
-    for table, n, loaded, q, x, target_rows, balanced in rows:
+    for table, n, loaded, q, x, target_rows, balanced, merged in rows:
         assert n == manifest["tables"][table]["rows"], table
-        assert n == loaded + q + x, table
+        assert n == loaded + q + x + merged, table
         assert target_rows == loaded > 0, table
         assert balanced, table
 
@@ -95,10 +95,13 @@ def test_telco_b_catches_exactly_the_defects_of_its_answer_key(both):
                          "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
         x = conn.execute("SELECT table_name, record_key, rule_id FROM handover_meta.exclusion "
                          "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
+        m = conn.execute("SELECT table_name, merged_key, rule FROM handover_meta.merge_map "
+                         "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
     # excluded rows were destroyed at the run's end: the books hold their keys hashed
     x = unhash_book_keys(both["keyring"], x, set(zip(truth.table, truth.key, strict=True)))
     got = {(t, k): ("quarantined", r) for t, k, r in q}
     got.update({(t, k): ("excluded", r) for t, k, r in x})
+    got.update({(t, k): ("merged", r) for t, k, r in m})
     expected = {(r.table, r.key): (r.expected_outcome, r.expected_reason)
                 for r in truth.itertuples() if r.expected_outcome != "loaded"}
 
@@ -135,9 +138,11 @@ def test_both_targets_hold_the_same_customers_and_records(both):
 
 
 def test_the_same_dag_and_library_serve_both_profiles(both):
-    """No code branches on a profile: only synth_b (which writes telco_b's export) names it,
-    and both runs went through the same stages for every table."""
-    library = [p for p in (ROOT / "include" / "handover").glob("*.py") if p.name != "synth_b.py"]
+    """No code branches on a profile: only the generators (synth_b writes telco_b's export,
+    synth_c derives another from it) name it, and both runs went through the same stages
+    for every table."""
+    library = [p for p in (ROOT / "include" / "handover").glob("*.py")
+               if not p.name.startswith("synth_")]
     dags = list((ROOT / "dags").glob("*.py"))
     mentions = [p.name for p in library + dags if "telco_b" in p.read_text(encoding="utf-8")]
     assert mentions == []

@@ -97,7 +97,7 @@ def _balanced(w) -> None:
     with psycopg.connect(w["dsn"]) as conn:
         bad = conn.execute(
             "SELECT run_id, table_name, stage FROM handover_meta.ledger WHERE rows_in <> "
-            "rows_out + rows_quarantined + rows_excluded").fetchall()
+            "rows_out + rows_quarantined + rows_excluded + rows_merged").fetchall()
         unbalanced = conn.execute("SELECT run_id, table_name FROM handover_meta.reconciliation "
                                   "WHERE NOT balanced").fetchall()
     assert bad == [] and unbalanced == [], (bad, unbalanced)

@@ -16,6 +16,7 @@ from handover.cleanse import (
     ParentRegistry,
     cleanse,
     dedupe_losers,
+    dedupe_pairs,
     parent_fates,
     validate,
 )
@@ -384,17 +385,68 @@ def test_dedupe_tie_keeps_the_smallest_key():
     assert list(losers) == ["C00000009"]
 
 
-def test_dedupe_losers_are_quarantined_as_duplicate_person():
+def test_dedupe_losers_are_quarantined_as_duplicate_person_where_the_rule_says_so():
     raw = dupes()
-    typed, verdict = validate(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
-    losers = set(dedupe_losers(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id"))
+    rules = {**SUBSCRIBER_RULES, "dedupe": {**SUBSCRIBER_RULES["dedupe"],
+                                            "action": "quarantine"}}
+    typed, verdict = validate(raw, rules, key="cust_id", exported_at=E)
+    losers, survivors = dedupe_pairs(typed, verdict.failed, rules, "cust_id")
 
-    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E,
-                     duplicate_losers=losers)
+    result = cleanse(raw, rules, key="cust_id", exported_at=E,
+                     duplicate_losers=dict(zip(losers, survivors, strict=True)))
 
     assert outcome(result) == {0: ("DUPLICATE_PERSON", "id_number"),
                                2: ("DUPLICATE_PERSON", "id_number")}
     assert clean_rows(result) == {1, 3}
+    assert result.merged.empty
+
+
+def test_dedupe_losers_are_merged_into_their_survivor_by_default():
+    """One person, two records: the loser leaves as merged (not quarantined), naming the
+    surviving key; the ledger's equation gains the term (in = clean + quarantined +
+    merged)."""
+    raw = dupes()
+    typed, verdict = validate(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E)
+    losers, survivors = dedupe_pairs(typed, verdict.failed, SUBSCRIBER_RULES, "cust_id")
+    into = dict(zip(losers, survivors, strict=True))
+
+    result = cleanse(raw, SUBSCRIBER_RULES, key="cust_id", exported_at=E,
+                     duplicate_losers=into)
+
+    assert outcome(result) == {}
+    assert clean_rows(result) == {1, 3}
+    assert len(result.clean) + len(result.quarantine) + len(result.merged) == len(raw)
+    merged = dict(zip(result.merged["_key"], result.merged["_survivor"], strict=True))
+    assert merged == into and len(merged) == 2
+    assert set(result.merged["_rule"]) == {"SAME_PERSON"}
+    # each loser's survivor is the surviving record of its own person
+    by_key = typed.set_index("cust_id")["id_number"]
+    assert all(by_key[a] == by_key[b] for a, b in merged.items())
+    assert set(merged.values()) <= set(result.clean["cust_id"])
+
+
+@pytest.mark.parametrize("keep", ["first_key", "most_complete"])
+def test_dedupe_survivor_rules(keep):
+    typed = pd.DataFrame({"cust_id": ["C3", "C1", "C2"], "id_number": ["P", "P", "P"],
+                          "updated_at": pd.to_datetime(["2026-01-03", "2026-01-01",
+                                                        "2026-01-02"]),
+                          "_filled": [5, 7, 9]})
+    rules = {"dedupe": {"key": "id_number", "order_by": "updated_at", "keep": keep}}
+    losers, survivors = dedupe_pairs(typed, np.zeros(3, dtype=bool), rules, "cust_id")
+    want = {"first_key": "C1", "most_complete": "C2"}[keep]
+    assert set(survivors) == {want} and want not in losers and len(losers) == 2
+
+
+def test_children_of_a_merged_parent_follow_its_survivor():
+    parents = ParentRegistry(valid={"C00000001", "C00000002"}, quarantined=set(),
+                             excluded=set(), merged={"C00000002": "C00000001"})
+    raw = pd.DataFrame({"rec_id": ["R1", "R2"], "cust_id": ["C00000001", "C00000002"],
+                        "_source_row": [0, 1]})
+    rules = {"parent": {"table": "subscribers", "column": "cust_id"}}
+    result = cleanse(raw, rules, key="rec_id", exported_at=E, parent=parents)
+    assert outcome(result) == {}
+    assert list(result.clean["cust_id"]) == ["C00000001", "C00000001"]
+    assert result.normalised == {"REPARENTED_TO_SURVIVOR": 1}
 
 
 # -- parents --------------------------------------------------------------------------------
@@ -622,6 +674,7 @@ def _pandas_losers(typed: pd.DataFrame, failed: np.ndarray, rules: dict, key: st
     """The survivorship rule as pandas states it (what dedupe_losers replaced)."""
     spec = rules["dedupe"]
     cand = typed.loc[~failed, [key, spec["key"], spec["order_by"]]]
+    cand = cand[cand[spec["key"]].notna()]  # without an ID a record is nobody's duplicate
     ordered = cand.sort_values([spec["key"], spec["order_by"], key],
                                ascending=[True, spec["keep"] == "oldest", True])
     return set(ordered[ordered.duplicated(subset=[spec["key"]], keep="first")][key])
