@@ -160,6 +160,76 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
                    "are not among the codes cleansing.yaml allows")
 
 
+def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
+    """Dry-run the table's cleansing rules on the sample, as cleanse would (parents and
+    survivorship aside: they need the whole export): the share of rows each reason would
+    quarantine, as a note per table; above the quality gate's bound (catalog
+    max_quarantine_share) a problem, since the run would fail there."""
+    from handover.cleanse import validate
+    from handover.pipeline import (
+        MAX_QUARANTINE_SHARE,
+        MIN_QUARANTINED_FOR_SHARE,
+        NOT_FORMAT_REASONS,
+    )
+
+    if frame.empty:
+        return
+    rules = {k: v for k, v in cfg.rules(table).items() if k != "parent"}
+    key = cfg.table(table)["key"]
+    typed, verdict = validate(frame.astype(object).where(frame.notna(), None), rules, key=key,
+                              exported_at=exported_at)
+    del typed
+    reasons: dict[tuple[str, str], int] = {}
+    for reason, fld in zip(verdict.reason, verdict.field, strict=True):
+        if reason is not None:
+            reasons[(reason, fld)] = reasons.get((reason, fld), 0) + 1
+    n = len(frame)
+    counted = sum(c for (r, _), c in reasons.items() if r not in NOT_FORMAT_REASONS)
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+    said = ", ".join(f"{r} {f} {c} ({c / n:.1%})" for (r, f), c in top)
+    if verdict.normalised:
+        res.notes.append(f"table {table}: cleansing normalises {verdict.normalised} of {n} "
+                         "sample rows (kept, counted in the ledger)")
+    if not reasons:
+        return
+    bound = float(cfg.table(table).get("max_quarantine_share", MAX_QUARANTINE_SHARE))
+    line = (f"{cfg.directory / 'cleansing.yaml'}: table {table}: the rules would quarantine "
+            f"{sum(reasons.values())} of {n} sample rows ({sum(reasons.values()) / n:.1%}); "
+            f"top: {said}")
+    if counted / n > bound and counted >= min(MIN_QUARANTINED_FOR_SHARE, n):
+        res.problems.append(f"{line}; above the quality gate's bound of {bound:.0%} "
+                            f"(catalog.yaml tables.{table}.max_quarantine_share): the run "
+                            "would fail; fix the rule or the bound")
+    else:
+        res.notes.append(line)
+
+
+def _export_folder_problems(cfg, source_dir: Path, res: CheckResult) -> None:
+    """What plan_run refuses before a run: no manifest, a file no table reads and no
+    `ignore:` glob declares."""
+    from handover.sources import SourceReadError, check_export_files
+
+    manifest = None
+    path = source_dir / "export_manifest.json"
+    if not path.is_file():
+        res.problems.append(
+            f"{path}: no export manifest; a run needs one (exported_at, and per table rows and "
+            "sha256). Ask the operator for it, or write one as the receiver: handover manifest "
+            f"--source-dir {source_dir} --system {cfg.system} --exported-at <when the export "
+            "was taken> (docs/source-contract.md)")
+    else:
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            res.problems.append(f"{path}: not JSON ({exc})")
+    try:
+        check_export_files(cfg.catalog["tables"], source_dir, manifest,
+                           catalog=cfg.directory / "catalog.yaml",
+                           ignore=cfg.catalog.get("ignore", ()))
+    except SourceReadError as exc:
+        res.problems.append(str(exc))
+
+
 def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
     from handover.cleanse import validate
     from handover.mapping import MappingError, field_values
@@ -217,6 +287,7 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
     exported_at = _exported_at(source_dir)
     _check_suites(cfg, res)
     _check_personal_defaults(cfg, res)
+    _export_folder_problems(cfg, source_dir, res)
     catalog_file = cfg.directory / "catalog.yaml"
     for table in cfg.tables:
         spec = cfg.table(table)
@@ -260,6 +331,7 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
             if col not in frame:
                 frame[col] = None
         _type_problems(cfg, table, frame, res, tolerance)
+        _rule_shares(cfg, table, frame, exported_at, res)
         _mapping_problems(cfg, table, frame, exported_at, res)
     return res
 

@@ -79,6 +79,10 @@ CATALOG_SCHEMA = {
     "required": ["system", "tables"],
     "properties": {
         "system": {"type": "string"},
+        # files in the export folder that are not data (a data dictionary, a README, the
+        # operator's cover letter): glob patterns; any other file no table reads stops
+        # `check` and the run
+        "ignore": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "tables": {
             "type": "object",
             "minProperties": 1,
@@ -96,6 +100,11 @@ CATALOG_SCHEMA = {
                     # partition whose cleanse quarantined more than this share of its
                     # rows (default MAX_QUARANTINE_SHARE), naming the top reasons.
                     "max_quarantine_share": {"type": "number", "minimum": 0, "maximum": 1},
+                    # ... or where less than this share of cleanse's rows came out clean
+                    # (any reason; default MIN_LOADED_SHARE); the compliance gate fails a
+                    # partition the policy excluded more than max_excluded_share of
+                    "min_loaded_share": {"type": "number", "minimum": 0, "maximum": 1},
+                    "max_excluded_share": {"type": "number", "minimum": 0, "maximum": 1},
                     "file": {"type": "string"},
                     "source": _SOURCE,
                     "columns": {

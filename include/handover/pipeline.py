@@ -126,7 +126,8 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
 
     try:  # every file a table reads is there, and no export file is left unread
         check_export_files(cfg.catalog["tables"], src, manifest,
-                           catalog=cfg.directory / "catalog.yaml")
+                           catalog=cfg.directory / "catalog.yaml",
+                           ignore=cfg.catalog.get("ignore", ()))
     except SourceReadError as exc:
         raise SourceError(str(exc)) from exc
     with ledger.connect() as conn:
@@ -430,6 +431,12 @@ def _gate_frame(ctx: dict, gate: str, table: str, partition: str) -> pd.DataFram
 # gate (catalog.yaml tables.<t>.max_quarantine_share overrides): an export in a form no rule
 # reads (every amount "¥17,504.10") must not end green with nothing loaded.
 MAX_QUARANTINE_SHARE = 0.5
+# ... and fails when less than this share of the rows cleanse took in came out clean,
+# whatever the reasons (catalog min_loaded_share); comply's exclusions are bounded apart,
+# at the compliance gate (catalog max_excluded_share): a policy that lets nothing move
+# is as red as a format nobody reads.
+MIN_LOADED_SHARE = 0.5
+MAX_EXCLUDED_SHARE = 0.95
 MIN_QUARANTINED_FOR_SHARE = 20
 NOT_FORMAT_REASONS = ("ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
                       "DUPLICATE_KEY", "DUPLICATE_PERSON")
@@ -442,7 +449,31 @@ def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
     result = _validate(df, ctx, gate, table, partition)
     if gate == "quality":
         _check_quarantine_share(ctx, table, partition)
+    if gate == "compliance":
+        _check_excluded_share(ctx, table, partition)
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
+
+
+def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
+    bound = float(_config(ctx["system"]).table(table).get("max_excluded_share",
+                                                          MAX_EXCLUDED_SHARE))
+    with ledger.connect() as conn:
+        row = conn.execute(
+            "SELECT rows_in, rows_excluded, detail->'excluded_by_rule' FROM "
+            "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND partition=%s AND "
+            "stage='comply'", (ctx["run_id"], table, partition)).fetchone()
+    if not row or not row[0]:
+        return
+    rows_in, excluded, rules = int(row[0]), int(row[1]), dict(row[2] or {})
+    share = excluded / rows_in
+    if share > bound and excluded >= MIN_QUARANTINED_FOR_SHARE:
+        top = sorted(rules.items(), key=lambda kv: -kv[1])[:3]
+        raise GateFailed(
+            f"compliance gate failed for {table} partition {partition}: the policy excluded "
+            f"{excluded:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top rules: "
+            f"{', '.join(f'{r} {n:,}' for r, n in top)}; check policy.yaml (consent purposes, "
+            f"retention) and the consent export, or raise catalog.yaml "
+            f"tables.{table}.max_excluded_share if this is right")
 
 
 def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
@@ -469,6 +500,17 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
             f"reasons: {', '.join(f'{r} {n:,}' for r, n in top)}; the export's form is not "
             f"what cleansing.yaml reads (fix the rule, then clear cleanse) or the bound is "
             f"wrong (catalog.yaml tables.{table}.max_quarantine_share)")
+    floor = float(_config(ctx["system"]).table(table).get("min_loaded_share",
+                                                          MIN_LOADED_SHARE))
+    all_out = sum(reasons.values())
+    if (rows_in - all_out) / rows_in < floor and all_out >= MIN_QUARANTINED_FOR_SHARE:
+        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
+        raise GateFailed(
+            f"quality gate failed for {table} partition {partition}: only "
+            f"{rows_in - all_out:,} of {rows_in:,} rows came out of cleanse "
+            f"({(rows_in - all_out) / rows_in:.1%} < {floor:.0%} required); top reasons: "
+            f"{', '.join(f'{r} {n:,}' for r, n in top)}; fix the rule or the export, then "
+            f"clear cleanse, or lower catalog.yaml tables.{table}.min_loaded_share")
 
 
 def docs_dir_for(lake: Lake, run_id: str) -> Path:

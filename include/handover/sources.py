@@ -72,20 +72,25 @@ def source_paths(table: str, table_spec: dict[str, Any], source_dir: str | Path)
 
 # Files an export folder may hold besides its tables: synth's answer key (written next to
 # the export, not part of it; docs/source-contract.md). Manifests are not export files.
-NOT_TABLE_FILES = {"truth.csv"}
+NOT_TABLE_FILES = {"truth.csv", "export_manifest.json"}
 # What an export file looks like, for a file no table reads and the manifest does not list.
 EXPORT_SUFFIXES = {".csv", ".tsv", ".txt", ".dat", ".psv", ".del", ".unl", ".parquet", ".pq",
                    ".gz", ".zip", ".bz2", ".xz", ".zst", ".7z"}
 
 
 def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path,
-                       manifest: dict | None, *, catalog: str | Path = "catalog.yaml") -> None:
+                       manifest: dict | None, *, catalog: str | Path = "catalog.yaml",
+                       ignore: list[str] | tuple[str, ...] = ()) -> None:
     """Before a run: every file a catalog table reads exists, and no export file is left
     unread (a table exported as two files must not lose the second: declare the table with
     a `files:` glob). A file counts as an export file when the manifest lists it under a
     catalogued table, or when it looks like one (EXPORT_SUFFIXES) and the manifest does not
     list it at all; files the manifest lists under a table this system does not migrate are
-    left alone. Raises SourceReadError, one line naming the file and the fix."""
+    left alone; so are files matching a catalog `ignore:` glob (a data dictionary); any
+    other file, data-like or not, stops the run. Raises SourceReadError, one line naming
+    the file and the fix."""
+    import fnmatch
+
     src = Path(source_dir)
     read: set[Path] = set()
     for table, spec in tables.items():
@@ -115,7 +120,9 @@ def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path
         path = f.resolve()
         if f.name.startswith(".") or path in read or path in listed or not f.is_file():
             continue
-        if f.name not in NOT_TABLE_FILES and f.suffix.lower() in EXPORT_SUFFIXES:
+        if any(fnmatch.fnmatch(f.name, pattern) for pattern in ignore):
+            continue
+        if f.name not in NOT_TABLE_FILES:
             unread.append((f, None))
     unread += [(f, t) for f, t in listed.items() if t in tables and f not in read and f.is_file()]
     if not unread:
@@ -124,8 +131,9 @@ def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path
     more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
     if table is None:
         raise SourceReadError(f"{f}: export file read by no table of {catalog}{more}; name it "
-                              "in a table's source (file, or a files: glob) or move it out of "
-                              "the export folder")
+                              "in a table's source (file, or a files: glob), or, if it is not "
+                              f"data (a data dictionary, a README), declare it under ignore: "
+                              f"['{f.name}'] in {catalog}")
     raise SourceReadError(f"{f}: the export manifest lists it under table {table}, which does "
                           f"not read it{more}; read all of the table's files with a glob such "
                           f"as tables.{table}.source.files: '{table}*{f.suffix}' in {catalog}")

@@ -192,6 +192,59 @@ def test_a_partition_that_would_load_almost_nothing_fails_the_quality_gate(env, 
     assert "max_quarantine_share" in line
 
 
+def test_children_of_a_vanished_parent_table_fail_min_loaded_share(env, export):
+    """Every payment names a customer the export does not hold (a subscriber file from
+    another day): no row is malformed, so max_quarantine_share says nothing, but almost
+    nothing would load; min_loaded_share fails the quality gate in one line."""
+    import pandas as pd
+
+    pays = pd.read_csv(export / "payments.csv", dtype=str, keep_default_na=False)
+    pays["cust_id"] = "C" + pays["cust_id"].str[1:].str.zfill(8).str.replace(
+        r"^\d", "9", regex=True)
+    pays.to_csv(export / "payments.csv", index=False)
+    reseal(export)
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
+                            source_dir=str(export))
+    for table in ("subscribers", "consents", "payments"):
+        for part in pipeline.extract_table(ctx, table):
+            pipeline.comply_partition(ctx, part)
+    pipeline.resolve_customers(ctx)
+    part = {"table": "payments", "partition": "p00"}
+    pipeline.cleanse_partition(ctx, part)
+    with pytest.raises(AirflowFailException) as err:
+        tasks.call(pipeline.run_gate_task, ctx, part, "quality")
+    line = str(err.value)
+    assert "\n" not in line
+    assert "quality gate failed for payments partition p00: only" in line
+    assert "ORPHAN_RECORD" in line and "min_loaded_share" in line
+
+
+def test_a_policy_that_lets_nothing_move_fails_the_compliance_gate(env, export):
+    """Every consent to marketing and behavioural analysis withdrawn: the browsing events
+    are all excluded. Lawful, and still red: max_excluded_share names the rule."""
+    import pandas as pd
+
+    cons = pd.read_csv(export / "consents.csv", dtype=str, keep_default_na=False)
+    cons.loc[cons["purpose"] != "service", "granted"] = "0"
+    cons.to_csv(export / "consents.csv", index=False)
+    reseal(export)
+    run_id = f"fk_{uuid.uuid4().hex[:6]}"
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
+                            source_dir=str(export))
+    for table in ("subscribers", "consents"):
+        for part in pipeline.extract_table(ctx, table):
+            pipeline.comply_partition(ctx, part)
+    part = pipeline.extract_table(ctx, "browsing_events")[0]
+    pipeline.comply_partition(ctx, part)
+    with pytest.raises(AirflowFailException) as err:
+        tasks.call(pipeline.run_gate_task, ctx, part, "compliance")
+    line = str(err.value)
+    assert "\n" not in line
+    assert "compliance gate failed for browsing_events partition p00" in line
+    assert "NO_CONSENT" in line and "max_excluded_share" in line
+
+
 def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env, export):
     """The shipped policy takes a callee of any class (cleansing.yaml phones); a number of
     no class still quarantines its row."""

@@ -269,3 +269,40 @@ def test_check_names_every_config_problem_in_one_run(tmp_path):
     assert all(re.search(r"\.yaml( line \d+)?: ", p) for p in res.problems), joined
     with pytest.raises(ConfigError, match=r"and \d+ more problems"):
         load_config(folder)
+
+
+def test_check_names_the_export_folders_problems_and_what_each_rule_would_quarantine(tmp_path):
+    """Before any run: an export without a manifest, a non-data file nobody declared,
+    and a rule that would quarantine most of a table are each a problem line; a
+    declared file (catalog `ignore:`) is not, and the rule shares are printed as notes."""
+    import shutil
+
+    import pandas as pd
+
+    from handover import synth
+    from handover.check import run_check
+    from handover.config import CONFIG_ROOT
+
+    src = tmp_path / "export"
+    synth.generate(src, 60, seed=3)
+    (src / "export_manifest.json").unlink()
+    (src / "数据字典.md").write_text("khbh 客户编号\n", encoding="utf-8")
+    pays = pd.read_csv(src / "payments.csv", dtype=str, keep_default_na=False)
+    pays["amount_fen"] = "¥" + pays["amount_fen"]  # a form no `integers` rule reads
+    pays.to_csv(src / "payments.csv", index=False)
+    folder = tmp_path / "legacy_bss"
+    shutil.copytree(CONFIG_ROOT / "legacy_bss", folder)
+
+    res = run_check(str(folder), src, rows=300)
+    joined = "\n".join(res.problems)
+    assert "no export manifest" in joined and "handover manifest" in joined, joined
+    assert "数据字典.md" in joined and "ignore:" in joined, joined
+    share = [p for p in res.problems if "would quarantine" in p]
+    assert len(share) == 1 and "table payments" in share[0], joined
+    assert "INVALID_NUMBER amount_fen" in share[0] and "max_quarantine_share" in share[0]
+
+    catalog = folder / "catalog.yaml"
+    catalog.write_text(catalog.read_text(encoding="utf-8").replace(
+        "system: legacy_bss\n", "system: legacy_bss\nignore: ['*.md']\n", 1), encoding="utf-8")
+    again = run_check(str(folder), src, rows=300)
+    assert not any("数据字典.md" in p for p in again.problems), again.problems
