@@ -397,7 +397,7 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
     if result.docs_path:
         page = f"runs/{safe_run_id(run_id)}/docs/{result.docs_path}"
         summary = summary.replace(f"see {result.docs_path}",
-                                  f"see {lake.uri(page)} (UI: /handover/{page})")
+                                  f"see {lake.uri(page)} (UI: {ui_url('handover/' + page)})")
     log.info(summary)
     if not result.success:
         raise GateFailed(summary)
@@ -511,6 +511,15 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
             f"({(rows_in - all_out) / rows_in:.1%} < {floor:.0%} required); top reasons: "
             f"{', '.join(f'{r} {n:,}' for r, n in top)}; fix the rule or the export, then "
             f"clear cleanse, or lower catalog.yaml tables.{table}.min_loaded_share")
+
+
+def ui_url(path: str) -> str:
+    """An absolute link into the Airflow UI (the log viewer makes URLs clickable):
+    HANDOVER_UI_URL, else Airflow's own api base_url, else the api-server `make up` starts
+    (127.0.0.1, HANDOVER_PORT)."""
+    base = (os.environ.get("HANDOVER_UI_URL") or os.environ.get("AIRFLOW__API__BASE_URL")
+            or f"http://127.0.0.1:{os.environ.get('HANDOVER_PORT', '8080')}")
+    return f"{base.rstrip('/')}/{path.lstrip('/')}"
 
 
 def docs_dir_for(lake: Lake, run_id: str) -> Path:
@@ -1103,6 +1112,25 @@ def reconciliation_failures(ctx: dict, table: str, frame: pd.DataFrame) -> str:
     failed = [words.get(k, lambda k=k: k)() for k, ok in checks.items() if not ok and r is not None]
     return ("failed checks: " + "; ".join(failed) if failed else "see the checks in") + \
         f" ({_lake().uri(key)})"
+
+
+def report_failed_run(ctx: dict) -> dict:
+    """A failed run's report and Data Docs index, written when a task fails for good: what
+    the run did before it stopped, where it stopped and why (the same line as the task's
+    log and the ledger view). A later successful publish replaces both."""
+    from handover.gates import build_docs_index
+    from handover.report import write_reports
+
+    run_id = ctx["run_id"]
+    lake = _lake()
+    docs_dir = docs_dir_for(lake, run_id)
+    if docs_dir.is_dir():
+        build_docs_index(docs_dir)
+        publish_docs(lake, run_id, docs_dir)
+    with ledger.connect() as conn, conn.transaction():
+        paths = write_reports(conn, lake, _config(ctx["system"]), run_id)
+    log.info("failed run %s: report %s", run_id, paths.get("report_html"))
+    return paths
 
 
 def publish(ctx: dict) -> dict:

@@ -60,7 +60,16 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
         "'ORPHAN_RECORD' AND released_by IS NULL GROUP BY 1 ORDER BY 1").fetchall()}
     head = conn.execute("SELECT id, hash FROM handover_meta.audit_log ORDER BY id DESC "
                         "LIMIT 1").fetchone()
+    status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
+                          (run_id,)).fetchone()
+    failure = None
+    if status and status[0] == "failed":  # the task that stopped it, in its own one line
+        row = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE run_id=%s AND "
+                           "action='run_failed' ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+        failure = row[0] if row else {}
     return {"run_id": run_id, "system": cfg.system, "reconciliation": recon,
+            "status": status[0] if status else None, "failure": failure,
+            "tables": list(cfg.tables),
             "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
@@ -78,6 +87,32 @@ def _bar(parts: list[tuple[str, int, str]], total: int, width: int = 420) -> str
                    f"<title>{html.escape(label)}: {n:,}</title></rect>")
         x += w
     return f'<svg width="{width}" height="18" role="img">{"".join(out)}</svg>'
+
+
+def _failed_banner(data: dict[str, Any]) -> str:
+    """A failed run says so first, with the task and the reason its log gives, and which
+    tables it never reached."""
+    if data.get("status") != "failed":
+        return ""
+    esc = html.escape
+    f = data.get("failure") or {}
+    task = f.get("task_id") or "a task"
+    if f.get("map_index") not in (None, -1):
+        task += f"[{f['map_index']}]"
+    missing = [t for t in data.get("tables", []) if t not in data["reconciliation"]]
+    return (f'<p id="failed" style="color:#c62828;font-weight:600">This run FAILED at '
+            f"{esc(str(task))}: {esc(f.get('error') or 'see the task log')}</p>"
+            "<p>The counts below are what the run wrote before it stopped"
+            + (f"; not reached (no reconciliation): {esc(', '.join(missing))}" if missing
+               else "")
+            + ". Fix the cause (docs/runbook.md, the task's section), then clear the failed "
+            "task in the Airflow grid; this report is rewritten when the run succeeds.</p>")
+
+
+def _gate_rows(g: dict[str, Any]) -> str:
+    """Rows a gate validated; the reconciliation gate validates the table's counts (one
+    record), which "1" would misstate."""
+    return "the table's counts" if g["gate"] == "reconciliation" else f"{g['rows']:,}"
 
 
 def render_html(data: dict[str, Any]) -> str:
@@ -111,7 +146,7 @@ def render_html(data: dict[str, Any]) -> str:
     g_rows = "".join(
         f"<tr><td>{esc(g['gate'])}</td><td>{esc(g['table'])}</td><td>{esc(g['partition'])}</td>"
         f"<td>{'passed' if g['success'] else 'FAILED'}</td><td>{g['evaluated']}</td>"
-        f"<td>{g['rows']:,}</td><td>"
+        f"<td>{_gate_rows(g)}</td><td>"
         + (f"<a href=\"../docs/{esc(g['docs_path'])}\">validation page</a>"
            if g["docs_path"] else "") + "</td></tr>" for g in data["gates"])
     p_rows = "".join(
@@ -123,7 +158,7 @@ def render_html(data: dict[str, Any]) -> str:
 <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;
 margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f3f3f3}}
 </style></head><body>
-<h1>Migration run {esc(data['run_id'])}</h1>
+<h1>Migration run {esc(data['run_id'])}</h1>{_failed_banner(data)}
 <p>Source system <b>{esc(data['system'])}</b>. Purpose: {esc(data['policy_purpose'])}.</p>
 <p>Audit trail head at publication: entry {head.get('id', '—')},
 <code>{esc(str(head.get('hash', '—')))}</code> (anchor for <code>verify-audit</code>).</p>

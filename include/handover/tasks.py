@@ -88,6 +88,16 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
     except Exception as err:  # the books unreachable: the task's own error still stands
         log.warning("could not mark run %s failed in handover_meta.run: %s", ctx["run_id"],
                     type(err).__name__)
+        return
+    if "system" not in ctx:
+        return
+    try:  # the failed run's report and Data Docs index, as far as it got
+        from handover.pipeline import report_failed_run
+
+        report_failed_run(ctx)
+    except Exception as err:  # best effort on a failure path: the task's error stands
+        log.warning("could not write the failed run's report for %s: %s", ctx["run_id"],
+                    type(err).__name__)
 
 
 def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> Any:
@@ -106,7 +116,12 @@ def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> An
                  at_start if measured else "n/a", arrow_pool())
         return out
     except data_faults() as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        # A known failure (gate, config, input): its one line is the whole story. Logged
+        # as it is, and raised without the library's stack (`from None`): on-call reads
+        # the reason and the link, not forty frames; an unexpected error keeps its trace.
+        line = f"{type(exc).__name__}: {exc}"
+        log.error("%s", line)
+        raise AirflowFailException(line) from None
     except transient_faults() as exc:
         raise TransientFault(
             f"{type(exc).__name__}: {_first_line(exc)}; transient (database or object store "

@@ -91,10 +91,14 @@ def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
             prev_out = c["out"]
         r = recon_by_table.get(table)
         extracted = counts.get("extract", {}).get("out")
+        reached = [s["stage"] for s in rows if s["status"] != "pending"]
+        stopped = run.get("status") == "failed" and r is None
         tables.append({
             "table": table, "stages": rows, "reconciliation": r,
             "source_rows": r["source_rows"] if r else extracted,
-            "status": ("not reconciled yet" if r is None else
+            "status": ((f"not reached: stopped after {reached[-1]}" if reached
+                        else "not reached") if stopped else
+                       "not reconciled yet" if r is None else
                        "balanced" if r["balanced"] else "NOT balanced"),
             "gates_failed": sum(1 for g in gate_rows if g["table"] == table and not g["success"]),
         })
@@ -142,12 +146,21 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
     if run["status"] == "failed":
         task = (failure or {}).get("task_id") or "a task"
         index = (failure or {}).get("map_index")
+        error = (failure or {}).get("error") or ""
+        log_href = (f"/dags/{quote(run['dag_id'] or '')}/runs/{quote(run['run_id'])}/tasks/"
+                    f"{quote(str(task))}" + (f"/mapped/{index}" if index not in (None, -1)
+                                             else ""))
+        pages = [g for g in data["gates"] if not g["success"] and g["docs_path"]]
+        links = [f'<a id="failed-log" href="{log_href}">the task\'s log</a>']
+        links += [f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation '
+                  f'page of {escape(g["gate"])} {escape(g["table"])}/{escape(g["partition"])}</a>'
+                  for g in pages[:3]]
         head = (f'<p id="failed" class="bad">Run FAILED at {escape(str(task))}'
                 + (f"[{escape(str(index))}]" if index not in (None, -1) else "")
-                + (f": {escape((failure or {}).get('error') or '')}" if failure else "")
-                + '</p><p class="muted">Read the task\'s log in the grid, fix the cause '
-                "(docs/runbook.md), then clear the task; the counts below are what the run "
-                "wrote before it stopped.</p>") + head
+                + (f": {escape(error)}" if error else "")
+                + f'</p><p>Open {" · ".join(links)}. <b>Next:</b> {escape(next_step(error))} '
+                "Then clear the failed task in the grid (docs/runbook.md). The counts below "
+                "are what the run wrote before it stopped.</p>") + head
     summary_rows = []
     for t in data["tables"]:
         r = t["reconciliation"] or {}
@@ -185,7 +198,7 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
         "<th class=l>status</th></tr>" + "".join(stage_rows) + "</table>")
     gate_rows = "".join(
         f'<tr><td class="l">{escape(g["gate"])}</td><td class="l">{escape(g["table"])}</td>'
-        f'<td class="l">{escape(g["partition"])}</td><td>{_n(g["rows"])}</td>'
+        f'<td class="l">{escape(g["partition"])}</td><td>{_gate_rows(g)}</td>'
         f'<td class="l">{_status("passed" if g["success"] else "FAILED")}</td><td class="l">'
         + (f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation page</a>'
            if g["docs_path"] else "") + "</td></tr>"
@@ -194,6 +207,35 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
              "<th class=l>partition</th><th>rows</th><th class=l>result</th><th class=l>docs</th>"
              "</tr>" + gate_rows + "</table>")
     return _page(f"ledger {run['run_id']}", head + summary + stages + gates)
+
+
+def next_step(error: str) -> str:
+    """The runbook's next step for a failure kind, from the task's one line."""
+    steps = [
+        ("intake gate failed", "The export's shape differs from the catalog (a column "
+         "added, missing or renamed, a type): get the export fixed, or update catalog.yaml "
+         "and run `handover check`."),
+        ("compliance gate failed", "Check policy.yaml and the consent and objection "
+         "exports; a bound that is right for this export goes in catalog.yaml "
+         "(max_excluded_share)."),
+        ("quality gate failed", "Fix the cleansing rule that reads the column (or the "
+         "export), then clear cleanse for the table; the quarantined rows are in the run's "
+         "working set."),
+        ("contract gate failed", "The mapping produced values the target contract refuses: "
+         "fix mapping.yaml, then clear map_protect."),
+        ("reconciliation gate failed", "Source and target disagree: compare the table's "
+         "reconciliation JSON and report; another writer or a stale run is the usual cause."),
+        ("ConfigError", "Fix the config line the message names, run `handover check`, then "
+         "clear the task."),
+        ("SourceError", "The export itself is wrong (missing, truncated, changed after the "
+         "manifest): get it again from the operator; never edit it."),
+        ("WorkingSetGone", "The run's working set was destroyed by retention: trigger a new "
+         "run."),
+        ("DatabaseFault", "Fix the data, mapping or schema the statement names, then clear "
+         "the task."),
+    ]
+    return next((step for needle, step in steps if needle in error),
+                "Read the task's log; the runbook has a section per task.")
 
 
 def _status_run(status: str | None) -> str:
@@ -218,6 +260,14 @@ def render_runs(runs: list[tuple], dag_id: str | None = None) -> str:
 
 def render_message(title: str, message: str, status: str = "") -> str:
     return _page(title, f"<h1>{escape(title)}</h1><p>{escape(message)}</p>{status}")
+
+
+def _gate_rows(g: dict[str, Any]) -> str:
+    """What a gate validated: rows of the partition, or for the reconciliation gate the
+    table's one reconciliation record (its counts), not "1 row"."""
+    if g["gate"] == "reconciliation":
+        return '<span class="muted">the table\'s counts</span>'
+    return _n(g["rows"])
 
 
 def _n(value: Any) -> str:

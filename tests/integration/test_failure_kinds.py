@@ -61,6 +61,18 @@ def test_gate_failure_fails_at_once_with_one_line_naming_table_partition_and_pag
     assert "\n" not in msg
     assert msg.startswith("GateFailed: intake gate failed for payments partition p00")
     assert "coupon" in msg and "/docs/validations/intake/payments/" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__  # no library stack
+    assert "(UI: http://" in msg  # a link the log viewer makes clickable
+
+    # The failed run has its report and Data Docs index, telling the same story.
+    from handover.lake import lake_from_url, safe_run_id
+
+    lake = lake_from_url()
+    report = lake.get_bytes(f"runs/{safe_run_id(run_id)}/reports/report.html").decode()
+    assert "This run FAILED at" in report and "intake gate failed for payments" in report
+    assert "not reached (no reconciliation): " in report and "subscribers" in report
+    index = lake.get_bytes(f"runs/{safe_run_id(run_id)}/docs/index.html").decode()
+    assert "payments" in index
 
 
 def test_config_error_fails_at_once_with_file_line_and_field(env, export, tmp_path):
