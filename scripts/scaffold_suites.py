@@ -28,6 +28,21 @@ def e(kind: str, **kwargs) -> dict:
     return {"type": kind, "kwargs": kwargs, "meta": {}}
 
 
+def lookup_values(fspec: dict) -> list | None:
+    """The values a looked-up field holds in the mapped frame, typed as the field's `cast`
+    makes them (a lookup to "1"/"2" cast to int holds 1 and 2, which a set of strings
+    would fail); None where a set says nothing (booleans, dates)."""
+    raw = [v for v in fspec["lookup"].values() if v is not None]
+    cast = fspec.get("cast")
+    if not raw or cast in ("bool", "date", "timestamp") or all(isinstance(v, bool) for v in raw):
+        return None
+    if cast == "int":
+        return sorted({int(v) for v in raw})
+    if cast == "float":
+        return sorted({float(v) for v in raw})
+    return sorted({str(v) for v in raw})
+
+
 def suites(system: str) -> dict[tuple[str, str], list[dict]]:
     cfg = load_config(system)
     out: dict[tuple[str, str], list[dict]] = {}
@@ -87,8 +102,7 @@ def suites(system: str) -> dict[tuple[str, str], list[dict]]:
                 c.append(e("expect_column_values_to_not_match_regex", column=field,
                            regex=r"(?<!\d)[1１][3-9３-９]\d{9}(?!\d)"))
             if "lookup" in fspec:
-                values = sorted({str(v) for v in fspec["lookup"].values()}) \
-                    if not all(isinstance(v, bool) for v in fspec["lookup"].values()) else None
+                values = lookup_values(fspec)
                 if values:
                     c.append(e("expect_column_values_to_be_in_set", column=field,
                                value_set=values))

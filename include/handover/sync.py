@@ -793,15 +793,19 @@ def _corrected(conn, table: str, legacy: pd.DataFrame) -> np.ndarray:
 
 
 def _accounted(conn, table: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per key, the newest as-of of a quarantine and of an exclusion in a finished run."""
+    """Per key, the newest as-of of a quarantine and of an exclusion in a finished run. A
+    record merged into another of its person (merge map) is absent from the target as a
+    quarantined one is: counted with them."""
     out: dict[str, dict[str, Any]] = {"q": {}, "x": {}}
     for kind, key, as_of in conn.execute(
             "SELECT e.kind, e.record_key, max(r.exported_at) FROM (SELECT 'q' AS kind, run_id, "
             "record_key FROM handover_meta.quarantine WHERE table_name=%s UNION ALL SELECT 'x', "
-            "run_id, record_key FROM handover_meta.exclusion WHERE table_name=%s) e "
+            "run_id, record_key FROM handover_meta.exclusion WHERE table_name=%s UNION ALL "
+            "SELECT 'q', run_id, merged_key FROM handover_meta.merge_map WHERE table_name=%s "
+            "AND merged_key <> survivor_key) e "
             "JOIN handover_meta.run r USING (run_id) "
             "WHERE r.status='succeeded' OR r.run_id=%s GROUP BY 1, 2",
-            (table, table, run_id)):
+            (table, table, table, run_id)):
         out[kind][key] = as_of
     return out["q"], out["x"]
 

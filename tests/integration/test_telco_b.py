@@ -240,3 +240,38 @@ def test_check_counts_type_problems_and_codes_without_a_lookup(both, tmp_path):
     assert len(codes) == 1 and "without a lookup entry, e.g. '银行'" in codes[0]
     assert codes[0].startswith(f"{folder / 'mapping.yaml'}: table payment_log ")
     assert len(result.problems) == 2, result.problems
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_scaffolded_suites_agree_with_what_the_stages_write(both, system, tmp_path):
+    """scripts/scaffold_suites.py writes, from the four config files alone, suites that
+    pass on what a good run's stages wrote (the mapping's casts and lookups included): a
+    newcomer's first run does not fail on its own scaffolding."""
+    import importlib.util
+
+    from handover.gates import run_gate
+    from handover.lake import lake_from_url, safe_run_id
+    from handover.pipeline import GATE_INPUT, META
+
+    spec = importlib.util.spec_from_file_location("scaffold", ROOT / "scripts" /
+                                                  "scaffold_suites.py")
+    scaffold = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaffold)
+    for (gate, table), expectations in scaffold.suites(system).items():
+        path = tmp_path / gate / f"{table}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"name": f"{gate}.{table}", "expectations": expectations}),
+                        encoding="utf-8")
+    lake = lake_from_url()
+    run = safe_run_id(both["runs"][system])
+    checked = 0
+    for gate, stage in GATE_INPUT.items():
+        for table in load_config(system).tables:
+            for key in lake.list(f"runs/{run}/{stage}/{table}/"):
+                df = lake.read_table(key).to_pandas()
+                df = df.drop(columns=[c for c in META if c in df.columns])
+                result = run_gate(df, gate=gate, table=table, partition=key.rsplit("/", 1)[-1],
+                                  run_id=run, suites_dir=tmp_path, docs_dir=None)
+                assert result.success, (gate, table, result.summary())
+                checked += 1
+    assert checked >= 4 * len(load_config(system).tables)
