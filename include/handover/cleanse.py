@@ -34,6 +34,9 @@ from handover.validators import (
 ARROW_REFUSED = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
 
 EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
+#: The clock of a Chinese operator's export (one zone, no daylight saving): times written
+#: with an offset are converted into it, so they compare with the export's naive times.
+LOCAL_ZONE = "Asia/Shanghai"
 
 REASON_ORDER = [
     "MISSING_FIELD", "INVALID_CHARACTER", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
@@ -150,6 +153,11 @@ def parse_dates(text: pd.Series, fmt: str | list[str]) -> pd.Series:
             num = pd.to_numeric(text, errors="coerce")
             num = num.where((num > 0) & (num < 2958466))
             return pd.to_datetime(num, unit="D", origin="1899-12-30", errors="coerce")
+        if "%z" in fmt:
+            # Times with their offset (`+08:00`, `Z`, mixed): the same instant in the
+            # export's own clock (LOCAL_ZONE), as every naive time of the export is read.
+            aware = pd.to_datetime(text, format=fmt, errors="coerce", utc=True)
+            return aware.dt.tz_convert(LOCAL_ZONE).dt.tz_localize(None)
         return pd.to_datetime(text, format=fmt, errors="coerce")
     unit_name, _, zone = fmt.partition(":")
     num = pd.to_numeric(text, errors="coerce")

@@ -24,14 +24,15 @@ LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
 SOURCE_FORMATS = ["csv", "parquet", "sql"]
-ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "utf-16", "utf-16-le", "utf-16-be"]
+ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "big5", "utf-16", "utf-16-le",
+             "utf-16-be"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
 TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup", "parse_date",
               "yuan_to_fen",
               "cast", "protect"]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
-FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote")
-CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote")
+FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote", "trailer")
+CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote", "trailer")
 SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
 DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
 
@@ -59,6 +60,9 @@ _SOURCE = {
         "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
         "header": {"type": "boolean"},
         "quote": {"type": "string", "maxLength": 1},
+        # a last line that is not a row (`共2条`, `TOTAL 2`, `EOF`): a regex for it; its
+        # first group, if any, is the row count the file must hold
+        "trailer": {"type": "string", "minLength": 1},
         "conn_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
         "query": {"type": "string", "minLength": 1},
         "table": {"type": "string",

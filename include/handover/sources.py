@@ -32,6 +32,7 @@ ROW_COLUMN = "_source_row"
 FORMATS = ("csv", "parquet", "sql")
 # Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
 ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030",
+             "big5": "big5",  # Hong Kong, Macau and Taiwan systems
              # Windows tools export "Unicode" text as UTF-16 (with a BOM, or little-endian
              # without one): transcoded while it streams, like GBK
              "utf-16": "utf-16", "utf-16-le": "utf-16-le", "utf-16-be": "utf-16-be"}
@@ -151,7 +152,8 @@ def open_source(table: str, table_spec: dict[str, Any], source_dir: str | Path, 
                 return ParquetSource(path, table=table, batch_rows=spec["chunk_rows"])
             return DelimitedSource(path, table=table, columns=columns,
                                    encoding=spec["encoding"], delimiter=spec["delimiter"],
-                                   header=spec["header"], quote=spec["quote"])
+                                   header=spec["header"], quote=spec["quote"],
+                                   trailer=spec.get("trailer"))
 
         if spec.get("files"):
             return MultiFileSource(Path(source_dir), spec["files"], table=table, part=one)
@@ -183,6 +185,29 @@ def head(source: TableSource, rows: int) -> pa.Table:
         return pa.table({c: pa.array([], pa.string()) for c in source.columns}
                         | {ROW_COLUMN: pa.array([], pa.int64())})
     return pa.Table.from_batches(batches)
+
+
+class _Head(io.RawIOBase):
+    """The first `limit` bytes of a file (what comes before a trailer line)."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed with this stream
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._left)
+        if n <= 0:
+            return 0
+        got = self._fh.readinto(memoryview(buffer)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
 
 
 def _numbered(columns: list[pa.Array], names: list[str], first_row: int) -> pa.RecordBatch:
@@ -260,8 +285,12 @@ class DelimitedSource(_FileSource):
 
     def __init__(self, path: Path, *, table: str, columns: list[str] | None = None,
                  encoding: str = "utf-8", delimiter: str = ",", header: bool = True,
-                 quote: str = '"', block_size: int = CSV_BLOCK_BYTES) -> None:
+                 quote: str = '"', block_size: int = CSV_BLOCK_BYTES,
+                 trailer: str | None = None) -> None:
         super().__init__(path, table)
+        self.trailer = re.compile(trailer) if trailer else None
+        self._data_bytes: int | None = None  # where the trailer line starts
+        self._trailer_rows: int | None = None
         if encoding not in ENCODINGS:
             raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
                                   f"{', '.join(ENCODINGS)}")
@@ -285,6 +314,8 @@ class DelimitedSource(_FileSource):
                 f"{self.path}: the file is UTF-16 (it starts with a byte order mark) but is read "
                 f"as {self.encoding}; set source.encoding: utf-16 for table {self.table} in "
                 "catalog.yaml")
+        if self.trailer is not None:
+            self._find_trailer()
         if not self.header:
             if not self.catalog_columns:
                 raise SourceReadError(f"{self.path}: no header row and no catalog columns to "
@@ -326,10 +357,66 @@ class DelimitedSource(_FileSource):
                                   "once in the header")
         self.columns = header
 
+    def _find_trailer(self) -> None:
+        """The file's last non-blank line must match source.trailer (a count line such as
+        `共2条`): rows are read up to it, and its first group, if any, is the row count."""
+        size = self.path.stat().st_size
+        codec = "utf-8" if ENCODINGS[self.encoding] == "utf8" else ENCODINGS[self.encoding]
+        with open(self.path, "rb") as fh:
+            bom = fh.read(2)
+            wide = codec.startswith("utf-16")
+            big = codec == "utf-16-be" or (codec == "utf-16" and bom == b"\xfe\xff")
+            unit = ("utf-16-be" if big else "utf-16-le") if wide else codec
+            nl = "\n".encode(unit)
+            start = max(0, size - (1 << 16))
+            start -= start % 2 if wide else 0
+            fh.seek(start)
+            tail = fh.read()
+        ends = ("\r\n".encode(unit), nl, "\r".encode(unit))
+        body = tail
+        while True:
+            cut = next((e for e in ends if body.endswith(e)), None)
+            if cut is None:
+                break
+            body = body[:-len(cut)]
+        at = body.rfind(nl)
+        line_start = at + len(nl) if at >= 0 else 0
+        if at < 0 and start > 0:
+            raise SourceReadError(f"{self.path}: last line longer than 64 KiB cannot be the "
+                                  "trailer source.trailer describes")
+        text = body[line_start:].decode(unit, errors="replace").strip().lstrip("\ufeff")
+        match = self.trailer.fullmatch(text)
+        if match is None:
+            raise SourceReadError(
+                f"{self.path}: the last line is not the trailer source.trailer describes "
+                f"({self.trailer.pattern!r}): the file may be truncated; get the export again, "
+                f"or fix tables.{self.table}.source.trailer in catalog.yaml")
+        self._data_bytes = start + line_start
+        if match.groups() and match.group(1) is not None:
+            self._trailer_rows = int(match.group(1).replace(",", ""))
+
+    def _csv_input(self):
+        """The file for Arrow: whole, or only the bytes before the trailer line."""
+        if self._data_bytes is None:
+            return self.path
+        return io.BufferedReader(_Head(self.path, self._data_bytes), buffer_size=1 << 20)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
+        for batch, rows in self._batches():
+            if rows is None:
+                yield batch
+            elif self._trailer_rows is not None and rows != self._trailer_rows:
+                raise SourceReadError(
+                    f"{self.path}: the trailer says {self._trailer_rows} rows but the file holds "
+                    f"{rows}; the file is truncated or was changed; get the export again")
+
+    def _batches(self) -> Iterator[tuple[pa.RecordBatch, int | None]]:
         import pyarrow.csv as pacsv
 
         if not self.header and self.path.stat().st_size == 0:
+            return
+        if self._data_bytes == 0:  # nothing but the trailer
+            yield pa.RecordBatch.from_pylist([]), 0
             return
         parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char=self.quote or False,
                                    newlines_in_values=True)
@@ -342,8 +429,8 @@ class DelimitedSource(_FileSource):
             while True:
                 read = pacsv.ReadOptions(encoding=ENCODINGS[self.encoding], block_size=block,
                                          column_names=None if self.header else self.columns)
-                reader = pacsv.open_csv(self.path, read_options=read, parse_options=parse,
-                                        convert_options=convert)
+                reader = pacsv.open_csv(self._csv_input(), read_options=read,
+                                        parse_options=parse, convert_options=convert)
                 skip = row  # rows an earlier pass (smaller blocks) has given already
                 try:
                     for batch in reader:
@@ -362,7 +449,7 @@ class DelimitedSource(_FileSource):
                         out = _numbered(list(batch.columns), self.columns, row + 1)
                         row += batch.num_rows
                         last = batch
-                        yield out
+                        yield out, None
                     break
                 except pa.ArrowInvalid as exc:
                     # A value longer than a block (a 10 MB free-text field): read again in
@@ -390,6 +477,11 @@ class DelimitedSource(_FileSource):
             problem = self._diagnose()
             if problem:
                 raise SourceReadError(problem)
+        if self._trailer_rows is not None:  # the count the trailer states, checked at the end
+            empty = pa.RecordBatch.from_arrays(
+                [pa.array([], pa.string()) for _ in self.columns] + [pa.array([], pa.int64())],
+                names=[*self.columns, ROW_COLUMN])
+            yield empty, row
 
     # -- a quote opened in one row and closed in a later one ------------------------------
     def _swallowed(self, batch: pa.RecordBatch) -> tuple[int, str] | None:

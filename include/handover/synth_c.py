@@ -99,6 +99,8 @@ FILES: dict[str, tuple[str, str, str, str]] = {
     "browsing_events": ("lljl", "LLJL_20261101.dat", "gb18030", "\x1f"),
 }
 TABLES = {legacy: spec[0] for legacy, spec in FILES.items()}
+# Files the billing system ends with a count line, `共<n>条`.
+TRAILERS = {"payments"}
 
 # telco_c columns (file order) with their Chinese names, per telco_c table.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -316,10 +318,13 @@ def _read(legacy: Path, table: str) -> pd.DataFrame:
                        na_filter=False)
 
 
-def _write(path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str) -> None:
+def _write(path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str,
+           trailer: bool = False) -> None:
     with open(path, "w", encoding=encoding, newline="") as fh:
         w = csv.writer(fh, delimiter=delimiter, lineterminator="\r\n")
         w.writerows(frame.itertuples(index=False, name=None))
+        if trailer:  # the billing system's count line: not a row (catalog source.trailer)
+            fh.write(f"共{len(frame)}条\r\n")
 
 
 # -------------------------------------------------------------------- the answer key
@@ -403,7 +408,8 @@ def derive(legacy_dir: Path, out_dir: Path, *, seed: int | None = None) -> dict[
         df = frames[legacy_table]
         shaped = (_calls(rng, df, own_numbers) if legacy_table == "call_records"
                   else SHAPES[legacy_table](rng, df))
-        _write(out / file, shaped, encoding=encoding, delimiter=delimiter)
+        _write(out / file, shaped, encoding=encoding, delimiter=delimiter,
+               trailer=legacy_table in TRAILERS)
         tables[table] = {"file": file, "rows": len(shaped), "encoding": encoding,
                          "delimiter": delimiter}
     (out / DICTIONARY).write_text(

@@ -141,6 +141,10 @@ def test_the_receiver_wrote_the_manifest(run):
     assert {t: e["rows"] for t, e in manifest["tables"].items()} == counts
     # the data dictionary is no table's file: the catalog ignores it
     assert synth_c.DICTIONARY not in {e["file"] for e in manifest["tables"].values()}
+    # the payments file ends with the billing system's count line, which is not a row
+    payments = run["source"] / manifest["tables"]["jfjl"]["file"]
+    last = payments.read_bytes().decode("gb18030").rstrip("\r\n").rsplit("\r\n", 1)[-1]
+    assert last == f"共{counts['jfjl']}条"
 
 
 def test_check_passes_on_the_hostile_export(run):

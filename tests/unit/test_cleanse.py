@@ -781,3 +781,20 @@ def test_a_list_of_formats_that_reads_a_value_two_ways_is_refused():
 
     assert ambiguous_formats(["%d/%m/%Y", "%Y-%m-%d", "%m/%d/%Y"]) == ("%d/%m/%Y", "%m/%d/%Y")
     assert ambiguous_formats(["%Y-%m-%d", "%Y/%m/%d %H:%M", "%Y%m%d"]) is None
+
+
+def test_times_written_with_an_offset_are_read_in_the_exports_clock():
+    """`+08:00`, `Z` and `+0100` are one instant each: read as the export's own (Beijing)
+    time, so not_future and survivorship compare them with the naive times around them."""
+    rules = {"dates": {"t": ["%Y-%m-%dT%H:%M:%S%z", "%Y-%m-%d %H:%M:%S"]}, "not_future": ["t"]}
+    raw = pd.DataFrame({"k": list("abcde"),
+                        "t": ["2024-01-05T10:30:00+08:00", "2024-01-05T02:30:00Z",
+                              "2024-01-05T03:30:00+0100", "2024-01-05 10:30:00",
+                              "2099-01-01T00:00:00Z"]}, dtype=object)
+    raw["_source_row"] = range(5)
+
+    res = cleanse(raw, rules, key="k", exported_at=E)
+
+    got = dict(zip(res.clean["k"], res.clean["t"], strict=True))
+    assert set(got.values()) == {pd.Timestamp("2024-01-05 10:30:00")} and len(got) == 4
+    assert res.quarantine["k"].tolist() == ["e"] and res.counts == {"INVALID_DATE": 1}
