@@ -57,7 +57,8 @@ _SOURCE = {
         "file": {"type": "string", "minLength": 1},
         "files": {"type": "string", "minLength": 1},  # a glob: one table in several files
         "encoding": {"enum": ENCODINGS},
-        "delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+        # one character, or several (`~|~`, `||`)
+        "delimiter": {"type": "string", "minLength": 1, "maxLength": 8},
         "header": {"type": "boolean"},
         "quote": {"type": "string", "maxLength": 1},
         # a last line that is not a row (`共2条`, `TOTAL 2`, `EOF`): a regex for it; its

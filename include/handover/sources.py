@@ -29,6 +29,8 @@ import pyarrow as pa
 from handover.config import resolve_source
 
 ROW_COLUMN = "_source_row"
+# What a delimiter of several characters is rewritten to before Arrow splits the text.
+MULTI_DELIMITER = "\x1f"
 FORMATS = ("csv", "parquet", "sql")
 # Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
 ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030",
@@ -188,11 +190,11 @@ def head(source: TableSource, rows: int) -> pa.Table:
 
 
 class _Head(io.RawIOBase):
-    """The first `limit` bytes of a file (what comes before a trailer line)."""
+    """The first `limit` bytes of a file (what comes before a trailer line; -1: all)."""
 
     def __init__(self, path: Path, limit: int) -> None:
         self._fh = open(path, "rb")  # noqa: SIM115 - closed with this stream
-        self._left = limit
+        self._left = limit if limit >= 0 else 1 << 62
 
     def readable(self) -> bool:
         return True
@@ -207,6 +209,45 @@ class _Head(io.RawIOBase):
 
     def close(self) -> None:
         self._fh.close()
+        super().close()
+
+
+class _Redelimit(io.RawIOBase):
+    """Text in `codec` with a delimiter of several characters, as UTF-8 with 0x1F in its
+    place, streamed (a delimiter split across two reads is held back until whole)."""
+
+    def __init__(self, source: io.BufferedReader, codec: str, delimiter: str) -> None:
+        self._src = source
+        self._decoder = codecs.getincrementaldecoder(codec)()
+        self._delimiter = delimiter
+        self._carry = ""
+        self._out = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out and not self._done:
+            chunk = self._src.read(1 << 20)
+            text = (self._carry + self._decoder.decode(chunk, final=not chunk)).replace(
+                self._delimiter, MULTI_DELIMITER)
+            self._carry = ""
+            if chunk:  # hold back an end that may be the start of a delimiter
+                for k in range(len(self._delimiter) - 1, 0, -1):
+                    if text.endswith(self._delimiter[:k]):
+                        text, self._carry = text[:-k], text[-k:]
+                        break
+            else:
+                self._done = True
+            self._out = text.encode("utf-8")
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        self._src.close()
         super().close()
 
 
@@ -294,8 +335,14 @@ class DelimitedSource(_FileSource):
         if encoding not in ENCODINGS:
             raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
                                   f"{', '.join(ENCODINGS)}")
-        if len(delimiter) != 1:
-            raise SourceReadError(f"{path}: delimiter must be one character, got {delimiter!r}")
+        if not delimiter or "\n" in delimiter or "\r" in delimiter or (
+                quote and quote in delimiter):
+            raise SourceReadError(f"{path}: delimiter {delimiter!r} cannot separate fields")
+        # A delimiter of several characters (`~|~`, `||`, `@@`): the text is streamed through
+        # a filter that writes it as the unit separator (0x1F), which Arrow then splits on.
+        self.multi = delimiter if len(delimiter) > 1 else None
+        if self.multi:
+            delimiter = MULTI_DELIMITER
         self.encoding, self.delimiter, self.header = encoding, delimiter, header
         self.quote, self.block_size = quote, block_size
         self.catalog_columns = list(columns or [])
@@ -329,10 +376,11 @@ class DelimitedSource(_FileSource):
             head = fh.read(1 << 20)  # the header line, ended by CRLF, LF or a lone CR
             if codec.startswith("utf-16"):  # two bytes a character: decode, then split
                 text = decoder.decode(head, final=False)
-                yield re.split(r"\r\n?|\n", text, maxsplit=1)[0] + "\n"
-                return
-            first = re.split(rb"\r\n?|\n", head, maxsplit=1)[0]
-            yield decoder.decode(first + b"\n", final=True)
+                line = re.split(r"\r\n?|\n", text, maxsplit=1)[0] + "\n"
+            else:
+                first = re.split(rb"\r\n?|\n", head, maxsplit=1)[0]
+                line = decoder.decode(first + b"\n", final=True)
+            yield line.replace(self.multi, MULTI_DELIMITER) if self.multi else line
 
         try:
             with open(self.path, "rb") as fh:
@@ -396,10 +444,19 @@ class DelimitedSource(_FileSource):
             self._trailer_rows = int(match.group(1).replace(",", ""))
 
     def _csv_input(self):
-        """The file for Arrow: whole, or only the bytes before the trailer line."""
-        if self._data_bytes is None:
+        """The file for Arrow: whole, or only the bytes before the trailer line; with a
+        delimiter of several characters, decoded and written as UTF-8 with 0x1F."""
+        if self._data_bytes is None and not self.multi:
             return self.path
-        return io.BufferedReader(_Head(self.path, self._data_bytes), buffer_size=1 << 20)
+        raw = _Head(self.path, self._data_bytes if self._data_bytes is not None else -1)
+        if self.multi:
+            codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
+            raw = _Redelimit(io.BufferedReader(raw, buffer_size=1 << 20), codec, self.multi)
+        return io.BufferedReader(raw, buffer_size=1 << 20)
+
+    @property
+    def _arrow_encoding(self) -> str:
+        return "utf8" if self.multi else ENCODINGS[self.encoding]
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         for batch, rows in self._batches():
@@ -427,7 +484,7 @@ class DelimitedSource(_FileSource):
         block = self.block_size
         try:
             while True:
-                read = pacsv.ReadOptions(encoding=ENCODINGS[self.encoding], block_size=block,
+                read = pacsv.ReadOptions(encoding=self._arrow_encoding, block_size=block,
                                          column_names=None if self.header else self.columns)
                 reader = pacsv.open_csv(self._csv_input(), read_options=read,
                                         parse_options=parse, convert_options=convert)
@@ -558,6 +615,8 @@ class DelimitedSource(_FileSource):
         with open(self.path, "rb") as raw:
             text = io.TextIOWrapper(raw, encoding=codec, errors="surrogateescape", newline="")
             lines = itertools.chain(text, [_EOF])
+            if self.multi:  # as Arrow sees the text (_Redelimit)
+                lines = (ln.replace(self.multi, MULTI_DELIMITER) for ln in lines)
             if self.quote:
                 reader = csv.reader(lines, delimiter=self.delimiter, quotechar=self.quote,
                                     doublequote=True, strict=False)

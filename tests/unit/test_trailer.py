@@ -43,3 +43,32 @@ def test_a_trailer_alone_is_an_empty_table(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("共0条\n".encode("gb18030"))
     assert _read(path) == []
+
+
+@pytest.mark.parametrize("encoding", ["gb18030", "utf-16", "utf-8"])
+@pytest.mark.parametrize("delimiter", ["~|~", "||", "@@"])
+def test_a_delimiter_of_several_characters(tmp_path, encoding, delimiter):
+    """`~|~`, `||`: streamed through a filter, across read boundaries (a 3 MB file), with
+    quoted values that hold the delimiter's characters."""
+    d = delimiter
+    rows = [f"{i}{d}客户{i}" for i in range(150_000)]
+    body = f"a{d}b\r\n" + "\r\n".join(rows) + f'\r\nq{d}"x, {d[0]} y"\r\n'
+    path = tmp_path / "t.txt"
+    path.write_bytes(body.encode(encoding))
+    src = DelimitedSource(path, table="t", columns=["a", "b"], encoding=encoding,
+                          delimiter=d, header=True)
+    with src:
+        got = [r for b in src.batches() for r in b.to_pylist()]
+    assert src.columns == ["a", "b"]
+    assert len(got) == 150_001
+    assert got[12345]["b"] == "客户12345" and got[-1]["b"] == f"x, {d[0]} y"
+
+
+def test_a_short_row_under_a_long_delimiter_is_named_by_row_and_line(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes("a~|~b\n1~|~x\n2\n".encode("gb18030"))
+    src = DelimitedSource(path, table="t", columns=["a", "b"], encoding="gb18030",
+                          delimiter="~|~", header=True)
+    with pytest.raises(SourceReadError, match=r"t\.txt row 2 \(line 3\): expected 2 fields"):
+        with src:
+            list(src.batches())
