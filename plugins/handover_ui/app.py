@@ -104,7 +104,8 @@ def create_app() -> FastAPI:
         try:
             with _target() as conn:
                 if not run_id:
-                    sql = ("SELECT run_id, dag_id, status, started_at FROM handover_meta.run "
+                    sql = ("SELECT run_id, dag_id, status, started_at, kind, source_system "
+                           "FROM handover_meta.run "
                            + ("WHERE dag_id = %s " if dag_id else "")
                            + "ORDER BY started_at DESC LIMIT 100")
                     runs = conn.execute(sql, (dag_id,) if dag_id else ()).fetchall()

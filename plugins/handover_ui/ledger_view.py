@@ -245,15 +245,20 @@ def _status_run(status: str | None) -> str:
 
 
 def render_runs(runs: list[tuple], dag_id: str | None = None) -> str:
+    def extra(r: tuple, i: int) -> str:
+        return escape(str(r[i])) if len(r) > i and r[i] is not None else ""
+
     rows = "".join(
         f'<tr><td class="l"><a href="ledger?{urlencode({"run_id": r[0], "dag_id": r[1]})}">'
         f'{escape(r[0])}</a></td><td class="l">{escape(r[1])}</td>'
+        f'<td class="l">{extra(r, 4)}</td><td class="l">{extra(r, 5)}</td>'
         f'<td class="l">{_status_run(r[2])}</td><td class="l">{escape(str(r[3]))}</td></tr>'
         for r in runs)
     body = ("<h1>Migration runs</h1><p class=muted>Newest first. Open a run for its ledger, "
             "reconciliation report and validation docs.</p><table><tr><th class=l>run</th>"
-            "<th class=l>DAG</th><th class=l>status</th><th class=l>started</th></tr>"
-            + (rows or '<tr><td colspan="4" class="l">no runs recorded yet</td></tr>')
+            "<th class=l>DAG</th><th class=l>kind</th><th class=l>source system</th>"
+            "<th class=l>status</th><th class=l>started</th></tr>"
+            + (rows or '<tr><td colspan="6" class="l">no runs recorded yet</td></tr>')
             + "</table>")
     return _page("migration runs", body)
 

@@ -552,6 +552,24 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     assert "/handover/runs/" in b.driver.current_url and "Expectation Validation Result" in page
     b.shot("validation-page")
 
+    # The plugin's ledger tells the grid's truth: FAILED first, the task, its one line, a
+    # link to its log, the runbook's next step, and the tables the run never reached.
+    from handover.lake import safe_run_id
+
+    b.open(f"/handover/ledger?run_id={urllib.parse.quote(run_id)}")
+    ledger_page = b.wait_text("Run FAILED at validate_intake", "Next:", timeout=30)
+    head = ledger_page.split("Per table")[0]
+    assert "intake gate failed for payments" in head and "running" not in head, head
+    assert "not reached" in ledger_page
+    b.find("a#failed-log", href_part=f"/runs/{urllib.parse.quote(run_id)}/tasks/validate_intake")
+    b.shot("ledger-failed")
+    # ... and so does the failed run's report, and its Data Docs index lists the failure
+    b.open(f"/handover/runs/{safe_run_id(run_id)}/reports/report.html")
+    b.wait_text("This run FAILED at validate_intake", "intake gate failed for payments",
+                timeout=30)
+    b.open(f"/handover/runs/{safe_run_id(run_id)}/docs/index.html")
+    b.wait_text("payments", timeout=30)
+
     # Exactly one notification per failed task instance, one JSON line each.
     wait_for("two notifications", lambda: len(stack.receiver.bodies) >= len(failed),
              timeout=30, every=1)
