@@ -595,12 +595,15 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
             duplicate_losers: set[str] | dict[str, str] | None = None,
             duplicate_key: np.ndarray | None = None,
             parent_fate: np.ndarray | None = None,
-            same_key_rows: set[int] | None = None) -> CleanseResult:
+            same_key_rows: set[int] | None = None,
+            merge_rules: dict[str, str] | None = None) -> CleanseResult:
     """`duplicate_losers`: keys that lost survivorship, each with its survivor's key (a
     dict) where the rule merges (`dedupe.action: merge`, the default): those rows leave as
     merged; a set, or `action: quarantine`, quarantines them as DUPLICATE_PERSON.
     `same_key_rows`: source rows (`_source_row`) that repeat a key already held by a record
-    of the same person (resolve decided): merged into it, not DUPLICATE_KEY."""
+    of the same person (resolve decided): merged into it, not DUPLICATE_KEY.
+    `merge_rules`: the rule per merged key where it is not SAME_PERSON (EXISTING_CUSTOMER:
+    the person is already a target customer, handover.identity)."""
     typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent,
                               duplicate_key=duplicate_key, parent_fate=parent_fate)
     merge = (rules.get("dedupe") or {}).get("action", "merge") == "merge"
@@ -612,7 +615,8 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
         if merge and isinstance(duplicate_losers, dict):
             merged_mask |= hit
             survivors[hit] = typed.loc[hit, key].map(duplicate_losers).to_numpy(dtype=object)
-            rule[hit] = "SAME_PERSON"
+            rule[hit] = (typed.loc[hit, key].map(merge_rules).fillna("SAME_PERSON")
+                         .to_numpy(dtype=object) if merge_rules else "SAME_PERSON")
         else:
             verdict.fail(hit, "DUPLICATE_PERSON", rules.get("dedupe", {}).get("key", key))
     if same_key_rows and "_source_row" in raw.columns:

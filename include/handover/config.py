@@ -135,6 +135,21 @@ POLICY_SCHEMA = {
         # as quarantine_days (never less than the working set).
         "working_set_days": {"type": "integer", "minimum": 0},
         "quarantine_days": {"type": "integer", "minimum": 0},
+        # One person, one customer across systems (handover.identity): a customer of this
+        # export whose normalised resident ID (by blind index, never in clear) is already
+        # a customer of the target under another id (the acquirer's own, or another
+        # acquired operator's) is merged into that customer: its record is not loaded, its
+        # child rows follow the existing customer, the person map records the decision.
+        "identity": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "match": {"type": "array", "items": {"enum": ["resident_id"]}},
+                "on_match": {"enum": ["merge"]},
+                # the name the target's own customers go under in the person map
+                "target_system": {"type": "string", "minLength": 1},
+            },
+        },
         "objection": {
             "type": "object",
             "additionalProperties": False,

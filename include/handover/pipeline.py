@@ -755,7 +755,12 @@ def resolve_customers(ctx: dict) -> dict:
         # dedupe key and its order), as Arrow: memory grows by three columns of the table,
         # not all; each partition is validated a slice at a time, as cleanse does.
         dedupe = rules.get("dedupe") or {}
-        keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe)]))
+        from handover import identity
+
+        ident = identity.settings(cfg)
+        ident = ident if ident and ident["table"] == table else None
+        keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe),
+                                   *([ident["id_column"]] if ident else [])]))
         typed_parts, failed_parts, dupkey_parts = [], [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             _, dup, frames = _slices(lake, k, key)
@@ -786,6 +791,11 @@ def resolve_customers(ctx: dict) -> dict:
         merges = dedupe.get("action", "merge") == "merge"
         same_key = (_same_key_merges(kept, failed, dup_key, key, dedupe["key"])
                     if dedupe and merges and kept is not None else [])
+        rules_of: dict[str, str] = dict.fromkeys(losers, "SAME_PERSON")
+        persons = None
+        if ident and kept is not None and merges:
+            losers, survivors, rules_of, persons = _match_existing(
+                cfg, kept, failed, losers, survivors, key, ident)
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
                                      sorted(x for x in losers if x is not None), pa.string())),
@@ -794,12 +804,16 @@ def resolve_customers(ctx: dict) -> dict:
         if merges:  # a merged record's children follow its survivor: its key stays valid
             fate = np.where(failed, "quarantined", np.where(is_loser, "merged", "valid"))
             into = dict(zip(losers, survivors, strict=True))
+            key_list = keys.to_pylist()
             merged_into = pa.array([into.get(k) if m else None for k, m in
-                                    zip(keys.to_pylist(), is_loser, strict=True)], pa.string()) \
+                                    zip(key_list, is_loser, strict=True)], pa.string()) \
+                if losers else pa.nulls(len(keys), pa.string())
+            merge_rule = pa.array([rules_of.get(k) if m else None for k, m in
+                                   zip(key_list, is_loser, strict=True)], pa.string()) \
                 if losers else pa.nulls(len(keys), pa.string())
         else:
             fate = np.where(~failed & ~is_loser, "valid", "quarantined")
-            merged_into = pa.nulls(len(keys), pa.string())
+            merged_into = merge_rule = pa.nulls(len(keys), pa.string())
         excluded = set()
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/_excluded/{table}/"):
             ex = lake.read_table(k, columns=[key]).to_pandas()[key]
@@ -807,11 +821,12 @@ def resolve_customers(ctx: dict) -> dict:
         registry = pa.concat_tables([
             pa.table({"key": keys, "fate": pa.array(fate, pa.string()),
                       "duplicate_loser": pa.array(is_loser, pa.bool_()),
-                      "merged_into": merged_into}),
+                      "merged_into": merged_into, "merge_rule": merge_rule}),
             pa.table({"key": pa.array(sorted(excluded), pa.string()),
                       "fate": pa.array(["excluded"] * len(excluded), pa.string()),
                       "duplicate_loser": pa.array([False] * len(excluded), pa.bool_()),
-                      "merged_into": pa.nulls(len(excluded), pa.string())})])
+                      "merged_into": pa.nulls(len(excluded), pa.string()),
+                      "merge_rule": pa.nulls(len(excluded), pa.string())})])
         registry = registry.filter(pc.is_valid(registry.column("key")))
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet", registry)
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet",
@@ -820,8 +835,57 @@ def resolve_customers(ctx: dict) -> dict:
         summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int(failed.sum()),
                           "duplicates": len(losers), "same_key": len(same_key),
                           "merged": merges, "excluded": len(excluded)}
+        if persons is not None:  # the person map, in the books before anything is loaded
+            from handover.protect import load_keyring
+
+            with ledger.connect() as conn, conn.transaction():
+                summary[table]["persons"] = identity.record_persons(
+                    conn, cfg, load_keyring(), run_id, persons)
+            summary[table]["existing_customers"] = sum(
+                1 for r in rules_of.values() if r == identity.EXISTING)
     log.info("resolved parents: %s", summary)
     return summary
+
+
+def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, key: str,
+                    ident: dict) -> tuple[list, list, dict, list]:
+    """Survivors of this export whose person is already a target customer under another id
+    (handover.identity): merged into it (rule EXISTING_CUSTOMER), and their own losers
+    with them. Returns (losers, their survivors, rule per loser, person-map entries)."""
+    import numpy as np
+
+    from handover import identity
+    from handover.protect import load_keyring
+
+    ring = load_keyring()
+    keys = kept.column(key).combine_chunks().cast(pa.string()).to_pylist()
+    ids = kept.column(ident["id_column"]).combine_chunks().cast(pa.string()).to_pylist()
+    lost = set(losers)
+    valid = ~np.asarray(failed, dtype=bool)
+    cand = [i for i in range(len(keys)) if valid[i] and keys[i] is not None
+            and keys[i] not in lost]
+    cand_keys = [keys[i] for i in cand]
+    bidx = identity.blind_indexes(cfg, ring, [ids[i] for i in cand])
+    with ledger.connect() as conn:
+        matched = identity.match_existing(conn, cfg, cand_keys, bidx,
+                                          ours={k for k in keys if k is not None})
+    into = dict(zip(losers, survivors, strict=True))
+    rules_of = dict.fromkeys(losers, "SAME_PERSON")
+    for loser, survivor in into.items():  # a survivor merged away takes its losers along
+        if survivor in matched:
+            into[loser] = matched[survivor]
+    for k, t in matched.items():
+        into[k] = t
+        rules_of[k] = identity.EXISTING
+    bidx_of = dict(zip(cand_keys, bidx, strict=True))
+    entries = [(k, bidx_of[k], "merged_existing" if k in matched else "new", matched.get(k, k))
+               for k in cand_keys]
+    for loser, survivor in zip(losers, survivors, strict=True):
+        entries.append((loser, bidx_of.get(survivor), "merged_same_person", into[loser]))
+    if matched:
+        log.info("identity: %d customers of this export are already target customers "
+                 "(merged into them by blind index)", len(matched))
+    return list(into), list(into.values()), rules_of, entries
 
 
 def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> list[int]:
@@ -863,6 +927,12 @@ def _registry(run_id: str, table: str):
         merged = dict(zip(where(is_merged).to_pylist(),
                           reg.column("merged_into").filter(pc.fill_null(is_merged, False))
                           .to_pylist(), strict=True))
+    rules_of: dict[str, str] = {}
+    if merged and "merge_rule" in reg.column_names:
+        is_merged = pc.fill_null(pc.equal(fate, "merged"), False)
+        rules_of = {k: r for k, r in zip(where(is_merged).to_pylist(),
+                                         reg.column("merge_rule").filter(is_merged).to_pylist(),
+                                         strict=True) if r}
     if merged:
         losers = merged  # merged into their survivor, not quarantined
     same_key_file = f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet"
@@ -870,7 +940,7 @@ def _registry(run_id: str, table: str):
                 if lake.exists(same_key_file) else set())
     valid = where(pc.or_(pc.equal(fate, "valid"), pc.equal(fate, "merged")))
     return ParentRegistry(valid, where(pc.equal(fate, "quarantined")),
-                          where(pc.equal(fate, "excluded")), merged), losers, same_key
+                          where(pc.equal(fate, "excluded")), merged), losers, same_key, rules_of
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
@@ -880,11 +950,11 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     table, partition, run_id = part["table"], part["partition"], ctx["run_id"]
     lake = _lake()
     spec, rules = cfg.table(table), cfg.rules(table)
-    parent = losers = same_key = None
+    parent = losers = same_key = merge_rules = None
     if rules.get("parent"):
-        parent, _, _ = _registry(run_id, rules["parent"]["table"])
+        parent, _, _, _ = _registry(run_id, rules["parent"]["table"])
     if table in parent_tables(cfg):
-        _, losers, same_key = _registry(run_id, table)
+        _, losers, same_key, merge_rules = _registry(run_id, table)
     exported_at = pd.Timestamp(ctx["exported_at"])
     # The one rule that reads more than its row (an earlier row with the same key) over
     # the whole partition's keys; every other rule slice by slice.
@@ -906,7 +976,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
                       duplicate_losers=losers,
                       duplicate_key=None if dup is None else dup[start:start + len(raw)],
                       parent_fate=None if fates is None else fates[start:start + len(raw)],
-                      same_key_rows=same_key)
+                      same_key_rows=same_key, merge_rules=merge_rules)
         clean_parts.append(_arrow_frame(res.clean))
         if len(res.merged):
             merged_parts.append(res.merged)
@@ -1101,7 +1171,7 @@ def reconciliation_failures(ctx: dict, table: str, frame: pd.DataFrame) -> str:
         checks = {}
     words = {
         "ledger_balances": lambda: f"ledger: {int(r['source_rows']):,} in but "
-                                   f"{int(r['accounted']):,} loaded+quarantined+excluded",
+                                   f"{int(r['accounted']):,} loaded+merged+quarantined+excluded",
         "manifest_matches": lambda: "row count differs from the export manifest",
         "digest_matches": lambda: "the export's sha256 differs from the manifest's",
         "no_missing_keys": lambda: f"key set: {int(r['missing_keys']):,} keys sent are "

@@ -92,11 +92,20 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         "FROM {s} s FULL JOIN {t} t USING ({k}) GROUP BY 1, 2 ORDER BY 1, 2"
     ).format(k=kid, p=period, d=differs, money=money, s=stage_tbl, t=tgt)).fetchall()
     conn.execute("RESET enable_sort")
+    # Rows the person map gives to another system (the acquirer's own customers, another
+    # operator's): in the target, not sent by this run, and not this run's to account for.
+    foreign = 0
+    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+        foreign = conn.execute(sql.SQL(
+            "SELECT count(*) FROM {t} t WHERE EXISTS (SELECT 1 FROM handover_meta.person_map p "
+            "WHERE p.source_key = t.{k} AND p.source_system <> %s) AND NOT EXISTS "
+            "(SELECT 1 FROM {s} s WHERE s.{k} = t.{k})").format(t=tgt, k=kid, s=stage_tbl),
+            (cfg.system,)).fetchone()[0]
     conn.execute(sql.SQL("DROP TABLE {}").format(stage_tbl))
     # every target row is in the full join once: its count is the table's (no second scan)
-    target_rows = sum(r[7] for r in rows)
+    target_rows = sum(r[7] for r in rows) - foreign
     missing = sum(r[2] for r in rows)
-    extra = sum(r[3] for r in rows)
+    extra = sum(r[3] for r in rows) - foreign
     mismatches = sum(r[4] for r in rows)
     money_source = money_target = None
     by_month: list[dict] = []
@@ -146,7 +155,7 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
         (run_id, table, source_rows, loaded, quarantined, excluded, target_rows, missing,
          mismatches, money_source, money_target, balanced, merged))
     result = {"table": table, "source_rows": source_rows, "loaded": loaded,
-              "merged": merged, "quarantined": quarantined, "excluded": excluded, "target_rows": int(target_rows),
+              "merged": merged, "quarantined": quarantined, "other_systems_rows": foreign, "excluded": excluded, "target_rows": int(target_rows),
               "missing_keys": int(missing), "extra_rows": int(extra),
               "field_mismatches": int(mismatches), "money_source": money_source,
               "money_target": money_target, "money": by_month, "checks": checks,

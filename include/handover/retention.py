@@ -305,6 +305,24 @@ def books_with_keys(conn) -> list[str]:
         "GROUP BY 1 HAVING count(*) = 2 ORDER BY 1").fetchall()]
 
 
+def _pseudonymise_maps(conn, cfg, table: str) -> int:
+    """The merge map's and (for the customer table) the person map's customer ids among
+    _destroyed, replaced by their keyed hashes like every other book's keys."""
+    n = 0
+    if conn.execute("SELECT to_regclass('handover_meta.merge_map')").fetchone()[0]:
+        for col in ("merged_key", "survivor_key"):
+            n += conn.execute(
+                f"UPDATE handover_meta.merge_map b SET {col} = d.d FROM _destroyed d "
+                f"WHERE b.table_name = %s AND b.{col} = d.k", (table,)).rowcount
+    if table == customer_table(cfg) and conn.execute(
+            "SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+        for col in ("source_key", "target_customer_id"):
+            n += conn.execute(
+                f"UPDATE handover_meta.person_map b SET {col} = d.d FROM _destroyed d "
+                f"WHERE b.{col} = d.k").rowcount
+    return n
+
+
 def destroy_in_target(keys: dict[str, set[str]], customers: set[str], *, system: str,
                       ring) -> dict:
     """Delete the rows (and a customer's rows in every table) in one transaction; replace
@@ -349,6 +367,7 @@ def destroy_in_target(keys: dict[str, set[str]], customers: set[str], *, system:
                     "WHERE b.table_name = %s AND b.record_key = d.k").format(
                     sql.Identifier(book)), (table,))
                 books += cur.rowcount
+            books += _pseudonymise_maps(conn, cfg, table)
     log.info("destroyed in target: %s rows; %d record keys pseudonymised in the books",
              deleted, books)
     return {"target_rows_deleted": deleted, "book_keys_pseudonymised": books}

@@ -322,7 +322,11 @@ def resolve_customer(conn, cfg, ring, req: SubjectRequest) -> str:
         value = _norm(req.identifier)
         if not value:
             raise RequestRejected(f"request {req.request_id}: the customer id is empty")
-        return value
+        # an id merged into another record of the person (another system's, or a
+        # duplicate's) names the customer that holds the person now
+        from handover.identity import holder
+
+        return holder(conn, value) or value
     pii = "resident_id" if req.identifier_type == "resident_id" else "msisdn"
     column, domain = _bidx_column(cfg, table, pii)
     if pii == "resident_id":  # in its one 18-digit form, as cleanse stored it
@@ -720,18 +724,26 @@ def _run_id(req: SubjectRequest) -> str:
 
 def erase(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
     """Destroy every copy of the customer; the plan survives in the lake for a rerun."""
+    from handover.identity import linked_customers
+
     lake = lake_from_url()
     keys, customers = read_plan(lake, _run_id(req))
     with ledger.connect() as conn:
-        for table, values in subject_keys(conn, lake, cfg, customer_id).items():
-            keys.setdefault(table, set()).update(values)
-    customers |= {customer_id}
+        # the person in every system: the customer and every record merged into it (the
+        # acquirer's own, another operator's, a duplicate's), each with its rows
+        linked = linked_customers(conn, customer_id)
+        for cid in sorted(linked):
+            for table, values in subject_keys(conn, lake, cfg, cid).items():
+                keys.setdefault(table, set()).update(values)
+    customers |= linked
     write_plan(lake, _run_id(req), keys, customers)
     ref = subject_ref(ring, customer_id)
     target = destroy_in_target(keys, customers, system=req.system, ring=ring)
     with ledger.connect() as conn, conn.transaction():
-        conn.execute("INSERT INTO handover_meta.erased_subject (subject_ref, request_id) "
-                     "VALUES (%s, %s) ON CONFLICT (subject_ref) DO NOTHING", (ref, req.request_id))
+        for cid in sorted(customers):
+            conn.execute("INSERT INTO handover_meta.erased_subject (subject_ref, request_id) "
+                         "VALUES (%s, %s) ON CONFLICT (subject_ref) DO NOTHING",
+                         (subject_ref(ring, cid), req.request_id))
     lake_step = destroy_in_lake(keys, customers, system=req.system)
     exports = 0
     for key in lake.list(f"{PREFIX}/"):

@@ -52,7 +52,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from handover import ledger, pipeline
+from handover import identity, ledger, pipeline
 from handover.config import SourceConfig, load_config
 from handover.lake import Lake, lake_from_url, part_key, safe_run_id
 from handover.sources import DelimitedSource, SourceReadError
@@ -510,7 +510,18 @@ def resolve_customers(ctx: dict) -> dict:
                     (table, table, run_id, sorted(named))).fetchall():
                 k = named[k]
                 earlier[k] = min(fate, earlier.get(k, fate))
-        dup = reg["key"].isin(losers)
+            # A parent merged into a customer of the target in an earlier run (the same
+            # person under another id: the acquirer's, or a duplicate): its children follow
+            # that customer, as they did in the migration (handover.identity).
+            merged_before: dict[str, str] = {}
+            if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+                merged_before = dict(conn.execute(
+                    "SELECT source_key, target_customer_id FROM handover_meta.person_map "
+                    "WHERE source_system = %s AND source_key = ANY(%s) AND decision LIKE "
+                    "'merged%%'", (cfg.system, sorted(referenced))).fetchall())
+        # merged tonight (into a target customer): not a duplicate to quarantine
+        merged_now = set(reg.loc[reg["fate"] == "merged", "key"]) if "fate" in reg else set()
+        dup = reg["key"].isin(losers - merged_now)
         reg.loc[dup, "fate"] = "quarantined"
         reg.loc[dup, "duplicate_loser"] = True
         # A parent whose row was quarantined tonight still lives in the target: its
@@ -518,9 +529,16 @@ def resolve_customers(ctx: dict) -> dict:
         revived = reg["key"].isin(alive) & (reg["fate"] == "quarantined") & ~reg["duplicate_loser"]
         reg.loc[revived, "fate"] = "valid"
         extra = sorted(referenced - set(reg["key"]))
-        fates = ["valid" if k in alive else earlier.get(k, "").removeprefix("x_") for k in extra]
-        more = pd.DataFrame({"key": extra, "fate": fates, "duplicate_loser": False})
+        fates = ["valid" if k in alive else "merged" if k in merged_before
+                 else earlier.get(k, "").removeprefix("x_") for k in extra]
+        more = pd.DataFrame({"key": extra, "fate": fates, "duplicate_loser": False,
+                             "merged_into": [merged_before.get(k) if f == "merged" else None
+                                             for k, f in zip(extra, fates, strict=True)],
+                             "merge_rule": [identity.EXISTING if f == "merged" else None
+                                            for f in fates]})
         reg = pd.concat([reg, more[more["fate"] != ""]], ignore_index=True)
+        for col in ("merged_into", "merge_rule"):  # text or null, never NaN
+            reg[col] = reg[col].astype(object).where(reg[col].notna(), None)
         lake.write_table(path, pa.Table.from_pandas(reg, preserve_index=False))
         summary[table] = {**summary.get(table, {}), "duplicates_of_target": len(losers),
                           "parents_in_target": int(len(alive & referenced)),
@@ -824,7 +842,8 @@ def reconcile_table(ctx: dict, table: str) -> dict:
     with ledger.connect() as conn, conn.transaction():
         totals = {(stage, is_deleted): r for stage, is_deleted, *r in conn.execute(
             "SELECT stage, partition = %s AS d, sum(rows_in), sum(rows_out), "
-            "sum(rows_quarantined), sum(rows_excluded) FROM handover_meta.ledger WHERE "
+            "sum(rows_quarantined), sum(rows_excluded), sum(rows_merged) FROM "
+            "handover_meta.ledger WHERE "
             "run_id=%s AND table_name=%s GROUP BY 1, 2", (DELETED, run_id, table)).fetchall()}
         need = [("extract", False), ("extract", True), ("comply", False), ("cleanse", False),
                 ("map", False), ("load", False), ("delete", True)]
@@ -832,7 +851,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
             if stage not in totals:
                 raise RuntimeError(f"reconcile {table}: no ledger rows for stage '{stage[0]}' "
                                    f"in run {run_id}; that stage did not complete, rerun it")
-        t = {s: dict(zip(("in", "out", "q", "x"), map(int, totals[s]), strict=True))
+        t = {s: dict(zip(("in", "out", "q", "x", "m"), map(int, totals[s]), strict=True))
              for s in need}
         changed, deleted = t[("extract", False)]["in"], t[("extract", True)]["in"]
         # orphans of earlier nights taken in again are extra rows, not in tonight's file
@@ -841,6 +860,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
             "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND stage='extract'",
             (run_id, table)).fetchone()[0])
         loaded, quarantined = t[("load", False)]["out"], t[("cleanse", False)]["q"]
+        merged = t[("cleanse", False)]["m"]  # into a customer the target already holds
         excluded = t[("comply", False)]["x"]
         chain = (t[("extract", False)]["out"] == t[("comply", False)]["in"]
                  and t[("comply", False)]["out"] == t[("cleanse", False)]["in"]
@@ -907,7 +927,8 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
 
         checks = {
-            "ledger_balances": changed + deleted == loaded + quarantined + excluded + deleted,
+            "ledger_balances": changed + deleted == (loaded + merged + quarantined + excluded
+                                                     + deleted),
             "stages_chain": chain,
             "manifest_matches": (changed - released == ctx["manifest_rows"][table]
                                  and deleted == ctx["deleted_rows"][table]),
@@ -918,21 +939,21 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         conn.execute(
             "INSERT INTO handover_meta.reconciliation (run_id, table_name, source_rows, loaded, "
             "quarantined, excluded, target_rows, missing_keys, field_mismatches, money_source, "
-            "money_target, balanced) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+            "money_target, balanced, merged) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
             "ON CONFLICT (run_id, table_name) DO UPDATE SET source_rows=excluded.source_rows, "
-            "loaded=excluded.loaded, quarantined=excluded.quarantined, "
+            "loaded=excluded.loaded, quarantined=excluded.quarantined, merged=excluded.merged, "
             "excluded=excluded.excluded, target_rows=excluded.target_rows, "
             "missing_keys=excluded.missing_keys, field_mismatches=excluded.field_mismatches, "
             "money_source=excluded.money_source, money_target=excluded.money_target, "
             "balanced=excluded.balanced, checked_at=now()",
             (run_id, table, changed + deleted, loaded, quarantined, excluded + deleted,
              target_rows, len(result.only_left) + len(result.only_right),
-             len(result.changed), money_source, money_target, balanced))
+             len(result.changed), money_source, money_target, balanced, merged))
         report = {
             "table": table, "run_id": run_id, "as_of": str(as_of), "balanced": balanced,
             "checks": checks, "changed_rows": changed, "deleted_rows": deleted,
-            "loaded": loaded, "quarantined": quarantined, "excluded": excluded,
-            "target_rows": int(target_rows), "money_source": money_source,
+            "loaded": loaded, "merged": merged, "quarantined": quarantined,
+            "excluded": excluded, "target_rows": int(target_rows), "money_source": money_source,
             "money_target": money_target,
             "old_vs_new": {**result.counts(), "legacy_rows": len(legacy),
                            "set_aside_quarantined": int(in_quarantine.sum()),

@@ -302,14 +302,15 @@ class _Player:
                       "INVALID_ID_CHECKSUM")
 
     def duplicate_person(self, cust: str) -> None:
-        """A new customer number for a person already migrated: the sync keeps the first."""
+        """A new customer number for a person already migrated: merged into the customer
+        the target holds (one person, one customer; handover.identity)."""
         row = self._subscriber_row()
         person = self.lg.row("subscribers", cust)
         for col in ("name", "id_number", "gender", "birth_date"):
             row[col] = person[col]
         self.day.changes["subscribers"].append(row)
-        self.day.note("subscribers", row["cust_id"], "DUPLICATE_PERSON", "quarantined",
-                      "DUPLICATE_PERSON")
+        self.day.note("subscribers", row["cust_id"], "DUPLICATE_PERSON", "merged",
+                      "EXISTING_CUSTOMER")
 
     def revoke_marketing(self) -> None:
         c = self.lg.tables["consents"]

@@ -66,6 +66,24 @@ CREATE TABLE IF NOT EXISTS handover_meta.merge_map (
     recorded_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS merge_map_run ON handover_meta.merge_map (run_id, table_name, partition);
+
+-- The person map: every customer record of every source system (and the target's own),
+-- with the person it belongs to and the target customer that holds that person now.
+-- A person id is stable: written once per (system, key), never changed by a rerun.
+-- Keys are customer ids as the books hold them; no resident ID or phone number.
+CREATE TABLE IF NOT EXISTS handover_meta.person_map (
+    source_system       text NOT NULL,
+    source_key          text NOT NULL,
+    person_id           text NOT NULL,
+    target_customer_id  text NOT NULL,
+    decision            text NOT NULL,   -- new | merged_same_person | merged_existing | target
+    rule                text NOT NULL,   -- resident_id | seed | ...
+    run_id              text,
+    recorded_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (source_system, source_key)
+);
+CREATE INDEX IF NOT EXISTS person_map_person ON handover_meta.person_map (person_id);
+CREATE INDEX IF NOT EXISTS person_map_target ON handover_meta.person_map (target_customer_id);
 CREATE INDEX IF NOT EXISTS merge_map_merged ON handover_meta.merge_map (table_name, merged_key);
 
 -- Quarantined rows: the key, the reason and the field; the row itself stays in the lake.

@@ -179,7 +179,7 @@ def test_ledger_balances_every_night(world):
             rows = conn.execute(
                 "SELECT table_name, sum(rows_in) FILTER (WHERE stage='extract'), "
                 "sum(rows_out) FILTER (WHERE stage='load'), "
-                "sum(rows_quarantined) FILTER (WHERE stage='cleanse'), "
+                "sum(rows_quarantined + rows_merged) FILTER (WHERE stage='cleanse'), "
                 "sum(rows_excluded) FILTER (WHERE stage='comply'), "
                 "sum(rows_excluded) FILTER (WHERE stage='extract' AND partition='deleted'), "
                 # orphans of earlier runs the night took in again (not in its files)
@@ -246,14 +246,17 @@ def test_defective_rows_quarantined_with_reasons_and_nothing_else(world):
                 "WHERE run_id=%s", (run_id,)).fetchall(),
                 set(zip(truth.table, truth.key, strict=True)))
             got.update({(t, k): ("excluded", r) for t, k, r in excluded})
+            got.update({(t, k): ("merged", r) for t, k, r in conn.execute(
+                "SELECT table_name, merged_key, rule FROM handover_meta.merge_map "
+                "WHERE run_id=%s", (run_id,))})
             expected = {(r.table, r.key): (r.expected_outcome, r.expected_reason)
                         for r in truth.itertuples()
-                        if r.expected_outcome in ("quarantined", "excluded")}
+                        if r.expected_outcome in ("quarantined", "excluded", "merged")}
             reasons = {v[1] for v in expected.values()}
             assert {"INVALID_ID_CHECKSUM", "INVALID_MSISDN", "NEGATIVE_AMOUNT", "INVALID_DATE",
                     "ORPHAN_RECORD", "MISSING_FIELD", "NO_CONSENT"} <= reasons, day
             assert got == expected, day
-    assert ("subscribers", "DUPLICATE_PERSON") in {
+    assert ("subscribers", "EXISTING_CUSTOMER") in {
         (t, r) for t, _, _, _, r in _truth(world, DAYS[1]).itertuples(index=False)}
 
 

@@ -1,0 +1,160 @@
+"""One person, one customer across systems.
+
+An acquirer's CRM is not empty: many subscribers it takes over are already its own
+customers, or customers of an operator it bought before. A customer of the export whose
+normalised 18-digit resident ID is already held by a target customer under another id
+(`C10000097` here, `K88-0412` there) is the same person. Matching runs on the blind index
+(keyed HMAC) of the ID: the clear ID never leaves the task's memory, the database sees
+only HMACs, and no log, XCom or report names a value.
+
+Policy (policy.yaml `identity`, default `{match: [resident_id], on_match: merge}`): the
+export's record is **merged** into the existing customer: it is not loaded (the ledger
+counts it `merged`, rule EXISTING_CUSTOMER, in the merge map), its child rows (calls,
+payments, consents ...) are re-parented to the existing customer, and the acquirer's
+record keeps every field (the target's system of record wins). Every customer of every
+system gets one row in `handover_meta.person_map`: (system, key) -> person id, the target
+customer that holds the person, the decision and the rule. A person id is derived from
+the ID's blind index once and never changed, so one person has one id in every system
+and a rerun changes none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+import pyarrow as pa
+
+TARGET_SYSTEM = "acquirer"
+EXISTING = "EXISTING_CUSTOMER"
+
+
+def settings(cfg) -> dict[str, Any] | None:
+    """The system's identity policy with defaults, or None where the customer table has no
+    blind-indexed resident ID to match on."""
+    from handover.retention import customer_table
+
+    spec = {"match": ["resident_id"], "on_match": "merge", "target_system": TARGET_SYSTEM,
+            **(cfg.policy.get("identity") or {})}
+    try:
+        table = customer_table(cfg)
+    except Exception:  # noqa: BLE001 - no customer table: nothing to match on
+        return None
+    rid = (cfg.rules(table).get("resident_id") or {}).get("column")
+    field = _bidx_field(cfg, table, "resident_id")
+    if not rid or field is None:
+        return None
+    return {**spec, "table": table, "id_column": rid, "bidx_column": field[0],
+            "domain": field[1]}
+
+
+def _bidx_field(cfg, table: str, pii: str) -> tuple[str, str] | None:
+    from handover.protect import field_domain
+
+    columns = cfg.table(table)["columns"]
+    tmap = cfg.table_mapping(table)
+    for name, f in tmap["fields"].items():
+        if "blind_index" in f.get("protect", []) and columns[f["from"]].get("pii") == pii:
+            return f"{name}_bidx", field_domain(tmap["target"], name)
+    return None
+
+
+def person_id(ring, bidx: str) -> str:
+    """A person's id: a keyed hash of their ID's blind index (no value can be read back)."""
+    return "P" + hmac.new(ring.hmac_key, b"handover-person|" + bidx.encode(),
+                          hashlib.sha256).hexdigest()[:24]
+
+
+def blind_indexes(cfg, ring, ids: list[str | None]) -> list[str | None]:
+    from handover.protect import blind_index
+
+    s = settings(cfg)
+    return blind_index(ids, ring, s["domain"]) if s else [None] * len(ids)
+
+
+def match_existing(conn, cfg, keys: list[str], bidx: list[str | None],
+                   ours: set[str]) -> dict[str, str]:
+    """{export key: target customer id} for the export's customers whose ID is already a
+    target customer under an id that is not one of this export's own keys. Only blind
+    indexes are sent to the database."""
+    from psycopg import sql
+
+    s = settings(cfg)
+    by_bidx = {b: k for k, b in zip(keys, bidx, strict=True) if b}
+    if s is None or not by_bidx:
+        return {}
+    tmap = cfg.table_mapping(s["table"])
+    target = sql.Identifier(cfg.mapping["schema"], tmap["target"])
+    if conn.execute("SELECT to_regclass(%s)", (f"{cfg.mapping['schema']}.{tmap['target']}",)
+                    ).fetchone()[0] is None:
+        return {}
+    rows = conn.execute(sql.SQL("SELECT {b}, {k} FROM {t} WHERE {b} = ANY(%s)").format(
+        b=sql.Identifier(s["bidx_column"]), k=sql.Identifier(tmap["key"]), t=target),
+        (list(by_bidx),)).fetchall()
+    return {by_bidx[b]: tk for b, tk in rows if tk != by_bidx[b] and tk not in ours}
+
+
+def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple]) -> dict[str, int]:
+    """Write the person map: entries (key, bidx, decision, target customer id[, rule]) of
+    this system's customers, and a `target` row for every existing customer matched. A
+    (system, key) keeps its person id forever; its target customer and decision follow
+    the latest run."""
+    from psycopg import sql
+
+    from handover.load import copy_arrow
+
+    s = settings(cfg)
+    system = cfg.system
+    rows = [(system, k, person_id(ring, b), t, d, "resident_id") for k, b, d, t in entries if b]
+    targets = {(s["target_system"] if s else TARGET_SYSTEM, t, person_id(ring, b), t, "target",
+                "resident_id") for k, b, d, t in entries if b and d == "merged_existing"}
+    rows += sorted(targets)
+    if not rows:
+        return {}
+    names = ["source_system", "source_key", "person_id", "target_customer_id", "decision",
+             "rule"]
+    table = pa.table({n: pa.array([r[i] for r in rows], pa.string())
+                      for i, n in enumerate(names)})
+    conn.execute("CREATE TEMP TABLE person_stage (source_system text, source_key text, "
+                 "person_id text, target_customer_id text, decision text, rule text) "
+                 "ON COMMIT DROP")
+    copy_arrow(conn, sql.Identifier("person_stage"), table)
+    conn.execute(
+        "INSERT INTO handover_meta.person_map (source_system, source_key, person_id, "
+        "target_customer_id, decision, rule, run_id) SELECT source_system, source_key, "
+        "person_id, target_customer_id, decision, rule, %s FROM person_stage "
+        "ON CONFLICT (source_system, source_key) DO UPDATE SET "
+        "target_customer_id = excluded.target_customer_id, decision = excluded.decision, "
+        "run_id = excluded.run_id, recorded_at = now() "
+        "WHERE person_map.decision <> 'target'", (run_id,))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r[4]] = counts.get(r[4], 0) + 1
+    return counts
+
+
+def linked_customers(conn, customer_id: str) -> set[str]:
+    """Every customer id of the person `customer_id` belongs to, in every system: the
+    target's holder and every record merged into it (person map and merge map)."""
+    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0] is None:
+        return {customer_id}
+    rows = conn.execute(
+        "SELECT p.source_key, p.target_customer_id FROM handover_meta.person_map p WHERE "
+        "p.person_id IN (SELECT person_id FROM handover_meta.person_map WHERE source_key = %s "
+        "OR target_customer_id = %s)", (customer_id, customer_id)).fetchall()
+    out = {customer_id}
+    for a, b in rows:
+        out |= {a, b}
+    return out
+
+
+def holder(conn, customer_id: str) -> str | None:
+    """The target customer that holds the person of `customer_id` (itself, or the one it
+    was merged into), None when the person map does not know it."""
+    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT target_customer_id FROM handover_meta.person_map WHERE "
+                       "source_key = %s ORDER BY recorded_at DESC LIMIT 1",
+                       (customer_id,)).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,186 @@
+"""One person, one customer across systems: a target that already holds the acquirer's
+own customers (handover.synth_acquirer), an acquired export in which some of them are
+customers too (under the export's ids). Matched by the blind index of the resident ID,
+never in clear; merged into the acquirer's record, children following it; the person map
+gives every record one person; a rerun changes no person id and no target row; an erasure
+by one identifier removes the person in both systems' records."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import pandas as pd
+import psycopg
+import pytest
+
+from handover import subject, synth, synth_acquirer
+from handover.runner import run_migration
+from tests.conftest import create_database, drop_database, pg_dsn
+from tests.integration.test_retention import search_everywhere
+
+pytestmark = pytest.mark.integration
+CHILDREN = {"call_records": ("call_record", "cdr_id"), "payments": ("payment", "payment_id"),
+            "data_sessions": ("data_session", "session_id"),
+            "complaints": ("complaint", "complaint_id"), "consents": ("consent", "consent_id")}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, keyring_file):
+    from handover.protect import Keyring
+
+    root = tmp_path_factory.mktemp("identity")
+    src = root / "export"
+    synth.generate(src, 300, seed=19)
+    db = create_database("handover_identity")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
+    mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
+    mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
+    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
+                "AIRFLOW_CONN_HANDOVER_LAKE"):
+        mp.delenv(var, raising=False)
+    try:
+        seeded = synth_acquirer.seed(pg_dsn(db), src, root, share=0.1, others=30)
+        handler = _Capture()
+        logging.getLogger().addHandler(handler)
+        try:
+            run_id = f"id_{uuid.uuid4().hex[:6]}"
+            run_migration(run_id=run_id, source_dir=str(src))
+        finally:
+            logging.getLogger().removeHandler(handler)
+        ring = Keyring.from_dict(json.loads(keyring_file.read_text()))
+        yield {"src": src, "dsn": pg_dsn(db), "run_id": run_id, "root": root,
+               "seeded": seeded, "log": "\n".join(handler.lines), "ring": ring,
+               "lake": root / "lake",
+               "truth": pd.read_csv(root / synth_acquirer.TRUTH, dtype=str,
+                                    keep_default_na=False)}
+    finally:
+        mp.undo()
+        drop_database(db)
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _matches(world) -> dict[str, str]:
+    t = world["truth"]
+    return dict(zip(t.loc[t.acquired_key != "", "acquired_key"],
+                    t.loc[t.acquired_key != "", "acquirer_key"], strict=True))
+
+
+def test_matches_are_exactly_the_truth_and_merged_into_the_acquirers_record(world):
+    want = _matches(world)
+    assert len(want) >= 10
+    with psycopg.connect(world["dsn"]) as conn:
+        got = dict(conn.execute("SELECT merged_key, survivor_key FROM handover_meta.merge_map "
+                                "WHERE run_id = %s AND rule = 'EXISTING_CUSTOMER'",
+                                (world["run_id"],)).fetchall())
+        loaded = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}
+        twice = conn.execute("SELECT count(*) FROM (SELECT id_number_bidx FROM crm.customer "
+                             "GROUP BY 1 HAVING count(*) > 1) x").fetchone()[0]
+    assert got == want  # precision and recall 100 %
+    assert not (set(want) & loaded)  # no person with two customer records
+    assert set(want.values()) <= loaded and twice == 0
+    assert set(world["truth"].acquirer_key) <= loaded  # the acquirer's records all stay
+
+
+def test_children_of_a_merged_customer_follow_the_acquirers_record(world):
+    want = _matches(world)
+    moved = 0
+    with psycopg.connect(world["dsn"]) as conn:
+        for source, (target, key) in CHILDREN.items():
+            rows = pd.read_csv(world["src"] / f"{source}.csv", dtype=str, keep_default_na=False)
+            rows = rows[rows["cust_id"].str.strip().str.upper().isin(want)]
+            owners = dict(conn.execute(f"SELECT {key}, customer_id FROM crm.{target} WHERE "
+                                       f"{key} = ANY(%s)",
+                                       (rows[key].str.strip().tolist(),)).fetchall())
+            for k, cust in zip(rows[key].str.strip(), rows["cust_id"].str.strip().str.upper(),
+                               strict=True):
+                if k in owners:
+                    assert owners[k] == want[cust], (source, k)
+                    moved += 1
+    assert moved >= 20
+
+
+def test_the_person_map_gives_both_records_one_person(world):
+    want = _matches(world)
+    with psycopg.connect(world["dsn"]) as conn:
+        rows = conn.execute("SELECT source_system, source_key, person_id, target_customer_id, "
+                            "decision FROM handover_meta.person_map").fetchall()
+    by = {(s, k): (p, t, d) for s, k, p, t, d in rows}
+    for acquired, acquirer in want.items():
+        mine, theirs = by[("legacy_bss", acquired)], by[("acquirer", acquirer)]
+        assert mine[0] == theirs[0] and mine[1] == acquirer and mine[2] == "merged_existing"
+    persons = {p for p, _, _ in by.values()}
+    assert len(persons) == len({t for _, t, _ in by.values()})  # one target record a person
+
+
+def test_every_table_balances_with_the_acquirers_rows_in_the_target(world):
+    with psycopg.connect(world["dsn"]) as conn:
+        rows = conn.execute("SELECT table_name, source_rows, loaded, merged, quarantined, "
+                            "excluded, balanced FROM handover_meta.reconciliation WHERE "
+                            "run_id = %s", (world["run_id"],)).fetchall()
+    assert len(rows) == 7
+    for t, n, loaded, merged, q, x, ok in rows:
+        assert n == loaded + merged + q + x and ok, t
+    subs = next(r for r in rows if r[0] == "subscribers")
+    assert subs[3] >= len(_matches(world))
+
+
+def test_no_planted_id_or_phone_in_logs_books_or_reports(world):
+    subs = pd.read_csv(world["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
+    want = _matches(world)
+    mine = subs[subs["cust_id"].str.strip().str.upper().isin(want)]
+    secrets = set(mine["id_number"].str.strip()) | set(mine["msisdn"].str.strip())
+    assert secrets
+    report = b"".join(p.read_bytes() for p in world["lake"].rglob("reports/*"))
+    with psycopg.connect(world["dsn"]) as conn:
+        books = json.dumps([conn.execute(f"SELECT * FROM handover_meta.{t}").fetchall()
+                            for t in ("person_map", "merge_map", "audit_log", "gate_result",
+                                      "ledger")], default=str)
+    for s in secrets:
+        assert s not in world["log"] and s.encode() not in report and s not in books
+
+
+def test_a_rerun_changes_no_person_id_and_no_target_row(world):
+    def state():
+        with psycopg.connect(world["dsn"]) as conn:
+            persons = sorted(conn.execute("SELECT source_system, source_key, person_id, "
+                                          "target_customer_id FROM handover_meta.person_map"
+                                          ).fetchall())
+            customers = conn.execute("SELECT md5(string_agg(c::text, '|' ORDER BY "
+                                     "customer_id)) FROM (SELECT customer_id, full_name, "
+                                     "msisdn, status FROM crm.customer) c").fetchone()[0]
+            calls = conn.execute("SELECT md5(string_agg(cdr_id || customer_id, '|' ORDER BY "
+                                 "cdr_id)) FROM crm.call_record").fetchone()[0]
+        return persons, customers, calls
+
+    before = state()
+    run_migration(run_id=f"id_{uuid.uuid4().hex[:6]}", source_dir=str(world["src"]))
+    assert state() == before
+
+
+def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
+    acquired, acquirer = sorted(_matches(world).items())[0]
+    with psycopg.connect(world["dsn"]) as conn:
+        keys = {r[0] for t, k in (("call_record", "cdr_id"), ("payment", "payment_id"))
+                for r in conn.execute(f"SELECT {k} FROM crm.{t} WHERE customer_id = %s",
+                                      (acquirer,))}
+    assert keys
+    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "request_type": "erasure",
+            "identifier_type": "customer_id", "identifier": acquired, "field": "",
+            "new_value": ""}
+    conf = subject.submit_request(**form)["conf"]
+    out = subject.handle_request(conf)
+    assert out["verified"]["remaining_in_lake"] == 0
+    hits = search_everywhere(world["dsn"], world["lake"], world["ring"],
+                             keys | {acquired, acquirer})
+    assert hits["db"] == [] and hits["lake"] == [], hits
