@@ -27,8 +27,19 @@ echo "==> generating a synthetic legacy operator: $SUBSCRIBERS subscribers" >&2
 echo "==> preparing Airflow's metadata database" >&2
 airflow db migrate >"$STATE/airflow-migrate.log" 2>&1 || { tail -20 "$STATE/airflow-migrate.log"; exit 1; }
 echo "==> running customer_migration (log: $STATE/demo-run.log)" >&2
-if ! airflow dags test customer_migration -c "{\"source_dir\": \"$STATE/source\"}" \
-        >"$STATE/demo-run.log" 2>&1; then
+# `dags test` runs every task in this one process and writes no task log files, so the UI
+# of `make up` would show empty logs. It logs JSON lines instead (json_logs: the shape of a
+# task's log file) into demo-run.jsonl, shown as text in demo-run.log while it runs; then
+# each task instance's lines go, as they are, to the file the UI reads for that try
+# ($AIRFLOW_HOME/logs/dag_id=…/run_id=…/task_id=…/attempt=N.log): handover/demo_logs.py.
+status=0
+AIRFLOW__LOGGING__JSON_LOGS=True \
+    airflow dags test customer_migration -c "{\"source_dir\": \"$STATE/source\"}" 2>&1 \
+    | tee "$STATE/demo-run.jsonl" | "$PY" -m handover.demo_logs render >"$STATE/demo-run.log" \
+    || status=$?
+"$PY" -m handover.demo_logs split "$STATE/demo-run.jsonl" \
+    || echo "    (task logs not copied for the UI; they are in $STATE/demo-run.log)" >&2
+if [ "$status" -ne 0 ]; then
     grep -E "AirflowFailException|Error|failed" "$STATE/demo-run.log" | tail -5 >&2
     echo "the migration failed; full log: $STATE/demo-run.log" >&2
     exit 1

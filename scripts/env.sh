@@ -24,8 +24,9 @@ mkdir -p "$STATE"
 if [ -z "${HANDOVER_EXTERNAL:-}" ]; then
     "$PY" -m handover.embedded start --pgdata "$STATE/pgdata" >&2
     eval "$("$PY" -m handover.embedded env --pgdata "$STATE/pgdata")"
-    export HANDOVER_LAKE_URL="${HANDOVER_LAKE_URL:-file://$STATE/lake}"
 fi
+# the lake under the state folder unless one is given (external services too)
+export HANDOVER_LAKE_URL="${HANDOVER_LAKE_URL:-file://$STATE/lake}"
 if [ -z "${AIRFLOW_CONN_HANDOVER_KEYS:-}" ]; then
     # A local keyring for the demo, outside the repository (.state is git-ignored). By
     # file, not as a connection in the environment: every task reads it when it runs, so a

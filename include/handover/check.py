@@ -46,8 +46,10 @@ def _exported_at(source_dir: Path):
     import pandas as pd
 
     try:
+        from handover.cli import export_time
+
         manifest = json.loads((source_dir / "export_manifest.json").read_text(encoding="utf-8"))
-        return pd.Timestamp(manifest["exported_at"])
+        return export_time(manifest["exported_at"])
     except (OSError, ValueError, KeyError):
         return pd.Timestamp.now().floor("s")
 
@@ -142,7 +144,9 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
     for col, fmt in rules.get("dates", {}).items():
         if col in frame:
             t = text(col).dropna()
-            report(col, parse_dates(t, fmt).isna(), f"do not match date format '{fmt}'")
+            shown = (f"any of the date formats {', '.join(repr(f) for f in fmt)}"
+                     if isinstance(fmt, list) else f"date format '{fmt}'")
+            report(col, parse_dates(t, fmt).isna(), f"do not match {shown}")
     for col in rules.get("integers", []):
         if col in frame:
             t = text(col).dropna()
@@ -274,7 +278,7 @@ def _check_personal_defaults(cfg, res: CheckResult) -> None:
 def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
               tolerance: float = 0.05) -> CheckResult:
     """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
-    from handover.config import ConfigError, load_config
+    from handover.config import ConfigError, load_config, resolve_source
     from handover.sources import SourceReadError, head, open_source
 
     res = CheckResult()
@@ -304,6 +308,17 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
             continue
         res.rows_read[table] = sample.num_rows
         header = [c for c in sample.column_names if c != "_source_row"]
+        unknown = [c for c in header if c not in catalog]
+        if header and len(unknown) * 2 > len(header) and \
+                resolve_source(table, spec).get("header", True):
+            # Most "column names" unknown: the first line is likely data, not a header. Its
+            # values are a customer's: named by count, never quoted.
+            res.problems.append(
+                f"{catalog_file}: table {table}: {len(unknown)} of {len(header)} names in the "
+                f"first line of {source.location} are not catalogued columns; if the file has "
+                f"no header row, set tables.{table}.source.header: false (the catalog's column "
+                "order then names the columns), else check source.delimiter and encoding")
+            continue
         for col in header:
             if col not in catalog:
                 res.problems.append(

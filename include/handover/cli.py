@@ -117,6 +117,19 @@ def rotate_keys_command(system: str, batch_size: int) -> int:
     return 0
 
 
+def export_time(value: str):
+    """An export time as the books keep it: the export's own (Beijing) clock, no zone. A
+    time given with an offset (`2026-11-01T00:00:00+08:00`, `...Z`) is converted."""
+    import pandas as pd
+
+    from handover.cleanse import LOCAL_ZONE
+
+    when = pd.Timestamp(value)
+    if when.tzinfo is not None:
+        when = when.tz_convert(LOCAL_ZONE).tz_localize(None)
+    return when
+
+
 def manifest_command(system: str, source_dir: str, exported_at: str, force: bool) -> int:
     """Write export_manifest.json for an export that came without one: per catalog table its
     file(s), rows as extract will count them and sha256, the export time the engineer gives,
@@ -125,8 +138,6 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     import hashlib
     from datetime import UTC, datetime
     from pathlib import Path
-
-    import pandas as pd
 
     from handover.config import load_config
     from handover.sources import open_source, resolve_source
@@ -137,20 +148,31 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
         print(f"{out} exists: it is the operator's; nothing written (--force replaces it)",
               file=sys.stderr)
         return 2
+    from handover.config import ConfigError
+    from handover.sources import SourceReadError
+
     try:
-        when = pd.Timestamp(exported_at)
+        when = export_time(exported_at)
     except ValueError:
         print(f"--exported-at {exported_at!r}: write the export time as 'YYYY-MM-DD HH:MM:SS'",
               file=sys.stderr)
         return 2
-    cfg = load_config(system)
+    try:
+        cfg = load_config(system)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     tables = {}
     for table in cfg.tables:
         spec = cfg.table(table)
         if resolve_source(table, spec)["format"] == "sql":
             continue
-        with open_source(table, spec, src) as source:
-            rows = sum(b.num_rows for b in source.batches())
+        try:
+            with open_source(table, spec, src) as source:
+                rows = sum(b.num_rows for b in source.batches())
+        except SourceReadError as exc:  # one line naming the file, the row and the fix
+            print(f"{exc} (table {table}); nothing written", file=sys.stderr)
+            return 2
         parts = getattr(source, "parts", None)
         paths = [Path(p.path) for p in parts] if parts else [Path(source.location)]
         entry = {"file": paths[0].name, "rows": rows}

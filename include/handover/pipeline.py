@@ -119,7 +119,9 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
-        exported_at = pd.Timestamp(manifest["exported_at"])
+        from handover.cli import export_time
+
+        exported_at = export_time(manifest["exported_at"])
     except (ValueError, KeyError) as exc:
         raise SourceError(f"{manifest_path}: needs JSON with 'exported_at' ({exc})") from exc
     from handover.sources import SourceReadError, check_export_files

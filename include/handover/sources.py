@@ -679,8 +679,12 @@ class DelimitedSource(_FileSource):
                 nxt = next(records, None)
                 if nxt is not None and nxt[0] == [_EOF] and not self._ends_with_line_break():
                     why += "; the file ends inside this row: it was cut short"
-                return (f"{where}: expected {expected} fields, got {got} ({why}); fix the "
-                        "export")
+                fix = "fix the export"
+                if got == 1 and row == 1:  # not one delimiter on the first row: the wrong one
+                    fix = (f"no {self.multi or self.delimiter!r} on the row: check "
+                           f"tables.{self.table}.source.delimiter in catalog.yaml, else fix "
+                           "the export")
+                return f"{where}: expected {expected} fields, got {got} ({why}); {fix}"
         return None
 
     def _column(self, index: int) -> str:

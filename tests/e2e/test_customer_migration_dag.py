@@ -188,3 +188,143 @@ def test_planted_pii_appears_nowhere_in_clear(airflow_env):
             assert leaks(values, ids) == [], f"resident ID in clear in {schema}.{table}.{col}"
             if col not in allowed_phone_cols or schema != "crm":
                 assert leaks(values, phones) == [], f"MSISDN in clear in {schema}.{table}.{col}"
+
+
+_TINY_DAG = '''
+import logging
+from datetime import timedelta
+
+from airflow.sdk import dag, get_current_context, task
+
+log = logging.getLogger("tiny")
+
+
+@dag(schedule=None, catchup=False)
+def tiny_logs():
+    @task
+    def first():
+        log.info("marker-first says hello")
+        return [1, 2]
+
+    @task(retries=1, retry_delay=timedelta(seconds=0))
+    def flaky(x):
+        try_number = get_current_context()["ti"].try_number
+        log.warning("marker-flaky-%s try %s", x, try_number)
+        if x == 2 and try_number == 1:
+            raise ValueError("marker-flaky-2 fails its first try")
+        return x
+
+    @task
+    def last(xs):
+        log.info("marker-last got %s", sorted(xs))
+
+    last(flaky.expand(x=first()))
+
+
+tiny_logs()
+'''
+
+# What the UI's log view of each try must show, and what it must not (another task's lines).
+_EXPECTED_TASK_LOGS = {
+    ("first", -1, 1): "marker-first says hello",
+    ("flaky", 0, 1): "marker-flaky-1 try 1",
+    ("flaky", 1, 1): "marker-flaky-2 try 1",
+    ("flaky", 1, 2): "marker-flaky-2 try 2",
+    ("last", -1, 1): "marker-last got [1, 2]",
+}
+
+_READ_AS_THE_UI = '''
+import json, sys
+from sqlalchemy import select
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.taskinstancehistory import TaskInstanceHistory
+from airflow.utils.log.log_reader import TaskLogReader
+from airflow.utils.session import create_session
+
+reader, out = TaskLogReader(), {}
+with create_session() as session:
+    for model in (TaskInstance, TaskInstanceHistory):
+        for ti in session.scalars(select(model).where(model.dag_id == "tiny_logs")):
+            stream, _ = reader.read_log_chunks(ti, ti.try_number, {})
+            out[f"{ti.task_id} {ti.map_index} {ti.try_number}"] = [
+                m.model_dump(mode="json") for m in stream]
+json.dump(out, sys.stdout)
+'''
+
+
+def test_demo_task_logs_are_where_the_ui_reads_them(tmp_path):
+    """make demo runs `airflow dags test` (one process, no task log files) and then
+    handover.demo_logs splits its JSON log: each try of each task instance gets the lines
+    it logged, byte for byte, in the file the api-server reads for it, so the UI's log view
+    shows them after `make up`. A real `dags test` of a small DAG (a mapped task, a retry),
+    read back through Airflow's own TaskLogReader."""
+    from tests.conftest import make_airflow_env, migrate_airflow
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    (dags / "tiny_logs.py").write_text(_TINY_DAG)
+    meta = create_database("handover_demo_logs")
+    try:
+        env = make_airflow_env(tmp_path / "airflow", meta, dags=dags, log_level="INFO")
+        migrate_airflow(env)
+        # as scripts/demo.sh runs it
+        run = subprocess.run([AIRFLOW, "dags", "test", "tiny_logs"], capture_output=True,
+                             env={**env, "AIRFLOW__LOGGING__JSON_LOGS": "True"}, timeout=300)
+        full = run.stdout + run.stderr
+        assert run.returncode == 0, full[-3000:]
+        log = tmp_path / "demo-run.jsonl"
+        log.write_bytes(full)
+        split = subprocess.run([sys.executable, "-m", "handover.demo_logs", "split", str(log)],
+                               env=env, capture_output=True, text=True, timeout=120)
+        assert split.returncode == 0, split.stderr[-3000:]
+        rendered = subprocess.run([sys.executable, "-m", "handover.demo_logs", "render"],
+                                  input=full, env=env, capture_output=True, timeout=120)
+        assert rendered.returncode == 0, rendered.stderr[-3000:]
+
+        # the files, at the default log_filename_template's paths under base_log_folder
+        runs = list((tmp_path / "airflow" / "logs" / "dag_id=tiny_logs").glob("run_id=*"))
+        assert len(runs) == 1, runs
+        lines = full.splitlines(keepends=True)
+        for (task_id, map_index, try_number), marker in _EXPECTED_TASK_LOGS.items():
+            path = runs[0] / f"task_id={task_id}"
+            if map_index >= 0:
+                path = path / f"map_index={map_index}"
+            path = path / f"attempt={try_number}.log"
+            assert path.is_file(), sorted(p.name for p in runs[0].rglob("*.log"))
+            text = path.read_bytes()
+            assert marker.encode() in text
+            others = [m for k, m in _EXPECTED_TASK_LOGS.items()
+                      if k != (task_id, map_index, try_number)]
+            assert not [m for m in others if m.encode() in text], (path, text[-2000:])
+            # byte for byte: a contiguous run of the `dags test` output's own lines
+            own = text.splitlines(keepends=True)
+            start = lines.index(own[0])
+            assert lines[start:start + len(own)] == own
+            assert all(json.loads(line)["timestamp"] for line in own if line.startswith(b"{"))
+        assert len(list(runs[0].rglob("*.log"))) == len(_EXPECTED_TASK_LOGS)
+
+        # what the api-server hands the UI's log view for each try
+        seen = subprocess.run([sys.executable, "-c", _READ_AS_THE_UI], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert seen.returncode == 0, seen.stderr[-3000:]
+        views = json.loads(seen.stdout)
+        assert set(views) == {f"{t} {m} {n}" for t, m, n in _EXPECTED_TASK_LOGS}
+        for (task_id, map_index, try_number), marker in _EXPECTED_TASK_LOGS.items():
+            messages = views[f"{task_id} {map_index} {try_number}"]
+            events = [m["event"] for m in messages]
+            assert any(marker in e for e in events), events
+            logged = next(m for m in messages if marker in m["event"])
+            assert logged["logger"] == "tiny" and logged["level"] in ("info", "warning")
+            if (task_id, map_index, try_number) == ("flaky", 1, 1):
+                failed = next(m for m in messages if m.get("exception"))
+                assert failed["level"] == "error"
+                assert failed["exception"][0]["exc_type"] == "ValueError"
+
+        # the full log stays readable text, as `dags test` prints it without json_logs
+        text = rendered.stdout.decode()
+        assert "[info     ] marker-first says hello        [tiny] loc=tiny_logs.py:" in text
+        assert "Traceback (most recent call last):" in text
+        assert "ValueError: marker-flaky-2 fails its first try" in text
+        assert len(text.splitlines()) >= len(full.splitlines())
+    finally:
+        drop_database(meta)

@@ -372,7 +372,12 @@ def test_every_export_file_is_read_by_a_table(tmp_path):
         (tmp_path / name).write_text("k\n1\n", encoding="utf-8")
     (tmp_path / "source_db").mkdir()
     manifest = {"tables": {"subs": {"file": "subs.csv"}, "pays": {"file": "pays.csv"}}}
-    check_export_files(tables, tmp_path, manifest)  # the answer key, manifest, a note: fine
+    # a note nobody declared stops the run, naming the catalog's ignore: as the fix
+    with pytest.raises(SourceReadError, match=r"notes\.md: .*ignore: \['notes\.md'\]"):
+        check_export_files(tables, tmp_path, manifest)
+    # the answer key, the manifest, a declared note: fine
+    check_export_files(tables, tmp_path, manifest, ignore=["*.md"])
+    (tmp_path / "notes.md").unlink()
 
     (tmp_path / "pays_2.csv").write_text("k\n2\n", encoding="utf-8")
     with pytest.raises(SourceReadError) as err:

@@ -235,11 +235,15 @@ def test_check_counts_type_problems_and_codes_without_a_lookup(both, tmp_path):
 
     dates = [p for p in result.problems if "column 开户日期" in p]
     codes = [p for p in result.problems if "column pay_channel" in p]
+    shares = [p for p in result.problems if "would quarantine" in p]
     assert len(dates) == 1 and "(100.0%) do not match date format '%Y-%m-%d'" in dates[0]
     assert dates[0].startswith(f"{folder / 'cleansing.yaml'}: table cust_profile ")
     assert len(codes) == 1 and "without a lookup entry, e.g. '银行'" in codes[0]
     assert codes[0].startswith(f"{folder / 'mapping.yaml'}: table payment_log ")
-    assert len(result.problems) == 2, result.problems
+    # the dry run of the rules: the wrong format would quarantine the whole table
+    assert len(shares) == 1 and "table cust_profile" in shares[0]
+    assert "INVALID_DATE 开户日期" in shares[0] and "max_quarantine_share" in shares[0]
+    assert len(result.problems) == 3, result.problems
 
 
 @pytest.mark.parametrize("system", SYSTEMS)

@@ -59,7 +59,7 @@ def test_shipped_config_accessors():
 
     assert cfg.partitions("call_records") == 1
     assert cfg.rules("subscribers")["dedupe"] == {"key": "id_number", "order_by": "updated_at",
-                                                  "keep": "newest"}
+                                                  "keep": "newest", "action": "merge"}
     assert cfg.table_mapping("subscribers")["target"] == "customer"
     assert cfg.category_policy("browsing_events")["lawful_basis"] == "separate_consent"
     assert cfg.category_policy("complaints")["retention_months"] == 24
