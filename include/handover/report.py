@@ -36,6 +36,12 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
     for t, rule, n in rows("SELECT table_name, rule, count(*) FROM handover_meta.merge_map "
                            "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
         merges.setdefault(t, {})[rule] = int(n)
+    # One person, one customer across systems (handover.identity): counts, never a value.
+    persons: dict[str, int] = {}
+    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+        persons = {d: int(n) for d, n in conn.execute(
+            "SELECT decision, count(*) FROM handover_meta.person_map WHERE run_id = %s AND "
+            "source_system = %s GROUP BY 1 ORDER BY 1", (run_id, cfg.system)).fetchall()}
     exclusions: dict[str, dict[str, int]] = {}
     for t, rule, n in rows("SELECT table_name, rule_id, count(*) FROM handover_meta.exclusion "
                            "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
@@ -73,7 +79,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
             "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
-            "merges": merges,
+            "merges": merges, "persons": persons,
             "orphans_waiting": orphans,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
             "rules": cfg.policy["rules"]}
@@ -135,6 +141,8 @@ def render_html(data: dict[str, Any]) -> str:
         f"<td>{m['source_fen'] / 100:,.2f}</td><td>{m['target_fen'] / 100:,.2f}</td>"
         f"<td>{'✔' if m['source_fen'] == m['target_fen'] else '✘ differs'}</td></tr>"
         for t, ms in data.get("money_by_period", {}).items() for m in ms)
+    pm = data.get("persons") or {}
+    person_rows = "".join(f"<tr><td>{esc(d)}</td><td>{n:,}</td></tr>" for d, n in pm.items())
     mg_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
                       for t, d in data.get("merges", {}).items() for rule, n in d.items())
     q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
@@ -176,6 +184,13 @@ form; <code>SAME_KEY</code>: one customer id written two ways): the surviving re
 loaded, the other's child rows follow it. Which id went into which is in
 <code>handover_meta.merge_map</code> (auditors may read it).</p>
 <table><tr><th>table</th><th>rule</th><th>rows</th></tr>{mg_rows}</table>
+<h2>Persons across systems</h2><p>Customers of this export by what the person map decided:
+<code>new</code> (loaded as their own record), <code>merged_existing</code> (already a customer of
+the target under another id, matched by the blind index of the resident ID, never in clear;
+<code>EXISTING_CUSTOMER</code> above), <code>merged_same_person</code> (a second record of one
+person in this export). The acquirer's record keeps its fields; the export's child rows
+follow it. Auditors read <code>handover_meta.person_map</code>.</p>
+<table><tr><th>decision</th><th>customers</th></tr>{person_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
 <p>Where they are: each quarantined row is kept whole, encrypted, in the lake's working set

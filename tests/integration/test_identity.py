@@ -168,6 +168,16 @@ def test_a_rerun_changes_no_person_id_and_no_target_row(world):
     assert state() == before
 
 
+def test_the_report_counts_persons_by_decision(world):
+    from handover.lake import safe_run_id
+
+    report = json.loads((world["lake"] / "runs" / safe_run_id(world["run_id"]) / "reports" /
+                         "report.json").read_text())
+    assert report["persons"]["merged_existing"] == len(_matches(world))
+    assert report["persons"]["new"] > 100
+    assert report["merges"]["subscribers"]["EXISTING_CUSTOMER"] == len(_matches(world))
+
+
 def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
     acquired, acquirer = sorted(_matches(world).items())[0]
     with psycopg.connect(world["dsn"]) as conn:
@@ -183,4 +193,23 @@ def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
     assert out["verified"]["remaining_in_lake"] == 0
     hits = search_everywhere(world["dsn"], world["lake"], world["ring"],
                              keys | {acquired, acquirer})
+    assert hits["db"] == [] and hits["lake"] == [], hits
+
+
+def test_an_erasure_by_the_first_generation_id_reaches_the_acquirers_record(world):
+    """Given in the 15-digit form an old system wrote, the ID still finds the person (its
+    18-digit form's blind index) in the acquirer's record and every record merged in."""
+    subs = pd.read_csv(world["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
+    subs["cust_id"] = subs["cust_id"].str.strip().str.upper()
+    pairs = sorted(_matches(world).items())[1:]
+    acquired, acquirer = next((a, b) for a, b in pairs if subs.set_index("cust_id").loc[
+        a, "id_number"].strip()[6:8] == "19")
+    rid = subs.set_index("cust_id").loc[acquired, "id_number"].strip()
+    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "request_type": "erasure",
+            "identifier_type": "resident_id", "identifier": rid[:6] + rid[8:17], "field": "",
+            "new_value": ""}
+    out = subject.handle_request(subject.submit_request(**form)["conf"])
+    assert out["verified"]["remaining_in_lake"] == 0
+    hits = search_everywhere(world["dsn"], world["lake"], world["ring"], {acquired, acquirer},
+                             substrings={rid})
     assert hits["db"] == [] and hits["lake"] == [], hits
