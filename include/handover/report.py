@@ -95,6 +95,24 @@ def _bar(parts: list[tuple[str, int, str]], total: int, width: int = 420) -> str
     return f'<svg width="{width}" height="18" role="img">{"".join(out)}</svg>'
 
 
+def _reasons_chart(reasons: dict[str, int], top: int = 5, width: int = 360) -> str:
+    """Horizontal bars of a table's top quarantine reasons (counts only)."""
+    items = sorted(reasons.items(), key=lambda kv: -kv[1])[:top]
+    if not items:
+        return ""
+    most = max(n for _, n in items)
+    bars = []
+    for i, (reason, n) in enumerate(items):
+        w = max(1.0, (width - 170) * n / most)
+        y = i * 20
+        bars.append(f'<text x="0" y="{y + 13}" font-size="11">{html.escape(reason)}</text>'
+                    f'<rect x="165" y="{y + 3}" width="{w:.1f}" height="13" fill="#f9a825">'
+                    f"<title>{html.escape(reason)}: {n:,}</title></rect>"
+                    f'<text x="{170 + w:.1f}" y="{y + 13}" font-size="11">{n:,}</text>')
+    return (f'<svg width="{width + 60}" height="{len(items) * 20 + 4}" role="img">'
+            + "".join(bars) + "</svg>")
+
+
 def _failed_banner(data: dict[str, Any]) -> str:
     """A failed run says so first, with the task and the reason its log gives, and which
     tables it never reached."""
@@ -147,6 +165,8 @@ def render_html(data: dict[str, Any]) -> str:
                       for t, d in data.get("merges", {}).items() for rule, n in d.items())
     q_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{n:,}</td></tr>"
                      for t, d in data["quarantine"].items() for reason, n in d.items())
+    q_charts = "".join(f"<figure><figcaption>{esc(t)}: top quarantine reasons</figcaption>"
+                       f"{_reasons_chart(d)}</figure>" for t, d in data["quarantine"].items())
     o_rows = "".join(f"<tr><td>{esc(t)}</td><td>{n:,}</td></tr>"
                      for t, n in data.get("orphans_waiting", {}).items())
     x_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
@@ -165,6 +185,7 @@ def render_html(data: dict[str, Any]) -> str:
 <title>handover run {esc(data['run_id'])}</title>
 <style>body{{font:14px system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;
 margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}th{{background:#f3f3f3}}
+.charts{{display:flex;flex-wrap:wrap;gap:1.5em}}figure{{margin:0}}figcaption{{font-size:12px}}
 </style></head><body>
 <h1>Migration run {esc(data['run_id'])}</h1>{_failed_banner(data)}
 <p>Source system <b>{esc(data['system'])}</b>. Purpose: {esc(data['policy_purpose'])}.</p>
@@ -193,6 +214,7 @@ follow it. Auditors read <code>handover_meta.person_map</code>.</p>
 <table><tr><th>decision</th><th>customers</th></tr>{person_rows}</table>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
+<div class="charts">{q_charts}</div>
 <p>Where they are: each quarantined row is kept whole, encrypted, in the lake's working set
 (<code>runs/&lt;run&gt;/cleanse/_quarantine/</code>) for the policy's
 <code>quarantine_days</code>, then destroyed by <code>retention_and_destruction</code>; only

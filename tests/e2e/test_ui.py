@@ -567,6 +567,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     b.open(f"/handover/runs/{safe_run_id(run_id)}/reports/report.html")
     b.wait_text("This run FAILED at validate_intake", "intake gate failed for payments",
                 timeout=30)
+    b.shot("report-failed")
     b.open(f"/handover/runs/{safe_run_id(run_id)}/docs/index.html")
     b.wait_text("payments", timeout=30)
 
