@@ -95,11 +95,15 @@ def reconcile(conn: psycopg.Connection, lake: Lake, cfg: SourceConfig, run_id: s
     # Rows the person map gives to another system (the acquirer's own customers, another
     # operator's): in the target, not sent by this run, and not this run's to account for.
     foreign = 0
-    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+    from handover.retention import shapes
+
+    owner = shapes(cfg)[table].target_customer  # the row's customer, or the key itself
+    if owner and conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
         foreign = conn.execute(sql.SQL(
             "SELECT count(*) FROM {t} t WHERE EXISTS (SELECT 1 FROM handover_meta.person_map p "
-            "WHERE p.source_key = t.{k} AND p.source_system <> %s) AND NOT EXISTS "
-            "(SELECT 1 FROM {s} s WHERE s.{k} = t.{k})").format(t=tgt, k=kid, s=stage_tbl),
+            "WHERE p.source_key = t.{c} AND p.source_system <> %s) "
+            "AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{k} = t.{k})").format(
+                t=tgt, c=sql.Identifier(owner), k=kid, s=stage_tbl),
             (cfg.system,)).fetchone()[0]
     conn.execute(sql.SQL("DROP TABLE {}").format(stage_tbl))
     # every target row is in the full join once: its count is the table's (no second scan)

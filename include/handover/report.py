@@ -42,6 +42,10 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
         persons = {d: int(n) for d, n in conn.execute(
             "SELECT decision, count(*) FROM handover_meta.person_map WHERE run_id = %s AND "
             "source_system = %s GROUP BY 1 ORDER BY 1", (run_id, cfg.system)).fetchall()}
+    consent_conflicts = None  # persons x purposes whose systems disagree (withdrawal holds)
+    if conn.execute("SELECT to_regclass('crm.consent_effective')").fetchone()[0]:
+        consent_conflicts = int(conn.execute(
+            "SELECT count(*) FROM crm.consent_effective WHERE conflicting").fetchone()[0])
     exclusions: dict[str, dict[str, int]] = {}
     for t, rule, n in rows("SELECT table_name, rule_id, count(*) FROM handover_meta.exclusion "
                            "WHERE run_id=%s GROUP BY 1, 2 ORDER BY 1, 2"):
@@ -79,7 +83,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
             "audit_head": {"id": head[0], "hash": head[1]} if head else None,
             "money_by_period": {},
             "quarantine": quarantine, "exclusions": exclusions, "gates": gates,
-            "merges": merges, "persons": persons,
+            "merges": merges, "persons": persons, "consent_conflicts": consent_conflicts,
             "orphans_waiting": orphans,
             "protection": protection, "policy_purpose": cfg.policy["purpose"],
             "rules": cfg.policy["rules"]}
@@ -212,6 +216,9 @@ the target under another id, matched by the blind index of the resident ID, neve
 person in this export). The acquirer's record keeps its fields; the export's child rows
 follow it. Auditors read <code>handover_meta.person_map</code>.</p>
 <table><tr><th>decision</th><th>customers</th></tr>{person_rows}</table>
+<p>Consents where one person's systems disagree (one granted, another withdrew the same
+purpose): <b>{data.get('consent_conflicts') or 0:,}</b>; the withdrawal holds
+(<code>crm.consent_effective</code>).</p>
 <h2>Quarantine by reason</h2><table><tr><th>table</th><th>reason</th><th>rows</th></tr>{q_rows}
 </table>
 <div class="charts">{q_charts}</div>

@@ -8,10 +8,14 @@ are nobody in the export. Every seeded customer is in `handover_meta.person_map`
 source system `acquirer` (the target's own system of record). Protected fields are
 encrypted and blind-indexed with the run's keyring exactly as a migration writes them.
 
+Every fifth customer who is also in the export holds a withdrawn marketing consent in
+the acquirer's system (`crm.consent`, ids `KC-…`): whatever the export says, the
+withdrawal holds for the merged customer (`crm.consent_effective`).
+
 Next to nothing else it writes `acquirer_truth.csv` into `out`: for every seeded customer
 its key and, for those who are persons of the export, the export's customer key
-(`acquired_key`) and which fields conflict. Nothing personal is in the truth file
-(customer ids only).
+(`acquired_key`), which fields conflict, and whether it holds the withdrawn consent.
+Nothing personal is in the truth file (customer ids only).
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
         key = f"K88-{i:05d}"
         rows.append((key, name, r.rid, msisdn, r.address, r.city))
         truth_rows.append({"acquirer_key": key, "acquired_key": r.cust_id,
-                           "conflicts": "|".join(conflict)})
+                           "conflicts": "|".join(conflict),
+                           "marketing_withdrawn": "1" if i % 5 == 0 else ""})
     exported = set(subs["rid"])
     for j in range(others):  # persons the export does not hold
         while True:
@@ -79,7 +84,8 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
         key = f"K88-{n + j:05d}"
         rows.append((key, f"客户{j}", rid, "138" + f"{rng.integers(0, 10**8):08d}", "",
                      "北京市"))
-        truth_rows.append({"acquirer_key": key, "acquired_key": "", "conflicts": ""})
+        truth_rows.append({"acquirer_key": key, "acquired_key": "", "conflicts": "",
+                           "marketing_withdrawn": ""})
     rid_arr = pa.array([r[2] for r in rows])
     birth, gender = resident_id_birth_gender(rid_arr)
     id_dom, ms_dom = field_domain("customer", "id_number"), field_domain("customer", "msisdn")
@@ -100,6 +106,11 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
                      mask_resident_id(row[2]), {"男": "M", "女": "F"}[gender[k].as_py()],
                      birth[k].as_py(), row[3], ms_bidx[k], mask_msisdn(row[3]),
                      row[4] or None, row[5] or None))
+                if k < n and k % 5 == 0:  # the acquirer holds a withdrawn marketing consent
+                    conn.execute(
+                        "INSERT INTO crm.consent (consent_id, customer_id, purpose, granted, "
+                        "granted_at) VALUES (%s, %s, 'marketing', false, '2024-05-01') "
+                        "ON CONFLICT DO NOTHING", (f"KC-{k:05d}", row[0]))
                 conn.execute(
                     "INSERT INTO handover_meta.person_map (source_system, source_key, "
                     "person_id, target_customer_id, decision, rule) VALUES (%s,%s,%s,%s,"
@@ -107,7 +118,8 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
                     (SYSTEM, row[0], identity.person_id(ring, bidx[k]), row[0]))
     out.mkdir(parents=True, exist_ok=True)
     with open(out / TRUTH, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["acquirer_key", "acquired_key", "conflicts"])
+        w = csv.DictWriter(fh, fieldnames=["acquirer_key", "acquired_key", "conflicts",
+                                           "marketing_withdrawn"])
         w.writeheader()
         w.writerows(truth_rows)
     return {"seeded": len(rows), "also_in_export": n}

@@ -33,6 +33,14 @@ CREATE TABLE IF NOT EXISTS crm.consent (
     granted_at   timestamp
 );
 
+-- One person's consents from every system (the acquirer's own, each acquired export's,
+-- merged into one customer: docs/identity.md): a purpose counts as granted only if no
+-- system's record withdrew it. `conflicting`: the systems disagree (the report counts them).
+CREATE OR REPLACE VIEW crm.consent_effective AS
+SELECT customer_id, purpose, bool_and(granted) AS granted, count(*) AS records,
+       bool_or(granted) <> bool_and(granted) AS conflicting
+FROM crm.consent GROUP BY customer_id, purpose;
+
 CREATE TABLE IF NOT EXISTS crm.call_record (
     cdr_id         text PRIMARY KEY,
     customer_id    text NOT NULL,

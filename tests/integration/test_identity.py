@@ -178,6 +178,22 @@ def test_the_report_counts_persons_by_decision(world):
     assert report["merges"]["subscribers"]["EXISTING_CUSTOMER"] == len(_matches(world))
 
 
+def test_a_consent_withdrawn_in_either_system_holds_for_the_merged_customer(world):
+    t = world["truth"]
+    withdrawn = set(t.loc[t.marketing_withdrawn == "1", "acquirer_key"])
+    assert withdrawn
+    with psycopg.connect(world["dsn"]) as conn:
+        eff = {c: (g, n, x) for c, g, n, x in conn.execute(
+            "SELECT customer_id, granted, records, conflicting FROM crm.consent_effective "
+            "WHERE purpose = 'marketing' AND customer_id = ANY(%s)", (sorted(withdrawn),))}
+        conflicts = conn.execute("SELECT count(*) FROM crm.consent_effective WHERE "
+                                 "conflicting").fetchone()[0]
+    assert set(eff) == withdrawn and all(g is False for g, _, _ in eff.values())
+    # where the export granted marketing, the two systems' records disagree: counted
+    assert conflicts == sum(1 for _, n, x in eff.values() if x) >= 1
+    assert any(n == 2 for _, n, _ in eff.values())
+
+
 def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
     acquired, acquirer = sorted(_matches(world).items())[0]
     with psycopg.connect(world["dsn"]) as conn:
