@@ -191,6 +191,42 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     return 0
 
 
+def review_command(args: argparse.Namespace) -> int:
+    """The identity review queue (handover.identity): entries by id, never a value."""
+    from handover.identity import resolve_review
+
+    if args.resolve is not None:
+        if not args.decision:
+            print("--resolve needs --decision keep-target|correct and --by", file=sys.stderr)
+            return 2
+        try:
+            out = resolve_review(args.resolve, args.decision, args.by, args.note)
+        except ValueError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        print(f"entry {out['entry']} ({out['field']}): {out['decision']}")
+        if out.get("next"):
+            print(f"next: {out['next']}")
+        return 0
+    with ledger.connect() as conn:
+        if conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0] \
+                is None:
+            print("no review queue yet: no run has merged a record into a target customer")
+            return 0
+        rows = conn.execute(
+            "SELECT id, source_system, source_key, target_customer_id, field, status "
+            "FROM handover_meta.identity_review " + ("" if args.all else
+                                                    "WHERE status = 'open' ") +
+            "ORDER BY id").fetchall()
+    print(f"{'id':>6}  {'system':<12}{'record':<16}{'merged into':<16}{'field':<14}status")
+    for i, system, key, target, field, status in rows:
+        print(f"{i:>6}  {system:<12}{key:<16}{target:<16}{field:<14}{status}")
+    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}; resolve one with "
+          "`handover review --resolve ID --decision keep-target|correct --by NAME`",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m handover.cli")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -216,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--exported-at", required=True,
                    help="when the operator exported it, 'YYYY-MM-DD HH:MM:SS' (its clock)")
     m.add_argument("--force", action="store_true", help="replace an existing manifest")
+    rv = sub.add_parser("review", help="fields where a merged record disagreed with the "
+                                       "target's customer: list, or resolve one entry")
+    rv.add_argument("--all", action="store_true", help="resolved entries too")
+    rv.add_argument("--resolve", type=int, metavar="ID", help="the entry to resolve")
+    rv.add_argument("--decision", choices=["keep-target", "correct"])
+    rv.add_argument("--by", default="", help="who decides (for the audit trail)")
+    rv.add_argument("--note", default="")
     from handover import check
 
     check.add_arguments(sub.add_parser("check", help=check.__doc__.splitlines()[0]))
@@ -230,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         return rotate_keys_command(args.system, args.batch_size)
     if args.cmd == "manifest":
         return manifest_command(args.system, args.source_dir, args.exported_at, args.force)
+    if args.cmd == "review":
+        return review_command(args)
     with ledger.connect() as conn:
         chain = ledger.verify_audit_chain(conn)
     if chain.intact:

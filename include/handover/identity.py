@@ -158,3 +158,111 @@ def holder(conn, customer_id: str) -> str | None:
                        "source_key = %s ORDER BY recorded_at DESC LIMIT 1",
                        (customer_id,)).fetchone()
     return row[0] if row else None
+
+
+# ---------------------------------------------------------------- field conflicts
+def compared_fields(cfg) -> list[tuple[str, str, str, str | None]]:
+    """(target field, source column, how: bidx | text, blind-index domain) of the customer
+    mapping's fields that a merged record can be compared on without a transform."""
+    from handover.protect import field_domain
+
+    s = settings(cfg)
+    if s is None:
+        return []
+    tmap = cfg.table_mapping(s["table"])
+    shaping = ("concat", "split", "lookup", "default", "parse_date", "yuan_to_fen", "cast",
+               "from_resident_id")
+    out = []
+    for name, f in tmap["fields"].items():
+        if name == tmap["key"] or "from" not in f or any(t in f for t in shaping):
+            continue
+        pii = cfg.table(s["table"])["columns"].get(f["from"], {}).get("pii")
+        if pii in (None, "none", "resident_id"):
+            continue  # not about the person (dates of the account), or the match itself
+        protect = f.get("protect", [])
+        if "blind_index" in protect:
+            out.append((name, f["from"], "bidx", field_domain(tmap["target"], name)))
+        elif not protect:
+            out.append((name, f["from"], "text", None))
+    return out
+
+
+def field_conflicts(conn, cfg, ring, matched: dict[str, str],
+                    values: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(export key, target customer, field) where the export's record of a matched person
+    says another thing than the target's. Values are compared in memory (phone numbers by
+    blind index); none is returned, logged or stored."""
+    from psycopg import sql
+
+    from handover.protect import blind_index
+
+    fields = compared_fields(cfg)
+    if not matched or not fields:
+        return []
+    s = settings(cfg)
+    tmap = cfg.table_mapping(s["table"])
+    cols = [f"{n}_bidx" if how == "bidx" else n for n, _, how, _ in fields]
+    rows = conn.execute(sql.SQL("SELECT {k}, {c} FROM {t} WHERE {k} = ANY(%s)").format(
+        k=sql.Identifier(tmap["key"]), c=sql.SQL(", ").join(map(sql.Identifier, cols)),
+        t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        (sorted(set(matched.values())),)).fetchall()
+    theirs = {r[0]: r[1:] for r in rows}
+    out = []
+    keys = sorted(matched)
+    for i, (name, src, how, domain) in enumerate(fields):
+        mine = [values.get(src, {}).get(k) for k in keys]
+        if how == "bidx":
+            mine = blind_index([None if v is None else str(v) for v in mine], ring, domain)
+        for k, v in zip(keys, mine, strict=True):
+            t = theirs.get(matched[k])
+            if t is None:
+                continue
+            other = t[i]
+            a = None if v is None else str(v).strip()
+            b = None if other is None else str(other).strip()
+            if (a or None) != (b or None):
+                out.append((k, matched[k], name))
+    return out
+
+
+def record_conflicts(conn, system: str, run_id: str,
+                     conflicts: list[tuple[str, str, str]]) -> int:
+    """The review queue: one open entry per (system, record, field) where the merged
+    record disagreed with the target's; the target's value was kept (rule target_wins).
+    A rerun adds nothing new and never reopens a resolved entry."""
+    n = 0
+    for key, target, field in conflicts:
+        n += conn.execute(
+            "INSERT INTO handover_meta.identity_review (source_system, source_key, "
+            "target_customer_id, field, rule, run_id) VALUES (%s, %s, %s, %s, 'target_wins', "
+            "%s) ON CONFLICT (source_system, source_key, field) DO NOTHING",
+            (system, key, target, field, run_id)).rowcount
+    return n
+
+
+def resolve_review(entry_id: int, decision: str, by: str, note: str = "") -> dict:
+    """Close a review entry: `keep-target` (the acquirer's value stands) or `correct` (the
+    export's value is right: file a correction request for the customer, which goes
+    through the gates). Audited; a resolved entry is not resolved twice."""
+    from handover import ledger
+
+    if decision not in ("keep-target", "correct"):
+        raise ValueError(f"decision {decision!r}: use keep-target or correct")
+    if not by.strip():
+        raise ValueError("--by: who decides (a name or a role), for the audit trail")
+    with ledger.connect() as conn, conn.transaction():
+        row = conn.execute(
+            "UPDATE handover_meta.identity_review SET status = %s, resolved_by = %s, "
+            "resolved_at = now(), note = %s WHERE id = %s AND status = 'open' RETURNING "
+            "source_system, field, target_customer_id", (decision, by, note, entry_id)
+        ).fetchone()
+        if row is None:
+            raise ValueError(f"review entry {entry_id}: no open entry with this id")
+        ledger.audit(conn, "identity_review_resolved", actor=by, detail={
+            "entry": entry_id, "system": row[0], "field": row[1], "decision": decision})
+    out = {"entry": entry_id, "decision": decision, "field": row[1]}
+    if decision == "correct":
+        out["next"] = (f"file a correction: python -m handover.subject submit --type correction "
+                       f"--identifier-type customer_id --field {row[1]} (the customer: "
+                       f"{row[2]}; the new value from stdin)")
+    return out

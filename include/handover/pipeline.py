@@ -761,8 +761,9 @@ def resolve_customers(ctx: dict) -> dict:
 
         ident = identity.settings(cfg)
         ident = ident if ident and ident["table"] == table else None
+        compared = [src for _, src, _, _ in identity.compared_fields(cfg)] if ident else []
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe),
-                                   *([ident["id_column"]] if ident else [])]))
+                                   *([ident["id_column"]] if ident else []), *compared]))
         typed_parts, failed_parts, dupkey_parts = [], [], []
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             _, dup, frames = _slices(lake, k, key)
@@ -794,9 +795,9 @@ def resolve_customers(ctx: dict) -> dict:
         same_key = (_same_key_merges(kept, failed, dup_key, key, dedupe["key"])
                     if dedupe and merges and kept is not None else [])
         rules_of: dict[str, str] = dict.fromkeys(losers, "SAME_PERSON")
-        persons = None
+        persons = conflicts = None
         if ident and kept is not None and merges:
-            losers, survivors, rules_of, persons = _match_existing(
+            losers, survivors, rules_of, persons, conflicts = _match_existing(
                 cfg, kept, failed, losers, survivors, key, ident)
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
@@ -843,6 +844,8 @@ def resolve_customers(ctx: dict) -> dict:
             with ledger.connect() as conn, conn.transaction():
                 summary[table]["persons"] = identity.record_persons(
                     conn, cfg, load_keyring(), run_id, persons)
+                summary[table]["field_conflicts_opened"] = identity.record_conflicts(
+                    conn, cfg.system, run_id, conflicts or [])
             summary[table]["existing_customers"] = sum(
                 1 for r in rules_of.values() if r == identity.EXISTING)
     log.info("resolved parents: %s", summary)
@@ -850,7 +853,7 @@ def resolve_customers(ctx: dict) -> dict:
 
 
 def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, key: str,
-                    ident: dict) -> tuple[list, list, dict, list]:
+                    ident: dict) -> tuple[list, list, dict, list, list]:
     """Survivors of this export whose person is already a target customer under another id
     (handover.identity): merged into it (rule EXISTING_CUSTOMER), and their own losers
     with them. Returns (losers, their survivors, rule per loser, person-map entries)."""
@@ -871,6 +874,11 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     with ledger.connect() as conn:
         matched = identity.match_existing(conn, cfg, cand_keys, bidx,
                                           ours={k for k in keys if k is not None})
+        # fields where the export's record says another thing than the target's (kept)
+        where = {k: i for i, k in enumerate(keys) if k in matched}
+        values = {src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
+                  for _, src, _, _ in identity.compared_fields(cfg) if src in kept.column_names}
+        conflicts = identity.field_conflicts(conn, cfg, ring, matched, values)
     into = dict(zip(losers, survivors, strict=True))
     rules_of = dict.fromkeys(losers, "SAME_PERSON")
     for loser, survivor in into.items():  # a survivor merged away takes its losers along
@@ -887,7 +895,7 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     if matched:
         log.info("identity: %d customers of this export are already target customers "
                  "(merged into them by blind index)", len(matched))
-    return list(into), list(into.values()), rules_of, entries
+    return list(into), list(into.values()), rules_of, entries, conflicts
 
 
 def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> list[int]:

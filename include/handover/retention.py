@@ -306,20 +306,23 @@ def books_with_keys(conn) -> list[str]:
 
 
 def _pseudonymise_maps(conn, cfg, table: str) -> int:
-    """The merge map's and (for the customer table) the person map's customer ids among
-    _destroyed, replaced by their keyed hashes like every other book's keys."""
+    """The merge map's and (for the customer table) the person map's and the identity
+    review queue's customer ids among _destroyed, replaced by their keyed hashes like
+    every other book's keys."""
     n = 0
     if conn.execute("SELECT to_regclass('handover_meta.merge_map')").fetchone()[0]:
         for col in ("merged_key", "survivor_key"):
             n += conn.execute(
                 f"UPDATE handover_meta.merge_map b SET {col} = d.d FROM _destroyed d "
                 f"WHERE b.table_name = %s AND b.{col} = d.k", (table,)).rowcount
-    if table == customer_table(cfg) and conn.execute(
-            "SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
-        for col in ("source_key", "target_customer_id"):
-            n += conn.execute(
-                f"UPDATE handover_meta.person_map b SET {col} = d.d FROM _destroyed d "
-                f"WHERE b.{col} = d.k").rowcount
+    if table != customer_table(cfg):
+        return n
+    for book in ("person_map", "identity_review"):
+        if conn.execute("SELECT to_regclass(%s)", (f"handover_meta.{book}",)).fetchone()[0]:
+            for col in ("source_key", "target_customer_id"):
+                n += conn.execute(
+                    f"UPDATE handover_meta.{book} b SET {col} = d.d FROM _destroyed d "
+                    f"WHERE b.{col} = d.k").rowcount
     return n
 
 

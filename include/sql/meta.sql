@@ -84,6 +84,24 @@ CREATE TABLE IF NOT EXISTS handover_meta.person_map (
 );
 CREATE INDEX IF NOT EXISTS person_map_person ON handover_meta.person_map (person_id);
 CREATE INDEX IF NOT EXISTS person_map_target ON handover_meta.person_map (target_customer_id);
+-- Fields where a record merged into a target customer disagreed with it (the target's
+-- value was kept): for a person to decide (`handover review`), every decision audited.
+-- Field names only, never a value.
+CREATE TABLE IF NOT EXISTS handover_meta.identity_review (
+    id                  bigserial PRIMARY KEY,
+    source_system       text NOT NULL,
+    source_key          text NOT NULL,
+    target_customer_id  text NOT NULL,
+    field               text NOT NULL,
+    rule                text NOT NULL,
+    status              text NOT NULL DEFAULT 'open',  -- open | keep-target | correct
+    run_id              text,
+    opened_at           timestamptz NOT NULL DEFAULT now(),
+    resolved_by         text,
+    resolved_at         timestamptz,
+    note                text,
+    UNIQUE (source_system, source_key, field)
+);
 CREATE INDEX IF NOT EXISTS merge_map_merged ON handover_meta.merge_map (table_name, merged_key);
 
 -- Quarantined rows: the key, the reason and the field; the row itself stays in the lake.

@@ -139,7 +139,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA handover_meta FROM handover_auditor;
 GRANT SELECT ON handover_meta.run, handover_meta.ledger, handover_meta.audit_log,
     handover_meta.reconciliation, handover_meta.quarantine, handover_meta.exclusion,
     handover_meta.gate_result, handover_meta.tombstone, handover_meta.correction,
-    handover_meta.merge_map, handover_meta.person_map
+    handover_meta.merge_map, handover_meta.person_map, handover_meta.identity_review
     TO handover_auditor;
 -- The lifecycle books (backups, drills, destruction certificates, subject requests) are
 -- created by their own modules; grant them when they exist, so a re-run of this file does

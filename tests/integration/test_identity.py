@@ -194,6 +194,46 @@ def test_a_consent_withdrawn_in_either_system_holds_for_the_merged_customer(worl
     assert any(n == 2 for _, n, _ in eff.values())
 
 
+def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world):
+    """The acquirer's record keeps its value; where the export's said otherwise (another
+    phone number, the name written another way) an entry waits for a person: field
+    names only, never a value; resolving one is audited and a rerun does not reopen it."""
+    from handover.identity import resolve_review
+
+    t = world["truth"]
+    want = {(r.acquired_key, f) for r in t.itertuples() if r.acquired_key
+            for f in r.conflicts.split("|") if f}
+    assert any(f == "msisdn" for _, f in want) and any(f == "full_name" for _, f in want)
+    with psycopg.connect(world["dsn"]) as conn:
+        rows = conn.execute("SELECT id, source_key, field, status FROM "
+                            "handover_meta.identity_review WHERE source_system = 'legacy_bss'"
+                            ).fetchall()
+    got = {(k, f) for _, k, f, _ in rows if f in ("msisdn", "full_name")}
+    assert got == want
+    entry = next(i for i, _, f, s in rows if f == "msisdn" and s == "open")
+    out = resolve_review(entry, "keep-target", by="data-steward")
+    assert out["decision"] == "keep-target"
+    with pytest.raises(ValueError, match="no open entry"):
+        resolve_review(entry, "correct", by="data-steward")
+    with psycopg.connect(world["dsn"]) as conn:
+        audit = conn.execute("SELECT actor, detail FROM handover_meta.audit_log WHERE action = "
+                             "'identity_review_resolved'").fetchall()
+        status = conn.execute("SELECT status FROM handover_meta.identity_review WHERE id = %s",
+                              (entry,)).fetchone()[0]
+    assert audit and audit[-1][0] == "data-steward" and audit[-1][1]["field"] == "msisdn"
+    assert status == "keep-target"
+
+
+def test_the_review_cli_lists_entries_without_values(world, capsys):
+    from handover import cli
+
+    assert cli.main(["review", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "full_name" in out and "msisdn" in out and "keep-target" in out
+    subs = pd.read_csv(world["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
+    assert not any(v.strip() and v.strip() in out for v in subs["msisdn"])
+
+
 def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
     acquired, acquirer = sorted(_matches(world).items())[0]
     with psycopg.connect(world["dsn"]) as conn:
