@@ -23,7 +23,7 @@ TARGET_SQL = Path(__file__).resolve().parents[1] / "sql" / "target.sql"
 LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
-SOURCE_FORMATS = ["csv", "parquet", "sql"]
+SOURCE_FORMATS = ["csv", "parquet", "sql", "jsonl", "fixed"]
 ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "big5", "utf-16", "utf-16-le",
              "utf-16-be"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
@@ -31,7 +31,8 @@ TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup"
               "yuan_to_fen",
               "cast", "protect"]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
-FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote", "trailer")
+FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote", "trailer",
+                       "widths", "width_unit")
 CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote", "trailer")
 SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
 DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
@@ -64,6 +65,12 @@ _SOURCE = {
         # a last line that is not a row (`共2条`, `TOTAL 2`, `EOF`): a regex for it; its
         # first group, if any, is the row count the file must hold
         "trailer": {"type": "string", "minLength": 1},
+        # format fixed (mainframe-era text): each catalog column's width, in the catalog's
+        # column order; counted in bytes of the file's encoding (a GBK character is two), or
+        # in characters with width_unit: chars
+        "widths": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                   "minItems": 1},
+        "width_unit": {"enum": ["bytes", "chars"]},
         "conn_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
         "query": {"type": "string", "minLength": 1},
         "table": {"type": "string",
@@ -443,7 +450,7 @@ def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
                            "quote": '"', "chunk_rows": 50_000}
     out.update(given)
     if fmt != "sql" and not given.get("files"):
-        ext = "parquet" if fmt == "parquet" else "csv"
+        ext = {"parquet": "parquet", "jsonl": "jsonl", "fixed": "txt"}.get(fmt, "csv")
         out["file"] = given.get("file") or spec.get("file") or f"{table}.{ext}"
     return out
 
@@ -851,6 +858,23 @@ def _check_source(table: str, spec: dict, fail) -> None:
         if wrong:
             fail("catalog.yaml", keys + (wrong[0],),
                  f"'{wrong[0]}' applies to csv, not to parquet")
+    if fmt == "fixed":
+        widths = src.get("widths")
+        if not widths:
+            fail("catalog.yaml", keys, "format fixed needs widths: one per catalog column, in "
+                                       "the catalog's column order")
+        elif len(widths) != len(spec["columns"]):
+            fail("catalog.yaml", keys + ("widths",),
+                 f"{len(widths)} widths for {len(spec['columns'])} catalog columns; give one "
+                 "per column, in the catalog's order")
+    elif "widths" in src or "width_unit" in src:
+        fail("catalog.yaml", keys + ("widths" if "widths" in src else "width_unit",),
+             "widths apply only to format fixed")
+    if fmt in ("jsonl", "fixed"):
+        wrong = [o for o in ("delimiter", "header", "quote") if o in src]
+        if wrong:
+            fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies to csv, not to "
+                                                     f"format {fmt}")
     if "file" in src and "file" in spec:
         fail("catalog.yaml", keys + ("file",),
              "the file is named twice (tables.<t>.file and source.file); keep one")

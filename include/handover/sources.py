@@ -31,7 +31,7 @@ from handover.config import resolve_source
 ROW_COLUMN = "_source_row"
 # What a delimiter of several characters is rewritten to before Arrow splits the text.
 MULTI_DELIMITER = "\x1f"
-FORMATS = ("csv", "parquet", "sql")
+FORMATS = ("csv", "parquet", "sql", "jsonl", "fixed")
 # Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
 ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030",
              "big5": "big5",  # Hong Kong, Macau and Taiwan systems
@@ -148,10 +148,19 @@ def open_source(table: str, table_spec: dict[str, Any], source_dir: str | Path, 
     spec = resolve_source(table, table_spec)
     columns = list(table_spec.get("columns", {}))
     fmt = spec["format"]
-    if fmt in ("csv", "parquet"):
+    if fmt in ("csv", "parquet", "jsonl", "fixed"):
         def one(path: Path) -> _FileSource:
             if fmt == "parquet":
                 return ParquetSource(path, table=table, batch_rows=spec["chunk_rows"])
+            if fmt == "jsonl":
+                return JsonLinesSource(path, table=table, columns=columns,
+                                       encoding=spec["encoding"], batch_rows=spec["chunk_rows"])
+            if fmt == "fixed":
+                return FixedWidthSource(path, table=table, columns=columns,
+                                        widths=spec.get("widths") or [],
+                                        unit=spec.get("width_unit", "bytes"),
+                                        encoding=spec["encoding"], batch_rows=spec["chunk_rows"],
+                                        trailer=spec.get("trailer"))
             return DelimitedSource(path, table=table, columns=columns,
                                    encoding=spec["encoding"], delimiter=spec["delimiter"],
                                    header=spec["header"], quote=spec["quote"],
@@ -859,6 +868,165 @@ class ParquetSource(_FileSource):
                         f"row {row + 1}: {str(exc).splitlines()[0]}") from exc
             yield _numbered(cols, self.columns, row + 1)
             row += batch.num_rows
+
+
+# ----------------------------------------------------------------------------- lines
+class _LineSource(_FileSource):
+    """Text read a line at a time (CRLF, LF or CR), decoded in its encoding; a blank line
+    is skipped; rows numbered as the other readers number them (`_source_row`)."""
+
+    def __init__(self, path: Path, *, table: str, columns: list[str], encoding: str,
+                 batch_rows: int) -> None:
+        super().__init__(path, table)
+        if encoding not in ENCODINGS:
+            raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
+                                  f"{', '.join(ENCODINGS)}")
+        self.encoding, self.batch_rows = encoding, batch_rows
+        self.catalog_columns = list(columns)
+        self.what_columns = "catalog column list"
+
+    @property
+    def text_bytes(self) -> int | None:
+        return self.path.stat().st_size
+
+    def open(self) -> None:
+        self._require_file()
+        self.columns = list(self.catalog_columns)
+
+    def _lines(self) -> Iterator[tuple[int, str | bytes]]:
+        """(line number, line without its end) of every non-blank line."""
+        codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
+        with open(self.path, "rb") as raw:
+            text = io.TextIOWrapper(raw, encoding=codec, newline=None)
+            try:
+                for n, line in enumerate(text, start=1):
+                    line = line.rstrip("\n")
+                    if line.strip():
+                        yield n, line
+            except UnicodeDecodeError as exc:
+                raise SourceReadError(f"{self.path}: cannot decode as {self.encoding} "
+                                      f"({exc.reason}); set source.encoding in catalog.yaml"
+                                      ) from exc
+
+    def _batch(self, rows: list[list[str | None]], first: int) -> pa.RecordBatch:
+        cols = [pa.array([r[i] for r in rows], pa.string()) for i in range(len(self.columns))]
+        return _numbered(cols, self.columns, first)
+
+
+class JsonLinesSource(_LineSource):
+    """One JSON object a line (newer subsystems' exports). Values become text as the other
+    readers give them (numbers as written, true/false, nested values as JSON); a key the
+    catalog does not list stops the read, naming it (nothing is dropped silently)."""
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        import json
+
+        known = set(self.columns)
+        rows: list[list[str | None]] = []
+        first = row = 0
+        for n, line in self._lines():
+            row += 1
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise SourceReadError(f"{self.path} row {row} (line {n}): not a JSON object "
+                                      f"({exc.msg} at column {exc.colno}); fix the export"
+                                      ) from None
+            if not isinstance(obj, dict):
+                raise SourceReadError(f"{self.path} row {row} (line {n}): a JSON "
+                                      f"{type(obj).__name__}, not an object; fix the export")
+            extra = [k for k in obj if k not in known]
+            if extra:
+                raise SourceReadError(
+                    f"{self.path} row {row} (line {n}): key '{_shown(extra[0])}' is not a "
+                    f"column of catalog table {self.table}; add it to catalog.yaml (or mark it "
+                    "migrate: false)")
+            if not rows:
+                first = row
+            rows.append([_json_text(obj.get(c)) for c in self.columns])
+            if len(rows) >= self.batch_rows:
+                yield self._batch(rows, first)
+                rows = []
+        if rows:
+            yield self._batch(rows, first)
+
+
+def _json_text(value: Any) -> str | None:
+    import json
+
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return json.dumps(value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+class FixedWidthSource(_LineSource):
+    """Fixed-width text from mainframe-era billing: each catalog column a width, in bytes
+    of the file's encoding (a GBK character takes two) or in characters. A line of another
+    length stops the read, naming row and line (a trailer line may be declared)."""
+
+    def __init__(self, path: Path, *, table: str, columns: list[str], widths: list[int],
+                 unit: str = "bytes", encoding: str = "utf-8",
+                 batch_rows: int = DEFAULT_CHUNK_ROWS, trailer: str | None = None) -> None:
+        super().__init__(path, table=table, columns=columns, encoding=encoding,
+                         batch_rows=batch_rows)
+        if len(widths) != len(columns):
+            raise SourceReadError(f"{path}: {len(widths)} widths for {len(columns)} catalog "
+                                  f"columns of table {table}; fix source.widths in catalog.yaml")
+        self.widths, self.unit = list(widths), unit
+        self.trailer = re.compile(trailer) if trailer else None
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        total = sum(self.widths)
+        codec = "utf-8" if ENCODINGS[self.encoding] == "utf8" else self.encoding
+        lines = list(self._lines()) if self.trailer else None
+        stream = lines if lines is not None else self._lines()
+        trailer_rows = None
+        if lines is not None:
+            if not lines or not self.trailer.fullmatch(lines[-1][1].strip()):
+                raise SourceReadError(f"{self.path}: the last line is not the trailer "
+                                      "source.trailer describes: the file may be truncated")
+            m = self.trailer.fullmatch(lines[-1][1].strip())
+            trailer_rows = int(m.group(1)) if m.groups() and m.group(1) else None
+            stream = lines[:-1]
+        rows: list[list[str | None]] = []
+        first = row = 0
+        for n, line in stream:
+            row += 1
+            data = line.encode(codec) if self.unit == "bytes" else line
+            if len(data) != total:
+                raise SourceReadError(
+                    f"{self.path} row {row} (line {n}): {len(data)} {self.unit} where the "
+                    f"widths add up to {total}; fix the export or source.widths in catalog.yaml")
+            out, at = [], 0
+            for w in self.widths:
+                piece = data[at:at + w]
+                at += w
+                try:
+                    text = piece.decode(codec) if self.unit == "bytes" else piece
+                except UnicodeDecodeError:
+                    raise SourceReadError(
+                        f"{self.path} row {row} (line {n}): column "
+                        f"'{_shown(self.columns[len(out)])}' cuts a character in two; the "
+                        "widths are in characters, not bytes (source.width_unit: chars)"
+                    ) from None
+                out.append(text.strip() or None)
+            if not rows:
+                first = row
+            rows.append(out)
+            if len(rows) >= self.batch_rows:
+                yield self._batch(rows, first)
+                rows = []
+        if rows:
+            yield self._batch(rows, first)
+        if trailer_rows is not None and trailer_rows != row:
+            raise SourceReadError(f"{self.path}: the trailer says {trailer_rows} rows but the "
+                                  f"file holds {row}; get the export again")
 
 
 def _as_text(col: pa.Array) -> pa.Array:
