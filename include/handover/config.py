@@ -23,7 +23,7 @@ TARGET_SQL = Path(__file__).resolve().parents[1] / "sql" / "target.sql"
 LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
-SOURCE_FORMATS = ["csv", "parquet", "sql", "jsonl", "fixed"]
+SOURCE_FORMATS = ["csv", "parquet", "sql", "jsonl", "fixed", "xlsx"]
 ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "big5", "utf-16", "utf-16-le",
              "utf-16-be"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
@@ -32,7 +32,7 @@ TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup"
               "cast", "protect"]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
 FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote", "trailer",
-                       "widths", "width_unit")
+                       "widths", "width_unit", "sheet")
 CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote", "trailer")
 SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
 DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
@@ -71,6 +71,9 @@ _SOURCE = {
         "widths": {"type": "array", "items": {"type": "integer", "minimum": 1},
                    "minItems": 1},
         "width_unit": {"enum": ["bytes", "chars"]},
+        # format xlsx: the worksheet (its name, or its position from 0; default the first)
+        "sheet": {"oneOf": [{"type": "string", "minLength": 1},
+                            {"type": "integer", "minimum": 0}]},
         "conn_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
         "query": {"type": "string", "minLength": 1},
         "table": {"type": "string",
@@ -450,7 +453,8 @@ def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
                            "quote": '"', "chunk_rows": 50_000}
     out.update(given)
     if fmt != "sql" and not given.get("files"):
-        ext = {"parquet": "parquet", "jsonl": "jsonl", "fixed": "txt"}.get(fmt, "csv")
+        ext = {"parquet": "parquet", "jsonl": "jsonl", "fixed": "txt",
+               "xlsx": "xlsx"}.get(fmt, "csv")
         out["file"] = given.get("file") or spec.get("file") or f"{table}.{ext}"
     return out
 
@@ -870,6 +874,13 @@ def _check_source(table: str, spec: dict, fail) -> None:
     elif "widths" in src or "width_unit" in src:
         fail("catalog.yaml", keys + ("widths" if "widths" in src else "width_unit",),
              "widths apply only to format fixed")
+    if "sheet" in src and fmt != "xlsx":
+        fail("catalog.yaml", keys + ("sheet",), "sheet applies only to format xlsx")
+    if fmt == "xlsx":
+        wrong = [o for o in ("encoding", "delimiter", "quote", "trailer") if o in src]
+        if wrong:
+            fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies to text files, not "
+                                                     "to a workbook")
     if fmt in ("jsonl", "fixed"):
         wrong = [o for o in ("delimiter", "header", "quote") if o in src]
         if wrong:

@@ -98,3 +98,50 @@ def test_the_catalog_declares_them_and_checks_the_widths(tmp_path):
     assert isinstance(src, JsonLinesSource) and src.path.name == "complaints.jsonl"
     assert isinstance(open_source("payments", cfg.table("payments"), tmp_path),
                       FixedWidthSource)
+
+
+def _book(path, rows, title="客户"):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = title
+    for r in rows:
+        ws.append(r)
+    wb.create_sheet("说明").append(["这是说明"])
+    wb.save(path)
+
+
+def test_an_excel_sheet_becomes_text_rows_as_excel_holds_them(tmp_path):
+    from datetime import datetime
+
+    from handover.sources import XlsxSource
+
+    path = tmp_path / "t.xlsx"
+    _book(path, [["客户编号", "开户日期", "余额", "证件号码", "备注"],
+                 ["C1", datetime(2024, 1, 5), 12.5, 1.10105e17, "张三"],
+                 [None, None, None, None, None],
+                 ["C2", datetime(2024, 1, 5, 10, 30), 3, "110105199001011234", None]])
+    src = XlsxSource(path, table="t", columns=[], sheet="客户")
+    rows = _rows(src)
+    assert src.columns == ["客户编号", "开户日期", "余额", "证件号码", "备注"]
+    assert [r["_source_row"] for r in rows] == [1, 2]
+    assert rows[0] == {"客户编号": "C1", "开户日期": "2024-01-05", "余额": "12.5",
+                       "证件号码": "110105000000000000", "备注": "张三", "_source_row": 1}
+    assert rows[1]["开户日期"] == "2024-01-05 10:30:00" and rows[1]["余额"] == "3"
+    with pytest.raises(SourceReadError, match="no sheet 'Sheet9' .*客户, 说明"):
+        _rows(XlsxSource(path, table="t", columns=[], sheet="Sheet9"))
+
+
+def test_an_excel_row_wider_than_the_header_stops_the_read(tmp_path):
+    from handover.sources import XlsxSource
+
+    path = tmp_path / "t.xlsx"
+    _book(path, [["k", "v"], ["C1", "x"], ["C2", "y", "stray"]])
+    with pytest.raises(SourceReadError, match=r"row 2 \(sheet row 3\): 3 cells with values "
+                                              r"beyond the 2 columns"):
+        _rows(XlsxSource(path, table="t", columns=[]))
+    path2 = tmp_path / "t2.xlsx"
+    _book(path2, [["C1", "x"], ["C2", "y"]])
+    rows = _rows(XlsxSource(path2, table="t", columns=["a", "b"], header=False))
+    assert [(r["a"], r["b"]) for r in rows] == [("C1", "x"), ("C2", "y")]
