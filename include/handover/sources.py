@@ -1049,6 +1049,7 @@ class XlsxSource(_FileSource):
         self.what_columns = "header" if header else "catalog column list"
         self._book: Any = None
         self._rows: Any = None
+        self._where = str(self.path)
 
     @property
     def text_bytes(self) -> int | None:
@@ -1079,7 +1080,7 @@ class XlsxSource(_FileSource):
         else:
             raise SourceReadError(f"{self.path}: no sheet '{self.sheet}' (its sheets: "
                                   f"{', '.join(names)}); fix source.sheet in catalog.yaml")
-        self.location = f"{self.path} sheet '{ws.title}'"
+        self._where = f"{self.path} sheet '{ws.title}'"  # messages; location stays the file
         self._rows = ws.iter_rows(values_only=True)
         if not self.header:
             self.columns = list(self.catalog_columns)
@@ -1089,14 +1090,14 @@ class XlsxSource(_FileSource):
         while header and not header[-1]:
             header.pop()
         if not header:
-            raise SourceReadError(f"{self.location}: empty; expected a header row (or set "
+            raise SourceReadError(f"{self._where}: empty; expected a header row (or set "
                                   "source.header: false)")
         if any(not h for h in header):
-            raise SourceReadError(f"{self.location} row 1: column {header.index(None) + 1} "
+            raise SourceReadError(f"{self._where} row 1: column {header.index(None) + 1} "
                                   "has no name in the header")
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
-            raise SourceReadError(f"{self.location} row 1: column '{_shown(dupes[0])}' appears "
+            raise SourceReadError(f"{self._where} row 1: column '{_shown(dupes[0])}' appears "
                                   "more than once in the header")
         self.columns = header
 
@@ -1119,7 +1120,7 @@ class XlsxSource(_FileSource):
             extra = [c for c in cells[width:] if c is not None]
             if extra:
                 raise SourceReadError(
-                    f"{self.location} row {row} (sheet row {line}): {len(cells)} cells with "
+                    f"{self._where} row {row} (sheet row {line}): {len(cells)} cells with "
                     f"values beyond the {width} columns of the {self.what_columns}; fix the "
                     "export or the catalog")
             cells = (cells + [None] * width)[:width]
