@@ -353,6 +353,12 @@ def derive(legacy_dir: Path, out_dir: Path, *, seed: int | None = None) -> dict[
     """Write the telco_c export (and truth.csv) into `out_dir` from a legacy_bss export."""
     legacy, out = Path(legacy_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # a fresh export comes without a manifest: one left by an earlier generation in this
+    # folder would describe other files (and `handover manifest` refuses to replace it)
+    stale = out / "export_manifest.json"
+    if stale.exists() and json.loads(stale.read_text(encoding="utf-8")).get("made_by") == \
+            "receiver":
+        stale.unlink()
     manifest_in = json.loads((legacy / "export_manifest.json").read_text(encoding="utf-8"))
     rng = np.random.default_rng([7919, int(manifest_in.get("seed") or 0)
                                  if seed is None else seed])
