@@ -155,7 +155,9 @@ POLICY_SCHEMA = {
             "additionalProperties": False,
             "properties": {
                 "match": {"type": "array", "items": {"enum": ["resident_id"]}},
-                "on_match": {"enum": ["merge"]},
+                # merge: one customer; link: both records kept, one person id (needs a
+                # target that allows two customers with one ID)
+                "on_match": {"enum": ["merge", "link"]},
                 # the name the target's own customers go under in the person map
                 "target_system": {"type": "string", "minLength": 1},
             },

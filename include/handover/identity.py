@@ -95,9 +95,32 @@ def match_existing(conn, cfg, keys: list[str], bidx: list[str | None],
     return {by_bidx[b]: tk for b, tk in rows if tk != by_bidx[b] and tk not in ours}
 
 
-def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple]) -> dict[str, int]:
-    """Write the person map: entries (key, bidx, decision, target customer id[, rule]) of
-    this system's customers, and a `target` row for every existing customer matched. A
+def require_linkable(conn, cfg) -> None:
+    """`on_match: link` keeps two customers of one person: a target whose ID blind index is
+    UNIQUE cannot hold them. One line, before anything is written."""
+    from handover.config import ConfigError
+
+    s = settings(cfg)
+    tmap = cfg.table_mapping(s["table"])
+    unique = conn.execute(
+        "SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid JOIN pg_namespace n "
+        "ON n.oid = t.relnamespace JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = "
+        "ANY(i.indkey) WHERE i.indisunique AND i.indnatts = 1 AND n.nspname = %s AND "
+        "t.relname = %s AND a.attname = %s",
+        (cfg.mapping["schema"], tmap["target"], s["bidx_column"])).fetchone()
+    if unique:
+        raise ConfigError(
+            f"{cfg.directory / 'policy.yaml'}: identity.on_match: link keeps two customers of "
+            f"one person, but {cfg.mapping['schema']}.{tmap['target']} allows one customer a "
+            f"resident ID (a UNIQUE index on {s['bidx_column']}); use on_match: merge, or make "
+            "that index non-unique in the target")
+
+
+def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple],
+                   matched: dict[str, str] | None = None) -> dict[str, int]:
+    """Write the person map: entries (key, bidx, decision, target customer id) of this
+    system's customers, and a `target` row for every existing customer `matched` (export
+    key -> target customer, merged or linked). A
     (system, key) keeps its person id forever; its target customer and decision follow
     the latest run."""
     from psycopg import sql
@@ -107,8 +130,9 @@ def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple]) -> dict[s
     s = settings(cfg)
     system = cfg.system
     rows = [(system, k, person_id(ring, b), t, d, "resident_id") for k, b, d, t in entries if b]
-    targets = {(s["target_system"] if s else TARGET_SYSTEM, t, person_id(ring, b), t, "target",
-                "resident_id") for k, b, d, t in entries if b and d == "merged_existing"}
+    bidx_of = {k: b for k, b, _, _ in entries}
+    targets = {(s["target_system"] if s else TARGET_SYSTEM, t, person_id(ring, bidx_of[k]), t,
+                "target", "resident_id") for k, t in (matched or {}).items() if bidx_of.get(k)}
     rows += sorted(targets)
     if not rows:
         return {}

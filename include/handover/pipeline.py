@@ -796,8 +796,9 @@ def resolve_customers(ctx: dict) -> dict:
                     if dedupe and merges and kept is not None else [])
         rules_of: dict[str, str] = dict.fromkeys(losers, "SAME_PERSON")
         persons = conflicts = None
+        matched_of: dict[str, str] = {}
         if ident and kept is not None and merges:
-            losers, survivors, rules_of, persons, conflicts = _match_existing(
+            losers, survivors, rules_of, persons, conflicts, matched_of = _match_existing(
                 cfg, kept, failed, losers, survivors, key, ident)
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
@@ -843,7 +844,7 @@ def resolve_customers(ctx: dict) -> dict:
 
             with ledger.connect() as conn, conn.transaction():
                 summary[table]["persons"] = identity.record_persons(
-                    conn, cfg, load_keyring(), run_id, persons)
+                    conn, cfg, load_keyring(), run_id, persons, matched_of)
                 summary[table]["field_conflicts_opened"] = identity.record_conflicts(
                     conn, cfg.system, run_id, conflicts or [])
             summary[table]["existing_customers"] = sum(
@@ -853,10 +854,12 @@ def resolve_customers(ctx: dict) -> dict:
 
 
 def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, key: str,
-                    ident: dict) -> tuple[list, list, dict, list, list]:
+                    ident: dict) -> tuple[list, list, dict, list, list, dict]:
     """Survivors of this export whose person is already a target customer under another id
     (handover.identity): merged into it (rule EXISTING_CUSTOMER), and their own losers
-    with them. Returns (losers, their survivors, rule per loser, person-map entries)."""
+    with them; or, with `on_match: link`, linked to it (both records kept, one person).
+    Returns (losers, their survivors, rule per loser, person-map entries, field conflicts,
+    the matched target customer per export key)."""
     import numpy as np
 
     from handover import identity
@@ -874,6 +877,18 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     with ledger.connect() as conn:
         matched = identity.match_existing(conn, cfg, cand_keys, bidx,
                                           ours={k for k in keys if k is not None})
+        if matched and ident["on_match"] == "link":
+            identity.require_linkable(conn, cfg)
+            linked = matched
+            bidx_of = dict(zip(cand_keys, bidx, strict=True))
+            entries = [(k, bidx_of[k], "linked" if k in linked else "new", k) for k in cand_keys]
+            entries += [(loser, bidx_of.get(s), "merged_same_person", s)
+                        for loser, s in zip(losers, survivors, strict=True)]
+            log.info("identity: %d customers of this export are also target customers "
+                     "(linked to them by blind index: both records kept, one person)",
+                     len(linked))
+            return (list(losers), list(survivors), dict.fromkeys(losers, "SAME_PERSON"),
+                    entries, [], linked)
         # fields where the export's record says another thing than the target's (kept)
         where = {k: i for i, k in enumerate(keys) if k in matched}
         values = {src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
@@ -895,7 +910,7 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     if matched:
         log.info("identity: %d customers of this export are already target customers "
                  "(merged into them by blind index)", len(matched))
-    return list(into), list(into.values()), rules_of, entries, conflicts
+    return list(into), list(into.values()), rules_of, entries, conflicts, matched
 
 
 def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> list[int]:

@@ -346,6 +346,11 @@ def resolve_customer(conn, cfg, ring, req: SubjectRequest) -> str:
             f"{cfg.mapping['schema']}.{s.target} (blind index lookup); if the customer was not "
             "migrated (excluded or quarantined), name them by customer_id")
     if len(rows) > 1:
+        from handover.identity import linked_customers
+
+        ids = {r[0] for r in rows}
+        if ids <= linked_customers(conn, rows[0][0]):  # one person, records linked
+            return sorted(ids)[0]
         raise RequestRejected(
             f"request {req.request_id}: this {req.identifier_type} belongs to {len(rows)} "
             "customers; name the customer by customer_id")
@@ -525,11 +530,20 @@ def read_export(request_id: str) -> dict:
 
 # ---------------------------------------------------------------- the requests
 def access(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
+    from handover.identity import linked_customers
+
     lake = lake_from_url()
     with ledger.connect() as conn:
-        in_target = target_rows(conn, cfg, ring, customer_id)
-        copies = lake_rows(lake, cfg, customer_id, ring)
-        keys = subject_keys(conn, lake, cfg, customer_id)
+        # the person's every record: the customer, records linked to it or merged into it
+        linked = sorted(linked_customers(conn, customer_id))
+        in_target: dict[str, list] = {}
+        copies, keys = [], {}
+        for cid in linked:
+            for t, rows in target_rows(conn, cfg, ring, cid).items():
+                in_target.setdefault(t, []).extend(rows)
+            copies += lake_rows(lake, cfg, cid, ring)
+            for t, v in subject_keys(conn, lake, cfg, cid).items():
+                keys.setdefault(t, set()).update(v)
         decisions = {"quarantine": [], "exclusion": []}
         for table, values in keys.items():
             for run_id, key, reason, field in conn.execute(
