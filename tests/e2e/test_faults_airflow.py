@@ -153,7 +153,7 @@ def _task_states(meta: str, run_id: str) -> dict[str, list[str]]:
 def test_contract_gate_failing_on_one_table_loads_nothing(airflow, tmp_path):
     """Behaviour: `airflow dags test` with complaints failing its contract gate while the
     other tables pass theirs: no load instance runs, the target stays empty, the run is
-    not published."""
+    not published: its report says it failed, where and why."""
     env = dict(airflow["env"])
     target = create_database("handover_af_gate")
     env["AIRFLOW_CONN_HANDOVER_TARGET"] = pg_url(target, "postgres")
@@ -181,9 +181,15 @@ def test_contract_gate_failing_on_one_table_loads_nothing(airflow, tmp_path):
             rows = conn.execute("SELECT (SELECT count(*) FROM crm.customer) + "
                                 "(SELECT count(*) FROM crm.complaint)").fetchone()[0]
             status = conn.execute("SELECT status FROM handover_meta.run").fetchone()[0]
+            published = conn.execute("SELECT count(*) FROM handover_meta.audit_log WHERE "
+                                     "action = 'run_published'").fetchone()[0]
         # the run's row follows Airflow: the failed gate marked it failed
-        assert (loads, rows, status) == (0, 0, "failed")
-        assert not list((tmp_path / "lake").rglob("reports/*"))
+        assert (loads, rows, status, published) == (0, 0, "failed", 0)
+        reports = list((tmp_path / "lake").rglob("reports/report.html"))
+        assert len(reports) == 1
+        page = reports[0].read_text(encoding="utf-8")
+        assert "This run FAILED at validate_contract" in page
+        assert "contract gate failed for complaints" in page
     finally:
         drop_database(target)
 
