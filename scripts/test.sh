@@ -11,4 +11,4 @@ export PYTHONWARNINGS=ignore
 echo "==> ruff" >&2
 .venv/bin/ruff check .
 echo "==> pytest" >&2
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=20 "$@"

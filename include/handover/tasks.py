@@ -84,7 +84,7 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
                 ledger.audit(conn, "run_failed", run_id=ctx["run_id"], detail={
                     "task_id": getattr(ti, "task_id", None),
                     "map_index": getattr(ti, "map_index", None),
-                    "error": _first_line(exc)[:300]})
+                    "error": _first_line(exc)[:1000]})
     except Exception as err:  # the books unreachable: the task's own error still stands
         log.warning("could not mark run %s failed in handover_meta.run: %s", ctx["run_id"],
                     type(err).__name__)
