@@ -116,6 +116,29 @@ def require_linkable(conn, cfg) -> None:
             "that index non-unique in the target")
 
 
+def taken_keys(conn, cfg, keys: list[str], bidx: list[str | None]) -> list[str]:
+    """Keys of this export that the target already holds for *another person* of *another
+    system* (the person map gives the key to another system only, and its blind index is
+    not this record's): loading them would write over that person."""
+    from psycopg import sql
+
+    s = settings(cfg)
+    if s is None or not keys or conn.execute(
+            "SELECT to_regclass('handover_meta.person_map')").fetchone()[0] is None:
+        return []
+    tmap = cfg.table_mapping(s["table"])
+    theirs = dict(conn.execute(sql.SQL(
+        "SELECT t.{k}, t.{b} FROM {t} t WHERE t.{k} = ANY(%s) AND EXISTS (SELECT 1 FROM "
+        "handover_meta.person_map p WHERE p.source_key = t.{k} AND p.source_system <> %s) "
+        "AND NOT EXISTS (SELECT 1 FROM handover_meta.person_map p WHERE p.source_key = t.{k} "
+        "AND p.source_system = %s)").format(
+            k=sql.Identifier(tmap["key"]), b=sql.Identifier(s["bidx_column"]),
+            t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        (keys, cfg.system, cfg.system)).fetchall())
+    mine = dict(zip(keys, bidx, strict=True))
+    return sorted(k for k, b in theirs.items() if b != mine.get(k))
+
+
 def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple],
                    matched: dict[str, str] | None = None) -> dict[str, int]:
     """Write the person map: entries (key, bidx, decision, target customer id) of this

@@ -875,6 +875,13 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     cand_keys = [keys[i] for i in cand]
     bidx = identity.blind_indexes(cfg, ring, [ids[i] for i in cand])
     with ledger.connect() as conn:
+        taken = identity.taken_keys(conn, cfg, cand_keys, bidx)
+        if taken:  # never write one person over another
+            raise SourceError(
+                f"{len(taken)} customer id(s) of this export are already customers of another "
+                f"system in the target, other persons (handover_meta.person_map); loading "
+                f"them would overwrite those customers. Give this system's ids a prefix in "
+                f"mapping.yaml (e.g. a concat transform) before migrating")
         matched = identity.match_existing(conn, cfg, cand_keys, bidx,
                                           ours={k for k in keys if k is not None})
         if matched and ident["on_match"] == "link":

@@ -96,3 +96,28 @@ def test_link_into_a_target_that_allows_one_customer_an_id_stops_in_one_line(env
                       system=str(env["config"]))
     line = str(err.value)
     assert "\n" not in line and "on_match: link" in line and "UNIQUE index" in line
+
+
+def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
+    """The acquirer's ids overlap the export's: its customer `C…` is another person than the
+    export's `C…`. Loading would write one person over the other: the run stops, naming
+    the count and the fix, never the key."""
+    from handover.pipeline import SourceError
+
+    synth_acquirer.seed(env["dsn"], env["src"], env["root"], share=0.1, others=5)
+    truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)
+    other = truth.loc[truth.acquired_key == "", "acquirer_key"].iloc[0]
+    subs = pd.read_csv(env["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
+    clash = sorted(set(subs["cust_id"].str.strip()) - set(truth.acquired_key))[5]
+    with psycopg.connect(env["dsn"]) as conn:
+        conn.execute("UPDATE crm.customer SET customer_id = %s WHERE customer_id = %s",
+                     (clash, other))
+        conn.execute("UPDATE handover_meta.person_map SET source_key = %s, "
+                     "target_customer_id = %s WHERE source_key = %s", (clash, clash, other))
+    legacy = str(CONFIG_ROOT / "legacy_bss")
+    with pytest.raises(SourceError) as err:
+        run_migration(run_id=f"clash_{uuid.uuid4().hex[:6]}", source_dir=str(env["src"]),
+                      system=legacy)
+    line = str(err.value)
+    assert "\n" not in line and "1 customer id(s) of this export" in line
+    assert "prefix" in line and clash not in line
