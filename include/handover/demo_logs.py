@@ -168,7 +168,8 @@ def render(lines: Iterable[str], out) -> None:
                 record["exception"] = _traceback(record["exception"])
             try:
                 text = console(None, str(record.get("level", "info")), record)
-            except Exception:  # noqa: BLE001 - never lose a line over its rendering
+            except (TypeError, ValueError, KeyError, AttributeError):
+                # a record the console renderer cannot shape: the line as written
                 text = line.rstrip("\n")
             out.write(text + "\n")
         out.flush()

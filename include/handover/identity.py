@@ -33,13 +33,14 @@ EXISTING = "EXISTING_CUSTOMER"
 def settings(cfg) -> dict[str, Any] | None:
     """The system's identity policy with defaults, or None where the customer table has no
     blind-indexed resident ID to match on."""
+    from handover.backup import LifecycleError
     from handover.retention import customer_table
 
     spec = {"match": ["resident_id"], "on_match": "merge", "target_system": TARGET_SYSTEM,
             **(cfg.policy.get("identity") or {})}
     try:
         table = customer_table(cfg)
-    except Exception:  # noqa: BLE001 - no customer table: nothing to match on
+    except LifecycleError:  # no table whose key is its customer: nothing to match on
         return None
     rid = (cfg.rules(table).get("resident_id") or {}).get("column")
     field = _bidx_field(cfg, table, "resident_id")

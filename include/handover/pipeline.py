@@ -456,9 +456,18 @@ def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
 
 
+def _bound(ctx: dict, table: str, name: str, default: float) -> float:
+    """A table's share bound from catalog.yaml (max_quarantine_share, ...), else the default."""
+    return float(_config(ctx["system"]).table(table).get(name, default))
+
+
+def _top(counts: dict[str, int]) -> str:
+    """The three largest counts, as a gate's one line names them."""
+    return ", ".join(f"{r} {n:,}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
+
+
 def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
-    bound = float(_config(ctx["system"]).table(table).get("max_excluded_share",
-                                                          MAX_EXCLUDED_SHARE))
+    bound = _bound(ctx, table, "max_excluded_share", MAX_EXCLUDED_SHARE)
     with ledger.connect() as conn:
         row = conn.execute(
             "SELECT rows_in, rows_excluded, detail->'excluded_by_rule' FROM "
@@ -469,18 +478,16 @@ def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
     rows_in, excluded, rules = int(row[0]), int(row[1]), dict(row[2] or {})
     share = excluded / rows_in
     if share > bound and excluded >= MIN_QUARANTINED_FOR_SHARE:
-        top = sorted(rules.items(), key=lambda kv: -kv[1])[:3]
         raise GateFailed(
             f"compliance gate failed for {table} partition {partition}: the policy excluded "
             f"{excluded:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top rules: "
-            f"{', '.join(f'{r} {n:,}' for r, n in top)}; check policy.yaml (consent purposes, "
+            f"{_top(rules)}; check policy.yaml (consent purposes, "
             f"retention) and the consent export, or raise catalog.yaml "
             f"tables.{table}.max_excluded_share if this is right")
 
 
 def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
-    bound = float(_config(ctx["system"]).table(table).get("max_quarantine_share",
-                                                          MAX_QUARANTINE_SHARE))
+    bound = _bound(ctx, table, "max_quarantine_share", MAX_QUARANTINE_SHARE)
     with ledger.connect() as conn:
         row = conn.execute(
             "SELECT l.rows_in, l.rows_quarantined, l.detail->'quarantined_by_reason', r.kind "
@@ -497,25 +504,22 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
     quarantined = sum(n for r, n in reasons.items() if r not in NOT_FORMAT_REASONS)
     share = quarantined / rows_in
     if share > bound and quarantined >= MIN_QUARANTINED_FOR_SHARE:
-        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
         raise GateFailed(
             f"quality gate failed for {table} partition {partition}: cleanse quarantined "
             f"{quarantined:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top "
-            f"reasons: {', '.join(f'{r} {n:,}' for r, n in top)}; the export's form is not "
+            f"reasons: {_top(reasons)}; the export's form is not "
             f"what cleansing.yaml reads (fix the rule, then clear cleanse) or the bound is "
             f"wrong (catalog.yaml tables.{table}.max_quarantine_share)")
-    floor = float(_config(ctx["system"]).table(table).get("min_loaded_share",
-                                                          MIN_LOADED_SHARE))
+    floor = _bound(ctx, table, "min_loaded_share", MIN_LOADED_SHARE)
     # A night's orphans wait for the night that brings their parent (not lost): they do
     # not count against it; a migration's orphans have no parent in the export at all.
     all_out = sum(n for r, n in reasons.items() if not (nightly and r == "ORPHAN_RECORD"))
     if (rows_in - all_out) / rows_in < floor and all_out >= MIN_QUARANTINED_FOR_SHARE:
-        top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
         raise GateFailed(
             f"quality gate failed for {table} partition {partition}: only "
             f"{rows_in - all_out:,} of {rows_in:,} rows came out of cleanse "
             f"({(rows_in - all_out) / rows_in:.1%} < {floor:.0%} required); top reasons: "
-            f"{', '.join(f'{r} {n:,}' for r, n in top)}; fix the rule or the export, then "
+            f"{_top(reasons)}; fix the rule or the export, then "
             f"clear cleanse, or lower catalog.yaml tables.{table}.min_loaded_share")
 
 

@@ -41,6 +41,20 @@ def env(monkeypatch, tmp_path, keyring_file):
     drop_database(name)
 
 
+def _payments_cleansed(export):
+    """Plan a run of the export, extract and comply subscribers, consents and payments,
+    resolve the parents and cleanse payments p00: (ctx, the payments partition)."""
+    ctx = pipeline.plan_run(run_id=f"fk_{uuid.uuid4().hex[:6]}", dag_id="t",
+                            system="legacy_bss", source_dir=str(export))
+    for table in ("subscribers", "consents", "payments"):
+        for part in pipeline.extract_table(ctx, table):
+            pipeline.comply_partition(ctx, part)
+    pipeline.resolve_customers(ctx)
+    part = {"table": "payments", "partition": "p00"}
+    pipeline.cleanse_partition(ctx, part)
+    return ctx, part
+
+
 def test_retry_policy_is_retries_with_backoff_for_every_task():
     assert tasks.DEFAULT_ARGS["retries"] >= 1
     assert tasks.DEFAULT_ARGS["retry_exponential_backoff"] is True
@@ -186,15 +200,7 @@ def test_a_partition_that_would_load_almost_nothing_fails_the_quality_gate(env, 
                           for v in pays["amount_fen"]]
     pays.to_csv(export / "payments.csv", index=False)
     reseal(export)
-    run_id = f"fk_{uuid.uuid4().hex[:6]}"
-    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
-                            source_dir=str(export))
-    for table in ("subscribers", "consents", "payments"):
-        for part in pipeline.extract_table(ctx, table):
-            pipeline.comply_partition(ctx, part)
-    pipeline.resolve_customers(ctx)
-    part = {"table": "payments", "partition": "p00"}
-    pipeline.cleanse_partition(ctx, part)
+    ctx, part = _payments_cleansed(export)
     with pytest.raises(AirflowFailException) as err:
         tasks.call(pipeline.run_gate_task, ctx, part, "quality")
     line = str(err.value)
@@ -215,15 +221,7 @@ def test_children_of_a_vanished_parent_table_fail_min_loaded_share(env, export):
         r"^\d", "9", regex=True)
     pays.to_csv(export / "payments.csv", index=False)
     reseal(export)
-    run_id = f"fk_{uuid.uuid4().hex[:6]}"
-    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
-                            source_dir=str(export))
-    for table in ("subscribers", "consents", "payments"):
-        for part in pipeline.extract_table(ctx, table):
-            pipeline.comply_partition(ctx, part)
-    pipeline.resolve_customers(ctx)
-    part = {"table": "payments", "partition": "p00"}
-    pipeline.cleanse_partition(ctx, part)
+    ctx, part = _payments_cleansed(export)
     with pytest.raises(AirflowFailException) as err:
         tasks.call(pipeline.run_gate_task, ctx, part, "quality")
     line = str(err.value)
