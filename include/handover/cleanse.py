@@ -93,6 +93,9 @@ class CleanseResult:
     # rows of a person merged into a surviving record: _key, _survivor, _rule
     merged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         {"_key": [], "_survivor": [], "_rule": []}, dtype=object))
+    # merged records that win some fields of the target's customer (identity
+    # survivorship), typed like `clean`: mapped, protected and gated like it
+    adopted: pd.DataFrame | None = None
 
 
 class _Verdict:
@@ -596,17 +599,26 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
             duplicate_key: np.ndarray | None = None,
             parent_fate: np.ndarray | None = None,
             same_key_rows: set[int] | None = None,
-            merge_rules: dict[str, str] | None = None) -> CleanseResult:
+            merge_rules: dict[str, str] | None = None,
+            adopt: set[str] | None = None,
+            no_id_rows: set[int] | None = None) -> CleanseResult:
     """`duplicate_losers`: keys that lost survivorship, each with its survivor's key (a
     dict) where the rule merges (`dedupe.action: merge`, the default): those rows leave as
     merged; a set, or `action: quarantine`, quarantines them as DUPLICATE_PERSON.
     `same_key_rows`: source rows (`_source_row`) that repeat a key already held by a record
     of the same person (resolve decided): merged into it, not DUPLICATE_KEY.
     `merge_rules`: the rule per merged key where it is not SAME_PERSON (EXISTING_CUSTOMER:
-    the person is already a target customer, handover.identity)."""
+    the person is already a target customer, handover.identity). `adopt`: merged keys
+    whose record wins fields of the target's customer (returned typed, as `adopted`).
+    `no_id_rows`: source rows whose only fault is a missing resident ID that resolve merged
+    into the one target customer with their name and birth date (identity's second rule):
+    not quarantined for it, merged like `duplicate_losers` says."""
     typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent,
                               duplicate_key=duplicate_key, parent_fate=parent_fate)
     merge = (rules.get("dedupe") or {}).get("action", "merge") == "merge"
+    if no_id_rows and "_source_row" in raw.columns:
+        verdict.clear(raw["_source_row"].isin(no_id_rows).to_numpy()
+                      & (verdict.reason == "MISSING_FIELD"))
     merged_mask = np.zeros(len(raw), dtype=bool)
     survivors = np.full(len(raw), None, dtype=object)
     rule = np.full(len(raw), None, dtype=object)
@@ -634,7 +646,9 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
     quarantine["_field"] = verdict.field[failed]
     quarantine["_key"] = typed.loc[failed, key].to_numpy()
     clean = typed.loc[~failed & ~merged_mask].reset_index(drop=True)
+    adopted = (typed.loc[merged_mask & typed[key].isin(adopt).to_numpy()].reset_index(drop=True)
+               if adopt is not None else None)
     counts = pd.Series(verdict.reason[failed]).value_counts().to_dict() if failed.any() else {}
     return CleanseResult(clean, quarantine.reset_index(drop=True),
                          {str(k): int(v) for k, v in counts.items()}, dict(verdict.normalised),
-                         merged)
+                         merged, adopted)

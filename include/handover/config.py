@@ -154,7 +154,25 @@ POLICY_SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "match": {"type": "array", "items": {"enum": ["resident_id"]}},
+                # resident_id: the blind index of the normalised 18-digit ID; name_birth:
+                # for a customer whose ID is missing, the blind index of the normalised
+                # name and birth date, merged only where exactly one target customer has it
+                "match": {"type": "array", "minItems": 1, "uniqueItems": True,
+                          "items": {"enum": ["resident_id", "name_birth"]}},
+                # field-level survivorship of a merge, per target field of the customer
+                # (`default` for the others): target (the target's value stays), source
+                # (the export's wins), newest (the record with the newer version column
+                # wins), review (the target's stays; a person decides in the review queue)
+                "survivorship": {"type": "object", "additionalProperties": {
+                    "enum": ["target", "source", "newest", "review"]}},
+                # target field -> boolean column of the target that marks its value
+                # verified: a verified value is never overwritten by an export's
+                "verified": {"type": "object", "additionalProperties": {
+                    "type": "string", "minLength": 1}},
+                # the target's own retention (months per category of policy.yaml): for a
+                # person the target also holds, the stricter of the two holds
+                "target_retention_months": {"type": "object", "additionalProperties": {
+                    "type": "integer", "minimum": 0}},
                 # merge: one customer; link: both records kept, one person id (needs a
                 # target that allows two customers with one ID)
                 "on_match": {"enum": ["merge", "link"]},
@@ -931,12 +949,43 @@ def _check_policy(cfg: SourceConfig, fail) -> None:
             if not cfg.policy.get("consent"):
                 fail(f, ("categories", cat, "lawful_basis"),
                      "separate_consent needs a top-level consent block saying where consents are")
+    _check_identity(cfg, fail)
     seen: dict[str, int] = {}
     for i, rule in enumerate(cfg.policy["rules"]):
         if rule["id"] in seen:
             fail(f, ("rules", i, "id"), f"rule '{rule['id']}' is listed twice "
                  f"(first as rules.{seen[rule['id']]})")
         seen[rule["id"]] = i
+
+
+def _check_identity(cfg: SourceConfig, fail) -> None:
+    """Survivorship and verified flags name fields the merge compares (handover.identity)."""
+    spec = cfg.policy.get("identity") or {}
+    if not (spec.get("survivorship") or spec.get("verified")
+            or spec.get("target_retention_months")):
+        return
+    from handover import identity
+
+    compared = [name for name, _, _, _ in identity.compared_fields(cfg)]
+    for section in ("survivorship", "verified"):
+        for name in spec.get(section) or {}:
+            if name == "default" and section == "survivorship":
+                continue
+            if name not in compared:
+                fail("policy.yaml", ("identity", section, name),
+                     f"'{name}' is not a field a merge compares (customer fields of "
+                     f"mapping.yaml about the person: {', '.join(compared) or 'none'})"
+                     f"{_nearest(name, compared)}")
+    if "newest" in (spec.get("survivorship") or {}).values() and \
+            identity.version_fields(cfg) is None:
+        fail("policy.yaml", ("identity", "survivorship"),
+             "newest needs to know which record is newer: give the customer table's "
+             "cleansing dedupe an order_by column that mapping.yaml maps to a target field")
+    for cat in spec.get("target_retention_months") or {}:
+        if cat not in cfg.policy["categories"]:
+            fail("policy.yaml", ("identity", "target_retention_months", cat),
+                 f"category '{cat}' is not in policy.yaml categories"
+                 f"{_nearest(cat, cfg.policy['categories'])}")
 
 
 def _check_event_times(cfg: SourceConfig, fail) -> None:

@@ -24,6 +24,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 
 TARGET_SYSTEM = "acquirer"
@@ -153,8 +154,9 @@ def record_persons(conn, cfg, ring, run_id: str, entries: list[tuple],
 
     s = settings(cfg)
     system = cfg.system
-    rows = [(system, k, person_id(ring, b), t, d, "resident_id") for k, b, d, t in entries if b]
-    bidx_of = {k: b for k, b, _, _ in entries}
+    rows = [(system, e[0], person_id(ring, e[1]), e[3], e[2],
+             e[4] if len(e) > 4 else "resident_id") for e in entries if e[1]]
+    bidx_of = {e[0]: e[1] for e in entries}
     targets = {(s["target_system"] if s else TARGET_SYSTEM, t, person_id(ring, bidx_of[k]), t,
                 "target", "resident_id") for k, t in (matched or {}).items() if bidx_of.get(k)}
     rows += sorted(targets)
@@ -273,18 +275,223 @@ def field_conflicts(conn, cfg, ring, matched: dict[str, str],
     return out
 
 
-def record_conflicts(conn, system: str, run_id: str,
-                     conflicts: list[tuple[str, str, str]]) -> int:
-    """The review queue: one open entry per (system, record, field) where the merged
-    record disagreed with the target's; the target's value was kept (rule target_wins).
-    A rerun adds nothing new and never reopens a resolved entry."""
-    n = 0
+# ---------------------------------------------------------------- second rule: name + birth
+NAME_BIRTH = "EXISTING_NAME_BIRTH"
+_DOTS = str.maketrans({".": "·", "•": "·", "・": "·", "‧": "·", "．": "·", "｡": "·"})
+
+
+def name_birth_fields(cfg) -> tuple[str, str, str, str] | None:
+    """(source name column, target name field, source birth-date column, target field) of
+    the customer table, for the second match rule; None where either is not mapped."""
+    s = settings(cfg)
+    if s is None:
+        return None
+    table = s["table"]
+    columns = cfg.table(table)["columns"]
+    birth = (cfg.rules(table).get("resident_id") or {}).get("birth_date") or next(
+        (c for c, spec in columns.items() if spec.get("pii") == "birth_date"), None)
+    name = next((c for c, spec in columns.items() if spec.get("pii") == "name"), None)
+    fields = cfg.table_mapping(table)["fields"]
+
+    def plain(src):  # mapped as it is: the target holds the same value
+        return next((n for n, f in fields.items() if src and f.get("from") == src
+                     and not f.get("protect") and "lookup" not in f), None)
+
+    nf, bf = plain(name), plain(birth)
+    return (name, nf, birth, bf) if nf and bf else None
+
+
+def name_key(name: Any) -> str | None:
+    """A name as one person writes it in any system: NFKC, no spaces, one middle dot."""
+    import unicodedata
+
+    if name is None or (isinstance(name, float) and name != name):
+        return None
+    text = "".join(unicodedata.normalize("NFKC", str(name)).translate(_DOTS).split())
+    return text.upper() or None
+
+
+def name_birth_candidates(raw: pd.DataFrame, rules: dict, key: str, exported_at,
+                          id_column: str, fields: tuple[str, str, str, str]) -> pd.DataFrame:
+    """Records that failed only because their resident ID is missing: every other rule of
+    the table still holds (validated again without the ID's). (key, _source_row, name key,
+    birth date) of those, for `match_name_birth`."""
+    from handover.cleanse import validate
+
+    relaxed = {k: v for k, v in rules.items() if k not in ("resident_id", "dedupe")}
+    relaxed["mandatory"] = [c for c in rules.get("mandatory", []) if c != id_column]
+    typed, verdict = validate(raw, relaxed, key=key, exported_at=exported_at)
+    ok = ~verdict.failed
+    name, birth = fields[0], fields[2]
+    out = pd.DataFrame({
+        "key": typed.loc[ok, key].astype(object).to_numpy(),
+        "_source_row": raw.loc[ok, "_source_row"].to_numpy() if "_source_row" in raw
+        else raw.index[ok].to_numpy(),
+        "name": [name_key(v) for v in typed.loc[ok, name].astype(object)],
+        "birth": pd.to_datetime(typed.loc[ok, birth], errors="coerce").dt.date.to_numpy()})
+    return out[out["name"].notna() & out["birth"].notna() & out["key"].notna()]
+
+
+def match_name_birth(conn, cfg, cands: pd.DataFrame, ours: set[str]
+                     ) -> tuple[dict[str, tuple[str, str]], int]:
+    """({export key: (target customer, its ID's blind index)}, ambiguous count) for
+    records without an ID whose normalised name and birth date one target customer, and
+    only one, has (not one of this export's own keys). The target's names are compared
+    in the task's memory; nothing is logged or stored but ids."""
+    from psycopg import sql
+
+    s = settings(cfg)
+    fields = name_birth_fields(cfg)
+    if s is None or fields is None or cands.empty:
+        return {}, 0
+    tmap = cfg.table_mapping(s["table"])
+    if conn.execute("SELECT to_regclass(%s)", (f"{cfg.mapping['schema']}.{tmap['target']}",)
+                    ).fetchone()[0] is None:
+        return {}, 0
+    rows = conn.execute(sql.SQL("SELECT {k}, {n}, {b}, {x} FROM {t} WHERE {b} = ANY(%s)").format(
+        k=sql.Identifier(tmap["key"]), n=sql.Identifier(fields[1]),
+        b=sql.Identifier(fields[3]), x=sql.Identifier(s["bidx_column"]),
+        t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        (sorted(set(cands["birth"])),)).fetchall()
+    theirs: dict[tuple, list[tuple[str, str]]] = {}
+    for k, name, birth, bidx in rows:
+        theirs.setdefault((name_key(name), birth), []).append((k, bidx))
+    out, ambiguous = {}, 0
+    for k, name, birth in zip(cands["key"], cands["name"], cands["birth"], strict=True):
+        hits = theirs.get((name, birth), [])
+        if len(hits) == 1 and hits[0][0] not in ours and hits[0][1]:
+            out[k] = hits[0]
+        elif len(hits) > 1:
+            ambiguous += 1
+    return out, ambiguous
+
+
+# ---------------------------------------------------------------- survivorship
+def version_fields(cfg) -> tuple[str, str] | None:
+    """(source column, target field) that date a customer's record: the cleansing dedupe's
+    `order_by` (the column that says which of a person's records is newer), as mapped."""
+    s = settings(cfg)
+    if s is None:
+        return None
+    order = (cfg.rules(s["table"]).get("dedupe") or {}).get("order_by")
+    fields = cfg.table_mapping(s["table"])["fields"]
+    target = next((n for n, f in fields.items() if order and f.get("from") == order), None)
+    return (order, target) if target else None
+
+
+def survivorship_rule(s: dict, field: str) -> str:
+    rules = s.get("survivorship") or {}
+    return rules.get(field, rules.get("default", "review"))
+
+
+def decide(conn, cfg, conflicts: list[tuple[str, str, str]],
+           versions: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """Field-level survivorship for each conflict (export key, target customer, field):
+    (key, target, field, rule, outcome), outcome `source` (the export's value is written to
+    the target customer, through the gates), `target` (the target's value stays, decided by
+    the rule) or `review` (it stays until a person decides). A value the target marks
+    verified (policy `identity.verified`) is never overwritten by the export's: rule
+    `verified_kept`. `versions`: the export record's version (newest wins) per key."""
+    from psycopg import sql
+
+    s = settings(cfg)
+    if not conflicts or s is None:
+        return []
+    tmap = cfg.table_mapping(s["table"])
+    verified = s.get("verified") or {}
+    vf = version_fields(cfg)
+    cols = [sql.Identifier(tmap["key"])]
+    cols.append(sql.Identifier(vf[1]) if vf else sql.SQL("NULL"))
+    flags = sorted(verified)
+    cols += [sql.SQL("coalesce({}, false)").format(sql.Identifier(verified[f])) for f in flags]
+    rows = conn.execute(sql.SQL("SELECT {c} FROM {t} WHERE {k} = ANY(%s)").format(
+        c=sql.SQL(", ").join(cols), k=sql.Identifier(tmap["key"]),
+        t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        (sorted({t for _, t, _ in conflicts}),)).fetchall()
+    theirs = {r[0]: (r[1], dict(zip(flags, r[2:], strict=True))) for r in rows}
+    out = []
     for key, target, field in conflicts:
+        rule = survivorship_rule(s, field)
+        their_version, their_flags = theirs.get(target, (None, {}))
+        if rule == "newest":
+            mine = versions.get(key)
+            newer = (mine is not None and their_version is not None
+                     and pd.Timestamp(mine) > pd.Timestamp(their_version))
+            outcome = "source" if newer else "target"
+        else:
+            outcome = {"source": "source", "target": "target"}.get(rule, "review")
+        if outcome == "source" and their_flags.get(field):
+            rule, outcome = "verified_kept", "target"
+        out.append((key, target, field, rule, outcome))
+    return out
+
+
+STATUS = {"review": "open", "target": "kept", "source": "applied"}
+
+
+def record_conflicts(conn, system: str, run_id: str,
+                     decisions: list[tuple[str, str, str, str, str]]) -> int:
+    """Every field conflict of a merge, one entry per (system, record, field): the rule
+    that decided it and its status: `open` (the target's value stays until a person
+    decides), `kept` (the target's value stays by rule), `applied` (the export's value was
+    written). Field names only, never a value. A rerun adds nothing new and never reopens
+    a resolved entry."""
+    n = 0
+    for key, target, field, rule, outcome in decisions:
         n += conn.execute(
             "INSERT INTO handover_meta.identity_review (source_system, source_key, "
-            "target_customer_id, field, rule, run_id) VALUES (%s, %s, %s, %s, 'target_wins', "
-            "%s) ON CONFLICT (source_system, source_key, field) DO NOTHING",
-            (system, key, target, field, run_id)).rowcount
+            "target_customer_id, field, rule, status, run_id) VALUES (%s, %s, %s, %s, %s, "
+            "%s, %s) ON CONFLICT (source_system, source_key, field) DO NOTHING",
+            (system, key, target, field, rule, STATUS[outcome], run_id)).rowcount
+    return n
+
+
+def adopted_columns(field: str, columns: list[str]) -> list[str]:
+    """The target columns one field's value lives in (the field, its ciphertext, key id,
+    blind index and mask)."""
+    return [c for c in columns if c == field or c in {f"{field}_{x}" for x in
+                                                      ("enc", "key_id", "bidx", "masked")}]
+
+
+def apply_adopted(conn, cfg, mapped: pa.Table) -> int:
+    """Write the fields an export's merged record wins (survivorship) onto the target
+    customer that holds the person. `mapped`: the export's records as mapped and protected
+    by the migration (through the same gates as the rows it loads), with `_into` (the
+    target customer) and `_fields` (the fields the export wins, comma-separated). Only a
+    value that differs is written (so a rerun changes nothing), never over a value the
+    target marks verified. Returns the field values written."""
+    from psycopg import sql
+
+    from handover.load import copy_arrow
+
+    s = settings(cfg)
+    if s is None or mapped.num_rows == 0:
+        return 0
+    tmap = cfg.table_mapping(s["table"])
+    target = sql.Identifier(cfg.mapping["schema"], tmap["target"])
+    columns = [c for c in mapped.column_names if c not in ("_into", "_fields")]
+    conn.execute(sql.SQL("CREATE TEMP TABLE _adopt ON COMMIT DROP AS SELECT {c}, "
+                         "''::text AS _into, ''::text AS _fields FROM {t} WITH NO DATA").format(
+        c=sql.SQL(", ").join(map(sql.Identifier, columns)), t=target))
+    copy_arrow(conn, sql.Identifier("_adopt"), mapped.select([*columns, "_into", "_fields"]))
+    fields = sorted({f for v in mapped.column("_fields").to_pylist() for f in v.split(",")
+                     if f})
+    verified = s.get("verified") or {}
+    n = 0
+    for field in fields:
+        cols = adopted_columns(field, columns)
+        if not cols:
+            continue
+        cmp = f"{field}_bidx" if f"{field}_bidx" in cols else field
+        guard = (sql.SQL(" AND NOT coalesce(t.{}, false)").format(
+            sql.Identifier(verified[field])) if field in verified else sql.SQL(""))
+        n += conn.execute(sql.SQL(
+            "UPDATE {t} t SET {sets} FROM _adopt a WHERE t.{k} = a._into AND "
+            "%s = ANY(string_to_array(a._fields, ',')) AND t.{c} IS DISTINCT FROM a.{c}{g}"
+        ).format(t=target, k=sql.Identifier(tmap["key"]), c=sql.Identifier(cmp), g=guard,
+                 sets=sql.SQL(", ").join(sql.SQL("{0} = a.{0}").format(sql.Identifier(c))
+                                         for c in cols)), (field,)).rowcount
+    conn.execute("DROP TABLE _adopt")
     return n
 
 

@@ -415,14 +415,23 @@ def _gate_frame(ctx: dict, gate: str, table: str, partition: str) -> pd.DataFram
 
     key = part_key(ctx["run_id"], GATE_INPUT[gate], table, partition)
     needed = read_columns(load_suite(suites_dir_for(ctx["system"], gate, table), gate, table))
+    frame = _gate_part(key, needed)
+    side = part_key(ctx["run_id"], ADOPT.get(GATE_INPUT[gate], "-"), table, partition)
+    if GATE_INPUT[gate] in ADOPT and _lake().exists(side):
+        # merged records whose fields the target's customer takes are gated like the rows
+        frame = pd.concat([frame, _gate_part(side, needed)[frame.columns]], ignore_index=True)
+    return frame
+
+
+def _gate_part(key: str, needed: set[str] | None) -> pd.DataFrame:
     if needed is None:
         df = _lake().read_table(key).to_pandas()
-        return df.drop(columns=[c for c in META if c in df.columns])
+        return df.drop(columns=[c for c in (*META, "_into", "_fields") if c in df.columns])
     data, schema = _lake().read_projected(key, sorted(needed))
     df = data.to_pandas()
     cols = {}
     for f in schema:
-        if f.name in META:
+        if f.name in META or f.name in ("_into", "_fields"):
             continue
         cols[f.name] = df[f.name] if f.name in df.columns else pd.Series(
             pd.arrays.ArrowExtensionArray(pa.nulls(data.num_rows, f.type)), index=df.index)
@@ -766,9 +775,13 @@ def resolve_customers(ctx: dict) -> dict:
         ident = identity.settings(cfg)
         ident = ident if ident and ident["table"] == table else None
         compared = [src for _, src, _, _ in identity.compared_fields(cfg)] if ident else []
+        version = identity.version_fields(cfg) if ident else None
+        compared += [version[0]] if version else []
         keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe),
                                    *([ident["id_column"]] if ident else []), *compared]))
-        typed_parts, failed_parts, dupkey_parts = [], [], []
+        typed_parts, failed_parts, dupkey_parts, rescue_parts = [], [], [], []
+        name_birth = (identity.name_birth_fields(cfg)
+                      if ident and "name_birth" in ident["match"] else None)
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             _, dup, frames = _slices(lake, k, key)
             for start, raw in frames:
@@ -784,6 +797,11 @@ def resolve_customers(ctx: dict) -> dict:
                 typed_parts.append(_arrow_frame(frame))
                 failed_parts.append(verdict.failed)
                 dupkey_parts.append(verdict.reason == "DUPLICATE_KEY")
+                no_id = ((verdict.reason == "MISSING_FIELD") & (verdict.field == ident["id_column"])
+                         if name_birth else None)
+                if no_id is not None and no_id.any():  # the second rule's candidates
+                    rescue_parts.append(identity.name_birth_candidates(
+                        raw[no_id], rules, key, exported_at, ident["id_column"], name_birth))
                 del raw, typed, frame
         if typed_parts:
             kept = _concat(typed_parts)
@@ -799,11 +817,37 @@ def resolve_customers(ctx: dict) -> dict:
         same_key = (_same_key_merges(kept, failed, dup_key, key, dedupe["key"])
                     if dedupe and merges and kept is not None else [])
         rules_of: dict[str, str] = dict.fromkeys(losers, "SAME_PERSON")
-        persons = conflicts = None
+        persons = decisions = None
         matched_of: dict[str, str] = {}
         if ident and kept is not None and merges:
-            losers, survivors, rules_of, persons, conflicts, matched_of = _match_existing(
+            losers, survivors, rules_of, persons, decisions, matched_of = _match_existing(
                 cfg, kept, failed, losers, survivors, key, ident)
+        rescued: dict[str, tuple[str, str]] = {}
+        rows_of: dict[str, int] = {}
+        if rescue_parts and merges and persons is not None and ident["on_match"] == "merge":
+            cands = pd.concat(rescue_parts, ignore_index=True)
+            with ledger.connect() as conn:
+                rescued, ambiguous = identity.match_name_birth(
+                    conn, cfg, cands, ours=set(keys.to_pylist()) - {None})
+            # merged into the one target customer with their name and birth date: not
+            # quarantined for the missing ID; their children follow that customer
+            rows_of = dict(zip(cands["key"], cands["_source_row"], strict=True))
+            back = set(np.flatnonzero(np.isin(
+                kept.column("_source_row").to_numpy(zero_copy_only=False),
+                [rows_of[k] for k in rescued])))
+            failed = failed.copy()
+            failed[sorted(back)] = False
+            for k, (target, bidx) in rescued.items():
+                losers.append(k)
+                survivors.append(target)
+                rules_of[k] = identity.NAME_BIRTH
+                matched_of[k] = target
+                persons.append((k, bidx, "merged_existing", target, "name_birth"))
+            if rescued or ambiguous:
+                log.info("identity: %d customers without a resident ID merged into the one "
+                         "target customer with their name and birth date; %d left "
+                         "quarantined (more than one target customer has them)",
+                         len(rescued), ambiguous)
         del kept
         is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
                                      sorted(x for x in losers if x is not None), pa.string())),
@@ -839,6 +883,21 @@ def resolve_customers(ctx: dict) -> dict:
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet", registry)
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet",
                          pa.table({"_source_row": pa.array(same_key, pa.int64())}))
+        # source rows without a resident ID merged by the second rule (name + birth date)
+        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.name_birth.parquet",
+                         pa.table({"_source_row": pa.array(
+                             sorted(int(rows_of[k]) for k in rescued), pa.int64())}))
+        # the fields each merged record wins of the target's customer (survivorship): key
+        # and field names only; cleanse sends those records on through map, protect, gates
+        adopt: dict[str, list[str]] = {}
+        for k, _, field, _, outcome in decisions or []:
+            if outcome == "source":
+                adopt.setdefault(k, []).append(field)
+        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.adopt.parquet", pa.table({
+            "key": pa.array(sorted(adopt), pa.string()),
+            "into": pa.array([matched_of[k] for k in sorted(adopt)], pa.string()),
+            "fields": pa.array([",".join(sorted(adopt[k])) for k in sorted(adopt)],
+                               pa.string())}))
         valid_mask = fate == "valid"
         summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int(failed.sum()),
                           "duplicates": len(losers), "same_key": len(same_key),
@@ -849,10 +908,12 @@ def resolve_customers(ctx: dict) -> dict:
             with ledger.connect() as conn, conn.transaction():
                 summary[table]["persons"] = identity.record_persons(
                     conn, cfg, load_keyring(), run_id, persons, matched_of)
-                summary[table]["field_conflicts_opened"] = identity.record_conflicts(
-                    conn, cfg.system, run_id, conflicts or [])
+                summary[table]["field_conflicts_recorded"] = identity.record_conflicts(
+                    conn, cfg.system, run_id, decisions or [])
+            summary[table]["fields_adopted"] = sum(len(v) for v in adopt.values())
             summary[table]["existing_customers"] = sum(
                 1 for r in rules_of.values() if r == identity.EXISTING)
+            summary[table]["matched_by_name_birth"] = len(rescued)
     log.info("resolved parents: %s", summary)
     return summary
 
@@ -905,6 +966,10 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
         values = {src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
                   for _, src, _, _ in identity.compared_fields(cfg) if src in kept.column_names}
         conflicts = identity.field_conflicts(conn, cfg, ring, matched, values)
+        version = identity.version_fields(cfg)
+        versions = ({k: kept.column(version[0])[i].as_py() for k, i in where.items()}
+                    if version and version[0] in kept.column_names else {})
+        decisions = identity.decide(conn, cfg, conflicts, versions)
     into = dict(zip(losers, survivors, strict=True))
     rules_of = dict.fromkeys(losers, "SAME_PERSON")
     for loser, survivor in into.items():  # a survivor merged away takes its losers along
@@ -921,7 +986,7 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     if matched:
         log.info("identity: %d customers of this export are already target customers "
                  "(merged into them by blind index)", len(matched))
-    return list(into), list(into.values()), rules_of, entries, conflicts, matched
+    return list(into), list(into.values()), rules_of, entries, decisions, matched
 
 
 def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> list[int]:
@@ -938,6 +1003,23 @@ def _same_key_merges(kept: pa.Table, failed, dup_key, key: str, person: str) -> 
     dups = frame[only_dup]
     same = dups[person].notna() & (dups[key].map(firsts) == dups[person])
     return [int(r) for r in dups.loc[same, "_source_row"]]
+
+
+# Merged records that win fields of the target's customer (identity survivorship) travel
+# beside a partition's rows, through map, protect and the gates, to the load.
+ADOPT = {"cleanse": "cleanse/_adopt", "mapped": "mapped/_adopt"}
+
+
+def _adopt_map(run_id: str, table: str) -> dict[str, tuple[str, str]] | None:
+    """{merged export key: (target customer, fields it wins)}, None where resolve wrote no
+    survivorship file for the table (no identity match runs on it)."""
+    name = f"runs/{safe_run_id(run_id)}/resolve/{table}.adopt.parquet"
+    lake = _lake()
+    if not lake.exists(name):
+        return None
+    t = lake.read_table(name)
+    return {k: (i, f) for k, i, f in zip(t.column("key").to_pylist(), t.column("into").to_pylist(),
+                                         t.column("fields").to_pylist(), strict=True)}
 
 
 def _registry(run_id: str, table: str):
@@ -989,8 +1071,13 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     parent = losers = same_key = merge_rules = None
     if rules.get("parent"):
         parent, _, _, _ = _registry(run_id, rules["parent"]["table"])
+    adopt = no_id_rows = None
     if table in parent_tables(cfg):
         _, losers, same_key, merge_rules = _registry(run_id, table)
+        adopt = _adopt_map(run_id, table)
+        nb_file = f"runs/{safe_run_id(run_id)}/resolve/{table}.name_birth.parquet"
+        if lake.exists(nb_file):
+            no_id_rows = set(lake.read_table(nb_file).column("_source_row").to_pylist())
     exported_at = pd.Timestamp(ctx["exported_at"])
     # The one rule that reads more than its row (an earlier row with the same key) over
     # the whole partition's keys; every other rule slice by slice.
@@ -1002,7 +1089,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     fates = (parent_fates(parent, rules, whole.column(parent_col))
              if parent_col in whole.column_names else None)
     del whole
-    clean_parts, quarantine_parts, keys, merged_parts = [], [], [], []
+    clean_parts, quarantine_parts, keys, merged_parts, adopted_parts = [], [], [], [], []
     counts: dict[str, int] = {}
     normalised: dict[str, int] = {}
     rows_in = 0
@@ -1012,8 +1099,11 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
                       duplicate_losers=losers,
                       duplicate_key=None if dup is None else dup[start:start + len(raw)],
                       parent_fate=None if fates is None else fates[start:start + len(raw)],
-                      same_key_rows=same_key, merge_rules=merge_rules)
+                      same_key_rows=same_key, merge_rules=merge_rules, no_id_rows=no_id_rows,
+                      adopt=None if adopt is None else set(adopt))
         clean_parts.append(_arrow_frame(res.clean))
+        if res.adopted is not None:
+            adopted_parts.append(res.adopted)
         if len(res.merged):
             merged_parts.append(res.merged)
         q = res.quarantine
@@ -1034,6 +1124,15 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
                              f"{len(merged)} merged; nothing was written")
     lake.write_table(part_key(run_id, "cleanse", table, partition), clean)
     lake.write_table(part_key(run_id, "cleanse/_quarantine", table, partition), quarantine)
+    adopted = (pd.concat(adopted_parts, ignore_index=True) if adopted_parts else None)
+    adopt_key = part_key(run_id, ADOPT["cleanse"], table, partition)
+    if adopted is not None and len(adopted):
+        key_values = adopted[spec["key"]].astype(object)
+        adopted["_into"] = key_values.map(lambda k: adopt[k][0])
+        adopted["_fields"] = key_values.map(lambda k: adopt[k][1])
+        lake.write_table(adopt_key, _arrow_frame(adopted))
+    else:  # a rerun that adopts nothing leaves no earlier attempt's file behind
+        lake.delete_prefix(adopt_key)
     with ledger.connect() as conn, conn.transaction():
         ledger.replace_quarantine(
             conn, run_id, table, partition,
@@ -1070,6 +1169,15 @@ def map_protect_partition(ctx: dict, part: dict) -> dict:
     mapped = map_partition(clean, table, tmap, cfg.table(table)["columns"], ring,
                            partition=partition)
     lake.write_table(part_key(run_id, "mapped", table, partition), mapped)
+    adopt_key = part_key(run_id, ADOPT["cleanse"], table, partition)
+    lake.delete_prefix(part_key(run_id, ADOPT["mapped"], table, partition))
+    if lake.exists(adopt_key):  # merged records' winning fields: mapped and protected alike
+        side = lake.read_table(adopt_key)
+        body = map_partition(side.drop_columns(["_into", "_fields"]).to_pandas(), table, tmap,
+                             cfg.table(table)["columns"], ring, partition=partition)
+        lake.write_table(part_key(run_id, ADOPT["mapped"], table, partition),
+                         body.append_column("_into", side.column("_into"))
+                             .append_column("_fields", side.column("_fields")))
     with ledger.connect() as conn, conn.transaction():
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="map",
                       rows_in=len(clean), rows_out=mapped.num_rows,
@@ -1121,6 +1229,17 @@ def _remove_set_aside(conn, schema: str, target: str, key: str, run_id: str, tab
         t=sql.Identifier(schema, target), k=sql.Identifier(key)), (gone,)).rowcount
 
 
+def load_adopted(conn, cfg, run_id: str, table: str, partition: str) -> dict:
+    """The fields merged records of this partition win of the target's customers."""
+    from handover import identity
+
+    name = part_key(run_id, ADOPT["mapped"], table, partition)
+    if not _lake().exists(name):
+        return {}
+    side = _lake().read_table(name)
+    return {"fields_adopted": identity.apply_adopted(conn, cfg, side)} if side.num_rows else {}
+
+
 def load_partition(ctx: dict, part: dict) -> dict:
     from handover.load import upsert_partition
     from handover.sync import version_column
@@ -1147,6 +1266,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
             stats = upsert_partition(conn, schema, target, key, mapped, version)
             stats["removed"] = _remove_set_aside(conn, schema, target, key, run_id, table,
                                                  partition, mapped)
+            stats.update(load_adopted(conn, cfg, run_id, table, partition))
         secs = time.monotonic() - started
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,

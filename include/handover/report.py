@@ -15,6 +15,9 @@ import psycopg
 from handover.config import SourceConfig
 from handover.lake import Lake, safe_run_id
 
+# identity_review statuses, in the report's column order (handover.identity)
+REVIEW_STATUSES = ("open", "kept", "applied", "keep-target", "correct")
+
 
 def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str, Any]:
     def rows(q: str) -> list[tuple]:
@@ -42,12 +45,16 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
         persons = {d: int(n) for d, n in conn.execute(
             "SELECT decision, count(*) FROM handover_meta.person_map WHERE run_id = %s AND "
             "source_system = %s GROUP BY 1 ORDER BY 1", (run_id, cfg.system)).fetchall()}
-    review: dict[str, dict[str, int]] = {}
+    # field conflicts of merged records: by field, the survivorship rule that decided, and
+    # status (open: a person decides; kept / applied: decided by rule; keep-target /
+    # correct: decided by a person)
+    review: dict[str, dict[str, dict[str, int]]] = {}
     if conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0]:
-        for f, st, n in conn.execute(
-                "SELECT field, status, count(*) FROM handover_meta.identity_review WHERE "
-                "source_system = %s GROUP BY 1, 2 ORDER BY 1, 2", (cfg.system,)).fetchall():
-            review.setdefault(f, {})[st] = int(n)
+        for f, rule, st, n in conn.execute(
+                "SELECT field, rule, status, count(*) FROM handover_meta.identity_review WHERE "
+                "source_system = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+                (cfg.system,)).fetchall():
+            review.setdefault(f, {}).setdefault(rule, {})[st] = int(n)
     consent_conflicts = None  # persons x purposes whose systems disagree (withdrawal holds)
     if conn.execute("SELECT to_regclass('crm.consent_effective')").fetchone()[0]:
         consent_conflicts = int(conn.execute(
@@ -171,9 +178,10 @@ def render_html(data: dict[str, Any]) -> str:
         f"<td>{'✔' if m['source_fen'] == m['target_fen'] else '✘ differs'}</td></tr>"
         for t, ms in data.get("money_by_period", {}).items() for m in ms)
     review_rows = "".join(
-        f"<tr><td>{esc(f)}</td><td>{d.get('open', 0):,}</td><td>{d.get('keep-target', 0):,}"
-        f"</td><td>{d.get('correct', 0):,}</td></tr>"
-        for f, d in (data.get("field_conflicts") or {}).items())
+        f"<tr><td>{esc(f)}</td><td>{esc(rule)}</td>"
+        + "".join(f"<td>{d.get(st, 0):,}</td>" for st in REVIEW_STATUSES) + "</tr>"
+        for f, rules in (data.get("field_conflicts") or {}).items()
+        for rule, d in rules.items())
     pm = data.get("persons") or {}
     person_rows = "".join(f"<tr><td>{esc(d)}</td><td>{n:,}</td></tr>" for d, n in pm.items())
     mg_rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(rule)}</td><td>{n:,}</td></tr>"
@@ -227,9 +235,14 @@ the target under another id, matched by the blind index of the resident ID, neve
 person in this export). The acquirer's record keeps its fields; the export's child rows
 follow it. Auditors read <code>handover_meta.person_map</code>.</p>
 <table><tr><th>decision</th><th>customers</th></tr>{person_rows}</table>
-<p>Fields where a merged record disagreed with the target's customer (the target's value
-was kept; a person decides with <code>handover review</code>):</p>
-<table><tr><th>field</th><th>open</th><th>kept target</th><th>corrected</th></tr>{review_rows}
+<p>Fields where a merged record disagreed with the target's customer, by the survivorship
+rule of policy.yaml <code>identity</code> that decided: <code>target</code> / <code>source</code>
+/ <code>newest</code> (decided: the target's value kept, or the export's applied through the
+gates), <code>verified_kept</code> (the target's value is verified: never overwritten),
+<code>review</code> (the target's value stays until a person decides with
+<code>handover review</code>):</p>
+<table><tr><th>field</th><th>rule</th><th>open</th><th>kept (rule)</th><th>applied (rule)</th>
+<th>kept (person)</th><th>corrected (person)</th></tr>{review_rows}
 </table>
 <p>Consents where one person's systems disagree (one granted, another withdrew the same
 purpose): <b>{data.get('consent_conflicts') or 0:,}</b>; the withdrawal holds

@@ -109,7 +109,7 @@ def lake_partitions(lake: Lake, cfg) -> Iterator[tuple[str, str, str]]:
             continue
         parts = key.split("/")
         if len(parts) == 4 and parts[2] == "resolve":
-            table, stage = parts[3].removesuffix(".parquet"), "resolve"
+            table, stage = parts[3].removesuffix(".parquet").removesuffix(".adopt"), "resolve"
         elif len(parts) >= 5 and parts[-1].startswith("part-"):
             table, stage = parts[-2], "/".join(parts[2:-2])
         else:

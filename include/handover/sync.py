@@ -602,6 +602,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
         stats = upsert_newer(conn, cfg.mapping["schema"], tmap["target"], tmap["key"], keep,
                              version)
         stats["tombstoned"] = tombstoned
+        stats.update(pipeline.load_adopted(conn, cfg, run_id, table, partition))
         ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
                       rows_in=mapped.num_rows, rows_out=mapped.num_rows,
                       checksum=ledger.key_checksum(mapped[tmap["key"]]),

@@ -70,8 +70,12 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
         if i % 4 == 0:
             name = name + "·" if "·" not in name else name.replace("·", ".")
             conflict.append("full_name")
+        address = r.address
+        if i % 2 == 1 and r.address.strip():  # the acquirer has an older address
+            address = f"上海市浦东新区张杨路{100 + i}号"
+            conflict.append("address")
         key = f"K88-{i:05d}"
-        rows.append((key, name, r.rid, msisdn, r.address, r.city))
+        rows.append((key, name, r.rid, msisdn, address, r.city))
         truth_rows.append({"acquirer_key": key, "acquired_key": r.cust_id,
                            "conflicts": "|".join(conflict),
                            "marketing_withdrawn": "1" if i % 5 == 0 else ""})
