@@ -214,13 +214,14 @@ def review_command(args: argparse.Namespace) -> int:
             print("no review queue yet: no run has merged a record into a target customer")
             return 0
         rows = conn.execute(
-            "SELECT id, source_system, source_key, target_customer_id, field, status "
+            "SELECT id, source_system, source_key, target_customer_id, field, rule, status "
             "FROM handover_meta.identity_review " + ("" if args.all else
                                                     "WHERE status = 'open' ") +
             "ORDER BY id").fetchall()
-    print(f"{'id':>6}  {'system':<12}{'record':<16}{'merged into':<16}{'field':<14}status")
-    for i, system, key, target, field, status in rows:
-        print(f"{i:>6}  {system:<12}{key:<16}{target:<16}{field:<14}{status}")
+    print(f"{'id':>6}  {'system':<12}{'record':<16}{'merged into':<16}{'field':<14}"
+          f"{'rule':<15}status")
+    for i, system, key, target, field, rule, status in rows:
+        print(f"{i:>6}  {system:<12}{key:<16}{target:<16}{field:<14}{rule:<15}{status}")
     print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}; resolve one with "
           "`handover review --resolve ID --decision keep-target|correct --by NAME`",
           file=sys.stderr)

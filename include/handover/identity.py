@@ -521,3 +521,57 @@ def resolve_review(entry_id: int, decision: str, by: str, note: str = "") -> dic
                        f"--identifier-type customer_id --field {row[1]} (the customer: "
                        f"{row[2]}; the new value from stdin)")
     return out
+
+
+# ---------------------------------------------------------------- consents across systems
+def others_held(conn, system: str) -> bool:
+    """Whether the target holds customers of a system other than `system` (the person map
+    says so): only then can a person of this export be someone else's customer."""
+    if None in conn.execute("SELECT to_regclass('handover_meta.person_map'), "
+                            "to_regclass('crm.consent_effective')").fetchone():
+        return False
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM handover_meta.person_map WHERE "
+                        "source_system <> %s)", (system,)).fetchone()[0]
+
+
+def normalised_ids(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Resident IDs as cleanse reads them (NFKC, then the one 18-digit form)."""
+    import pyarrow.compute as pc
+
+    from handover.validators import upgrade_resident_ids
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return upgrade_resident_ids(pc.utf8_normalize(values.cast(pa.string()), "NFKC"))[0]
+
+
+def withdrawn_elsewhere(conn, cfg, ring, keys: list[str], bidx: list[str | None],
+                        purposes: list[str]) -> dict[str, set[str]]:
+    """{purpose: this export's customer keys} whose person is a target customer of another
+    system (the acquirer's own, another export's) that withdrew the purpose there: a
+    withdrawal in either system holds, so comply treats the consent as not given. Only
+    blind indexes go to the database."""
+    from psycopg import sql
+
+    s = settings(cfg)
+    if s is None or not purposes or not others_held(conn, cfg.system):
+        return {}
+    by_bidx: dict[str, list[str]] = {}
+    for k, b in zip(keys, bidx, strict=True):
+        if k is not None and b:
+            by_bidx.setdefault(b, []).append(k)
+    if not by_bidx:
+        return {}
+    tmap = cfg.table_mapping(s["table"])
+    rows = conn.execute(sql.SQL(
+        "SELECT c.{b}, c.{k}, e.purpose FROM {t} c JOIN crm.consent_effective e ON "
+        "e.customer_id = c.{k} WHERE NOT e.granted AND e.purpose = ANY(%s) AND c.{b} = ANY(%s)"
+    ).format(b=sql.Identifier(s["bidx_column"]), k=sql.Identifier(tmap["key"]),
+             t=sql.Identifier(cfg.mapping["schema"], tmap["target"])),
+        (purposes, list(by_bidx))).fetchall()
+    out: dict[str, set[str]] = {}
+    for b, holder_key, purpose in rows:
+        mine = [k for k in by_bidx[b] if k != holder_key]  # not this export's own record
+        if mine:
+            out.setdefault(purpose, set()).update(mine)
+    return out

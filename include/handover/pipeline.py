@@ -603,9 +603,56 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
 
     facts = facts_from_tables(slices("objection"), slices("consent"), cfg.policy,
                               pd.Timestamp(exported_at), customer_column=cust_col)
+    facts = _withdrawn_elsewhere(cfg, lake, run_id, facts)
     _facts_cache.clear()  # one run's facts at a time: memory stays bounded
     _facts_cache[cache_key] = facts
     return facts
+
+
+def _withdrawn_elsewhere(cfg: SourceConfig, lake: Lake, run_id: str, facts):
+    """A consent this export grants but another system's record of the same person (a
+    target customer, matched by blind index) withdrew is not given (handover.identity)."""
+    import pyarrow.compute as pc
+
+    from handover import identity
+    from handover.comply import Members
+    from handover.protect import load_keyring
+
+    s = identity.settings(cfg)
+    purposes = sorted({c["consent_purpose"] for c in cfg.policy["categories"].values()
+                       if c.get("consent_purpose")})
+    if s is None or not purposes or not facts.consented:
+        return facts
+    with ledger.connect() as conn:
+        if not identity.others_held(conn, cfg.system):
+            return facts
+    key = cfg.table(s["table"])["key"]
+    keys: list[str] = []
+    ids: list[pa.Array] = []
+    for k in lake.list(f"runs/{safe_run_id(run_id)}/raw/{s['table']}/"):
+        for batch in lake.iter_batches(k, [key, s["id_column"]]):
+            keys += pc.utf8_trim_whitespace(batch.column(0).cast(pa.string())).to_pylist()
+            ids.append(identity.normalised_ids(batch.column(1)))
+    if not keys:
+        return facts
+    ring = load_keyring()
+    bidx = identity.blind_indexes(cfg, ring, pa.concat_arrays(ids).to_pylist())
+    with ledger.connect() as conn:
+        gone = identity.withdrawn_elsewhere(conn, cfg, ring, keys, bidx, purposes)
+    if not gone:
+        return facts
+    consented = dict(facts.consented)
+    for purpose, members in gone.items():
+        held = consented.get(purpose)
+        if isinstance(held, Members):
+            consented[purpose] = Members(pc.filter(held.values, pc.invert(pc.is_in(
+                held.values, value_set=pa.array(sorted(members), pa.string())))))
+        elif held is not None:
+            consented[purpose] = frozenset(held) - members
+    log.info("comply: %s consent(s) this export grants were withdrawn in another system's "
+             "record of the same person (a target customer): not given",
+             {p: len(m) for p, m in gone.items()})
+    return type(facts)(facts.exported_at, facts.objected, consented)
 
 
 def comply_partition(ctx: dict, part: dict) -> dict:

@@ -180,6 +180,30 @@ def _as_of(value: Any) -> date:
 
 
 # ---------------------------------------------------------------- find
+def _persons_held(conn) -> bool:
+    """Whether the person map holds persons of more than one system."""
+    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0] is None:
+        return False
+    return conn.execute("SELECT count(DISTINCT source_system) > 1 FROM "
+                        "handover_meta.person_map").fetchone()[0]
+
+
+def _customers_of(conn, system: str) -> list[str]:
+    """Target customers whose person has a record in `system`."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT p.target_customer_id FROM handover_meta.person_map p WHERE "
+        "p.person_id IN (SELECT person_id FROM handover_meta.person_map WHERE "
+        "source_system = %s)", (system,)).fetchall()]
+
+
+def _only_others(conn, system: str) -> list[str]:
+    """Target customers whose person has no record in `system` (another's alone)."""
+    return [r[0] for r in conn.execute(
+        "SELECT DISTINCT p.target_customer_id FROM handover_meta.person_map p WHERE NOT "
+        "EXISTS (SELECT 1 FROM handover_meta.person_map q WHERE q.person_id = p.person_id "
+        "AND q.source_system = %s)", (system,)).fetchall()]
+
+
 def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
                  run_id: str = "retention") -> dict:
     """Which records are past retention, anywhere; writes the plan to the lake and returns
@@ -200,20 +224,50 @@ def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
 
         with conn.transaction():  # data-subject requests' identifiers left by failed runs
             stale_intakes = clear_stale_intakes(conn)
+        held = _persons_held(conn)
+        ident = cfg.policy.get("identity") or {}
+        target_months = ident.get("target_retention_months") or {}
+        target_system = ident.get("target_system", "acquirer")
         for table, s in shapes(cfg).items():
             if not (s.retention_months and s.event):
                 continue
+            target = sql.Identifier(cfg.mapping["schema"], s.target)
             cutoff = _cutoff(day, s.retention_months)
+            # This system's period holds for its own rows and its persons' (merged into
+            # another system's customer, their rows follow it), never for the rows of a
+            # customer only another system holds (the acquirer's own, another export's).
+            theirs, args = sql.SQL(""), [cutoff.to_pydatetime()]
+            if held and s.target_customer:
+                theirs = sql.SQL(" AND {c} <> ALL(%s)").format(
+                    c=sql.Identifier(s.target_customer))
+                args.append(_only_others(conn, cfg.system))
             keys = {r[0] for r in conn.execute(sql.SQL(
-                "SELECT {k} FROM {t} WHERE {e} < %s").format(
-                k=sql.Identifier(s.target_key), t=sql.Identifier(cfg.mapping["schema"], s.target),
-                e=sql.Identifier(s.target_event)), (cutoff.to_pydatetime(),)).fetchall()}
-            in_target = len(keys)
+                "SELECT {k} FROM {t} WHERE {e} < %s{theirs}").format(
+                k=sql.Identifier(s.target_key), t=target, e=sql.Identifier(s.target_event),
+                theirs=theirs), args).fetchall()}
             rules.append({"rule": f"RETENTION_{s.category.upper()}_{s.retention_months}M",
                           "table": table, "category": s.category,
                           "retention_months": s.retention_months, "event_time": s.event,
-                          "cutoff": cutoff.date().isoformat(), "in_target": in_target})
+                          "cutoff": cutoff.date().isoformat(), "in_target": len(keys)})
             found.setdefault(table, set()).update(keys)
+            stricter = target_months.get(s.category)
+            if held and s.target_customer and stricter is not None \
+                    and stricter < s.retention_months:
+                # a person the target also holds: the stricter of the two periods wins
+                cut = _cutoff(day, stricter)
+                more = {r[0] for r in conn.execute(sql.SQL(
+                    "SELECT {k} FROM {t} WHERE {e} < %s AND {c} = ANY(%s)").format(
+                    k=sql.Identifier(s.target_key), t=target, e=sql.Identifier(s.target_event),
+                    c=sql.Identifier(s.target_customer)),
+                    (cut.to_pydatetime(), _customers_of(conn, target_system))).fetchall()}
+                rules.append({"rule": f"RETENTION_{s.category.upper()}_{stricter}M_"
+                                      f"{target_system.upper()}",
+                              "table": table, "category": s.category,
+                              "retention_months": stricter, "event_time": s.event,
+                              "cutoff": cut.date().isoformat(), "in_target": len(more - keys),
+                              "description": f"persons {target_system} also holds: its "
+                                             "stricter retention wins"})
+                found[table].update(more)
         due_rows = conn.execute(
             "SELECT table_name, record_key FROM handover_meta.exclusion WHERE destroy_by <= %s "
             "AND record_key NOT LIKE 'destroyed:%%' AND record_key NOT LIKE 'row:%%'",

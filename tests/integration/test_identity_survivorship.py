@@ -32,7 +32,8 @@ pytestmark = pytest.mark.integration
 POLICY = {"match": ["resident_id", "name_birth"], "on_match": "merge",
           "survivorship": {"default": "review", "full_name": "target", "address": "source",
                            "msisdn": "newest"},
-          "verified": {"msisdn": "msisdn_verified"}}
+          "verified": {"msisdn": "msisdn_verified"},
+          "target_retention_months": {"consumption": 12}}
 
 
 def _config(root, identity: dict):
@@ -127,6 +128,21 @@ def world(tmp_path_factory, keyring_file):
             conn.execute("INSERT INTO handover_meta.person_map (source_system, source_key, "
                          "person_id, target_customer_id, decision, rule) VALUES ('acquirer', "
                          "'K88-TWIN', 'P-twin', 'K88-TWIN', 'target', 'seed')")
+        # a person who granted behavioural analysis in the export withdrew it in the
+        # acquirer's system: the withdrawal holds, their browsing rows do not move
+        consents = pd.read_csv(src / "consents.csv", dtype=str, keep_default_na=False)
+        browsing = pd.read_csv(src / "browsing_events.csv", dtype=str, keep_default_na=False)
+        granted = set(consents.loc[(consents.purpose.str.strip() == "behavioural")
+                                   & (consents.granted.str.strip() == "1"),
+                                   "cust_id"].str.strip().str.upper())
+        browsers = set(browsing.cust_id.str.strip().str.upper())
+        acq = pairs.set_index("acquired_key").acquirer_key
+        withdrew = sorted(k for k in pairs.acquired_key if k in granted and k in browsers
+                          and k not in (by_name, twice))[0]
+        with psycopg.connect(pg_dsn(db)) as conn:
+            conn.execute("INSERT INTO crm.consent (consent_id, customer_id, purpose, granted, "
+                         "granted_at) VALUES ('KC-BEH', %s, 'behavioural', false, "
+                         "'2024-05-01')", (acq[withdrew],))
         _blank_ids(src, {by_name, twice})
         config = _config(root, POLICY)
         handler = _Capture()
@@ -138,7 +154,7 @@ def world(tmp_path_factory, keyring_file):
             logging.getLogger().removeHandler(handler)
         yield {"src": src, "dsn": pg_dsn(db), "run_id": run_id, "root": root, "subs": subs,
                "pairs": pairs, "older": older, "verified": verified, "by_name": by_name,
-               "twice": twice, "config": config, "log": "\n".join(handler.lines),
+               "twice": twice, "withdrew": withdrew, "browsing": browsing, "config": config, "log": "\n".join(handler.lines),
                "ring": Keyring.from_dict(json.loads(keyring_file.read_text())),
                "lake": root / "lake"}
     finally:
@@ -308,3 +324,46 @@ def test_policy_names_only_fields_a_merge_compares(tmp_path):
         load_config(str(bad))
     text = str(err.value)
     assert "identity.survivorship.msisnd" in text and "did you mean 'msisdn'" in text
+
+
+def test_the_stricter_retention_wins_for_a_person_both_systems_hold(world):
+    """consumption: 36 months in this export's policy, 12 in the acquirer's: the call
+    records of a person the acquirer also holds go after 12, the others after 36."""
+    from handover import retention
+    from handover.lake import lake_from_url
+
+    with psycopg.connect(world["dsn"]) as conn:
+        calls = conn.execute("SELECT cdr_id, customer_id, started_at FROM crm.call_record"
+                             ).fetchall()
+    newest = max(t for _, _, t in calls)
+    as_of = (pd.Timestamp(newest) + pd.DateOffset(months=8)).date()
+    out = retention.find_expired(as_of=as_of, system=str(world["config"]), run_id="ret_surv")
+    plan, _ = retention.read_plan(lake_from_url(), "ret_surv")
+    held = set(world["pairs"].acquirer_key)
+    cut12 = pd.Timestamp(as_of) - pd.DateOffset(months=12)
+    cut36 = pd.Timestamp(as_of) - pd.DateOffset(months=36)
+    want = {k for k, c, t in calls if t < cut36 or (c in held and t < cut12)}
+    spared = {k for k, c, t in calls if c not in held and cut36 <= t < cut12}
+    found = plan.get("call_records", set())
+    assert want and spared  # both periods are at work in this data
+    assert {k for k, _, _ in calls} & found == want
+    rule = next(r for r in out["rules"] if r["rule"] == "RETENTION_CONSUMPTION_12M_ACQUIRER"
+                and r["table"] == "call_records")
+    assert rule["in_target"] >= 1
+
+
+def test_a_consent_withdrawn_in_the_acquirers_system_holds_at_migration(world):
+    rows = world["browsing"]
+    mine = rows.loc[rows.cust_id.str.strip().str.upper() == world["withdrew"], "event_id"]
+    with psycopg.connect(world["dsn"]) as conn:
+        excluded = dict(conn.execute(
+            "SELECT record_key, rule_id FROM handover_meta.exclusion WHERE run_id = %s AND "
+            "table_name = 'browsing_events'", (world["run_id"],)).fetchall())
+        loaded = {r[0] for r in conn.execute("SELECT event_id FROM crm.browsing_event")}
+    assert len(mine) >= 1
+    from handover.retention import DESTROYED, key_digest
+
+    for k in mine.str.strip():  # excluded, and destroyed at the run's end (a keyed hash)
+        digest = DESTROYED + key_digest(world["ring"], "browsing_events", k)
+        assert excluded.get(digest) == "NO_CONSENT" and k not in loaded
+    assert "withdrawn in another system's record of the same person" in world["log"]
