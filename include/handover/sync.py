@@ -709,11 +709,14 @@ def compare_fields(cfg: SourceConfig, table: str) -> list[tuple[str, str, dict |
 
 
 def legacy_projection(cfg: SourceConfig, table: str, state_dir: Path,
-                      as_of: pd.Timestamp) -> pd.DataFrame:
+                      as_of: pd.Timestamp, reparent: dict[str, str] | None = None
+                      ) -> pd.DataFrame:
     """The legacy state of a table as the target would hold it: key, row hash, version, money.
 
     The rows go through the migration's own normalisation (`cleanse.validate`) and the
-    mapping's lookups, so a clean legacy row and its target row hash alike.
+    mapping's lookups, so a clean legacy row and its target row hash alike. `reparent`:
+    a child row of a customer merged into another record of its person (merge map) is
+    held by the survivor in the target, and is hashed so.
     """
     import pyarrow.csv as pacsv
 
@@ -730,8 +733,11 @@ def legacy_projection(cfg: SourceConfig, table: str, state_dir: Path,
     typed, _ = validate(raw, rules, key=spec["key"], exported_at=as_of)
     fields = compare_fields(cfg, table)
     columns = []
+    child_of = spec.get("customer_column") if spec.get("customer_column") != spec["key"] else None
     for _field, src, lookup in fields:
         values = typed[src].astype(object).tolist()
+        if reparent and src == child_of:
+            values = [reparent.get(v, v) if isinstance(v, str) else v for v in values]
         if lookup is not None:
             values = [lookup.get(str(v)) if isinstance(v, str) else None for v in values]
         columns.append(values)
@@ -811,6 +817,23 @@ def _corrected(conn, table: str, legacy: pd.DataFrame) -> np.ndarray:
     return (hit & (versions.isna() | (versions <= when))).to_numpy()
 
 
+def _survivors(conn, table: str) -> dict[str, str]:
+    """{merged key: the record that holds its person now} of a parent table (merge map,
+    the latest decision per key, followed to its end)."""
+    pairs = dict(conn.execute(
+        "SELECT DISTINCT ON (merged_key) merged_key, survivor_key FROM handover_meta.merge_map "
+        "WHERE table_name = %s AND merged_key <> survivor_key ORDER BY merged_key, "
+        "recorded_at DESC", (table,)).fetchall())
+    out = {}
+    for k, v in pairs.items():
+        seen = {k}
+        while v in pairs and v not in seen:
+            seen.add(v)
+            v = pairs[v]
+        out[k] = v
+    return out
+
+
 def _accounted(conn, table: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per key, the newest as-of of a quarantine and of an exclusion in a finished run. A
     record merged into another of its person (merge map) is absent from the target as a
@@ -870,7 +893,9 @@ def reconcile_table(ctx: dict, table: str) -> dict:
                  and t[("delete", True)]["in"] == deleted)
 
         as_of, state_dir = _latest_applied(conn, ctx)
-        legacy = legacy_projection(cfg, table, state_dir, as_of)
+        parent = (cfg.rules(table).get("parent") or {}).get("table")
+        reparent = _survivors(conn, parent) if parent else None
+        legacy = legacy_projection(cfg, table, state_dir, as_of, reparent)
         q_at, x_at = _accounted(conn, table, run_id)
         has_version = table in VERSION_COLUMNS
 
@@ -910,10 +935,31 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         types = dict(types)
         fields = [(f, types[f]) for f, _, _ in compare_fields(cfg, table)]
         tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
+        # Rows the person map gives to another system (the acquirer's own customers and
+        # their rows, another operator's) that the legacy system does not hold: not this
+        # system's to agree with. A row of this system's re-parented to such a customer
+        # is compared (the legacy side holds its key).
+        theirs = sql.SQL("")
+        from handover.retention import shapes
+
+        owner = shapes(cfg)[table].target_customer
+        if owner and identity.others_held(conn, cfg.system):
+            ours = sql.Identifier(f"ours_{target}")
+            conn.execute(sql.SQL("CREATE TEMP TABLE {} (k text PRIMARY KEY) ON COMMIT DROP")
+                         .format(ours))
+            with conn.cursor().copy(sql.SQL("COPY {} (k) FROM STDIN").format(ours)) as cp:
+                for k in legacy["key"]:
+                    cp.write_row((k,))
+            theirs = sql.SQL(
+                " AND NOT (EXISTS (SELECT 1 FROM handover_meta.person_map p WHERE "
+                "p.source_key = t.{c} AND p.source_system <> {me}) AND NOT EXISTS (SELECT 1 "
+                "FROM {o} o WHERE o.k = t.{k}::text))").format(
+                    c=sql.Identifier(owner), me=sql.Literal(cfg.system), o=ours,
+                    k=sql.Identifier(key))
         right = PostgresSide(conn, "target", sql.SQL(
             "SELECT t.{k} AS k, {h} AS h FROM {t} t WHERE NOT EXISTS "
-            "(SELECT 1 FROM {a} a WHERE a.k = t.{k})").format(
-            k=kid, h=sql_row_hash(fields), t=tgt, a=aside))
+            "(SELECT 1 FROM {a} a WHERE a.k = t.{k}){theirs}").format(
+            k=kid, h=sql_row_hash(fields), t=tgt, a=aside, theirs=theirs))
         left = FrameSide("legacy", kept["key"].tolist(), kept["hash"].tolist())
         result = diff_sides(left, right)
 

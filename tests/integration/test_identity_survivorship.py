@@ -367,3 +367,44 @@ def test_a_consent_withdrawn_in_the_acquirers_system_holds_at_migration(world):
         digest = DESTROYED + key_digest(world["ring"], "browsing_events", k)
         assert excluded.get(digest) == "NO_CONSENT" and k not in loaded
     assert "withdrawn in another system's record of the same person" in world["log"]
+
+
+def test_a_night_applies_a_later_change_to_the_merged_customer(world):
+    """The legacy system changes the address of a person the acquirer holds: the night
+    merges the record again and writes the new address onto the acquirer's customer
+    (`address: source`), never a second copy of the person."""
+    from handover import sync, synth_changes
+
+    changes = world["root"] / "changes"
+    synth_changes.generate_changes(world["src"], changes, days=1, seed=3)
+    day = changes / "2026-11-01"
+    acq = world["pairs"].set_index("acquired_key").acquirer_key
+    key = next(r.acquired_key for r in world["pairs"].itertuples()
+               if "address" in r.conflicts and r.acquired_key not in
+               (world["by_name"], world["twice"], world["withdrew"]))
+    rows = pd.read_csv(day / "subscribers.csv", dtype=str, keep_default_na=False)
+    rows = rows[rows.cust_id.str.strip().str.upper() != key]
+    record = world["subs"].loc[[key]].reset_index(drop=True)[list(rows.columns)]
+    record["address"] = "北京市海淀区中关村大街1号"
+    record["updated_at"] = "2026-11-01 12:00:00"
+    pd.concat([rows, record]).to_csv(day / "subscribers.csv", index=False)
+    manifest = json.loads((day / "change_manifest.json").read_text(encoding="utf-8"))
+    entry = manifest["tables"]["subscribers"]
+    entry["rows"] = len(rows) + 1
+    entry["sha256"] = hashlib.sha256((day / "subscribers.csv").read_bytes()).hexdigest()
+    (day / "change_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False),
+                                              encoding="utf-8")
+    start = pd.Timestamp("2026-11-01")
+    sync.run_night(changes_dir=str(changes), data_interval_start=start,
+                           data_interval_end=start + pd.Timedelta(days=1),
+                           system=str(world["config"]))
+    target = _target(world)
+    assert target[acq[key]]["address"] == "北京市海淀区中关村大街1号"
+    assert key not in target
+    with psycopg.connect(world["dsn"]) as conn:
+        adopted = conn.execute("SELECT detail->>'fields_adopted' FROM handover_meta.ledger WHERE "
+                               "run_id = %s AND table_name = 'subscribers' AND stage = 'load'",
+                               ("nightly_sync__2026-11-01",)).fetchone()[0]
+        balanced = conn.execute("SELECT bool_and(balanced) FROM handover_meta.reconciliation "
+                                "WHERE run_id = 'nightly_sync__2026-11-01'").fetchone()[0]
+    assert int(adopted) >= 1 and balanced  # the acquirer's own rows are not the night's
