@@ -135,3 +135,34 @@ def _random_id(rng) -> str:
     body = (f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}"
             f"{rng.integers(1, 29):02d}{rng.integers(0, 1000):03d}")
     return body + id_check_digit(body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m handover.synth_acquirer --export DIR`: seed the configured target (the
+    demo's embedded PostgreSQL, or HANDOVER_TARGET_DSN) with an acquirer's own customers,
+    some of them persons of that export; the truth file goes next to the export."""
+    import argparse
+
+    from handover.connections import target_dsn
+
+    ap = argparse.ArgumentParser(prog="python -m handover.synth_acquirer",
+                                 description=main.__doc__)
+    ap.add_argument("--export", required=True, type=Path, help="the acquired export's folder")
+    ap.add_argument("--out", type=Path, help="where acquirer_truth.csv goes (default: the "
+                    "export's parent folder)")
+    ap.add_argument("--share", type=float, default=0.1,
+                    help="share of the export's persons the acquirer already holds")
+    ap.add_argument("--others", type=int, default=40, help="acquirer customers not in it")
+    args = ap.parse_args(argv)
+    if not (args.export / "subscribers.csv").is_file():
+        ap.error(f"{args.export}: no subscribers.csv; give the folder of a synthetic export "
+                 "(python -m handover.synth --out DIR)")
+    out = seed(target_dsn(), args.export, args.out or args.export.parent, share=args.share,
+               others=args.others)
+    print(f"seeded {out['seeded']} acquirer customers ({out['also_in_export']} of them persons "
+          f"of the export); truth: {(args.out or args.export.parent) / TRUTH}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

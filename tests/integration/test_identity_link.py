@@ -121,3 +121,16 @@ def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
     line = str(err.value)
     assert "\n" not in line and "1 customer id(s) of this export" in line
     assert "prefix" in line and clash not in line
+
+
+def test_the_seed_command_fills_an_empty_target(env, capsys):
+    """`python -m handover.synth_acquirer --export DIR` (ACQUIRER=1 make demo)."""
+    assert synth_acquirer.main(["--export", str(env["src"]), "--out", str(env["root"]),
+                                "--others", "3"]) == 0
+    truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)
+    with psycopg.connect(env["dsn"]) as conn:
+        held = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}
+    assert held == set(truth.acquirer_key) and (truth.acquired_key != "").sum() >= 1
+    assert "seeded" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        synth_acquirer.main(["--export", str(env["root"])])
