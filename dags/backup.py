@@ -46,22 +46,22 @@ from handover.tasks import DEFAULT_ARGS
 def backup_target():
     @task
     def snapshot_target(params=None, run_id=None):
-        from handover import backup
+        from handover import backup, tasks
 
-        return backup.call(backup.take_backup, reason=params["reason"],
-                           retention_days=int(params["retention_days"]), run_id=run_id)
+        return tasks.call(backup.take_backup, reason=params["reason"],
+                          retention_days=int(params["retention_days"]), run_id=run_id)
 
     @task(task_id="validate_backup", retries=0)
     def validate_backup(taken):
-        from handover import backup
+        from handover import backup, tasks
 
-        return backup.call(backup.verify_backup, taken["backup_id"])
+        return tasks.call(backup.verify_backup, taken["backup_id"])
 
     @task
     def expire_backups(verified):
-        from handover import backup
+        from handover import backup, tasks
 
-        return backup.call(backup.expire_backups)
+        return tasks.call(backup.expire_backups)
 
     expire_backups(validate_backup(snapshot_target()))
 

@@ -44,15 +44,15 @@ from handover.tasks import DEFAULT_ARGS
 def restore_drill():
     @task
     def restore_latest_backup(params=None, run_id=None):
-        from handover import backup, restore
+        from handover import restore, tasks
 
-        return backup.call(restore.restore_backup, params["backup_id"] or None)
+        return tasks.call(restore.restore_backup, params["backup_id"] or None)
 
     @task(task_id="validate_restore", retries=0)
     def validate_restore(restored):
-        from handover import backup, restore
+        from handover import restore, tasks
 
-        return backup.call(restore.verify_restore, restored)
+        return tasks.call(restore.verify_restore, restored)
 
     @task
     def drop_scratch_database(restored, params=None):

@@ -45,41 +45,41 @@ from handover.tasks import DEFAULT_ARGS
 def retention_and_destruction():
     @task
     def find_expired_data(params=None, run_id=None, data_interval_end=None):
-        from handover import backup, retention
+        from handover import retention, tasks
 
         as_of = params["as_of"] or (data_interval_end.date() if data_interval_end else None)
-        return backup.call(retention.find_expired, as_of=as_of, system=params["system"],
-                           run_id=run_id)
+        return tasks.call(retention.find_expired, as_of=as_of, system=params["system"],
+                          run_id=run_id)
 
     @task
     def destroy_in_target(found):
-        from handover import backup, retention
+        from handover import retention, tasks
 
-        return backup.call(retention.destroy_target_task, found)
+        return tasks.call(retention.destroy_target_task, found)
 
     @task
     def destroy_in_lake(found):
-        from handover import backup, retention
+        from handover import retention, tasks
 
-        return backup.call(retention.destroy_lake_task, found)
+        return tasks.call(retention.destroy_lake_task, found)
 
     @task
     def shred_backups(found):
-        from handover import backup, retention
+        from handover import retention, tasks
 
-        return backup.call(retention.shred_backups_task, found)
+        return tasks.call(retention.shred_backups_task, found)
 
     @task(task_id="validate_destruction", retries=0)
     def validate_destruction(found, target, lake, shred):
-        from handover import backup, retention
+        from handover import retention, tasks
 
-        return backup.call(retention.validate_destruction_task, found)
+        return tasks.call(retention.validate_destruction_task, found)
 
     @task
     def certify_destruction(found, target, lake, shred, verification):
-        from handover import backup, retention
+        from handover import retention, tasks
 
-        return backup.call(retention.certify_task, found, target, lake, shred, verification)
+        return tasks.call(retention.certify_task, found, target, lake, shred, verification)
 
     found = find_expired_data()
     target, lake, shred = destroy_in_target(found), destroy_in_lake(found), shred_backups(found)

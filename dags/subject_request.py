@@ -55,27 +55,27 @@ from handover.tasks import DEFAULT_ARGS
 def subject_request():
     @task(task_id="validate_request", retries=0)
     def validate_request(params=None):
-        from handover import backup, subject
+        from handover import subject, tasks
 
-        return backup.call(subject.validate_request, dict(params))
+        return tasks.call(subject.validate_request, dict(params))
 
     @task
     def fulfil_request(checked, params=None):
-        from handover import backup, subject
+        from handover import subject, tasks
 
-        return backup.call(subject.fulfil_request, dict(params))
+        return tasks.call(subject.fulfil_request, dict(params))
 
     @task(task_id="validate_outcome", retries=0)
     def validate_outcome(done, params=None):
-        from handover import backup, subject
+        from handover import subject, tasks
 
-        return backup.call(subject.validate_outcome, dict(params), done)
+        return tasks.call(subject.validate_outcome, dict(params), done)
 
     @task
     def record_outcome(done, verified, params=None):
-        from handover import backup, subject
+        from handover import subject, tasks
 
-        return backup.call(subject.record_outcome, dict(params), done, verified)
+        return tasks.call(subject.record_outcome, dict(params), done, verified)
 
     done = fulfil_request(validate_request())
     record_outcome(done, validate_outcome(done))

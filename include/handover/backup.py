@@ -75,19 +75,6 @@ class BackupCorrupt(LifecycleError):
     """A backup file does not match its manifest or does not decrypt; names file and fix."""
 
 
-def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a lifecycle function as a task body: like handover.tasks.call, and lifecycle
-    data faults fail the task at once instead of being retried."""
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from handover import tasks
-
-    try:
-        return tasks.call(fn, *args, **kwargs)
-    except LifecycleError as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-
-
 # ---------------------------------------------------------------- schema
 @contextlib.contextmanager
 def lifecycle_connect() -> Iterator[Any]:

@@ -220,7 +220,7 @@ def find_expired(*, as_of: Any = None, system: str = "legacy_bss",
     rules: list[dict] = []
     undated: dict[str, int] = {}
     with lifecycle_connect() as conn:
-        from handover.subject import clear_stale_intakes  # subject imports this module
+        from handover.intake import clear_stale_intakes
 
         with conn.transaction():  # data-subject requests' identifiers left by failed runs
             stale_intakes = clear_stale_intakes(conn)

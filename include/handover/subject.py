@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 
 from handover import ledger
 from handover.backup import LifecycleError, lifecycle_connect, purge
+from handover.intake import INTAKE_DAYS, clear_stale_intakes  # noqa: F401 (re-exported)
 from handover.lake import Lake, lake_from_url, part_key, safe_run_id
 from handover.retention import (
     certify,
@@ -220,27 +221,6 @@ def load_request(request_id: str) -> SubjectRequest:
                              "again") from None
     return SubjectRequest(request_id, request_type, identifier_type, plain["identifier"],
                           field, plain["new_value"], system)
-
-
-#: Days a submitted request's seal may wait for its run. A request normally ends (and its
-#: seal is cleared) within the day; one whose run failed and was left loses its seal at
-#: the next retention run after this many days, and must be submitted again.
-INTAKE_DAYS = 30
-
-
-def clear_stale_intakes(conn, days: int = INTAKE_DAYS) -> int:
-    """Clear the seals of requests submitted more than `days` ago and never ended;
-    audited with their request ids. Caller owns the transaction."""
-    stale = [r[0] for r in conn.execute(
-        "UPDATE handover_meta.subject_intake SET sealed = NULL, key_id = NULL, "
-        "cleared_at = now() WHERE sealed IS NOT NULL AND submitted_at < now() - "
-        "make_interval(days => %s) RETURNING request_id", (days,)).fetchall()]
-    if stale:
-        ledger.audit(conn, "subject_intake_expired", detail={
-            "request_ids": sorted(stale), "days": days})
-        log.info("cleared the seals of %d subject requests submitted over %d days ago",
-                 len(stale), days)
-    return len(stale)
 
 
 def _clear_seal(conn, request_id: str) -> None:
