@@ -270,7 +270,9 @@ def field_conflicts(conn, cfg, ring, matched: dict[str, str],
             other = t[i]
             a = None if v is None else str(v).strip()
             b = None if other is None else str(other).strip()
-            if (a or None) != (b or None):
+            if not a:  # the export knows nothing here: no conflict, the target's stays
+                continue
+            if a != (b or None):
                 out.append((k, matched[k], name))
     return out
 
@@ -399,6 +401,7 @@ def decide(conn, cfg, conflicts: list[tuple[str, str, str]],
         return []
     tmap = cfg.table_mapping(s["table"])
     verified = s.get("verified") or {}
+    _require_columns(conn, cfg, tmap["target"], verified)
     vf = version_fields(cfg)
     cols = [sql.Identifier(tmap["key"])]
     cols.append(sql.Identifier(vf[1]) if vf else sql.SQL("NULL"))
@@ -424,6 +427,23 @@ def decide(conn, cfg, conflicts: list[tuple[str, str, str]],
             rule, outcome = "verified_kept", "target"
         out.append((key, target, field, rule, outcome))
     return out
+
+
+def _require_columns(conn, cfg, target: str, verified: dict[str, str]) -> None:
+    """Every verified flag the policy names is a column of the target: one line if not."""
+    from handover.config import ConfigError
+
+    if not verified:
+        return
+    have = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND "
+        "table_name = %s", (cfg.mapping["schema"], target)).fetchall()}
+    for field, column in sorted(verified.items()):
+        if column not in have:
+            raise ConfigError(
+                f"{cfg.directory / 'policy.yaml'}: identity.verified.{field}: column "
+                f"'{column}' is not in {cfg.mapping['schema']}.{target}; name the target's "
+                "boolean column that marks the value verified, or remove the entry")
 
 
 STATUS = {"review": "open", "target": "kept", "source": "applied"}

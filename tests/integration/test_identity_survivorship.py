@@ -408,3 +408,15 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
         balanced = conn.execute("SELECT bool_and(balanced) FROM handover_meta.reconciliation "
                                 "WHERE run_id = 'nightly_sync__2026-11-01'").fetchone()[0]
     assert int(adopted) >= 1 and balanced  # the acquirer's own rows are not the night's
+
+
+def test_a_verified_flag_the_target_lacks_is_one_line(world, tmp_path):
+    from handover import identity
+
+    cfg = load_config(str(_config(tmp_path, {"verified": {"msisdn": "msisdn_checked"}})))
+    pair = world["pairs"].iloc[0]
+    with psycopg.connect(world["dsn"]) as conn, pytest.raises(ConfigError) as err:
+        identity.decide(conn, cfg, [(pair.acquired_key, pair.acquirer_key, "msisdn")], {})
+    line = str(err.value)
+    assert "identity.verified.msisdn" in line and "msisdn_checked" in line
+    assert "\n" not in line
