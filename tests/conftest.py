@@ -33,12 +33,16 @@ def pg_url(dbname: str, driver: str = "postgresql") -> str:
     return f"{driver}://{PG['user']}@{PG['host']}:{PG['port']}/{dbname}"
 
 
-def create_database(prefix: str) -> str:
+def create_database(prefix: str, template: str | None = None) -> str:
+    """A new database named `prefix`_<random>; a copy of `template` when given."""
     import psycopg
 
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(pg_dsn("postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        if template:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        else:
+            conn.execute(f'CREATE DATABASE "{name}"')
     return name
 
 
@@ -275,22 +279,58 @@ def migrate_airflow(env: dict[str, str], timeout: float = 300) -> None:
     assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
 
 
+_AIRFLOW_TEMPLATE: dict[str, str] = {}
+
+
+def airflow_template_db() -> str:
+    """A metadata database that `airflow db migrate` brought to Airflow's schema, once per
+    test session (the first caller pays the ~10-20 s of the migration); copies of it
+    (`CREATE DATABASE … TEMPLATE`, well under a second) are what a fresh migrated metadata
+    database costs afterwards. Nothing connects to it but the migration, so it stays
+    copyable; dropped at the session's end (`_drop_airflow_template`)."""
+    if "name" not in _AIRFLOW_TEMPLATE:
+        import tempfile
+
+        name = create_database("handover_af_template")
+        try:
+            with tempfile.TemporaryDirectory(prefix="af-template-") as home:
+                migrate_airflow(make_airflow_env(Path(home), name))
+        except BaseException:
+            drop_database(name)
+            raise
+        _AIRFLOW_TEMPLATE["name"] = name
+    return _AIRFLOW_TEMPLATE["name"]
+
+
+def create_airflow_database(prefix: str) -> str:
+    """A fresh metadata database at Airflow's migrated schema (a copy of the session's
+    migrated template: see `airflow_template_db`)."""
+    return create_database(prefix, template=airflow_template_db())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_airflow_template():
+    yield
+    name = _AIRFLOW_TEMPLATE.pop("name", None)
+    if name:
+        drop_database(name)
+
+
 @contextlib.contextmanager
 def fresh_airflow(root: Path, keyring_file: Path, *, target_prefix: str = "handover_e2e",
                   migrate: bool = True, log_level: str = "WARNING", **extra: str):
     """Airflow for `airflow dags test` / `tasks test` in a test module: a fresh metadata
     database and a fresh target database on the machine's PostgreSQL, AIRFLOW_HOME
     `root`/airflow, the lake `root`/lake, the keyring of `keyring_file` (see
-    `make_airflow_env`); migrated unless `migrate=False`. Yields {"env", "root", "meta",
+    `make_airflow_env`); migrated (a copy of the session's migrated template,
+    `create_airflow_database`) unless `migrate=False`. Yields {"env", "root", "meta",
     "target"}; both databases are dropped on exit."""
-    meta = create_database("handover_af")
+    meta = create_airflow_database("handover_af") if migrate else create_database("handover_af")
     try:
         target = create_database(target_prefix)
         try:
             env = make_airflow_env(root / "airflow", meta, target=target, lake=root / "lake",
                                    keyring_file=keyring_file, log_level=log_level, **extra)
-            if migrate:
-                migrate_airflow(env)
             yield {"env": env, "root": root, "meta": meta, "target": target}
         finally:
             drop_database(target)

@@ -31,6 +31,7 @@ from handover.config import load_config
 from tests.conftest import (
     ROOT,
     content_checksums,
+    create_airflow_database,
     create_database,
     drop_database,
     free_port,
@@ -62,13 +63,18 @@ class CeleryStack:
     target can be set between runs without restarting the workers.
     """
 
-    def __init__(self, root: Path, *, keyring: dict, log_level: str = "INFO"):
+    def __init__(self, root: Path, *, keyring: dict, log_level: str = "INFO",
+                 migrated_db: bool = False, extra_env: dict[str, str] | None = None):
         self.root = Path(root)
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.uid = uuid.uuid4().hex[:8]
         self.keyring = keyring
         self.log_level = log_level
+        # migrated_db: the metadata database is a copy of the test session's migrated
+        # template (tests.conftest.create_airflow_database) instead of `airflow db migrate`.
+        self.migrated_db = migrated_db
+        self.extra_env = dict(extra_env or {})
         self.procs: dict[str, subprocess.Popen] = {}
         self.databases: list[str] = []
         self.moto: subprocess.Popen | None = None
@@ -77,7 +83,11 @@ class CeleryStack:
     # -- lifecycle -------------------------------------------------------------
     def start(self, workers: tuple[str, ...] = ("w1", "w2")) -> CeleryStack:
         started = time.monotonic()
-        self.af_db = self._database("handover_af")
+        if self.migrated_db:
+            self.af_db = create_airflow_database("handover_af")
+            self.databases.append(self.af_db)
+        else:
+            self.af_db = self._database("handover_af")
         self.moto, endpoint = start_moto_server(self.logs / "moto.log")
         api_port = free_port()
         self.queue = f"handover_{self.uid}"
@@ -119,9 +129,11 @@ class CeleryStack:
             "HANDOVER_LAKE_URL": f"s3://{self.bucket}/handover",
             "PYTHONPATH": f"{ROOT / 'include'}{os.pathsep}{ROOT}",
             "PYTHONWARNINGS": "ignore",
+            **self.extra_env,
         }
         self.run([sys.executable, "-m", "handover.lake", "ensure-bucket"], timeout=60)
-        self.airflow("db", "migrate", timeout=300)
+        if not self.migrated_db:
+            self.airflow("db", "migrate", timeout=300)
         self._spawn("api-server", [AIRFLOW, "api-server", "--apps", "execution", "-H",
                                    "127.0.0.1", "-p", str(api_port)])
         self._spawn("dag-processor", [AIRFLOW, "dag-processor"])
@@ -281,7 +293,7 @@ class CeleryStack:
                             (DAG_ID, run_id))
             if rows and rows[0][0] in ("success", "failed"):
                 return rows[0][0]
-            time.sleep(0.25 if on_poll else 1.0)
+            time.sleep(0.25 if on_poll else 0.5)
         return "timeout"
 
     def sql(self, query: str, params: tuple = ()) -> list[tuple]:
@@ -340,6 +352,24 @@ class ReferenceRun:
 
 
 # ---------------------------------------------------------------- tests
+# Latencies of the test stack (not of what it proves; scripts/bench_workers.py keeps
+# Airflow's defaults):
+TEST_TIMINGS = {
+    # A task's supervisor notices its task process has exited only when it next wakes up
+    # to heartbeat, up to [workers] min_heartbeat_interval (default 5 s) later; until then
+    # the Celery slot (concurrency 1) stays busy. Measured: half of the ~90 tasks of a run
+    # held their worker ~5 s longer than the task itself took.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
+    # A killed worker stops heartbeating; notice it in seconds, not minutes. With a live
+    # supervisor heartbeating every second, 15 s is 15 missed heartbeats in a row.
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "15",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "1",
+    # The scheduler's nap between loops with nothing to do (default 1 s): each stage's
+    # tasks are scheduled that much sooner after the previous stage ends.
+    "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+}
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, keyring_file):
     from handover import synth
@@ -347,7 +377,7 @@ def stack(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("celery")
     synth.generate(root / "source", 1000, seed=31)
     keyring = json.loads(Path(keyring_file).read_text())
-    with CeleryStack(root, keyring=keyring) as s:
+    with CeleryStack(root, keyring=keyring, migrated_db=True, extra_env=TEST_TIMINGS) as s:
         s.start(("w1", "w2"))
         s.source = root / "source"
         s.reference = ReferenceRun(root / "source", keyring_file, root)

@@ -258,15 +258,14 @@ def test_demo_task_logs_are_where_the_ui_reads_them(tmp_path):
     it logged, byte for byte, in the file the api-server reads for it, so the UI's log view
     shows them after `make up`. A real `dags test` of a small DAG (a mapped task, a retry),
     read back through Airflow's own TaskLogReader."""
-    from tests.conftest import make_airflow_env, migrate_airflow
+    from tests.conftest import create_airflow_database, make_airflow_env
 
     dags = tmp_path / "dags"
     dags.mkdir()
     (dags / "tiny_logs.py").write_text(_TINY_DAG)
-    meta = create_database("handover_demo_logs")
+    meta = create_airflow_database("handover_demo_logs")  # migrated (the session's template)
     try:
         env = make_airflow_env(tmp_path / "airflow", meta, dags=dags, log_level="INFO")
-        migrate_airflow(env)
         # as scripts/demo.sh runs it
         run = subprocess.run([AIRFLOW, "dags", "test", "tiny_logs"], capture_output=True,
                              env={**env, "AIRFLOW__LOGGING__JSON_LOGS": "True"}, timeout=300)

@@ -30,13 +30,13 @@ from tests.conftest import (
     ROOT,
     assert_ledger_balanced,
     content_checksums,
+    create_airflow_database,
     create_database,
     drop_database,
     free_port,
     kill_session,
     make_airflow_env,
     make_system,
-    migrate_airflow,
     pg_dsn,
     pg_url,
     run_stages,
@@ -111,12 +111,11 @@ def _dags_folder(root: Path) -> Path:
 def airflow(tmp_path_factory, keyring_file):
     """A fresh, migrated metadata database and the environment `airflow dags test` uses."""
     root = tmp_path_factory.mktemp("af_faults")
-    meta = create_database("handover_af_faults")
+    meta = create_airflow_database("handover_af_faults")  # migrated (the session's template)
     try:
         env = make_airflow_env(root / "home", meta, dags=_dags_folder(root),
                           keyring_file=keyring_file,
                           AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False")
-        migrate_airflow(env)
         yield {"root": root, "env": env, "meta": meta}
     finally:
         drop_database(meta)
@@ -348,7 +347,7 @@ def scheduler_stack(tmp_path, keyring_file):
     """Its own metadata and target databases, environment and log folder for the scheduler
     test; at teardown every component it started is killed with its session, and the
     databases are dropped, whatever happened."""
-    meta = create_database("handover_af_sched_meta")
+    meta = create_airflow_database("handover_af_sched_meta")  # migrated (session template)
     target = create_database("handover_af_sched")
     stack = {"meta": meta, "target": target, "components": [], "logs": tmp_path / "logs"}
     stack["logs"].mkdir()
@@ -366,7 +365,6 @@ def scheduler_stack(tmp_path, keyring_file):
             AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="10",
             AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="5",
             AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60")
-        migrate_airflow(stack["env"])
         yield stack
     finally:
         errors = []

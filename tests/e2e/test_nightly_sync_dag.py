@@ -49,35 +49,25 @@ def _three_table_system(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def night(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("sync_e2e")
-    with fresh_airflow(root, keyring_file, target_prefix="handover_sync_e2e",
-                       migrate=False) as af:
+    # Airflow's metadata database: a copy of the session's migrated template.
+    with fresh_airflow(root, keyring_file, target_prefix="handover_sync_e2e") as af:
         env, target = af["env"], af["target"]
-        # Airflow's metadata database migrates while day 0 is migrated in this process.
-        migrate = subprocess.Popen([AIRFLOW, "db", "migrate"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        source, changes = root / "source", root / "changes"
+        system = _three_table_system(root / "three_bss")
+        synth.generate(source, 200, seed=11)
+        synth_changes.generate_changes(source, changes, days=1, seed=3)
+        mp = pytest.MonkeyPatch()
+        mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target))
+        mp.setenv("HANDOVER_LAKE_URL", env["HANDOVER_LAKE_URL"])
+        mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
+        mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
+        mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
         try:
-            source, changes = root / "source", root / "changes"
-            system = _three_table_system(root / "three_bss")
-            synth.generate(source, 200, seed=11)
-            synth_changes.generate_changes(source, changes, days=1, seed=3)
-            mp = pytest.MonkeyPatch()
-            mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target))
-            mp.setenv("HANDOVER_LAKE_URL", env["HANDOVER_LAKE_URL"])
-            mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-            mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
-            mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
-            try:
-                from handover.runner import run_migration
+            from handover.runner import run_migration
 
-                run_migration(run_id="e2e_day0", source_dir=str(source), system=str(system))
-            finally:
-                mp.undo()
-            _, err = migrate.communicate(timeout=300)
+            run_migration(run_id="e2e_day0", source_dir=str(source), system=str(system))
         finally:
-            if migrate.poll() is None:
-                migrate.kill()
-                migrate.wait()
-        assert migrate.returncode == 0, err[-2000:]
+            mp.undo()
         # The night of legacy day DAY ends at midnight Shanghai; `dags test` infers the
         # data interval of a daily schedule as the last whole day before the given date.
         night_end = f"{pd.Timestamp(DAY) + pd.Timedelta(days=1):%Y-%m-%d}T00:00:00+08:00"

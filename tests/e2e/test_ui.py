@@ -38,7 +38,14 @@ import psycopg
 import pytest
 
 from handover import synth
-from tests.conftest import ROOT, create_database, drop_database, pg_dsn, pg_url
+from tests.conftest import (
+    ROOT,
+    create_airflow_database,
+    create_database,
+    drop_database,
+    pg_dsn,
+    pg_url,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(720)]
 
@@ -157,7 +164,8 @@ class AirflowStack:
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.af_db = create_database("handover_ui_af")
+        # a copy of the session's migrated metadata database: no `airflow db migrate` here
+        self.af_db = create_airflow_database("handover_ui_af")
         self.target_db = create_database("handover_ui")
         self.source = root / "source"
         self.lake = root / "lake"
@@ -185,6 +193,12 @@ class AirflowStack:
             "AIRFLOW__API__SECRET_KEY": secrets.token_hex(16),
             "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            # The scheduler's nap between idle loops (default 1 s).
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            # A task's supervisor notices its task process has exited only when it next
+            # wakes up to heartbeat, up to this many seconds later (default 5); until then
+            # the executor's slot stays taken.
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(self.target_db, "postgres"),
             "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
@@ -198,14 +212,12 @@ class AirflowStack:
 
     # -- processes -------------------------------------------------------------------
     def start(self) -> None:
-        migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=self.env, capture_output=True,
-                                 text=True, timeout=300)
-        assert migrate.returncode == 0, migrate.stderr[-2000:]
         self._spawn("api-server", "api-server", "--port", str(self.port), "--host", "127.0.0.1")
         self._spawn("dag-processor", "dag-processor")
         self._spawn("scheduler", "scheduler")
-        wait_for("the api-server to answer", self._healthy, timeout=120)
-        wait_for(f"the dag-processor to parse {DAG_ID}", self._dag_parsed, timeout=120)
+        wait_for("the api-server to answer", self._healthy, timeout=120, every=0.5)
+        wait_for(f"the dag-processor to parse {DAG_ID}", self._dag_parsed, timeout=120,
+                 every=0.5)
         self.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
@@ -516,7 +528,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     # The intake gate fails for both payments partitions, and the run fails.
     b.open("/handover/")
     wait_for("the run to fail at the intake gate",
-             lambda: stack.run_state(run_id) == "failed", timeout=300, every=3)
+             lambda: stack.run_state(run_id) == "failed", timeout=300, every=1)
     states = stack.task_states(run_id)
     failed = sorted(k for k, s in states.items() if s == "failed")
     assert [t for t, _ in failed] == ["validate_intake", "validate_intake"], (
@@ -594,7 +606,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
              timeout=30, every=1)
     b.open("/handover/")  # a static page: the grid would poll and repaint while we wait
     wait_for("the cleared run to succeed", lambda: stack.run_state(run_id) == "success",
-             timeout=420, every=3)
+             timeout=420, every=1)
     states = stack.task_states(run_id)
     assert all(s == "success" for s in states.values()), states
 
