@@ -18,9 +18,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import synth
+from handover import synth, synth_acquirer
 from handover.config import load_config
 from handover.load import table_checksum
+from handover.protect import Keyring
 from tests.conftest import (
     AIRFLOW,
     ROOT,
@@ -48,6 +49,11 @@ def airflow_env(tmp_path_factory, keyring_file):
     with fresh_airflow(root, keyring_file, target_prefix="handover_e2e",
                        log_level="INFO") as af:
         synth.generate(root / "source", 1000, seed=11)
+        # The target is the acquirer's CRM: it already holds customers of its own, some of
+        # them persons of the export (merged into them by the run; docs/identity.md).
+        ring = Keyring.from_dict(json.loads(keyring_file.read_text()))
+        af["acquirer"] = synth_acquirer.seed(pg_dsn(af["target"]), root / "source", root,
+                                             share=0.1, others=20, ring=ring)
         yield af
 
 
@@ -77,6 +83,10 @@ def test_dag_run_balances_and_reruns_change_nothing(airflow_env):
                              (run_id,)).fetchall()
     assert status == "succeeded"
     assert len(recon) == 7 and all(n == acc and ok for _, n, acc, ok in recon)
+    with psycopg.connect(dsn) as conn:  # the acquirer's persons were merged, not doubled
+        merged = conn.execute("SELECT count(*) FROM handover_meta.merge_map WHERE run_id = %s "
+                              "AND rule = 'EXISTING_CUSTOMER'", (run_id,)).fetchone()[0]
+    assert merged == airflow_env["acquirer"]["also_in_export"]
     before = _checksums(dsn)
 
     # On-call clears one mapped load instance and runs it again.
@@ -143,7 +153,8 @@ def test_demo_command_on_embedded_defaults(tmp_path):
 
 
 def test_planted_pii_appears_nowhere_in_clear(airflow_env):
-    """Resident IDs and MSISDNs of the export: not in task logs, XCom, validation results,
+    """Resident IDs and MSISDNs of the export and of the acquirer's own customers (the
+    person map, the review queue, the books included): not in task logs, XCom, validation results,
     Data Docs, reports, or any target column other than the access-controlled MSISDN
     columns (resident IDs: nowhere at all, only ciphertext, blind index and mask)."""
     import pandas as pd
@@ -155,6 +166,9 @@ def test_planted_pii_appears_nowhere_in_clear(airflow_env):
     ids = {v.strip().upper() for v in subs["id_number"].dropna() if len(v.strip()) == 18}
     phones = {v for v in subs["msisdn"].dropna() if v.isdigit() and len(v) == 11}
     assert len(ids) > 500 and len(phones) > 500
+    with psycopg.connect(pg_dsn(airflow_env["target"])) as conn:  # the acquirer's own too
+        phones |= {r[0] for r in conn.execute(
+            "SELECT msisdn FROM crm.customer WHERE customer_id LIKE 'K88-%%'")}
 
     def leaks(blob: str, secrets: set[str]) -> list[str]:
         return [s for s in secrets if s in blob][:3]
