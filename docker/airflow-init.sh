@@ -9,7 +9,7 @@ echo "handover-init: checking the lake bucket"
 python -m handover.lake ensure-bucket
 if [ ! -f "${HANDOVER_SOURCE_DIR}/export_manifest.json" ]; then
     echo "handover-init: no export in ${HANDOVER_SOURCE_DIR} yet; mount one there" \
-         "(HANDOVER_SOURCE_HOST_DIR in .env) or run: python -m handover.synth" \
+         "(HANDOVER_SOURCE_HOST_DIR in .env) or run: python -m handover_synth.legacy_bss" \
          "--out ${HANDOVER_SOURCE_DIR} --subscribers 10000"
 fi
 echo "handover-init: done"

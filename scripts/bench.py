@@ -33,7 +33,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
-from handover import synth  # noqa: E402 - importable only after the sys.path line above
+from handover_synth import legacy_bss as synth  # noqa: E402 - importable only after the sys.path line above
 
 TABLES = ["subscribers", "consents", "call_records", "data_sessions", "payments", "complaints",
           "browsing_events"]

@@ -4,7 +4,7 @@
     .venv/bin/python scripts/bench_gates.py [--rows 1000000] [--partition-rows 400000]
                                             [--out bench/gates.json]
 
-The data: a synthetic legacy export (handover.synth, seed 42), its call records run through
+The data: a synthetic legacy export (handover_synth.legacy_bss, seed 42), its call records run through
 the real cleanse (typed columns, dirty rows quarantined), hash-partitioned on cdr_id the way
 extract does, each partition written to and read back from zstd Parquet as the lake does, with
 a few bad rows planted so every method has something to find (malformed MSISDNs, negative
@@ -73,9 +73,9 @@ BAD_MSISDNS = ["12012345678", "1381234567", "1381234567x", "+8613812345678", "13
 
 def make_rows(rows: int, workdir: Path) -> tuple[pd.DataFrame, dict[str, float]]:
     """``rows`` cleansed call records from a synthetic export; returns (frame, timings)."""
-    from handover import synth
     from handover.cleanse import cleanse
     from handover.config import load_config
+    from handover_synth import legacy_bss as synth
 
     timings: dict[str, float] = {}
     per_sub = synth.MEAN_ROWS_PER_SUBSCRIBER["call_records"]

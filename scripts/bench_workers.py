@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
 
-    from handover import synth
     from handover.protect import Keyring
+    from handover_synth import legacy_bss as synth
     from tests.e2e.test_celery import CeleryStack
 
     work = Path(tempfile.mkdtemp(prefix="bench-workers-"))

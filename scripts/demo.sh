@@ -23,12 +23,12 @@ with psycopg.connect(make_conninfo(**{**target, "dbname": "postgres"}), autocomm
 PYEOF
 fi
 echo "==> generating a synthetic legacy operator: $SUBSCRIBERS subscribers" >&2
-"$PY" -m handover.synth --out "$STATE/source" --subscribers "$SUBSCRIBERS" --seed 42
+"$PY" -m handover_synth.legacy_bss --out "$STATE/source" --subscribers "$SUBSCRIBERS" --seed 42
 if [ -n "${ACQUIRER:-}" ]; then
     # An acquirer that already holds customers (docs/identity.md): some of them persons of
     # this export, matched by blind index and merged into the acquirer's records.
     echo "==> seeding the target with the acquirer's own customers (ACQUIRER=1)" >&2
-    "$PY" -m handover.synth_acquirer --export "$STATE/source"
+    "$PY" -m handover_synth.acquirer --export "$STATE/source"
 fi
 echo "==> preparing Airflow's metadata database" >&2
 airflow db migrate >"$STATE/airflow-migrate.log" 2>&1 || { tail -20 "$STATE/airflow-migrate.log"; exit 1; }

@@ -44,7 +44,7 @@ export HANDOVER_SOURCE_DIR="${HANDOVER_SOURCE_DIR:-$STATE/source}"
 
 if [ ! -f "$HANDOVER_SOURCE_DIR/export_manifest.json" ]; then
     echo "==> generating a demo export in $HANDOVER_SOURCE_DIR (${SUBSCRIBERS:-10000} subscribers)" >&2
-    "$PY" -m handover.synth --out "$HANDOVER_SOURCE_DIR" --subscribers "${SUBSCRIBERS:-10000}" --seed 42
+    "$PY" -m handover_synth.legacy_bss --out "$HANDOVER_SOURCE_DIR" --subscribers "${SUBSCRIBERS:-10000}" --seed 42
 fi
 
 echo "==> preparing Airflow's metadata database" >&2

@@ -115,7 +115,7 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     manifest_path = src / "export_manifest.json"
     if not manifest_path.is_file():
         raise SourceError(f"{manifest_path}: export manifest not found; point the run's "
-                          "source_dir at a legacy export (python -m handover.synth makes one)")
+                          "source_dir at a legacy export (python -m handover_synth.legacy_bss makes one)")
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)

@@ -1,7 +1,7 @@
 """The nightly sync: one legacy day, through the migration's own stages, provably.
 
 During the parallel run the legacy system exports, every night, what changed on one
-calendar day (legacy time, Asia/Shanghai): a *change set* (see handover.synth_changes).
+calendar day (legacy time, Asia/Shanghai): a *change set* (see handover_synth.changes).
 The DAG run whose data interval is that day handles exactly that change set:
 
 - **selection.** Subscribers and consents are in a change set by their change time

@@ -372,7 +372,7 @@ TEST_TIMINGS = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, keyring_file):
-    from handover import synth
+    from handover_synth import legacy_bss as synth
 
     root = tmp_path_factory.mktemp("celery")
     synth.generate(root / "source", 1000, seed=31)

@@ -18,10 +18,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import synth, synth_acquirer
 from handover.config import load_config
 from handover.load import table_checksum
 from handover.protect import Keyring
+from handover_synth import acquirer as synth_acquirer
+from handover_synth import legacy_bss as synth
 from tests.conftest import (
     AIRFLOW,
     ROOT,

@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import synth
+from handover_synth import legacy_bss as synth
 from tests.conftest import (
     AIRFLOW,
     PG,

@@ -21,8 +21,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import synth, synth_changes
 from handover.config import CONFIG_ROOT
+from handover_synth import changes as synth_changes
+from handover_synth import legacy_bss as synth
 from tests.conftest import AIRFLOW, fresh_airflow, pg_dsn
 
 pytestmark = pytest.mark.e2e

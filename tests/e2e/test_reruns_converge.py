@@ -25,9 +25,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import synth
 from handover.config import load_config
 from handover.load import table_checksum
+from handover_synth import legacy_bss as synth
 from tests.conftest import AIRFLOW, fresh_airflow, pg_dsn
 
 pytestmark = pytest.mark.e2e

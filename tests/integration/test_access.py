@@ -17,9 +17,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import access, ledger, pipeline, synth
+from handover import access, ledger, pipeline
 from handover.protect import Keyring
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """The bad-input corpus: legacy exports with one planted defect each, run through the pipeline.
 
 Every kind starts from the same small synthetic export (subscribers + payments, from
-`handover.synth`), plants one defect, and runs the task bodies in the DAG's order on the
+`handover_synth.legacy_bss`), plants one defect, and runs the task bodies in the DAG's order on the
 machine's PostgreSQL, as far as the kind reaches. Kinds about the shape of a file (header,
 columns, formats) also run the Great Expectations gates; kinds about values skip them to
 keep the corpus in its time budget (gates write neither the target nor the ledger).
@@ -33,7 +33,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import synth
+from handover_synth import legacy_bss as synth
 from tests.conftest import (
     assert_ledger_balanced,
     ledger_report,

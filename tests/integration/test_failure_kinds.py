@@ -12,8 +12,9 @@ import uuid
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from handover import pipeline, synth, tasks
+from handover import pipeline, tasks
 from handover.config import CONFIG_ROOT
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn, reseal
 
 pytestmark = pytest.mark.integration

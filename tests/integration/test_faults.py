@@ -31,7 +31,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import pipeline, synth
+from handover import pipeline
+from handover_synth import legacy_bss as synth
 from tests.conftest import (
     ROOT,
     assert_ledger_balanced,

@@ -1,5 +1,5 @@
 """One person, one customer across systems: a target that already holds the acquirer's
-own customers (handover.synth_acquirer), an acquired export in which some of them are
+own customers (handover_synth.acquirer), an acquired export in which some of them are
 customers too (under the export's ids). Matched by the blind index of the resident ID,
 never in clear; merged into the acquirer's record, children following it; the person map
 gives every record one person; a rerun changes no person id and no target row; an erasure
@@ -15,8 +15,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import subject, synth, synth_acquirer
+from handover import subject
 from handover.runner import run_migration
+from handover_synth import acquirer as synth_acquirer
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 from tests.integration.test_retention import search_everywhere
 

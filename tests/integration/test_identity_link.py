@@ -12,9 +12,11 @@ import psycopg
 import pytest
 import yaml
 
-from handover import subject, synth, synth_acquirer
+from handover import subject
 from handover.config import CONFIG_ROOT, ConfigError
 from handover.runner import run_migration
+from handover_synth import acquirer as synth_acquirer
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
@@ -124,7 +126,7 @@ def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
 
 
 def test_the_seed_command_fills_an_empty_target(env, capsys):
-    """`python -m handover.synth_acquirer --export DIR` (ACQUIRER=1 make demo)."""
+    """`python -m handover_synth.acquirer --export DIR` (ACQUIRER=1 make demo)."""
     assert synth_acquirer.main(["--export", str(env["src"]), "--out", str(env["root"]),
                                 "--others", "3"]) == 0
     truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)

@@ -1,6 +1,6 @@
 """Field-level survivorship and the second match rule (policy `identity`).
 
-The acquirer's CRM holds persons of the export with other values (handover.synth_acquirer):
+The acquirer's CRM holds persons of the export with other values (handover_synth.acquirer):
 per field the policy says who wins: `full_name: target`, `address: source`, `msisdn:
 newest` (the record with the newer version wins), and the acquirer's verified phone
 numbers (`verified: {msisdn: msisdn_verified}`) are never overwritten. The export's value
@@ -23,9 +23,10 @@ import psycopg
 import pytest
 import yaml
 
-from handover import synth, synth_acquirer
 from handover.config import CONFIG_ROOT, ConfigError, load_config
 from handover.runner import run_migration
+from handover_synth import acquirer as synth_acquirer
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
@@ -373,7 +374,8 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
     """The legacy system changes the address of a person the acquirer holds: the night
     merges the record again and writes the new address onto the acquirer's customer
     (`address: source`), never a second copy of the person."""
-    from handover import sync, synth_changes
+    from handover import sync
+    from handover_synth import changes as synth_changes
 
     changes = world["root"] / "changes"
     synth_changes.generate_changes(world["src"], changes, days=1, seed=3)

@@ -23,11 +23,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import keys, synth
+from handover import keys
 from handover.config import load_config
 from handover.lake import lake_from_url
 from handover.protect import Keyring, decrypt_value, load_keyring
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import ROOT, pg_dsn
 
 pytestmark = pytest.mark.integration

@@ -27,9 +27,10 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from handover import pipeline, synth
+from handover import pipeline
 from handover.lake import lake_from_url, safe_run_id
 from handover.lake_crypto import MARKER, WorkingSetGone
+from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn
 
 pytestmark = pytest.mark.integration

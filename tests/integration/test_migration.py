@@ -17,13 +17,14 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import pipeline, synth
+from handover import pipeline
 from handover.config import CONFIG_ROOT, ConfigError
 from handover.lake import safe_run_id
 from handover.load import table_checksum
 from handover.protect import Keyring, decrypt_value
 from handover.retention import DESTROYED, key_digest
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ import psycopg
 import pytest
 import yaml
 
-from handover import synth
 from handover.cli import manifest_command
 from handover.config import CONFIG_ROOT
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """The nightly sync over three synthetic legacy days, in one process, on real PostgreSQL.
 
-Migrates day 0, then syncs nights 1-3 of `handover.synth_changes`. After each night the
+Migrates day 0, then syncs nights 1-3 of `handover_synth.changes`. After each night the
 legacy state and the target are compared here independently of the sync's own
 reconciliation (key sets per table, and fields): they agree. Deletions are applied, late
 records land, defective rows are quarantined with their reasons and nothing else is,
@@ -19,11 +19,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import pipeline, sync, synth, synth_changes
+from handover import pipeline, sync
 from handover.config import load_config
 from handover.load import table_checksum
 from handover.runner import run_migration
-from handover.synth import TABLE_COLUMNS
+from handover_synth import changes as synth_changes
+from handover_synth import legacy_bss as synth
+from handover_synth.legacy_bss import TABLE_COLUMNS
 from tests.conftest import pg_dsn, unhash_book_keys
 
 pytestmark = pytest.mark.integration

@@ -125,7 +125,7 @@ def test_the_walkthrough_has_its_steps(doc_text):
 
     assert len(blocks) >= 6, blocks
     assert blocks[0].strip().startswith("source scripts/env.sh")
-    for command in ("python -m handover.synth_c", "handover manifest", "handover check",
+    for command in ("python -m handover_synth.telco_c", "handover manifest", "handover check",
                     "scripts/scaffold_suites.py telco_c", "python -m handover.runner",
                     "handover summary"):
         assert command in joined, command

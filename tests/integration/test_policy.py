@@ -17,9 +17,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import synth
 from handover.config import load_config
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn, unhash_book_keys
 
 pytestmark = pytest.mark.integration

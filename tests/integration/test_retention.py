@@ -24,11 +24,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from handover import backup, retention, subject, synth
+from handover import backup, retention, subject
 from handover.config import load_config
 from handover.ledger import verify_audit_chain
 from handover.protect import Keyring
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, lake_connection, pg_dsn
 
 pytestmark = pytest.mark.integration

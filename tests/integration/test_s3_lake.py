@@ -21,9 +21,9 @@ import pyarrow as pa
 import pytest
 from botocore.config import Config
 
-from handover import synth
 from handover.lake import LakeError, S3Lake, lake_from_url, s3_client
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
 from tests.conftest import (
     ROOT,
     content_checksums,

@@ -24,10 +24,12 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import cli, synth, synth_b
+from handover import cli
 from handover.check import run_check
 from handover.config import CONFIG_ROOT, load_config
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
+from handover_synth import telco_b as synth_b
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn, unhash_book_keys
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,6 @@
 """telco_c: a third operator whose export is as hostile as a real legacy one, by config alone.
 
-handover.synth_c re-expresses a legacy_bss export the way a twenty-year-old back office
+handover_synth.telco_c re-expresses a legacy_bss export the way a twenty-year-old back office
 hands it over: no header rows, pinyin-initial columns named only in a data dictionary
 (数据字典.txt, a non-data file beside the files), GB18030 and UTF-16 with CRLF and the
 delimiters ^, 0x1F and ~, keys in mixed case and padded, 15-digit first-generation resident
@@ -28,11 +28,12 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import synth, synth_c
 from handover.check import run_check
 from handover.config import load_config
 from handover.protect import Keyring, decrypt_value
 from handover.runner import run_migration
+from handover_synth import legacy_bss as synth
+from handover_synth import telco_c as synth_c
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn, unhash_book_keys
 
 pytestmark = pytest.mark.integration
@@ -206,7 +207,7 @@ def _export_profiles(source) -> pd.DataFrame:
 
 def _upgraded(id15: str) -> str:
     """GB 11643-1989 -> -1999: century 19 after the area code, then the check digit
-    (handover.synth's own check-digit function, not the pipeline's)."""
+    (handover_synth.legacy_bss's own check-digit function, not the pipeline's)."""
     first17 = id15[:6] + "19" + id15[6:]
     return first17 + synth.id_check_digit(first17)
 

@@ -28,10 +28,12 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import backup, keys, restore, retention, subject, sync, synth, synth_changes
+from handover import backup, keys, restore, retention, subject, sync
 from handover.lake import lake_from_url, safe_run_id
 from handover.protect import Keyring
 from handover.runner import run_migration
+from handover_synth import changes as synth_changes
+from handover_synth import legacy_bss as synth
 from tests.conftest import ROOT, pg_dsn
 from tests.integration.test_retention import search_everywhere
 

@@ -279,9 +279,9 @@ def test_check_names_the_export_folders_problems_and_what_each_rule_would_quaran
 
     import pandas as pd
 
-    from handover import synth
     from handover.check import run_check
     from handover.config import CONFIG_ROOT
+    from handover_synth import legacy_bss as synth
 
     src = tmp_path / "export"
     synth.generate(src, 60, seed=3)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from handover import synth
-from handover.synth import (
+from handover_synth import legacy_bss as synth
+from handover_synth.legacy_bss import (
     CHILD_DEFECT_RATES,
     MEAN_ROWS_PER_SUBSCRIBER,
     SUBSCRIBER_DEFECT_RATES,
@@ -389,7 +389,8 @@ def test_handover_manifest_writes_what_the_operator_would_have(tmp_path):
     operator's."""
     import json
 
-    from handover import cli, synth
+    from handover import cli
+    from handover_synth import legacy_bss as synth
 
     synth.generate(tmp_path, 60, seed=2)
     original = json.loads((tmp_path / "export_manifest.json").read_text())

@@ -138,14 +138,14 @@ def _random_id(rng) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m handover.synth_acquirer --export DIR`: seed the configured target (the
+    """`python -m handover_synth.acquirer --export DIR`: seed the configured target (the
     demo's embedded PostgreSQL, or HANDOVER_TARGET_DSN) with an acquirer's own customers,
     some of them persons of that export; the truth file goes next to the export."""
     import argparse
 
     from handover.connections import target_dsn
 
-    ap = argparse.ArgumentParser(prog="python -m handover.synth_acquirer",
+    ap = argparse.ArgumentParser(prog="python -m handover_synth.acquirer",
                                  description=main.__doc__)
     ap.add_argument("--export", required=True, type=Path, help="the acquired export's folder")
     ap.add_argument("--out", type=Path, help="where acquirer_truth.csv goes (default: the "
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not (args.export / "subscribers.csv").is_file():
         ap.error(f"{args.export}: no subscribers.csv; give the folder of a synthetic export "
-                 "(python -m handover.synth --out DIR)")
+                 "(python -m handover_synth.legacy_bss --out DIR)")
     out = seed(target_dsn(), args.export, args.out or args.export.parent, share=args.share,
                others=args.others)
     print(f"seeded {out['seeded']} acquirer customers ({out['also_in_export']} of them persons "

@@ -1,4 +1,4 @@
-"""A second synthetic operator ("telco_b"), derived from handover.synth's legacy_bss export.
+"""A second synthetic operator ("telco_b"), derived from handover_synth.legacy_bss's legacy_bss export.
 
 Why this exists
 ---------------
@@ -32,7 +32,7 @@ precision and recall can be measured on this profile too. Conversions work on te
 leave a value they cannot convert as it is, so a defect (an impossible date, say) stays a
 defect in the new shape.
 
-Run ``python -m handover.synth_b --out DIR --subscribers N [--seed S] [--dsn DSN]``.
+Run ``python -m handover_synth.telco_b --out DIR --subscribers N [--seed S] [--dsn DSN]``.
 """
 
 from __future__ import annotations
@@ -337,8 +337,8 @@ def load_database(out_dir: Path, dsn: str) -> int:
 
 def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
              ) -> dict[str, Any]:
-    """Generate a legacy_bss export with handover.synth and derive telco_b's from it."""
-    from handover import synth
+    """Generate a legacy_bss export with handover_synth.legacy_bss and derive telco_b's from it."""
+    from handover_synth import legacy_bss as synth
 
     with tempfile.TemporaryDirectory(prefix="legacy-bss-") as tmp:
         synth.generate(Path(tmp), subscribers, seed=seed, **synth_kwargs)
@@ -346,7 +346,7 @@ def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: An
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover.synth_b", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m handover_synth.telco_b", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--subscribers", type=int, help="generate a legacy export of this size")

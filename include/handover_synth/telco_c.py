@@ -53,7 +53,7 @@ names the survivor a loaded child row of a merged customer must end up under;
 ``amount_yuan`` is the row's amount (exact decimal yuan) where the table carries money.
 Keys in the answer key are the canonical ones (upper case, trimmed).
 
-Run ``python -m handover.synth_c --out DIR --subscribers N [--seed S]``; then, as a
+Run ``python -m handover_synth.telco_c --out DIR --subscribers N [--seed S]``; then, as a
 receiver would, ``handover manifest --system telco_c --source-dir DIR --exported-at
 "<the export time the dictionary states>"``.
 """
@@ -680,8 +680,8 @@ def _dictionary(exported_at: str, tables: dict[str, Any]) -> str:
 
 def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
              ) -> dict[str, Any]:
-    """Generate a legacy_bss export with handover.synth and derive telco_c's from it."""
-    from handover import synth
+    """Generate a legacy_bss export with handover_synth.legacy_bss and derive telco_c's from it."""
+    from handover_synth import legacy_bss as synth
 
     with tempfile.TemporaryDirectory(prefix="legacy-bss-") as tmp:
         synth.generate(Path(tmp), subscribers, seed=seed, **synth_kwargs)
@@ -689,7 +689,7 @@ def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: An
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover.synth_c", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m handover_synth.telco_c", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--subscribers", type=int, help="generate a legacy export of this size")

@@ -2,7 +2,7 @@
 
 During the parallel run the legacy system keeps working: customers join, move, change
 their number, are suspended, leave; calls and payments keep coming, some of them late.
-This module plays those days on top of an export written by `handover.synth`, so the
+This module plays those days on top of an export written by `handover_synth.legacy_bss`, so the
 nightly sync can be proven against a known answer, night by night.
 
 `generate_changes(export_dir, out_dir, days=3, seed=1)` writes one change set per day:
@@ -30,7 +30,7 @@ without amount, and (day 2) a new customer number for a person already migrated.
 call record that arrived the day before is voided: what a replay of an older night must
 not undo. Same export, days and seed give byte-identical files.
 
-Run `python -m handover.synth_changes --export DIR --out DIR [--days 3] [--seed 1]`.
+Run `python -m handover_synth.changes --export DIR --out DIR [--days 3] [--seed 1]`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from handover.synth import TABLE_COLUMNS, TRUTH_COLUMNS, id_check_digit
+from handover_synth.legacy_bss import TABLE_COLUMNS, TRUTH_COLUMNS, id_check_digit
 
 __all__ = ["KEYS", "generate_changes", "main"]
 
@@ -472,9 +472,9 @@ def generate_changes(export_dir: Path | str, out_dir: Path | str, days: int = 3,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover.synth_changes", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m handover_synth.changes", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--export", type=Path, required=True, help="export written by handover.synth")
+    ap.add_argument("--export", type=Path, required=True, help="export written by handover_synth.legacy_bss")
     ap.add_argument("--out", type=Path, required=True, help="folder for the change sets")
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)

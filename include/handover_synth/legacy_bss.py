@@ -28,7 +28,7 @@ Design rules
   written with the Arrow CSV writer (values never need quoting, which the writer enforces), so
   memory stays bounded and millions of rows are written per second.
 
-Run ``python -m handover.synth --out DIR --subscribers N [--seed 42]``.
+Run ``python -m handover_synth.legacy_bss --out DIR --subscribers N [--seed 42]``.
 """
 
 from __future__ import annotations
@@ -1134,7 +1134,7 @@ def generate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m handover.synth",
+        prog="python -m handover_synth.legacy_bss",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
