@@ -17,7 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import backup, restore
+from handover import backup, restore, tasks
 from tests.conftest import pg_dsn
 from tests.integration.test_retention import lifecycle_env
 
@@ -109,7 +109,7 @@ def test_corrupted_backup_file_fails_with_one_clear_line(env):
     from airflow.sdk.exceptions import AirflowFailException
 
     with pytest.raises(AirflowFailException) as failed:
-        backup.call(restore.restore_backup, bad)
+        tasks.call(restore.restore_backup, bad)
     assert str(failed.value).startswith("BackupCorrupt: backup ")
     assert "\n" not in str(failed.value) and "crm.call_record.parquet.enc" in str(failed.value)
     with psycopg.connect(env["dsn"]) as conn:
