@@ -23,6 +23,7 @@ test: setup
 
 lint: setup
 	@.venv/bin/ruff check .
+	@.venv/bin/ruff format --check .
 
 up: setup
 	@scripts/up.sh

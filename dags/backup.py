@@ -37,10 +37,19 @@ from handover.tasks import DEFAULT_ARGS
     default_args=DEFAULT_ARGS,
     tags=["handover", "lifecycle"],
     params={
-        "reason": Param("scheduled", type="string", enum=["scheduled", "pre_load", "manual"],
-                        description="why this backup is taken (kept in the catalogue)"),
-        "retention_days": Param(35, type="integer", minimum=1, maximum=3650,
-                                description="days until this backup expires and is deleted"),
+        "reason": Param(
+            "scheduled",
+            type="string",
+            enum=["scheduled", "pre_load", "manual"],
+            description="why this backup is taken (kept in the catalogue)",
+        ),
+        "retention_days": Param(
+            35,
+            type="integer",
+            minimum=1,
+            maximum=3650,
+            description="days until this backup expires and is deleted",
+        ),
     },
 )
 def backup_target():
@@ -48,8 +57,12 @@ def backup_target():
     def snapshot_target(params=None, run_id=None):
         from handover import backup, tasks
 
-        return tasks.call(backup.take_backup, reason=params["reason"],
-                          retention_days=int(params["retention_days"]), run_id=run_id)
+        return tasks.call(
+            backup.take_backup,
+            reason=params["reason"],
+            retention_days=int(params["retention_days"]),
+            run_id=run_id,
+        )
 
     @task(task_id="validate_backup", retries=0)
     def validate_backup(taken):

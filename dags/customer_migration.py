@@ -38,8 +38,11 @@ LABEL = "{{ part_label }}"
     tags=["handover", "migration"],
     params={
         "system": Param("legacy_bss", type="string", description="source system config folder"),
-        "source_dir": Param(None, type=["null", "string"],
-                            description="legacy export folder (empty: $HANDOVER_SOURCE_DIR)"),
+        "source_dir": Param(
+            None,
+            type=["null", "string"],
+            description="legacy export folder (empty: $HANDOVER_SOURCE_DIR)",
+        ),
     },
 )
 def customer_migration():
@@ -47,8 +50,13 @@ def customer_migration():
     def plan_run(params=None, run_id=None, dag=None):
         from handover import pipeline, tasks
 
-        return tasks.call(pipeline.plan_run, run_id=run_id, dag_id=dag.dag_id,
-                          system=params["system"], source_dir=tasks.source_dir(params["source_dir"]))
+        return tasks.call(
+            pipeline.plan_run,
+            run_id=run_id,
+            dag_id=dag.dag_id,
+            system=params["system"],
+            source_dir=tasks.source_dir(params["source_dir"]),
+        )
 
     @task(map_index_template="{{ part_label }}")
     def extract_table(ctx, table):
@@ -71,8 +79,13 @@ def customer_migration():
         def _gate(ctx, part):
             from handover import pipeline, tasks
 
-            return tasks.call(pipeline.run_gate_task, ctx, part, name,
-                              label=f"{part['table']}/{part['partition']}")
+            return tasks.call(
+                pipeline.run_gate_task,
+                ctx,
+                part,
+                name,
+                label=f"{part['table']}/{part['partition']}",
+            )
 
         return _gate
 
@@ -81,8 +94,9 @@ def customer_migration():
         def _stage(ctx, part):
             from handover import pipeline, tasks
 
-            return tasks.call(getattr(pipeline, fn_name), ctx, part,
-                              label=f"{part['table']}/{part['partition']}")
+            return tasks.call(
+                getattr(pipeline, fn_name), ctx, part, label=f"{part['table']}/{part['partition']}"
+            )
 
         return _stage
 
@@ -102,8 +116,7 @@ def customer_migration():
     def validate_reconciliation(ctx, result):
         from handover import pipeline, tasks
 
-        return tasks.call(pipeline.reconciliation_gate, ctx, result["table"],
-                          label=result["table"])
+        return tasks.call(pipeline.reconciliation_gate, ctx, result["table"], label=result["table"])
 
     @task
     def publish(ctx, gates):

@@ -52,18 +52,25 @@ def nightly_sync():
     def wait_for_change_set(params=None, data_interval_start=None, data_interval_end=None):
         from handover import sync
 
-        return sync.change_set_ready(sync.changes_dir(params["changes_dir"]),
-                                     data_interval_start, data_interval_end)
+        return sync.change_set_ready(
+            sync.changes_dir(params["changes_dir"]), data_interval_start, data_interval_end
+        )
 
     @task
-    def plan_night(params=None, run_id=None, dag=None, data_interval_start=None,
-                   data_interval_end=None):
+    def plan_night(
+        params=None, run_id=None, dag=None, data_interval_start=None, data_interval_end=None
+    ):
         from handover import sync, tasks
 
-        return tasks.call(sync.plan_night, dag_id=dag.dag_id, system=params["system"],
-                          changes_dir=sync.changes_dir(params["changes_dir"]),
-                          data_interval_start=data_interval_start,
-                          data_interval_end=data_interval_end, airflow_run_id=run_id)
+        return tasks.call(
+            sync.plan_night,
+            dag_id=dag.dag_id,
+            system=params["system"],
+            changes_dir=sync.changes_dir(params["changes_dir"]),
+            data_interval_start=data_interval_start,
+            data_interval_end=data_interval_end,
+            airflow_run_id=run_id,
+        )
 
     @task
     def list_tables(ctx):
@@ -86,8 +93,13 @@ def nightly_sync():
         def _gate(ctx, part):
             from handover import pipeline, tasks
 
-            return tasks.call(pipeline.run_gate_task, ctx, part, name,
-                              label=f"{part['table']}/{part['partition']}")
+            return tasks.call(
+                pipeline.run_gate_task,
+                ctx,
+                part,
+                name,
+                label=f"{part['table']}/{part['partition']}",
+            )
 
         return _gate
 
@@ -143,12 +155,16 @@ def nightly_sync():
     complied = stage("sync", "comply_partition", "comply").partial(ctx=ctx).expand(part=intake)
     compliant = gate("compliance").partial(ctx=ctx).expand(part=complied)
     resolved = resolve_customers(ctx, compliant)
-    cleansed = stage("pipeline", "cleanse_partition", "cleanse").partial(ctx=ctx).expand(
-        part=compliant)
+    cleansed = (
+        stage("pipeline", "cleanse_partition", "cleanse").partial(ctx=ctx).expand(part=compliant)
+    )
     resolved >> cleansed
     quality = gate("quality").partial(ctx=ctx).expand(part=cleansed)
-    mapped = stage("pipeline", "map_protect_partition", "map_protect").partial(ctx=ctx).expand(
-        part=quality)
+    mapped = (
+        stage("pipeline", "map_protect_partition", "map_protect")
+        .partial(ctx=ctx)
+        .expand(part=quality)
+    )
     contract = gate("contract").partial(ctx=ctx).expand(part=mapped)
     loaded = stage("sync", "load_partition", "load").partial(ctx=ctx).expand(part=contract)
     deleted = apply_deletions.partial(ctx=ctx, loaded=loaded).expand(table=tables)

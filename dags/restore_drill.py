@@ -35,10 +35,12 @@ from handover.tasks import DEFAULT_ARGS
     default_args=DEFAULT_ARGS,
     tags=["handover", "lifecycle"],
     params={
-        "backup_id": Param("", type="string",
-                           description="backup to restore; empty = newest complete backup"),
-        "keep_scratch": Param(False, type="boolean",
-                              description="keep the scratch database for inspection"),
+        "backup_id": Param(
+            "", type="string", description="backup to restore; empty = newest complete backup"
+        ),
+        "keep_scratch": Param(
+            False, type="boolean", description="keep the scratch database for inspection"
+        ),
     },
 )
 def restore_drill():

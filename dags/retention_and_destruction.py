@@ -37,8 +37,9 @@ from handover.tasks import DEFAULT_ARGS
     default_args=DEFAULT_ARGS,
     tags=["handover", "lifecycle"],
     params={
-        "as_of": Param("", type="string",
-                       description="retention date YYYY-MM-DD; empty = data interval end"),
+        "as_of": Param(
+            "", type="string", description="retention date YYYY-MM-DD; empty = data interval end"
+        ),
         "system": Param("legacy_bss", type="string", description="source system config folder"),
     },
 )
@@ -48,8 +49,9 @@ def retention_and_destruction():
         from handover import retention, tasks
 
         as_of = params["as_of"] or (data_interval_end.date() if data_interval_end else None)
-        return tasks.call(retention.find_expired, as_of=as_of, system=params["system"],
-                          run_id=run_id)
+        return tasks.call(
+            retention.find_expired, as_of=as_of, system=params["system"], run_id=run_id
+        )
 
     @task
     def destroy_in_target(found):

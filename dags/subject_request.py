@@ -47,9 +47,13 @@ from handover.tasks import DEFAULT_ARGS
     default_args=DEFAULT_ARGS,
     tags=["handover", "lifecycle", "privacy"],
     params={
-        "request_id": Param("", type="string", title="Request id",
-                            description="ticket id of a request submitted with `python -m "
-                                        "handover.subject submit` (letters, digits, . _ -)"),
+        "request_id": Param(
+            "",
+            type="string",
+            title="Request id",
+            description="ticket id of a request submitted with `python -m "
+            "handover.subject submit` (letters, digits, . _ -)",
+        ),
     },
 )
 def subject_request():

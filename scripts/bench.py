@@ -35,8 +35,15 @@ sys.path.insert(0, str(ROOT / "include"))
 
 from handover_synth import legacy_bss as synth  # noqa: E402 - importable only after the sys.path line above
 
-TABLES = ["subscribers", "consents", "call_records", "data_sessions", "payments", "complaints",
-          "browsing_events"]
+TABLES = [
+    "subscribers",
+    "consents",
+    "call_records",
+    "data_sessions",
+    "payments",
+    "complaints",
+    "browsing_events",
+]
 
 
 def _with_db(dsn: str, name: str) -> str:
@@ -70,8 +77,10 @@ def raw_copy(source: Path, dsn: str) -> tuple[int, float]:
             header = path.open(encoding="utf-8").readline().strip().split(",")
             cols = ", ".join(f'"{c}" text' for c in header)
             conn.execute(f'CREATE TABLE "{table}" ({cols})')
-            with conn.cursor().copy(f'COPY "{table}" FROM STDIN (FORMAT csv, HEADER)') as cp, \
-                    path.open("rb") as fh:
+            with (
+                conn.cursor().copy(f'COPY "{table}" FROM STDIN (FORMAT csv, HEADER)') as cp,
+                path.open("rb") as fh,
+            ):
                 while chunk := fh.read(1 << 20):
                     cp.write(chunk)
             rows += conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
@@ -83,13 +92,14 @@ def naive_pandas(source: Path, dsn: str, sample: int) -> tuple[int, float, int]:
     code = f"""
 import time, pandas as pd, sqlalchemy as sa, resource
 t = time.monotonic()
-df = pd.read_csv({str(source / 'call_records.csv')!r}, nrows={sample})
+df = pd.read_csv({str(source / "call_records.csv")!r}, nrows={sample})
 eng = sa.create_engine({sa_url(dsn)!r})
 df.to_sql("call_records_naive", eng, if_exists="replace", index=False)
 print(len(df), time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     return int(out[0]), float(out[1]), int(out[2]) // 1024
 
 
@@ -97,9 +107,13 @@ def sa_url(dsn: str) -> str:
     parts = dict(p.split("=", 1) for p in dsn.split())
     host = parts.get("host", "")
     if host.startswith("/"):
-        return f"postgresql+psycopg2://{parts.get('user', 'postgres')}@/{parts['dbname']}?host={host}"
-    return (f"postgresql+psycopg2://{parts.get('user', 'postgres')}@{host}:"
-            f"{parts.get('port', 5432)}/{parts['dbname']}")
+        return (
+            f"postgresql+psycopg2://{parts.get('user', 'postgres')}@/{parts['dbname']}?host={host}"
+        )
+    return (
+        f"postgresql+psycopg2://{parts.get('user', 'postgres')}@{host}:"
+        f"{parts.get('port', 5432)}/{parts['dbname']}"
+    )
 
 
 class PeakRSS(threading.Thread):
@@ -126,8 +140,12 @@ def dag_run(source: Path, env: dict) -> tuple[float, int, str]:
     started = time.monotonic()
     with log.open("w") as fh:
         # INFO: each task logs its "task metrics" line (seconds, peak RSS) at that level.
-        proc = subprocess.Popen(["airflow", "dags", "test", "customer_migration", "-c", conf],
-                                env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"}, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            ["airflow", "dags", "test", "customer_migration", "-c", conf],
+            env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
         watch = PeakRSS(proc.pid)
         watch.start()
         rc = proc.wait()
@@ -138,8 +156,10 @@ def dag_run(source: Path, env: dict) -> tuple[float, int, str]:
     return wall, watch.peak // (1 << 20), str(log)
 
 
-METRIC = re.compile(r"task metrics: (?P<task>[\w.]+)\[(?P<index>-?\d+)\] (?P<secs>[\d.]+) s, "
-                    r"peak RSS (?P<mb>\d+) MB(?: \((?P<start>\d+) MB at start\))?")
+METRIC = re.compile(
+    r"task metrics: (?P<task>[\w.]+)\[(?P<index>-?\d+)\] (?P<secs>[\d.]+) s, "
+    r"peak RSS (?P<mb>\d+) MB(?: \((?P<start>\d+) MB at start\))?"
+)
 
 
 def task_metrics(log: Path) -> dict[str, dict]:
@@ -147,8 +167,9 @@ def task_metrics(log: Path) -> dict[str, dict]:
     one instance (handover.tasks resets the process's peak mark before each task body)."""
     out: dict[str, dict] = {}
     for m in METRIC.finditer(log.read_text(errors="replace")):
-        t = out.setdefault(m["task"], {"instances": 0, "seconds": 0.0, "peak_rss_mb": 0,
-                                       "own_rss_mb": 0})
+        t = out.setdefault(
+            m["task"], {"instances": 0, "seconds": 0.0, "peak_rss_mb": 0, "own_rss_mb": 0}
+        )
         t["instances"] += 1
         t["seconds"] = round(t["seconds"] + float(m["secs"]), 2)
         t["peak_rss_mb"] = max(t["peak_rss_mb"], int(m["mb"]))
@@ -193,12 +214,18 @@ def task_process_peaks(run_id: str, tasks: dict[str, dict], env: dict, log: Path
             launched = subprocess.run(
                 [sys.executable, "-S", "-c", LAUNCHER, *cmd],
                 env={**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO"},
-                stdout=subprocess.PIPE, stderr=fh, text=True)
+                stdout=subprocess.PIPE,
+                stderr=fh,
+                text=True,
+            )
             if launched.returncode != 0:
                 raise SystemExit(f"bench: rerunning {task_id}[{index}] failed; see {log}")
             peak_mb = int(launched.stdout.split()[-1])
-            out[task_id] = {"map_index": index, "peak_rss_mb": peak_mb,
-                            "seconds": round(time.monotonic() - started, 1)}
+            out[task_id] = {
+                "map_index": index,
+                "peak_rss_mb": peak_mb,
+                "seconds": round(time.monotonic() - started, 1),
+            }
             print(f"    own process: {task_id}[{index}] peak RSS {peak_mb} MB", flush=True)
     return out
 
@@ -209,10 +236,13 @@ def stage_times(run_id: str) -> dict[str, float]:
 
     eng = create_engine(os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     with eng.connect() as c:
-        rows = c.execute(text(
-            "SELECT task_id, extract(epoch FROM max(end_date) - min(start_date)), count(*) "
-            "FROM task_instance WHERE run_id = :r GROUP BY task_id ORDER BY min(start_date)"),
-            {"r": run_id}).fetchall()
+        rows = c.execute(
+            text(
+                "SELECT task_id, extract(epoch FROM max(end_date) - min(start_date)), count(*) "
+                "FROM task_instance WHERE run_id = :r GROUP BY task_id ORDER BY min(start_date)"
+            ),
+            {"r": run_id},
+        ).fetchall()
     return {t: round(float(s or 0), 2) for t, s, _ in rows}
 
 
@@ -225,16 +255,22 @@ def rerun_largest_load(run_id: str, target_dsn: str) -> dict:
             "SELECT table_name, partition, rows_out, (detail->>'seconds')::float, "
             "detail->>'method' "
             "FROM handover_meta.ledger WHERE run_id=%s AND stage='load' "
-            "ORDER BY rows_out DESC LIMIT 1", (run_id,)).fetchone()
+            "ORDER BY rows_out DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
         before = table_checksum(conn, "crm", "call_record", "cdr_id")
     # Autovacuum works through the tables the run just filled (10 M new rows trigger it):
     # a rerun measured beside it measures autovacuum too. Wait (at most 3 min) until it is
     # done, and say how long that took.
     settle = time.monotonic()
     with psycopg.connect(target_dsn, autocommit=True) as conn:
-        while time.monotonic() - settle < 180 and conn.execute(
+        while (
+            time.monotonic() - settle < 180
+            and conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
-                "AND datname = current_database()").fetchone()[0]:
+                "AND datname = current_database()"
+            ).fetchone()[0]
+        ):
             time.sleep(1)
     settle = time.monotonic() - settle
     ctx = {"run_id": run_id, "system": "legacy_bss"}
@@ -250,17 +286,28 @@ def rerun_largest_load(run_id: str, target_dsn: str) -> dict:
             again, method = conn.execute(
                 "SELECT (detail->>'seconds')::float, detail->>'method' FROM "
                 "handover_meta.ledger WHERE run_id=%s AND stage='load' AND table_name=%s "
-                "AND partition=%s", (run_id, table, part)).fetchone()
+                "AND partition=%s",
+                (run_id, table, part),
+            ).fetchone()
         runs.append((again, wall, method))
     with psycopg.connect(target_dsn) as conn:
         after = table_checksum(conn, "crm", "call_record", "cdr_id")
     again, wall, method = sorted(runs)[1]
-    return {"table": table, "partition": part, "rows": rows, "first_load_s": secs,
-            "first_method": first_method, "rerun_s": round(again, 2), "rerun_method": method,
-            "rerun_wall_s": round(wall, 2), "reruns_s": [round(r[0], 2) for r in runs],
-            "autovacuum_wait_s": round(settle, 1),
-            "ratio": round(again / secs, 2) if secs else None,
-            "changed": changed, "target_unchanged": before == after}
+    return {
+        "table": table,
+        "partition": part,
+        "rows": rows,
+        "first_load_s": secs,
+        "first_method": first_method,
+        "rerun_s": round(again, 2),
+        "rerun_method": method,
+        "rerun_wall_s": round(wall, 2),
+        "reruns_s": [round(r[0], 2) for r in runs],
+        "autovacuum_wait_s": round(settle, 1),
+        "ratio": round(again / secs, 2) if secs else None,
+        "changed": changed,
+        "target_unchanged": before == after,
+    }
 
 
 def encryption_cost(run_id: str, wall: float) -> dict:
@@ -290,8 +337,9 @@ def encryption_cost(run_id: str, wall: float) -> dict:
         for mode in ("plain", "encrypted"):
             w = r = float("inf")
             for _ in range(2):
-                opts = (dict(PARQUET_OPTIONS) if mode == "plain"
-                        else lake.parquet_options(probe_scope))
+                opts = (
+                    dict(PARQUET_OPTIONS) if mode == "plain" else lake.parquet_options(probe_scope)
+                )
                 t0 = time.perf_counter()
                 pq.write_table(table, probe, **opts)
                 t1 = time.perf_counter()
@@ -299,8 +347,7 @@ def encryption_cost(run_id: str, wall: float) -> dict:
                 t2 = time.perf_counter()
                 w, r = min(w, t1 - t0), min(r, t2 - t1)
             best[mode] = (w, r)
-        s = stages.setdefault(stage, {"objects": 0, "rows": 0, "plain_s": 0.0,
-                                      "encrypted_s": 0.0})
+        s = stages.setdefault(stage, {"objects": 0, "rows": 0, "plain_s": 0.0, "encrypted_s": 0.0})
         s["objects"] += 1
         s["rows"] += table.num_rows
         s["plain_s"] += sum(best["plain"])
@@ -314,16 +361,24 @@ def encryption_cost(run_id: str, wall: float) -> dict:
         v["extra_s"] = round(v["encrypted_s"] - v["plain_s"], 3)
         v["extra_share_of_run"] = round(v["extra_s"] / wall, 4)
         v["plain_s"], v["encrypted_s"] = round(v["plain_s"], 3), round(v["encrypted_s"], 3)
-    print(f"(f) encrypting the working set: +{extra:.2f}s of {wall:.1f}s = "
-          f"{extra / wall:.1%} of the run (write + read once per object, per stage below)",
-          flush=True)
+    print(
+        f"(f) encrypting the working set: +{extra:.2f}s of {wall:.1f}s = "
+        f"{extra / wall:.1%} of the run (write + read once per object, per stage below)",
+        flush=True,
+    )
     for name, v in sorted(stages.items()):
-        print(f"    {name:<22} {v['objects']:>4} objects {v['rows']:>12,} rows  plain "
-              f"{v['plain_s']:7.2f}s  encrypted {v['encrypted_s']:7.2f}s  "
-              f"extra {v['extra_s']:+6.2f}s = {v['extra_share_of_run']:.1%} of the run",
-              flush=True)
-    return {"extra_seconds": round(extra, 2), "share_of_run": round(extra / wall, 4),
-            "stages": stages, "method": encryption_cost.__doc__.split("\n\n")[0]}
+        print(
+            f"    {name:<22} {v['objects']:>4} objects {v['rows']:>12,} rows  plain "
+            f"{v['plain_s']:7.2f}s  encrypted {v['encrypted_s']:7.2f}s  "
+            f"extra {v['extra_s']:+6.2f}s = {v['extra_share_of_run']:.1%} of the run",
+            flush=True,
+        )
+    return {
+        "extra_seconds": round(extra, 2),
+        "share_of_run": round(extra / wall, 4),
+        "stages": stages,
+        "method": encryption_cost.__doc__.split("\n\n")[0],
+    }
 
 
 def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
@@ -338,13 +393,18 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
     print(f"== {total:,} rows ({calls_rows:,} call records)", flush=True)
 
     copy_rows, copy_s = raw_copy(source, fresh_db("bench_copy"))
-    print(f"(a) raw COPY: {copy_rows:,} rows in {copy_s:.1f}s = {copy_rows / copy_s:,.0f} rows/s",
-          flush=True)
-    n, naive_s, naive_rss = naive_pandas(source, fresh_db("bench_naive"),
-                                         min(naive_sample, calls_rows))
-    print(f"(b) naive read_csv+to_sql: {n:,}-row sample of call records in {naive_s:.1f}s = "
-          f"{n / naive_s:,.0f} rows/s (sample, rate applies to all), peak RSS {naive_rss} MB",
-          flush=True)
+    print(
+        f"(a) raw COPY: {copy_rows:,} rows in {copy_s:.1f}s = {copy_rows / copy_s:,.0f} rows/s",
+        flush=True,
+    )
+    n, naive_s, naive_rss = naive_pandas(
+        source, fresh_db("bench_naive"), min(naive_sample, calls_rows)
+    )
+    print(
+        f"(b) naive read_csv+to_sql: {n:,}-row sample of call records in {naive_s:.1f}s = "
+        f"{n / naive_s:,.0f} rows/s (sample, rate applies to all), peak RSS {naive_rss} MB",
+        flush=True,
+    )
 
     # Its own target database and lake, not the demo's: `make demo` after `make bench`
     # finds its target as it left it (the bench's 20 M rows would collide with its keys).
@@ -356,29 +416,39 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
     env = dict(os.environ)
     wall, peak_mb, log = dag_run(source, env)
     with psycopg.connect(target) as conn:
-        run_id, status = conn.execute("SELECT run_id, status FROM handover_meta.run "
-                                      "ORDER BY started_at DESC LIMIT 1").fetchone()
-        balanced = conn.execute("SELECT bool_and(balanced), count(*) FROM "
-                                "handover_meta.reconciliation WHERE run_id=%s",
-                                (run_id,)).fetchone()
+        run_id, status = conn.execute(
+            "SELECT run_id, status FROM handover_meta.run ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        balanced = conn.execute(
+            "SELECT bool_and(balanced), count(*) FROM handover_meta.reconciliation WHERE run_id=%s",
+            (run_id,),
+        ).fetchone()
     stages = stage_times(run_id)
     tasks = task_metrics(Path(log))
     if not tasks:
         raise SystemExit(f"bench: no 'task metrics' lines in {log} (is the log level INFO?)")
     task_peak = max(t["peak_rss_mb"] for t in tasks.values())
-    print(f"(c) customer_migration DAG: {total:,} rows in {wall:.1f}s = {total / wall:,.0f} rows/s,"
-          f" run {status}, {balanced[1]} tables reconciled, all balanced: {balanced[0]}",
-          flush=True)
+    print(
+        f"(c) customer_migration DAG: {total:,} rows in {wall:.1f}s = {total / wall:,.0f} rows/s,"
+        f" run {status}, {balanced[1]} tables reconciled, all balanced: {balanced[0]}",
+        flush=True,
+    )
     rerun = rerun_largest_load(run_id, target)
     encryption = encryption_cost(run_id, wall)
-    own = task_process_peaks(run_id, tasks, env,
-                             ROOT / ".state" / "bench" / f"task-reruns-{source.name}.log")
+    own = task_process_peaks(
+        run_id, tasks, env, ROOT / ".state" / "bench" / f"task-reruns-{source.name}.log"
+    )
     return {
-        "subscribers": subscribers, "total_rows": total, "call_records": calls_rows,
-        "copy_rows_per_s": round(copy_rows / copy_s), "copy_seconds": round(copy_s, 2),
-        "naive_rows_per_s": round(n / naive_s), "naive_sample_rows": n,
+        "subscribers": subscribers,
+        "total_rows": total,
+        "call_records": calls_rows,
+        "copy_rows_per_s": round(copy_rows / copy_s),
+        "copy_seconds": round(copy_s, 2),
+        "naive_rows_per_s": round(n / naive_s),
+        "naive_sample_rows": n,
         "naive_peak_rss_mb": naive_rss,
-        "pipeline_rows_per_s": round(total / wall), "pipeline_seconds": round(wall, 1),
+        "pipeline_rows_per_s": round(total / wall),
+        "pipeline_seconds": round(wall, 1),
         "ratio_vs_copy": round((total / wall) / (copy_rows / copy_s), 3),
         "ratio_vs_naive": round((total / wall) / (n / naive_s), 2),
         # Per task, in a process of its own (an executor's view): the figure the target
@@ -393,17 +463,20 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
         "task_seconds": {k: v["seconds"] for k, v in tasks.items()},
         "process_peak_rss_mb": peak_mb,
         "peak_rss_note": "max_task_peak_rss_mb and task_process_peak_rss_mb: each task id's "
-                         "most-growing instance rerun alone by `airflow tasks test` in a fresh "
-                         "process after the run, peak from wait4 (imports, Airflow, GX and the "
-                         "task); the rest is the dags-test run: "
-                         "airflow dags test runs every task in one process, one after another; "
-                         "each task's peak is that process's VmHWM after a reset at the task's "
-                         "start, so it includes what the process holds already (Airflow, GX, "
-                         "allocator pools, state earlier tasks left in this shared process); "
-                         "task_own_rss_mb is each task's peak above the RSS at its start; "
-                         "process_peak_rss_mb is the whole run's peak",
+        "most-growing instance rerun alone by `airflow tasks test` in a fresh "
+        "process after the run, peak from wait4 (imports, Airflow, GX and the "
+        "task); the rest is the dags-test run: "
+        "airflow dags test runs every task in one process, one after another; "
+        "each task's peak is that process's VmHWM after a reset at the task's "
+        "start, so it includes what the process holds already (Airflow, GX, "
+        "allocator pools, state earlier tasks left in this shared process); "
+        "task_own_rss_mb is each task's peak above the RSS at its start; "
+        "process_peak_rss_mb is the whole run's peak",
         "arrow_memory_pool": os.environ.get("ARROW_DEFAULT_MEMORY_POOL", "mimalloc"),
-        "stages": stages, "load_rerun": rerun, "dag_log": log, "encryption": encryption,
+        "stages": stages,
+        "load_rerun": rerun,
+        "dag_log": log,
+        "encryption": encryption,
         "all_balanced": bool(balanced[0]),
     }
 
@@ -412,8 +485,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--subscribers", type=int, default=200_000)
     ap.add_argument("--calls-per-subscriber", type=float, default=26)
-    ap.add_argument("--scale", type=float, default=0.2,
-                    help="second size as a fraction of the first (0 to skip)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        default=0.2,
+        help="second size as a fraction of the first (0 to skip)",
+    )
     ap.add_argument("--naive-sample", type=int, default=500_000)
     args = ap.parse_args()
     (ROOT / ".state" / "bench").mkdir(parents=True, exist_ok=True)
@@ -427,32 +504,39 @@ def main() -> int:
     (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     print("\n== summary")
     for r in results:
-        print(f"{r['total_rows']:>12,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s = "
-              f"{r['ratio_vs_copy']:.1%} of raw COPY ({r['copy_rows_per_s']:,}), "
-              f"{r['ratio_vs_naive']:.1f}x naive ({r['naive_rows_per_s']:,}); "
-              f"peak RSS {r['max_task_peak_rss_mb']} MB; load rerun "
-              f"{r['load_rerun']['ratio']}x first ({r['load_rerun']['first_method']} "
-              f"{r['load_rerun']['first_load_s']}s, rerun {r['load_rerun']['rerun_method']} "
-              f"{r['load_rerun']['rerun_s']}s, median of {r['load_rerun']['reruns_s']}), "
-              f"target unchanged "
-              f"{r['load_rerun']['target_unchanged']}")
+        print(
+            f"{r['total_rows']:>12,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s = "
+            f"{r['ratio_vs_copy']:.1%} of raw COPY ({r['copy_rows_per_s']:,}), "
+            f"{r['ratio_vs_naive']:.1f}x naive ({r['naive_rows_per_s']:,}); "
+            f"peak RSS {r['max_task_peak_rss_mb']} MB; load rerun "
+            f"{r['load_rerun']['ratio']}x first ({r['load_rerun']['first_method']} "
+            f"{r['load_rerun']['first_load_s']}s, rerun {r['load_rerun']['rerun_method']} "
+            f"{r['load_rerun']['rerun_s']}s, median of {r['load_rerun']['reruns_s']}), "
+            f"target unchanged "
+            f"{r['load_rerun']['target_unchanged']}"
+        )
     if len(results) > 1:
         small, big = results[0], results[-1]
         growth = big["max_task_peak_rss_mb"] / small["max_task_peak_rss_mb"] - 1
         out["task_peak_rss_growth"] = round(growth, 3)
         own = big["max_task_own_rss_mb"] / max(1, small["max_task_own_rss_mb"]) - 1
         out["task_own_rss_growth"] = round(own, 3)
-        shared = (big["max_shared_process_task_peak_rss_mb"]
-                  / small["max_shared_process_task_peak_rss_mb"] - 1)
+        shared = (
+            big["max_shared_process_task_peak_rss_mb"]
+            / small["max_shared_process_task_peak_rss_mb"]
+            - 1
+        )
         out["shared_process_task_peak_rss_growth"] = round(shared, 3)
-        print(f"largest task peak RSS, each task in its own process: "
-              f"{small['max_task_peak_rss_mb']} MB at {small['call_records']:,} call records, "
-              f"{big['max_task_peak_rss_mb']} MB at {big['call_records']:,} ({growth:+.0%}); "
-              f"in the shared dags-test process: {small['max_shared_process_task_peak_rss_mb']}"
-              f" MB and {big['max_shared_process_task_peak_rss_mb']} MB ({shared:+.0%}), of "
-              f"which above the process's RSS at the task's start: "
-              f"{small['max_task_own_rss_mb']} MB and {big['max_task_own_rss_mb']} MB "
-              f"({own:+.0%})")
+        print(
+            f"largest task peak RSS, each task in its own process: "
+            f"{small['max_task_peak_rss_mb']} MB at {small['call_records']:,} call records, "
+            f"{big['max_task_peak_rss_mb']} MB at {big['call_records']:,} ({growth:+.0%}); "
+            f"in the shared dags-test process: {small['max_shared_process_task_peak_rss_mb']}"
+            f" MB and {big['max_shared_process_task_peak_rss_mb']} MB ({shared:+.0%}), of "
+            f"which above the process's RSS at the task's start: "
+            f"{small['max_task_own_rss_mb']} MB and {big['max_task_own_rss_mb']} MB "
+            f"({own:+.0%})"
+        )
         (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=2) + "\n")
     print("stages (s):", json.dumps(main_result["stages"]))
     print("task peak RSS, own process (MB):", json.dumps(main_result["task_process_peak_rss_mb"]))

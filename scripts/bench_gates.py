@@ -64,8 +64,18 @@ DDL = """CREATE UNLOGGED TABLE {name} (
     duration_s bigint, cell_id text, charge_fen bigint)"""
 
 #: Planted faults: (column, what, how many). Each lands on a distinct clean row.
-BAD_MSISDNS = ["12012345678", "1381234567", "1381234567x", "+8613812345678", "138 1234 5678",
-               "23812345678", "10012345678", "1441234567", "13812345678 ", "0"]
+BAD_MSISDNS = [
+    "12012345678",
+    "1381234567",
+    "1381234567x",
+    "+8613812345678",
+    "138 1234 5678",
+    "23812345678",
+    "10012345678",
+    "1441234567",
+    "13812345678 ",
+    "0",
+]
 
 
 # --------------------------------------------------------------------------- data
@@ -88,8 +98,12 @@ def make_rows(rows: int, workdir: Path) -> tuple[pd.DataFrame, dict[str, float]]
         t = time.perf_counter()
         raw = pd.read_csv(out / "call_records.csv", dtype=str, keep_default_na=False)
         cfg = load_config(SYSTEM)
-        res = cleanse(raw, cfg.rules(TABLE), key=cfg.table(TABLE)["key"],
-                      exported_at=pd.Timestamp(manifest["exported_at"]))
+        res = cleanse(
+            raw,
+            cfg.rules(TABLE),
+            key=cfg.table(TABLE)["key"],
+            exported_at=pd.Timestamp(manifest["exported_at"]),
+        )
         timings["cleanse_s"] = time.perf_counter() - t
         if len(res.clean) >= rows:
             return res.clean.iloc[:rows].reset_index(drop=True), timings
@@ -136,8 +150,7 @@ def write_partitions(df: pd.DataFrame, partition_rows: int, workdir: Path) -> li
     for i in range(n_parts):
         path = workdir / f"part-{i:03d}.parquet"
         part = df.loc[pid == i].reset_index(drop=True)
-        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path,
-                       compression="zstd")
+        pq.write_table(pa.Table.from_pandas(part, preserve_index=False), path, compression="zstd")
         paths.append(path)
     return paths
 
@@ -150,27 +163,49 @@ def counts_from_gate(results: list[gates.GateResult]) -> tuple[bool, dict[tuple[
     for res in results:
         for f in res.failed:
             counts[(f.expectation, f.column or "")] += (
-                f.unexpected_count if f.unexpected_count is not None else -10**9)
+                f.unexpected_count if f.unexpected_count is not None else -(10**9)
+            )
     return all(r.success for r in results), dict(counts)
 
 
 def bench_run_gate(frames: list[pd.DataFrame]) -> dict[str, Any]:
     warm = frames[0].head(1000).copy()
     t = time.perf_counter()
-    gates.run_gate(warm, gate=GATE, table=TABLE, partition="warmup", run_id="bench",
-                   suites_dir=SUITES_DIR, docs_dir=None)
+    gates.run_gate(
+        warm,
+        gate=GATE,
+        table=TABLE,
+        partition="warmup",
+        run_id="bench",
+        suites_dir=SUITES_DIR,
+        docs_dir=None,
+    )
     warmup = time.perf_counter() - t
     results, per_part = [], []
     t = time.perf_counter()
     for i, frame in enumerate(frames):
         tp = time.perf_counter()
-        results.append(gates.run_gate(frame, gate=GATE, table=TABLE, partition=f"p{i}",
-                                      run_id="bench", suites_dir=SUITES_DIR, docs_dir=None))
+        results.append(
+            gates.run_gate(
+                frame,
+                gate=GATE,
+                table=TABLE,
+                partition=f"p{i}",
+                run_id="bench",
+                suites_dir=SUITES_DIR,
+                docs_dir=None,
+            )
+        )
         per_part.append(round(time.perf_counter() - tp, 3))
     seconds = time.perf_counter() - t
     success, counts = counts_from_gate(results)
-    return {"warmup_s": warmup, "seconds": seconds, "per_partition_s": per_part,
-            "success": success, "counts": counts}
+    return {
+        "warmup_s": warmup,
+        "seconds": seconds,
+        "per_partition_s": per_part,
+        "success": success,
+        "counts": counts,
+    }
 
 
 # --------------------------------------------------------------------------- (b) GX on SQL
@@ -202,20 +237,20 @@ def counts_from_gx(result: Any) -> tuple[bool, dict[tuple[str, str], int]]:
         cfg = evr.expectation_config
         key = (cfg.type, str(cfg.kwargs.get("column") or ""))
         n = (evr.result or {}).get("unexpected_count")
-        counts[key] = int(n) if n is not None else -10**9  # failed without a count: an error
+        counts[key] = int(n) if n is not None else -(10**9)  # failed without a count: an error
     return bool(result.success), counts
 
 
-def bench_pushdown(tables: list[pa.Table], frames: list[pd.DataFrame],
-                   db: str = DB) -> dict[str, Any]:
+def bench_pushdown(
+    tables: list[pa.Table], frames: list[pd.DataFrame], db: str = DB
+) -> dict[str, Any]:
     import psycopg
     from psycopg import sql
 
     from handover.load import copy_arrow
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-            sql.Identifier(db)))
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
     context = None
     try:
@@ -237,8 +272,9 @@ def bench_pushdown(tables: list[pa.Table], frames: list[pd.DataFrame],
         suite = gates._build_suite(gates.load_suite(SUITES_DIR, GATE, TABLE), f"{GATE}.{TABLE}")
         t = time.perf_counter()
         context = gx_sql_context()
-        source = context.data_sources.add_postgres("bench_pg",
-                                               connection_string=GX_URL.format(db=db))
+        source = context.data_sources.add_postgres(
+            "bench_pg", connection_string=GX_URL.format(db=db)
+        )
         batches = {}
         for name in ("warmup", TABLE):
             asset = source.add_table_asset(name, table_name=name)
@@ -254,8 +290,11 @@ def bench_pushdown(tables: list[pa.Table], frames: list[pd.DataFrame],
         out["total_s"] = out["copy_s"] + out["validate_s"]
         gates._scrub(result, allowed=set(frames[0].columns))
         out["success"], out["counts"] = counts_from_gx(result)
-        errors = [evr.expectation_config.type for evr in result.results
-                  if (evr.exception_info or {}).get("raised_exception")]
+        errors = [
+            evr.expectation_config.type
+            for evr in result.results
+            if (evr.exception_info or {}).get("raised_exception")
+        ]
         out["errors"] = errors
         return out
     finally:
@@ -265,8 +304,9 @@ def bench_pushdown(tables: list[pa.Table], frames: list[pd.DataFrame],
             except Exception:  # noqa: BLE001 - best effort; the drop below forces it anyway
                 pass
         with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(db)))
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+            )
 
 
 # --------------------------------------------------------------------------- (c) pyarrow
@@ -334,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--partition-rows", type=int, default=400_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "gates.json")
-    parser.add_argument("--db", default=DB,
-                        help="scratch database, created and dropped (default %(default)s)")
+    parser.add_argument(
+        "--db", default=DB, help="scratch database, created and dropped (default %(default)s)"
+    )
     args = parser.parse_args(argv)
     load_start = os.getloadavg()
 
@@ -372,42 +413,60 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(agree.values())
 
     dtypes = ", ".join(f"{k}:{v}" for k, v in frames[0].dtypes.items())
-    print(f"gates benchmark: {rows:,} call records in {len(frames)} partitions of "
-          f"<= {args.partition_rows:,} (sizes {', '.join(f'{len(f):,}' for f in frames)})")
-    print(f"  suite {GATE}/{TABLE}: "
-          f"{len(gates.load_suite(SUITES_DIR, GATE, TABLE)['expectations'])} expectations; "
-          f"load average {load_start[0]:.2f} -> {load_end[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"gates benchmark: {rows:,} call records in {len(frames)} partitions of "
+        f"<= {args.partition_rows:,} (sizes {', '.join(f'{len(f):,}' for f in frames)})"
+    )
+    print(
+        f"  suite {GATE}/{TABLE}: "
+        f"{len(gates.load_suite(SUITES_DIR, GATE, TABLE)['expectations'])} expectations; "
+        f"load average {load_start[0]:.2f} -> {load_end[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     print(f"  frame dtypes: {dtypes}")
-    print(f"  setup (untimed below): GX import {gx_import:.2f}s, synth {prep['synth_s']:.2f}s, "
-          f"cleanse {prep['cleanse_s']:.2f}s, read partitions: pandas {read_pandas:.2f}s, "
-          f"arrow {read_arrow:.2f}s")
-    print(f"  warm-up (1,000 rows, first call): run_gate {a['warmup_s']:.2f}s, "
-          f"GX SQL context+source+validate {b['warmup_s']:.2f}s")
-    print(f"(a) run_gate per partition      {a['seconds']:8.2f}s {_rate(rows, a['seconds'])}"
-          f"   per partition {a['per_partition_s']}")
-    print(f"(b) GX SQL pushdown: COPY       {b['copy_s']:8.2f}s {_rate(rows, b['copy_s'])}"
-          f"   staging table {b['table_mb']} MB")
-    print(f"                     validate   {b['validate_s']:8.2f}s "
-          f"{_rate(rows, b['validate_s'])}")
+    print(
+        f"  setup (untimed below): GX import {gx_import:.2f}s, synth {prep['synth_s']:.2f}s, "
+        f"cleanse {prep['cleanse_s']:.2f}s, read partitions: pandas {read_pandas:.2f}s, "
+        f"arrow {read_arrow:.2f}s"
+    )
+    print(
+        f"  warm-up (1,000 rows, first call): run_gate {a['warmup_s']:.2f}s, "
+        f"GX SQL context+source+validate {b['warmup_s']:.2f}s"
+    )
+    print(
+        f"(a) run_gate per partition      {a['seconds']:8.2f}s {_rate(rows, a['seconds'])}"
+        f"   per partition {a['per_partition_s']}"
+    )
+    print(
+        f"(b) GX SQL pushdown: COPY       {b['copy_s']:8.2f}s {_rate(rows, b['copy_s'])}"
+        f"   staging table {b['table_mb']} MB"
+    )
+    print(f"                     validate   {b['validate_s']:8.2f}s {_rate(rows, b['validate_s'])}")
     print(f"                     total      {b['total_s']:8.2f}s {_rate(rows, b['total_s'])}")
     print(f"(c) pyarrow.compute             {c['seconds']:8.2f}s {_rate(rows, c['seconds'])}")
     ratio_total = b["total_s"] / a["seconds"]
     ratio_validate = b["validate_s"] / a["seconds"]
     ratio_arrow = a["seconds"] / c["seconds"] if c["seconds"] else float("inf")
-    print(f"ratios: pushdown total / run_gate = {ratio_total:.2f}, "
-          f"pushdown validate only / run_gate = {ratio_validate:.2f}, "
-          f"run_gate / pyarrow = {ratio_arrow:.1f}")
+    print(
+        f"ratios: pushdown total / run_gate = {ratio_total:.2f}, "
+        f"pushdown validate only / run_gate = {ratio_validate:.2f}, "
+        f"run_gate / pyarrow = {ratio_arrow:.1f}"
+    )
     faster = "run_gate per partition" if a["seconds"] <= b["total_s"] else "GX SQL pushdown"
-    print(f"faster for the same checks before load: {faster} "
-          f"({min(a['seconds'], b['total_s']):.2f}s vs {max(a['seconds'], b['total_s']):.2f}s)")
+    print(
+        f"faster for the same checks before load: {faster} "
+        f"({min(a['seconds'], b['total_s']):.2f}s vs {max(a['seconds'], b['total_s']):.2f}s)"
+    )
     print(f"planted: {_fmt_counts(expected)}")
     for name, r in (("run_gate", a), ("gx_sql", b), ("pyarrow", c)):
         verdict = "agrees" if agree[name] else "DIFFERS"
         print(f"  {name:9} success={r['success']!s:5} {verdict}: {_fmt_counts(r['counts'])}")
     if b.get("errors"):
         print(f"  gx_sql expectations that raised: {b['errors']}")
-    print("all three agree on pass/fail and unexpected counts" if ok
-          else "MISMATCH between methods (see above)")
+    print(
+        "all three agree on pass/fail and unexpected counts"
+        if ok
+        else "MISMATCH between methods (see above)"
+    )
 
     def js(counts: dict[tuple[str, str], int]) -> dict[str, int]:
         return {f"{k}:{c}": n for (k, c), n in sorted(counts.items())}
@@ -420,22 +479,34 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": [round(load_start[0], 2), round(load_end[0], 2)],
         "gx_import_s": round(gx_import, 3),
         "read_partitions_s": {"pandas": round(read_pandas, 3), "arrow": round(read_arrow, 3)},
-        "run_gate": {"seconds": round(a["seconds"], 3), "rows_per_s": round(rows / a["seconds"]),
-                     "warmup_s": round(a["warmup_s"], 3),
-                     "per_partition_s": a["per_partition_s"]},
-        "gx_sql": {"copy_s": round(b["copy_s"], 3), "validate_s": round(b["validate_s"], 3),
-                   "total_s": round(b["total_s"], 3),
-                   "rows_per_s": round(rows / b["total_s"]),
-                   "validate_rows_per_s": round(rows / b["validate_s"]),
-                   "warmup_s": round(b["warmup_s"], 3), "table_mb": b["table_mb"]},
+        "run_gate": {
+            "seconds": round(a["seconds"], 3),
+            "rows_per_s": round(rows / a["seconds"]),
+            "warmup_s": round(a["warmup_s"], 3),
+            "per_partition_s": a["per_partition_s"],
+        },
+        "gx_sql": {
+            "copy_s": round(b["copy_s"], 3),
+            "validate_s": round(b["validate_s"], 3),
+            "total_s": round(b["total_s"], 3),
+            "rows_per_s": round(rows / b["total_s"]),
+            "validate_rows_per_s": round(rows / b["validate_s"]),
+            "warmup_s": round(b["warmup_s"], 3),
+            "table_mb": b["table_mb"],
+        },
         "pyarrow": {"seconds": round(c["seconds"], 3), "rows_per_s": round(rows / c["seconds"])},
-        "ratios": {"pushdown_total_over_run_gate": round(ratio_total, 3),
-                   "pushdown_validate_over_run_gate": round(ratio_validate, 3),
-                   "run_gate_over_pyarrow": round(ratio_arrow, 2)},
+        "ratios": {
+            "pushdown_total_over_run_gate": round(ratio_total, 3),
+            "pushdown_validate_over_run_gate": round(ratio_validate, 3),
+            "run_gate_over_pyarrow": round(ratio_arrow, 2),
+        },
         "faster": faster,
         "planted": js(expected),
-        "found": {"run_gate": js(a["counts"]), "gx_sql": js(b["counts"]),
-                  "pyarrow": js(c["counts"])},
+        "found": {
+            "run_gate": js(a["counts"]),
+            "gx_sql": js(b["counts"]),
+            "pyarrow": js(c["counts"]),
+        },
         "failing_expectations": len(fails),
         "agree": ok,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -35,14 +35,21 @@ def stage_spans(tis: list[dict], stages: tuple[str, ...]) -> dict[str, dict]:
     """Per partitioned stage: span (first start to last end), summed task time, tries."""
     out = {}
     for stage in stages:
-        rows = [t for t in tis if t["task_id"] == stage and t["row"] == "current"
-                and t["start_date"] and t["end_date"]]
+        rows = [
+            t
+            for t in tis
+            if t["task_id"] == stage and t["row"] == "current" and t["start_date"] and t["end_date"]
+        ]
         if not rows:
             continue
-        span = (max(t["end_date"] for t in rows) - min(t["start_date"] for t in rows))
+        span = max(t["end_date"] for t in rows) - min(t["start_date"] for t in rows)
         work = sum((t["end_date"] - t["start_date"]).total_seconds() for t in rows)
-        out[stage] = {"span": span.total_seconds(), "work": work, "tasks": len(rows),
-                      "hosts": sorted({t["hostname"] for t in rows})}
+        out[stage] = {
+            "span": span.total_seconds(),
+            "work": work,
+            "tasks": len(rows),
+            "hosts": sorted({t["hostname"] for t in rows}),
+        }
     return out
 
 
@@ -80,37 +87,57 @@ def run_once(stack, source: Path, workers: int, timeout: float) -> dict:
     wall = time.monotonic() - started
     cpu_after = cpu_seconds(stack)
     if state != "success":
-        raise SystemExit(f"run {run_id} on {workers} worker(s) ended {state}: "
-                         f"{stack.failure_report(run_id)[:3000]}")
-    (start, end), = stack.sql("SELECT start_date, end_date FROM dag_run WHERE run_id=%s",
-                              (run_id,))
+        raise SystemExit(
+            f"run {run_id} on {workers} worker(s) ended {state}: "
+            f"{stack.failure_report(run_id)[:3000]}"
+        )
+    ((start, end),) = stack.sql(
+        "SELECT start_date, end_date FROM dag_run WHERE run_id=%s", (run_id,)
+    )
     tis = stack.task_instances(run_id)
     spans = stage_spans(tis, PARTITION_TASKS)
     # Free moto's memory before the next run (every run writes its own prefix).
-    stack.run([sys.executable, "-c", "import sys; from handover.lake import lake_from_url; "
-               "lake_from_url().delete_prefix(f'runs/{sys.argv[1]}/')", run_id])
-    return {"workers": workers, "run_id": run_id, "wall": wall,
-            "dag_run": (end - start).total_seconds(), "stages": spans,
-            "partitioned": sum(s["span"] for s in spans.values()),
-            "load": (load_before, os.getloadavg()[0]),
-            # Average cores busy during the run: the whole machine, and this stack
-            # (scheduler, api-server, dag-processor, workers, tasks, moto; PostgreSQL
-            # and Redis are shared with the machine and not counted as ours).
-            "cores_machine": (cpu_after[0] - cpu_before[0]) / wall,
-            "cores_stack": (cpu_after[1] - cpu_before[1]) / wall}
+    stack.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from handover.lake import lake_from_url; "
+            "lake_from_url().delete_prefix(f'runs/{sys.argv[1]}/')",
+            run_id,
+        ]
+    )
+    return {
+        "workers": workers,
+        "run_id": run_id,
+        "wall": wall,
+        "dag_run": (end - start).total_seconds(),
+        "stages": spans,
+        "partitioned": sum(s["span"] for s in spans.values()),
+        "load": (load_before, os.getloadavg()[0]),
+        # Average cores busy during the run: the whole machine, and this stack
+        # (scheduler, api-server, dag-processor, workers, tasks, moto; PostgreSQL
+        # and Redis are shared with the machine and not counted as ours).
+        "cores_machine": (cpu_after[0] - cpu_before[0]) / wall,
+        "cores_stack": (cpu_after[1] - cpu_before[1]) / wall,
+    }
 
 
 def report(results: list[dict], subscribers: int) -> str:
     base = results[0]
-    lines = [f"customer_migration, {subscribers:,} subscribers, S3 lake on moto, "
-             f"Celery workers of concurrency 1, {os.cpu_count()} CPUs", ""]
+    lines = [
+        f"customer_migration, {subscribers:,} subscribers, S3 lake on moto, "
+        f"Celery workers of concurrency 1, {os.cpu_count()} CPUs",
+        "",
+    ]
     head = f"{'stage':<22}" + "".join(f"{str(r['workers']) + ' worker(s)':>14}" for r in results)
     head += "".join(f"{'speed-up ' + str(r['workers']):>13}" for r in results[1:])
     lines += [head, "-" * len(head)]
     for stage in base["stages"]:
         row = f"{stage:<22}" + "".join(f"{r['stages'][stage]['span']:>13.1f}s" for r in results)
-        row += "".join(f"{base['stages'][stage]['span'] / r['stages'][stage]['span']:>12.2f}x"
-                       for r in results[1:])
+        row += "".join(
+            f"{base['stages'][stage]['span'] / r['stages'][stage]['span']:>12.2f}x"
+            for r in results[1:]
+        )
         lines.append(row)
     lines.append("-" * len(head))
     for label, key in (("partitioned stages", "partitioned"), ("whole DAG run", "dag_run")):
@@ -120,14 +147,18 @@ def report(results: list[dict], subscribers: int) -> str:
     lines.append("")
     for r in results:
         hosts = sorted({h for s in r["stages"].values() for h in s["hosts"]})
-        lines.append(f"{r['workers']} worker(s): run {r['run_id']}, tasks on {hosts}, "
-                     f"load average {r['load'][0]:.1f} before / {r['load'][1]:.1f} after, "
-                     f"cores busy: machine {r['cores_machine']:.2f}, this stack "
-                     f"{r['cores_stack']:.2f}")
+        lines.append(
+            f"{r['workers']} worker(s): run {r['run_id']}, tasks on {hosts}, "
+            f"load average {r['load'][0]:.1f} before / {r['load'][1]:.1f} after, "
+            f"cores busy: machine {r['cores_machine']:.2f}, this stack "
+            f"{r['cores_stack']:.2f}"
+        )
     others = max(r["cores_machine"] - r["cores_stack"] for r in results)
     if others > 0.3 or max(max(r["load"]) for r in results) > (os.cpu_count() or 1) + 0.5:
-        lines.append(f"note: other work kept up to {others:.2f} of the {os.cpu_count()} cores "
-                     "busy during a run (PostgreSQL included): the figures are noisy")
+        lines.append(
+            f"note: other work kept up to {others:.2f} of the {os.cpu_count()} cores "
+            "busy during a run (PostgreSQL included): the figures are noisy"
+        )
     return "\n".join(lines)
 
 

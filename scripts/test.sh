@@ -8,7 +8,12 @@ cd "$ROOT"
 export PYTHONPATH="$ROOT/include"
 export PYTHONWARNINGS=ignore
 "$ROOT/scripts/install-browser.sh"
-echo "==> ruff" >&2
+echo "==> ruff (lint, and the formatting ruff format gives)" >&2
 .venv/bin/ruff check .
+.venv/bin/ruff format --check . >/dev/null || {
+    .venv/bin/ruff format --check . >&2
+    echo "run: .venv/bin/ruff format ." >&2
+    exit 1
+}
 echo "==> pytest" >&2
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=20 "$@"

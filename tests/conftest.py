@@ -113,9 +113,18 @@ def start_moto_server(log_path: Path | None = None):
     port = free_port()
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     try:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H",
-                                 "127.0.0.1", "-p", str(port)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("moto_server")),
+                "-H",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         if log_path:
             out.close()
@@ -234,10 +243,17 @@ def stop_session(proc, timeout: float = 10) -> list[int]:
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
-def make_airflow_env(home: Path, metadata_db: str, *, dags: Path | None = None,
-                target: str | None = None, lake: Path | None = None,
-                keyring_file: Path | None = None, log_level: str = "WARNING",
-                **extra: str) -> dict[str, str]:
+def make_airflow_env(
+    home: Path,
+    metadata_db: str,
+    *,
+    dags: Path | None = None,
+    target: str | None = None,
+    lake: Path | None = None,
+    keyring_file: Path | None = None,
+    log_level: str = "WARNING",
+    **extra: str,
+) -> dict[str, str]:
     """The environment of an Airflow command or component run by a test.
 
     Nothing named AIRFLOW* or HANDOVER* is inherited from the caller (a shell that sourced
@@ -249,23 +265,26 @@ def make_airflow_env(home: Path, metadata_db: str, *, dags: Path | None = None,
     import json
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(metadata_db, "postgresql+psycopg2"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags or ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    })
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(metadata_db, "postgresql+psycopg2"),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags or ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": log_level,
+            "PYTHONPATH": str(ROOT / "include"),
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     if target is not None:
         env["AIRFLOW_CONN_HANDOVER_TARGET"] = pg_url(target, "postgres")
     if lake is not None:
         env["HANDOVER_LAKE_URL"] = f"file://{lake}"
     if keyring_file is not None:
         env["AIRFLOW_CONN_HANDOVER_KEYS"] = json.dumps(
-            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())})
+            {"conn_type": "generic", "extra": json.loads(Path(keyring_file).read_text())}
+        )
     env.update(extra)
     return env
 
@@ -274,8 +293,9 @@ def migrate_airflow(env: dict[str, str], timeout: float = 300) -> None:
     """`airflow db migrate` on the environment's metadata database; fails the test on error."""
     import subprocess
 
-    run = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True,
-                         timeout=timeout)
+    run = subprocess.run(
+        [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-2000:]
 
 
@@ -317,8 +337,15 @@ def _drop_airflow_template():
 
 
 @contextlib.contextmanager
-def fresh_airflow(root: Path, keyring_file: Path, *, target_prefix: str = "handover_e2e",
-                  migrate: bool = True, log_level: str = "WARNING", **extra: str):
+def fresh_airflow(
+    root: Path,
+    keyring_file: Path,
+    *,
+    target_prefix: str = "handover_e2e",
+    migrate: bool = True,
+    log_level: str = "WARNING",
+    **extra: str,
+):
     """Airflow for `airflow dags test` / `tasks test` in a test module: a fresh metadata
     database and a fresh target database on the machine's PostgreSQL, AIRFLOW_HOME
     `root`/airflow, the lake `root`/lake, the keyring of `keyring_file` (see
@@ -329,8 +356,15 @@ def fresh_airflow(root: Path, keyring_file: Path, *, target_prefix: str = "hando
     try:
         target = create_database(target_prefix)
         try:
-            env = make_airflow_env(root / "airflow", meta, target=target, lake=root / "lake",
-                                   keyring_file=keyring_file, log_level=log_level, **extra)
+            env = make_airflow_env(
+                root / "airflow",
+                meta,
+                target=target,
+                lake=root / "lake",
+                keyring_file=keyring_file,
+                log_level=log_level,
+                **extra,
+            )
             yield {"env": env, "root": root, "meta": meta, "target": target}
         finally:
             drop_database(target)
@@ -350,9 +384,14 @@ def lake_connection(endpoint: str, **extra) -> str:
     """AIRFLOW_CONN_HANDOVER_LAKE value (JSON) for an S3 endpoint with moto's dummy keys."""
     import json
 
-    return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
-                       "extra": {"endpoint_url": endpoint, "region_name": "us-east-1",
-                                 **extra}})
+    return json.dumps(
+        {
+            "conn_type": "aws",
+            "login": "testing",
+            "password": "testing",
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1", **extra},
+        }
+    )
 
 
 def worker_hostname() -> str:
@@ -387,24 +426,39 @@ def content_checksums(dsn: str, system: str = "legacy_bss") -> dict[str, tuple[i
     with psycopg.connect(dsn) as conn:
         for table in cfg.tables:
             tmap = cfg.table_mapping(table)
-            cols = [r[0] for r in conn.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema=%s "
-                "AND table_name=%s ORDER BY ordinal_position",
-                (cfg.mapping["schema"], tmap["target"]))]
-            keep = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
-                                      for c in comparable_columns(cols))
-            row = conn.execute(sql.SQL(
-                "SELECT count(*), coalesce(md5(string_agg(md5(row({keep})::text), '' "
-                "ORDER BY t.{key})), '') FROM {tbl} t").format(
-                keep=keep, key=sql.Identifier(tmap["key"]),
-                tbl=sql.Identifier(cfg.mapping["schema"], tmap["target"]))).fetchone()
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema=%s "
+                    "AND table_name=%s ORDER BY ordinal_position",
+                    (cfg.mapping["schema"], tmap["target"]),
+                )
+            ]
+            keep = sql.SQL(", ").join(
+                sql.SQL("t.{}").format(sql.Identifier(c)) for c in comparable_columns(cols)
+            )
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), coalesce(md5(string_agg(md5(row({keep})::text), '' "
+                    "ORDER BY t.{key})), '') FROM {tbl} t"
+                ).format(
+                    keep=keep,
+                    key=sql.Identifier(tmap["key"]),
+                    tbl=sql.Identifier(cfg.mapping["schema"], tmap["target"]),
+                )
+            ).fetchone()
             out[table] = (int(row[0]), row[1])
     return out
 
 
 # ---------------------------------------------------------------- fault and corpus helpers
-def make_system(dest: Path, tables: tuple[str, ...], *, partitions: dict | None = None,
-                catalog_extra: dict | None = None) -> Path:
+def make_system(
+    dest: Path,
+    tables: tuple[str, ...],
+    *,
+    partitions: dict | None = None,
+    catalog_extra: dict | None = None,
+) -> Path:
     """A source-system config folder: legacy_bss pruned to `tables` (read, never copied by
     hand, so it follows every change to legacy_bss). Policy parts that name a dropped table
     go too; `partitions` and `catalog_extra` ({table: {key: value}}) override the catalog.
@@ -414,8 +468,10 @@ def make_system(dest: Path, tables: tuple[str, ...], *, partitions: dict | None 
     from handover.config import CONFIG_ROOT
 
     src = CONFIG_ROOT / "legacy_bss"
-    docs = {n: yaml.safe_load((src / f"{n}.yaml").read_text(encoding="utf-8"))
-            for n in ("catalog", "policy", "cleansing", "mapping")}
+    docs = {
+        n: yaml.safe_load((src / f"{n}.yaml").read_text(encoding="utf-8"))
+        for n in ("catalog", "policy", "cleansing", "mapping")
+    }
     for name in ("catalog", "cleansing", "mapping"):
         docs[name]["tables"] = {t: s for t, s in docs[name]["tables"].items() if t in tables}
     for t, n in (partitions or {}).items():
@@ -430,13 +486,15 @@ def make_system(dest: Path, tables: tuple[str, ...], *, partitions: dict | None 
     policy["categories"] = {c: p for c, p in policy["categories"].items() if c in used}
     dest.mkdir(parents=True, exist_ok=True)
     for name, doc in docs.items():
-        (dest / f"{name}.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True,
-                                                          sort_keys=False), encoding="utf-8")
+        (dest / f"{name}.yaml").write_text(
+            yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
     return dest
 
 
-def write_manifest(source: Path, rows: dict[str, int | None],
-                   exported_at: str = "2026-11-01 00:00:00") -> None:
+def write_manifest(
+    source: Path, rows: dict[str, int | None], exported_at: str = "2026-11-01 00:00:00"
+) -> None:
     """export_manifest.json for the files in `source` (rows None: not declared)."""
     import hashlib
     import json
@@ -450,13 +508,22 @@ def write_manifest(source: Path, rows: dict[str, int | None],
         if f.is_file():
             entry["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
         tables[table] = entry
-    (source / "export_manifest.json").write_text(json.dumps(
-        {"system": "legacy_bss", "exported_at": exported_at, "tables": tables}))
+    (source / "export_manifest.json").write_text(
+        json.dumps({"system": "legacy_bss", "exported_at": exported_at, "tables": tables})
+    )
 
 
-def run_stages(run_id: str, source_dir: Path | str, system: str | Path = "legacy_bss", *,
-               gates: bool | set = True, hook=None, on_error=None, until: str | None = None,
-               dag_id: str = "handover_tests") -> dict:
+def run_stages(
+    run_id: str,
+    source_dir: Path | str,
+    system: str | Path = "legacy_bss",
+    *,
+    gates: bool | set = True,
+    hook=None,
+    on_error=None,
+    until: str | None = None,
+    dag_id: str = "handover_tests",
+) -> dict:
     """The task bodies in the DAG's (and handover.runner's) order, in this process.
 
     `hook(stage, item)` runs before every call (the place to inject a fault);
@@ -485,18 +552,34 @@ def run_stages(run_id: str, source_dir: Path | str, system: str | Path = "legacy
     def gate(name, parts):
         if not gates or (gates is not True and name not in gates):
             return parts
-        return [call(f"validate_{name}", pipeline.run_gate_task, p, state["ctx"], p, name)
-                for p in parts]
+        return [
+            call(f"validate_{name}", pipeline.run_gate_task, p, state["ctx"], p, name)
+            for p in parts
+        ]
 
-    ctx = state["ctx"] = call("plan_run", lambda: pipeline.plan_run(
-        run_id=run_id, dag_id=dag_id, system=str(system), source_dir=str(source_dir)), None)
-    order = ["extract", "comply", "resolve", "cleanse", "map_protect", "load", "reconcile",
-             "publish"]
+    ctx = state["ctx"] = call(
+        "plan_run",
+        lambda: pipeline.plan_run(
+            run_id=run_id, dag_id=dag_id, system=str(system), source_dir=str(source_dir)
+        ),
+        None,
+    )
+    order = [
+        "extract",
+        "comply",
+        "resolve",
+        "cleanse",
+        "map_protect",
+        "load",
+        "reconcile",
+        "publish",
+    ]
     stop = order.index(until) if until else len(order)
     parts = []
     if stop > 0:
-        parts = pipeline.flatten([call("extract", pipeline.extract_table, t, ctx, t)
-                                  for t in ctx["tables"]])
+        parts = pipeline.flatten(
+            [call("extract", pipeline.extract_table, t, ctx, t) for t in ctx["tables"]]
+        )
         parts = gate("intake", parts)
     if stop > 1:
         parts = [call("comply", pipeline.comply_partition, p, ctx, p) for p in parts]
@@ -542,17 +625,29 @@ def ledger_report(dsn: str, run_id: str) -> dict[str, dict]:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        recon = {r[0]: {"source_rows": r[1], "loaded": r[2], "quarantined": r[3],
-                        "excluded": r[4], "target_rows": r[5], "balanced": r[6],
-                        "merged": r[7]}
-                 for r in conn.execute(
-                     "SELECT table_name, source_rows, loaded, quarantined, excluded, "
-                     "target_rows, balanced, merged FROM handover_meta.reconciliation WHERE "
-                     "run_id=%s", (run_id,))}
+        recon = {
+            r[0]: {
+                "source_rows": r[1],
+                "loaded": r[2],
+                "quarantined": r[3],
+                "excluded": r[4],
+                "target_rows": r[5],
+                "balanced": r[6],
+                "merged": r[7],
+            }
+            for r in conn.execute(
+                "SELECT table_name, source_rows, loaded, quarantined, excluded, "
+                "target_rows, balanced, merged FROM handover_meta.reconciliation WHERE "
+                "run_id=%s",
+                (run_id,),
+            )
+        }
         stages = conn.execute(
             "SELECT table_name, stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
             "sum(rows_excluded), sum(rows_merged) FROM handover_meta.ledger WHERE run_id=%s "
-            "GROUP BY 1, 2", (run_id,)).fetchall()
+            "GROUP BY 1, 2",
+            (run_id,),
+        ).fetchall()
     by: dict[str, dict] = {}
     for t, stage, i, o, q, x, m in stages:
         by.setdefault(t, {})[stage] = (int(i), int(o), int(q), int(x), int(m))
@@ -572,8 +667,10 @@ def assert_ledger_balanced(dsn: str, run_id: str, tables) -> dict:
     for t in tables:
         r = report.get(t)
         assert r is not None and "balanced" in r, f"{t}: no reconciliation row in {run_id}"
-        assert r["source_rows"] == (r["loaded"] + r["merged"] + r["quarantined"]
-                                    + r["excluded"]), (t, r)
+        assert r["source_rows"] == (r["loaded"] + r["merged"] + r["quarantined"] + r["excluded"]), (
+            t,
+            r,
+        )
         assert r["target_rows"] == r["loaded"] and r["balanced"] and r["chained"], (t, r)
     return report
 
@@ -583,9 +680,13 @@ def empty_target(dsn: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.tables "
-            "WHERE table_schema = 'crm' AND table_type = 'BASE TABLE'")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.tables "
+                "WHERE table_schema = 'crm' AND table_type = 'BASE TABLE'"
+            )
+        ]
         if tables:
             conn.execute(f"TRUNCATE {', '.join(tables)}")
 

@@ -27,8 +27,9 @@ def apply_roles(conn: psycopg.Connection) -> None:
     conn.execute(SQL_FILE.read_text(encoding="utf-8"))
 
 
-def readable_relations(conn: psycopg.Connection, role: str,
-                       schemas: tuple[str, ...] = SCHEMAS) -> list[str]:
+def readable_relations(
+    conn: psycopg.Connection, role: str, schemas: tuple[str, ...] = SCHEMAS
+) -> list[str]:
     """Tables and views in `schemas` that `role` may SELECT from (schema usage included)."""
     rows = conn.execute(
         "SELECT n.nspname || '.' || c.relname FROM pg_class c "
@@ -36,12 +37,14 @@ def readable_relations(conn: psycopg.Connection, role: str,
         "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'v', 'm', 'p', 'f') "
         "AND has_schema_privilege(%s, n.oid, 'USAGE') "
         "AND has_table_privilege(%s, c.oid, 'SELECT') ORDER BY 1",
-        (list(schemas), role, role)).fetchall()
+        (list(schemas), role, role),
+    ).fetchall()
     return [r[0] for r in rows]
 
 
-def readable_columns(conn: psycopg.Connection, role: str,
-                     schemas: tuple[str, ...] = SCHEMAS) -> list[str]:
+def readable_columns(
+    conn: psycopg.Connection, role: str, schemas: tuple[str, ...] = SCHEMAS
+) -> list[str]:
     """Every column `role` can read (`schema.relation.column`), column grants included."""
     rows = conn.execute(
         "SELECT n.nspname || '.' || c.relname || '.' || a.attname FROM pg_attribute a "
@@ -50,5 +53,6 @@ def readable_columns(conn: psycopg.Connection, role: str,
         "AND a.attnum > 0 AND NOT a.attisdropped "
         "AND has_schema_privilege(%s, n.oid, 'USAGE') "
         "AND has_column_privilege(%s, c.oid, a.attnum, 'SELECT') ORDER BY 1",
-        (list(schemas), role, role)).fetchall()
+        (list(schemas), role, role),
+    ).fetchall()
     return [r[0] for r in rows]

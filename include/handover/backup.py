@@ -63,8 +63,13 @@ MAGIC = b"HOBK\x00\x01\x00\x00"
 SEGMENT = 1 << 20
 FORMAT = "handover-backup/1"
 # Session settings under which checksums are computed, at backup and at restore alike.
-SESSION = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, YMD'", "SET extra_float_digits = 1",
-           "SET bytea_output = 'hex'", "SET IntervalStyle = 'postgres'")
+SESSION = (
+    "SET TimeZone = 'UTC'",
+    "SET DateStyle = 'ISO, YMD'",
+    "SET extra_float_digits = 1",
+    "SET bytea_output = 'hex'",
+    "SET IntervalStyle = 'postgres'",
+)
 
 
 class LifecycleError(RuntimeError):
@@ -97,7 +102,9 @@ def snapshot_tables(conn) -> list[tuple[str, str]]:
     rows = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
-        "ORDER BY 1, 2", (list(SCHEMAS),)).fetchall()
+        "ORDER BY 1, 2",
+        (list(SCHEMAS),),
+    ).fetchall()
     return [(s, t) for s, t in rows if (s, t) not in NOT_BACKED_UP]
 
 
@@ -106,10 +113,15 @@ def table_columns(conn, schema: str, table: str) -> list[tuple[str, str]]:
     from psycopg import sql
 
     rel = sql.Identifier(schema, table).as_string(conn)
-    return [(n, t) for n, t in conn.execute(
-        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
-        "ORDER BY a.attnum", (rel,)).fetchall()]
+    return [
+        (n, t)
+        for n, t in conn.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+            "ORDER BY a.attnum",
+            (rel,),
+        ).fetchall()
+    ]
 
 
 def content_checksum(conn, schema: str, table: str, columns: list[str]) -> tuple[int, str]:
@@ -117,11 +129,14 @@ def content_checksum(conn, schema: str, table: str, columns: list[str]) -> tuple
     (sum of 64-bit md5 prefixes): constant memory, equal iff the restored rows are equal."""
     from psycopg import sql
 
-    row = sql.SQL("row({})").format(sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c))
-                                                          for c in columns))
-    count, total = conn.execute(sql.SQL(
-        "SELECT count(*), coalesce(sum(('x' || left(md5({row}::text), 16))::bit(64)::bigint"
-        "::numeric), 0)::text FROM {tbl} t").format(row=row, tbl=sql.Identifier(schema, table))
+    row = sql.SQL("row({})").format(
+        sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in columns)
+    )
+    count, total = conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(sum(('x' || left(md5({row}::text), 16))::bit(64)::bigint"
+            "::numeric), 0)::text FROM {tbl} t"
+        ).format(row=row, tbl=sql.Identifier(schema, table))
     ).fetchone()
     return int(count), hashlib.sha256(f"{count}:{total}".encode()).hexdigest()
 
@@ -201,10 +216,16 @@ def _key_aad(backup_id: str, file: str, data_key_id: str) -> bytes:
 def wrap_data_key(ring, key: bytes, backup_id: str, file: str, data_key_id: str) -> dict:
     nonce = os.urandom(12)
     blob = nonce + _aesgcm(ring.keys[ring.active_key_id]).encrypt(
-        nonce, key, _key_aad(backup_id, file, data_key_id))
-    return {"backup_id": backup_id, "file": file, "data_key_id": data_key_id,
-            "wrapping_key_id": ring.active_key_id, "alg": "AES-256-GCM",
-            "wrapped": base64.b64encode(blob).decode()}
+        nonce, key, _key_aad(backup_id, file, data_key_id)
+    )
+    return {
+        "backup_id": backup_id,
+        "file": file,
+        "data_key_id": data_key_id,
+        "wrapping_key_id": ring.active_key_id,
+        "alg": "AES-256-GCM",
+        "wrapped": base64.b64encode(blob).decode(),
+    }
 
 
 def unwrap_data_key(ring, obj: dict) -> bytes:
@@ -214,10 +235,12 @@ def unwrap_data_key(ring, obj: dict) -> bytes:
             f"backup {obj['backup_id']} file {obj['file']}: its data key is wrapped by keyring "
             f"key '{kid}', which the keyring no longer holds; put that key back into the "
             "'handover_keys' connection (and run `python -m handover.backup rewrap` before "
-            "retiring a key)")
+            "retiring a key)"
+        )
     blob = base64.b64decode(obj["wrapped"])
     return _aesgcm(ring.keys[kid]).decrypt(
-        blob[:12], blob[12:], _key_aad(obj["backup_id"], obj["file"], obj["data_key_id"]))
+        blob[:12], blob[12:], _key_aad(obj["backup_id"], obj["file"], obj["data_key_id"])
+    )
 
 
 def key_object(backup_id: str, file: str) -> str:
@@ -252,20 +275,23 @@ def purge(lake: Lake, prefix: str, *, exact: bool = False) -> int:
     full = _s3_key(lake, prefix)
     doomed = []
     for page in lake.client.get_paginator("list_object_versions").paginate(
-            Bucket=lake.bucket, Prefix=full):
+        Bucket=lake.bucket, Prefix=full
+    ):
         for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
             if exact and v["Key"] != full:
                 continue
             doomed.append({"Key": v["Key"], "VersionId": v["VersionId"]})
     for i in range(0, len(doomed), 1000):
-        out = lake.client.delete_objects(Bucket=lake.bucket,
-                                         Delete={"Objects": doomed[i:i + 1000], "Quiet": True})
+        out = lake.client.delete_objects(
+            Bucket=lake.bucket, Delete={"Objects": doomed[i : i + 1000], "Quiet": True}
+        )
         if out.get("Errors"):
             first = out["Errors"][0]
             raise LifecycleError(
                 f"lake purge s3://{lake.bucket}/{first.get('Key')} version "
                 f"{first.get('VersionId')} failed: {first.get('Code')}; the connection "
-                "'handover_lake' needs s3:DeleteObjectVersion (and no object lock on the key)")
+                "'handover_lake' needs s3:DeleteObjectVersion (and no object lock on the key)"
+            )
     return len(doomed)
 
 
@@ -276,13 +302,15 @@ def purge_noncurrent(lake: Lake, key: str) -> int:
     full = _s3_key(lake, key)
     doomed = []
     for page in lake.client.get_paginator("list_object_versions").paginate(
-            Bucket=lake.bucket, Prefix=full):
+        Bucket=lake.bucket, Prefix=full
+    ):
         for v in page.get("Versions", []) + page.get("DeleteMarkers", []):
             if v["Key"] == full and not v.get("IsLatest"):
                 doomed.append({"Key": v["Key"], "VersionId": v["VersionId"]})
     for i in range(0, len(doomed), 1000):
-        lake.client.delete_objects(Bucket=lake.bucket,
-                                   Delete={"Objects": doomed[i:i + 1000], "Quiet": True})
+        lake.client.delete_objects(
+            Bucket=lake.bucket, Delete={"Objects": doomed[i : i + 1000], "Quiet": True}
+        )
     return len(doomed)
 
 
@@ -293,8 +321,7 @@ def download(lake: Lake, key: str, path: Path) -> None:
     if isinstance(lake, LocalLake):
         shutil.copyfile(lake.path(key), path)
     elif isinstance(lake, S3Lake):
-        lake.client.download_file(lake.bucket, _s3_key(lake, key), str(path),
-                                  Config=lake.transfer)
+        lake.client.download_file(lake.bucket, _s3_key(lake, key), str(path), Config=lake.transfer)
     else:
         Path(path).write_bytes(lake.get_bytes(key))
 
@@ -311,14 +338,22 @@ def sha256_file(path: Path) -> str:
 def _arrow_types():
     import pyarrow as pa
 
-    return {"int2": pa.int16(), "int4": pa.int32(), "int8": pa.int64(),
-            "float4": pa.float32(), "float8": pa.float64(), "bool": pa.bool_(),
-            "date": pa.date32(), "timestamp": pa.timestamp("us"),
-            "timestamptz": pa.timestamp("us")}
+    return {
+        "int2": pa.int16(),
+        "int4": pa.int32(),
+        "int8": pa.int64(),
+        "float4": pa.float32(),
+        "float8": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("us"),
+        "timestamptz": pa.timestamp("us"),
+    }
 
 
-def _dump_table(conn, schema: str, table: str, columns: list[tuple[str, str]],
-                workdir: Path) -> tuple[Path, int]:
+def _dump_table(
+    conn, schema: str, table: str, columns: list[tuple[str, str]], workdir: Path
+) -> tuple[Path, int]:
     """COPY one table to a local CSV, then CSV -> Arrow batches -> Parquet; bounded memory."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
@@ -336,36 +371,61 @@ def _dump_table(conn, schema: str, table: str, columns: list[tuple[str, str]],
         else:
             exprs.append(ident)
     csv_path = workdir / f"{schema}.{table}.csv"
-    with open(csv_path, "wb") as fh, conn.cursor().copy(
+    with (
+        open(csv_path, "wb") as fh,
+        conn.cursor().copy(
             sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv)").format(
-                sql.SQL(", ").join(exprs), sql.Identifier(schema, table))) as cp:
+                sql.SQL(", ").join(exprs), sql.Identifier(schema, table)
+            )
+        ) as cp,
+    ):
         for chunk in cp:
             fh.write(chunk)
     names = [n for n, _ in columns]
     final = pa.schema(
-        [(n, pa.binary() if t == "bytea" else pa.timestamp("us", tz="UTC") if t == "timestamptz"
-          else types.get(t, pa.string())) for n, t in columns],
-        metadata={"handover.table": f"{schema}.{table}",
-                  "handover.pg_types": json.dumps(dict(columns))})
+        [
+            (
+                n,
+                pa.binary()
+                if t == "bytea"
+                else pa.timestamp("us", tz="UTC")
+                if t == "timestamptz"
+                else types.get(t, pa.string()),
+            )
+            for n, t in columns
+        ],
+        metadata={
+            "handover.table": f"{schema}.{table}",
+            "handover.pg_types": json.dumps(dict(columns)),
+        },
+    )
     out = workdir / f"{schema}.{table}.parquet"
     rows = 0
     with pq.ParquetWriter(out, final, compression="zstd") as writer:
         if csv_path.stat().st_size:
             reader = pacsv.open_csv(
                 csv_path,
-                read_options=pacsv.ReadOptions(column_names=names, block_size=4 << 20,
-                                               use_threads=False),
+                read_options=pacsv.ReadOptions(
+                    column_names=names, block_size=4 << 20, use_threads=False
+                ),
                 parse_options=pacsv.ParseOptions(newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types={n: types.get(t, pa.string()) for n, t in columns},
-                    null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=False,
-                    true_values=["t"], false_values=["f"]))
+                    null_values=[""],
+                    strings_can_be_null=True,
+                    quoted_strings_can_be_null=False,
+                    true_values=["t"],
+                    false_values=["f"],
+                ),
+            )
             for batch in reader:
                 arrays = []
                 for (_, typ), col in zip(columns, batch.columns, strict=True):
                     if typ == "bytea":
-                        col = pa.array([None if v is None else bytes.fromhex(v)
-                                        for v in col.to_pylist()], pa.binary())
+                        col = pa.array(
+                            [None if v is None else bytes.fromhex(v) for v in col.to_pylist()],
+                            pa.binary(),
+                        )
                     elif typ == "timestamptz":
                         col = col.cast(pa.timestamp("us", tz="UTC"))
                     arrays.append(col)
@@ -398,8 +458,13 @@ def new_backup_id(run_id: str | None = None) -> str:
     return f"bk_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:6]}"
 
 
-def take_backup(*, backup_id: str | None = None, reason: str = "manual", retention_days: int = 35,
-                run_id: str | None = None) -> dict:
+def take_backup(
+    *,
+    backup_id: str | None = None,
+    reason: str = "manual",
+    retention_days: int = 35,
+    run_id: str | None = None,
+) -> dict:
     """Snapshot crm and handover_meta into the lake; returns a small manifest for XCom.
 
     Idempotent per backup id: a rerun starts the backup over (old objects and keys of the
@@ -416,15 +481,15 @@ def take_backup(*, backup_id: str | None = None, reason: str = "manual", retenti
     started = time.monotonic()
     with lifecycle_connect() as conn:
         with conn.transaction():
-            conn.execute("DELETE FROM handover_meta.backup_file WHERE backup_id = %s",
-                         (backup_id,))
+            conn.execute("DELETE FROM handover_meta.backup_file WHERE backup_id = %s", (backup_id,))
             conn.execute(
                 "INSERT INTO handover_meta.backup (backup_id, reason, run_id, lake_prefix, "
                 "expires_at) VALUES (%s, %s, %s, %s, now() + %s * interval '1 day') "
                 "ON CONFLICT (backup_id) DO UPDATE SET status = 'running', started_at = now(), "
                 "finished_at = NULL, verified_at = NULL, reason = excluded.reason, "
                 "expires_at = excluded.expires_at, run_id = excluded.run_id",
-                (backup_id, reason, run_id, prefix, retention_days))
+                (backup_id, reason, run_id, prefix, retention_days),
+            )
     purge(lake, prefix)
     purge(lake, f"{KEYS}/{backup_id}/")
 
@@ -440,18 +505,25 @@ def take_backup(*, backup_id: str | None = None, reason: str = "manual", retenti
                 server = snap.execute("SHOW server_version").fetchone()[0]
                 database = snap.execute("SELECT current_database()").fetchone()[0]
                 for schema, table in snapshot_tables(snap):
-                    files.append(_backup_table(snap, lake, ring, backup_id, schema, table,
-                                               workdir))
+                    files.append(_backup_table(snap, lake, ring, backup_id, schema, table, workdir))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     manifest = {
-        "format": FORMAT, "backup_id": backup_id, "reason": reason, "run_id": run_id,
-        "created_at": datetime.now(UTC).isoformat(), "database": database,
-        "server_version": server, "snapshot": "one REPEATABLE READ transaction",
-        "encryption": {"cipher": "AES-256-GCM, chunked (HOBK v1)", "segment_bytes": SEGMENT,
-                       "data_keys": f"{KEYS}/{backup_id}/", "key_wrap": "AES-256-GCM under the "
-                       "keyring key named by wrapping_key_id"},
+        "format": FORMAT,
+        "backup_id": backup_id,
+        "reason": reason,
+        "run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(),
+        "database": database,
+        "server_version": server,
+        "snapshot": "one REPEATABLE READ transaction",
+        "encryption": {
+            "cipher": "AES-256-GCM, chunked (HOBK v1)",
+            "segment_bytes": SEGMENT,
+            "data_keys": f"{KEYS}/{backup_id}/",
+            "key_wrap": "AES-256-GCM under the keyring key named by wrapping_key_id",
+        },
         "files": [f.to_dict() for f in files],
     }
     body = json.dumps(manifest, indent=2, ensure_ascii=False).encode()
@@ -464,59 +536,114 @@ def take_backup(*, backup_id: str | None = None, reason: str = "manual", retenti
                 "INSERT INTO handover_meta.backup_file (backup_id, file, table_name, rows, bytes, "
                 "sha256, plain_sha256, content_checksum, data_key_id, wrapping_key_id) "
                 "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (backup_id, f.file, f.table, f.rows, f.bytes, f.sha256, f.plain_sha256,
-                 f.content_checksum, f.data_key_id, f.wrapping_key_id))
-            ledger.record(conn, run_id=backup_id, table=f.table, partition="all",
-                          stage="backup", rows_in=f.rows, rows_out=f.rows,
-                          checksum=f.content_checksum,
-                          detail={"file": f.file, "sha256": f.sha256})
+                (
+                    backup_id,
+                    f.file,
+                    f.table,
+                    f.rows,
+                    f.bytes,
+                    f.sha256,
+                    f.plain_sha256,
+                    f.content_checksum,
+                    f.data_key_id,
+                    f.wrapping_key_id,
+                ),
+            )
+            ledger.record(
+                conn,
+                run_id=backup_id,
+                table=f.table,
+                partition="all",
+                stage="backup",
+                rows_in=f.rows,
+                rows_out=f.rows,
+                checksum=f.content_checksum,
+                detail={"file": f.file, "sha256": f.sha256},
+            )
         conn.execute(
             "UPDATE handover_meta.backup SET status = 'written', finished_at = now(), "
             "tables = %s, rows = %s, bytes = %s, manifest_sha256 = %s WHERE backup_id = %s",
-            (len(files), rows, size, manifest_sha, backup_id))
-        ledger.audit(conn, "backup_taken", run_id=run_id, detail={
-            "backup_id": backup_id, "reason": reason, "tables": len(files), "rows": rows,
-            "bytes": size, "manifest_sha256": manifest_sha, "lake": lake.uri(prefix),
-            "retention_days": retention_days})
+            (len(files), rows, size, manifest_sha, backup_id),
+        )
+        ledger.audit(
+            conn,
+            "backup_taken",
+            run_id=run_id,
+            detail={
+                "backup_id": backup_id,
+                "reason": reason,
+                "tables": len(files),
+                "rows": rows,
+                "bytes": size,
+                "manifest_sha256": manifest_sha,
+                "lake": lake.uri(prefix),
+                "retention_days": retention_days,
+            },
+        )
     secs = time.monotonic() - started
-    log.info("backup %s: %d tables, %d rows, %d bytes in %.1fs", backup_id, len(files), rows,
-             size, secs)
-    return {"backup_id": backup_id, "tables": len(files), "rows": rows, "bytes": size,
-            "manifest_sha256": manifest_sha, "seconds": round(secs, 3)}
+    log.info(
+        "backup %s: %d tables, %d rows, %d bytes in %.1fs", backup_id, len(files), rows, size, secs
+    )
+    return {
+        "backup_id": backup_id,
+        "tables": len(files),
+        "rows": rows,
+        "bytes": size,
+        "manifest_sha256": manifest_sha,
+        "seconds": round(secs, 3),
+    }
 
 
-def _backup_table(conn, lake: Lake, ring, backup_id: str, schema: str, table: str,
-                  workdir: Path) -> BackupFile:
+def _backup_table(
+    conn, lake: Lake, ring, backup_id: str, schema: str, table: str, workdir: Path
+) -> BackupFile:
     columns = table_columns(conn, schema, table)
     count, checksum = content_checksum(conn, schema, table, [c for c, _ in columns])
     parquet, rows = _dump_table(conn, schema, table, columns, workdir)
     if rows != count:
-        raise RuntimeError(f"backup {backup_id}: {schema}.{table} streamed {rows} rows but "
-                           f"holds {count} in the same snapshot; run the backup again")
+        raise RuntimeError(
+            f"backup {backup_id}: {schema}.{table} streamed {rows} rows but "
+            f"holds {count} in the same snapshot; run the backup again"
+        )
     file = f"{schema}.{table}.parquet.enc"
     key, data_key_id = os.urandom(32), f"dk_{uuid.uuid4().hex}"
     enc = workdir / file
     plain_sha, cipher_sha = encrypt_file(parquet, enc, key)
     size = enc.stat().st_size
-    lake.write_json(key_object(backup_id, file),
-                    wrap_data_key(ring, key, backup_id, file, data_key_id))
+    lake.write_json(
+        key_object(backup_id, file), wrap_data_key(ring, key, backup_id, file, data_key_id)
+    )
     lake.put_file(f"{BACKUPS}/{backup_id}/{file}", enc)
     parquet.unlink()
     enc.unlink()
-    return BackupFile(file, f"{schema}.{table}", columns, rows, size, cipher_sha, plain_sha,
-                      checksum, data_key_id, ring.active_key_id)
+    return BackupFile(
+        file,
+        f"{schema}.{table}",
+        columns,
+        rows,
+        size,
+        cipher_sha,
+        plain_sha,
+        checksum,
+        data_key_id,
+        ring.active_key_id,
+    )
 
 
 # ---------------------------------------------------------------- read back
 def read_manifest(lake: Lake, backup_id: str, expected_sha256: str | None = None) -> dict:
     key = f"{BACKUPS}/{backup_id}/manifest.json"
     if not lake.exists(key):
-        raise BackupCorrupt(f"backup {backup_id}: manifest {lake.uri(key)} is missing; the "
-                            "backup is incomplete or expired: take a new one (backup DAG)")
+        raise BackupCorrupt(
+            f"backup {backup_id}: manifest {lake.uri(key)} is missing; the "
+            "backup is incomplete or expired: take a new one (backup DAG)"
+        )
     body = lake.get_bytes(key)
     if expected_sha256 and hashlib.sha256(body).hexdigest() != expected_sha256:
-        raise BackupCorrupt(f"backup {backup_id}: manifest {lake.uri(key)} does not match the "
-                            "sha256 in handover_meta.backup; restore an earlier backup")
+        raise BackupCorrupt(
+            f"backup {backup_id}: manifest {lake.uri(key)} does not match the "
+            "sha256 in handover_meta.backup; restore an earlier backup"
+        )
     return json.loads(body)
 
 
@@ -525,8 +652,10 @@ def fetch_file(lake: Lake, ring, backup_id: str, entry: dict, workdir: Path) -> 
     None when its data key was destroyed. Raises BackupCorrupt naming the file and fix."""
     key = f"{BACKUPS}/{backup_id}/{entry['file']}"
     uri = lake.uri(key)
-    fix = ("restore an earlier backup (restore_drill param backup_id) and take a new one "
-           "(trigger the backup DAG)")
+    fix = (
+        "restore an earlier backup (restore_drill param backup_id) and take a new one "
+        "(trigger the backup DAG)"
+    )
     dk = data_key(lake, ring, backup_id, entry["file"])
     if dk is None:
         return None
@@ -537,8 +666,10 @@ def fetch_file(lake: Lake, ring, backup_id: str, entry: dict, workdir: Path) -> 
         raise BackupCorrupt(f"backup {backup_id}: {exc}; {fix}") from exc
     got = sha256_file(enc)
     if got != entry["sha256"]:
-        raise BackupCorrupt(f"backup {backup_id}: file {uri} is corrupt (sha256 {got[:16]}... "
-                            f"!= manifest {entry['sha256'][:16]}...); {fix}")
+        raise BackupCorrupt(
+            f"backup {backup_id}: file {uri} is corrupt (sha256 {got[:16]}... "
+            f"!= manifest {entry['sha256'][:16]}...); {fix}"
+        )
     plain = workdir / entry["file"].removesuffix(".enc")
     try:
         plain_sha = decrypt_file(enc, plain, dk, name=uri)
@@ -546,8 +677,10 @@ def fetch_file(lake: Lake, ring, backup_id: str, entry: dict, workdir: Path) -> 
         raise BackupCorrupt(f"backup {backup_id}: {exc}; {fix}") from exc
     enc.unlink()
     if plain_sha != entry["plain_sha256"]:
-        raise BackupCorrupt(f"backup {backup_id}: file {uri} decrypts to other data than was "
-                            f"backed up (plain sha256 mismatch); {fix}")
+        raise BackupCorrupt(
+            f"backup {backup_id}: file {uri} decrypts to other data than was "
+            f"backed up (plain sha256 mismatch); {fix}"
+        )
     return plain
 
 
@@ -574,32 +707,46 @@ def verify_backup(backup_id: str) -> dict:
 
     lake, ring = lake_from_url(), load_keyring()
     with ledger.connect() as conn:
-        row = conn.execute("SELECT manifest_sha256, status FROM handover_meta.backup "
-                           "WHERE backup_id = %s", (backup_id,)).fetchone()
+        row = conn.execute(
+            "SELECT manifest_sha256, status FROM handover_meta.backup WHERE backup_id = %s",
+            (backup_id,),
+        ).fetchone()
         # a backup a drill found corrupt is checked again (and stays corrupt unless whole)
         if row is None or row[1] not in ("written", "complete", "corrupt"):
-            raise LifecycleError(f"backup {backup_id} is {row[1] if row else 'unknown'}, not "
-                                 "written: run its snapshot task (take_backup) first")
+            raise LifecycleError(
+                f"backup {backup_id} is {row[1] if row else 'unknown'}, not "
+                "written: run its snapshot task (take_backup) first"
+            )
         manifest = read_manifest(lake, backup_id, row[0])
     workdir = Path(tempfile.mkdtemp(prefix="handover-verify-"))
     try:
         for entry in manifest["files"]:
             path = fetch_file(lake, ring, backup_id, entry, workdir)
             if path is None:
-                raise LifecycleError(f"backup {backup_id}: data key of {entry['file']} was "
-                                     "destroyed; this backup cannot be verified")
+                raise LifecycleError(
+                    f"backup {backup_id}: data key of {entry['file']} was "
+                    "destroyed; this backup cannot be verified"
+                )
             n = pq.ParquetFile(path).metadata.num_rows
             if n != entry["rows"]:
-                raise BackupCorrupt(f"backup {backup_id}: {entry['file']} holds {n} rows, the "
-                                    f"manifest says {entry['rows']}; take a new backup")
+                raise BackupCorrupt(
+                    f"backup {backup_id}: {entry['file']} holds {n} rows, the "
+                    f"manifest says {entry['rows']}; take a new backup"
+                )
             path.unlink()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     with ledger.connect() as conn, conn.transaction():
-        conn.execute("UPDATE handover_meta.backup SET status = 'complete', verified_at = now() "
-                     "WHERE backup_id = %s", (backup_id,))
-        ledger.audit(conn, "backup_verified", detail={"backup_id": backup_id,
-                                                      "files": len(manifest["files"])})
+        conn.execute(
+            "UPDATE handover_meta.backup SET status = 'complete', verified_at = now() "
+            "WHERE backup_id = %s",
+            (backup_id,),
+        )
+        ledger.audit(
+            conn,
+            "backup_verified",
+            detail={"backup_id": backup_id, "files": len(manifest["files"])},
+        )
     log.info("backup %s verified: %d files", backup_id, len(manifest["files"]))
     return {"backup_id": backup_id, "files": len(manifest["files"]), "verified": True}
 
@@ -610,25 +757,42 @@ def expire_backups(*, now: datetime | None = None, keep_last: int = 1) -> dict:
     newest `keep_last` complete ones whatever their age; the catalogue keeps the record."""
     lake = lake_from_url()
     with lifecycle_connect() as conn:
-        keep = {r[0] for r in conn.execute(
-            "SELECT backup_id FROM handover_meta.backup WHERE status = 'complete' "
-            "ORDER BY started_at DESC LIMIT %s", (keep_last,)).fetchall()}
-        due = [r[0] for r in conn.execute(
-            "SELECT backup_id FROM handover_meta.backup WHERE status <> 'expired' "
-            "AND expires_at <= coalesce(%s, now()) ORDER BY started_at", (now,)).fetchall()]
+        keep = {
+            r[0]
+            for r in conn.execute(
+                "SELECT backup_id FROM handover_meta.backup WHERE status = 'complete' "
+                "ORDER BY started_at DESC LIMIT %s",
+                (keep_last,),
+            ).fetchall()
+        }
+        due = [
+            r[0]
+            for r in conn.execute(
+                "SELECT backup_id FROM handover_meta.backup WHERE status <> 'expired' "
+                "AND expires_at <= coalesce(%s, now()) ORDER BY started_at",
+                (now,),
+            ).fetchall()
+        ]
     expired = []
     for backup_id in due:
         if backup_id in keep:
             continue
         objects = purge(lake, f"{BACKUPS}/{backup_id}/") + purge(lake, f"{KEYS}/{backup_id}/")
         with ledger.connect() as conn, conn.transaction():
-            conn.execute("UPDATE handover_meta.backup SET status = 'expired', expired_at = now() "
-                         "WHERE backup_id = %s", (backup_id,))
-            conn.execute("UPDATE handover_meta.backup_file SET shredded_at = coalesce("
-                         "shredded_at, now()), shred_reason = coalesce(shred_reason, 'expired') "
-                         "WHERE backup_id = %s", (backup_id,))
-            ledger.audit(conn, "backup_expired", detail={"backup_id": backup_id,
-                                                         "objects_deleted": objects})
+            conn.execute(
+                "UPDATE handover_meta.backup SET status = 'expired', expired_at = now() "
+                "WHERE backup_id = %s",
+                (backup_id,),
+            )
+            conn.execute(
+                "UPDATE handover_meta.backup_file SET shredded_at = coalesce("
+                "shredded_at, now()), shred_reason = coalesce(shred_reason, 'expired') "
+                "WHERE backup_id = %s",
+                (backup_id,),
+            )
+            ledger.audit(
+                conn, "backup_expired", detail={"backup_id": backup_id, "objects_deleted": objects}
+            )
         expired.append(backup_id)
     log.info("backups expired: %d (%s); kept by policy: %s", len(expired), expired, sorted(keep))
     return {"expired": expired, "kept": sorted(keep)}
@@ -641,19 +805,30 @@ def shred_files(conn, lake: Lake, backup_id: str, files: Iterable[str], reason: 
     for file in files:
         row = conn.execute(
             "SELECT data_key_id, wrapping_key_id FROM handover_meta.backup_file "
-            "WHERE backup_id = %s AND file = %s", (backup_id, file)).fetchone()
+            "WHERE backup_id = %s AND file = %s",
+            (backup_id, file),
+        ).fetchone()
         versions = purge(lake, key_object(backup_id, file), exact=True)
         conn.execute(
             "UPDATE handover_meta.backup_file SET shredded_at = now(), shred_reason = %s "
             "WHERE backup_id = %s AND file = %s AND shredded_at IS NULL",
-            (reason, backup_id, file))
-        destroyed.append({"backup_id": backup_id, "file": file,
-                          "data_key_id": row[0] if row else None,
-                          "wrapping_key_id": row[1] if row else None,
-                          "key_versions_deleted": versions})
+            (reason, backup_id, file),
+        )
+        destroyed.append(
+            {
+                "backup_id": backup_id,
+                "file": file,
+                "data_key_id": row[0] if row else None,
+                "wrapping_key_id": row[1] if row else None,
+                "key_versions_deleted": versions,
+            }
+        )
     if destroyed:
-        conn.execute("UPDATE handover_meta.backup SET status = 'shredded' WHERE backup_id = %s "
-                     "AND status <> 'expired'", (backup_id,))
+        conn.execute(
+            "UPDATE handover_meta.backup SET status = 'shredded' WHERE backup_id = %s "
+            "AND status <> 'expired'",
+            (backup_id,),
+        )
     return destroyed
 
 
@@ -664,16 +839,19 @@ def readable_backups(conn) -> list[tuple[str, list[dict]]]:
         "SELECT f.backup_id, f.file, f.sha256, f.plain_sha256, f.rows "
         "FROM handover_meta.backup_file f JOIN handover_meta.backup b USING (backup_id) "
         "WHERE b.status IN ('written', 'complete', 'shredded') AND f.shredded_at IS NULL "
-        "ORDER BY 1, 2").fetchall()
+        "ORDER BY 1, 2"
+    ).fetchall()
     out: dict[str, list[dict]] = {}
     for backup_id, file, sha, plain, n in rows:
         out.setdefault(backup_id, []).append(
-            {"file": file, "sha256": sha, "plain_sha256": plain, "rows": n})
+            {"file": file, "sha256": sha, "plain_sha256": plain, "rows": n}
+        )
     return list(out.items())
 
 
-def files_containing(conn, lake: Lake, ring, values: set[str],
-                     normalise: Callable | None = None) -> dict[str, list[str]]:
+def files_containing(
+    conn, lake: Lake, ring, values: set[str], normalise: Callable | None = None
+) -> dict[str, list[str]]:
     """Which readable backup files hold any of `values` in any text column: {backup: files}.
 
     Decrypts each file in turn (one at a time on local disk, deleted straight after). A
@@ -694,15 +872,22 @@ def files_containing(conn, lake: Lake, ring, values: set[str],
                 try:
                     path = fetch_file(lake, ring, backup_id, entry, workdir)
                 except BackupCorrupt as exc:
-                    log.warning("cannot check %s/%s (%s): counted as holding the values",
-                                backup_id, entry["file"], str(exc).split(";")[0])
+                    log.warning(
+                        "cannot check %s/%s (%s): counted as holding the values",
+                        backup_id,
+                        entry["file"],
+                        str(exc).split(";")[0],
+                    )
                     hits.setdefault(backup_id, []).append(entry["file"])
                     continue
                 if path is None:
                     continue
                 pf = pq.ParquetFile(path)
-                text_cols = [f.name for f in pf.schema_arrow if pa.types.is_string(f.type)
-                             or pa.types.is_large_string(f.type)]
+                text_cols = [
+                    f.name
+                    for f in pf.schema_arrow
+                    if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                ]
                 found = False
                 if text_cols:
                     for batch in pf.iter_batches(batch_size=65536, columns=text_cols):
@@ -734,25 +919,35 @@ def rewrap_keys() -> dict:
         if obj["wrapping_key_id"] == ring.active_key_id:
             continue
         plain = unwrap_data_key(ring, obj)
-        lake.write_json(key, wrap_data_key(ring, plain, obj["backup_id"], obj["file"],
-                                           obj["data_key_id"]))
+        lake.write_json(
+            key, wrap_data_key(ring, plain, obj["backup_id"], obj["file"], obj["data_key_id"])
+        )
         purge_noncurrent(lake, key)
         done += 1
     with ledger.connect() as conn, conn.transaction():
         if conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0] is None:
             ensure_lifecycle_schema(conn)  # (the loader role may not create; it exists here)
-        conn.execute("UPDATE handover_meta.backup_file SET wrapping_key_id = %s "
-                     "WHERE shredded_at IS NULL", (ring.active_key_id,))
-        ledger.audit(conn, "backup_keys_rewrapped", detail={"keys": done,
-                                                            "key_id": ring.active_key_id})
+        conn.execute(
+            "UPDATE handover_meta.backup_file SET wrapping_key_id = %s WHERE shredded_at IS NULL",
+            (ring.active_key_id,),
+        )
+        ledger.audit(
+            conn, "backup_keys_rewrapped", detail={"keys": done, "key_id": ring.active_key_id}
+        )
     return {"rewrapped": done, "key_id": ring.active_key_id}
 
 
-def run_backup(*, reason: str = "manual", retention_days: int = 35, run_id: str | None = None,
-               backup_id: str | None = None) -> dict:
+def run_backup(
+    *,
+    reason: str = "manual",
+    retention_days: int = 35,
+    run_id: str | None = None,
+    backup_id: str | None = None,
+) -> dict:
     """The backup DAG in one process: snapshot, verify, expire."""
-    taken = take_backup(backup_id=backup_id, reason=reason, retention_days=retention_days,
-                        run_id=run_id)
+    taken = take_backup(
+        backup_id=backup_id, reason=reason, retention_days=retention_days, run_id=run_id
+    )
     verify_backup(taken["backup_id"])
     expired = expire_backups()
     return {**taken, "expired": expired["expired"]}

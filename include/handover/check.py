@@ -84,7 +84,8 @@ def _check_suites(cfg, res: CheckResult) -> None:
             if not path.is_file():
                 res.problems.append(
                     f"{SUITES_DIR / cfg.system / gate / (table + '.json')}: table {table}: no "
-                    f"{gate} suite; run python scripts/scaffold_suites.py {cfg.system}")
+                    f"{gate} suite; run python scripts/scaffold_suites.py {cfg.system}"
+                )
                 continue
             if gate not in ("intake", "contract"):
                 continue
@@ -93,8 +94,11 @@ def _check_suites(cfg, res: CheckResult) -> None:
             except ValueError:
                 res.problems.append(f"{path}: table {table}: suite is not valid JSON")
                 continue
-            want = (list(cfg.table(table)["columns"]) if gate == "intake"
-                    else target_columns(cfg.table_mapping(table)))
+            want = (
+                list(cfg.table(table)["columns"])
+                if gate == "intake"
+                else target_columns(cfg.table_mapping(table))
+            )
             for exp in suite.get("expectations", []):
                 if exp.get("type") != "expect_table_columns_to_match_set":
                     continue
@@ -105,7 +109,8 @@ def _check_suites(cfg, res: CheckResult) -> None:
                         f"{path}: table {table} column {diff[0]}: the {gate} suite's column set "
                         f"does not match {'catalog.yaml' if gate == 'intake' else 'mapping.yaml'}"
                         f"; re-run python scripts/scaffold_suites.py {cfg.system} --force "
-                        "(or edit the suite)")
+                        "(or edit the suite)"
+                    )
 
 
 def _share(bad: int, present: int) -> str:
@@ -123,8 +128,11 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
     where = cfg.directory / "cleansing.yaml"
 
     def text(col: str) -> pd.Series:
-        arr = normalise_text(pa.array(frame[col].astype(object).where(frame[col].notna(), None)
-                                      .tolist(), pa.string()))
+        arr = normalise_text(
+            pa.array(
+                frame[col].astype(object).where(frame[col].notna(), None).tolist(), pa.string()
+            )
+        )
         return pd.Series(arr.to_pylist(), dtype=object)
 
     def report(col: str, bad: pd.Series, what: str) -> None:
@@ -144,8 +152,11 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
     for col, fmt in rules.get("dates", {}).items():
         if col in frame:
             t = text(col).dropna()
-            shown = (f"any of the date formats {', '.join(repr(f) for f in fmt)}"
-                     if isinstance(fmt, list) else f"date format '{fmt}'")
+            shown = (
+                f"any of the date formats {', '.join(repr(f) for f in fmt)}"
+                if isinstance(fmt, list)
+                else f"date format '{fmt}'"
+            )
             report(col, parse_dates(t, fmt).isna(), f"do not match {shown}")
     for col in rules.get("integers", []):
         if col in frame:
@@ -160,8 +171,11 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
     for col, allowed in rules.get("codes", {}).items():
         if col in frame:
             t = text(col).dropna()
-            report(col, ~t.isin([str(a) for a in allowed]),
-                   "are not among the codes cleansing.yaml allows")
+            report(
+                col,
+                ~t.isin([str(a) for a in allowed]),
+                "are not among the codes cleansing.yaml allows",
+            )
 
 
 def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
@@ -180,8 +194,9 @@ def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
         return
     rules = {k: v for k, v in cfg.rules(table).items() if k != "parent"}
     key = cfg.table(table)["key"]
-    typed, verdict = validate(frame.astype(object).where(frame.notna(), None), rules, key=key,
-                              exported_at=exported_at)
+    typed, verdict = validate(
+        frame.astype(object).where(frame.notna(), None), rules, key=key, exported_at=exported_at
+    )
     del typed
     reasons: dict[tuple[str, str], int] = {}
     for reason, fld in zip(verdict.reason, verdict.field, strict=True):
@@ -192,18 +207,24 @@ def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
     top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
     said = ", ".join(f"{r} {f} {c} ({c / n:.1%})" for (r, f), c in top)
     if verdict.normalised:
-        res.notes.append(f"table {table}: cleansing normalises {verdict.normalised} of {n} "
-                         "sample rows (kept, counted in the ledger)")
+        res.notes.append(
+            f"table {table}: cleansing normalises {verdict.normalised} of {n} "
+            "sample rows (kept, counted in the ledger)"
+        )
     if not reasons:
         return
     bound = float(cfg.table(table).get("max_quarantine_share", MAX_QUARANTINE_SHARE))
-    line = (f"{cfg.directory / 'cleansing.yaml'}: table {table}: the rules would quarantine "
-            f"{sum(reasons.values())} of {n} sample rows ({sum(reasons.values()) / n:.1%}); "
-            f"top: {said}")
+    line = (
+        f"{cfg.directory / 'cleansing.yaml'}: table {table}: the rules would quarantine "
+        f"{sum(reasons.values())} of {n} sample rows ({sum(reasons.values()) / n:.1%}); "
+        f"top: {said}"
+    )
     if counted / n > bound and counted >= min(MIN_QUARANTINED_FOR_SHARE, n):
-        res.problems.append(f"{line}; above the quality gate's bound of {bound:.0%} "
-                            f"(catalog.yaml tables.{table}.max_quarantine_share): the run "
-                            "would fail; fix the rule or the bound")
+        res.problems.append(
+            f"{line}; above the quality gate's bound of {bound:.0%} "
+            f"(catalog.yaml tables.{table}.max_quarantine_share): the run "
+            "would fail; fix the rule or the bound"
+        )
     else:
         res.notes.append(line)
 
@@ -220,16 +241,21 @@ def _export_folder_problems(cfg, source_dir: Path, res: CheckResult) -> None:
             f"{path}: no export manifest; a run needs one (exported_at, and per table rows and "
             "sha256). Ask the operator for it, or write one as the receiver: handover manifest "
             f"--source-dir {source_dir} --system {cfg.system} --exported-at <when the export "
-            "was taken> (docs/source-contract.md)")
+            "was taken> (docs/source-contract.md)"
+        )
     else:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as exc:
             res.problems.append(f"{path}: not JSON ({exc})")
     try:
-        check_export_files(cfg.catalog["tables"], source_dir, manifest,
-                           catalog=cfg.directory / "catalog.yaml",
-                           ignore=cfg.catalog.get("ignore", ()))
+        check_export_files(
+            cfg.catalog["tables"],
+            source_dir,
+            manifest,
+            catalog=cfg.directory / "catalog.yaml",
+            ignore=cfg.catalog.get("ignore", ()),
+        )
     except SourceReadError as exc:
         res.problems.append(str(exc))
 
@@ -239,11 +265,14 @@ def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> 
     from handover.mapping import MappingError, field_values
 
     try:
-        typed, verdict = validate(frame, cfg.rules(table), key=cfg.table(table)["key"],
-                                  exported_at=exported_at)
+        typed, verdict = validate(
+            frame, cfg.rules(table), key=cfg.table(table)["key"], exported_at=exported_at
+        )
     except Exception as exc:  # noqa: BLE001 - report, keep checking the other tables
-        res.problems.append(f"{cfg.directory / 'cleansing.yaml'}: table {table}: cleansing "
-                            f"fails on the sample ({type(exc).__name__}: {exc})")
+        res.problems.append(
+            f"{cfg.directory / 'cleansing.yaml'}: table {table}: cleansing "
+            f"fails on the sample ({type(exc).__name__}: {exc})"
+        )
         return
     clean = typed.loc[~verdict.failed].reset_index(drop=True)
     where = cfg.directory / "mapping.yaml"
@@ -255,8 +284,10 @@ def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> 
             col = spec["from"] if "concat" not in spec else "+".join(spec["concat"]["columns"])
             res.problems.append(f"{where}: table {table} column {col}: {detail}")
         except KeyError as exc:
-            res.problems.append(f"{where}: table {table} field {target}: source column {exc} "
-                                "is missing from the sample")
+            res.problems.append(
+                f"{where}: table {table} field {target}: source column {exc} "
+                "is missing from the sample"
+            )
 
 
 def _check_personal_defaults(cfg, res: CheckResult) -> None:
@@ -272,11 +303,13 @@ def _check_personal_defaults(cfg, res: CheckResult) -> None:
                     f"mapping.yaml tables.{table}.fields.{field_name}: a constant default "
                     f"({spec['default']!r}) fills a personal field ({columns[src]['pii']}) where "
                     "the export has none; a made-up value about a person: derive it "
-                    "(from_resident_id: birth_date | gender | region) or leave it empty")
+                    "(from_resident_id: birth_date | gender | region) or leave it empty"
+                )
 
 
-def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
-              tolerance: float = 0.05) -> CheckResult:
+def run_check(
+    system: str, source_dir: str | Path, *, rows: int = 1000, tolerance: float = 0.05
+) -> CheckResult:
     """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
     from handover.config import ConfigError, load_config, resolve_source
     from handover.sources import SourceReadError, head, open_source
@@ -309,39 +342,48 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
         res.rows_read[table] = sample.num_rows
         header = [c for c in sample.column_names if c != "_source_row"]
         unknown = [c for c in header if c not in catalog]
-        if header and len(unknown) * 2 > len(header) and \
-                resolve_source(table, spec).get("header", True):
+        if (
+            header
+            and len(unknown) * 2 > len(header)
+            and resolve_source(table, spec).get("header", True)
+        ):
             # Most "column names" unknown: the first line is likely data, not a header. Its
             # values are a customer's: named by count, never quoted.
             res.problems.append(
                 f"{catalog_file}: table {table}: {len(unknown)} of {len(header)} names in the "
                 f"first line of {source.location} are not catalogued columns; if the file has "
                 f"no header row, set tables.{table}.source.header: false (the catalog's column "
-                "order then names the columns), else check source.delimiter and encoding")
+                "order then names the columns), else check source.delimiter and encoding"
+            )
             continue
         for col in header:
             if col not in catalog:
                 res.problems.append(
                     f"{catalog_file}: table {table} column {col}: found in {source.location} "
-                    "but not in the catalog (unclassified); add it with its level and pii type")
+                    "but not in the catalog (unclassified); add it with its level and pii type"
+                )
         for col in catalog:
             if col not in header:
                 res.problems.append(
                     f"{source.location}: table {table} column {col}: catalogued in "
-                    f"{catalog_file.name} but missing from the source")
+                    f"{catalog_file.name} but missing from the source"
+                )
         used = _used_columns(cfg, table)
         for col, meta in spec["columns"].items():
             if meta.get("migrate") is False:
                 if col in used:
                     res.problems.append(
                         f"{catalog_file}: table {table} column {col}: marked migrate: false but "
-                        "mapping.yaml or policy.yaml uses it")
+                        "mapping.yaml or policy.yaml uses it"
+                    )
             elif col not in used:
                 res.problems.append(
                     f"{cfg.directory / 'mapping.yaml'}: table {table} column {col}: not mapped "
-                    "to any target field; map it, or mark it migrate: false in catalog.yaml")
-        frame = sample.select([c for c in sample.column_names if c in catalog or
-                               c == "_source_row"]).to_pandas()
+                    "to any target field; map it, or mark it migrate: false in catalog.yaml"
+                )
+        frame = sample.select(
+            [c for c in sample.column_names if c in catalog or c == "_source_row"]
+        ).to_pandas()
         for col in catalog:  # a missing column is reported above; keep checking the rest
             if col not in frame:
                 frame[col] = None
@@ -352,21 +394,28 @@ def run_check(system: str, source_dir: str | Path, *, rows: int = 1000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover.check",
-                                 description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m handover.check",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(ap)
     return run(ap.parse_args(argv))
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--system", required=True,
-                    help="a folder under include/config, or a path to one")
+    ap.add_argument(
+        "--system", required=True, help="a folder under include/config, or a path to one"
+    )
     ap.add_argument("--source-dir", required=True, help="the legacy export to dry-run on")
     ap.add_argument("--rows", type=int, default=1000, help="rows per table (default 1000)")
-    ap.add_argument("--tolerance", type=float, default=0.05,
-                    help="share of values failing a type rule that still counts as data "
-                         "defects, not a wrong format (default 0.05; 0 = strict)")
+    ap.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.05,
+        help="share of values failing a type rule that still counts as data "
+        "defects, not a wrong format (default 0.05; 0 = strict)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

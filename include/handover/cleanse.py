@@ -39,9 +39,21 @@ EPOCH_UNITS = {"epoch": "s", "epoch_ms": "ms"}
 LOCAL_ZONE = "Asia/Shanghai"
 
 REASON_ORDER = [
-    "MISSING_FIELD", "INVALID_CHARACTER", "DUPLICATE_KEY", "INVALID_ID_CHECKSUM", "INVALID_ID_BIRTHDATE",
-    "INVALID_ID_GENDER", "INVALID_MSISDN", "INVALID_DATE", "INVALID_NUMBER", "INVALID_CODE",
-    "NEGATIVE_AMOUNT", "AMOUNT_OUT_OF_RANGE", "ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
+    "MISSING_FIELD",
+    "INVALID_CHARACTER",
+    "DUPLICATE_KEY",
+    "INVALID_ID_CHECKSUM",
+    "INVALID_ID_BIRTHDATE",
+    "INVALID_ID_GENDER",
+    "INVALID_MSISDN",
+    "INVALID_DATE",
+    "INVALID_NUMBER",
+    "INVALID_CODE",
+    "NEGATIVE_AMOUNT",
+    "AMOUNT_OUT_OF_RANGE",
+    "ORPHAN_RECORD",
+    "PARENT_QUARANTINED",
+    "PARENT_EXCLUDED",
     "DUPLICATE_PERSON",
 ]
 META_COLUMNS = ["_source_row"]
@@ -63,15 +75,17 @@ class ParentRegistry:
         """Per child row: None (parent fine) or the quarantine reason."""
         try:
             arr = keys if isinstance(keys, pa.Array) else _to_arrow(keys)
-            in_valid, in_q, in_x = (_in(arr, s) for s in (self.valid, self.quarantined,
-                                                          self.excluded))
+            in_valid, in_q, in_x = (
+                _in(arr, s) for s in (self.valid, self.quarantined, self.excluded)
+            )
             present = pc.is_valid(arr).to_numpy(zero_copy_only=False)
         except ARROW_REFUSED:  # not all text (ints, bytes, mixed objects): per-value path
             # keys or registry not all text: pandas' isin over objects
-            keys = pd.Series(keys.to_pylist() if isinstance(keys, pa.Array) else keys,
-                             dtype=object)
-            in_valid, in_q, in_x = (keys.isin(_members(s)).to_numpy() for s in (
-                self.valid, self.quarantined, self.excluded))
+            keys = pd.Series(keys.to_pylist() if isinstance(keys, pa.Array) else keys, dtype=object)
+            in_valid, in_q, in_x = (
+                keys.isin(_members(s)).to_numpy()
+                for s in (self.valid, self.quarantined, self.excluded)
+            )
             present = pd.notna(keys.to_numpy(dtype=object))
         out = np.full(len(keys), None, dtype=object)
         out[~in_valid & in_q] = "PARENT_QUARANTINED"
@@ -91,8 +105,11 @@ class CleanseResult:
     counts: dict[str, int]
     normalised: dict[str, int] = field(default_factory=dict)  # e.g. 15-digit IDs upgraded
     # rows of a person merged into a surviving record: _key, _survivor, _rule
-    merged: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
-        {"_key": [], "_survivor": [], "_rule": []}, dtype=object))
+    merged: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(
+            {"_key": [], "_survivor": [], "_rule": []}, dtype=object
+        )
+    )
     # merged records that win some fields of the target's customer (identity
     # survivorship), typed like `clean`: mapped, protected and gated like it
     adopted: pd.DataFrame | None = None
@@ -208,10 +225,14 @@ def _in(arr: pa.Array, values) -> np.ndarray:
         return np.zeros(len(arr), dtype=bool)
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    value_set = (values if isinstance(values, pa.Array) else
-                 pa.array(values if isinstance(values, list) else list(values), pa.string()))
-    return pc.fill_null(pc.is_in(arr, value_set=value_set.cast(arr.type), skip_nulls=True),
-                        False).to_numpy(zero_copy_only=False)
+    value_set = (
+        values
+        if isinstance(values, pa.Array)
+        else pa.array(values if isinstance(values, list) else list(values), pa.string())
+    )
+    return pc.fill_null(
+        pc.is_in(arr, value_set=value_set.cast(arr.type), skip_nulls=True), False
+    ).to_numpy(zero_copy_only=False)
 
 
 def _np(mask) -> np.ndarray:
@@ -248,8 +269,8 @@ def _has_control(arr: pa.Array) -> np.ndarray:
     if n == 0 or arr.null_count == n or arr.buffers()[2] is None:
         return out
     width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + n + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset : arr.offset + n + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     low = data < 0x20  # a compare over the bytes is cheaper than the table lookup
     if not low.any():
         return out
@@ -282,8 +303,9 @@ def duplicate_keys(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return _duplicated(normalise_text(keys))
 
 
-def parent_fates(parent: ParentRegistry | None, rules: dict,
-                 values: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+def parent_fates(
+    parent: ParentRegistry | None, rules: dict, values: pa.Array | pa.ChunkedArray
+) -> np.ndarray | None:
     """The parent rules' verdict per row (ParentRegistry.classify) of a whole partition from
     its raw parent-key column, normalised as validate normalises it; None where validate
     would first turn the column into something else (typed, MSISDN, resident ID), so
@@ -291,9 +313,15 @@ def parent_fates(parent: ParentRegistry | None, rules: dict,
     if parent is None or not rules.get("parent"):
         return None
     col = rules["parent"]["column"]
-    transformed = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("money", {}),
-                   *rules.get("decimals", {}), *rules.get("msisdn", []), *rules.get("phones", {}),
-                   (rules.get("resident_id") or {}).get("column")}
+    transformed = {
+        *rules.get("dates", {}),
+        *rules.get("integers", []),
+        *rules.get("money", {}),
+        *rules.get("decimals", {}),
+        *rules.get("msisdn", []),
+        *rules.get("phones", {}),
+        (rules.get("resident_id") or {}).get("column"),
+    }
     if col in transformed:
         return None
     return parent.classify(normalise_text(values))
@@ -327,20 +355,28 @@ def _parse_decimal(arr: pa.Array, places: int, index: pd.Index) -> pd.Series:
     return pd.Series(values, index=index)
 
 
-def _amount_rules(verdict: _Verdict, num: pd.Series, col: str, non_negative: set[str],
-                  bounds: dict[str, float]) -> None:
+def _amount_rules(
+    verdict: _Verdict, num: pd.Series, col: str, non_negative: set[str], bounds: dict[str, float]
+) -> None:
     """The sign and size rules of a numeric column (integers, decimals, money alike)."""
     if col in non_negative:
         verdict.fail((num < 0).fillna(False).to_numpy(dtype=bool), "NEGATIVE_AMOUNT", col)
     if col in bounds:
-        verdict.fail((num > bounds[col]).fillna(False).to_numpy(dtype=bool),
-                     "AMOUNT_OUT_OF_RANGE", col)
+        verdict.fail(
+            (num > bounds[col]).fillna(False).to_numpy(dtype=bool), "AMOUNT_OUT_OF_RANGE", col
+        )
 
 
-def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
-             parent: ParentRegistry | None = None,
-             duplicate_key: np.ndarray | None = None,
-             parent_fate: np.ndarray | None = None) -> tuple[pd.DataFrame, _Verdict]:
+def validate(
+    raw: pd.DataFrame,
+    rules: dict,
+    *,
+    key: str,
+    exported_at: pd.Timestamp,
+    parent: ParentRegistry | None = None,
+    duplicate_key: np.ndarray | None = None,
+    parent_fate: np.ndarray | None = None,
+) -> tuple[pd.DataFrame, _Verdict]:
     """Normalise and type the partition; return the typed frame and the verdict per row.
 
     Every rule reads one row, except DUPLICATE_KEY (an earlier row of the partition has the
@@ -357,7 +393,8 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
     # "," and "①" into "1". Redaction folds it for matching (protect.redact_text).
     verbatim = set(rules.get("verbatim", ()))
     norm: dict[str, pa.Array] = {
-        c: (trim_text if c in verbatim else normalise_text)(_arr(raw, c)) for c in data_cols}
+        c: (trim_text if c in verbatim else normalise_text)(_arr(raw, c)) for c in data_cols
+    }
 
     # Control characters (NUL and C0 other than tab and line ends) break COPY and exports.
     for col in data_cols:
@@ -439,8 +476,11 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
             values[valid] = pc.cast(digits, pa.int64()).to_numpy(zero_copy_only=False)
         rest = text.notna() & ~plain
         other = pd.to_numeric(text[rest], errors="coerce")
-        whole = (other.notna() & (other.abs() < 2**53) & (other == other.round())).reindex(
-            text.index, fill_value=False).to_numpy(dtype=bool)
+        whole = (
+            (other.notna() & (other.abs() < 2**53) & (other == other.round()))
+            .reindex(text.index, fill_value=False)
+            .to_numpy(dtype=bool)
+        )
         if whole.any():
             values[whole] = pd.to_numeric(text[whole]).to_numpy(dtype=np.float64).astype(np.int64)
             valid |= whole
@@ -469,17 +509,25 @@ def validate(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timest
         text = out[col]
         fen = [parse_money(v, unit, places) if isinstance(v, str) else None for v in text]
         valid = np.array([f is not None for f in fen], dtype=bool)
-        values = np.array([f if f is not None else 0 for f in fen], dtype=np.int64) \
-            if len(fen) else np.zeros(0, dtype=np.int64)
+        values = (
+            np.array([f if f is not None else 0 for f in fen], dtype=np.int64)
+            if len(fen)
+            else np.zeros(0, dtype=np.int64)
+        )
         num = pd.Series(pd.arrays.IntegerArray(values, ~valid), index=text.index)
-        verdict.fail((text.notna() & ~pd.Series(valid, index=text.index)).to_numpy(),
-                     "INVALID_NUMBER", col)
+        verdict.fail(
+            (text.notna() & ~pd.Series(valid, index=text.index)).to_numpy(), "INVALID_NUMBER", col
+        )
         _amount_rules(verdict, num, col, non_negative, bounds)
         out[col] = num
 
     # Columns still text in `out` can be checked on their Arrow form.
-    typed_cols = {*rules.get("dates", {}), *rules.get("integers", []), *rules.get("decimals", {}),
-                  *rules.get("money", {})}
+    typed_cols = {
+        *rules.get("dates", {}),
+        *rules.get("integers", []),
+        *rules.get("decimals", {}),
+        *rules.get("money", {}),
+    }
     for col, allowed in rules.get("codes", {}).items():
         allowed = [str(a) for a in allowed]
         if col in typed_cols:
@@ -529,7 +577,8 @@ def record_key_array(keys: pd.Series, rows: pd.Series | None = None) -> pa.Array
     """
     rows = pd.Series(range(len(keys))) if rows is None else rows
     if not pd.api.types.is_integer_dtype(rows.dtype) or not (
-            keys.dtype == object or isinstance(keys.dtype, (pd.StringDtype, pd.ArrowDtype))):
+        keys.dtype == object or isinstance(keys.dtype, (pd.StringDtype, pd.ArrowDtype))
+    ):
         return pa.array(_record_keys_loop(keys, rows), pa.string())
     try:
         arr = _to_arrow(keys)
@@ -537,24 +586,29 @@ def record_key_array(keys: pd.Series, rows: pd.Series | None = None) -> pa.Array
         return pa.array(_record_keys_loop(keys, rows), pa.string())
     blank = pc.fill_null(pc.match_substring_regex(arr, _BLANK), True)
     fallback = pc.binary_join_element_wise(
-        "row:", pc.cast(pa.array(rows.to_numpy(dtype=np.int64)), pa.string()), "")
+        "row:", pc.cast(pa.array(rows.to_numpy(dtype=np.int64)), pa.string()), ""
+    )
     return pc.if_else(blank, fallback, arr).cast(pa.string())
 
 
 def _record_keys_loop(keys: pd.Series, rows: pd.Series) -> list[str]:
     keys = keys.astype(object).where(keys.notna(), None)
-    return [k if isinstance(k, str) and k.strip() else f"row:{r}"
-            for k, r in zip(keys, rows, strict=True)]
+    return [
+        k if isinstance(k, str) and k.strip() else f"row:{r}"
+        for k, r in zip(keys, rows, strict=True)
+    ]
 
 
-def dedupe_losers(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict,
-                  key: str) -> list:
+def dedupe_losers(
+    typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict, key: str
+) -> list:
     """The losers' keys of survivorship (see dedupe_pairs)."""
     return dedupe_pairs(typed, verdict_failed, rules, key)[0]
 
 
-def dedupe_pairs(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict,
-                 key: str) -> tuple[list, list]:
+def dedupe_pairs(
+    typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rules: dict, key: str
+) -> tuple[list, list]:
     """Survivorship: among valid rows of one person (same dedupe key, e.g. the normalised
     resident ID), one survives; returns (losers' keys, each one's survivor's key).
 
@@ -568,19 +622,26 @@ def dedupe_pairs(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rul
     keep = spec["keep"]
     extra = ["_filled"] if keep == "most_complete" else []
     cols = list(dict.fromkeys([key, spec["key"], spec["order_by"], *extra]))
-    table = (typed.select(cols) if isinstance(typed, pa.Table)
-             else pa.Table.from_pandas(typed[cols], preserve_index=False))
+    table = (
+        typed.select(cols)
+        if isinstance(typed, pa.Table)
+        else pa.Table.from_pandas(typed[cols], preserve_index=False)
+    )
     cand = table.filter(pa.array(~np.asarray(verdict_failed, dtype=bool)))
     cand = cand.filter(pc.is_valid(cand.column(spec["key"])))
     if cand.num_rows < 2:
         return [], []
-    order_by = {"newest": [(spec["order_by"], "descending")],
-                "oldest": [(spec["order_by"], "ascending")],
-                "first_key": [],
-                "most_complete": [("_filled", "descending"), (spec["order_by"], "descending")],
-                }[keep]
-    order = pc.sort_indices(cand, sort_keys=[(spec["key"], "ascending"), *order_by,
-                                             (key, "ascending")], null_placement="at_end")
+    order_by = {
+        "newest": [(spec["order_by"], "descending")],
+        "oldest": [(spec["order_by"], "ascending")],
+        "first_key": [],
+        "most_complete": [("_filled", "descending"), (spec["order_by"], "descending")],
+    }[keep]
+    order = pc.sort_indices(
+        cand,
+        sort_keys=[(spec["key"], "ascending"), *order_by, (key, "ascending")],
+        null_placement="at_end",
+    )
     ordered = cand.take(order)
     group = ordered.column(spec["key"]).combine_chunks()
     cur, prev = group.slice(1), group.slice(0, len(group) - 1)
@@ -589,19 +650,27 @@ def dedupe_pairs(typed: pd.DataFrame | pa.Table, verdict_failed: np.ndarray, rul
     survivor_of = first[np.cumsum(~same) - 1]
     keys = ordered.column(key).combine_chunks()
     losers = pa.array(same)
-    return (keys.filter(losers).to_pylist(),
-            keys.take(pa.array(survivor_of)).filter(losers).to_pylist())
+    return (
+        keys.filter(losers).to_pylist(),
+        keys.take(pa.array(survivor_of)).filter(losers).to_pylist(),
+    )
 
 
-def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timestamp,
-            parent: ParentRegistry | None = None,
-            duplicate_losers: set[str] | dict[str, str] | None = None,
-            duplicate_key: np.ndarray | None = None,
-            parent_fate: np.ndarray | None = None,
-            same_key_rows: set[int] | None = None,
-            merge_rules: dict[str, str] | None = None,
-            adopt: set[str] | None = None,
-            no_id_rows: set[int] | None = None) -> CleanseResult:
+def cleanse(
+    raw: pd.DataFrame,
+    rules: dict,
+    *,
+    key: str,
+    exported_at: pd.Timestamp,
+    parent: ParentRegistry | None = None,
+    duplicate_losers: set[str] | dict[str, str] | None = None,
+    duplicate_key: np.ndarray | None = None,
+    parent_fate: np.ndarray | None = None,
+    same_key_rows: set[int] | None = None,
+    merge_rules: dict[str, str] | None = None,
+    adopt: set[str] | None = None,
+    no_id_rows: set[int] | None = None,
+) -> CleanseResult:
     """`duplicate_losers`: keys that lost survivorship, each with its survivor's key (a
     dict) where the rule merges (`dedupe.action: merge`, the default): those rows leave as
     merged; a set, or `action: quarantine`, quarantines them as DUPLICATE_PERSON.
@@ -613,12 +682,20 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
     `no_id_rows`: source rows whose only fault is a missing resident ID that resolve merged
     into the one target customer with their name and birth date (identity's second rule):
     not quarantined for it, merged like `duplicate_losers` says."""
-    typed, verdict = validate(raw, rules, key=key, exported_at=exported_at, parent=parent,
-                              duplicate_key=duplicate_key, parent_fate=parent_fate)
+    typed, verdict = validate(
+        raw,
+        rules,
+        key=key,
+        exported_at=exported_at,
+        parent=parent,
+        duplicate_key=duplicate_key,
+        parent_fate=parent_fate,
+    )
     merge = (rules.get("dedupe") or {}).get("action", "merge") == "merge"
     if no_id_rows and "_source_row" in raw.columns:
-        verdict.clear(raw["_source_row"].isin(no_id_rows).to_numpy()
-                      & (verdict.reason == "MISSING_FIELD"))
+        verdict.clear(
+            raw["_source_row"].isin(no_id_rows).to_numpy() & (verdict.reason == "MISSING_FIELD")
+        )
     merged_mask = np.zeros(len(raw), dtype=bool)
     survivors = np.full(len(raw), None, dtype=object)
     rule = np.full(len(raw), None, dtype=object)
@@ -627,28 +704,45 @@ def cleanse(raw: pd.DataFrame, rules: dict, *, key: str, exported_at: pd.Timesta
         if merge and isinstance(duplicate_losers, dict):
             merged_mask |= hit
             survivors[hit] = typed.loc[hit, key].map(duplicate_losers).to_numpy(dtype=object)
-            rule[hit] = (typed.loc[hit, key].map(merge_rules).fillna("SAME_PERSON")
-                         .to_numpy(dtype=object) if merge_rules else "SAME_PERSON")
+            rule[hit] = (
+                typed.loc[hit, key].map(merge_rules).fillna("SAME_PERSON").to_numpy(dtype=object)
+                if merge_rules
+                else "SAME_PERSON"
+            )
         else:
             verdict.fail(hit, "DUPLICATE_PERSON", rules.get("dedupe", {}).get("key", key))
     if same_key_rows and "_source_row" in raw.columns:
-        hit = (raw["_source_row"].isin(same_key_rows).to_numpy()
-               & (verdict.reason == "DUPLICATE_KEY"))
+        hit = raw["_source_row"].isin(same_key_rows).to_numpy() & (
+            verdict.reason == "DUPLICATE_KEY"
+        )
         merged_mask |= hit
         survivors[hit] = typed.loc[hit, key].to_numpy(dtype=object)
         rule[hit] = "SAME_KEY"
         verdict.clear(hit)
     failed = verdict.failed
-    merged = pd.DataFrame({"_key": typed.loc[merged_mask, key].to_numpy(dtype=object),
-                           "_survivor": survivors[merged_mask], "_rule": rule[merged_mask]})
+    merged = pd.DataFrame(
+        {
+            "_key": typed.loc[merged_mask, key].to_numpy(dtype=object),
+            "_survivor": survivors[merged_mask],
+            "_rule": rule[merged_mask],
+        }
+    )
     quarantine = raw.loc[failed].copy()
     quarantine["_reason"] = verdict.reason[failed]
     quarantine["_field"] = verdict.field[failed]
     quarantine["_key"] = typed.loc[failed, key].to_numpy()
     clean = typed.loc[~failed & ~merged_mask].reset_index(drop=True)
-    adopted = (typed.loc[merged_mask & typed[key].isin(adopt).to_numpy()].reset_index(drop=True)
-               if adopt is not None else None)
+    adopted = (
+        typed.loc[merged_mask & typed[key].isin(adopt).to_numpy()].reset_index(drop=True)
+        if adopt is not None
+        else None
+    )
     counts = pd.Series(verdict.reason[failed]).value_counts().to_dict() if failed.any() else {}
-    return CleanseResult(clean, quarantine.reset_index(drop=True),
-                         {str(k): int(v) for k, v in counts.items()}, dict(verdict.normalised),
-                         merged, adopted)
+    return CleanseResult(
+        clean,
+        quarantine.reset_index(drop=True),
+        {str(k): int(v) for k, v in counts.items()},
+        dict(verdict.normalised),
+        merged,
+        adopted,
+    )

@@ -1,18 +1,18 @@
 """`python -m handover.cli`: the commands people type around the DAGs.
 
-    summary [--run-id ID]   per-table funnel of a run (latest by default) and report paths
-    keys                    print a new keyring (JSON) for the `handover_keys` connection
-        --key-id ID             id of the (first or added) key, default k1
-        --kms-key-id KEY        keys made and stored wrapped by this AWS KMS key (envelope)
-        --from FILE             start from this keyring: with --add ID, a new active key;
-                                with --retire ID, drop an old key; with --kms-key-id alone,
-                                the same keys moved under KMS
-    rotate-keys [--system S] [--batch-size N]
-                            re-encrypt the target's encrypted columns under the active key
-    verify-audit            recompute the audit trail's hash chain; names the first broken entry
-    check --system S --source-dir D [--rows N] [--tolerance F]
-                            validate a source system's config files, then dry-run them on the
-                            first N rows of its export; exits 1 naming every problem
+summary [--run-id ID]   per-table funnel of a run (latest by default) and report paths
+keys                    print a new keyring (JSON) for the `handover_keys` connection
+    --key-id ID             id of the (first or added) key, default k1
+    --kms-key-id KEY        keys made and stored wrapped by this AWS KMS key (envelope)
+    --from FILE             start from this keyring: with --add ID, a new active key;
+                            with --retire ID, drop an old key; with --kms-key-id alone,
+                            the same keys moved under KMS
+rotate-keys [--system S] [--batch-size N]
+                        re-encrypt the target's encrypted columns under the active key
+verify-audit            recompute the audit trail's hash chain; names the first broken entry
+check --system S --source-dir D [--rows N] [--tolerance F]
+                        validate a source system's config files, then dry-run them on the
+                        first N rows of its export; exits 1 naming every problem
 """
 
 from __future__ import annotations
@@ -30,31 +30,38 @@ from handover.lake import lake_from_url, safe_run_id
 def summary(run_id: str | None) -> int:
     with ledger.connect() as conn:
         if run_id is None:
-            row = conn.execute("SELECT run_id FROM handover_meta.run ORDER BY started_at DESC "
-                               "LIMIT 1").fetchone()
+            row = conn.execute(
+                "SELECT run_id FROM handover_meta.run ORDER BY started_at DESC LIMIT 1"
+            ).fetchone()
             if row is None:
                 print("no runs yet: run the customer_migration DAG first", file=sys.stderr)
                 return 1
             run_id = row[0]
-        status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
-                              (run_id,)).fetchone()
+        status = conn.execute(
+            "SELECT status FROM handover_meta.run WHERE run_id=%s", (run_id,)
+        ).fetchone()
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s ORDER BY table_name",
-            (run_id,)).fetchall()
+            (run_id,),
+        ).fetchall()
     lake = lake_from_url()
     print(f"run {run_id}: {status[0] if status else 'unknown'}")
-    header = (f"{'table':<18}{'in':>10}{'loaded':>10}{'merged':>8}{'quarant.':>10}"
-              f"{'excluded':>10}  balance")
+    header = (
+        f"{'table':<18}{'in':>10}{'loaded':>10}{'merged':>8}{'quarant.':>10}"
+        f"{'excluded':>10}  balance"
+    )
     print(header)
     print("-" * len(header))
     ok = bool(rows)
     for t, n, loaded, q, x, balanced, m in rows:
         sums = loaded + m + q + x == n
         ok &= bool(balanced) and sums
-        print(f"{t:<18}{n:>10,}{loaded:>10,}{m:>8,}{q:>10,}{x:>10,}  "
-              f"{'in = loaded + merged + quarantined + excluded' if sums else 'DOES NOT BALANCE'}"
-              f"{'' if balanced else ' (reconciliation failed)'}")
+        print(
+            f"{t:<18}{n:>10,}{loaded:>10,}{m:>8,}{q:>10,}{x:>10,}  "
+            f"{'in = loaded + merged + quarantined + excluded' if sums else 'DOES NOT BALANCE'}"
+            f"{'' if balanced else ' (reconciliation failed)'}"
+        )
     base = f"runs/{safe_run_id(run_id)}"
     print(f"\nreport:          {lake.uri(base + '/reports/report.html')}")
     print(f"report (JSON):   {lake.uri(base + '/reports/report.json')}")
@@ -70,11 +77,15 @@ def keys_command(args: argparse.Namespace) -> int:
 
     if args.from_file is None:
         if args.add or args.retire:
-            print("keys: --add and --retire need --from FILE (the current keyring)",
-                  file=sys.stderr)
+            print(
+                "keys: --add and --retire need --from FILE (the current keyring)", file=sys.stderr
+            )
             return 2
-        ring = (keys.generate_envelope(args.kms_key_id, args.key_id) if args.kms_key_id
-                else Keyring.generate(args.key_id))
+        ring = (
+            keys.generate_envelope(args.kms_key_id, args.key_id)
+            if args.kms_key_id
+            else Keyring.generate(args.key_id)
+        )
     else:
         ring = json.loads(Path(args.from_file).read_text())
         if args.add:
@@ -85,23 +96,30 @@ def keys_command(args: argparse.Namespace) -> int:
                     needed = keys.key_still_needed(args.retire, args.system)
                 except (OSError, RuntimeError, ValueError, psycopg.Error) as exc:
                     # target or lake unreachable, no keyring or connection defined
-                    print(f"keys --retire {args.retire}: cannot check where the key is still "
-                          f"used ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); run "
-                          "with the target and lake settings of the running system, or "
-                          "--unchecked if you know nothing needs it", file=sys.stderr)
+                    print(
+                        f"keys --retire {args.retire}: cannot check where the key is still "
+                        f"used ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); run "
+                        "with the target and lake settings of the running system, or "
+                        "--unchecked if you know nothing needs it",
+                        file=sys.stderr,
+                    )
                     return 2
                 if any(needed.values()):
-                    print(f"keys --retire {args.retire}: refused, the key still protects "
-                          f"{ {k: v for k, v in needed.items() if v} }: trigger rotate_keys "
-                          "(it re-encrypts values and rewraps backup and lake keys) first; "
-                          "retiring it now would lose that data", file=sys.stderr)
+                    print(
+                        f"keys --retire {args.retire}: refused, the key still protects "
+                        f"{ {k: v for k, v in needed.items() if v} }: trigger rotate_keys "
+                        "(it re-encrypts values and rewraps backup and lake keys) first; "
+                        "retiring it now would lose that data",
+                        file=sys.stderr,
+                    )
                     return 2
             ring = keys.retire_key(ring, args.retire)
         elif args.kms_key_id:
             ring = keys.wrap_keyring(ring, args.kms_key_id)
         else:
-            print("keys --from FILE needs --add ID, --retire ID or --kms-key-id KEY",
-                  file=sys.stderr)
+            print(
+                "keys --from FILE needs --add ID, --retire ID or --kms-key-id KEY", file=sys.stderr
+            )
             return 2
     print(json.dumps(ring))
     return 0
@@ -112,8 +130,10 @@ def rotate_keys_command(system: str, batch_size: int) -> int:
 
     out = keys.rotate_target_keys(system, batch_size=batch_size)
     check = keys.validate_rotation(system)
-    print(f"rotated {out['rows']:,} values in {out['batches']} batches to key "
-          f"{out['active_key_id']}; every value of {', '.join(check['rows'])} decrypts under it")
+    print(
+        f"rotated {out['rows']:,} values in {out['batches']} batches to key "
+        f"{out['active_key_id']}; every value of {', '.join(check['rows'])} decrypts under it"
+    )
     return 0
 
 
@@ -145,8 +165,10 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     src = Path(source_dir)
     out = src / "export_manifest.json"
     if out.exists() and not force:
-        print(f"{out} exists: it is the operator's; nothing written (--force replaces it)",
-              file=sys.stderr)
+        print(
+            f"{out} exists: it is the operator's; nothing written (--force replaces it)",
+            file=sys.stderr,
+        )
         return 2
     from handover.config import ConfigError
     from handover.sources import SourceReadError
@@ -154,8 +176,10 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     try:
         when = export_time(exported_at)
     except ValueError:
-        print(f"--exported-at {exported_at!r}: write the export time as 'YYYY-MM-DD HH:MM:SS'",
-              file=sys.stderr)
+        print(
+            f"--exported-at {exported_at!r}: write the export time as 'YYYY-MM-DD HH:MM:SS'",
+            file=sys.stderr,
+        )
         return 2
     try:
         cfg = load_config(system)
@@ -182,11 +206,21 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
             entry["files"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
         tables[table] = entry
         print(f"{table}: {rows:,} rows", file=sys.stderr)
-    out.write_text(json.dumps({
-        "system": cfg.system, "exported_at": str(when), "tables": tables,
-        "made_by": "receiver", "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "note": "written by `handover manifest` from the files as received: it proves what "
-                "was received, not what the operator exported"}, indent=2, ensure_ascii=False))
+    out.write_text(
+        json.dumps(
+            {
+                "system": cfg.system,
+                "exported_at": str(when),
+                "tables": tables,
+                "made_by": "receiver",
+                "made_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "note": "written by `handover manifest` from the files as received: it proves what "
+                "was received, not what the operator exported",
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
     print(f"wrote {out} ({len(tables)} tables, made by the receiver)")
     return 0
 
@@ -209,22 +243,28 @@ def review_command(args: argparse.Namespace) -> int:
             print(f"next: {out['next']}")
         return 0
     with ledger.connect() as conn:
-        if conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0] \
-                is None:
+        if (
+            conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0]
+            is None
+        ):
             print("no review queue yet: no run has merged a record into a target customer")
             return 0
         rows = conn.execute(
             "SELECT id, source_system, source_key, target_customer_id, field, rule, status "
-            "FROM handover_meta.identity_review " + ("" if args.all else
-                                                    "WHERE status = 'open' ") +
-            "ORDER BY id").fetchall()
-    print(f"{'id':>6}  {'system':<12}{'record':<16}{'merged into':<16}{'field':<14}"
-          f"{'rule':<15}status")
+            "FROM handover_meta.identity_review "
+            + ("" if args.all else "WHERE status = 'open' ")
+            + "ORDER BY id"
+        ).fetchall()
+    print(
+        f"{'id':>6}  {'system':<12}{'record':<16}{'merged into':<16}{'field':<14}{'rule':<15}status"
+    )
     for i, system, key, target, field, rule, status in rows:
         print(f"{i:>6}  {system:<12}{key:<16}{target:<16}{field:<14}{rule:<15}{status}")
-    print(f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}; resolve one with "
-          "`handover review --resolve ID --decision keep-target|correct --by NAME`",
-          file=sys.stderr)
+    print(
+        f"{len(rows)} entr{'y' if len(rows) == 1 else 'ies'}; resolve one with "
+        "`handover review --resolve ID --decision keep-target|correct --by NAME`",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -239,10 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--from", dest="from_file")
     k.add_argument("--add")
     k.add_argument("--retire")
-    k.add_argument("--system", default="legacy_bss",
-                   help="with --retire: the system whose target is checked for the key")
-    k.add_argument("--unchecked", action="store_true",
-                   help="with --retire: do not check that nothing still needs the key")
+    k.add_argument(
+        "--system",
+        default="legacy_bss",
+        help="with --retire: the system whose target is checked for the key",
+    )
+    k.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="with --retire: do not check that nothing still needs the key",
+    )
     r = sub.add_parser("rotate-keys")
     r.add_argument("--system", default="legacy_bss")
     r.add_argument("--batch-size", type=int, default=5000)
@@ -250,11 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("manifest", help="write export_manifest.json for an export without one")
     m.add_argument("--system", required=True)
     m.add_argument("--source-dir", required=True)
-    m.add_argument("--exported-at", required=True,
-                   help="when the operator exported it, 'YYYY-MM-DD HH:MM:SS' (its clock)")
+    m.add_argument(
+        "--exported-at",
+        required=True,
+        help="when the operator exported it, 'YYYY-MM-DD HH:MM:SS' (its clock)",
+    )
     m.add_argument("--force", action="store_true", help="replace an existing manifest")
-    rv = sub.add_parser("review", help="fields where a merged record disagreed with the "
-                                       "target's customer: list, or resolve one entry")
+    rv = sub.add_parser(
+        "review",
+        help="fields where a merged record disagreed with the "
+        "target's customer: list, or resolve one entry",
+    )
     rv.add_argument("--all", action="store_true", help="resolved entries too")
     rv.add_argument("--resolve", type=int, metavar="ID", help="the entry to resolve")
     rv.add_argument("--decision", choices=["keep-target", "correct"])
@@ -281,8 +333,10 @@ def main(argv: list[str] | None = None) -> int:
     if chain.intact:
         print(f"audit trail intact: {chain.entries} entries")
         return 0
-    print(f"audit trail BROKEN at entry id {chain.first_bad_id} ({chain.reason}); "
-          f"{chain.entries} entries checked")
+    print(
+        f"audit trail BROKEN at entry id {chain.first_bad_id} ({chain.reason}); "
+        f"{chain.entries} entries checked"
+    )
     return 1
 
 

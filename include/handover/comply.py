@@ -22,8 +22,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 # Every character str.strip() removes (str.isspace()); tests/unit/test_comply.py checks it.
-WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
-              "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+    "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 class Members:
@@ -76,17 +78,20 @@ class PolicyFacts:
 
 @dataclass
 class ComplyResult:
-    moved: pd.DataFrame     # raw rows + _basis
+    moved: pd.DataFrame  # raw rows + _basis
     excluded: pd.DataFrame  # raw rows + _rule + _destroy_by
     counts: dict[str, int]
     keep: np.ndarray | None = None  # per raw row: moved (True) or excluded
-    basis: str | None = None        # the lawful basis every moved row carries
+    basis: str | None = None  # the lawful basis every moved row carries
 
 
 def _norm(s: pd.Series) -> pd.Series:
     """Object values, None for missing, strings stripped (the fallback for non-text)."""
-    return s.astype(object).where(s.notna(), None).map(
-        lambda v: v.strip() if isinstance(v, str) else v)
+    return (
+        s.astype(object)
+        .where(s.notna(), None)
+        .map(lambda v: v.strip() if isinstance(v, str) else v)
+    )
 
 
 def _strings(values: pd.Series | pa.Array | pa.ChunkedArray) -> pa.Array | None:
@@ -123,8 +128,7 @@ def _member_array(members: frozenset) -> pa.Array:
 def _isin(values: pa.Array | pd.Series, members: frozenset | Members) -> np.ndarray:
     """Boolean mask: value is one of `members` (missing values never are)."""
     if isinstance(values, pd.Series):
-        return values.isin(list(members) if isinstance(members, Members) else members
-                           ).to_numpy()
+        return values.isin(list(members) if isinstance(members, Members) else members).to_numpy()
     texts = members.values if isinstance(members, Members) else _member_array(members)
     if not len(texts):
         return np.zeros(len(values), dtype=bool)
@@ -143,9 +147,17 @@ def _objects(values: pa.Array | pd.Series, index: pd.Index) -> pd.Series:
     return pd.Series(values.to_numpy(zero_copy_only=False), index=index, dtype=object)
 
 
-def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy: dict,
-           facts: PolicyFacts, event_time_format: str | list[str] | None,
-           run_date: date | None = None, erased: frozenset[str] = frozenset()) -> ComplyResult:
+def decide(
+    raw: pd.DataFrame,
+    *,
+    table_spec: dict,
+    category_policy: dict,
+    policy: dict,
+    facts: PolicyFacts,
+    event_time_format: str | list[str] | None,
+    run_date: date | None = None,
+    erased: frozenset[str] = frozenset(),
+) -> ComplyResult:
     """Each row moves or is excluded by the first rule that catches it. `erased`: customers
     a data-subject erasure removed (handover_meta.erased_subject): their rows never come
     back, whichever export or night carries them (ERASED_SUBJECT, before every policy
@@ -167,8 +179,11 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
         open_ = rule == 0
         if rid == "OBJECTED_TRANSFER" and cust_col:
             hit = _isin(cust, facts.objected)
-        elif rid == "RETENTION_EXPIRED" and category_policy.get("retention_months") \
-                and table_spec.get("event_time"):
+        elif (
+            rid == "RETENTION_EXPIRED"
+            and category_policy.get("retention_months")
+            and table_spec.get("event_time")
+        ):
             col = raw[table_spec["event_time"]]
             text = _strings(col)
             values = _norm(col) if text is None else _objects(text, raw.index)
@@ -212,11 +227,18 @@ def decide(raw: pd.DataFrame, *, table_spec: dict, category_policy: dict, policy
     counts: dict[str, int] = {}
     if excluded_mask.any():
         per_rule = np.bincount(rule[excluded_mask], minlength=len(names))
-        counts = {str(names[k]): int(per_rule[k])
-                  for k in sorted(range(1, len(names)), key=lambda k: -per_rule[k])
-                  if per_rule[k]}
-    return ComplyResult(moved.reset_index(drop=True), excluded.reset_index(drop=True), counts,
-                        keep=~excluded_mask, basis=basis)
+        counts = {
+            str(names[k]): int(per_rule[k])
+            for k in sorted(range(1, len(names)), key=lambda k: -per_rule[k])
+            if per_rule[k]
+        }
+    return ComplyResult(
+        moved.reset_index(drop=True),
+        excluded.reset_index(drop=True),
+        counts,
+        keep=~excluded_mask,
+        basis=basis,
+    )
 
 
 Frame = pd.DataFrame | pa.Table
@@ -226,18 +248,30 @@ def _column(frame: Frame, name: str) -> pa.Array | None:
     return _strings(frame[name])
 
 
-def policy_facts(subscribers: Frame | None, consents: Frame | None, policy: dict,
-                 exported_at: pd.Timestamp, customer_column: str = "cust_id") -> PolicyFacts:
+def policy_facts(
+    subscribers: Frame | None,
+    consents: Frame | None,
+    policy: dict,
+    exported_at: pd.Timestamp,
+    customer_column: str = "cust_id",
+) -> PolicyFacts:
     """Objections and consents; frames are pandas DataFrames or Arrow tables."""
-    return facts_from_tables([] if subscribers is None else [subscribers],
-                             [] if consents is None else [consents], policy, exported_at,
-                             customer_column)
+    return facts_from_tables(
+        [] if subscribers is None else [subscribers],
+        [] if consents is None else [consents],
+        policy,
+        exported_at,
+        customer_column,
+    )
 
 
-def facts_from_tables(objections: Iterable[Frame | pa.RecordBatch],
-                      consents: Iterable[Frame | pa.RecordBatch], policy: dict,
-                      exported_at: pd.Timestamp, customer_column: str = "cust_id"
-                      ) -> PolicyFacts:
+def facts_from_tables(
+    objections: Iterable[Frame | pa.RecordBatch],
+    consents: Iterable[Frame | pa.RecordBatch],
+    policy: dict,
+    exported_at: pd.Timestamp,
+    customer_column: str = "cust_id",
+) -> PolicyFacts:
     """Facts from the objection and consent tables, given a slice at a time.
 
     Each slice is reduced at once to the distinct customers (and purposes) that make a
@@ -263,8 +297,9 @@ def facts_from_tables(objections: Iterable[Frame | pa.RecordBatch],
         ids_by_purpose: dict[str, list[pa.Array]] = {}
         others: dict[str, set] = {}
         for t in map(_table, consents):
-            cols = [_column(t, spec[k])
-                    for k in ("customer_column", "purpose_column", "granted_column")]
+            cols = [
+                _column(t, spec[k]) for k in ("customer_column", "purpose_column", "granted_column")
+            ]
             if any(c is None for c in cols):
                 for purpose_, members in _consented_objects(_frame(t), spec).items():
                     others.setdefault(purpose_, set()).update(members)
@@ -275,10 +310,12 @@ def facts_from_tables(objections: Iterable[Frame | pa.RecordBatch],
             # A purpose granted only with no customer still names the purpose (no members).
             for purpose_ in pc.unique(purpose.drop_null()).to_pylist():
                 ids_by_purpose.setdefault(purpose_, []).append(
-                    pc.unique(pc.filter(cust, pc.equal(purpose, purpose_)).drop_null()))
+                    pc.unique(pc.filter(cust, pc.equal(purpose, purpose_)).drop_null())
+                )
         for purpose_ in sorted(set(others) | set(ids_by_purpose)):
-            consented[str(purpose_)] = _members(ids_by_purpose.pop(purpose_, []),
-                                                others.get(purpose_, set()))
+            consented[str(purpose_)] = _members(
+                ids_by_purpose.pop(purpose_, []), others.get(purpose_, set())
+            )
     return PolicyFacts(exported_at, objected, consented)
 
 
@@ -289,8 +326,11 @@ def _table(t: Frame | pa.RecordBatch) -> Frame:
 def _members(arrays: list[pa.Array | pa.ChunkedArray], other: set) -> frozenset | Members:
     if other:  # some values were decided per value (not text): a plain set, as before
         return frozenset(other).union(*(a.to_pylist() for a in arrays))
-    chunks = [c.cast(pa.string()) for a in arrays
-              for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])]
+    chunks = [
+        c.cast(pa.string())
+        for a in arrays
+        for c in (a.chunks if isinstance(a, pa.ChunkedArray) else [a])
+    ]
     return Members(pa.chunked_array(chunks, pa.string()))
 
 
@@ -305,8 +345,9 @@ def _frame(frame: Frame) -> pd.DataFrame:
     return frame.to_pandas() if isinstance(frame, pa.Table) else frame
 
 
-def _objected_objects(subscribers: pd.DataFrame, spec: dict, customer_column: str
-                      ) -> frozenset[str]:
+def _objected_objects(
+    subscribers: pd.DataFrame, spec: dict, customer_column: str
+) -> frozenset[str]:
     cust = _norm(subscribers[customer_column])
     flag = _norm(subscribers[spec["column"]])
     return frozenset(cust[flag == spec["value"]].dropna())

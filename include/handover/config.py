@@ -24,15 +24,33 @@ LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
 PROTECTIONS = ["encrypt", "blind_index", "mask", "redact"]
 SOURCE_FORMATS = ["csv", "parquet", "sql", "jsonl", "fixed", "xlsx"]
-ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "big5", "utf-16", "utf-16-le",
-             "utf-16-be"]
+ENCODINGS = ["utf-8", "utf-8-sig", "gbk", "gb18030", "big5", "utf-16", "utf-16-le", "utf-16-be"]
 # Mapping transforms, in the order map_partition applies them (see handover.mapping).
-TRANSFORMS = ["from", "from_resident_id", "concat", "split", "default", "lookup", "parse_date",
-              "yuan_to_fen",
-              "cast", "protect"]
+TRANSFORMS = [
+    "from",
+    "from_resident_id",
+    "concat",
+    "split",
+    "default",
+    "lookup",
+    "parse_date",
+    "yuan_to_fen",
+    "cast",
+    "protect",
+]
 CASTS = ["string", "int", "float", "bool", "date", "timestamp"]
-FILE_SOURCE_OPTIONS = ("file", "files", "encoding", "delimiter", "header", "quote", "trailer",
-                       "widths", "width_unit", "sheet")
+FILE_SOURCE_OPTIONS = (
+    "file",
+    "files",
+    "encoding",
+    "delimiter",
+    "header",
+    "quote",
+    "trailer",
+    "widths",
+    "width_unit",
+    "sheet",
+)
 CSV_ONLY_OPTIONS = ("encoding", "delimiter", "header", "quote", "trailer")
 SQL_SOURCE_OPTIONS = ("conn_id", "query", "table", "range")
 DATE_DIRECTIVES = set("aAwdbBmyYHIpMSfzZjUWcxXGuV%")
@@ -68,16 +86,16 @@ _SOURCE = {
         # format fixed (mainframe-era text): each catalog column's width, in the catalog's
         # column order; counted in bytes of the file's encoding (a GBK character is two), or
         # in characters with width_unit: chars
-        "widths": {"type": "array", "items": {"type": "integer", "minimum": 1},
-                   "minItems": 1},
+        "widths": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
         "width_unit": {"enum": ["bytes", "chars"]},
         # format xlsx: the worksheet (its name, or its position from 0; default the first)
-        "sheet": {"oneOf": [{"type": "string", "minLength": 1},
-                            {"type": "integer", "minimum": 0}]},
+        "sheet": {"oneOf": [{"type": "string", "minLength": 1}, {"type": "integer", "minimum": 0}]},
         "conn_id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]+$"},
         "query": {"type": "string", "minLength": 1},
-        "table": {"type": "string",
-                  "pattern": "^[A-Za-z_][A-Za-z0-9_$]*([.][A-Za-z_][A-Za-z0-9_$]*)?$"},
+        "table": {
+            "type": "string",
+            "pattern": "^[A-Za-z_][A-Za-z0-9_$]*([.][A-Za-z_][A-Za-z0-9_$]*)?$",
+        },
         "chunk_rows": {"type": "integer", "minimum": 1, "maximum": 10_000_000},
         "range": {
             "type": "object",
@@ -157,22 +175,32 @@ POLICY_SCHEMA = {
                 # resident_id: the blind index of the normalised 18-digit ID; name_birth:
                 # for a customer whose ID is missing, the blind index of the normalised
                 # name and birth date, merged only where exactly one target customer has it
-                "match": {"type": "array", "minItems": 1, "uniqueItems": True,
-                          "items": {"enum": ["resident_id", "name_birth"]}},
+                "match": {
+                    "type": "array",
+                    "minItems": 1,
+                    "uniqueItems": True,
+                    "items": {"enum": ["resident_id", "name_birth"]},
+                },
                 # field-level survivorship of a merge, per target field of the customer
                 # (`default` for the others): target (the target's value stays), source
                 # (the export's wins), newest (the record with the newer version column
                 # wins), review (the target's stays; a person decides in the review queue)
-                "survivorship": {"type": "object", "additionalProperties": {
-                    "enum": ["target", "source", "newest", "review"]}},
+                "survivorship": {
+                    "type": "object",
+                    "additionalProperties": {"enum": ["target", "source", "newest", "review"]},
+                },
                 # target field -> boolean column of the target that marks its value
                 # verified: a verified value is never overwritten by an export's
-                "verified": {"type": "object", "additionalProperties": {
-                    "type": "string", "minLength": 1}},
+                "verified": {
+                    "type": "object",
+                    "additionalProperties": {"type": "string", "minLength": 1},
+                },
                 # the target's own retention (months per category of policy.yaml): for a
                 # person the target also holds, the stricter of the two holds
-                "target_retention_months": {"type": "object", "additionalProperties": {
-                    "type": "integer", "minimum": 0}},
+                "target_retention_months": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                },
                 # merge: one customer; link: both records kept, one person id (needs a
                 # target that allows two customers with one ID)
                 "on_match": {"enum": ["merge", "link"]},
@@ -193,8 +221,13 @@ POLICY_SCHEMA = {
         "consent": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["table", "customer_column", "purpose_column", "granted_column",
-                         "granted_value"],
+            "required": [
+                "table",
+                "customer_column",
+                "purpose_column",
+                "granted_column",
+                "granted_value",
+            ],
             "properties": {
                 "table": {"type": "string"},
                 "customer_column": {"type": "string"},
@@ -259,26 +292,45 @@ CLEANSING_SCHEMA = {
                     "max": {"type": "object", "additionalProperties": {"type": "number"}},
                     # {column: [classes]}: telephone numbers of these classes are valid
                     # (mobile, landline, iot, service, international), each normalised
-                    "phones": {"type": "object", "additionalProperties": {
-                        "type": "array", "minItems": 1, "items": {"enum": [
-                            "mobile", "landline", "iot", "service", "international"]}}},
+                    "phones": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {
+                                "enum": ["mobile", "landline", "iot", "service", "international"]
+                            },
+                        },
+                    },
                     # {column: {unit: yuan|jiao|fen, places: 0-2}}: amounts as printed
                     # (`¥17,504.10`, `(12.50)`, `负3元`) read exactly into whole fen
-                    "money": {"type": "object", "additionalProperties": {
-                        "type": "object", "additionalProperties": False,
-                        "properties": {"unit": {"enum": ["yuan", "jiao", "fen"]},
-                                       "places": {"type": "integer", "minimum": 0,
-                                                  "maximum": 2}}}},
-                    "decimals": {"type": "object",
-                                 "additionalProperties": {"type": "integer", "minimum": 0,
-                                                          "maximum": 6}},
+                    "money": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "unit": {"enum": ["yuan", "jiao", "fen"]},
+                                "places": {"type": "integer", "minimum": 0, "maximum": 2},
+                            },
+                        },
+                    },
+                    "decimals": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0, "maximum": 6},
+                    },
                     # {column: format} or {column: [format, ...]}: strptime formats,
                     # 'epoch' / 'epoch_ms' (':<zone>'), 'excel' (serial days); a list is
                     # tried in order (columns a legacy system wrote several ways)
-                    "dates": {"type": "object", "additionalProperties": {
-                        "oneOf": [{"type": "string"},
-                                  {"type": "array", "items": {"type": "string"},
-                                   "minItems": 1}]}},
+                    "dates": {
+                        "type": "object",
+                        "additionalProperties": {
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                            ]
+                        },
+                    },
                     "codes": {"type": "object", "additionalProperties": _COLS},
                     "resident_id": {
                         "type": "object",
@@ -304,8 +356,7 @@ CLEANSING_SCHEMA = {
                             "key": {"type": "string"},
                             "order_by": {"type": "string"},
                             # the survivor of one person's records
-                            "keep": {"enum": ["newest", "oldest", "first_key",
-                                              "most_complete"]},
+                            "keep": {"enum": ["newest", "oldest", "first_key", "most_complete"]},
                             # merge (default): the others merged into it, their children
                             # re-parented (merge map); quarantine: DUPLICATE_PERSON
                             "action": {"enum": ["merge", "quarantine"]},
@@ -348,15 +399,17 @@ MAPPING_SCHEMA = {
                                 "from": {"type": "string"},
                                 # what the (18-digit, cleansed) resident ID in `from`
                                 # encodes: the true value of a field the export lacks
-                                "from_resident_id": {"enum": ["birth_date", "gender",
-                                                              "region"]},
+                                "from_resident_id": {"enum": ["birth_date", "gender", "region"]},
                                 "concat": {
                                     "type": "object",
                                     "additionalProperties": False,
                                     "required": ["columns"],
                                     "properties": {
-                                        "columns": {"type": "array", "minItems": 2,
-                                                    "items": {"type": "string"}},
+                                        "columns": {
+                                            "type": "array",
+                                            "minItems": 2,
+                                            "items": {"type": "string"},
+                                        },
                                         "separator": {"type": "string"},
                                     },
                                 },
@@ -377,8 +430,11 @@ MAPPING_SCHEMA = {
                                     "additionalProperties": False,
                                     "required": ["format"],
                                     "properties": {
-                                        "format": {"type": ["string", "array"], "minItems": 1,
-                                                   "items": {"type": "string"}},
+                                        "format": {
+                                            "type": ["string", "array"],
+                                            "minItems": 1,
+                                            "items": {"type": "string"},
+                                        },
                                         "to": {"enum": ["date", "timestamp"]},
                                     },
                                 },
@@ -405,9 +461,12 @@ class ConfigError(ValueError):
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems) if problems else [message]
         more = len(self.problems) - 1
-        super().__init__(message if not more else
-                         f"{message} (and {more} more problem{'s' if more > 1 else ''}: "
-                         "`.venv/bin/handover check --system …` lists them all)")
+        super().__init__(
+            message
+            if not more
+            else f"{message} (and {more} more problem{'s' if more > 1 else ''}: "
+            "`.venv/bin/handover check --system …` lists them all)"
+        )
 
 
 @dataclass(frozen=True)
@@ -469,12 +528,19 @@ def resolve_source(table: str, spec: dict[str, Any]) -> dict[str, Any]:
     """A catalog table's `source:` block with every default filled in."""
     given = dict(spec.get("source") or {})
     fmt = given.get("format", "csv")
-    out: dict[str, Any] = {"format": fmt, "encoding": "utf-8", "delimiter": ",", "header": True,
-                           "quote": '"', "chunk_rows": 50_000}
+    out: dict[str, Any] = {
+        "format": fmt,
+        "encoding": "utf-8",
+        "delimiter": ",",
+        "header": True,
+        "quote": '"',
+        "chunk_rows": 50_000,
+    }
     out.update(given)
     if fmt != "sql" and not given.get("files"):
-        ext = {"parquet": "parquet", "jsonl": "jsonl", "fixed": "txt",
-               "xlsx": "xlsx"}.get(fmt, "csv")
+        ext = {"parquet": "parquet", "jsonl": "jsonl", "fixed": "txt", "xlsx": "xlsx"}.get(
+            fmt, "csv"
+        )
         out["file"] = given.get("file") or spec.get("file") or f"{table}.{ext}"
     return out
 
@@ -485,7 +551,7 @@ def ambiguous_formats(formats: list[str]) -> tuple[str, str] | None:
     swap = {"%d": "%m", "%m": "%d"}
     for i, a in enumerate(formats):
         flipped = re.sub(r"%[dm]", lambda m: swap[m.group(0)], a)
-        for b in formats[i + 1:]:
+        for b in formats[i + 1 :]:
             if flipped == b and flipped != a:
                 return a, b
     return None
@@ -503,12 +569,16 @@ def check_date_format(fmt: str) -> str | None:
             try:
                 ZoneInfo(zone)
             except (ZoneInfoNotFoundError, ValueError):
-                return f"unknown time zone '{zone}' in '{fmt}' (use an IANA name, e.g. Asia/Shanghai)"
+                return (
+                    f"unknown time zone '{zone}' in '{fmt}' (use an IANA name, e.g. Asia/Shanghai)"
+                )
         return None
     directives = re.findall(r"%(.)", fmt)
     if not directives:
-        return (f"'{fmt}' has no %-directives; use a strptime format such as '%Y%m%d' "
-                "or 'epoch' / 'epoch_ms' (optionally ':Asia/Shanghai')")
+        return (
+            f"'{fmt}' has no %-directives; use a strptime format such as '%Y%m%d' "
+            "or 'epoch' / 'epoch_ms' (optionally ':Asia/Shanghai')"
+        )
     unknown = [d for d in directives if d not in DATE_DIRECTIVES]
     if unknown:
         return f"unknown date directive '%{unknown[0]}' in '{fmt}'"
@@ -522,17 +592,25 @@ def target_tables(path: Path = TARGET_SQL) -> dict[tuple[str, str], dict[str, bo
         return {}
     text = re.sub(r"--[^\n]*", "", path.read_text(encoding="utf-8"))
     out: dict[tuple[str, str], dict[str, bool]] = {}
-    for m in re.finditer(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\.(\w+)\s*\((.*?)\n\);", text,
-                         re.S | re.I):
+    for m in re.finditer(
+        r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\.(\w+)\s*\((.*?)\n\);", text, re.S | re.I
+    ):
         cols: dict[str, bool] = {}
         for line in m.group(3).splitlines():
             words = line.strip().rstrip(",").split()
-            if not words or words[0].upper() in ("PRIMARY", "UNIQUE", "CHECK", "CONSTRAINT",
-                                                 "FOREIGN", "EXCLUDE"):
+            if not words or words[0].upper() in (
+                "PRIMARY",
+                "UNIQUE",
+                "CHECK",
+                "CONSTRAINT",
+                "FOREIGN",
+                "EXCLUDE",
+            ):
                 continue
             upper = line.upper()
-            cols[words[0].strip('"')] = (("NOT NULL" in upper or "PRIMARY KEY" in upper)
-                                         and "DEFAULT" not in upper)
+            cols[words[0].strip('"')] = (
+                "NOT NULL" in upper or "PRIMARY KEY" in upper
+            ) and "DEFAULT" not in upper
         out[(m.group(1), m.group(2))] = cols
     return out
 
@@ -554,8 +632,10 @@ def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> d
 
 def _load_yaml(path: Path) -> tuple[Any, dict]:
     if not path.is_file():
-        raise ConfigError(f"{path}: file not found; every source system needs catalog.yaml, "
-                          "policy.yaml, cleansing.yaml and mapping.yaml in its folder")
+        raise ConfigError(
+            f"{path}: file not found; every source system needs catalog.yaml, "
+            "policy.yaml, cleansing.yaml and mapping.yaml in its folder"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -563,7 +643,9 @@ def _load_yaml(path: Path) -> tuple[Any, dict]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+        raise ConfigError(
+            f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from exc
     if node is None:
         raise ConfigError(f"{path}: file is empty")
     _no_duplicate_keys(path, node)
@@ -578,8 +660,10 @@ def _no_duplicate_keys(path: Path, node: yaml.Node, keys: tuple = ()) -> None:
             line = key_node.start_mark.line + 1
             if key_node.value in seen:
                 dotted = ".".join(map(str, keys + (key_node.value,)))
-                raise ConfigError(f"{path} line {line}: {dotted}: duplicate key "
-                                  f"'{key_node.value}' (first at line {seen[key_node.value]})")
+                raise ConfigError(
+                    f"{path} line {line}: {dotted}: duplicate key "
+                    f"'{key_node.value}' (first at line {seen[key_node.value]})"
+                )
             seen[key_node.value] = line
             _no_duplicate_keys(path, value_node, keys + (key_node.value,))
     elif isinstance(node, yaml.SequenceNode):
@@ -629,7 +713,8 @@ def _schema_message(path: Path, lines: dict, err) -> str:
                 message += f"; a field's transforms are {', '.join(TRANSFORMS)}"
     elif err.validator == "enum":
         message = f"'{err.instance}' is not one of {err.validator_value}" + _nearest(
-            err.instance, err.validator_value)
+            err.instance, err.validator_value
+        )
     elif err.validator == "propertyNames":
         message = f"{err.message}{_nearest(err.instance, err.schema.get('enum', []))}"
     return f"{_where(path, lines, keys)}: {dotted}: {message}"
@@ -666,17 +751,21 @@ def _cross_checks(cfg: SourceConfig, problems: list[str]) -> None:
         for table, spec in doc["tables"].items():
             where = _where(d / fname, lines, ("tables", table))
             if table not in cat_tables:
-                problems.append(f"{where}: tables.{table}: table not in catalog.yaml"
-                                f"{_nearest(table, cat_tables)}")
+                problems.append(
+                    f"{where}: tables.{table}: table not in catalog.yaml"
+                    f"{_nearest(table, cat_tables)}"
+                )
                 continue
             columns = cat_tables[table]["columns"]
 
-            def need(col: str, keys: tuple, _cols=columns, _table=table, _fname=fname,
-                     _lines=lines) -> None:
+            def need(
+                col: str, keys: tuple, _cols=columns, _table=table, _fname=fname, _lines=lines
+            ) -> None:
                 if col not in _cols:
                     problems.append(
                         f"{_where(d / _fname, _lines, keys)}: {'.'.join(map(str, keys))}: "
-                        f"column '{col}' is not in catalog table {_table}{_nearest(col, _cols)}")
+                        f"column '{col}' is not in catalog table {_table}{_nearest(col, _cols)}"
+                    )
 
             if fname == "cleansing.yaml":
                 _check_cleansing_table(cfg, table, spec, need, fail)
@@ -690,18 +779,21 @@ def _cross_checks(cfg: SourceConfig, problems: list[str]) -> None:
                 problems.append(
                     f"{_where(d / 'catalog.yaml', lines, ('tables', table, attr))}: "
                     f"tables.{table}.{attr}: '{col}' is not a column of {table}"
-                    f"{_nearest(col, spec['columns'])}")
+                    f"{_nearest(col, spec['columns'])}"
+                )
         if table not in cfg.mapping["tables"]:
             problems.append(
                 f"{_where(d / 'mapping.yaml', cfg._lines['mapping'], ('tables',))}: "
                 f"tables.{table}: catalog table '{table}' has no mapping; add it "
-                "(or remove it from the catalog)")
+                "(or remove it from the catalog)"
+            )
         _check_source(table, spec, fail)
     for cat in sorted({t["category"] for t in cat_tables.values()}):
         if cat not in cfg.policy["categories"]:
             problems.append(
                 f"{_where(d / 'policy.yaml', cfg._lines['policy'], ('categories',))}: "
-                f"categories.{cat}: no policy for category '{cat}' used in catalog.yaml")
+                f"categories.{cat}: no policy for category '{cat}' used in catalog.yaml"
+            )
     if problems:  # what follows reads tables, columns and categories checked above
         return
     _check_policy(cfg, fail)
@@ -719,16 +811,19 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
         for col in spec.get(rule, {}):
             need(col, ("tables", table, rule, col))
     for col, fmt in spec.get("dates", {}).items():
-        for one in (fmt if isinstance(fmt, list) else [fmt]):
+        for one in fmt if isinstance(fmt, list) else [fmt]:
             problem = check_date_format(one)
             if problem:
                 fail(f, ("tables", table, "dates", col), problem)
         if isinstance(fmt, list):
             clash = ambiguous_formats(fmt)
             if clash:
-                fail(f, ("tables", table, "dates", col),
-                     f"'{clash[0]}' and '{clash[1]}' read one value two ways (day and month "
-                     "swapped: 03/04/2024); keep the one the export uses")
+                fail(
+                    f,
+                    ("tables", table, "dates", col),
+                    f"'{clash[0]}' and '{clash[1]}' read one value two ways (day and month "
+                    "swapped: 03/04/2024); keep the one the export uses",
+                )
     for col in spec.get("not_future", []):
         if col not in spec.get("dates", {}):
             fail(f, ("tables", table, "not_future"), f"'{col}' needs a format under dates")
@@ -740,27 +835,38 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
             fail(f, keys, f"'{col}' needs a format under dates")
         day = _iso_day(value)
         if day is None:
-            fail(f, keys, f"'{value}' is not a date; write the earliest valid date as "
-                 "'YYYY-MM-DD'")
+            fail(f, keys, f"'{value}' is not a date; write the earliest valid date as 'YYYY-MM-DD'")
         bounds[col] = day  # a string, however YAML read it
-    numeric = (set(spec.get("integers", [])) | set(spec.get("decimals", {}))
-               | set(spec.get("money", {})))
+    numeric = (
+        set(spec.get("integers", [])) | set(spec.get("decimals", {})) | set(spec.get("money", {}))
+    )
     for i, col in enumerate(spec.get("non_negative", [])):
         if col not in numeric:
-            fail(f, ("tables", table, "non_negative", i),
-                 f"'{col}' must also be listed under integers, decimals or money to be "
-                 "checked")
+            fail(
+                f,
+                ("tables", table, "non_negative", i),
+                f"'{col}' must also be listed under integers, decimals or money to be checked",
+            )
     for col in spec.get("max", {}):
         if col not in numeric:
-            fail(f, ("tables", table, "max", col),
-                 f"'{col}' must also be listed under integers, decimals or money to be checked")
-    kinds = [set(spec.get("integers", [])), set(spec.get("decimals", {})),
-             set(spec.get("money", {}))]
+            fail(
+                f,
+                ("tables", table, "max", col),
+                f"'{col}' must also be listed under integers, decimals or money to be checked",
+            )
+    kinds = [
+        set(spec.get("integers", [])),
+        set(spec.get("decimals", {})),
+        set(spec.get("money", {})),
+    ]
     both = sorted((kinds[0] & kinds[1]) | (kinds[0] & kinds[2]) | (kinds[1] & kinds[2]))
     if both:
-        fail(f, ("tables", table, "decimals", both[0]),
-             f"'{both[0]}' is listed under more than one of integers, decimals and money; "
-             "choose one")
+        fail(
+            f,
+            ("tables", table, "decimals", both[0]),
+            f"'{both[0]}' is listed under more than one of integers, decimals and money; "
+            "choose one",
+        )
     rid = spec.get("resident_id")
     if rid:
         for k, col in rid.items():
@@ -769,8 +875,11 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
     if parent:
         need(parent["column"], ("tables", table, "parent", "column"))
         if parent["table"] not in cat_tables:
-            fail(f, ("tables", table, "parent", "table"),
-                 f"unknown table '{parent['table']}'{_nearest(parent['table'], cat_tables)}")
+            fail(
+                f,
+                ("tables", table, "parent", "table"),
+                f"unknown table '{parent['table']}'{_nearest(parent['table'], cat_tables)}",
+            )
         if parent["table"] == table:
             fail(f, ("tables", table, "parent", "table"), "a table cannot be its own parent")
     dedupe = spec.get("dedupe")
@@ -778,9 +887,12 @@ def _check_cleansing_table(cfg: SourceConfig, table: str, spec: dict, need, fail
         need(dedupe["key"], ("tables", table, "dedupe", "key"))
         need(dedupe["order_by"], ("tables", table, "dedupe", "order_by"))
         if dedupe["order_by"] not in set(spec.get("dates", {})) | set(spec.get("integers", [])):
-            fail(f, ("tables", table, "dedupe", "order_by"),
-                 f"'{dedupe['order_by']}' must have a format under dates (or be listed under "
-                 "integers) so that newest/oldest compares values, not text")
+            fail(
+                f,
+                ("tables", table, "dedupe", "order_by"),
+                f"'{dedupe['order_by']}' must have a format under dates (or be listed under "
+                "integers) so that newest/oldest compares values, not text",
+            )
 
 
 def _iso_day(value: Any) -> str | None:
@@ -817,9 +929,12 @@ def _check_mapping_table(cfg: SourceConfig, table: str, spec: dict, need, fail) 
             need(fspec["from"], keys + ("from",))
         split = fspec.get("split")
         if split and split.get("parts") and split["part"] >= split["parts"]:
-            fail(f, keys + ("split", "part"),
-                 f"part {split['part']} does not exist when splitting into {split['parts']} parts "
-                 "(parts count from 0)")
+            fail(
+                f,
+                keys + ("split", "part"),
+                f"part {split['part']} does not exist when splitting into {split['parts']} parts "
+                "(parts count from 0)",
+            )
         parse = fspec.get("parse_date")
         if parse:
             formats = parse["format"] if isinstance(parse["format"], list) else [parse["format"]]
@@ -832,22 +947,38 @@ def _check_mapping_table(cfg: SourceConfig, table: str, spec: dict, need, fail) 
             fail(f, keys + ("yuan_to_fen",), "a field cannot be both a date and an amount")
         prot = fspec.get("protect", [])
         if "mask" in prot and columns[fspec["from"]].get("pii") not in ("resident_id", "msisdn"):
-            fail(f, keys + ("protect",),
-                 f"mask needs a catalogued pii type resident_id or msisdn; column "
-                 f"'{fspec['from']}' is catalogued as '{columns[fspec['from']].get('pii')}'")
+            fail(
+                f,
+                keys + ("protect",),
+                f"mask needs a catalogued pii type resident_id or msisdn; column "
+                f"'{fspec['from']}' is catalogued as '{columns[fspec['from']].get('pii')}'",
+            )
         if "encrypt" in prot and "redact" in prot:
             fail(f, keys + ("protect",), "encrypt and redact together make no sense; choose one")
-        if "lookup" in fspec and "concat" not in fspec and not any(
-                t in fspec for t in ("split", "default")) and fspec["from"] in codes:
-            missing = [str(c) for c in codes[fspec["from"]]
-                       if str(c) not in {str(k) for k in fspec["lookup"]}]
+        if (
+            "lookup" in fspec
+            and "concat" not in fspec
+            and not any(t in fspec for t in ("split", "default"))
+            and fspec["from"] in codes
+        ):
+            missing = [
+                str(c)
+                for c in codes[fspec["from"]]
+                if str(c) not in {str(k) for k in fspec["lookup"]}
+            ]
             if missing:
-                fail(f, keys + ("lookup",),
-                     f"code '{missing[0]}' allowed by cleansing.yaml codes.{fspec['from']} has "
-                     "no lookup entry")
+                fail(
+                    f,
+                    keys + ("lookup",),
+                    f"code '{missing[0]}' allowed by cleansing.yaml codes.{fspec['from']} has "
+                    "no lookup entry",
+                )
     if spec["key"] not in spec["fields"]:
-        fail(f, ("tables", table, "key"),
-             f"'{spec['key']}' is not a mapped field{_nearest(spec['key'], spec['fields'])}")
+        fail(
+            f,
+            ("tables", table, "key"),
+            f"'{spec['key']}' is not a mapped field{_nearest(spec['key'], spec['fields'])}",
+        )
 
 
 def _check_source(table: str, spec: dict, fail) -> None:
@@ -859,20 +990,29 @@ def _check_source(table: str, spec: dict, fail) -> None:
     if fmt == "sql":
         wrong = [o for o in FILE_SOURCE_OPTIONS if o in src]
         if wrong:
-            fail("catalog.yaml", keys + (wrong[0],),
-                 f"'{wrong[0]}' applies to file sources, not to format sql")
+            fail(
+                "catalog.yaml",
+                keys + (wrong[0],),
+                f"'{wrong[0]}' applies to file sources, not to format sql",
+            )
         if "file" in spec:
-            fail("catalog.yaml", ("tables", table, "file"),
-                 "a table read with format sql has no file; remove it")
+            fail(
+                "catalog.yaml",
+                ("tables", table, "file"),
+                "a table read with format sql has no file; remove it",
+            )
         if "conn_id" not in src:
             fail("catalog.yaml", keys, "format sql needs conn_id (an Airflow connection id)")
         if ("query" in src) == ("table" in src):
             fail("catalog.yaml", keys, "format sql needs exactly one of 'table' or 'query'")
         rng = src.get("range")
         if rng and rng["column"] not in spec["columns"]:
-            fail("catalog.yaml", keys + ("range", "column"),
-                 f"column '{rng['column']}' is not in catalog table {table}"
-                 f"{_nearest(rng['column'], spec['columns'])}")
+            fail(
+                "catalog.yaml",
+                keys + ("range", "column"),
+                f"column '{rng['column']}' is not in catalog table {table}"
+                f"{_nearest(rng['column'], spec['columns'])}",
+            )
         return
     wrong = [o for o in SQL_SOURCE_OPTIONS if o in src]
     if wrong:
@@ -880,44 +1020,66 @@ def _check_source(table: str, spec: dict, fail) -> None:
     if fmt == "parquet":
         wrong = [o for o in CSV_ONLY_OPTIONS if o in src]
         if wrong:
-            fail("catalog.yaml", keys + (wrong[0],),
-                 f"'{wrong[0]}' applies to csv, not to parquet")
+            fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies to csv, not to parquet")
     if fmt == "fixed":
         widths = src.get("widths")
         if not widths:
-            fail("catalog.yaml", keys, "format fixed needs widths: one per catalog column, in "
-                                       "the catalog's column order")
+            fail(
+                "catalog.yaml",
+                keys,
+                "format fixed needs widths: one per catalog column, in the catalog's column order",
+            )
         elif len(widths) != len(spec["columns"]):
-            fail("catalog.yaml", keys + ("widths",),
-                 f"{len(widths)} widths for {len(spec['columns'])} catalog columns; give one "
-                 "per column, in the catalog's order")
+            fail(
+                "catalog.yaml",
+                keys + ("widths",),
+                f"{len(widths)} widths for {len(spec['columns'])} catalog columns; give one "
+                "per column, in the catalog's order",
+            )
     elif "widths" in src or "width_unit" in src:
-        fail("catalog.yaml", keys + ("widths" if "widths" in src else "width_unit",),
-             "widths apply only to format fixed")
+        fail(
+            "catalog.yaml",
+            keys + ("widths" if "widths" in src else "width_unit",),
+            "widths apply only to format fixed",
+        )
     if "sheet" in src and fmt != "xlsx":
         fail("catalog.yaml", keys + ("sheet",), "sheet applies only to format xlsx")
     if fmt == "xlsx":
         wrong = [o for o in ("encoding", "delimiter", "quote", "trailer") if o in src]
         if wrong:
-            fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies to text files, not "
-                                                     "to a workbook")
+            fail(
+                "catalog.yaml",
+                keys + (wrong[0],),
+                f"'{wrong[0]}' applies to text files, not to a workbook",
+            )
     if fmt in ("jsonl", "fixed"):
         wrong = [o for o in ("delimiter", "header", "quote") if o in src]
         if wrong:
-            fail("catalog.yaml", keys + (wrong[0],), f"'{wrong[0]}' applies to csv, not to "
-                                                     f"format {fmt}")
+            fail(
+                "catalog.yaml",
+                keys + (wrong[0],),
+                f"'{wrong[0]}' applies to csv, not to format {fmt}",
+            )
     if "file" in src and "file" in spec:
-        fail("catalog.yaml", keys + ("file",),
-             "the file is named twice (tables.<t>.file and source.file); keep one")
+        fail(
+            "catalog.yaml",
+            keys + ("file",),
+            "the file is named twice (tables.<t>.file and source.file); keep one",
+        )
     if "files" in src:
         if "file" in src or "file" in spec:
-            fail("catalog.yaml", keys + ("files",),
-                 "use either file (one file) or files (a glob matching several), not both")
+            fail(
+                "catalog.yaml",
+                keys + ("files",),
+                "use either file (one file) or files (a glob matching several), not both",
+            )
         pattern = src["files"]
         if pattern.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", pattern):
-            fail("catalog.yaml", keys + ("files",),
-                 f"'{pattern}' must be a glob relative to the export folder "
-                 "(such as payments*.csv)")
+            fail(
+                "catalog.yaml",
+                keys + ("files",),
+                f"'{pattern}' must be a glob relative to the export folder (such as payments*.csv)",
+            )
     if src.get("quote") and src["quote"] == src.get("delimiter", ","):
         fail("catalog.yaml", keys + ("quote",), "quote and delimiter must differ")
 
@@ -925,44 +1087,68 @@ def _check_source(table: str, spec: dict, fail) -> None:
 def _check_policy(cfg: SourceConfig, fail) -> None:
     cat_tables = cfg.catalog["tables"]
     f = "policy.yaml"
-    for what, cols in (("objection", ("column",)),
-                       ("consent", ("customer_column", "purpose_column", "granted_column"))):
+    for what, cols in (
+        ("objection", ("column",)),
+        ("consent", ("customer_column", "purpose_column", "granted_column")),
+    ):
         spec = cfg.policy.get(what)
         if not spec:
             continue
         if spec["table"] not in cat_tables:
-            fail(f, (what, "table"), f"table '{spec['table']}' is not in catalog.yaml"
-                 f"{_nearest(spec['table'], cat_tables)}")
+            fail(
+                f,
+                (what, "table"),
+                f"table '{spec['table']}' is not in catalog.yaml"
+                f"{_nearest(spec['table'], cat_tables)}",
+            )
         columns = cat_tables[spec["table"]]["columns"]
         for attr in cols:
             if spec[attr] not in columns:
-                fail(f, (what, attr), f"column '{spec[attr]}' is not in catalog table "
-                     f"{spec['table']}{_nearest(spec[attr], columns)}")
+                fail(
+                    f,
+                    (what, attr),
+                    f"column '{spec[attr]}' is not in catalog table "
+                    f"{spec['table']}{_nearest(spec[attr], columns)}",
+                )
         if what == "objection" and not cat_tables[spec["table"]].get("customer_column"):
-            fail(f, (what, "table"), f"catalog table {spec['table']} needs a customer_column "
-                 "to say whose objection a row records")
+            fail(
+                f,
+                (what, "table"),
+                f"catalog table {spec['table']} needs a customer_column "
+                "to say whose objection a row records",
+            )
     for cat, spec in cfg.policy["categories"].items():
         if spec["lawful_basis"] == "separate_consent":
             if not spec.get("consent_purpose"):
-                fail(f, ("categories", cat, "lawful_basis"),
-                     "separate_consent needs consent_purpose (the purpose value to look for)")
+                fail(
+                    f,
+                    ("categories", cat, "lawful_basis"),
+                    "separate_consent needs consent_purpose (the purpose value to look for)",
+                )
             if not cfg.policy.get("consent"):
-                fail(f, ("categories", cat, "lawful_basis"),
-                     "separate_consent needs a top-level consent block saying where consents are")
+                fail(
+                    f,
+                    ("categories", cat, "lawful_basis"),
+                    "separate_consent needs a top-level consent block saying where consents are",
+                )
     _check_identity(cfg, fail)
     seen: dict[str, int] = {}
     for i, rule in enumerate(cfg.policy["rules"]):
         if rule["id"] in seen:
-            fail(f, ("rules", i, "id"), f"rule '{rule['id']}' is listed twice "
-                 f"(first as rules.{seen[rule['id']]})")
+            fail(
+                f,
+                ("rules", i, "id"),
+                f"rule '{rule['id']}' is listed twice (first as rules.{seen[rule['id']]})",
+            )
         seen[rule["id"]] = i
 
 
 def _check_identity(cfg: SourceConfig, fail) -> None:
     """Survivorship and verified flags name fields the merge compares (handover.identity)."""
     spec = cfg.policy.get("identity") or {}
-    if not (spec.get("survivorship") or spec.get("verified")
-            or spec.get("target_retention_months")):
+    if not (
+        spec.get("survivorship") or spec.get("verified") or spec.get("target_retention_months")
+    ):
         return
     from handover import identity
 
@@ -972,20 +1158,31 @@ def _check_identity(cfg: SourceConfig, fail) -> None:
             if name == "default" and section == "survivorship":
                 continue
             if name not in compared:
-                fail("policy.yaml", ("identity", section, name),
-                     f"'{name}' is not a field a merge compares (customer fields of "
-                     f"mapping.yaml about the person: {', '.join(compared) or 'none'})"
-                     f"{_nearest(name, compared)}")
-    if "newest" in (spec.get("survivorship") or {}).values() and \
-            identity.version_fields(cfg) is None:
-        fail("policy.yaml", ("identity", "survivorship"),
-             "newest needs to know which record is newer: give the customer table's "
-             "cleansing dedupe an order_by column that mapping.yaml maps to a target field")
+                fail(
+                    "policy.yaml",
+                    ("identity", section, name),
+                    f"'{name}' is not a field a merge compares (customer fields of "
+                    f"mapping.yaml about the person: {', '.join(compared) or 'none'})"
+                    f"{_nearest(name, compared)}",
+                )
+    if (
+        "newest" in (spec.get("survivorship") or {}).values()
+        and identity.version_fields(cfg) is None
+    ):
+        fail(
+            "policy.yaml",
+            ("identity", "survivorship"),
+            "newest needs to know which record is newer: give the customer table's "
+            "cleansing dedupe an order_by column that mapping.yaml maps to a target field",
+        )
     for cat in spec.get("target_retention_months") or {}:
         if cat not in cfg.policy["categories"]:
-            fail("policy.yaml", ("identity", "target_retention_months", cat),
-                 f"category '{cat}' is not in policy.yaml categories"
-                 f"{_nearest(cat, cfg.policy['categories'])}")
+            fail(
+                "policy.yaml",
+                ("identity", "target_retention_months", cat),
+                f"category '{cat}' is not in policy.yaml categories"
+                f"{_nearest(cat, cfg.policy['categories'])}",
+            )
 
 
 def _check_event_times(cfg: SourceConfig, fail) -> None:
@@ -994,18 +1191,27 @@ def _check_event_times(cfg: SourceConfig, fail) -> None:
     for table, spec in cfg.catalog["tables"].items():
         col = spec.get("event_time")
         if col is None or not cfg.policy["categories"].get(spec["category"], {}).get(
-                "retention_months"):
+            "retention_months"
+        ):
             continue
         fmt = cfg.cleansing["tables"].get(table, {}).get("dates", {}).get(col)
         if fmt is None:
-            fail("catalog.yaml", ("tables", table, "event_time"),
-                 f"'{col}' needs a format under cleansing.yaml tables.{table}.dates, so that "
-                 "retention can age the row")
-        elif any(f.split(":", 1)[0] in ("epoch", "epoch_ms")
-                 for f in (fmt if isinstance(fmt, list) else [fmt])):
-            fail("cleansing.yaml", ("tables", table, "dates", col),
-                 f"event time '{col}' cannot use '{fmt}': retention reads event times with a "
-                 "strptime format; export it as text or use a strptime format")
+            fail(
+                "catalog.yaml",
+                ("tables", table, "event_time"),
+                f"'{col}' needs a format under cleansing.yaml tables.{table}.dates, so that "
+                "retention can age the row",
+            )
+        elif any(
+            f.split(":", 1)[0] in ("epoch", "epoch_ms")
+            for f in (fmt if isinstance(fmt, list) else [fmt])
+        ):
+            fail(
+                "cleansing.yaml",
+                ("tables", table, "dates", col),
+                f"event time '{col}' cannot use '{fmt}': retention reads event times with a "
+                "strptime format; export it as text or use a strptime format",
+            )
 
 
 def _check_target(cfg: SourceConfig, fail) -> None:
@@ -1019,28 +1225,39 @@ def _check_target(cfg: SourceConfig, fail) -> None:
     schema = cfg.mapping["schema"]
     schemas = sorted({s for s, _ in known})
     if schema not in schemas:
-        fail("mapping.yaml", ("schema",), f"schema '{schema}' is not in {TARGET_SQL.name}"
-             f"{_nearest(schema, schemas)}")
+        fail(
+            "mapping.yaml",
+            ("schema",),
+            f"schema '{schema}' is not in {TARGET_SQL.name}{_nearest(schema, schemas)}",
+        )
     tables = sorted(t for s, t in known if s == schema)
     for table, tmap in cfg.mapping["tables"].items():
         target = tmap["target"]
         if (schema, target) not in known:
-            fail("mapping.yaml", ("tables", table, "target"),
-                 f"target table '{schema}.{target}' is not in {TARGET_SQL.name}"
-                 f"{_nearest(target, tables)}")
+            fail(
+                "mapping.yaml",
+                ("tables", table, "target"),
+                f"target table '{schema}.{target}' is not in {TARGET_SQL.name}"
+                f"{_nearest(target, tables)}",
+            )
         cols = known[(schema, target)]
         produced: set[str] = set()
         for field_name, fspec in tmap["fields"].items():
             for col in target_columns({"fields": {field_name: fspec}}):
                 if col not in cols:
-                    fail("mapping.yaml", ("tables", table, "fields", field_name),
-                         f"'{col}' is not a column of {schema}.{target}"
-                         f"{_nearest(col, cols)}")
+                    fail(
+                        "mapping.yaml",
+                        ("tables", table, "fields", field_name),
+                        f"'{col}' is not a column of {schema}.{target}{_nearest(col, cols)}",
+                    )
                 produced.add(col)
         missing = [c for c, required in cols.items() if required and c not in produced]
         if missing:
-            fail("mapping.yaml", ("tables", table, "fields"),
-                 f"{schema}.{target}.{missing[0]} is NOT NULL but no field produces it")
+            fail(
+                "mapping.yaml",
+                ("tables", table, "fields"),
+                f"{schema}.{target}.{missing[0]} is NOT NULL but no field produces it",
+            )
 
 
 def load_config(system: str | Path = "legacy_bss") -> SourceConfig:
@@ -1050,12 +1267,18 @@ def load_config(system: str | Path = "legacy_bss") -> SourceConfig:
         directory = CONFIG_ROOT / str(system)
     if not directory.is_dir():
         known = sorted(p.name for p in CONFIG_ROOT.iterdir() if p.is_dir())
-        raise ConfigError(f"source system '{system}': no folder {directory}"
-                          f"{_nearest(str(system), known)}; known: {', '.join(known)}")
+        raise ConfigError(
+            f"source system '{system}': no folder {directory}"
+            f"{_nearest(str(system), known)}; known: {', '.join(known)}"
+        )
     docs, lines = {}, {}
     problems: list[str] = []  # every file's schema problems, then (if none) the cross-checks
-    for name, schema in (("catalog", CATALOG_SCHEMA), ("policy", POLICY_SCHEMA),
-                         ("cleansing", CLEANSING_SCHEMA), ("mapping", MAPPING_SCHEMA)):
+    for name, schema in (
+        ("catalog", CATALOG_SCHEMA),
+        ("policy", POLICY_SCHEMA),
+        ("cleansing", CLEANSING_SCHEMA),
+        ("mapping", MAPPING_SCHEMA),
+    ):
         path = directory / f"{name}.yaml"
         data, idx = _load_yaml(path)
         try:
@@ -1067,8 +1290,14 @@ def load_config(system: str | Path = "legacy_bss") -> SourceConfig:
         # Still cross-check what can be: a newcomer gets every problem in one round. A
         # check that trips over a structure the schema already refused is skipped.
         try:
-            _cross_check(SourceConfig(system=str((docs["catalog"] or {}).get("system", "")),
-                                      directory=directory, _lines=lines, **docs))
+            _cross_check(
+                SourceConfig(
+                    system=str((docs["catalog"] or {}).get("system", "")),
+                    directory=directory,
+                    _lines=lines,
+                    **docs,
+                )
+            )
         except ConfigError as exc:
             problems.extend(p for p in exc.problems if p not in problems)
         except (KeyError, TypeError, AttributeError, ValueError):

@@ -88,7 +88,8 @@ def target_dsn() -> str:
         raise RuntimeError(
             f"no target database: define the Airflow connection '{TARGET_CONN_ID}' "
             f"(e.g. AIRFLOW_CONN_{TARGET_CONN_ID.upper()}=postgresql://user@host:5432/db) "
-            "or run through `make demo`, which sets it to the embedded PostgreSQL")
+            "or run through `make demo`, which sets it to the embedded PostgreSQL"
+        )
     from psycopg.conninfo import make_conninfo
 
     params = {

@@ -32,9 +32,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-START = re.compile(r"^\[DAG TEST\] starting task_id=(?P<task_id>\S+) map_index=(?P<map_index>-?\d+)$")
+START = re.compile(
+    r"^\[DAG TEST\] starting task_id=(?P<task_id>\S+) map_index=(?P<map_index>-?\d+)$"
+)
 END = re.compile(r"^\[DAG TEST\] end task task_id=(?P<task_id>\S+) map_index=(?P<map_index>-?\d+)$")
-RUNNING = re.compile(r"^\[DAG TEST\] running task <TaskInstance: .* ti_id=(?P<ti_id>[0-9a-fA-F-]{36})>$")
+RUNNING = re.compile(
+    r"^\[DAG TEST\] running task <TaskInstance: .* ti_id=(?P<ti_id>[0-9a-fA-F-]{36})>$"
+)
 
 
 @dataclass
@@ -108,14 +112,21 @@ def split(log: Path) -> dict[Path, int]:
     with create_session() as session:
         for part in task_logs(_read_lines(log)):
             if part.ti_id is None:
-                print(f"demo_logs: no ti_id for {part.task_id}[{part.map_index}]; its lines "
-                      "stay in the full log only", file=sys.stderr)
+                print(
+                    f"demo_logs: no ti_id for {part.task_id}[{part.map_index}]; its lines "
+                    "stay in the full log only",
+                    file=sys.stderr,
+                )
                 continue
-            ti = session.get(TaskInstance, part.ti_id) or session.get(TaskInstanceHistory,
-                                                                       part.ti_id)
+            ti = session.get(TaskInstance, part.ti_id) or session.get(
+                TaskInstanceHistory, part.ti_id
+            )
             if ti is None:
-                print(f"demo_logs: task instance {part.ti_id} ({part.task_id}) is not in the "
-                      "metadata database; its lines stay in the full log only", file=sys.stderr)
+                print(
+                    f"demo_logs: task instance {part.ti_id} ({part.task_id}) is not in the "
+                    "metadata database; its lines stay in the full log only",
+                    file=sys.stderr,
+                )
                 continue
             path = base / handler._render_filename(ti, ti.try_number, session=session)
             out.setdefault(path, []).extend(part.lines)
@@ -134,12 +145,16 @@ def _traceback(exception: list) -> str:
         if not isinstance(exc, dict):
             return json.dumps(exception)
         if i:
-            chunks.append("\nThe above exception was the direct cause of the following exception:\n\n"
-                          if exception[len(exception) - i].get("is_cause", True) else
-                          "\nDuring handling of the above exception, another exception occurred:\n\n")
+            chunks.append(
+                "\nThe above exception was the direct cause of the following exception:\n\n"
+                if exception[len(exception) - i].get("is_cause", True)
+                else "\nDuring handling of the above exception, another exception occurred:\n\n"
+            )
         chunks.append("Traceback (most recent call last):\n")
-        chunks.extend(f'  File "{fr.get("filename")}", line {fr.get("lineno")}, in {fr.get("name")}\n'
-                      for fr in exc.get("frames") or [])
+        chunks.extend(
+            f'  File "{fr.get("filename")}", line {fr.get("lineno")}, in {fr.get("name")}\n'
+            for fr in exc.get("frames") or []
+        )
         chunks.append(f"{exc.get('exc_type')}: {exc.get('exc_value')}\n")
     return "".join(chunks).rstrip("\n")
 
@@ -149,8 +164,9 @@ def render(lines: Iterable[str], out) -> None:
     anything else (print output, warnings on stderr) as it is. Flushes every line."""
     import structlog
 
-    console = structlog.dev.ConsoleRenderer(colors=False,
-                                            exception_formatter=structlog.dev.plain_traceback)
+    console = structlog.dev.ConsoleRenderer(
+        colors=False, exception_formatter=structlog.dev.plain_traceback
+    )
     for line in lines:
         record = None
         if line.startswith("{"):
@@ -161,8 +177,11 @@ def render(lines: Iterable[str], out) -> None:
         if not isinstance(record, dict) or "event" not in record:
             out.write(line)
         else:
-            if (record.get("logger") != "py.warnings" and "filename" in record
-                    and "lineno" in record):
+            if (
+                record.get("logger") != "py.warnings"
+                and "filename" in record
+                and "lineno" in record
+            ):
                 record["loc"] = f"{record.pop('filename')}:{record.pop('lineno')}"
             if isinstance(record.get("exception"), list):
                 record["exception"] = _traceback(record["exception"])
@@ -176,28 +195,48 @@ def render(lines: Iterable[str], out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m handover.demo_logs", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m handover.demo_logs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_split = sub.add_parser("split", help="task instances' lines into the files the UI reads")
     p_split.add_argument("log", type=Path, help="output of `airflow dags test` with json_logs")
     sub.add_parser("render", help="JSON log lines on stdin as console text on stdout")
     args = parser.parse_args(argv)
     if args.command == "render":
-        stdin = open(sys.stdin.fileno(), encoding="utf-8", errors="surrogateescape",
-                     newline="", closefd=False)
-        stdout = open(sys.stdout.fileno(), "w", encoding="utf-8", errors="surrogateescape",
-                      newline="", closefd=False)
+        stdin = open(
+            sys.stdin.fileno(),
+            encoding="utf-8",
+            errors="surrogateescape",
+            newline="",
+            closefd=False,
+        )
+        stdout = open(
+            sys.stdout.fileno(),
+            "w",
+            encoding="utf-8",
+            errors="surrogateescape",
+            newline="",
+            closefd=False,
+        )
         render(stdin, stdout)
         return 0
     written = split(args.log)
     if not written:
-        print("demo_logs: no task instance in the log (`dags test` marks each with an INFO line "
-              "'[DAG TEST] starting …': is [logging] logging_level above INFO?)", file=sys.stderr)
+        print(
+            "demo_logs: no task instance in the log (`dags test` marks each with an INFO line "
+            "'[DAG TEST] starting …': is [logging] logging_level above INFO?)",
+            file=sys.stderr,
+        )
     lines = sum(written.values())
     folder = os.path.commonpath([p.parent for p in written]) if written else "-"
-    print(f"==> task logs for the UI: {len(written)} task instance tries, {lines} lines, under "
-          f"{folder}", file=sys.stderr)
+    print(
+        f"==> task logs for the UI: {len(written)} task instance tries, {lines} lines, under "
+        f"{folder}",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -155,26 +155,37 @@ class PostgresSide:
         self.name = name
         self.table = sql.Identifier(f"diff_{name}")
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(self.table))
-        conn.execute(sql.SQL(
-            "CREATE TEMP TABLE {} ON COMMIT DROP AS "
-            "SELECT (s.k)::text COLLATE \"C\" AS k, s.h::bigint AS h FROM ({}) s"
-        ).format(self.table, source), params)
+        conn.execute(
+            sql.SQL(
+                "CREATE TEMP TABLE {} ON COMMIT DROP AS "
+                'SELECT (s.k)::text COLLATE "C" AS k, s.h::bigint AS h FROM ({}) s'
+            ).format(self.table, source),
+            params,
+        )
         conn.execute(sql.SQL("CREATE INDEX ON {} (k)").format(self.table))
         conn.execute(sql.SQL("ANALYZE {}").format(self.table))
 
     def _where(self, lo, hi):
         from psycopg import sql
 
-        return (sql.SQL("(%s::text IS NULL OR k >= %s::text COLLATE \"C\") AND "
-                        "(%s::text IS NULL OR k < %s::text COLLATE \"C\")"), (lo, lo, hi, hi))
+        return (
+            sql.SQL(
+                '(%s::text IS NULL OR k >= %s::text COLLATE "C") AND '
+                '(%s::text IS NULL OR k < %s::text COLLATE "C")'
+            ),
+            (lo, lo, hi, hi),
+        )
 
     def summary(self, lo, hi):
         from psycopg import sql
 
         where, params = self._where(lo, hi)
-        n, total = self.conn.execute(sql.SQL(
-            "SELECT count(*), coalesce(sum(h::numeric), 0) FROM {} WHERE {}"
-        ).format(self.table, where), params).fetchone()
+        n, total = self.conn.execute(
+            sql.SQL("SELECT count(*), coalesce(sum(h::numeric), 0) FROM {} WHERE {}").format(
+                self.table, where
+            ),
+            params,
+        ).fetchone()
         return int(n), int(total) % MOD
 
     def split_points(self, lo, hi, parts):
@@ -185,18 +196,24 @@ class PostgresSide:
         step = math.ceil(n / parts)
         if step <= 0:
             return []
-        rows = self.conn.execute(sql.SQL(
-            "SELECT k FROM (SELECT k, row_number() OVER (ORDER BY k) - 1 AS rn FROM {} "
-            "WHERE {}) s WHERE rn > 0 AND rn %% %s = 0 ORDER BY k"
-        ).format(self.table, where), (*params, step)).fetchall()
+        rows = self.conn.execute(
+            sql.SQL(
+                "SELECT k FROM (SELECT k, row_number() OVER (ORDER BY k) - 1 AS rn FROM {} "
+                "WHERE {}) s WHERE rn > 0 AND rn %% %s = 0 ORDER BY k"
+            ).format(self.table, where),
+            (*params, step),
+        ).fetchall()
         return [r[0] for r in rows]
 
     def fetch(self, lo, hi):
         from psycopg import sql
 
         where, params = self._where(lo, hi)
-        return dict(self.conn.execute(sql.SQL("SELECT k, h FROM {} WHERE {}").format(
-            self.table, where), params).fetchall())
+        return dict(
+            self.conn.execute(
+                sql.SQL("SELECT k, h FROM {} WHERE {}").format(self.table, where), params
+            ).fetchall()
+        )
 
 
 # ---------------------------------------------------------------- the bisection
@@ -220,15 +237,21 @@ class DiffResult:
         return sorted(self.only_left + self.only_right + self.changed)
 
     def counts(self) -> dict[str, int]:
-        return {"left_rows": self.left_rows, "right_rows": self.right_rows,
-                "only_left": len(self.only_left), "only_right": len(self.only_right),
-                "changed": len(self.changed), "differing": self.differing,
-                "segments_compared": self.segments_compared,
-                "rows_fetched": self.rows_fetched}
+        return {
+            "left_rows": self.left_rows,
+            "right_rows": self.right_rows,
+            "only_left": len(self.only_left),
+            "only_right": len(self.only_right),
+            "changed": len(self.changed),
+            "differing": self.differing,
+            "segments_compared": self.segments_compared,
+            "rows_fetched": self.rows_fetched,
+        }
 
 
-def diff_sides(left: Side, right: Side, *, bisection_factor: int = 32,
-               threshold: int = 512) -> DiffResult:
+def diff_sides(
+    left: Side, right: Side, *, bisection_factor: int = 32, threshold: int = 512
+) -> DiffResult:
     """Bisect [None, None) until every differing key is named."""
     if bisection_factor < 2 or threshold < 1:
         raise ValueError("bisection_factor must be >= 2 and threshold >= 1")
@@ -236,7 +259,8 @@ def diff_sides(left: Side, right: Side, *, bisection_factor: int = 32,
     first_l, first_r = left.summary(None, None), right.summary(None, None)
     out.left_rows, out.right_rows = first_l[0], first_r[0]
     stack: list[tuple[str | None, str | None, tuple[int, int], tuple[int, int]]] = [
-        (None, None, first_l, first_r)]
+        (None, None, first_l, first_r)
+    ]
     while stack:
         lo, hi, sl, sr = stack.pop()
         out.segments_compared += 1
@@ -245,8 +269,13 @@ def diff_sides(left: Side, right: Side, *, bisection_factor: int = 32,
         points: list[str] = []
         if max(sl[0], sr[0]) > threshold:
             bigger = left if sl[0] >= sr[0] else right
-            points = sorted({p for p in bigger.split_points(lo, hi, bisection_factor)
-                             if (lo is None or p > lo) and (hi is None or p < hi)})
+            points = sorted(
+                {
+                    p
+                    for p in bigger.split_points(lo, hi, bisection_factor)
+                    if (lo is None or p > lo) and (hi is None or p < hi)
+                }
+            )
         if not points:  # small enough (or cannot be cut): name the keys
             a, b = left.fetch(lo, hi), right.fetch(lo, hi)
             out.rows_fetched += len(a) + len(b)

@@ -27,34 +27,25 @@ ASSETS = Path(__file__).resolve().parents[2] / "docs-assets" / "node_modules"
 #: ^1.14.7, and the pinned 1.16.1 is what bootstrap was built against.
 VENDOR: dict[str, str] = {
     "https://code.jquery.com/jquery-3.7.1.min.js": "jquery/dist/jquery.min.js",
-    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js":
-        "popper.js/dist/umd/popper.min.js",
-    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js":
-        "bootstrap/dist/js/bootstrap.min.js",
-    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css":
-        "bootstrap/dist/css/bootstrap.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/popper.js/1.12.9/umd/popper.min.js": "popper.js/dist/umd/popper.min.js",
+    "https://stackpath.bootstrapcdn.com/bootstrap/4.3.1/js/bootstrap.min.js": "bootstrap/dist/js/bootstrap.min.js",
+    "https://maxcdn.bootstrapcdn.com/bootstrap/4.3.1/css/bootstrap.min.css": "bootstrap/dist/css/bootstrap.min.css",
     "https://cdn.jsdelivr.net/npm/@forevolve/bootstrap-dark@1.1.0/dist/css/"
     "bootstrap-prefers-dark.css": "@forevolve/bootstrap-dark/dist/css/bootstrap-prefers-dark.css",
-    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js":
-        "bootstrap-table/dist/bootstrap-table.min.js",
-    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css":
-        "bootstrap-table/dist/bootstrap-table.min.css",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js": "bootstrap-table/dist/bootstrap-table.min.js",
+    "https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.css": "bootstrap-table/dist/bootstrap-table.min.css",
     "https://unpkg.com/bootstrap-table@1.19.1/dist/extensions/filter-control/"
-    "bootstrap-table-filter-control.min.js":
-        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
+    "bootstrap-table-filter-control.min.js": "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.js",
     # GX asks for the 1.19.0 stylesheets of the 1.19.1 extension; the 1.19.1 ones are served
     "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/"
-    "bootstrap-table-filter-control.min.css":
-        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
+    "bootstrap-table-filter-control.min.css": "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.min.css",
     "https://unpkg.com/bootstrap-table@1.19.0/dist/extensions/filter-control/"
-    "bootstrap-table-filter-control.css":
-        "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.css",
+    "bootstrap-table-filter-control.css": "bootstrap-table/dist/extensions/filter-control/bootstrap-table-filter-control.css",
     "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/js/"
     "bootstrap-datepicker.min.js": "bootstrap-datepicker/dist/js/bootstrap-datepicker.min.js",
     "https://cdnjs.cloudflare.com/ajax/libs/bootstrap-datepicker/1.9.0/css/"
     "bootstrap-datepicker.min.css": "bootstrap-datepicker/dist/css/bootstrap-datepicker.min.css",
-    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css":
-        "@fortawesome/fontawesome-free/css/all.min.css",
+    "https://cdnjs.cloudflare.com/ajax/libs/font-awesome/6.6.0/css/all.min.css": "@fortawesome/fontawesome-free/css/all.min.css",
     "https://cdn.jsdelivr.net/npm/vega@5": "vega/build/vega.min.js",
     "https://cdn.jsdelivr.net/npm/vega-lite@5": "vega-lite/build/vega-lite.min.js",
     "https://cdn.jsdelivr.net/npm/vega-embed@6": "vega-embed/build/vega-embed.min.js",
@@ -70,8 +61,10 @@ def _package(path: str) -> str:
 PACKAGES = frozenset(_package(p) for p in VENDOR.values())
 
 # GX's logo from its S3 bucket, with a timestamp query; the site has the same image.
-_LOGO = re.compile(r'"https://great-expectations-web-assets\.s3\.[a-z0-9-]+\.amazonaws\.com/'
-                   r'(logo-long\.png)(?:\?[^"]*)?"')
+_LOGO = re.compile(
+    r'"https://great-expectations-web-assets\.s3\.[a-z0-9-]+\.amazonaws\.com/'
+    r'(logo-long\.png)(?:\?[^"]*)?"'
+)
 
 
 # The site's own static files, addressed relative to the page. GX counts one folder too few
@@ -109,8 +102,7 @@ def _with_css_files(paths: set[str]) -> set[str]:
         if not path.endswith(".css"):
             continue
         base = posixpath.dirname(path)
-        for ref in _CSS_URL.findall((ASSETS / path).read_text(encoding="utf-8",
-                                                               errors="replace")):
+        for ref in _CSS_URL.findall((ASSETS / path).read_text(encoding="utf-8", errors="replace")):
             found = posixpath.normpath(posixpath.join(base, ref.strip()))
             if not found.startswith("..") and (ASSETS / found).is_file():
                 out.add(found)

@@ -223,12 +223,17 @@ def load_suite(suites_dir: Path, gate: str, table: str) -> dict[str, Any]:
 
 
 # Expectations that read the frame's column names or row count, never a value.
-_SHAPE_ONLY = frozenset({
-    "expect_table_columns_to_match_set", "expect_table_columns_to_match_ordered_list",
-    "expect_table_column_count_to_equal", "expect_table_column_count_to_be_between",
-    "expect_table_row_count_to_equal", "expect_table_row_count_to_be_between",
-    "expect_column_to_exist",
-})
+_SHAPE_ONLY = frozenset(
+    {
+        "expect_table_columns_to_match_set",
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_column_count_to_equal",
+        "expect_table_column_count_to_be_between",
+        "expect_table_row_count_to_equal",
+        "expect_table_row_count_to_be_between",
+        "expect_column_to_exist",
+    }
+)
 _COLUMN_KWARGS = ("column", "column_A", "column_B", "column_list")
 
 
@@ -513,8 +518,11 @@ def _render_only_what_is_asked() -> None:
             return original_build(self, resource_identifiers)
         store = self.source_store
         key_class = getattr(store, "key_class", None)
-        wanted = [k for k in resource_identifiers
-                  if (key_class is None or isinstance(k, key_class)) and store.has_key(k)]
+        wanted = [
+            k
+            for k in resource_identifiers
+            if (key_class is None or isinstance(k, key_class)) and store.has_key(k)
+        ]
         self.source_store = _ListedStore(store, wanted)
         try:
             return original_build(self, resource_identifiers)
@@ -624,7 +632,8 @@ def run_gate(
         context = _get_context(docs_dir)
         suite = _build_suite(suite_dict, suite_name)
         batch = _batch_definition(context, table).get_batch(
-            batch_parameters={"dataframe": _gx_frame(df)})
+            batch_parameters={"dataframe": _gx_frame(df)}
+        )
         try:
             result = batch.validate(suite, result_format=dict(RESULT_FORMAT))
         finally:
@@ -643,8 +652,15 @@ def run_gate(
                 if not result.success:
                     docs.mkdir(parents=True, exist_ok=True)
                     (docs / FAILED_MARKER).touch()
-                docs_path = _write_docs(context, docs, suite, result, run, partition,
-                                        build_index=not result.success or failed_before)
+                docs_path = _write_docs(
+                    context,
+                    docs,
+                    suite,
+                    result,
+                    run,
+                    partition,
+                    build_index=not result.success or failed_before,
+                )
     return _gate_result(result, gate, table, partition, len(df), docs_path)
 
 
@@ -837,8 +853,9 @@ def _write_docs(
         # (re)written or its page is missing, not once per partition.
         suite_page = docs_dir / "expectations" / (suite.name.replace(".", "/") + ".html")
         resources = [key, suite_key] if wrote or not suite_page.is_file() else [key]
-        context.build_data_docs(site_names=[_SITE_NAME], resource_identifiers=resources,
-                                build_index=build_index)
+        context.build_data_docs(
+            site_names=[_SITE_NAME], resource_identifiers=resources, build_index=build_index
+        )
     except Exception:  # docs are a convenience; the gate's verdict must still come back
         log.warning(
             "could not write Data Docs for %s under %s", suite.name, docs_dir, exc_info=True

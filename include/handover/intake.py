@@ -22,13 +22,20 @@ INTAKE_DAYS = 30
 def clear_stale_intakes(conn, days: int = INTAKE_DAYS) -> int:
     """Clear the seals of requests submitted more than `days` ago and never ended;
     audited with their request ids. Caller owns the transaction."""
-    stale = [r[0] for r in conn.execute(
-        "UPDATE handover_meta.subject_intake SET sealed = NULL, key_id = NULL, "
-        "cleared_at = now() WHERE sealed IS NOT NULL AND submitted_at < now() - "
-        "make_interval(days => %s) RETURNING request_id", (days,)).fetchall()]
+    stale = [
+        r[0]
+        for r in conn.execute(
+            "UPDATE handover_meta.subject_intake SET sealed = NULL, key_id = NULL, "
+            "cleared_at = now() WHERE sealed IS NOT NULL AND submitted_at < now() - "
+            "make_interval(days => %s) RETURNING request_id",
+            (days,),
+        ).fetchall()
+    ]
     if stale:
-        ledger.audit(conn, "subject_intake_expired", detail={
-            "request_ids": sorted(stale), "days": days})
-        log.info("cleared the seals of %d subject requests submitted over %d days ago",
-                 len(stale), days)
+        ledger.audit(
+            conn, "subject_intake_expired", detail={"request_ids": sorted(stale), "days": days}
+        )
+        log.info(
+            "cleared the seals of %d subject requests submitted over %d days ago", len(stale), days
+        )
     return len(stale)

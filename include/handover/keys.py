@@ -86,8 +86,11 @@ def encrypted_columns(cfg: SourceConfig) -> list[EncryptedColumn]:
         tmap = cfg.table_mapping(table)
         for field, spec in tmap["fields"].items():
             if "encrypt" in spec.get("protect", []):
-                out.append(EncryptedColumn(table, cfg.mapping["schema"], tmap["target"],
-                                           tmap["key"], field))
+                out.append(
+                    EncryptedColumn(
+                        table, cfg.mapping["schema"], tmap["target"], tmap["key"], field
+                    )
+                )
     return out
 
 
@@ -95,9 +98,10 @@ def key_usage(conn: psycopg.Connection, columns: list[EncryptedColumn]) -> dict[
     """Rows per key id for each encrypted column: {'crm.customer.id_number': {'k1': n}}."""
     usage: dict[str, dict[str, int]] = {}
     for col in columns:
-        rows = conn.execute(sql.SQL(
-            "SELECT {kid}, count(*) FROM {tbl} WHERE {kid} IS NOT NULL GROUP BY 1 ORDER BY 1"
-        ).format(kid=sql.Identifier(col.key_id), tbl=sql.Identifier(col.schema, col.table))
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT {kid}, count(*) FROM {tbl} WHERE {kid} IS NOT NULL GROUP BY 1 ORDER BY 1"
+            ).format(kid=sql.Identifier(col.key_id), tbl=sql.Identifier(col.schema, col.table))
         ).fetchall()
         usage[col.name] = {str(k): int(n) for k, n in rows}
     return usage
@@ -107,14 +111,21 @@ def _key_type(conn: psycopg.Connection, col: EncryptedColumn) -> str:
     row = conn.execute(
         "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
         "WHERE a.attrelid = %s::regclass AND a.attname = %s AND NOT a.attisdropped",
-        (f'"{col.schema}"."{col.table}"', col.key)).fetchone()
+        (f'"{col.schema}"."{col.table}"', col.key),
+    ).fetchone()
     if row is None:
         raise KeyringError(f"{col.schema}.{col.table}: key column {col.key} not found")
     return row[0]
 
 
-def _rotate_batch(conn: psycopg.Connection, col: EncryptedColumn, ring: Keyring, after: Any,
-                  batch_size: int, key_type: str) -> tuple[int, Any, dict[str, int]]:
+def _rotate_batch(
+    conn: psycopg.Connection,
+    col: EncryptedColumn,
+    ring: Keyring,
+    after: Any,
+    batch_size: int,
+    key_type: str,
+) -> tuple[int, Any, dict[str, int]]:
     """Re-encrypt one batch in one transaction; returns (rows, last key, rows per old key)."""
     from cryptography.exceptions import InvalidTag
 
@@ -126,36 +137,50 @@ def _rotate_batch(conn: psycopg.Connection, col: EncryptedColumn, ring: Keyring,
         where = sql.SQL("{} AND {key} > %s").format(where, key=key)
         params.append(after)
     with conn.transaction():
-        rows = conn.execute(sql.SQL(
-            "SELECT {key}, {enc}, {kid} FROM {tbl} WHERE {where} ORDER BY {key} LIMIT %s "
-            "FOR UPDATE").format(key=key, enc=enc, kid=kid, tbl=tbl, where=where),
-            [*params, batch_size]).fetchall()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT {key}, {enc}, {kid} FROM {tbl} WHERE {where} ORDER BY {key} LIMIT %s "
+                "FOR UPDATE"
+            ).format(key=key, enc=enc, kid=kid, tbl=tbl, where=where),
+            [*params, batch_size],
+        ).fetchall()
         if not rows:
             return 0, after, {}
         try:
-            plain = np.array([decrypt_value(bytes(blob), old, ring, aad=col.aad)
-                              for _, blob, old in rows], dtype=object)
+            plain = np.array(
+                [decrypt_value(bytes(blob), old, ring, aad=col.aad) for _, blob, old in rows],
+                dtype=object,
+            )
         except InvalidTag as exc:
             raise RotationIncomplete(
                 f"key rotation: a value of {col.name} does not decrypt "
                 "under its stored key id (wrong key material for that id, or the value was "
-                "altered); nothing in this batch was changed") from exc
+                "altered); nothing in this batch was changed"
+            ) from exc
         fresh = encrypt_values(plain, ring, aad=col.aad)
         del plain
-        conn.execute(sql.SQL(
-            "UPDATE {tbl} AS t SET {enc} = v.enc, {kid} = %s "
-            "FROM unnest(%s::{ktype}[], %s::bytea[]) AS v(k, enc) WHERE t.{key} = v.k"
-        ).format(tbl=tbl, enc=enc, kid=kid, key=key, ktype=sql.SQL(key_type)),
-            [ring.active_key_id, [r[0] for r in rows], fresh])
+        conn.execute(
+            sql.SQL(
+                "UPDATE {tbl} AS t SET {enc} = v.enc, {kid} = %s "
+                "FROM unnest(%s::{ktype}[], %s::bytea[]) AS v(k, enc) WHERE t.{key} = v.k"
+            ).format(tbl=tbl, enc=enc, kid=kid, key=key, ktype=sql.SQL(key_type)),
+            [ring.active_key_id, [r[0] for r in rows], fresh],
+        )
         per_key: dict[str, int] = {}
         for _, _, old in rows:
             per_key[old] = per_key.get(old, 0) + 1
     return len(rows), rows[-1][0], per_key
 
 
-def rotate_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: Keyring, *,
-                batch_size: int = BATCH_SIZE, run_id: str | None = None,
-                actor: str = "handover") -> dict[str, Any]:
+def rotate_keys(
+    conn: psycopg.Connection,
+    columns: list[EncryptedColumn],
+    ring: Keyring,
+    *,
+    batch_size: int = BATCH_SIZE,
+    run_id: str | None = None,
+    actor: str = "handover",
+) -> dict[str, Any]:
     """Re-encrypt every value of `columns` not under the active key id; idempotent.
 
     Checks first that the keyring holds every old key id in use, so a missing key stops
@@ -165,15 +190,15 @@ def rotate_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: 
         raise ValueError("batch_size must be at least 1")
     before = key_usage(conn, columns)
     conn.commit()
-    missing = {name: sorted(k for k in ids if k not in ring.keys)
-               for name, ids in before.items()}
+    missing = {name: sorted(k for k in ids if k not in ring.keys) for name, ids in before.items()}
     missing = {name: ids for name, ids in missing.items() if ids}
     if missing:
         name, ids = next(iter(missing.items()))
         raise KeyringError(
             f"key rotation: {name} has values under key id(s) {', '.join(ids)} that the "
             "keyring does not hold; put the old key back into the 'handover_keys' connection "
-            "(keep it until rotation has finished), then rotate again")
+            "(keep it until rotation has finished), then rotate again"
+        )
     rotated: dict[str, dict[str, int]] = {}
     batches = 0
     for col in columns:
@@ -187,8 +212,12 @@ def rotate_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: 
             batches += 1
             for k, c in per_key.items():
                 done[k] = done.get(k, 0) + c
-            log.info("rotate %s: %d values re-encrypted under %s so far", col.name,
-                     sum(done.values()), ring.active_key_id)
+            log.info(
+                "rotate %s: %d values re-encrypted under %s so far",
+                col.name,
+                sum(done.values()),
+                ring.active_key_id,
+            )
         rotated[col.name] = done
     after_usage = key_usage(conn, columns)
     summary = {
@@ -205,8 +234,13 @@ def rotate_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: 
     return summary
 
 
-def check_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: Keyring, *,
-               fetch_size: int = 10_000) -> dict[str, Any]:
+def check_keys(
+    conn: psycopg.Connection,
+    columns: list[EncryptedColumn],
+    ring: Keyring,
+    *,
+    fetch_size: int = 10_000,
+) -> dict[str, Any]:
     """Decrypt every value under its stored key id; count values not under the active key.
 
     Returns {'ok': bool, 'columns': {name: {'rows', 'active', 'stale', 'undecryptable'}}}.
@@ -218,9 +252,13 @@ def check_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: K
         counts = {"rows": 0, "active": 0, "stale": 0, "undecryptable": 0}
         with conn.transaction(), conn.cursor(name="handover_check_keys") as cur:
             cur.itersize = fetch_size
-            cur.execute(sql.SQL("SELECT {enc}, {kid} FROM {tbl} WHERE {enc} IS NOT NULL").format(
-                enc=sql.Identifier(col.enc), kid=sql.Identifier(col.key_id),
-                tbl=sql.Identifier(col.schema, col.table)))
+            cur.execute(
+                sql.SQL("SELECT {enc}, {kid} FROM {tbl} WHERE {enc} IS NOT NULL").format(
+                    enc=sql.Identifier(col.enc),
+                    kid=sql.Identifier(col.key_id),
+                    tbl=sql.Identifier(col.schema, col.table),
+                )
+            )
             for blob, kid in cur:
                 counts["rows"] += 1
                 counts["active" if kid == ring.active_key_id else "stale"] += 1
@@ -229,14 +267,16 @@ def check_keys(conn: psycopg.Connection, columns: list[EncryptedColumn], ring: K
                 except (KeyError, InvalidTag, ValueError):
                     counts["undecryptable"] += 1
         result["columns"][col.name] = counts
-    result["ok"] = all(c["stale"] == 0 and c["undecryptable"] == 0
-                       for c in result["columns"].values())
+    result["ok"] = all(
+        c["stale"] == 0 and c["undecryptable"] == 0 for c in result["columns"].values()
+    )
     return result
 
 
 # ------------------------------------------------------------------ task bodies
-def rotate_target_keys(system: str = "legacy_bss", *, run_id: str | None = None,
-                       batch_size: int = BATCH_SIZE) -> dict[str, Any]:
+def rotate_target_keys(
+    system: str = "legacy_bss", *, run_id: str | None = None, batch_size: int = BATCH_SIZE
+) -> dict[str, Any]:
     """Task body: rotate the target's encrypted columns to the keyring's active key."""
     from handover.backup import rewrap_keys
     from handover.config import load_config
@@ -251,18 +291,31 @@ def rotate_target_keys(system: str = "legacy_bss", *, run_id: str | None = None,
     # What else the old key wraps: every backup's data keys and the lake's scope keys. Left
     # out, the next restore drill fails and retiring the key loses every backup.
     with ledger.connect() as conn:  # no lifecycle books yet: no backup to rewrap
-        has_backups = conn.execute(
-            "SELECT to_regclass('handover_meta.backup_file')").fetchone()[0] is not None
+        has_backups = (
+            conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]
+            is not None
+        )
     backups = rewrap_keys()["rewrapped"] if has_backups else 0
     lake = lake_from_url()
     lake.keys._ring = ring
     lake_keys = lake.keys.rewrap()
-    log.info("key rotation to %s: %d values in %d batches; %d backup data keys and %d lake "
-             "scope keys rewrapped", ring.active_key_id, summary["rows"], summary["batches"],
-             backups, lake_keys)
-    return {"active_key_id": ring.active_key_id, "rows": summary["rows"],
-            "batches": summary["batches"], "columns": [c.name for c in columns],
-            "backup_keys_rewrapped": backups, "lake_keys_rewrapped": lake_keys}
+    log.info(
+        "key rotation to %s: %d values in %d batches; %d backup data keys and %d lake "
+        "scope keys rewrapped",
+        ring.active_key_id,
+        summary["rows"],
+        summary["batches"],
+        backups,
+        lake_keys,
+    )
+    return {
+        "active_key_id": ring.active_key_id,
+        "rows": summary["rows"],
+        "batches": summary["batches"],
+        "columns": [c.name for c in columns],
+        "backup_keys_rewrapped": backups,
+        "lake_keys_rewrapped": lake_keys,
+    }
 
 
 def key_still_needed(key_id: str, system: str = "legacy_bss") -> dict[str, int]:
@@ -280,7 +333,9 @@ def key_still_needed(key_id: str, system: str = "legacy_bss") -> dict[str, int]:
             out["backup_data_keys"] = conn.execute(
                 "SELECT count(*) FROM handover_meta.backup_file f JOIN handover_meta.backup b "
                 "USING (backup_id) WHERE f.wrapping_key_id = %s AND f.shredded_at IS NULL AND "
-                "b.status NOT IN ('expired', 'failed')", (key_id,)).fetchone()[0]
+                "b.status NOT IN ('expired', 'failed')",
+                (key_id,),
+            ).fetchone()[0]
     lake = lake_from_url()
     for k in lake.list("_keys/"):
         if k.endswith(".json") and json.loads(lake.get_bytes(k)).get("wrapping_key_id") == key_id:
@@ -300,26 +355,34 @@ def validate_rotation(system: str = "legacy_bss", *, run_id: str | None = None) 
         with conn.transaction():
             ledger.audit(conn, "keys_checked", run_id=run_id, detail=result)
     if not result["ok"]:
-        bad = {n: c for n, c in result["columns"].items()
-               if c["stale"] or c["undecryptable"]}
+        bad = {n: c for n, c in result["columns"].items() if c["stale"] or c["undecryptable"]}
         name, c = next(iter(bad.items()))
         raise RotationIncomplete(
             f"key check failed for {name}: {c['stale']:,} of {c['rows']:,} values not under "
             f"active key {ring.active_key_id}, {c['undecryptable']:,} do not decrypt; run "
-            "rotate_keys again with every old key in the keyring")
+            "rotate_keys again with every old key in the keyring"
+        )
     old = {k: key_still_needed(k, system) for k in ring.keys if k != ring.active_key_id}
-    wrapped = {k: {p: n for p, n in v.items() if n and p != "target_values"}
-               for k, v in old.items()}
+    wrapped = {
+        k: {p: n for p, n in v.items() if n and p != "target_values"} for k, v in old.items()
+    }
     wrapped = {k: v for k, v in wrapped.items() if v}
     if wrapped:
         kid, places = next(iter(wrapped.items()))
         raise RotationIncomplete(
             f"key check failed: old key '{kid}' still wraps {places}; run rotate_keys again "
-            "(it rewraps backups and lake keys) before retiring it")
-    log.info("key check: every encrypted value decrypts under %s: %s", ring.active_key_id,
-             {n: c["rows"] for n, c in result["columns"].items()})
-    return {"active_key_id": ring.active_key_id, "ok": True,
-            "rows": {n: c["rows"] for n, c in result["columns"].items()}}
+            "(it rewraps backups and lake keys) before retiring it"
+        )
+    log.info(
+        "key check: every encrypted value decrypts under %s: %s",
+        ring.active_key_id,
+        {n: c["rows"] for n, c in result["columns"].items()},
+    )
+    return {
+        "active_key_id": ring.active_key_id,
+        "ok": True,
+        "rows": {n: c["rows"] for n, c in result["columns"].items()},
+    }
 
 
 # ------------------------------------------------------------------ keyring upkeep
@@ -347,8 +410,9 @@ def add_key(data: dict, key_id: str, *, kms: Any = None) -> dict:
 def retire_key(data: dict, key_id: str) -> dict:
     """The keyring without `key_id` (only once no value uses it: see key_usage)."""
     if data.get("active_key_id") == key_id:
-        raise KeyringError(f"keyring: '{key_id}' is the active key; add a new one and rotate "
-                           "before retiring it")
+        raise KeyringError(
+            f"keyring: '{key_id}' is the active key; add a new one and rotate before retiring it"
+        )
     data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
     pool = data["wrapped_keys"] if _is_envelope(data) else data["keys"]
     if key_id not in pool:
@@ -378,7 +442,8 @@ def wrap_keyring(data: dict, kms_key_id: str, *, kms: Any = None) -> dict:
     return {
         "kms_key_id": kms_key_id,
         "active_key_id": ring.active_key_id,
-        "wrapped_keys": {kid: kms_wrap(kms, kms_key_id, key, kid)
-                         for kid, key in ring.keys.items()},
+        "wrapped_keys": {
+            kid: kms_wrap(kms, kms_key_id, key, kid) for kid, key in ring.keys.items()
+        },
         "wrapped_hmac_key": kms_wrap(kms, kms_key_id, ring.hmac_key, HMAC_CONTEXT_ID),
     }

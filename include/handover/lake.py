@@ -47,8 +47,11 @@ def part_key(run_id: str, stage: str, table: str, partition: str) -> str:
 # without dictionaries or column statistics (nothing filters on them) writes a call-record
 # partition in ~0.08-0.12 s against ~0.13-0.28 s for zstd with both, reads it as fast, for
 # files ~1.5x larger (docs/performance.md). Backups, kept for years, stay zstd.
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": False,
-                                   "write_statistics": False}
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "lz4",
+    "use_dictionary": False,
+    "write_statistics": False,
+}
 
 
 class Lake(ABC):
@@ -91,8 +94,10 @@ class Lake(ABC):
         from handover.lake_crypto import is_encrypted_tail, scope_of
 
         if self.encrypt and scope_of(key) is not None and not is_encrypted_tail(tail):
-            raise ValueError(f"lake object {key}: a stage Parquet file must be written with "
-                             "lake.parquet_options(key) (encrypted); it was plain Parquet")
+            raise ValueError(
+                f"lake object {key}: a stage Parquet file must be written with "
+                "lake.parquet_options(key) (encrypted); it was plain Parquet"
+            )
 
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -100,8 +105,7 @@ class Lake(ABC):
 
     # -- storage primitives -------------------------------------------------
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes) -> None:
-        ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
 
     def put_file(self, key: str, path: Path) -> None:
         """Upload a local file (a partition written to disk first); big files stream."""
@@ -110,20 +114,16 @@ class Lake(ABC):
         self.put_bytes(key, data)
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        ...
+    def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def exists(self, key: str) -> bool:
-        ...
+    def exists(self, key: str) -> bool: ...
 
     @abstractmethod
-    def list(self, prefix: str) -> list[str]:
-        ...
+    def list(self, prefix: str) -> list[str]: ...
 
     @abstractmethod
-    def delete_prefix(self, prefix: str) -> int:
-        ...
+    def delete_prefix(self, prefix: str) -> int: ...
 
     def uri(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
@@ -165,10 +165,12 @@ class Lake(ABC):
             return WorkingSetGone(
                 f"lake object {self.uri(key)} is gone: the working set of run {parts[1]} was "
                 f"destroyed on {info.get('destroyed_at', '?')} ({info.get('reason', 'retention')}"
-                "); a destroyed run cannot be rerun: trigger a new run of the DAG on the export")
+                "); a destroyed run cannot be rerun: trigger a new run of the DAG on the export"
+            )
         return FileNotFoundError(
             f"lake object {self.uri(key)} is missing: the stage that writes it has not "
-            "run (or failed) for this run; clear that upstream task and run it again")
+            "run (or failed) for this run; clear that upstream task and run it again"
+        )
 
     def read_table(self, key: str, columns: list[str] | None = None) -> pa.Table:
         if not self.exists(key):
@@ -332,9 +334,12 @@ class LocalLake(Lake):
     def _fail(self, key: str, exc: OSError) -> OSError:
         """One line naming the lake object and the fix (an OSError still: callers and
         Airflow's retries treat it as before)."""
-        return OSError(exc.errno, f"lake write {self.uri(key)} failed: "
-                       f"{exc.strerror or exc}; free space on the lake's disk (or fix its "
-                       "permissions) or move HANDOVER_LAKE_URL, then clear the task")
+        return OSError(
+            exc.errno,
+            f"lake write {self.uri(key)} failed: "
+            f"{exc.strerror or exc}; free space on the lake's disk (or fix its "
+            "permissions) or move HANDOVER_LAKE_URL, then clear the task",
+        )
 
     def get_bytes(self, key: str) -> bytes:
         return self.path(key).read_bytes()
@@ -370,7 +375,8 @@ class LocalLake(Lake):
         if not base.is_dir():
             return []
         return sorted(
-            str(p.relative_to(self.root)) for p in base.rglob("*")
+            str(p.relative_to(self.root))
+            for p in base.rglob("*")
             if p.is_file() and not p.name.startswith(".")
         )
 
@@ -383,8 +389,10 @@ class LocalLake(Lake):
     def _digests(self, prefix: str) -> dict[str, str]:
         import hashlib
 
-        return {k: hashlib.md5(self.path(k).read_bytes(), usedforsecurity=False).hexdigest()
-                for k in self.list(prefix)}
+        return {
+            k: hashlib.md5(self.path(k).read_bytes(), usedforsecurity=False).hexdigest()
+            for k in self.list(prefix)
+        }
 
 
 class LakeError(RuntimeError):
@@ -409,10 +417,15 @@ class S3Lake(Lake):
     raises `LakeError` naming the bucket, the key and what to fix.
     """
 
-    def __init__(self, url: str, client=None, sse: str | None = "AES256",
-                 kms_key_id: str | None = None,
-                 multipart_threshold: int = MULTIPART_THRESHOLD,
-                 multipart_chunksize: int = MULTIPART_CHUNKSIZE):
+    def __init__(
+        self,
+        url: str,
+        client=None,
+        sse: str | None = "AES256",
+        kms_key_id: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        multipart_chunksize: int = MULTIPART_CHUNKSIZE,
+    ):
         m = re.match(r"s3://([^/]+)/?(.*)$", url)
         if not m:
             raise ValueError(f"lake URL {url!r}: expected s3://bucket[/prefix]")
@@ -423,16 +436,20 @@ class S3Lake(Lake):
         self.kms_key_id = kms_key_id
         from boto3.s3.transfer import TransferConfig
 
-        self.transfer = TransferConfig(multipart_threshold=multipart_threshold,
-                                       multipart_chunksize=multipart_chunksize,
-                                       max_concurrency=4, use_threads=True)
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=4,
+            use_threads=True,
+        )
 
     @classmethod
     def from_connection(cls, url: str) -> S3Lake:
         """The lake at `url` with client, encryption and part sizes from `handover_lake`."""
         extra = _lake_extra()
         return cls(
-            url, client=s3_client(),
+            url,
+            client=s3_client(),
             sse=extra.get("sse", "AES256"),
             kms_key_id=extra.get("sse_kms_key_id"),
             multipart_threshold=int(float(extra.get("multipart_threshold_mb", 64)) * _MIB),
@@ -458,22 +475,42 @@ class S3Lake(Lake):
         where = f"s3://{self.bucket}/{self._k(key)}" if key is not None else f"s3://{self.bucket}"
         code, status = _error_code(exc)
         if code == "NoSuchBucket":
-            fix = (f"bucket '{self.bucket}' does not exist at {self._endpoint()}: create it "
-                   f"(python -m handover.lake ensure-bucket {self.url}) or fix HANDOVER_LAKE_URL")
-        elif code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403") \
-                or status == 403:
-            fix = (f"access denied ({code}) at {self._endpoint()}: check the login/password of "
-                   f"the Airflow connection '{_LAKE_CONN}' and the bucket policy")
+            fix = (
+                f"bucket '{self.bucket}' does not exist at {self._endpoint()}: create it "
+                f"(python -m handover.lake ensure-bucket {self.url}) or fix HANDOVER_LAKE_URL"
+            )
+        elif (
+            code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403")
+            or status == 403
+        ):
+            fix = (
+                f"access denied ({code}) at {self._endpoint()}: check the login/password of "
+                f"the Airflow connection '{_LAKE_CONN}' and the bucket policy"
+            )
         elif code in ("NoCredentialsError", "PartialCredentialsError"):
-            fix = (f"no S3 credentials: set login and password on the Airflow connection "
-                   f"'{_LAKE_CONN}' (AIRFLOW_CONN_{_LAKE_CONN.upper()})")
-        elif code in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-                      "ConnectionClosedError"):
-            fix = (f"cannot reach {self._endpoint()} after retries ({code}): check that the "
-                   f"store is up and endpoint_url in the extra of connection '{_LAKE_CONN}'")
-        elif code in ("InvalidArgument", "InvalidEncryptionAlgorithmError", "KMS.NotFoundException"):
-            fix = (f"the store refused server-side encryption {self.sse!r} ({code}): set extra "
-                   f"'sse' (AES256 or aws:kms with sse_kms_key_id) on connection '{_LAKE_CONN}'")
+            fix = (
+                f"no S3 credentials: set login and password on the Airflow connection "
+                f"'{_LAKE_CONN}' (AIRFLOW_CONN_{_LAKE_CONN.upper()})"
+            )
+        elif code in (
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ReadTimeoutError",
+            "ConnectionClosedError",
+        ):
+            fix = (
+                f"cannot reach {self._endpoint()} after retries ({code}): check that the "
+                f"store is up and endpoint_url in the extra of connection '{_LAKE_CONN}'"
+            )
+        elif code in (
+            "InvalidArgument",
+            "InvalidEncryptionAlgorithmError",
+            "KMS.NotFoundException",
+        ):
+            fix = (
+                f"the store refused server-side encryption {self.sse!r} ({code}): set extra "
+                f"'sse' (AES256 or aws:kms with sse_kms_key_id) on connection '{_LAKE_CONN}'"
+            )
         else:
             fix = f"{code or type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return LakeError(f"lake {action} {where} failed: {fix}")
@@ -492,8 +529,9 @@ class S3Lake(Lake):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.upload_fileobj(fh, self.bucket, self._k(key),
-                                       ExtraArgs=self._extra_args(), Config=self.transfer)
+            self.client.upload_fileobj(
+                fh, self.bucket, self._k(key), ExtraArgs=self._extra_args(), Config=self.transfer
+            )
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("write", key, exc) from exc
         except Exception as exc:  # s3transfer wraps ClientError in S3UploadFailedError
@@ -506,12 +544,16 @@ class S3Lake(Lake):
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data,
-                                   IfNoneMatch="*", **self._extra_args())
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=self._k(key),
+                Body=data,
+                IfNoneMatch="*",
+                **self._extra_args(),
+            )
         except ClientError as exc:
             code, status = _error_code(exc)
-            if status in (409, 412) or code in ("PreconditionFailed",
-                                                 "ConditionalRequestConflict"):
+            if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
             raise self._fail("write", key, exc) from exc
         except BotoCoreError as exc:
@@ -603,10 +645,11 @@ class S3Lake(Lake):
 
         keys = self.list(prefix)
         for i in range(0, len(keys), 1000):
-            chunk = [{"Key": self._k(k)} for k in keys[i:i + 1000]]
+            chunk = [{"Key": self._k(k)} for k in keys[i : i + 1000]]
             try:
-                out = self.client.delete_objects(Bucket=self.bucket,
-                                                 Delete={"Objects": chunk, "Quiet": True})
+                out = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True}
+                )
             except (BotoCoreError, ClientError) as exc:
                 raise self._fail("delete", prefix, exc) from exc
             errors = out.get("Errors") or []
@@ -615,7 +658,8 @@ class S3Lake(Lake):
                 raise LakeError(
                     f"lake delete s3://{self.bucket}/{first.get('Key')} failed: "
                     f"{first.get('Code')} ({len(errors)} of {len(chunk)} objects not deleted); "
-                    f"check the delete permission of connection '{_LAKE_CONN}' and run again")
+                    f"check the delete permission of connection '{_LAKE_CONN}' and run again"
+                )
         return len(keys)
 
     def ensure_bucket(self, default_encryption: bool = True) -> bool:
@@ -642,10 +686,18 @@ class S3Lake(Lake):
                 if created:
                     # Parts of an upload whose worker was killed are invisible but billed.
                     self.client.put_bucket_lifecycle_configuration(
-                        Bucket=self.bucket, LifecycleConfiguration={"Rules": [{
-                            "ID": "abort-incomplete-multipart", "Status": "Enabled",
-                            "Filter": {"Prefix": ""},
-                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]})
+                        Bucket=self.bucket,
+                        LifecycleConfiguration={
+                            "Rules": [
+                                {
+                                    "ID": "abort-incomplete-multipart",
+                                    "Status": "Enabled",
+                                    "Filter": {"Prefix": ""},
+                                    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                                }
+                            ]
+                        },
+                    )
             if default_encryption and self.sse:
                 rule: dict[str, Any] = {"SSEAlgorithm": self.sse}
                 if self.sse == "aws:kms" and self.kms_key_id:
@@ -653,7 +705,9 @@ class S3Lake(Lake):
                 self.client.put_bucket_encryption(
                     Bucket=self.bucket,
                     ServerSideEncryptionConfiguration={
-                        "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]})
+                        "Rules": [{"ApplyServerSideEncryptionByDefault": rule}]
+                    },
+                )
         except (BotoCoreError, ClientError) as exc:
             raise self._fail("create bucket", None, exc) from exc
         return created
@@ -674,8 +728,10 @@ def _error_code(exc: Exception) -> tuple[str, int | None]:
         return "NoSuchBucket", 404
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        return (str(response.get("Error", {}).get("Code", "")),
-                response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
+        return (
+            str(response.get("Error", {}).get("Code", "")),
+            response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+        )
     # s3transfer's S3UploadFailedError carries the ClientError as its cause/context.
     inner = exc.__cause__ or exc.__context__
     if inner is not None and inner is not exc and hasattr(inner, "response"):
@@ -719,16 +775,18 @@ def s3_client():
         "retries": {"max_attempts": int(extra.get("max_attempts", 12)), "mode": "standard"},
         "connect_timeout": 5,
         "read_timeout": 60,
-        "s3": {"addressing_style": extra.get("addressing_style",
-                                             "path" if custom_endpoint else "auto")},
+        "s3": {
+            "addressing_style": extra.get("addressing_style", "path" if custom_endpoint else "auto")
+        },
     }
     if custom_endpoint:
         # S3-compatible stores differ in their support of the newer default CRC
         # checksums; send and check them only where the API requires them.
-        cfg_kwargs.update(request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required")
-    return boto3.client("s3", config=Config(**cfg_kwargs),
-                        **{k: v for k, v in kwargs.items() if v})
+        cfg_kwargs.update(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+    return boto3.client("s3", config=Config(**cfg_kwargs), **{k: v for k, v in kwargs.items() if v})
 
 
 def _airflow_connection(conn_id: str) -> dict | None:
@@ -741,7 +799,7 @@ def lake_from_url(url: str | None = None) -> Lake:
     """The lake named by `url`, else HANDOVER_LAKE_URL, else the local default folder."""
     url = url or os.environ.get("HANDOVER_LAKE_URL") or f"file://{DEFAULT_LAKE}"
     if url.startswith("file://"):
-        return LocalLake(Path(url[len("file://"):]))
+        return LocalLake(Path(url[len("file://") :]))
     if url.startswith("s3://"):
         return S3Lake.from_connection(url)
     if "://" not in url:
@@ -761,22 +819,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     eb = sub.add_parser("ensure-bucket", help="create the lake bucket if missing")
     eb.add_argument("url", nargs="?", default=None, help="default: $HANDOVER_LAKE_URL")
-    rw = sub.add_parser("rewrap-keys", help="wrap every lake scope key under the keyring's "
-                        "active key (key rotation, before retiring a key)")
+    rw = sub.add_parser(
+        "rewrap-keys",
+        help="wrap every lake scope key under the keyring's "
+        "active key (key rotation, before retiring a key)",
+    )
     rw.add_argument("url", nargs="?", default=None, help="default: $HANDOVER_LAKE_URL")
     args = ap.parse_args(argv)
     if args.cmd == "rewrap-keys":
         lake = lake_from_url(args.url)
-        print(f"lake {lake.url}: {lake.keys.rewrap()} scope keys rewrapped under "
-              f"'{lake.keys.ring.active_key_id}'")
+        print(
+            f"lake {lake.url}: {lake.keys.rewrap()} scope keys rewrapped under "
+            f"'{lake.keys.ring.active_key_id}'"
+        )
         return 0
     lake = lake_from_url(args.url)
     if not isinstance(lake, S3Lake):
         print(f"lake {lake.url} is a local folder: nothing to create")
         return 0
     created = lake.ensure_bucket()
-    print(f"lake bucket s3://{lake.bucket} {'created' if created else 'already exists'} "
-          f"(default encryption {lake.sse or 'off'})")
+    print(
+        f"lake bucket s3://{lake.bucket} {'created' if created else 'already exists'} "
+        f"(default encryption {lake.sse or 'off'})"
+    )
     return 0
 
 

@@ -138,10 +138,15 @@ class StageKeys:
         plain = os.urandom(32)
         nonce = os.urandom(12)
         blob = nonce + _aesgcm(ring.keys[ring.active_key_id]).encrypt(
-            nonce, plain, (_AAD + scope).encode())
-        obj = {"scope": scope, "alg": "AES-256-GCM", "wrapping_key_id": ring.active_key_id,
-               "wrapped": base64.b64encode(blob).decode(),
-               "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}
+            nonce, plain, (_AAD + scope).encode()
+        )
+        obj = {
+            "scope": scope,
+            "alg": "AES-256-GCM",
+            "wrapping_key_id": ring.active_key_id,
+            "wrapped": base64.b64encode(blob).decode(),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
         body = json.dumps(obj, indent=2).encode()
         if self.lake.put_if_absent(key_object(scope), body):
             return obj
@@ -157,7 +162,8 @@ class StageKeys:
             raise RuntimeError(
                 f"lake key {key_object(scope)} is wrapped by keyring key '{kid}', which the "
                 "keyring no longer holds: put that key back in the 'handover_keys' connection "
-                "(python -m handover.lake rewrap-keys before retiring a key)")
+                "(python -m handover.lake rewrap-keys before retiring a key)"
+            )
         blob = base64.b64decode(obj["wrapped"])
         return _aesgcm(ring.keys[kid]).decrypt(blob[:12], blob[12:], (_AAD + scope).encode())
 
@@ -174,9 +180,9 @@ class StageKeys:
             plain = self._unwrap(scope, obj)
             nonce = os.urandom(12)
             blob = nonce + _aesgcm(ring.keys[ring.active_key_id]).encrypt(
-                nonce, plain, (_AAD + scope).encode())
-            obj.update(wrapping_key_id=ring.active_key_id,
-                       wrapped=base64.b64encode(blob).decode())
+                nonce, plain, (_AAD + scope).encode()
+            )
+            obj.update(wrapping_key_id=ring.active_key_id, wrapped=base64.b64encode(blob).decode())
             self.lake.put_bytes(k, json.dumps(obj, indent=2).encode())
             n += 1
         return n
@@ -191,10 +197,12 @@ class StageKeys:
                     f"the working set of run {parts[1]} was destroyed on "
                     f"{info.get('destroyed_at', '?')} ({info.get('reason', 'retention')}): "
                     "its stage objects cannot be read or rerun; trigger a new run of the DAG "
-                    "on the export instead")
+                    "on the export instead"
+                )
         return FileNotFoundError(
             f"lake key {self.lake.uri(key_object(scope))} is missing, so the objects of "
-            f"{scope} cannot be opened: rerun the stage that writes them (clear its task)")
+            f"{scope} cannot be opened: rerun the stage that writes them (clear its task)"
+        )
 
     # -- Parquet modular encryption ----------------------------------------------------
     def _factory(self):
@@ -211,8 +219,9 @@ class StageKeys:
             def wrap_key(self, key_bytes, master_key_identifier):
                 k = keys.get(master_key_identifier, create=True)
                 nonce = os.urandom(12)
-                return base64.b64encode(nonce + _aesgcm(k).encrypt(
-                    nonce, key_bytes, master_key_identifier.encode())).decode()
+                return base64.b64encode(
+                    nonce + _aesgcm(k).encrypt(nonce, key_bytes, master_key_identifier.encode())
+                ).decode()
 
             def unwrap_key(self, wrapped_key, master_key_identifier):
                 k = keys.get(master_key_identifier, create=False)
@@ -235,15 +244,17 @@ class StageKeys:
         import pyarrow.parquet.encryption as pe
 
         self.get(scope, create=True)  # create-if-absent before Parquet asks for a wrap
-        cfg = pe.EncryptionConfiguration(footer_key=scope, uniform_encryption=True,
-                                         cache_lifetime=_CACHE)
+        cfg = pe.EncryptionConfiguration(
+            footer_key=scope, uniform_encryption=True, cache_lifetime=_CACHE
+        )
         return self._crypto.file_encryption_properties(self._kms, cfg)
 
     def decryption(self):
         import pyarrow.parquet.encryption as pe
 
         return self._crypto.file_decryption_properties(
-            self._kms, pe.DecryptionConfiguration(cache_lifetime=_CACHE))
+            self._kms, pe.DecryptionConfiguration(cache_lifetime=_CACHE)
+        )
 
 
 def refuse_destroyed(lake: Lake, run_id: str) -> None:
@@ -257,7 +268,8 @@ def refuse_destroyed(lake: Lake, run_id: str) -> None:
         raise WorkingSetGone(
             f"run {run_id}: its working set was destroyed on {info.get('destroyed_at', '?')} "
             f"({info.get('reason', 'retention')}); it cannot be rerun: trigger a new run of "
-            "the DAG on the export (its report and Data Docs stay readable)")
+            "the DAG on the export (its report and Data Docs stay readable)"
+        )
 
 
 def is_encrypted_tail(tail: bytes) -> bool:

@@ -38,10 +38,13 @@ def connect(dsn: str | None = None, *, bulk: bool = False) -> psycopg.Connection
     conn = psycopg.connect(dsn or target_dsn(), connect_timeout=10)
     if bulk:
         with conn.transaction():
-            for name, env in (("temp_buffers", "HANDOVER_PG_TEMP_BUFFERS"),
-                              ("work_mem", "HANDOVER_PG_WORK_MEM")):
-                conn.execute("SELECT set_config(%s, %s, false)",
-                             (name, os.environ.get(env, "256MB")))
+            for name, env in (
+                ("temp_buffers", "HANDOVER_PG_TEMP_BUFFERS"),
+                ("work_mem", "HANDOVER_PG_WORK_MEM"),
+            ):
+                conn.execute(
+                    "SELECT set_config(%s, %s, false)", (name, os.environ.get(env, "256MB"))
+                )
     return conn
 
 
@@ -54,15 +57,18 @@ def ensure_schema(conn: psycopg.Connection) -> None:
         access.apply_roles(conn)
 
 
-def key_checksum(keys: Iterable[str] | pd.Series | np.ndarray | pa.Array | pa.ChunkedArray,
-                 ) -> str:
+def key_checksum(
+    keys: Iterable[str] | pd.Series | np.ndarray | pa.Array | pa.ChunkedArray,
+) -> str:
     """Order-independent checksum of a key set: the sum of 64-bit key hashes, mod 2**64.
 
     An Arrow column is hashed 65,536 keys at a time (the sum does not care), so a
     partition's keys never all become Python strings at once."""
     if isinstance(keys, (pa.Array, pa.ChunkedArray)):
-        total = sum(_hash_sum(keys.slice(start, 65536).to_numpy(zero_copy_only=False))
-                    for start in range(0, len(keys), 65536))
+        total = sum(
+            _hash_sum(keys.slice(start, 65536).to_numpy(zero_copy_only=False))
+            for start in range(0, len(keys), 65536)
+        )
         return f"{total % (1 << 64):016x}" if len(keys) else "0" * 16
     arr = np.asarray(list(keys) if not hasattr(keys, "__len__") else keys, dtype=object)
     if len(arr) == 0:
@@ -75,16 +81,28 @@ def _hash_sum(arr: np.ndarray) -> int:
     return int(np.sum(hashed, dtype=np.uint64))
 
 
-def record(conn: psycopg.Connection, *, run_id: str, table: str, partition: str, stage: str,
-           rows_in: int, rows_out: int, quarantined: int = 0, excluded: int = 0,
-           merged: int = 0, checksum: str | None = None,
-           detail: dict[str, Any] | None = None) -> None:
+def record(
+    conn: psycopg.Connection,
+    *,
+    run_id: str,
+    table: str,
+    partition: str,
+    stage: str,
+    rows_in: int,
+    rows_out: int,
+    quarantined: int = 0,
+    excluded: int = 0,
+    merged: int = 0,
+    checksum: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
     """`merged`: rows of a person merged into a surviving record (cleanse; merge_map)."""
     if rows_in != rows_out + quarantined + excluded + merged:
         raise AssertionError(
             f"ledger does not balance for {table} partition {partition} at {stage}: "
             f"in {rows_in} != out {rows_out} + quarantined {quarantined} + excluded {excluded}"
-            f" + merged {merged}")
+            f" + merged {merged}"
+        )
     conn.execute(
         """
         INSERT INTO handover_meta.ledger AS l (run_id, table_name, partition, stage, rows_in,
@@ -96,44 +114,109 @@ def record(conn: psycopg.Connection, *, run_id: str, table: str, partition: str,
             rows_merged = excluded.rows_merged,
             checksum = excluded.checksum, detail = excluded.detail, recorded_at = now()
         """,
-        (run_id, table, partition, stage, rows_in, rows_out, quarantined, excluded, merged,
-         checksum, json.dumps(detail or {})),
+        (
+            run_id,
+            table,
+            partition,
+            stage,
+            rows_in,
+            rows_out,
+            quarantined,
+            excluded,
+            merged,
+            checksum,
+            json.dumps(detail or {}),
+        ),
     )
 
 
-def replace_merges(conn: psycopg.Connection, run_id: str, table: str, partition: str,
-                   merged: Any, survivors: Any, rules: Any) -> None:
+def replace_merges(
+    conn: psycopg.Connection,
+    run_id: str,
+    table: str,
+    partition: str,
+    merged: Any,
+    survivors: Any,
+    rules: Any,
+) -> None:
     """Replace this partition's merge-map entries: merged key, surviving key, rule."""
-    conn.execute("DELETE FROM handover_meta.merge_map WHERE run_id=%s AND table_name=%s "
-                 "AND partition=%s", (run_id, table, partition))
-    _copy_entries(conn, "merge_map", run_id, table, partition, {
-        "merged_key": _column(merged, pa.string()), "survivor_key": _column(survivors, pa.string()),
-        "rule": _column(rules, pa.string())})
+    conn.execute(
+        "DELETE FROM handover_meta.merge_map WHERE run_id=%s AND table_name=%s AND partition=%s",
+        (run_id, table, partition),
+    )
+    _copy_entries(
+        conn,
+        "merge_map",
+        run_id,
+        table,
+        partition,
+        {
+            "merged_key": _column(merged, pa.string()),
+            "survivor_key": _column(survivors, pa.string()),
+            "rule": _column(rules, pa.string()),
+        },
+    )
 
 
-def replace_quarantine(conn: psycopg.Connection, run_id: str, table: str, partition: str,
-                       keys: Any, reasons: Any, fields: Any) -> None:
+def replace_quarantine(
+    conn: psycopg.Connection,
+    run_id: str,
+    table: str,
+    partition: str,
+    keys: Any,
+    reasons: Any,
+    fields: Any,
+) -> None:
     """Replace this partition's quarantine entries: record key, reason, field per row (equal
     lengths; Arrow arrays, pandas Series, numpy arrays or lists)."""
-    conn.execute("DELETE FROM handover_meta.quarantine WHERE run_id=%s AND table_name=%s "
-                 "AND partition=%s", (run_id, table, partition))
-    _copy_entries(conn, "quarantine", run_id, table, partition, {
-        "record_key": _column(keys, pa.string()), "reason": _column(reasons, pa.string()),
-        "field": _column(fields, pa.string())})
+    conn.execute(
+        "DELETE FROM handover_meta.quarantine WHERE run_id=%s AND table_name=%s AND partition=%s",
+        (run_id, table, partition),
+    )
+    _copy_entries(
+        conn,
+        "quarantine",
+        run_id,
+        table,
+        partition,
+        {
+            "record_key": _column(keys, pa.string()),
+            "reason": _column(reasons, pa.string()),
+            "field": _column(fields, pa.string()),
+        },
+    )
 
 
-def replace_exclusions(conn: psycopg.Connection, run_id: str, table: str, partition: str,
-                       keys: Any, rules: Any, destroy_by: Any) -> None:
+def replace_exclusions(
+    conn: psycopg.Connection,
+    run_id: str,
+    table: str,
+    partition: str,
+    keys: Any,
+    rules: Any,
+    destroy_by: Any,
+) -> None:
     """Replace this partition's exclusions: record key, rule id, destroy-by date per row.
     Evidence of rows already destroyed (key replaced by its keyed hash, 'destroyed:...')
     stays: a rerun of comply after the run's end no longer sees those rows (see
     retention.destroy_run_exclusions)."""
-    conn.execute("DELETE FROM handover_meta.exclusion WHERE run_id=%s AND table_name=%s "
-                 "AND partition=%s AND record_key NOT LIKE 'destroyed:%%'",
-                 (run_id, table, partition))
-    _copy_entries(conn, "exclusion", run_id, table, partition, {
-        "record_key": _column(keys, pa.string()), "rule_id": _column(rules, pa.string()),
-        "destroy_by": _column(destroy_by, pa.date32())})
+    conn.execute(
+        "DELETE FROM handover_meta.exclusion WHERE run_id=%s AND table_name=%s "
+        "AND partition=%s AND record_key NOT LIKE 'destroyed:%%'",
+        (run_id, table, partition),
+    )
+    _copy_entries(
+        conn,
+        "exclusion",
+        run_id,
+        table,
+        partition,
+        {
+            "record_key": _column(keys, pa.string()),
+            "rule_id": _column(rules, pa.string()),
+            "destroy_by": _column(destroy_by, pa.date32()),
+        },
+    )
 
 
 def _column(values: Any, typ: pa.DataType) -> pa.Array:
@@ -146,8 +229,14 @@ def _column(values: Any, typ: pa.DataType) -> pa.Array:
     return pa.array(values, typ, from_pandas=True)
 
 
-def _copy_entries(conn: psycopg.Connection, name: str, run_id: str, table: str,
-                  partition: str, columns: dict[str, pa.Array]) -> None:
+def _copy_entries(
+    conn: psycopg.Connection,
+    name: str,
+    run_id: str,
+    table: str,
+    partition: str,
+    columns: dict[str, pa.Array],
+) -> None:
     """A partition's ledger entries in one COPY built in Arrow, with no Python step per
     entry. For 300,000 exclusions (a partition of browsing events, most without consent)
     the server's COPY, index included, stays the cost: ~0.5 s."""
@@ -157,19 +246,27 @@ def _copy_entries(conn: psycopg.Connection, name: str, run_id: str, table: str,
 
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:
-        raise ValueError(f"{name} entries of {table} {partition}: columns of unequal length "
-                         f"{sorted(lengths)}")
+        raise ValueError(
+            f"{name} entries of {table} {partition}: columns of unequal length {sorted(lengths)}"
+        )
     n = lengths.pop() if lengths else 0
     if not n:
         return
     fixed = {"run_id": run_id, "table_name": table, "partition": partition}
-    entries = pa.table({**{k: pa.repeat(pa.scalar(v, pa.string()), n) for k, v in fixed.items()},
-                        **columns})
+    entries = pa.table(
+        {**{k: pa.repeat(pa.scalar(v, pa.string()), n) for k, v in fixed.items()}, **columns}
+    )
     copy_arrow(conn, sql.Identifier("handover_meta", name), entries)
 
 
-def audit(conn: psycopg.Connection, action: str, *, run_id: str | None = None,
-          actor: str = "handover", detail: dict[str, Any] | None = None) -> None:
+def audit(
+    conn: psycopg.Connection,
+    action: str,
+    *,
+    run_id: str | None = None,
+    actor: str = "handover",
+    detail: dict[str, Any] | None = None,
+) -> None:
     conn.execute(
         "INSERT INTO handover_meta.audit_log (run_id, actor, action, detail, prev_hash, hash) "
         "VALUES (%s, %s, %s, %s, '', '')",
@@ -186,8 +283,14 @@ class AuditCheck(tuple):
     reason: str | None
     broken: int
 
-    def __new__(cls, intact: bool, entries: int, first_bad_id: int | None = None,
-                reason: str | None = None, broken: int = 0) -> AuditCheck:
+    def __new__(
+        cls,
+        intact: bool,
+        entries: int,
+        first_bad_id: int | None = None,
+        reason: str | None = None,
+        broken: int = 0,
+    ) -> AuditCheck:
         obj = super().__new__(cls, (intact, entries))
         obj.first_bad_id, obj.reason, obj.broken = first_bad_id, reason, broken
         return obj
@@ -213,7 +316,8 @@ def verify_audit_chain(conn: psycopg.Connection) -> AuditCheck:
         "SELECT id, prev_hash, hash, encode(sha256(convert_to(prev_hash || '|' || "
         "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || "
         "'|' || coalesce(run_id, '') || '|' || actor || '|' || action || '|' || detail::text, "
-        "'UTF8')), 'hex') FROM handover_meta.audit_log ORDER BY id").fetchall()
+        "'UTF8')), 'hex') FROM handover_meta.audit_log ORDER BY id"
+    ).fetchall()
     prev = "0" * 64
     first: tuple[int, str] | None = None
     broken = 0
@@ -236,7 +340,16 @@ def stage_totals(conn: psycopg.Connection, run_id: str) -> dict[tuple[str, str],
     rows = conn.execute(
         "SELECT table_name, stage, sum(rows_in), sum(rows_out), sum(rows_quarantined), "
         "sum(rows_excluded), sum(rows_merged) FROM handover_meta.ledger WHERE run_id=%s "
-        "GROUP BY 1, 2", (run_id,)).fetchall()
-    return {(t, s): {"in": int(a), "out": int(b), "quarantined": int(c), "excluded": int(d),
-                     "merged": int(m)}
-            for t, s, a, b, c, d, m in rows}
+        "GROUP BY 1, 2",
+        (run_id,),
+    ).fetchall()
+    return {
+        (t, s): {
+            "in": int(a),
+            "out": int(b),
+            "quarantined": int(c),
+            "excluded": int(d),
+            "merged": int(m),
+        }
+        for t, s, a, b, c, d, m in rows
+    }

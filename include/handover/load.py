@@ -49,26 +49,38 @@ def bytea_hex(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     n = len(col)
     offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=n + 1, offset=col.offset * 4)
     start, end = int(offsets[0]), int(offsets[-1])
-    data = (np.frombuffer(col.buffers()[2], dtype=np.uint8, count=end - start, offset=start)
-            if end > start else np.zeros(0, dtype=np.uint8))
+    data = (
+        np.frombuffer(col.buffers()[2], dtype=np.uint8, count=end - start, offset=start)
+        if end > start
+        else np.zeros(0, dtype=np.uint8)
+    )
     rel = offsets.astype(np.int64) - start
     digits = _HEX[data].ravel()  # two hex digits per byte, values back to back
-    out = np.insert(digits, np.repeat(2 * rel[:-1], 2),
-                    np.tile(np.array([ord("\\"), ord("x")], dtype=np.uint8), n))
+    out = np.insert(
+        digits,
+        np.repeat(2 * rel[:-1], 2),
+        np.tile(np.array([ord("\\"), ord("x")], dtype=np.uint8), n),
+    )
     new_off = 2 * rel + 2 * np.arange(n + 1, dtype=np.int64)  # "\\x" + two digits per byte
     validity = col.buffers()[0] if col.null_count else None
     if validity is not None and col.offset:
         validity = pa.array(col.is_valid().to_numpy(zero_copy_only=False)).buffers()[1]
     typ = pa.large_string() if len(out) >= 2**31 else pa.string()
     width = np.int64 if typ == pa.large_string() else np.int32
-    return pa.Array.from_buffers(typ, n, [validity, pa.py_buffer(new_off.astype(width)),
-                                          pa.py_buffer(out)], null_count=col.null_count)
+    return pa.Array.from_buffers(
+        typ,
+        n,
+        [validity, pa.py_buffer(new_off.astype(width)), pa.py_buffer(out)],
+        null_count=col.null_count,
+    )
 
 
 def _csv_ready(table: pa.Table) -> pa.Table:
     """Binary columns become PostgreSQL's bytea hex text (\\x...) for CSV COPY."""
-    cols = [bytea_hex(table[name]) if pa.types.is_binary(table[name].type) else table[name]
-            for name in table.column_names]
+    cols = [
+        bytea_hex(table[name]) if pa.types.is_binary(table[name].type) else table[name]
+        for name in table.column_names
+    ]
     return pa.table(cols, names=table.column_names)
 
 
@@ -84,8 +96,10 @@ def _csv_slices(table: pa.Table) -> Iterator[bytes]:
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
     # About COPY_SLICE_BYTES of CSV a slice (binary counts twice: it travels as hex), so
     # wide rows (ciphertext) make shorter slices.
-    size = sum(table[c].nbytes * (2 if pa.types.is_binary(table[c].type) else 1)
-               for c in table.column_names)
+    size = sum(
+        table[c].nbytes * (2 if pa.types.is_binary(table[c].type) else 1)
+        for c in table.column_names
+    )
     rows = max(1024, min(COPY_SLICE_ROWS, COPY_SLICE_BYTES * table.num_rows // max(size, 1)))
     for offset in range(0, table.num_rows, rows):
         buf = io.BytesIO()
@@ -144,10 +158,17 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
 # naive timestamp into timestamptz, whose text form the server would read in its own time
 # zone) goes as CSV, which the server parses into any type.
 _BINARY_TYPES: dict[str, tuple[str, ...]] = {
-    "int64": ("int8",), "int32": ("int4",), "int16": ("int2",),
-    "double": ("float8",), "float": ("float4",), "bool": ("bool",),
-    "string": ("text", "varchar", "bpchar"), "large_string": ("text", "varchar", "bpchar"),
-    "binary": ("bytea",), "large_binary": ("bytea",), "date32[day]": ("date",),
+    "int64": ("int8",),
+    "int32": ("int4",),
+    "int16": ("int2",),
+    "double": ("float8",),
+    "float": ("float4",),
+    "bool": ("bool",),
+    "string": ("text", "varchar", "bpchar"),
+    "large_string": ("text", "varchar", "bpchar"),
+    "binary": ("bytea",),
+    "large_binary": ("bytea",),
+    "date32[day]": ("date",),
 }
 
 
@@ -158,12 +179,15 @@ def _binary_ok(arrow: pa.DataType, pg: str | None) -> bool:
 
 
 def copy_format(conn: psycopg.Connection, qualified: sql.Composable, schema: pa.Schema) -> str:
-    """"binary" when every column of ``schema`` goes to a column of the relation whose
+    """ "binary" when every column of ``schema`` goes to a column of the relation whose
     binary input takes pgpq's encoding of its Arrow type, else "csv"."""
-    types = dict(conn.execute(
-        "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
-        "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
-        (qualified.as_string(conn),)).fetchall())
+    types = dict(
+        conn.execute(
+            "SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            (qualified.as_string(conn),),
+        ).fetchall()
+    )
     ok = all(_binary_ok(f.type, types.get(f.name)) for f in schema)
     return "binary" if ok else "csv"
 
@@ -178,8 +202,9 @@ def _binary_slices(table: pa.Table, encoder: Any) -> Iterator[bytes]:
             yield encoder.write_batch(batch)
 
 
-def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable,
-               table: pa.Table | Iterable[pa.RecordBatch]) -> list[str]:
+def copy_arrow(
+    conn: psycopg.Connection, qualified: sql.Composable, table: pa.Table | Iterable[pa.RecordBatch]
+) -> list[str]:
     """Stream an Arrow table, or record batches read one by one, into PostgreSQL with one
     COPY. Returns the column names (none for no rows).
 
@@ -195,8 +220,7 @@ def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable,
     names = schema.names
     fmt = copy_format(conn, qualified, schema)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
-    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(qualified, columns,
-                                                                  sql.SQL(fmt))
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(qualified, columns, sql.SQL(fmt))
     encoder = pgpq.ArrowToPostgresBinaryEncoder(schema) if fmt == "binary" else None
 
     def slices() -> Iterator[bytes]:
@@ -205,8 +229,10 @@ def copy_arrow(conn: psycopg.Connection, qualified: sql.Composable,
         for part in itertools.chain([first], batches):
             part = part if isinstance(part, pa.Table) else pa.Table.from_batches([part])
             if part.schema.names != names:
-                raise ValueError(f"COPY into {qualified.as_string(conn)}: columns changed "
-                                 f"from {names} to {part.schema.names}")
+                raise ValueError(
+                    f"COPY into {qualified.as_string(conn)}: columns changed "
+                    f"from {names} to {part.schema.names}"
+                )
             if encoder is None:
                 yield from _csv_slices(part)
                 continue
@@ -230,21 +256,35 @@ def comparable_columns(columns: list[str]) -> list[str]:
 PROBE_KEYS = 64
 
 
-def _keys_absent(conn: psycopg.Connection, schema: str, target: str, key: str,
-                 table: pa.Table) -> bool:
+def _keys_absent(
+    conn: psycopg.Connection, schema: str, target: str, key: str, table: pa.Table
+) -> bool:
     """True when none of up to PROBE_KEYS keys spread over the partition is in the target:
     then the partition is very likely new there and a plain COPY is worth trying."""
     n = table.num_rows
     picks = np.unique(np.linspace(0, n - 1, num=min(n, PROBE_KEYS)).astype(np.int64))
-    keys = [k for k in pc.cast(table[key].take(pa.array(picks)), pa.string()).to_pylist()
-            if k is not None]
-    found = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ANY(%s))").format(
-        sql.Identifier(schema, target), sql.Identifier(key)), (keys,)).fetchone()[0]
+    keys = [
+        k
+        for k in pc.cast(table[key].take(pa.array(picks)), pa.string()).to_pylist()
+        if k is not None
+    ]
+    found = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {} = ANY(%s))").format(
+            sql.Identifier(schema, target), sql.Identifier(key)
+        ),
+        (keys,),
+    ).fetchone()[0]
     return not found
 
 
-def upsert_partition(conn: psycopg.Connection, schema: str, target: str, key: str,
-                     table: pa.Table, version: str | None = None) -> dict[str, Any]:
+def upsert_partition(
+    conn: psycopg.Connection,
+    schema: str,
+    target: str,
+    key: str,
+    table: pa.Table,
+    version: str | None = None,
+) -> dict[str, Any]:
     """Load one partition; caller owns the transaction.
 
     Returns inserted / updated / unchanged (/ stale) counts and `method`: "copy" when the
@@ -255,21 +295,26 @@ def upsert_partition(conn: psycopg.Connection, schema: str, target: str, key: st
         try:
             with conn.transaction():  # a savepoint inside the caller's transaction
                 copy_arrow(conn, sql.Identifier(schema, target), table)
-            return {"inserted": table.num_rows, "updated": 0, "unchanged": 0, "stale": 0,
-                    "method": "copy"}
+            return {
+                "inserted": table.num_rows,
+                "updated": 0,
+                "unchanged": 0,
+                "stale": 0,
+                "method": "copy",
+            }
         except psycopg.errors.UniqueViolation:
             pass  # some key is there after all (the probe samples): upsert row by key below
     if version is not None:
-        return {**upsert_newer(conn, schema, target, key, table, version),
-                "method": "upsert_newer"}
+        return {**upsert_newer(conn, schema, target, key, table, version), "method": "upsert_newer"}
     return {**_staged_upsert(conn, schema, target, key, table), "stale": 0, "method": "upsert"}
 
 
 MERGE_RETURNING = 170000  # MERGE ... RETURNING merge_action() needs PostgreSQL 17
 
 
-def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
-                   table: pa.Table) -> dict[str, int]:
+def _staged_upsert(
+    conn: psycopg.Connection, schema: str, target: str, key: str, table: pa.Table
+) -> dict[str, int]:
     """COPY into a staging table, check whether the target already holds every staged row
     as it is, and only if not run one statement that inserts new keys and rewrites only
     rows whose comparable columns differ.
@@ -290,15 +335,17 @@ def _staged_upsert(conn: psycopg.Connection, schema: str, target: str, key: str,
     """
     staging = sql.Identifier("handover_work", f"stg_{target}_{uuid.uuid4().hex[:12]}")
     tgt = sql.Identifier(schema, target)
-    conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)")
-                 .format(staging, tgt))
+    conn.execute(
+        sql.SQL("CREATE UNLOGGED TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(staging, tgt)
+    )
     copy_arrow(conn, staging, table)
     cols = table.column_names
     # The key is equal on every matched row: comparing it again is a wasted text compare.
     compare = [c for c in comparable_columns(cols) if c != key] or [key]
     rows = table.num_rows
-    present, differ = _present_and_differing(conn, tgt, staging, key, compare,
-                                             probe=_worth_probing(conn, tgt, rows))
+    present, differ = _present_and_differing(
+        conn, tgt, staging, key, compare, probe=_worth_probing(conn, tgt, rows)
+    )
     if present == rows and not differ:
         result = {"inserted": 0, "updated": 0, "unchanged": rows}
     elif conn.info.server_version >= MERGE_RETURNING:
@@ -329,7 +376,9 @@ def _worth_probing(conn: psycopg.Connection, target: sql.Composable, rows: int) 
     pages it has now (a table loaded since is not taken for empty)."""
     tuples, pages, now = conn.execute(
         "SELECT reltuples, relpages, pg_relation_size(oid) / current_setting('block_size')::int "
-        "FROM pg_class WHERE oid = %s::regclass", (target.as_string(conn),)).fetchone()
+        "FROM pg_class WHERE oid = %s::regclass",
+        (target.as_string(conn),),
+    ).fetchone()
     if tuples < 0 or pages <= 0:  # never analyzed: no density to go by
         return True
     return tuples / pages * now > PROBE_ABOVE * rows
@@ -352,23 +401,42 @@ def _probing_the_key(conn: psycopg.Connection, probe: bool = True) -> Iterator[N
     conn.execute("RESET enable_mergejoin")
 
 
-def _present_and_differing(conn: psycopg.Connection, target: sql.Composable,
-                           staging: sql.Composable, key: str, compare: list[str],
-                           probe: bool = True) -> tuple[int, int]:
+def _present_and_differing(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    staging: sql.Composable,
+    key: str,
+    compare: list[str],
+    probe: bool = True,
+) -> tuple[int, int]:
     """How many staged rows have their key in the target, and how many of those differ in
     a comparable column: read-only, a probe of the primary key per staged row (`probe`)
     or a hash join, either of which the planner may split across parallel workers."""
     with _probing_the_key(conn, probe):
-        present, differ = conn.execute(sql.SQL(
-            "SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND ({t_cmp}) IS "
-            "DISTINCT FROM ({s_cmp})) FROM {s} s LEFT JOIN {t} t ON t.{k} = s.{k}").format(
-            k=sql.Identifier(key), s=staging, t=target,
-            t_cmp=_prefixed("t", compare), s_cmp=_prefixed("s", compare))).fetchone()
+        present, differ = conn.execute(
+            sql.SQL(
+                "SELECT count(t.{k}), count(*) FILTER (WHERE t.{k} IS NOT NULL AND ({t_cmp}) IS "
+                "DISTINCT FROM ({s_cmp})) FROM {s} s LEFT JOIN {t} t ON t.{k} = s.{k}"
+            ).format(
+                k=sql.Identifier(key),
+                s=staging,
+                t=target,
+                t_cmp=_prefixed("t", compare),
+                s_cmp=_prefixed("s", compare),
+            )
+        ).fetchone()
     return int(present), int(differ)
 
 
-def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable, key: str,
-           cols: list[str], compare: list[str], rows: int) -> dict[str, int]:
+def _merge(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    staging: sql.Composable,
+    key: str,
+    cols: list[str],
+    compare: list[str],
+    rows: int,
+) -> dict[str, int]:
     # MERGE is not safe against a concurrent insert of the same key (ON CONFLICT is): a
     # partition's keys are its own, and a clash fails the task, whose retry finds the row.
     stmt = sql.SQL(
@@ -379,21 +447,33 @@ def _merge(conn: psycopg.Connection, target: sql.Composable, staging: sql.Compos
         "SELECT count(*) FILTER (WHERE action = 'INSERT'), "
         "count(*) FILTER (WHERE action = 'UPDATE') FROM written"
     ).format(
-        target=target, staging=staging, key=sql.Identifier(key),
+        target=target,
+        staging=staging,
+        key=sql.Identifier(key),
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         vals=_prefixed("s", cols),
         sets=sql.SQL(", ").join(
             sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in cols if c != key),
-        t_cmp=_prefixed("t", compare), s_cmp=_prefixed("s", compare),
+            for c in cols
+            if c != key
+        ),
+        t_cmp=_prefixed("t", compare),
+        s_cmp=_prefixed("s", compare),
     )
     with _probing_the_key(conn):
         inserted, updated = conn.execute(stmt).fetchone()
     return {"inserted": inserted, "updated": updated, "unchanged": rows - inserted - updated}
 
 
-def _on_conflict(conn: psycopg.Connection, target: sql.Composable, staging: sql.Composable,
-                 key: str, cols: list[str], compare: list[str], rows: int) -> dict[str, int]:
+def _on_conflict(
+    conn: psycopg.Connection,
+    target: sql.Composable,
+    staging: sql.Composable,
+    key: str,
+    cols: list[str],
+    compare: list[str],
+    rows: int,
+) -> dict[str, int]:
     # Counted in the server: a row per written row sent back only to be counted would be
     # hundreds of thousands of round-trip values per partition.
     stmt = sql.SQL(
@@ -410,8 +490,11 @@ def _on_conflict(conn: psycopg.Connection, target: sql.Composable, staging: sql.
         key=sql.Identifier(key),
         sets=sql.SQL(", ").join(
             sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in cols if c != key),
-        t_cmp=_prefixed("t", compare), x_cmp=_prefixed("excluded", compare),
+            for c in cols
+            if c != key
+        ),
+        t_cmp=_prefixed("t", compare),
+        x_cmp=_prefixed("excluded", compare),
     )
     inserted, updated = conn.execute(stmt).fetchone()
     return {"inserted": inserted, "updated": updated, "unchanged": rows - inserted - updated}
@@ -419,9 +502,11 @@ def _on_conflict(conn: psycopg.Connection, target: sql.Composable, staging: sql.
 
 def table_checksum(conn: psycopg.Connection, schema: str, target: str, key: str) -> tuple[int, str]:
     """Row count and a content checksum of a whole target table (order-independent)."""
-    row = conn.execute(sql.SQL(
-        "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY t.{key})), '') "
-        "FROM {tbl} t").format(key=sql.Identifier(key), tbl=sql.Identifier(schema, target))
+    row = conn.execute(
+        sql.SQL(
+            "SELECT count(*), coalesce(md5(string_agg(md5(t::text), '' ORDER BY t.{key})), '') "
+            "FROM {tbl} t"
+        ).format(key=sql.Identifier(key), tbl=sql.Identifier(schema, target))
     ).fetchone()
     return int(row[0]), row[1]
 
@@ -431,8 +516,14 @@ def key_column_values(table: pa.Table, key: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- nightly sync
-def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
-                 table: pa.Table, version: str | None) -> dict[str, int]:
+def upsert_newer(
+    conn: psycopg.Connection,
+    schema: str,
+    target: str,
+    key: str,
+    table: pa.Table,
+    version: str | None,
+) -> dict[str, int]:
     """`upsert_partition` for nights that may run out of order: older never beats newer.
 
     A staged row replaces the target's only if its `version` column (the legacy
@@ -443,15 +534,20 @@ def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
     if version is None:
         return {**upsert_partition(conn, schema, target, key, table), "stale": 0}
     staging = sql.Identifier(f"stg_newer_{target}")
-    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) "
-                         "ON COMMIT DELETE ROWS").format(staging, sql.Identifier(schema, target)))
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        ).format(staging, sql.Identifier(schema, target))
+    )
     conn.execute(sql.SQL("TRUNCATE {}").format(staging))
     copy_arrow(conn, staging, table)
     tgt, kid, ver = sql.Identifier(schema, target), sql.Identifier(key), sql.Identifier(version)
-    stale = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {s} s JOIN {t} t USING ({k}) "
-        "WHERE t.{v} IS NOT NULL AND (s.{v} IS NULL OR s.{v} < t.{v})"
-    ).format(s=staging, t=tgt, k=kid, v=ver)).fetchone()[0]
+    stale = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {s} s JOIN {t} t USING ({k}) "
+            "WHERE t.{v} IS NOT NULL AND (s.{v} IS NULL OR s.{v} < t.{v})"
+        ).format(s=staging, t=tgt, k=kid, v=ver)
+    ).fetchone()[0]
     cols = table.column_names
     compare = comparable_columns(cols)
     # counted in the server, like _on_conflict: not one flag per written row to Python
@@ -464,23 +560,36 @@ def upsert_newer(conn: psycopg.Connection, schema: str, target: str, key: str,
         "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) "
         "FROM written"
     ).format(
-        target=tgt, staging=staging, key=kid, v=ver,
+        target=tgt,
+        staging=staging,
+        key=kid,
+        v=ver,
         cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
         sets=sql.SQL(", ").join(
             sql.SQL("{} = excluded.{}").format(sql.Identifier(c), sql.Identifier(c))
-            for c in cols if c != key),
+            for c in cols
+            if c != key
+        ),
         t_cmp=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in compare),
-        x_cmp=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c))
-                                 for c in compare),
+        x_cmp=sql.SQL(", ").join(sql.SQL("excluded.{}").format(sql.Identifier(c)) for c in compare),
     )
     inserted, updated = (int(n) for n in conn.execute(stmt).fetchone())
-    return {"inserted": inserted, "updated": updated, "stale": int(stale),
-            "unchanged": table.num_rows - inserted - updated - int(stale)}
+    return {
+        "inserted": inserted,
+        "updated": updated,
+        "stale": int(stale),
+        "unchanged": table.num_rows - inserted - updated - int(stale),
+    }
 
 
-def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
-                deletions: pa.Table | list[tuple[str, Any]],
-                version: str | None) -> dict[str, int]:
+def delete_keys(
+    conn: psycopg.Connection,
+    schema: str,
+    target: str,
+    key: str,
+    deletions: pa.Table | list[tuple[str, Any]],
+    version: str | None,
+) -> dict[str, int]:
     """Delete rows the legacy system deleted: a table of (key, deleted_at), one row per key,
     or such pairs; caller owns the txn. Sent in one binary COPY.
 
@@ -489,22 +598,39 @@ def delete_keys(conn: psycopg.Connection, schema: str, target: str, key: str,
     Returns deleted / absent (no such row in the target) / superseded (target is newer).
     """
     del_tbl = sql.Identifier(f"del_{target}")
-    conn.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (k text PRIMARY KEY, "
-                         "deleted_at timestamp) ON COMMIT DELETE ROWS").format(del_tbl))
+    conn.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (k text PRIMARY KEY, "
+            "deleted_at timestamp) ON COMMIT DELETE ROWS"
+        ).format(del_tbl)
+    )
     conn.execute(sql.SQL("TRUNCATE {}").format(del_tbl))
     if not isinstance(deletions, pa.Table):
-        deletions = pa.table({"k": pa.array([k for k, _ in deletions], pa.string()),
-                              "deleted_at": pa.array([at for _, at in deletions],
-                                                     pa.timestamp("us"))})
+        deletions = pa.table(
+            {
+                "k": pa.array([k for k, _ in deletions], pa.string()),
+                "deleted_at": pa.array([at for _, at in deletions], pa.timestamp("us")),
+            }
+        )
     copy_arrow(conn, del_tbl, deletions.rename_columns(["k", "deleted_at"]))
     tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
-    absent = conn.execute(sql.SQL(
-        "SELECT count(*) FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{k} = d.k)"
-    ).format(d=del_tbl, t=tgt, k=kid)).fetchone()[0]
-    guard = (sql.SQL("AND (t.{v} IS NULL OR t.{v} <= d.deleted_at)").format(
-        v=sql.Identifier(version)) if version else sql.SQL(""))
-    deleted = conn.execute(sql.SQL(
-        "DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard}"
-    ).format(t=tgt, d=del_tbl, k=kid, guard=guard)).rowcount
-    return {"deleted": deleted, "absent": int(absent),
-            "superseded": deletions.num_rows - deleted - int(absent)}
+    absent = conn.execute(
+        sql.SQL(
+            "SELECT count(*) FROM {d} d WHERE NOT EXISTS (SELECT 1 FROM {t} t WHERE t.{k} = d.k)"
+        ).format(d=del_tbl, t=tgt, k=kid)
+    ).fetchone()[0]
+    guard = (
+        sql.SQL("AND (t.{v} IS NULL OR t.{v} <= d.deleted_at)").format(v=sql.Identifier(version))
+        if version
+        else sql.SQL("")
+    )
+    deleted = conn.execute(
+        sql.SQL("DELETE FROM {t} t USING {d} d WHERE t.{k} = d.k {guard}").format(
+            t=tgt, d=del_tbl, k=kid, guard=guard
+        )
+    ).rowcount
+    return {
+        "deleted": deleted,
+        "absent": int(absent),
+        "superseded": deletions.num_rows - deleted - int(absent),
+    }

@@ -47,10 +47,27 @@ from handover.protect import (
     redact_text,
 )
 
-TRANSFORMS = ("from", "from_resident_id", "concat", "split", "default", "lookup",
-              "parse_date", "yuan_to_fen", "cast", "protect")
-VALUE_TRANSFORMS = ("from_resident_id", "concat", "split", "default", "parse_date", "yuan_to_fen",
-                    "cast")
+TRANSFORMS = (
+    "from",
+    "from_resident_id",
+    "concat",
+    "split",
+    "default",
+    "lookup",
+    "parse_date",
+    "yuan_to_fen",
+    "cast",
+    "protect",
+)
+VALUE_TRANSFORMS = (
+    "from_resident_id",
+    "concat",
+    "split",
+    "default",
+    "parse_date",
+    "yuan_to_fen",
+    "cast",
+)
 CASTS = ("string", "int", "float", "bool", "date", "timestamp")
 _TRUE = {"true", "t", "1", "yes", "y"}
 _FALSE = {"false", "f", "0", "no", "n"}
@@ -112,10 +129,10 @@ def _text_array(series: pd.Series) -> pa.Array | None:
     """A column holding only text (and missing values) as an Arrow string array."""
     dtype = series.dtype
     if isinstance(dtype, pd.StringDtype) or (
-            isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in _STRING_DTYPES):
+        isinstance(dtype, pd.ArrowDtype) and str(dtype.pyarrow_dtype) in _STRING_DTYPES
+    ):
         arr = pa.array(series, from_pandas=True)
-    elif is_object_dtype(dtype) and infer_dtype(series, skipna=True) in ("string",
-                                                                              "empty"):
+    elif is_object_dtype(dtype) and infer_dtype(series, skipna=True) in ("string", "empty"):
         arr = pa.array(series.where(series.notna(), None), pa.string(), from_pandas=True)
     else:
         return None
@@ -195,12 +212,16 @@ def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray, str] | None:
 class _Field:
     """One target field being computed; errors name the table, field and first source row."""
 
-    def __init__(self, clean: pd.DataFrame, table: str, target: str, spec: dict,
-                 partition: str) -> None:
+    def __init__(
+        self, clean: pd.DataFrame, table: str, target: str, spec: dict, partition: str
+    ) -> None:
         self.clean, self.table, self.target, self.spec = clean, table, target, spec
         self.partition = partition
-        self.rows = (clean["_source_row"].to_numpy() if "_source_row" in clean.columns
-                     else np.arange(1, len(clean) + 1))
+        self.rows = (
+            clean["_source_row"].to_numpy()
+            if "_source_row" in clean.columns
+            else np.arange(1, len(clean) + 1)
+        )
 
     def fail(self, bad: np.ndarray, what: str, fix: str) -> None:
         n = int(np.sum(bad))
@@ -209,7 +230,8 @@ class _Field:
             src = "+".join(source_columns(self.spec))
             raise MappingError(
                 f"mapping of {self.table} partition {self.partition}: field {self.target} "
-                f"(from {src}): {n} value(s) {what}, first at source row {first}; {fix}")
+                f"(from {src}): {n} value(s) {what}, first at source row {first}; {fix}"
+            )
 
     def values(self) -> tuple[np.ndarray, pa.DataType | None]:
         """The values as Python objects (the public form, see field_values)."""
@@ -254,23 +276,32 @@ class _Field:
                 acc = pc.coalesce(pc.binary_join_element_wise(acc, part, sep), acc, part)
             return acc
         parts = [_objects(self.clean[c]) for c in opt["columns"]]
-        return np.array([
-            None if all(p is None for p in row) else
-            sep.join(_text(p) for p in row if p is not None)
-            for row in zip(*parts, strict=True)], dtype=object)
+        return np.array(
+            [
+                None
+                if all(p is None for p in row)
+                else sep.join(_text(p) for p in row if p is not None)
+                for row in zip(*parts, strict=True)
+            ],
+            dtype=object,
+        )
 
     # -- split
     def _split(self, values: Values, opt: dict) -> Values:
         sep, part, parts = opt["separator"], opt["part"], opt.get("parts")
-        vector = (_is_text(values) and isinstance(sep, str) and sep
-                  and isinstance(part, int) and part >= 0
-                  and (not parts or (isinstance(parts, int) and parts >= 1)))
+        vector = (
+            _is_text(values)
+            and isinstance(sep, str)
+            and sep
+            and isinstance(part, int)
+            and part >= 0
+            and (not parts or (isinstance(parts, int) and parts >= 1))
+        )
         if not vector:
             return self._split_objects(_as_objects(values), opt)
         lists = pc.split_pattern(values, sep, max_splits=parts - 1 if parts else None)
         offsets = lists.offsets.to_numpy()
-        present = (lists.is_valid().to_numpy(zero_copy_only=False)
-                   & (np.diff(offsets) > part))
+        present = lists.is_valid().to_numpy(zero_copy_only=False) & (np.diff(offsets) > part)
         idx = pa.array(offsets[:-1] + part, pa.int64(), mask=~present)
         picked = lists.values.take(idx)
         return _strip_blank_to_null(picked)
@@ -293,8 +324,13 @@ class _Field:
         the true value, not a placeholder. An ID not of that form gives None."""
         from handover.validators import resident_id_birth_gender, resident_id_valid
 
-        ids = values if _is_text(values) else pa.array(
-            [None if v is None else _text(v) for v in _as_objects(values)], pa.string())
+        ids = (
+            values
+            if _is_text(values)
+            else pa.array(
+                [None if v is None else _text(v) for v in _as_objects(values)], pa.string()
+            )
+        )
         ok = pa.array(resident_id_valid(ids))
         if what == "region":
             out = pc.utf8_slice_codeunits(ids, 0, 6)
@@ -307,8 +343,7 @@ class _Field:
     def _default(self, values: Values, default: Any) -> Values:
         if _is_text(values) and isinstance(default, str):
             return pc.fill_null(values, default)
-        return np.array([default if v is None else v for v in _as_objects(values)],
-                        dtype=object)
+        return np.array([default if v is None else v for v in _as_objects(values)], dtype=object)
 
     # -- lookup
     def _lookup(self, values: Values, lookup: dict) -> Values:
@@ -324,10 +359,12 @@ class _Field:
             raise MappingError(
                 f"mapping of {self.table} partition {self.partition}: field {self.target} (from "
                 f"{src}) has {len(missing)} code(s) without a lookup entry, e.g. {missing[0]!r}; "
-                "add them to mapping.yaml or a codes rule to cleansing.yaml")
+                "add them to mapping.yaml or a codes rule to cleansing.yaml"
+            )
         if not _is_text(values):
-            return np.array([None if v is None else table_map[_text(v)] for v in values],
-                            dtype=object)
+            return np.array(
+                [None if v is None else table_map[_text(v)] for v in values], dtype=object
+            )
         codes = list(table_map)
         targets = [table_map[c] for c in codes]
         at = pc.index_in(values, value_set=pa.array(codes, pa.string()))  # null: missing
@@ -344,8 +381,7 @@ class _Field:
         from handover.cleanse import format_has_time, parse_dates
 
         formats = opt["format"] if isinstance(opt["format"], list) else [opt["format"]]
-        to = opt.get("to") or ("timestamp" if any(format_has_time(f) for f in formats)
-                               else "date")
+        to = opt.get("to") or ("timestamp" if any(format_has_time(f) for f in formats) else "date")
         if not _is_text(values):
             return self._parse_date_objects(_as_objects(values), formats, to)
         text_arr = _strip_blank_to_null(values)
@@ -363,27 +399,38 @@ class _Field:
             idx = np.flatnonzero(todo)[ok]
             parsed[idx] = got.to_numpy()[ok].astype("datetime64[us]")
             todo[idx] = False
-        self.fail(todo, f"match none of the date formats {formats}",
-                  "add the format to parse_date in mapping.yaml, or a dates rule to "
-                  "cleansing.yaml to quarantine such rows")
+        self.fail(
+            todo,
+            f"match none of the date formats {formats}",
+            "add the format to parse_date in mapping.yaml, or a dates rule to "
+            "cleansing.yaml to quarantine such rows",
+        )
         missing = np.isnat(parsed)
         if to == "date":  # numpy floors to the day, as Timestamp.date() does
-            return pa.array(parsed.astype("datetime64[D]"), pa.date32(),
-                            mask=missing), pa.date32()
-        return pa.array(parsed.astype("datetime64[s]"), pa.timestamp("s"),
-                        mask=missing), pa.timestamp("s")
+            return pa.array(parsed.astype("datetime64[D]"), pa.date32(), mask=missing), pa.date32()
+        return pa.array(
+            parsed.astype("datetime64[s]"), pa.timestamp("s"), mask=missing
+        ), pa.timestamp("s")
 
-    def _parse_date_objects(self, values: np.ndarray, formats: list,
-                            to: str) -> tuple[np.ndarray, pa.DataType]:
+    def _parse_date_objects(
+        self, values: np.ndarray, formats: list, to: str
+    ) -> tuple[np.ndarray, pa.DataType]:
         from handover.cleanse import parse_dates
 
         parsed = np.full(len(values), None, dtype=object)
-        typed = np.array([v is not None and not isinstance(v, str) and hasattr(v, "year")
-                          for v in values], dtype=bool)
+        typed = np.array(
+            [v is not None and not isinstance(v, str) and hasattr(v, "year") for v in values],
+            dtype=bool,
+        )
         for i in np.flatnonzero(typed):
             parsed[i] = pd.Timestamp(values[i])
-        text = pd.Series([None if (v is None or t) else _text(v).strip() or None
-                          for v, t in zip(values, typed, strict=True)], dtype=object)
+        text = pd.Series(
+            [
+                None if (v is None or t) else _text(v).strip() or None
+                for v, t in zip(values, typed, strict=True)
+            ],
+            dtype=object,
+        )
         todo = text.notna().to_numpy().copy()
         for fmt in formats:
             if not todo.any():
@@ -393,14 +440,19 @@ class _Field:
             idx = np.flatnonzero(todo)[ok]
             parsed[idx] = list(got[ok])
             todo[idx] = False
-        self.fail(todo, f"match none of the date formats {formats}",
-                  "add the format to parse_date in mapping.yaml, or a dates rule to "
-                  "cleansing.yaml to quarantine such rows")
+        self.fail(
+            todo,
+            f"match none of the date formats {formats}",
+            "add the format to parse_date in mapping.yaml, or a dates rule to "
+            "cleansing.yaml to quarantine such rows",
+        )
         if to == "date":
-            return np.array([None if v is None else v.date() for v in parsed], dtype=object), \
-                pa.date32()
-        return np.array([None if v is None else v.floor("s").to_pydatetime() for v in parsed],
-                        dtype=object), pa.timestamp("s")
+            return np.array(
+                [None if v is None else v.date() for v in parsed], dtype=object
+            ), pa.date32()
+        return np.array(
+            [None if v is None else v.floor("s").to_pydatetime() for v in parsed], dtype=object
+        ), pa.timestamp("s")
 
     # -- yuan_to_fen
     _YUAN = r"^[+-]?[0-9]{1,15}(\.[0-9]{1,2})?$"
@@ -441,15 +493,15 @@ class _Field:
             simple_np = simple.to_numpy(zero_copy_only=False)
             s = pc.if_else(simple, text, pa.scalar(None, pa.string()))
             dot = pc.find_substring(s, ".")
-            decimals = pc.if_else(pc.equal(dot, -1), 0,
-                                  pc.subtract(pc.subtract(pc.utf8_length(s), dot), 1))
+            decimals = pc.if_else(
+                pc.equal(dot, -1), 0, pc.subtract(pc.subtract(pc.utf8_length(s), dot), 1)
+            )
             digits = pc.replace_substring(pc.replace_substring(s, ".", ""), "+", "")
             scale = pc.power(10, pc.subtract(2, decimals))
             out = pc.multiply(pc.cast(digits, pa.int64()), pc.cast(scale, pa.int64()))
             rest = values.is_valid().to_numpy(zero_copy_only=False) & ~simple_np
             if rest.any():
-                typed, bad = _per_distinct(pc.filter(values, pa.array(rest)),
-                                           _yuan_one, pa.int64())
+                typed, bad = _per_distinct(pc.filter(values, pa.array(rest)), _yuan_one, pa.int64())
                 full_bad = np.zeros(len(values), dtype=bool)
                 full_bad[np.flatnonzero(rest)[bad]] = True
                 self.fail(full_bad, what, fix)
@@ -459,19 +511,30 @@ class _Field:
 
     def _yuan_to_fen_objects(self, values: np.ndarray) -> np.ndarray:
         out, bad = _yuan_objects(values)
-        self.fail(bad, "are not amounts in yuan with at most 2 decimals",
-                  "add a decimals rule to cleansing.yaml to quarantine such rows")
+        self.fail(
+            bad,
+            "are not amounts in yuan with at most 2 decimals",
+            "add a decimals rule to cleansing.yaml to quarantine such rows",
+        )
         return out
 
     # -- cast
-    _KINDS = {"string": pa.string(), "int": pa.int64(), "float": pa.float64(),
-              "bool": pa.bool_(), "date": pa.date32(), "timestamp": pa.timestamp("s")}
+    _KINDS = {
+        "string": pa.string(),
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "date": pa.date32(),
+        "timestamp": pa.timestamp("s"),
+    }
     _INT = r"^[+-]?[0-9]{1,18}$"
 
     def _cast(self, values: Values, to: str) -> tuple[Values, pa.DataType]:
         kind = self._KINDS[to]
-        what, fix = (f"cannot be cast to {to}",
-                     "fix the export, or add a cleansing rule that quarantines such rows")
+        what, fix = (
+            f"cannot be cast to {to}",
+            "fix the export, or add a cleansing rule that quarantines such rows",
+        )
         if _is_text(values) and to == "string":
             return values, kind  # _text of a str is the str
         if to == "int" and isinstance(values, _Source):
@@ -482,8 +545,7 @@ class _Field:
                     return pa.array(x, pa.int64(), mask=~present), kind
                 xs = np.where(present, x, 0)
                 whole = present & (np.abs(xs) < 2**52) & (np.floor(xs) == xs)
-                out = pa.array(np.where(whole, xs, 0).astype(np.int64), pa.int64(),
-                               mask=~whole)
+                out = pa.array(np.where(whole, xs, 0).astype(np.int64), pa.int64(), mask=~whole)
                 rest = present & ~whole  # fractions, huge or non-finite: value by value
                 if rest.any():
                     objs = _as_objects(values)
@@ -497,17 +559,22 @@ class _Field:
             if to == "int":
                 text = _strip(values)
                 simple = pc.fill_null(pc.match_substring_regex(text, self._INT), False)
-                s = pc.if_else(simple, pc.replace_substring(text, "+", ""),
-                               pa.scalar(None, pa.string()))
+                s = pc.if_else(
+                    simple, pc.replace_substring(text, "+", ""), pa.scalar(None, pa.string())
+                )
                 out = pc.cast(s, pa.int64())
-                rest = (values.is_valid().to_numpy(zero_copy_only=False)
-                        & ~simple.to_numpy(zero_copy_only=False))
+                rest = values.is_valid().to_numpy(zero_copy_only=False) & ~simple.to_numpy(
+                    zero_copy_only=False
+                )
             else:
-                out, rest = pa.nulls(len(values), kind), \
-                    values.is_valid().to_numpy(zero_copy_only=False)
+                out, rest = (
+                    pa.nulls(len(values), kind),
+                    values.is_valid().to_numpy(zero_copy_only=False),
+                )
             if rest.any():
-                typed, bad = _per_distinct(pc.filter(values, pa.array(rest)),
-                                           lambda v: _cast_one(v, to), kind)
+                typed, bad = _per_distinct(
+                    pc.filter(values, pa.array(rest)), lambda v: _cast_one(v, to), kind
+                )
                 full_bad = np.zeros(len(values), dtype=bool)
                 full_bad[np.flatnonzero(rest)[bad]] = True
                 self.fail(full_bad, what, fix)
@@ -517,13 +584,17 @@ class _Field:
 
     def _cast_objects(self, values: np.ndarray, to: str) -> tuple[np.ndarray, pa.DataType]:
         out, bad = _cast_objects(values, to)
-        self.fail(bad, f"cannot be cast to {to}",
-                  "fix the export, or add a cleansing rule that quarantines such rows")
+        self.fail(
+            bad,
+            f"cannot be cast to {to}",
+            "fix the export, or add a cleansing rule that quarantines such rows",
+        )
         return out, self._KINDS[to]
 
 
-def _per_value(values: np.ndarray, convert: Any,
-               errors: tuple[type[Exception], ...]) -> tuple[np.ndarray, np.ndarray]:
+def _per_value(
+    values: np.ndarray, convert: Any, errors: tuple[type[Exception], ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """``convert`` on each non-null value; (results, mask of the values it refused)."""
     out = np.full(len(values), None, dtype=object)
     bad = np.zeros(len(values), dtype=bool)
@@ -542,13 +613,13 @@ def _yuan_objects(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cast_objects(values: np.ndarray, to: str) -> tuple[np.ndarray, np.ndarray]:
-    return _per_value(values, lambda v: _cast_one(v, to),
-                      (ValueError, TypeError, InvalidOperation, OverflowError))
+    return _per_value(
+        values, lambda v: _cast_one(v, to), (ValueError, TypeError, InvalidOperation, OverflowError)
+    )
 
 
 def _yuan_one(v: Any) -> int:
-    fen = Decimal(repr(float(v)) if isinstance(v, float | np.floating)
-                  else _text(v).strip()) * 100
+    fen = Decimal(repr(float(v)) if isinstance(v, float | np.floating) else _text(v).strip()) * 100
     if not fen.is_finite() or fen != fen.to_integral_value() or abs(fen) >= 2**63:
         raise InvalidOperation
     return int(fen)
@@ -597,8 +668,9 @@ def _cast_one(v: Any, to: str) -> Any:
     return ts.floor("s").to_pydatetime()
 
 
-def field_values(clean: pd.DataFrame, table: str, target: str, spec: dict, *,
-                 partition: str = "") -> tuple[np.ndarray, pa.DataType | None]:
+def field_values(
+    clean: pd.DataFrame, table: str, target: str, spec: dict, *, partition: str = ""
+) -> tuple[np.ndarray, pa.DataType | None]:
     """A field's values before protection (Python objects, None for missing), and their
     Arrow type if a transform fixed it."""
     return _Field(clean, table, target, spec, partition).values()
@@ -607,8 +679,15 @@ def field_values(clean: pd.DataFrame, table: str, target: str, spec: dict, *,
 _ARRAY_MASKERS = {"resident_id": mask_resident_id_array, "msisdn": mask_msisdn_array}
 
 
-def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_columns: dict,
-                  ring: Keyring | None, *, partition: str = "") -> pa.Table:
+def map_partition(
+    clean: pd.DataFrame,
+    table: str,
+    mapping: dict,
+    catalog_columns: dict,
+    ring: Keyring | None,
+    *,
+    partition: str = "",
+) -> pa.Table:
     """Apply the table's mapping; returns an Arrow table with the target's columns."""
     out: dict[str, pa.Array] = {}
     for target, spec in mapping["fields"].items():
@@ -620,35 +699,50 @@ def map_partition(clean: pd.DataFrame, table: str, mapping: dict, catalog_column
         if protections and not _is_text(values):
             values = _as_objects(values)  # the per-value forms below
         if "redact" in protections:
-            values = (redact_array(values) if _is_text(values)
-                      else np.array([redact_text(v) for v in values], dtype=object))
+            values = (
+                redact_array(values)
+                if _is_text(values)
+                else np.array([redact_text(v) for v in values], dtype=object)
+            )
         if protections and any(p in protections for p in ("encrypt", "blind_index")):
             if ring is None:
                 raise RuntimeError(f"mapping of {table}: field {target} needs keys; none loaded")
         if "blind_index" in protections:
             out[f"{target}_bidx"] = pa.array(
-                blind_index(values, ring, field_domain(mapping["target"], target)), pa.string())
+                blind_index(values, ring, field_domain(mapping["target"], target)), pa.string()
+            )
         if "mask" in protections:
             pii = catalog_columns[src].get("pii", "")
             masker = _masker(pii)
             if masker is None:
-                raise MappingError(f"mapping.yaml: tables.{table}.fields.{target}: mask needs a "
-                                   "catalogued pii type resident_id or msisdn")
-            out[f"{target}_masked"] = (_ARRAY_MASKERS[pii](values) if _is_text(values) else
-                                       pa.array([masker(v) for v in values], pa.string()))
+                raise MappingError(
+                    f"mapping.yaml: tables.{table}.fields.{target}: mask needs a "
+                    "catalogued pii type resident_id or msisdn"
+                )
+            out[f"{target}_masked"] = (
+                _ARRAY_MASKERS[pii](values)
+                if _is_text(values)
+                else pa.array([masker(v) for v in values], pa.string())
+            )
         if "encrypt" in protections:
             aad = field_domain(mapping["target"], target).encode()
             out[f"{target}_enc"] = pa.array(encrypt_values(values, ring, aad), pa.binary())
             if _is_text(values):
                 out[f"{target}_key_id"] = pc.if_else(
-                    values.is_valid(), pa.scalar(ring.active_key_id, pa.string()),
-                    pa.scalar(None, pa.string()))
+                    values.is_valid(),
+                    pa.scalar(ring.active_key_id, pa.string()),
+                    pa.scalar(None, pa.string()),
+                )
             else:
                 out[f"{target}_key_id"] = pa.array(
-                    [None if v is None else ring.active_key_id for v in values], pa.string())
+                    [None if v is None else ring.active_key_id for v in values], pa.string()
+                )
         elif kind is not None:
-            out[target] = (values if isinstance(values, pa.Array) and values.type == kind
-                           else pa.array(_as_objects(values).tolist(), kind))
+            out[target] = (
+                values
+                if isinstance(values, pa.Array) and values.type == kind
+                else pa.array(_as_objects(values).tolist(), kind)
+            )
         elif shaped:
             out[target] = _infer_arrow_any(values)
         else:
@@ -676,8 +770,11 @@ def _to_arrow_any(series: pd.Series, values: Values) -> pa.Array:
         if values.null_count == len(values):
             return pa.nulls(len(values), pa.bool_())
         return values
-    if (isinstance(values, _Source) and is_object_dtype(dtype)
-            and infer_dtype(series, skipna=True) == "date"):
+    if (
+        isinstance(values, _Source)
+        and is_object_dtype(dtype)
+        and infer_dtype(series, skipna=True) == "date"
+    ):
         return pa.array(series.where(series.notna(), None), pa.date32(), from_pandas=True)
     return _to_arrow(series, _as_objects(values))
 
@@ -696,8 +793,10 @@ def _infer_arrow(values: np.ndarray) -> pa.Array:
     if all(isinstance(v, int | float | np.integer | np.floating) for v in sample):
         return pa.array([None if v is None else float(v) for v in values], pa.float64())
     if all(isinstance(v, dt.datetime | pd.Timestamp) for v in sample):
-        return pa.array([None if v is None else pd.Timestamp(v).to_pydatetime()
-                         for v in values], pa.timestamp("s"))
+        return pa.array(
+            [None if v is None else pd.Timestamp(v).to_pydatetime() for v in values],
+            pa.timestamp("s"),
+        )
     if all(isinstance(v, dt.date) for v in sample):
         return pa.array(values.tolist(), pa.date32())
     return pa.array([None if v is None else _text(v) for v in values], pa.string())

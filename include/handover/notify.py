@@ -71,8 +71,11 @@ def webhook_url(conn: dict[str, Any]) -> str:
     else:
         if not host:
             raise ValueError(f"connection {NOTIFY_CONN_ID} has no host")
-        scheme = schema if schema in ("http", "https") else (
-            "https" if conn.get("conn_type") == "https" else "http")
+        scheme = (
+            schema
+            if schema in ("http", "https")
+            else ("https" if conn.get("conn_type") == "https" else "http")
+        )
         base = f"{scheme}://{host}" + (f":{conn['port']}" if conn.get("port") else "")
     endpoint = extra.get("endpoint")
     if endpoint is None:
@@ -93,14 +96,16 @@ def post_webhook(conn: dict[str, Any], line: str, timeout: float = 10.0) -> int:
         headers["Authorization"] = f"Basic {token}"
     elif password:
         headers["Authorization"] = f"Bearer {password}"
-    req = urllib.request.Request(webhook_url(conn), data=line.encode("utf-8"), headers=headers,
-                                 method="POST")
+    req = urllib.request.Request(
+        webhook_url(conn), data=line.encode("utf-8"), headers=headers, method="POST"
+    )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
         return resp.status
 
 
-def send_mail(conn: dict[str, Any], payload: dict[str, Any], line: str,
-              timeout: float = 10.0) -> None:
+def send_mail(
+    conn: dict[str, Any], payload: dict[str, Any], line: str, timeout: float = 10.0
+) -> None:
     import smtplib
     from email.message import EmailMessage
 
@@ -109,8 +114,10 @@ def send_mail(conn: dict[str, Any], payload: dict[str, Any], line: str,
     if not to:
         raise ValueError(f"connection {NOTIFY_CONN_ID} (smtp) needs extra.to")
     msg = EmailMessage()
-    msg["Subject"] = (f"[handover] {payload['dag']}.{payload['task']}"
-                      f"[{payload['map_index']}] failed in {payload['run']}")
+    msg["Subject"] = (
+        f"[handover] {payload['dag']}.{payload['task']}"
+        f"[{payload['map_index']}] failed in {payload['run']}"
+    )
     msg["From"] = extra.get("from") or conn.get("login") or "handover@localhost"
     msg["To"] = ", ".join(to)
     msg.set_content(line + "\n")
@@ -139,8 +146,13 @@ class HandoverNotifier(BaseNotifier):
         line = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str)
         conn = connection_dict(self.conn_id)
         if conn is None:
-            log.info("no connection %s: failure of %s.%s[%s] not notified", self.conn_id,
-                     payload["dag"], payload["task"], payload["map_index"])
+            log.info(
+                "no connection %s: failure of %s.%s[%s] not notified",
+                self.conn_id,
+                payload["dag"],
+                payload["task"],
+                payload["map_index"],
+            )
             return
         kind = (conn.get("conn_type") or "").lower()
         if kind in ("http", "https"):
@@ -148,7 +160,13 @@ class HandoverNotifier(BaseNotifier):
         elif kind in ("smtp", "email"):
             send_mail(conn, payload, line, self.timeout)
         else:
-            raise ValueError(f"connection {self.conn_id}: type {kind!r} not supported "
-                             "(use http, https or smtp)")
-        log.info("notified failure of %s.%s[%s] via %s", payload["dag"], payload["task"],
-                 payload["map_index"], kind)
+            raise ValueError(
+                f"connection {self.conn_id}: type {kind!r} not supported (use http, https or smtp)"
+            )
+        log.info(
+            "notified failure of %s.%s[%s] via %s",
+            payload["dag"],
+            payload["task"],
+            payload["map_index"],
+            kind,
+        )

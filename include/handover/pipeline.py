@@ -72,10 +72,12 @@ def _read(lake: Lake, run_id: str, stage: str, table: str, partition: str) -> pd
     return lake.read_table(part_key(run_id, stage, table, partition)).to_pandas()
 
 
-def _write(lake: Lake, run_id: str, stage: str, table: str, partition: str,
-           df: pd.DataFrame) -> None:
-    lake.write_table(part_key(run_id, stage, table, partition),
-                     pa.Table.from_pandas(df, preserve_index=False))
+def _write(
+    lake: Lake, run_id: str, stage: str, table: str, partition: str, df: pd.DataFrame
+) -> None:
+    lake.write_table(
+        part_key(run_id, stage, table, partition), pa.Table.from_pandas(df, preserve_index=False)
+    )
 
 
 #: Rows comply, resolve and cleanse turn into pandas and work on at a time within a
@@ -101,8 +103,9 @@ def manifest_sha256(source_dir: str, table: str) -> str | None:
     files, new manifest) cleared into a run passes, a file edited since its manifest
     does not."""
     try:
-        entry = json.loads((Path(source_dir) / "export_manifest.json").read_text(
-            encoding="utf-8"))["tables"][table]
+        entry = json.loads((Path(source_dir) / "export_manifest.json").read_text(encoding="utf-8"))[
+            "tables"
+        ][table]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return entry.get("sha256") if isinstance(entry, dict) else None
@@ -114,8 +117,10 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     src = Path(source_dir)
     manifest_path = src / "export_manifest.json"
     if not manifest_path.is_file():
-        raise SourceError(f"{manifest_path}: export manifest not found; point the run's "
-                          "source_dir at a legacy export (python -m handover_synth.legacy_bss makes one)")
+        raise SourceError(
+            f"{manifest_path}: export manifest not found; point the run's "
+            "source_dir at a legacy export (python -m handover_synth.legacy_bss makes one)"
+        )
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
@@ -127,9 +132,13 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     from handover.sources import SourceReadError, check_export_files
 
     try:  # every file a table reads is there, and no export file is left unread
-        check_export_files(cfg.catalog["tables"], src, manifest,
-                           catalog=cfg.directory / "catalog.yaml",
-                           ignore=cfg.catalog.get("ignore", ()))
+        check_export_files(
+            cfg.catalog["tables"],
+            src,
+            manifest,
+            catalog=cfg.directory / "catalog.yaml",
+            ignore=cfg.catalog.get("ignore", ()),
+        )
     except SourceReadError as exc:
         raise SourceError(str(exc)) from exc
     with ledger.connect() as conn:
@@ -139,14 +148,29 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
                 "INSERT INTO handover_meta.run (run_id, dag_id, source_system, source_manifest, "
                 "exported_at, kind) VALUES (%s, %s, %s, %s, %s, 'migration') ON CONFLICT "
                 "(run_id) DO UPDATE SET status = 'running', finished_at = NULL",
-                (run_id, dag_id, cfg.system, hashlib.sha256(raw).hexdigest(),
-                 exported_at.to_pydatetime()))
-            ledger.audit(conn, "run_started", run_id=run_id,
-                         detail={"dag_id": dag_id, "system": cfg.system, "source": str(src)})
+                (
+                    run_id,
+                    dag_id,
+                    cfg.system,
+                    hashlib.sha256(raw).hexdigest(),
+                    exported_at.to_pydatetime(),
+                ),
+            )
+            ledger.audit(
+                conn,
+                "run_started",
+                run_id=run_id,
+                detail={"dag_id": dag_id, "system": cfg.system, "source": str(src)},
+            )
     log.info("run %s planned: %d tables from %s", run_id, len(cfg.tables), src)
-    return {"run_id": run_id, "system": system, "source_dir": str(src),
-            "exported_at": str(exported_at), "tables": cfg.tables,
-            "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()}}
+    return {
+        "run_id": run_id,
+        "system": system,
+        "source_dir": str(src),
+        "exported_at": str(exported_at),
+        "tables": cfg.tables,
+        "manifest_rows": {t: v.get("rows") for t, v in manifest.get("tables", {}).items()},
+    }
 
 
 # ---------------------------------------------------------------- extract
@@ -167,8 +191,9 @@ MAX_PARTITION_BYTES = int(os.environ.get("HANDOVER_MAX_PARTITION_BYTES", str(120
 SPLIT_BYTES = 16 << 20  # source rows gathered before one hash split across partitions
 
 
-def partition_count(configured: int, expected_rows: int | None,
-                    text_bytes: int | None = None) -> int:
+def partition_count(
+    configured: int, expected_rows: int | None, text_bytes: int | None = None
+) -> int:
     """At least the catalog's count, more when the table is big: each partition (the unit of
     memory, retry and parallelism) stays under MAX_PARTITION_ROWS rows and, where the export
     is delimited text, under MAX_PARTITION_BYTES of it."""
@@ -187,9 +212,15 @@ class HashSplit:
     split, so that each partition's file gets row groups of thousands of rows, not
     hundreds; the split is one `take` sorted by partition, then a slice per partition."""
 
-    def __init__(self, folder: Path, columns: list[str], key: str, n_parts: int,
-                 options: Callable[[int], dict] | None = None,
-                 folds: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        columns: list[str],
+        key: str,
+        n_parts: int,
+        options: Callable[[int], dict] | None = None,
+        folds: dict[str, str] | None = None,
+    ) -> None:
         """`options(i)`: the Parquet writer options of partition i, from the lake
         (`lake.parquet_options(key)`: encrypted under the raw stage's key), so the
         temporary files that hold raw rows on local disk are never plain Parquet.
@@ -260,8 +291,9 @@ class HashSplit:
             if hi > lo:
                 self._writers[i].write_batch(grouped.slice(lo, hi - lo))
                 self.counts[i] += hi - lo
-                self._sums[i] = (self._sums[i] + int(
-                    np.sum(hashed[order[lo:hi]], dtype=np.uint64))) % 2**64
+                self._sums[i] = (
+                    self._sums[i] + int(np.sum(hashed[order[lo:hi]], dtype=np.uint64))
+                ) % 2**64
 
 
 def extract_table(ctx: dict, table: str) -> list[dict]:
@@ -294,11 +326,19 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             n_parts = partition_count(cfg.partitions(table), expected, source.text_bytes)
             if key not in header:
                 where = " line 1" if source.what_columns == "header" else ""
-                raise SourceError(f"{source.location}{where}: key column '{key}' of table {table} "
-                                  f"is missing from the {source.what_columns}; fix the export or "
-                                  f"catalog.yaml tables.{table}.key")
-            split = HashSplit(tmp, header, key, n_parts, options=lambda i: lake.parquet_options(
-                part_key(run_id, "raw", table, f"p{i:02d}")), folds=cfg.key_folds(table))
+                raise SourceError(
+                    f"{source.location}{where}: key column '{key}' of table {table} "
+                    f"is missing from the {source.what_columns}; fix the export or "
+                    f"catalog.yaml tables.{table}.key"
+                )
+            split = HashSplit(
+                tmp,
+                header,
+                key,
+                n_parts,
+                options=lambda i: lake.parquet_options(part_key(run_id, "raw", table, f"p{i:02d}")),
+                folds=cfg.key_folds(table),
+            )
             progress = Progress(f"extract {table}", total=expected, logger=log)
             for batch in source.batches():
                 split.add(batch)
@@ -315,7 +355,8 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
             raise SourceError(
                 f"{source.location}: sha256 {sha[:12]}… differs from the export manifest's "
                 f"{want[:12]}…: the file was changed after export (or the manifest is wrong); "
-                "get the export again from the operator, do not edit it")
+                "get the export again from the operator, do not edit it"
+            )
     except SourceReadError as exc:
         _drop_dir(tmp, split)
         raise SourceError(str(exc)) from exc
@@ -336,18 +377,32 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 detail = {"source_file": source.name, "source_sha256": sha}
                 if files is not None:  # a `files:` glob: which files it matched
                     detail["source_files"] = files
-                ledger.record(conn, run_id=run_id, table=table, partition=partition,
-                              stage="extract", rows_in=split.counts[i],
-                              rows_out=split.counts[i], checksum=split.checksum(i),
-                              detail=detail)
+                ledger.record(
+                    conn,
+                    run_id=run_id,
+                    table=table,
+                    partition=partition,
+                    stage="extract",
+                    rows_in=split.counts[i],
+                    rows_out=split.counts[i],
+                    checksum=split.checksum(i),
+                    detail=detail,
+                )
                 parts.append({"table": table, "partition": partition, "rows": split.counts[i]})
     finally:
         _drop_dir(tmp, None)
     if expected is not None and expected != split.rows:
-        raise SourceError(f"{source.location}: read {split.rows} rows but the export manifest "
-                          f"says {expected}; the source is truncated or was changed after export")
-    log.info("extract %s: %d rows into %d partitions in %.1fs", table, split.rows, n_parts,
-             time.monotonic() - started)
+        raise SourceError(
+            f"{source.location}: read {split.rows} rows but the export manifest "
+            f"says {expected}; the source is truncated or was changed after export"
+        )
+    log.info(
+        "extract %s: %d rows into %d partitions in %.1fs",
+        table,
+        split.rows,
+        n_parts,
+        time.monotonic() - started,
+    )
     return parts
 
 
@@ -373,8 +428,7 @@ def flatten(lists: list[list[dict]]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- gates
-GATE_INPUT = {"intake": "raw", "compliance": "comply", "quality": "cleanse",
-              "contract": "mapped"}
+GATE_INPUT = {"intake": "raw", "compliance": "comply", "quality": "cleanse", "contract": "mapped"}
 
 
 def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: str):
@@ -383,8 +437,15 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
 
     run_id, lake = ctx["run_id"], _lake()
     docs_dir = docs_dir_for(lake, run_id)
-    result = run_gate(frame, gate=gate, table=table, partition=partition, run_id=run_id,
-                      suites_dir=suites_dir_for(ctx["system"], gate, table), docs_dir=docs_dir)
+    result = run_gate(
+        frame,
+        gate=gate,
+        table=table,
+        partition=partition,
+        run_id=run_id,
+        suites_dir=suites_dir_for(ctx["system"], gate, table),
+        docs_dir=docs_dir,
+    )
     publish_docs(lake, run_id, docs_dir)
     with ledger.connect() as conn, conn.transaction():
         conn.execute(
@@ -393,13 +454,24 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
             "ON CONFLICT (run_id, gate, table_name, partition) DO UPDATE SET "
             "success=excluded.success, evaluated=excluded.evaluated, rows=excluded.rows, "
             "failed=excluded.failed, docs_path=excluded.docs_path, checked_at=now()",
-            (run_id, gate, table, partition, result.success, result.evaluated, result.rows,
-             json.dumps(result.to_manifest().get("failed", [])), result.docs_path))
+            (
+                run_id,
+                gate,
+                table,
+                partition,
+                result.success,
+                result.evaluated,
+                result.rows,
+                json.dumps(result.to_manifest().get("failed", [])),
+                result.docs_path,
+            ),
+        )
     summary = result.summary()
     if result.docs_path:
         page = f"runs/{safe_run_id(run_id)}/docs/{result.docs_path}"
-        summary = summary.replace(f"see {result.docs_path}",
-                                  f"see {lake.uri(page)} (UI: {ui_url('handover/' + page)})")
+        summary = summary.replace(
+            f"see {result.docs_path}", f"see {lake.uri(page)} (UI: {ui_url('handover/' + page)})"
+        )
     log.info(summary)
     if not result.success:
         raise GateFailed(summary)
@@ -433,8 +505,13 @@ def _gate_part(key: str, needed: set[str] | None) -> pd.DataFrame:
     for f in schema:
         if f.name in META or f.name in ("_into", "_fields"):
             continue
-        cols[f.name] = df[f.name] if f.name in df.columns else pd.Series(
-            pd.arrays.ArrowExtensionArray(pa.nulls(data.num_rows, f.type)), index=df.index)
+        cols[f.name] = (
+            df[f.name]
+            if f.name in df.columns
+            else pd.Series(
+                pd.arrays.ArrowExtensionArray(pa.nulls(data.num_rows, f.type)), index=df.index
+            )
+        )
     return pd.DataFrame(cols, index=df.index)
 
 
@@ -449,8 +526,13 @@ MAX_QUARANTINE_SHARE = 0.5
 MIN_LOADED_SHARE = 0.5
 MAX_EXCLUDED_SHARE = 0.95
 MIN_QUARANTINED_FOR_SHARE = 20
-NOT_FORMAT_REASONS = ("ORPHAN_RECORD", "PARENT_QUARANTINED", "PARENT_EXCLUDED",
-                      "DUPLICATE_KEY", "DUPLICATE_PERSON")
+NOT_FORMAT_REASONS = (
+    "ORPHAN_RECORD",
+    "PARENT_QUARANTINED",
+    "PARENT_EXCLUDED",
+    "DUPLICATE_KEY",
+    "DUPLICATE_PERSON",
+)
 
 
 def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
@@ -481,7 +563,9 @@ def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
         row = conn.execute(
             "SELECT rows_in, rows_excluded, detail->'excluded_by_rule' FROM "
             "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND partition=%s AND "
-            "stage='comply'", (ctx["run_id"], table, partition)).fetchone()
+            "stage='comply'",
+            (ctx["run_id"], table, partition),
+        ).fetchone()
     if not row or not row[0]:
         return
     rows_in, excluded, rules = int(row[0]), int(row[1]), dict(row[2] or {})
@@ -492,7 +576,8 @@ def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
             f"{excluded:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top rules: "
             f"{_top(rules)}; check policy.yaml (consent purposes, "
             f"retention) and the consent export, or raise catalog.yaml "
-            f"tables.{table}.max_excluded_share if this is right")
+            f"tables.{table}.max_excluded_share if this is right"
+        )
 
 
 def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
@@ -502,7 +587,8 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
             "SELECT l.rows_in, l.rows_quarantined, l.detail->'quarantined_by_reason', r.kind "
             "FROM handover_meta.ledger l LEFT JOIN handover_meta.run r USING (run_id) WHERE "
             "l.run_id=%s AND l.table_name=%s AND l.partition=%s AND l.stage='cleanse'",
-            (ctx["run_id"], table, partition)).fetchone()
+            (ctx["run_id"], table, partition),
+        ).fetchone()
     if not row or not row[0]:
         return
     rows_in, reasons = int(row[0]), dict(row[2] or {})
@@ -518,7 +604,8 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
             f"{quarantined:,} of {rows_in:,} rows ({share:.1%} > {bound:.0%} allowed); top "
             f"reasons: {_top(reasons)}; the export's form is not "
             f"what cleansing.yaml reads (fix the rule, then clear cleanse) or the bound is "
-            f"wrong (catalog.yaml tables.{table}.max_quarantine_share)")
+            f"wrong (catalog.yaml tables.{table}.max_quarantine_share)"
+        )
     floor = _bound(ctx, table, "min_loaded_share", MIN_LOADED_SHARE)
     # A night's orphans wait for the night that brings their parent (not lost): they do
     # not count against it; a migration's orphans have no parent in the export at all.
@@ -529,15 +616,19 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
             f"{rows_in - all_out:,} of {rows_in:,} rows came out of cleanse "
             f"({(rows_in - all_out) / rows_in:.1%} < {floor:.0%} required); top reasons: "
             f"{_top(reasons)}; fix the rule or the export, then "
-            f"clear cleanse, or lower catalog.yaml tables.{table}.min_loaded_share")
+            f"clear cleanse, or lower catalog.yaml tables.{table}.min_loaded_share"
+        )
 
 
 def ui_url(path: str) -> str:
     """An absolute link into the Airflow UI (the log viewer makes URLs clickable):
     HANDOVER_UI_URL, else Airflow's own api base_url, else the api-server `make up` starts
     (127.0.0.1, HANDOVER_PORT)."""
-    base = (os.environ.get("HANDOVER_UI_URL") or os.environ.get("AIRFLOW__API__BASE_URL")
-            or f"http://127.0.0.1:{os.environ.get('HANDOVER_PORT', '8080')}")
+    base = (
+        os.environ.get("HANDOVER_UI_URL")
+        or os.environ.get("AIRFLOW__API__BASE_URL")
+        or f"http://127.0.0.1:{os.environ.get('HANDOVER_PORT', '8080')}"
+    )
     return f"{base.rstrip('/')}/{path.lstrip('/')}"
 
 
@@ -577,13 +668,15 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
     from handover.comply import facts_from_tables
 
     cfg = _config(system)
-    tables = sorted({cfg.policy[w]["table"] for w in ("objection", "consent")
-                     if cfg.policy.get(w)})
+    tables = sorted({cfg.policy[w]["table"] for w in ("objection", "consent") if cfg.policy.get(w)})
     with ledger.connect() as conn:
-        stamp = tuple(conn.execute(
-            "SELECT table_name, partition, checksum, recorded_at FROM handover_meta.ledger "
-            "WHERE run_id=%s AND stage='extract' AND table_name = ANY(%s) ORDER BY 1, 2",
-            (run_id, tables)).fetchall())
+        stamp = tuple(
+            conn.execute(
+                "SELECT table_name, partition, checksum, recorded_at FROM handover_meta.ledger "
+                "WHERE run_id=%s AND stage='extract' AND table_name = ANY(%s) ORDER BY 1, 2",
+                (run_id, tables),
+            ).fetchall()
+        )
     cache_key = (run_id, system, exported_at, stamp)
     if cache_key in _facts_cache:
         return _facts_cache[cache_key]
@@ -596,13 +689,21 @@ def _policy_facts(run_id: str, system: str, exported_at: str):
         if not spec:
             return
         t = spec["table"]
-        cols = ([cust_col, spec["column"]] if what == "objection" else
-                [spec["customer_column"], spec["purpose_column"], spec["granted_column"]])
+        cols = (
+            [cust_col, spec["column"]]
+            if what == "objection"
+            else [spec["customer_column"], spec["purpose_column"], spec["granted_column"]]
+        )
         for k in lake.list(f"runs/{safe_run_id(run_id)}/raw/{t}/"):
             yield from lake.iter_batches(k, cols)
 
-    facts = facts_from_tables(slices("objection"), slices("consent"), cfg.policy,
-                              pd.Timestamp(exported_at), customer_column=cust_col)
+    facts = facts_from_tables(
+        slices("objection"),
+        slices("consent"),
+        cfg.policy,
+        pd.Timestamp(exported_at),
+        customer_column=cust_col,
+    )
     facts = _withdrawn_elsewhere(cfg, lake, run_id, facts)
     _facts_cache.clear()  # one run's facts at a time: memory stays bounded
     _facts_cache[cache_key] = facts
@@ -619,8 +720,13 @@ def _withdrawn_elsewhere(cfg: SourceConfig, lake: Lake, run_id: str, facts):
     from handover.protect import load_keyring
 
     s = identity.settings(cfg)
-    purposes = sorted({c["consent_purpose"] for c in cfg.policy["categories"].values()
-                       if c.get("consent_purpose")})
+    purposes = sorted(
+        {
+            c["consent_purpose"]
+            for c in cfg.policy["categories"].values()
+            if c.get("consent_purpose")
+        }
+    )
     if s is None or not purposes or not facts.consented:
         return facts
     with ledger.connect() as conn:
@@ -645,13 +751,21 @@ def _withdrawn_elsewhere(cfg: SourceConfig, lake: Lake, run_id: str, facts):
     for purpose, members in gone.items():
         held = consented.get(purpose)
         if isinstance(held, Members):
-            consented[purpose] = Members(pc.filter(held.values, pc.invert(pc.is_in(
-                held.values, value_set=pa.array(sorted(members), pa.string())))))
+            consented[purpose] = Members(
+                pc.filter(
+                    held.values,
+                    pc.invert(
+                        pc.is_in(held.values, value_set=pa.array(sorted(members), pa.string()))
+                    ),
+                )
+            )
         elif held is not None:
             consented[purpose] = frozenset(held) - members
-    log.info("comply: %s consent(s) this export grants were withdrawn in another system's "
-             "record of the same person (a target customer): not given",
-             {p: len(m) for p, m in gone.items()})
+    log.info(
+        "comply: %s consent(s) this export grants were withdrawn in another system's "
+        "record of the same person (a target customer): not given",
+        {p: len(m) for p, m in gone.items()},
+    )
     return type(facts)(facts.exported_at, facts.objected, consented)
 
 
@@ -672,8 +786,13 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     # rest of the row stays in Arrow and is written from there, slice by slice, so the
     # task holds a slice, not the partition (the whole partition in Arrow, kept and
     # excluded copies beside it, was this task's peak: ~860 MB at 1.1 M call records).
-    reads = [c for c in dict.fromkeys([spec["key"], "_source_row", spec.get("customer_column"),
-                                       spec.get("event_time")]) if c and c in schema.names]
+    reads = [
+        c
+        for c in dict.fromkeys(
+            [spec["key"], "_source_row", spec.get("customer_column"), spec.get("event_time")]
+        )
+        if c and c in schema.names
+    ]
     facts = _policy_facts(run_id, ctx["system"], ctx["exported_at"])
     date_format = _date_format(cfg, table, spec.get("event_time"))
     cust_col = spec.get("customer_column")
@@ -686,16 +805,29 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     moved_keys, ex_keys, ex_rules, ex_destroy = [], [], [], []
     counts: dict[str, int] = {}
     rows_in = 0
-    with lake.table_writer(part_key(run_id, "comply", table, partition),
-                           schema.append(pa.field("_basis", pa.string()))) as moved_out, \
-            lake.table_writer(part_key(run_id, "comply/_excluded", table, partition),
-                              schema.append(pa.field("_rule", pa.large_string()))
-                              .append(pa.field("_destroy_by", pa.date32()))) as excluded_out:
+    with (
+        lake.table_writer(
+            part_key(run_id, "comply", table, partition),
+            schema.append(pa.field("_basis", pa.string())),
+        ) as moved_out,
+        lake.table_writer(
+            part_key(run_id, "comply/_excluded", table, partition),
+            schema.append(pa.field("_rule", pa.large_string())).append(
+                pa.field("_destroy_by", pa.date32())
+            ),
+        ) as excluded_out,
+    ):
         for batch in lake.iter_batches(raw_key, None, batch_rows=SLICE_ROWS):
             chunk = pa.Table.from_batches([batch])
-            res = decide(chunk.select(reads).to_pandas(), table_spec=spec,
-                         category_policy=cfg.category_policy(table), policy=cfg.policy,
-                         facts=facts, event_time_format=date_format, erased=erased)
+            res = decide(
+                chunk.select(reads).to_pandas(),
+                table_spec=spec,
+                category_policy=cfg.category_policy(table),
+                policy=cfg.policy,
+                facts=facts,
+                event_time_format=date_format,
+                erased=erased,
+            )
             keep = pa.array(res.keep)
             moved, excluded = chunk.filter(keep), chunk.filter(pc.invert(keep))
             if moved.num_rows != len(res.moved) or excluded.num_rows != len(res.excluded):
@@ -703,29 +835,38 @@ def comply_partition(ctx: dict, part: dict) -> dict:
                 raise AssertionError(
                     f"comply {table} {partition}: {moved.num_rows} rows kept and "
                     f"{excluded.num_rows} excluded in Arrow but {len(res.moved)} and "
-                    f"{len(res.excluded)} decided; nothing was written")
-            moved_out.write_table(moved.append_column(
-                "_basis", pa.repeat(pa.scalar(res.basis, pa.string()), moved.num_rows)))
+                    f"{len(res.excluded)} decided; nothing was written"
+                )
+            moved_out.write_table(
+                moved.append_column(
+                    "_basis", pa.repeat(pa.scalar(res.basis, pa.string()), moved.num_rows)
+                )
+            )
             rule = pa.array(res.excluded["_rule"].to_numpy(dtype=object), pa.large_string())
             destroy = pa.array(res.excluded["_destroy_by"].to_numpy(dtype=object), pa.date32())
-            excluded_out.write_table(excluded.append_column("_rule", rule)
-                                     .append_column("_destroy_by", destroy))
+            excluded_out.write_table(
+                excluded.append_column("_rule", rule).append_column("_destroy_by", destroy)
+            )
             moved_keys.append(moved.column(spec["key"]))
-            ex_keys.append(record_key_array(res.excluded[spec["key"]],
-                                            res.excluded.get("_source_row")))
+            ex_keys.append(
+                record_key_array(res.excluded[spec["key"]], res.excluded.get("_source_row"))
+            )
             ex_rules.append(rule)
             ex_destroy.append(destroy)
             for r, n in res.counts.items():
                 counts[r] = counts.get(r, 0) + n
             rows_in += chunk.num_rows
             del chunk, res, moved, excluded
-        kept = pa.chunked_array([c for k in moved_keys for c in k.chunks],
-                                schema.field(spec["key"]).type)
+        kept = pa.chunked_array(
+            [c for k in moved_keys for c in k.chunks], schema.field(spec["key"]).type
+        )
         excluded_keys = pa.chunked_array(ex_keys, pa.string())
         if rows_in != len(kept) + len(excluded_keys):  # every row leaves one way
-            raise AssertionError(f"comply {table} {partition}: {rows_in} rows in but "
-                                 f"{len(kept)} kept and {len(excluded_keys)} excluded; "
-                                 "nothing was written")
+            raise AssertionError(
+                f"comply {table} {partition}: {rows_in} rows in but "
+                f"{len(kept)} kept and {len(excluded_keys)} excluded; "
+                "nothing was written"
+            )
     # Rows this run already destroyed at its end (objection, no consent): no longer in raw,
     # still excluded, and still counted, so the ledger balances against extract's.
     from handover.retention import count_purged
@@ -733,26 +874,50 @@ def comply_partition(ctx: dict, part: dict) -> dict:
     n_purged = count_purged(lake, run_id, table, partition, counts)
     rows_in += n_purged
     order = [r["id"] for r in cfg.policy["rules"]]  # as decide orders them: most rows first
-    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], order.index(kv[0])
-                                                         if kv[0] in order else len(order))))
+    counts = dict(
+        sorted(
+            counts.items(),
+            key=lambda kv: (-kv[1], order.index(kv[0]) if kv[0] in order else len(order)),
+        )
+    )
     with ledger.connect() as conn, conn.transaction():
         ledger.replace_exclusions(
-            conn, run_id, table, partition, excluded_keys.combine_chunks(),
+            conn,
+            run_id,
+            table,
+            partition,
+            excluded_keys.combine_chunks(),
             pa.chunked_array(ex_rules, pa.large_string()).combine_chunks(),
-            pa.chunked_array(ex_destroy, pa.date32()).combine_chunks())
-        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="comply",
-                      rows_in=rows_in, rows_out=len(kept),
-                      excluded=len(excluded_keys) + n_purged,
-                      checksum=ledger.key_checksum(kept),
-                      detail={"excluded_by_rule": counts, "destroyed_at_run_end": n_purged})
-    log.info("comply %s %s: %d in, %d moved, %d excluded %s", table, partition, rows_in,
-             len(kept), len(excluded_keys) + n_purged, counts)
+            pa.chunked_array(ex_destroy, pa.date32()).combine_chunks(),
+        )
+        ledger.record(
+            conn,
+            run_id=run_id,
+            table=table,
+            partition=partition,
+            stage="comply",
+            rows_in=rows_in,
+            rows_out=len(kept),
+            excluded=len(excluded_keys) + n_purged,
+            checksum=ledger.key_checksum(kept),
+            detail={"excluded_by_rule": counts, "destroyed_at_run_end": n_purged},
+        )
+    log.info(
+        "comply %s %s: %d in, %d moved, %d excluded %s",
+        table,
+        partition,
+        rows_in,
+        len(kept),
+        len(excluded_keys) + n_purged,
+        counts,
+    )
     return _part(part, rows=len(kept), excluded=len(excluded_keys) + n_purged)
 
 
 # ---------------------------------------------------------------- cleanse
-def _slices(lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = (),
-            whole: tuple[str, ...] = ()):
+def _slices(
+    lake: Lake, key: str, key_column: str, drop: tuple[str, ...] = (), whole: tuple[str, ...] = ()
+):
     """One stage input a slice at a time: (the columns `whole` and the duplicate-key flags
     of the whole partition (None without the key column), then (rows before the slice,
     slice as pandas) pairs). Only those columns are read whole; the rest is read and
@@ -791,8 +956,10 @@ def parent_tables(cfg: SourceConfig) -> list[str]:
     """Tables resolved once per run: parents of other tables, and any table de-duplicated
     across partitions (survivorship needs the whole table even without children)."""
     rules = cfg.cleansing["tables"]
-    return sorted({r["parent"]["table"] for r in rules.values() if r.get("parent")}
-                  | {t for t, r in rules.items() if r.get("dedupe")})
+    return sorted(
+        {r["parent"]["table"] for r in rules.values() if r.get("parent")}
+        | {t for t, r in rules.items() if r.get("dedupe")}
+    )
 
 
 def resolve_customers(ctx: dict) -> dict:
@@ -824,31 +991,57 @@ def resolve_customers(ctx: dict) -> dict:
         compared = [src for _, src, _, _ in identity.compared_fields(cfg)] if ident else []
         version = identity.version_fields(cfg) if ident else None
         compared += [version[0]] if version else []
-        keep = list(dict.fromkeys([key, *(dedupe[c] for c in ("key", "order_by") if c in dedupe),
-                                   *([ident["id_column"]] if ident else []), *compared]))
+        keep = list(
+            dict.fromkeys(
+                [
+                    key,
+                    *(dedupe[c] for c in ("key", "order_by") if c in dedupe),
+                    *([ident["id_column"]] if ident else []),
+                    *compared,
+                ]
+            )
+        )
         typed_parts, failed_parts, dupkey_parts, rescue_parts = [], [], [], []
-        name_birth = (identity.name_birth_fields(cfg)
-                      if ident and "name_birth" in ident["match"] else None)
+        name_birth = (
+            identity.name_birth_fields(cfg) if ident and "name_birth" in ident["match"] else None
+        )
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/{table}/"):
             _, dup, frames = _slices(lake, k, key)
             for start, raw in frames:
                 typed, verdict = validate(
-                    raw, rules, key=key, exported_at=exported_at,
-                    duplicate_key=None if dup is None else dup[start:start + len(raw)])
+                    raw,
+                    rules,
+                    key=key,
+                    exported_at=exported_at,
+                    duplicate_key=None if dup is None else dup[start : start + len(raw)],
+                )
                 frame = typed[keep].copy()
-                frame["_source_row"] = raw["_source_row"].to_numpy() \
-                    if "_source_row" in raw.columns else np.arange(start, start + len(raw))
+                frame["_source_row"] = (
+                    raw["_source_row"].to_numpy()
+                    if "_source_row" in raw.columns
+                    else np.arange(start, start + len(raw))
+                )
                 # fields a row fills: survivorship `most_complete`
-                frame["_filled"] = raw.drop(columns=["_source_row"], errors="ignore") \
-                    .notna().sum(axis=1).to_numpy(dtype=np.int32)
+                frame["_filled"] = (
+                    raw.drop(columns=["_source_row"], errors="ignore")
+                    .notna()
+                    .sum(axis=1)
+                    .to_numpy(dtype=np.int32)
+                )
                 typed_parts.append(_arrow_frame(frame))
                 failed_parts.append(verdict.failed)
                 dupkey_parts.append(verdict.reason == "DUPLICATE_KEY")
-                no_id = ((verdict.reason == "MISSING_FIELD") & (verdict.field == ident["id_column"])
-                         if name_birth else None)
+                no_id = (
+                    (verdict.reason == "MISSING_FIELD") & (verdict.field == ident["id_column"])
+                    if name_birth
+                    else None
+                )
                 if no_id is not None and no_id.any():  # the second rule's candidates
-                    rescue_parts.append(identity.name_birth_candidates(
-                        raw[no_id], rules, key, exported_at, ident["id_column"], name_birth))
+                    rescue_parts.append(
+                        identity.name_birth_candidates(
+                            raw[no_id], rules, key, exported_at, ident["id_column"], name_birth
+                        )
+                    )
                 del raw, typed, frame
         if typed_parts:
             kept = _concat(typed_parts)
@@ -858,30 +1051,41 @@ def resolve_customers(ctx: dict) -> dict:
         del typed_parts
         failed = np.concatenate(failed_parts) if failed_parts else np.zeros(0, dtype=bool)
         dup_key = np.concatenate(dupkey_parts) if dupkey_parts else np.zeros(0, dtype=bool)
-        losers, survivors = (dedupe_pairs(kept, failed, rules, key)
-                             if dedupe and kept is not None else ([], []))
+        losers, survivors = (
+            dedupe_pairs(kept, failed, rules, key) if dedupe and kept is not None else ([], [])
+        )
         merges = dedupe.get("action", "merge") == "merge"
-        same_key = (_same_key_merges(kept, failed, dup_key, key, dedupe["key"])
-                    if dedupe and merges and kept is not None else [])
+        same_key = (
+            _same_key_merges(kept, failed, dup_key, key, dedupe["key"])
+            if dedupe and merges and kept is not None
+            else []
+        )
         rules_of: dict[str, str] = dict.fromkeys(losers, "SAME_PERSON")
         persons = decisions = None
         matched_of: dict[str, str] = {}
         if ident and kept is not None and merges:
             losers, survivors, rules_of, persons, decisions, matched_of = _match_existing(
-                cfg, kept, failed, losers, survivors, key, ident)
+                cfg, kept, failed, losers, survivors, key, ident
+            )
         rescued: dict[str, tuple[str, str]] = {}
         rows_of: dict[str, int] = {}
         if rescue_parts and merges and persons is not None and ident["on_match"] == "merge":
             cands = pd.concat(rescue_parts, ignore_index=True)
             with ledger.connect() as conn:
                 rescued, ambiguous = identity.match_name_birth(
-                    conn, cfg, cands, ours=set(keys.to_pylist()) - {None})
+                    conn, cfg, cands, ours=set(keys.to_pylist()) - {None}
+                )
             # merged into the one target customer with their name and birth date: not
             # quarantined for the missing ID; their children follow that customer
             rows_of = dict(zip(cands["key"], cands["_source_row"], strict=True))
-            back = set(np.flatnonzero(np.isin(
-                kept.column("_source_row").to_numpy(zero_copy_only=False),
-                [rows_of[k] for k in rescued])))
+            back = set(
+                np.flatnonzero(
+                    np.isin(
+                        kept.column("_source_row").to_numpy(zero_copy_only=False),
+                        [rows_of[k] for k in rescued],
+                    )
+                )
+            )
             failed = failed.copy()
             failed[sorted(back)] = False
             for k, (target, bidx) in rescued.items():
@@ -891,25 +1095,48 @@ def resolve_customers(ctx: dict) -> dict:
                 matched_of[k] = target
                 persons.append((k, bidx, "merged_existing", target, "name_birth"))
             if rescued or ambiguous:
-                log.info("identity: %d customers without a resident ID merged into the one "
-                         "target customer with their name and birth date; %d left "
-                         "quarantined (more than one target customer has them)",
-                         len(rescued), ambiguous)
+                log.info(
+                    "identity: %d customers without a resident ID merged into the one "
+                    "target customer with their name and birth date; %d left "
+                    "quarantined (more than one target customer has them)",
+                    len(rescued),
+                    ambiguous,
+                )
         del kept
-        is_loser = (pc.fill_null(pc.is_in(keys, value_set=pa.array(
-                                     sorted(x for x in losers if x is not None), pa.string())),
-                                 False).to_numpy(zero_copy_only=False)
-                    if losers else np.zeros(len(keys), dtype=bool))
+        is_loser = (
+            pc.fill_null(
+                pc.is_in(
+                    keys,
+                    value_set=pa.array(sorted(x for x in losers if x is not None), pa.string()),
+                ),
+                False,
+            ).to_numpy(zero_copy_only=False)
+            if losers
+            else np.zeros(len(keys), dtype=bool)
+        )
         if merges:  # a merged record's children follow its survivor: its key stays valid
             fate = np.where(failed, "quarantined", np.where(is_loser, "merged", "valid"))
             into = dict(zip(losers, survivors, strict=True))
             key_list = keys.to_pylist()
-            merged_into = pa.array([into.get(k) if m else None for k, m in
-                                    zip(key_list, is_loser, strict=True)], pa.string()) \
-                if losers else pa.nulls(len(keys), pa.string())
-            merge_rule = pa.array([rules_of.get(k) if m else None for k, m in
-                                   zip(key_list, is_loser, strict=True)], pa.string()) \
-                if losers else pa.nulls(len(keys), pa.string())
+            merged_into = (
+                pa.array(
+                    [into.get(k) if m else None for k, m in zip(key_list, is_loser, strict=True)],
+                    pa.string(),
+                )
+                if losers
+                else pa.nulls(len(keys), pa.string())
+            )
+            merge_rule = (
+                pa.array(
+                    [
+                        rules_of.get(k) if m else None
+                        for k, m in zip(key_list, is_loser, strict=True)
+                    ],
+                    pa.string(),
+                )
+                if losers
+                else pa.nulls(len(keys), pa.string())
+            )
         else:
             fate = np.where(~failed & ~is_loser, "valid", "quarantined")
             merged_into = merge_rule = pa.nulls(len(keys), pa.string())
@@ -917,56 +1144,90 @@ def resolve_customers(ctx: dict) -> dict:
         for k in lake.list(f"runs/{safe_run_id(run_id)}/comply/_excluded/{table}/"):
             ex = lake.read_table(k, columns=[key]).to_pandas()[key]
             excluded |= {v.strip() for v in ex.dropna()}
-        registry = pa.concat_tables([
-            pa.table({"key": keys, "fate": pa.array(fate, pa.string()),
-                      "duplicate_loser": pa.array(is_loser, pa.bool_()),
-                      "merged_into": merged_into, "merge_rule": merge_rule}),
-            pa.table({"key": pa.array(sorted(excluded), pa.string()),
-                      "fate": pa.array(["excluded"] * len(excluded), pa.string()),
-                      "duplicate_loser": pa.array([False] * len(excluded), pa.bool_()),
-                      "merged_into": pa.nulls(len(excluded), pa.string()),
-                      "merge_rule": pa.nulls(len(excluded), pa.string())})])
+        registry = pa.concat_tables(
+            [
+                pa.table(
+                    {
+                        "key": keys,
+                        "fate": pa.array(fate, pa.string()),
+                        "duplicate_loser": pa.array(is_loser, pa.bool_()),
+                        "merged_into": merged_into,
+                        "merge_rule": merge_rule,
+                    }
+                ),
+                pa.table(
+                    {
+                        "key": pa.array(sorted(excluded), pa.string()),
+                        "fate": pa.array(["excluded"] * len(excluded), pa.string()),
+                        "duplicate_loser": pa.array([False] * len(excluded), pa.bool_()),
+                        "merged_into": pa.nulls(len(excluded), pa.string()),
+                        "merge_rule": pa.nulls(len(excluded), pa.string()),
+                    }
+                ),
+            ]
+        )
         registry = registry.filter(pc.is_valid(registry.column("key")))
         lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.parquet", registry)
-        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet",
-                         pa.table({"_source_row": pa.array(same_key, pa.int64())}))
+        lake.write_table(
+            f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet",
+            pa.table({"_source_row": pa.array(same_key, pa.int64())}),
+        )
         # source rows without a resident ID merged by the second rule (name + birth date)
-        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.name_birth.parquet",
-                         pa.table({"_source_row": pa.array(
-                             sorted(int(rows_of[k]) for k in rescued), pa.int64())}))
+        lake.write_table(
+            f"runs/{safe_run_id(run_id)}/resolve/{table}.name_birth.parquet",
+            pa.table(
+                {"_source_row": pa.array(sorted(int(rows_of[k]) for k in rescued), pa.int64())}
+            ),
+        )
         # the fields each merged record wins of the target's customer (survivorship): key
         # and field names only; cleanse sends those records on through map, protect, gates
         adopt: dict[str, list[str]] = {}
         for k, _, field, _, outcome in decisions or []:
             if outcome == "source":
                 adopt.setdefault(k, []).append(field)
-        lake.write_table(f"runs/{safe_run_id(run_id)}/resolve/{table}.adopt.parquet", pa.table({
-            "key": pa.array(sorted(adopt), pa.string()),
-            "into": pa.array([matched_of[k] for k in sorted(adopt)], pa.string()),
-            "fields": pa.array([",".join(sorted(adopt[k])) for k in sorted(adopt)],
-                               pa.string())}))
+        lake.write_table(
+            f"runs/{safe_run_id(run_id)}/resolve/{table}.adopt.parquet",
+            pa.table(
+                {
+                    "key": pa.array(sorted(adopt), pa.string()),
+                    "into": pa.array([matched_of[k] for k in sorted(adopt)], pa.string()),
+                    "fields": pa.array(
+                        [",".join(sorted(adopt[k])) for k in sorted(adopt)], pa.string()
+                    ),
+                }
+            ),
+        )
         valid_mask = fate == "valid"
-        summary[table] = {"valid": int(valid_mask.sum()), "quarantined": int(failed.sum()),
-                          "duplicates": len(losers), "same_key": len(same_key),
-                          "merged": merges, "excluded": len(excluded)}
+        summary[table] = {
+            "valid": int(valid_mask.sum()),
+            "quarantined": int(failed.sum()),
+            "duplicates": len(losers),
+            "same_key": len(same_key),
+            "merged": merges,
+            "excluded": len(excluded),
+        }
         if persons is not None:  # the person map, in the books before anything is loaded
             from handover.protect import load_keyring
 
             with ledger.connect() as conn, conn.transaction():
                 summary[table]["persons"] = identity.record_persons(
-                    conn, cfg, load_keyring(), run_id, persons, matched_of)
+                    conn, cfg, load_keyring(), run_id, persons, matched_of
+                )
                 summary[table]["field_conflicts_recorded"] = identity.record_conflicts(
-                    conn, cfg.system, run_id, decisions or [])
+                    conn, cfg.system, run_id, decisions or []
+                )
             summary[table]["fields_adopted"] = sum(len(v) for v in adopt.values())
             summary[table]["existing_customers"] = sum(
-                1 for r in rules_of.values() if r == identity.EXISTING)
+                1 for r in rules_of.values() if r == identity.EXISTING
+            )
             summary[table]["matched_by_name_birth"] = len(rescued)
     log.info("resolved parents: %s", summary)
     return summary
 
 
-def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, key: str,
-                    ident: dict) -> tuple[list, list, dict, list, list, dict]:
+def _match_existing(
+    cfg, kept: pa.Table, failed, losers: list, survivors: list, key: str, ident: dict
+) -> tuple[list, list, dict, list, list, dict]:
     """Survivors of this export whose person is already a target customer under another id
     (handover.identity): merged into it (rule EXISTING_CUSTOMER), and their own losers
     with them; or, with `on_match: link`, linked to it (both records kept, one person).
@@ -982,8 +1243,7 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
     ids = kept.column(ident["id_column"]).combine_chunks().cast(pa.string()).to_pylist()
     lost = set(losers)
     valid = ~np.asarray(failed, dtype=bool)
-    cand = [i for i in range(len(keys)) if valid[i] and keys[i] is not None
-            and keys[i] not in lost]
+    cand = [i for i in range(len(keys)) if valid[i] and keys[i] is not None and keys[i] not in lost]
     cand_keys = [keys[i] for i in cand]
     bidx = identity.blind_indexes(cfg, ring, [ids[i] for i in cand])
     with ledger.connect() as conn:
@@ -993,29 +1253,47 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
                 f"{len(taken)} customer id(s) of this export are already customers of another "
                 f"system in the target, other persons (handover_meta.person_map); loading "
                 f"them would overwrite those customers. Give this system's ids a prefix in "
-                f"mapping.yaml (e.g. a concat transform) before migrating")
-        matched = identity.match_existing(conn, cfg, cand_keys, bidx,
-                                          ours={k for k in keys if k is not None})
+                f"mapping.yaml (e.g. a concat transform) before migrating"
+            )
+        matched = identity.match_existing(
+            conn, cfg, cand_keys, bidx, ours={k for k in keys if k is not None}
+        )
         if matched and ident["on_match"] == "link":
             identity.require_linkable(conn, cfg)
             linked = matched
             bidx_of = dict(zip(cand_keys, bidx, strict=True))
             entries = [(k, bidx_of[k], "linked" if k in linked else "new", k) for k in cand_keys]
-            entries += [(loser, bidx_of.get(s), "merged_same_person", s)
-                        for loser, s in zip(losers, survivors, strict=True)]
-            log.info("identity: %d customers of this export are also target customers "
-                     "(linked to them by blind index: both records kept, one person)",
-                     len(linked))
-            return (list(losers), list(survivors), dict.fromkeys(losers, "SAME_PERSON"),
-                    entries, [], linked)
+            entries += [
+                (loser, bidx_of.get(s), "merged_same_person", s)
+                for loser, s in zip(losers, survivors, strict=True)
+            ]
+            log.info(
+                "identity: %d customers of this export are also target customers "
+                "(linked to them by blind index: both records kept, one person)",
+                len(linked),
+            )
+            return (
+                list(losers),
+                list(survivors),
+                dict.fromkeys(losers, "SAME_PERSON"),
+                entries,
+                [],
+                linked,
+            )
         # fields where the export's record says another thing than the target's (kept)
         where = {k: i for i, k in enumerate(keys) if k in matched}
-        values = {src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
-                  for _, src, _, _ in identity.compared_fields(cfg) if src in kept.column_names}
+        values = {
+            src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
+            for _, src, _, _ in identity.compared_fields(cfg)
+            if src in kept.column_names
+        }
         conflicts = identity.field_conflicts(conn, cfg, ring, matched, values)
         version = identity.version_fields(cfg)
-        versions = ({k: kept.column(version[0])[i].as_py() for k, i in where.items()}
-                    if version and version[0] in kept.column_names else {})
+        versions = (
+            {k: kept.column(version[0])[i].as_py() for k, i in where.items()}
+            if version and version[0] in kept.column_names
+            else {}
+        )
         decisions = identity.decide(conn, cfg, conflicts, versions)
     into = dict(zip(losers, survivors, strict=True))
     rules_of = dict.fromkeys(losers, "SAME_PERSON")
@@ -1026,13 +1304,18 @@ def _match_existing(cfg, kept: pa.Table, failed, losers: list, survivors: list, 
         into[k] = t
         rules_of[k] = identity.EXISTING
     bidx_of = dict(zip(cand_keys, bidx, strict=True))
-    entries = [(k, bidx_of[k], "merged_existing" if k in matched else "new", matched.get(k, k))
-               for k in cand_keys]
+    entries = [
+        (k, bidx_of[k], "merged_existing" if k in matched else "new", matched.get(k, k))
+        for k in cand_keys
+    ]
     for loser, survivor in zip(losers, survivors, strict=True):
         entries.append((loser, bidx_of.get(survivor), "merged_same_person", into[loser]))
     if matched:
-        log.info("identity: %d customers of this export are already target customers "
-                 "(merged into them by blind index)", len(matched))
+        log.info(
+            "identity: %d customers of this export are already target customers "
+            "(merged into them by blind index)",
+            len(matched),
+        )
     return list(into), list(into.values()), rules_of, entries, decisions, matched
 
 
@@ -1065,8 +1348,15 @@ def _adopt_map(run_id: str, table: str) -> dict[str, tuple[str, str]] | None:
     if not lake.exists(name):
         return None
     t = lake.read_table(name)
-    return {k: (i, f) for k, i, f in zip(t.column("key").to_pylist(), t.column("into").to_pylist(),
-                                         t.column("fields").to_pylist(), strict=True)}
+    return {
+        k: (i, f)
+        for k, i, f in zip(
+            t.column("key").to_pylist(),
+            t.column("into").to_pylist(),
+            t.column("fields").to_pylist(),
+            strict=True,
+        )
+    }
 
 
 def _registry(run_id: str, table: str):
@@ -1089,23 +1379,42 @@ def _registry(run_id: str, table: str):
     merged: dict[str, str] = {}
     if "merged_into" in reg.column_names:
         is_merged = pc.equal(fate, "merged")
-        merged = dict(zip(where(is_merged).to_pylist(),
-                          reg.column("merged_into").filter(pc.fill_null(is_merged, False))
-                          .to_pylist(), strict=True))
+        merged = dict(
+            zip(
+                where(is_merged).to_pylist(),
+                reg.column("merged_into").filter(pc.fill_null(is_merged, False)).to_pylist(),
+                strict=True,
+            )
+        )
     rules_of: dict[str, str] = {}
     if merged and "merge_rule" in reg.column_names:
         is_merged = pc.fill_null(pc.equal(fate, "merged"), False)
-        rules_of = {k: r for k, r in zip(where(is_merged).to_pylist(),
-                                         reg.column("merge_rule").filter(is_merged).to_pylist(),
-                                         strict=True) if r}
+        rules_of = {
+            k: r
+            for k, r in zip(
+                where(is_merged).to_pylist(),
+                reg.column("merge_rule").filter(is_merged).to_pylist(),
+                strict=True,
+            )
+            if r
+        }
     if merged:
         losers = merged  # merged into their survivor, not quarantined
     same_key_file = f"runs/{safe_run_id(run_id)}/resolve/{table}.same_key.parquet"
-    same_key = (set(lake.read_table(same_key_file).column("_source_row").to_pylist())
-                if lake.exists(same_key_file) else set())
+    same_key = (
+        set(lake.read_table(same_key_file).column("_source_row").to_pylist())
+        if lake.exists(same_key_file)
+        else set()
+    )
     valid = where(pc.or_(pc.equal(fate, "valid"), pc.equal(fate, "merged")))
-    return ParentRegistry(valid, where(pc.equal(fate, "quarantined")),
-                          where(pc.equal(fate, "excluded")), merged), losers, same_key, rules_of
+    return (
+        ParentRegistry(
+            valid, where(pc.equal(fate, "quarantined")), where(pc.equal(fate, "excluded")), merged
+        ),
+        losers,
+        same_key,
+        rules_of,
+    )
 
 
 def cleanse_partition(ctx: dict, part: dict) -> dict:
@@ -1129,12 +1438,19 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     # The one rule that reads more than its row (an earlier row with the same key) over
     # the whole partition's keys; every other rule slice by slice.
     parent_col = rules["parent"]["column"] if parent is not None else None
-    whole, dup, frames = _slices(lake, part_key(run_id, "comply", table, partition),
-                                 spec["key"], drop=("_basis",),
-                                 whole=(parent_col,) if parent_col else ())
+    whole, dup, frames = _slices(
+        lake,
+        part_key(run_id, "comply", table, partition),
+        spec["key"],
+        drop=("_basis",),
+        whole=(parent_col,) if parent_col else (),
+    )
     # So are the parent rules: the registry is looked up once, not once a slice.
-    fates = (parent_fates(parent, rules, whole.column(parent_col))
-             if parent_col in whole.column_names else None)
+    fates = (
+        parent_fates(parent, rules, whole.column(parent_col))
+        if parent_col in whole.column_names
+        else None
+    )
     del whole
     clean_parts, quarantine_parts, keys, merged_parts, adopted_parts = [], [], [], [], []
     counts: dict[str, int] = {}
@@ -1142,12 +1458,20 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     rows_in = 0
     for start, raw in frames:
         rows_in += len(raw)
-        res = cleanse(raw, rules, key=spec["key"], exported_at=exported_at, parent=parent,
-                      duplicate_losers=losers,
-                      duplicate_key=None if dup is None else dup[start:start + len(raw)],
-                      parent_fate=None if fates is None else fates[start:start + len(raw)],
-                      same_key_rows=same_key, merge_rules=merge_rules, no_id_rows=no_id_rows,
-                      adopt=None if adopt is None else set(adopt))
+        res = cleanse(
+            raw,
+            rules,
+            key=spec["key"],
+            exported_at=exported_at,
+            parent=parent,
+            duplicate_losers=losers,
+            duplicate_key=None if dup is None else dup[start : start + len(raw)],
+            parent_fate=None if fates is None else fates[start : start + len(raw)],
+            same_key_rows=same_key,
+            merge_rules=merge_rules,
+            no_id_rows=no_id_rows,
+            adopt=None if adopt is None else set(adopt),
+        )
         clean_parts.append(_arrow_frame(res.clean))
         if res.adopted is not None:
             adopted_parts.append(res.adopted)
@@ -1162,16 +1486,21 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
             normalised[kind] = normalised.get(kind, 0) + n
         del raw, res, q
     clean, quarantine = _concat(clean_parts), _concat(quarantine_parts)
-    merged = (pd.concat(merged_parts, ignore_index=True) if merged_parts
-              else pd.DataFrame({"_key": [], "_survivor": [], "_rule": []}, dtype=object))
+    merged = (
+        pd.concat(merged_parts, ignore_index=True)
+        if merged_parts
+        else pd.DataFrame({"_key": [], "_survivor": [], "_rule": []}, dtype=object)
+    )
     del clean_parts, quarantine_parts, merged_parts
     if clean.num_rows + quarantine.num_rows + len(merged) != rows_in:  # one way out each
-        raise AssertionError(f"cleanse {table} {partition}: {rows_in} rows in but "
-                             f"{clean.num_rows} clean, {quarantine.num_rows} quarantined and "
-                             f"{len(merged)} merged; nothing was written")
+        raise AssertionError(
+            f"cleanse {table} {partition}: {rows_in} rows in but "
+            f"{clean.num_rows} clean, {quarantine.num_rows} quarantined and "
+            f"{len(merged)} merged; nothing was written"
+        )
     lake.write_table(part_key(run_id, "cleanse", table, partition), clean)
     lake.write_table(part_key(run_id, "cleanse/_quarantine", table, partition), quarantine)
-    adopted = (pd.concat(adopted_parts, ignore_index=True) if adopted_parts else None)
+    adopted = pd.concat(adopted_parts, ignore_index=True) if adopted_parts else None
     adopt_key = part_key(run_id, ADOPT["cleanse"], table, partition)
     if adopted is not None and len(adopted):
         key_values = adopted[spec["key"]].astype(object)
@@ -1182,21 +1511,47 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
         lake.delete_prefix(adopt_key)
     with ledger.connect() as conn, conn.transaction():
         ledger.replace_quarantine(
-            conn, run_id, table, partition,
+            conn,
+            run_id,
+            table,
+            partition,
             pa.concat_arrays(keys) if keys else pa.array([], pa.string()),
-            quarantine.column("_reason"), quarantine.column("_field"))
-        ledger.replace_merges(conn, run_id, table, partition, merged["_key"],
-                              merged["_survivor"], merged["_rule"])
+            quarantine.column("_reason"),
+            quarantine.column("_field"),
+        )
+        ledger.replace_merges(
+            conn, run_id, table, partition, merged["_key"], merged["_survivor"], merged["_rule"]
+        )
         merged_by_rule = {str(k): int(v) for k, v in merged["_rule"].value_counts().items()}
-        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="cleanse",
-                      rows_in=rows_in, rows_out=clean.num_rows,
-                      quarantined=quarantine.num_rows, merged=len(merged),
-                      checksum=ledger.key_checksum(clean.column(spec["key"])),
-                      detail={"quarantined_by_reason": counts, "normalised": normalised,
-                              "merged_by_rule": merged_by_rule})
-    log.info("cleanse %s %s: %d in, %d clean, %d quarantined %s, %d merged %s%s", table,
-             partition, rows_in, clean.num_rows, quarantine.num_rows, counts, len(merged),
-             merged_by_rule, f", normalised {normalised}" if normalised else "")
+        ledger.record(
+            conn,
+            run_id=run_id,
+            table=table,
+            partition=partition,
+            stage="cleanse",
+            rows_in=rows_in,
+            rows_out=clean.num_rows,
+            quarantined=quarantine.num_rows,
+            merged=len(merged),
+            checksum=ledger.key_checksum(clean.column(spec["key"])),
+            detail={
+                "quarantined_by_reason": counts,
+                "normalised": normalised,
+                "merged_by_rule": merged_by_rule,
+            },
+        )
+    log.info(
+        "cleanse %s %s: %d in, %d clean, %d quarantined %s, %d merged %s%s",
+        table,
+        partition,
+        rows_in,
+        clean.num_rows,
+        quarantine.num_rows,
+        counts,
+        len(merged),
+        merged_by_rule,
+        f", normalised {normalised}" if normalised else "",
+    )
     return _part(part, rows=clean.num_rows, quarantined=quarantine.num_rows)
 
 
@@ -1210,27 +1565,47 @@ def map_protect_partition(ctx: dict, part: dict) -> dict:
     lake = _lake()
     clean = _read(lake, run_id, "cleanse", table, partition)
     tmap = cfg.table_mapping(table)
-    needs_keys = any(set(f.get("protect", [])) & {"encrypt", "blind_index"}
-                     for f in tmap["fields"].values())
+    needs_keys = any(
+        set(f.get("protect", [])) & {"encrypt", "blind_index"} for f in tmap["fields"].values()
+    )
     ring = load_keyring() if needs_keys else None
-    mapped = map_partition(clean, table, tmap, cfg.table(table)["columns"], ring,
-                           partition=partition)
+    mapped = map_partition(
+        clean, table, tmap, cfg.table(table)["columns"], ring, partition=partition
+    )
     lake.write_table(part_key(run_id, "mapped", table, partition), mapped)
     adopt_key = part_key(run_id, ADOPT["cleanse"], table, partition)
     lake.delete_prefix(part_key(run_id, ADOPT["mapped"], table, partition))
     if lake.exists(adopt_key):  # merged records' winning fields: mapped and protected alike
         side = lake.read_table(adopt_key)
-        body = map_partition(side.drop_columns(["_into", "_fields"]).to_pandas(), table, tmap,
-                             cfg.table(table)["columns"], ring, partition=partition)
-        lake.write_table(part_key(run_id, ADOPT["mapped"], table, partition),
-                         body.append_column("_into", side.column("_into"))
-                             .append_column("_fields", side.column("_fields")))
+        body = map_partition(
+            side.drop_columns(["_into", "_fields"]).to_pandas(),
+            table,
+            tmap,
+            cfg.table(table)["columns"],
+            ring,
+            partition=partition,
+        )
+        lake.write_table(
+            part_key(run_id, ADOPT["mapped"], table, partition),
+            body.append_column("_into", side.column("_into")).append_column(
+                "_fields", side.column("_fields")
+            ),
+        )
     with ledger.connect() as conn, conn.transaction():
-        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="map",
-                      rows_in=len(clean), rows_out=mapped.num_rows,
-                      checksum=ledger.key_checksum(mapped[tmap["key"]]),
-                      detail={"target": f"{cfg.mapping['schema']}.{tmap['target']}",
-                              "key_id": ring.active_key_id if ring else None})
+        ledger.record(
+            conn,
+            run_id=run_id,
+            table=table,
+            partition=partition,
+            stage="map",
+            rows_in=len(clean),
+            rows_out=mapped.num_rows,
+            checksum=ledger.key_checksum(mapped[tmap["key"]]),
+            detail={
+                "target": f"{cfg.mapping['schema']}.{tmap['target']}",
+                "key_id": ring.active_key_id if ring else None,
+            },
+        )
     return _part(part, rows=mapped.num_rows)
 
 
@@ -1244,12 +1619,21 @@ def newer_writer(conn, system: str, table: str, run_id: str) -> str | None:
         "r.exported_at > me.exported_at AND coalesce(r.kind, 'migration') IN ('migration', "
         "'nightly') AND EXISTS (SELECT 1 FROM handover_meta.ledger l WHERE l.run_id = r.run_id "
         "AND l.table_name = %s AND l.stage = 'load') ORDER BY r.exported_at DESC LIMIT 1",
-        (run_id, table)).fetchone()
+        (run_id, table),
+    ).fetchone()
     return row[0] if row else None
 
 
-def _remove_set_aside(conn, schema: str, target: str, key: str, run_id: str, table: str,
-                      partition: str, mapped: pa.Table) -> int:
+def _remove_set_aside(
+    conn,
+    schema: str,
+    target: str,
+    key: str,
+    run_id: str,
+    table: str,
+    partition: str,
+    mapped: pa.Table,
+) -> int:
     """Rows of this partition that this run now quarantines or excludes (a rule tightened,
     cleanse or comply cleared and rerun) but an earlier load of it put in the target: they
     go, in the load's transaction, so the target equals the ledger. A key the partition
@@ -1257,23 +1641,35 @@ def _remove_set_aside(conn, schema: str, target: str, key: str, run_id: str, tab
     import pyarrow.compute as pc
     from psycopg import sql
 
-    doomed = [r[0] for r in conn.execute(sql.SQL(
-        "SELECT b.record_key FROM (SELECT record_key FROM handover_meta.quarantine WHERE "
-        "run_id=%s AND table_name=%s AND partition=%s UNION SELECT record_key FROM "
-        "handover_meta.exclusion WHERE run_id=%s AND table_name=%s AND partition=%s) b "
-        "JOIN {t} t ON t.{k} = b.record_key").format(
-        t=sql.Identifier(schema, target), k=sql.Identifier(key)),
-        (run_id, table, partition, run_id, table, partition)).fetchall()]
+    doomed = [
+        r[0]
+        for r in conn.execute(
+            sql.SQL(
+                "SELECT b.record_key FROM (SELECT record_key FROM handover_meta.quarantine WHERE "
+                "run_id=%s AND table_name=%s AND partition=%s UNION SELECT record_key FROM "
+                "handover_meta.exclusion WHERE run_id=%s AND table_name=%s AND partition=%s) b "
+                "JOIN {t} t ON t.{k} = b.record_key"
+            ).format(t=sql.Identifier(schema, target), k=sql.Identifier(key)),
+            (run_id, table, partition, run_id, table, partition),
+        ).fetchall()
+    ]
     if not doomed:
         return 0
     loaded = pc.cast(mapped[key], pa.string()) if mapped.num_rows else pa.array([], pa.string())
-    keep = set(pc.filter(pa.array(doomed, pa.string()),
-                         pc.is_in(pa.array(doomed, pa.string()), value_set=loaded)).to_pylist())
+    keep = set(
+        pc.filter(
+            pa.array(doomed, pa.string()), pc.is_in(pa.array(doomed, pa.string()), value_set=loaded)
+        ).to_pylist()
+    )
     gone = [k for k in doomed if k not in keep]
     if not gone:
         return 0
-    return conn.execute(sql.SQL("DELETE FROM {t} WHERE {k} = ANY(%s)").format(
-        t=sql.Identifier(schema, target), k=sql.Identifier(key)), (gone,)).rowcount
+    return conn.execute(
+        sql.SQL("DELETE FROM {t} WHERE {k} = ANY(%s)").format(
+            t=sql.Identifier(schema, target), k=sql.Identifier(key)
+        ),
+        (gone,),
+    ).rowcount
 
 
 def load_adopted(conn, cfg, run_id: str, table: str, partition: str) -> dict:
@@ -1303,24 +1699,53 @@ def load_partition(ctx: dict, part: dict) -> dict:
         if newer is not None:
             # An older run cleared and rerun after a newer one loaded: the newer values stay,
             # every row of this partition is left alone and counted stale.
-            stats = {"inserted": 0, "updated": 0, "unchanged": 0, "stale": mapped.num_rows,
-                     "removed": 0, "method": "superseded", "superseded_by": newer}
-            log.warning("load %s %s: run %s is older than %s, which loaded %s since: "
-                        "%d rows left alone (stale)", table, partition, run_id, newer, table,
-                        mapped.num_rows)
+            stats = {
+                "inserted": 0,
+                "updated": 0,
+                "unchanged": 0,
+                "stale": mapped.num_rows,
+                "removed": 0,
+                "method": "superseded",
+                "superseded_by": newer,
+            }
+            log.warning(
+                "load %s %s: run %s is older than %s, which loaded %s since: "
+                "%d rows left alone (stale)",
+                table,
+                partition,
+                run_id,
+                newer,
+                table,
+                mapped.num_rows,
+            )
         else:
             # an older row never replaces a newer one (the table's version column)
             stats = upsert_partition(conn, schema, target, key, mapped, version)
-            stats["removed"] = _remove_set_aside(conn, schema, target, key, run_id, table,
-                                                 partition, mapped)
+            stats["removed"] = _remove_set_aside(
+                conn, schema, target, key, run_id, table, partition, mapped
+            )
             stats.update(load_adopted(conn, cfg, run_id, table, partition))
         secs = time.monotonic() - started
-        ledger.record(conn, run_id=run_id, table=table, partition=partition, stage="load",
-                      rows_in=mapped.num_rows, rows_out=mapped.num_rows,
-                      checksum=ledger.key_checksum(mapped[tmap["key"]]),
-                      detail={**stats, "seconds": round(secs, 3)})
-    log.info("load %s %s: %d rows (%s) in %.1fs, %.0f rows/s", table, partition, mapped.num_rows,
-             stats, secs, mapped.num_rows / max(secs, 1e-9))
+        ledger.record(
+            conn,
+            run_id=run_id,
+            table=table,
+            partition=partition,
+            stage="load",
+            rows_in=mapped.num_rows,
+            rows_out=mapped.num_rows,
+            checksum=ledger.key_checksum(mapped[tmap["key"]]),
+            detail={**stats, "seconds": round(secs, 3)},
+        )
+    log.info(
+        "load %s %s: %d rows (%s) in %.1fs, %.0f rows/s",
+        table,
+        partition,
+        mapped.num_rows,
+        stats,
+        secs,
+        mapped.num_rows / max(secs, 1e-9),
+    )
     return _part(part, rows=mapped.num_rows, **stats)
 
 
@@ -1331,11 +1756,18 @@ def reconcile_table(ctx: dict, table: str) -> dict:
 
     cfg = _config(ctx["system"])
     with ledger.connect(bulk=True) as conn, conn.transaction():
-        result = reconcile(conn, _lake(), cfg, ctx["run_id"], table,
-                           manifest_rows=ctx.get("manifest_rows", {}).get(table),
-                           manifest_sha256=manifest_sha256(ctx["source_dir"], table)
-                           if ctx.get("source_dir") else None,
-                           version=version_column(cfg, table))
+        result = reconcile(
+            conn,
+            _lake(),
+            cfg,
+            ctx["run_id"],
+            table,
+            manifest_rows=ctx.get("manifest_rows", {}).get(table),
+            manifest_sha256=manifest_sha256(ctx["source_dir"], table)
+            if ctx.get("source_dir")
+            else None,
+            version=version_column(cfg, table),
+        )
     log.info("reconcile %s: %s", table, {k: v for k, v in result.items() if k != "money"})
     return {"table": table, "partition": "all", "balanced": result["balanced"]}
 
@@ -1348,15 +1780,17 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
             "missing_keys, field_mismatches, money_source, money_target, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s AND table_name=%s",
-            (run_id, table))
+            (run_id, table),
+        )
         cols = [d.name for d in cur.description]
         frame = pd.DataFrame(cur.fetchall(), columns=cols)
-    frame["accounted"] = (frame["loaded"] + frame["merged"] + frame["quarantined"]
-                          + frame["excluded"])
+    frame["accounted"] = (
+        frame["loaded"] + frame["merged"] + frame["quarantined"] + frame["excluded"]
+    )
     frame["unaccounted"] = frame["source_rows"] - frame["accounted"]
     for c in ("money_source", "money_target"):  # numeric in the books (never overflows)
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
-    frame["money_diff"] = (frame["money_source"].fillna(0) - frame["money_target"].fillna(0))
+    frame["money_diff"] = frame["money_source"].fillna(0) - frame["money_target"].fillna(0)
     try:
         result = _validate(frame, ctx, "reconciliation", table, "all")
     except GateFailed as exc:
@@ -1373,22 +1807,30 @@ def reconciliation_failures(ctx: dict, table: str, frame: pd.DataFrame) -> str:
     except (OSError, ValueError):
         checks = {}
     words = {
-        "ledger_balances": lambda: f"ledger: {int(r['source_rows']):,} in but "
-                                   f"{int(r['accounted']):,} loaded+merged+quarantined+excluded",
+        "ledger_balances": lambda: (
+            f"ledger: {int(r['source_rows']):,} in but "
+            f"{int(r['accounted']):,} loaded+merged+quarantined+excluded"
+        ),
         "manifest_matches": lambda: "row count differs from the export manifest",
         "digest_matches": lambda: "the export's sha256 differs from the manifest's",
-        "no_missing_keys": lambda: f"key set: {int(r['missing_keys']):,} keys sent are "
-                                   "missing in the target",
-        "no_extra_rows": lambda: f"key set: the target holds {int(r['target_rows']):,} rows "
-                                 f"but the run loaded {int(r['loaded']):,}",
-        "fields_equal": lambda: f"fields: {int(r['field_mismatches']):,} rows differ from "
-                                "what the run sent",
-        "money_equal": lambda: f"money: source {r['money_source']:,.0f} fen, target "
-                               f"{r['money_target']:,.0f} fen",
+        "no_missing_keys": lambda: (
+            f"key set: {int(r['missing_keys']):,} keys sent are missing in the target"
+        ),
+        "no_extra_rows": lambda: (
+            f"key set: the target holds {int(r['target_rows']):,} rows "
+            f"but the run loaded {int(r['loaded']):,}"
+        ),
+        "fields_equal": lambda: (
+            f"fields: {int(r['field_mismatches']):,} rows differ from what the run sent"
+        ),
+        "money_equal": lambda: (
+            f"money: source {r['money_source']:,.0f} fen, target {r['money_target']:,.0f} fen"
+        ),
     }
     failed = [words.get(k, lambda k=k: k)() for k, ok in checks.items() if not ok and r is not None]
-    return ("failed checks: " + "; ".join(failed) if failed else "see the checks in") + \
-        f" ({_lake().uri(key)})"
+    return (
+        "failed checks: " + "; ".join(failed) if failed else "see the checks in"
+    ) + f" ({_lake().uri(key)})"
 
 
 def report_failed_run(ctx: dict) -> dict:
@@ -1430,11 +1872,24 @@ def publish(ctx: dict) -> dict:
     destroyed = destroy_run_exclusions(run_id, ctx["system"])
     with ledger.connect() as conn, conn.transaction():
         paths = write_reports(conn, lake, _config(ctx["system"]), run_id)
-        ledger.audit(conn, "run_exclusions_destroyed", run_id=run_id, detail={
-            k: destroyed[k] for k in ("rows_destroyed_by_table_rule", "raw_objects_rewritten",
-                                      "scope_keys_shredded", "books_pseudonymised")})
-        conn.execute("UPDATE handover_meta.run SET status='succeeded', finished_at=now() "
-                     "WHERE run_id=%s", (run_id,))
+        ledger.audit(
+            conn,
+            "run_exclusions_destroyed",
+            run_id=run_id,
+            detail={
+                k: destroyed[k]
+                for k in (
+                    "rows_destroyed_by_table_rule",
+                    "raw_objects_rewritten",
+                    "scope_keys_shredded",
+                    "books_pseudonymised",
+                )
+            },
+        )
+        conn.execute(
+            "UPDATE handover_meta.run SET status='succeeded', finished_at=now() WHERE run_id=%s",
+            (run_id,),
+        )
         ledger.audit(conn, "run_published", run_id=run_id, detail={"reports": paths})
     log.info("published run %s: %s", run_id, paths)
     return paths

@@ -35,9 +35,15 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Counts rows and logs progress at most every ``every`` seconds (and at the end)."""
 
-    def __init__(self, what: str, total: int | None = None, *, every: float = DEFAULT_EVERY,
-                 logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        what: str,
+        total: int | None = None,
+        *,
+        every: float = DEFAULT_EVERY,
+        logger: logging.Logger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.what = what
         self.total = total
         self.every = every
@@ -93,8 +99,10 @@ class Progress:
 
     def finish(self) -> str:
         """Log (and return) the closing line: rows, time taken, average rate."""
-        text = (f"{self.what}: done, {self.rows:,} rows in {format_duration(self.elapsed)} "
-                f"({self.rate:,.0f} rows/s)")
+        text = (
+            f"{self.what}: done, {self.rows:,} rows in {format_duration(self.elapsed)} "
+            f"({self.rate:,.0f} rows/s)"
+        )
         self.lines += 1
         self.log.info(text)
         return text

@@ -49,7 +49,8 @@ class Keyring:
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise ValueError(
                 "keyring: expected {'active_key_id': ..., 'keys': {id: base64 32 bytes}, "
-                f"'hmac_key': base64}} in connection 'handover_keys' extra ({exc!r})") from exc
+                f"'hmac_key': base64}} in connection 'handover_keys' extra ({exc!r})"
+            ) from exc
         return ring._checked()
 
     @classmethod
@@ -64,11 +65,15 @@ class Keyring:
             raise ValueError(
                 "keyring (KMS envelope): expected {'kms_key_id': ..., 'active_key_id': ..., "
                 "'wrapped_keys': {id: base64 KMS ciphertext blob}, 'wrapped_hmac_key': base64} "
-                f"in connection 'handover_keys' extra ({exc!r})") from exc
+                f"in connection 'handover_keys' extra ({exc!r})"
+            ) from exc
         kms = kms if kms is not None else kms_client(cmk)
         keys = {kid: kms_unwrap(kms, cmk, blob, kid) for kid, blob in wrapped.items()}
-        hmac_key = hmac_plain if hmac_wrapped is None else kms_unwrap(kms, cmk, hmac_wrapped,
-                                                                      HMAC_CONTEXT_ID)
+        hmac_key = (
+            hmac_plain
+            if hmac_wrapped is None
+            else kms_unwrap(kms, cmk, hmac_wrapped, HMAC_CONTEXT_ID)
+        )
         return cls(active, keys, hmac_key)._checked()
 
     def _checked(self) -> Keyring:
@@ -112,20 +117,31 @@ def kms_client(kms_key_id: str | None = None) -> Any:
 
     conn = connection_dict(KMS_CONN_ID) or {}
     extra = conn.get("extra") or {}
-    endpoint = (extra.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL_KMS")
-                or os.environ.get("AWS_ENDPOINT_URL"))
-    region = (extra.get("region_name") or os.environ.get("AWS_REGION")
-              or os.environ.get("AWS_DEFAULT_REGION"))
+    endpoint = (
+        extra.get("endpoint_url")
+        or os.environ.get("AWS_ENDPOINT_URL_KMS")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    region = (
+        extra.get("region_name")
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+    )
     if not region and kms_key_id and kms_key_id.startswith("arn:"):
         region = kms_key_id.split(":")[3]
     if not region:
         raise RuntimeError(
             f"KMS: no region; set region_name in the extra of the Airflow connection "
-            f"'{KMS_CONN_ID}' or AWS_DEFAULT_REGION, or use a key ARN")
+            f"'{KMS_CONN_ID}' or AWS_DEFAULT_REGION, or use a key ARN"
+        )
     from botocore.config import Config
 
-    kwargs: dict[str, Any] = {"region_name": region, "config": Config(
-        connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"})}
+    kwargs: dict[str, Any] = {
+        "region_name": region,
+        "config": Config(
+            connect_timeout=5, read_timeout=15, retries={"max_attempts": 3, "mode": "standard"}
+        ),
+    }
     if endpoint:
         kwargs["endpoint_url"] = endpoint
     login = conn.get("login") or extra.get("aws_access_key_id")
@@ -140,26 +156,30 @@ def kms_unwrap(kms: Any, kms_key_id: str, blob_b64: str, key_id: str) -> bytes:
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        out = kms.decrypt(CiphertextBlob=base64.b64decode(blob_b64), KeyId=kms_key_id,
-                          EncryptionContext=kms_context(key_id))
+        out = kms.decrypt(
+            CiphertextBlob=base64.b64decode(blob_b64),
+            KeyId=kms_key_id,
+            EncryptionContext=kms_context(key_id),
+        )
     except (ClientError, BotoCoreError, ValueError) as exc:
         raise RuntimeError(
             f"KMS: cannot unwrap key '{key_id}' with KMS key {kms_key_id}: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the connection "
-            f"'{KMS_CONN_ID}' (endpoint, region, credentials) and the key's policy") from exc
+            f"'{KMS_CONN_ID}' (endpoint, region, credentials) and the key's policy"
+        ) from exc
     return out["Plaintext"]
 
 
 def kms_wrap(kms: Any, kms_key_id: str, plaintext: bytes, key_id: str) -> str:
-    out = kms.encrypt(KeyId=kms_key_id, Plaintext=plaintext,
-                      EncryptionContext=kms_context(key_id))
+    out = kms.encrypt(KeyId=kms_key_id, Plaintext=plaintext, EncryptionContext=kms_context(key_id))
     return base64.b64encode(out["CiphertextBlob"]).decode()
 
 
 def kms_generate(kms: Any, kms_key_id: str, key_id: str) -> str:
     """A new AES-256 data key, returned only wrapped (the plaintext is dropped here)."""
-    out = kms.generate_data_key(KeyId=kms_key_id, KeySpec="AES_256",
-                                EncryptionContext=kms_context(key_id))
+    out = kms.generate_data_key(
+        KeyId=kms_key_id, KeySpec="AES_256", EncryptionContext=kms_context(key_id)
+    )
     return base64.b64encode(out["CiphertextBlob"]).decode()
 
 
@@ -175,15 +195,17 @@ def load_keyring() -> Keyring:
     raise RuntimeError(
         f"no encryption keys: define the Airflow connection '{KEYS_CONN_ID}' with extra "
         "{'active_key_id', 'keys', 'hmac_key'} (make demo creates one under .state/), "
-        "or set HANDOVER_KEYRING_FILE")
+        "or set HANDOVER_KEYRING_FILE"
+    )
 
 
 def _texts(values: Any) -> tuple[list[bytes | None], int]:
     """UTF-8 bytes per value (None stays None), straight from Arrow for string arrays."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
-    if isinstance(values, pa.Array) and (pa.types.is_string(values.type)
-                                         or pa.types.is_large_string(values.type)):
+    if isinstance(values, pa.Array) and (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    ):
         return values.cast(pa.large_binary()).to_pylist(), len(values)
     if isinstance(values, pa.Array):
         values = values.to_pylist()
@@ -216,7 +238,7 @@ def encrypt_values(values: Any, ring: Keyring, aad: bytes = b"") -> list[bytes |
         if v is None:
             out.append(None)
             continue
-        nonce = nonces[at:at + 12]
+        nonce = nonces[at : at + 12]
         at += 12
         out.append(nonce + encrypt(nonce, v, aad))
     return out
@@ -360,12 +382,68 @@ def redact_text(text: str | None) -> str | None:
 # starting at these code points, plus the mathematical digits U+1D7CE-U+1D7FF.
 # tests/unit/test_protect.py checks this against the running interpreter.
 DIGIT_RUNS = (
-    0x30, 0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66,
-    0xDE6, 0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80,
-    0x1A90, 0x1B50, 0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50,
-    0xABF0, 0xFF10, 0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450,
-    0x114D0, 0x11650, 0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60,
-    0x16AC0, 0x16B50, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0)
+    0x30,
+    0x660,
+    0x6F0,
+    0x7C0,
+    0x966,
+    0x9E6,
+    0xA66,
+    0xAE6,
+    0xB66,
+    0xBE6,
+    0xC66,
+    0xCE6,
+    0xD66,
+    0xDE6,
+    0xE50,
+    0xED0,
+    0xF20,
+    0x1040,
+    0x1090,
+    0x17E0,
+    0x1810,
+    0x1946,
+    0x19D0,
+    0x1A80,
+    0x1A90,
+    0x1B50,
+    0x1BB0,
+    0x1C40,
+    0x1C50,
+    0xA620,
+    0xA8D0,
+    0xA900,
+    0xA9D0,
+    0xA9F0,
+    0xAA50,
+    0xABF0,
+    0xFF10,
+    0x104A0,
+    0x10D30,
+    0x11066,
+    0x110F0,
+    0x11136,
+    0x111D0,
+    0x112F0,
+    0x11450,
+    0x114D0,
+    0x11650,
+    0x116C0,
+    0x11730,
+    0x118E0,
+    0x11950,
+    0x11C50,
+    0x11D50,
+    0x11DA0,
+    0x16A60,
+    0x16AC0,
+    0x16B50,
+    0x1E140,
+    0x1E2F0,
+    0x1E950,
+    0x1FBF0,
+)
 DIGIT_RANGES = tuple((a, a + 9) for a in DIGIT_RUNS) + ((0x1D7CE, 0x1D7FF),)
 
 
@@ -394,5 +472,6 @@ def redact_array(values: pa.Array) -> pa.Array:
     if not pc.any(maybe).as_py():
         return values
     todo = pc.filter(values, maybe).to_pylist()
-    return pc.replace_with_mask(values, maybe,
-                                pa.array([redact_text(v) for v in todo], values.type))
+    return pc.replace_with_mask(
+        values, maybe, pa.array([redact_text(v) for v in todo], values.type)
+    )

@@ -57,11 +57,15 @@ def scratch_dsn(dbname: str) -> str:
 
 
 def latest_backup(conn) -> str:
-    row = conn.execute("SELECT backup_id FROM handover_meta.backup WHERE status = 'complete' "
-                       "ORDER BY started_at DESC LIMIT 1").fetchone()
+    row = conn.execute(
+        "SELECT backup_id FROM handover_meta.backup WHERE status = 'complete' "
+        "ORDER BY started_at DESC LIMIT 1"
+    ).fetchone()
     if row is None:
-        raise LifecycleError("no complete backup to restore: trigger the backup DAG first (a "
-                             "backup shredded by retention or erasure is not restorable)")
+        raise LifecycleError(
+            "no complete backup to restore: trigger the backup DAG first (a "
+            "backup shredded by retention or erasure is not restorable)"
+        )
     return row[0]
 
 
@@ -79,21 +83,33 @@ def _record(drill_id: str, **fields) -> None:
             "VALUES (%(drill_id)s, %(backup_id)s, %(scratch_db)s, %(detail)s) "
             "ON CONFLICT (drill_id) DO UPDATE SET detail = handover_meta.restore_drill.detail "
             "|| excluded.detail",
-            {"drill_id": drill_id, "backup_id": fields.pop("backup_id", ""),
-             "scratch_db": fields.pop("scratch_db", ""), "detail": detail})
+            {
+                "drill_id": drill_id,
+                "backup_id": fields.pop("backup_id", ""),
+                "scratch_db": fields.pop("scratch_db", ""),
+                "detail": detail,
+            },
+        )
         for col, value in fields.items():
-            conn.execute(sql.SQL("UPDATE handover_meta.restore_drill SET {} = {} "
-                                 "WHERE drill_id = %s").format(
-                sql.Identifier(col), sql.SQL("now()") if value is NOW else sql.Placeholder()),
-                (drill_id,) if value is NOW else (value, drill_id))
+            conn.execute(
+                sql.SQL(
+                    "UPDATE handover_meta.restore_drill SET {} = {} WHERE drill_id = %s"
+                ).format(
+                    sql.Identifier(col), sql.SQL("now()") if value is NOW else sql.Placeholder()
+                ),
+                (drill_id,) if value is NOW else (value, drill_id),
+            )
 
 
 def _fail(drill_id: str, backup_id: str, exc: Exception, stage: str) -> None:
     message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     _record(drill_id, success=False, failure=message[:1000], finished_at=NOW)
     with ledger.connect() as conn, conn.transaction():
-        ledger.audit(conn, "restore_drill_failed", detail={
-            "drill_id": drill_id, "backup_id": backup_id, "stage": stage, "error": message})
+        ledger.audit(
+            conn,
+            "restore_drill_failed",
+            detail={"drill_id": drill_id, "backup_id": backup_id, "stage": stage, "error": message},
+        )
 
 
 def create_scratch(name: str) -> None:
@@ -138,8 +154,10 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
     try:  # a drill that finds nothing to restore fails, and that is on record too
         with lifecycle_connect() as conn:
             backup_id = backup_id or latest_backup(conn)
-            row = conn.execute("SELECT manifest_sha256 FROM handover_meta.backup "
-                               "WHERE backup_id = %s", (backup_id,)).fetchone()
+            row = conn.execute(
+                "SELECT manifest_sha256 FROM handover_meta.backup WHERE backup_id = %s",
+                (backup_id,),
+            ).fetchone()
         if row is None:
             raise LifecycleError(f"backup {backup_id} is not in handover_meta.backup")
     except LifecycleError as exc:
@@ -158,7 +176,8 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
             if path is None:
                 raise LifecycleError(
                     f"backup {backup_id}: the data key of {entry['file']} was destroyed "
-                    "(crypto-shredded by retention or erasure); restore a newer backup")
+                    "(crypto-shredded by retention or erasure); restore a newer backup"
+                )
             files.append((entry, path))
         create_scratch(scratch)
         created = True
@@ -170,15 +189,19 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
                     dst.execute(stmt)
                 for entry, path in files:
                     schema, table = entry["table"].split(".", 1)
-                    have = {c for c, _ in table_columns(dst, schema, table)} if dst.execute(
-                        "SELECT to_regclass(%s)", (entry["table"],)).fetchone()[0] else set()
+                    have = (
+                        {c for c, _ in table_columns(dst, schema, table)}
+                        if dst.execute("SELECT to_regclass(%s)", (entry["table"],)).fetchone()[0]
+                        else set()
+                    )
                     want = [c for c, _ in entry["columns"]]
                     missing = [c for c in want if c not in have]
                     if missing:
                         raise LifecycleError(
                             f"backup {backup_id}: {entry['table']} has columns {missing} that "
                             "today's schema lacks; restore with the code version that took "
-                            "the backup")
+                            "the backup"
+                        )
                     target = sql.Identifier(schema, table)
                     dst.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER USER").format(target))
                     pf = pq.ParquetFile(path)
@@ -192,11 +215,20 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
         _fail(drill_id, backup_id, exc, "restore")
         if isinstance(exc, BackupCorrupt):  # never again the "latest complete" backup
             with ledger.connect() as conn, conn.transaction():
-                conn.execute("UPDATE handover_meta.backup SET status = 'corrupt' "
-                             "WHERE backup_id = %s AND status = 'complete'", (backup_id,))
-                ledger.audit(conn, "backup_corrupt", detail={
-                    "backup_id": backup_id, "drill_id": drill_id,
-                    "error": str(exc).splitlines()[0][:300] if str(exc) else ""})
+                conn.execute(
+                    "UPDATE handover_meta.backup SET status = 'corrupt' "
+                    "WHERE backup_id = %s AND status = 'complete'",
+                    (backup_id,),
+                )
+                ledger.audit(
+                    conn,
+                    "backup_corrupt",
+                    detail={
+                        "backup_id": backup_id,
+                        "drill_id": drill_id,
+                        "error": str(exc).splitlines()[0][:300] if str(exc) else "",
+                    },
+                )
         if created:
             drop_scratch(scratch)
         raise
@@ -204,10 +236,23 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
         shutil.rmtree(workdir, ignore_errors=True)
     secs = time.monotonic() - started
     _record(drill_id, restore_seconds=secs, tables=len(files), rows=rows)
-    log.info("restore %s of backup %s into %s: %d tables, %d rows in %.1fs", drill_id,
-             backup_id, scratch, len(files), rows, secs)
-    return {"drill_id": drill_id, "backup_id": backup_id, "scratch_db": scratch,
-            "tables": len(files), "rows": rows, "restore_seconds": round(secs, 3)}
+    log.info(
+        "restore %s of backup %s into %s: %d tables, %d rows in %.1fs",
+        drill_id,
+        backup_id,
+        scratch,
+        len(files),
+        rows,
+        secs,
+    )
+    return {
+        "drill_id": drill_id,
+        "backup_id": backup_id,
+        "scratch_db": scratch,
+        "tables": len(files),
+        "rows": rows,
+        "restore_seconds": round(secs, 3),
+    }
 
 
 def _reset_sequences(conn, schema: str, table: str) -> None:
@@ -215,12 +260,17 @@ def _reset_sequences(conn, schema: str, table: str) -> None:
 
     rel = f"{schema}.{table}"
     for col, seq in conn.execute(
-            "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
-            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-            (rel, rel)).fetchall():
+        "SELECT a.attname, pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        (rel, rel),
+    ).fetchall():
         if seq:
-            conn.execute(sql.SQL("SELECT setval(%s, coalesce(max({c}), 0) + 1, false) FROM {t}")
-                         .format(c=sql.Identifier(col), t=sql.Identifier(schema, table)), (seq,))
+            conn.execute(
+                sql.SQL("SELECT setval(%s, coalesce(max({c}), 0) + 1, false) FROM {t}").format(
+                    c=sql.Identifier(col), t=sql.Identifier(schema, table)
+                ),
+                (seq,),
+            )
 
 
 def verify_restore(restored: dict) -> dict:
@@ -228,16 +278,26 @@ def verify_restore(restored: dict) -> dict:
     import psycopg
 
     started = time.monotonic()
-    drill_id, backup_id, scratch = (restored["drill_id"], restored["backup_id"],
-                                    restored["scratch_db"])
+    drill_id, backup_id, scratch = (
+        restored["drill_id"],
+        restored["backup_id"],
+        restored["scratch_db"],
+    )
     lake = lake_from_url()
     try:
         with ledger.connect() as conn:
-            sha = conn.execute("SELECT manifest_sha256 FROM handover_meta.backup "
-                               "WHERE backup_id = %s", (backup_id,)).fetchone()[0]
-            booked = {t: (int(n), c) for t, n, c in conn.execute(
-                "SELECT table_name, rows_out, checksum FROM handover_meta.ledger "
-                "WHERE run_id = %s AND stage = 'backup'", (backup_id,)).fetchall()}
+            sha = conn.execute(
+                "SELECT manifest_sha256 FROM handover_meta.backup WHERE backup_id = %s",
+                (backup_id,),
+            ).fetchone()[0]
+            booked = {
+                t: (int(n), c)
+                for t, n, c in conn.execute(
+                    "SELECT table_name, rows_out, checksum FROM handover_meta.ledger "
+                    "WHERE run_id = %s AND stage = 'backup'",
+                    (backup_id,),
+                ).fetchall()
+            }
         manifest = read_manifest(lake, backup_id, sha)
         problems = []
         with psycopg.connect(scratch_dsn(scratch)) as dst:
@@ -245,39 +305,68 @@ def verify_restore(restored: dict) -> dict:
                 dst.execute(stmt)
             for entry in manifest["files"]:
                 schema, table = entry["table"].split(".", 1)
-                n, checksum = content_checksum(dst, schema, table,
-                                               [c for c, _ in entry["columns"]])
+                n, checksum = content_checksum(dst, schema, table, [c for c, _ in entry["columns"]])
                 if (n, checksum) != (entry["rows"], entry["content_checksum"]):
-                    problems.append(f"{entry['table']}: restored {n} rows (checksum "
-                                    f"{checksum[:12]}), manifest {entry['rows']} "
-                                    f"({entry['content_checksum'][:12]})")
+                    problems.append(
+                        f"{entry['table']}: restored {n} rows (checksum "
+                        f"{checksum[:12]}), manifest {entry['rows']} "
+                        f"({entry['content_checksum'][:12]})"
+                    )
                 if booked.get(entry["table"]) != (n, checksum):
-                    problems.append(f"{entry['table']}: restored {n} rows, ledger "
-                                    f"{booked.get(entry['table'], ('no row',))[0]}")
+                    problems.append(
+                        f"{entry['table']}: restored {n} rows, ledger "
+                        f"{booked.get(entry['table'], ('no row',))[0]}"
+                    )
             intact, entries = ledger.verify_audit_chain(dst)
             if not intact:
                 problems.append("restored audit trail: hash chain broken")
         if problems:
-            raise RestoreMismatch(f"restore drill {drill_id} of backup {backup_id}: "
-                                  f"{len(problems)} difference(s), first: {problems[0]}; the "
-                                  "backup is not trustworthy: take a new one and investigate")
+            raise RestoreMismatch(
+                f"restore drill {drill_id} of backup {backup_id}: "
+                f"{len(problems)} difference(s), first: {problems[0]}; the "
+                "backup is not trustworthy: take a new one and investigate"
+            )
     except Exception as exc:
         _fail(drill_id, backup_id, exc, "verify")
         raise
     secs = time.monotonic() - started
     total = restored.get("restore_seconds", 0) + secs
-    _record(drill_id, success=True, verify_seconds=secs, finished_at=NOW,
-            detail={"audit_entries_restored": entries, "tables_verified": len(manifest["files"])})
+    _record(
+        drill_id,
+        success=True,
+        verify_seconds=secs,
+        finished_at=NOW,
+        detail={"audit_entries_restored": entries, "tables_verified": len(manifest["files"])},
+    )
     with ledger.connect() as conn, conn.transaction():
-        ledger.audit(conn, "restore_drill", detail={
-            "drill_id": drill_id, "backup_id": backup_id, "result": "passed",
-            "tables": len(manifest["files"]), "rows": restored.get("rows"),
-            "restore_seconds": round(restored.get("restore_seconds", 0), 3),
-            "verify_seconds": round(secs, 3), "time_to_restore_seconds": round(total, 3)})
-    log.info("restore drill %s passed: backup %s, %d tables, restore %.1fs + verify %.1fs",
-             drill_id, backup_id, len(manifest["files"]), restored.get("restore_seconds", 0), secs)
-    return {**restored, "verify_seconds": round(secs, 3), "time_to_restore_seconds":
-            round(total, 3), "success": True}
+        ledger.audit(
+            conn,
+            "restore_drill",
+            detail={
+                "drill_id": drill_id,
+                "backup_id": backup_id,
+                "result": "passed",
+                "tables": len(manifest["files"]),
+                "rows": restored.get("rows"),
+                "restore_seconds": round(restored.get("restore_seconds", 0), 3),
+                "verify_seconds": round(secs, 3),
+                "time_to_restore_seconds": round(total, 3),
+            },
+        )
+    log.info(
+        "restore drill %s passed: backup %s, %d tables, restore %.1fs + verify %.1fs",
+        drill_id,
+        backup_id,
+        len(manifest["files"]),
+        restored.get("restore_seconds", 0),
+        secs,
+    )
+    return {
+        **restored,
+        "verify_seconds": round(secs, 3),
+        "time_to_restore_seconds": round(total, 3),
+        "success": True,
+    }
 
 
 def run_drill(backup_id: str | None = None, *, keep: bool = False) -> dict:

@@ -16,8 +16,14 @@ from handover import pipeline
 GATES = ("intake", "compliance", "quality", "contract")
 
 
-def run_migration(*, run_id: str, source_dir: str, system: str = "legacy_bss",
-                  dag_id: str = "customer_migration", timings: dict | None = None) -> dict:
+def run_migration(
+    *,
+    run_id: str,
+    source_dir: str,
+    system: str = "legacy_bss",
+    dag_id: str = "customer_migration",
+    timings: dict | None = None,
+) -> dict:
     t = timings if timings is not None else {}
 
     def timed(name, fn, *a, **kw):
@@ -26,14 +32,20 @@ def run_migration(*, run_id: str, source_dir: str, system: str = "legacy_bss",
         t[name] = t.get(name, 0.0) + time.monotonic() - started
         return out
 
-    ctx = timed("plan", pipeline.plan_run, run_id=run_id, dag_id=dag_id, system=system,
-                source_dir=source_dir)
-    parts = pipeline.flatten([timed("extract", pipeline.extract_table, ctx, table)
-                              for table in ctx["tables"]])
+    ctx = timed(
+        "plan",
+        pipeline.plan_run,
+        run_id=run_id,
+        dag_id=dag_id,
+        system=system,
+        source_dir=source_dir,
+    )
+    parts = pipeline.flatten(
+        [timed("extract", pipeline.extract_table, ctx, table) for table in ctx["tables"]]
+    )
     parts = [timed("gate_intake", pipeline.run_gate_task, ctx, p, "intake") for p in parts]
     parts = [timed("comply", pipeline.comply_partition, ctx, p) for p in parts]
-    parts = [timed("gate_compliance", pipeline.run_gate_task, ctx, p, "compliance")
-             for p in parts]
+    parts = [timed("gate_compliance", pipeline.run_gate_task, ctx, p, "compliance") for p in parts]
     timed("resolve", pipeline.resolve_customers, ctx)
     parts = [timed("cleanse", pipeline.cleanse_partition, ctx, p) for p in parts]
     parts = [timed("gate_quality", pipeline.run_gate_task, ctx, p, "quality") for p in parts]

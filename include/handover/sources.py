@@ -33,19 +33,31 @@ ROW_COLUMN = "_source_row"
 MULTI_DELIMITER = "\x1f"
 FORMATS = ("csv", "parquet", "sql", "jsonl", "fixed", "xlsx")
 # Encoding names as catalog.yaml spells them (config.ENCODINGS) -> the codec Arrow reads.
-ENCODINGS = {"utf-8": "utf8", "utf-8-sig": "utf8", "gbk": "gbk", "gb18030": "gb18030",
-             "big5": "big5",  # Hong Kong, Macau and Taiwan systems
-             # Windows tools export "Unicode" text as UTF-16 (with a BOM, or little-endian
-             # without one): transcoded while it streams, like GBK
-             "utf-16": "utf-16", "utf-16-le": "utf-16-le", "utf-16-be": "utf-16-be"}
+ENCODINGS = {
+    "utf-8": "utf8",
+    "utf-8-sig": "utf8",
+    "gbk": "gbk",
+    "gb18030": "gb18030",
+    "big5": "big5",  # Hong Kong, Macau and Taiwan systems
+    # Windows tools export "Unicode" text as UTF-16 (with a BOM, or little-endian
+    # without one): transcoded while it streams, like GBK
+    "utf-16": "utf-16",
+    "utf-16-le": "utf-16-le",
+    "utf-16-be": "utf-16-be",
+}
 DEFAULT_CHUNK_ROWS = 50_000
 # Arrow's streaming CSV reader reads ahead of its consumer, and with 8 MB blocks what it
 # held grew with the file (peak +230 MB at 95 MB of call records, +490 MB at 950 MB);
 # with 1 MB blocks it stays at +140 MB for both, and reads as fast.
 CSV_BLOCK_BYTES = 1 << 20
 MAX_CSV_BLOCK_BYTES = 256 << 20  # the longest row (quoted line breaks included) read
-SQL_DIALECTS = {"postgres": "postgres", "postgresql": "postgres", "sqlite": "sqlite",
-                "mysql": "mysql", "mariadb": "mysql"}
+SQL_DIALECTS = {
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "sqlite": "sqlite",
+    "mysql": "mysql",
+    "mariadb": "mysql",
+}
 
 
 class SourceReadError(RuntimeError):
@@ -68,8 +80,10 @@ def source_paths(table: str, table_spec: dict[str, Any], source_dir: str | Path)
         return []
     folder = Path(source_dir)
     if spec.get("files"):
-        return sorted((p for p in folder.glob(spec["files"]) if p.is_file()),
-                      key=lambda p: p.relative_to(folder).as_posix())
+        return sorted(
+            (p for p in folder.glob(spec["files"]) if p.is_file()),
+            key=lambda p: p.relative_to(folder).as_posix(),
+        )
     return [folder / spec["file"]]
 
 
@@ -77,13 +91,33 @@ def source_paths(table: str, table_spec: dict[str, Any], source_dir: str | Path)
 # the export, not part of it; docs/source-contract.md). Manifests are not export files.
 NOT_TABLE_FILES = {"truth.csv", "export_manifest.json"}
 # What an export file looks like, for a file no table reads and the manifest does not list.
-EXPORT_SUFFIXES = {".csv", ".tsv", ".txt", ".dat", ".psv", ".del", ".unl", ".parquet", ".pq",
-                   ".gz", ".zip", ".bz2", ".xz", ".zst", ".7z"}
+EXPORT_SUFFIXES = {
+    ".csv",
+    ".tsv",
+    ".txt",
+    ".dat",
+    ".psv",
+    ".del",
+    ".unl",
+    ".parquet",
+    ".pq",
+    ".gz",
+    ".zip",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".7z",
+}
 
 
-def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path,
-                       manifest: dict | None, *, catalog: str | Path = "catalog.yaml",
-                       ignore: list[str] | tuple[str, ...] = ()) -> None:
+def check_export_files(
+    tables: dict[str, dict[str, Any]],
+    source_dir: str | Path,
+    manifest: dict | None,
+    *,
+    catalog: str | Path = "catalog.yaml",
+    ignore: list[str] | tuple[str, ...] = (),
+) -> None:
     """Before a run: every file a catalog table reads exists, and no export file is left
     unread (a table exported as two files must not lose the second: declare the table with
     a `files:` glob). A file counts as an export file when the manifest lists it under a
@@ -102,12 +136,16 @@ def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path
             continue
         paths = source_paths(table, spec, src)
         if source.get("files") and not paths:
-            raise SourceReadError(f"{src / source['files']}: no file matches source.files of "
-                                  f"table {table}; export it or fix {catalog}")
+            raise SourceReadError(
+                f"{src / source['files']}: no file matches source.files of "
+                f"table {table}; export it or fix {catalog}"
+            )
         for f in paths:
             if not f.is_file():
-                raise SourceReadError(f"{f}: source file for table {table} not found; export "
-                                      f"it or remove {table} from {catalog}")
+                raise SourceReadError(
+                    f"{f}: source file for table {table} not found; export "
+                    f"it or remove {table} from {catalog}"
+                )
             read.add(f.resolve())
     listed: dict[Path, str] = {}  # file -> the table the manifest lists it under
     entries = manifest.get("tables") if isinstance(manifest, dict) else None
@@ -133,41 +171,74 @@ def check_export_files(tables: dict[str, dict[str, Any]], source_dir: str | Path
     f, table = min(unread, key=lambda u: str(u[0]))
     more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
     if table is None:
-        raise SourceReadError(f"{f}: export file read by no table of {catalog}{more}; name it "
-                              "in a table's source (file, or a files: glob), or, if it is not "
-                              f"data (a data dictionary, a README), declare it under ignore: "
-                              f"['{f.name}'] in {catalog}")
-    raise SourceReadError(f"{f}: the export manifest lists it under table {table}, which does "
-                          f"not read it{more}; read all of the table's files with a glob such "
-                          f"as tables.{table}.source.files: '{table}*{f.suffix}' in {catalog}")
+        raise SourceReadError(
+            f"{f}: export file read by no table of {catalog}{more}; name it "
+            "in a table's source (file, or a files: glob), or, if it is not "
+            f"data (a data dictionary, a README), declare it under ignore: "
+            f"['{f.name}'] in {catalog}"
+        )
+    raise SourceReadError(
+        f"{f}: the export manifest lists it under table {table}, which does "
+        f"not read it{more}; read all of the table's files with a glob such "
+        f"as tables.{table}.source.files: '{table}*{f.suffix}' in {catalog}"
+    )
 
 
-def open_source(table: str, table_spec: dict[str, Any], source_dir: str | Path, *,
-                range_start: Any = None, range_end: Any = None) -> TableSource:
+def open_source(
+    table: str,
+    table_spec: dict[str, Any],
+    source_dir: str | Path,
+    *,
+    range_start: Any = None,
+    range_end: Any = None,
+) -> TableSource:
     """A reader for one catalog table; use it as a context manager, then iterate batches()."""
     spec = resolve_source(table, table_spec)
     columns = list(table_spec.get("columns", {}))
     fmt = spec["format"]
     if fmt in ("csv", "parquet", "jsonl", "fixed", "xlsx"):
+
         def one(path: Path) -> _FileSource:
             if fmt == "parquet":
                 return ParquetSource(path, table=table, batch_rows=spec["chunk_rows"])
             if fmt == "xlsx":
-                return XlsxSource(path, table=table, columns=columns, sheet=spec.get("sheet"),
-                                  header=spec["header"], batch_rows=spec["chunk_rows"])
+                return XlsxSource(
+                    path,
+                    table=table,
+                    columns=columns,
+                    sheet=spec.get("sheet"),
+                    header=spec["header"],
+                    batch_rows=spec["chunk_rows"],
+                )
             if fmt == "jsonl":
-                return JsonLinesSource(path, table=table, columns=columns,
-                                       encoding=spec["encoding"], batch_rows=spec["chunk_rows"])
+                return JsonLinesSource(
+                    path,
+                    table=table,
+                    columns=columns,
+                    encoding=spec["encoding"],
+                    batch_rows=spec["chunk_rows"],
+                )
             if fmt == "fixed":
-                return FixedWidthSource(path, table=table, columns=columns,
-                                        widths=spec.get("widths") or [],
-                                        unit=spec.get("width_unit", "bytes"),
-                                        encoding=spec["encoding"], batch_rows=spec["chunk_rows"],
-                                        trailer=spec.get("trailer"))
-            return DelimitedSource(path, table=table, columns=columns,
-                                   encoding=spec["encoding"], delimiter=spec["delimiter"],
-                                   header=spec["header"], quote=spec["quote"],
-                                   trailer=spec.get("trailer"))
+                return FixedWidthSource(
+                    path,
+                    table=table,
+                    columns=columns,
+                    widths=spec.get("widths") or [],
+                    unit=spec.get("width_unit", "bytes"),
+                    encoding=spec["encoding"],
+                    batch_rows=spec["chunk_rows"],
+                    trailer=spec.get("trailer"),
+                )
+            return DelimitedSource(
+                path,
+                table=table,
+                columns=columns,
+                encoding=spec["encoding"],
+                delimiter=spec["delimiter"],
+                header=spec["header"],
+                quote=spec["quote"],
+                trailer=spec.get("trailer"),
+            )
 
         if spec.get("files"):
             return MultiFileSource(Path(source_dir), spec["files"], table=table, part=one)
@@ -178,12 +249,20 @@ def open_source(table: str, table_spec: dict[str, Any], source_dir: str | Path, 
             rng["start"] = range_start
         if range_end is not None:
             rng["end"] = range_end
-        return SqlSource(spec["conn_id"], table=table, source_table=spec.get("table"),
-                         query=spec.get("query"), key=table_spec.get("key"),
-                         chunk_rows=spec["chunk_rows"], range_column=rng.get("column"),
-                         range_start=rng.get("start"), range_end=rng.get("end"))
-    raise SourceReadError(f"table {table}: unknown source format '{fmt}'; use one of "
-                          f"{', '.join(FORMATS)}")
+        return SqlSource(
+            spec["conn_id"],
+            table=table,
+            source_table=spec.get("table"),
+            query=spec.get("query"),
+            key=table_spec.get("key"),
+            chunk_rows=spec["chunk_rows"],
+            range_column=rng.get("column"),
+            range_start=rng.get("start"),
+            range_end=rng.get("end"),
+        )
+    raise SourceReadError(
+        f"table {table}: unknown source format '{fmt}'; use one of {', '.join(FORMATS)}"
+    )
 
 
 def head(source: TableSource, rows: int) -> pa.Table:
@@ -196,8 +275,10 @@ def head(source: TableSource, rows: int) -> pa.Table:
         if seen >= rows:
             break
     if not batches:
-        return pa.table({c: pa.array([], pa.string()) for c in source.columns}
-                        | {ROW_COLUMN: pa.array([], pa.int64())})
+        return pa.table(
+            {c: pa.array([], pa.string()) for c in source.columns}
+            | {ROW_COLUMN: pa.array([], pa.int64())}
+        )
     return pa.Table.from_batches(batches)
 
 
@@ -243,7 +324,8 @@ class _Redelimit(io.RawIOBase):
         while not self._out and not self._done:
             chunk = self._src.read(1 << 20)
             text = (self._carry + self._decoder.decode(chunk, final=not chunk)).replace(
-                self._delimiter, MULTI_DELIMITER)
+                self._delimiter, MULTI_DELIMITER
+            )
             self._carry = ""
             if chunk:  # hold back an end that may be the start of a delimiter
                 for k in range(len(self._delimiter) - 1, 0, -1):
@@ -289,15 +371,13 @@ class TableSource(ABC):
         self.close()
 
     @abstractmethod
-    def open(self) -> None:
-        ...
+    def open(self) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing open
         """Release what open() took (a file handle, a cursor); nothing by default."""
 
     @abstractmethod
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        ...
+    def batches(self) -> Iterator[pa.RecordBatch]: ...
 
     @abstractmethod
     def fingerprint(self) -> str:
@@ -336,19 +416,33 @@ class DelimitedSource(_FileSource):
     streams; any one-character delimiter; quoted values may hold delimiters and newlines.
     Without a header row the catalog's column order names the columns."""
 
-    def __init__(self, path: Path, *, table: str, columns: list[str] | None = None,
-                 encoding: str = "utf-8", delimiter: str = ",", header: bool = True,
-                 quote: str = '"', block_size: int = CSV_BLOCK_BYTES,
-                 trailer: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        table: str,
+        columns: list[str] | None = None,
+        encoding: str = "utf-8",
+        delimiter: str = ",",
+        header: bool = True,
+        quote: str = '"',
+        block_size: int = CSV_BLOCK_BYTES,
+        trailer: str | None = None,
+    ) -> None:
         super().__init__(path, table)
         self.trailer = re.compile(trailer) if trailer else None
         self._data_bytes: int | None = None  # where the trailer line starts
         self._trailer_rows: int | None = None
         if encoding not in ENCODINGS:
-            raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
-                                  f"{', '.join(ENCODINGS)}")
-        if not delimiter or "\n" in delimiter or "\r" in delimiter or (
-                quote and quote in delimiter):
+            raise SourceReadError(
+                f"{path}: encoding '{encoding}' is not supported; use one of {', '.join(ENCODINGS)}"
+            )
+        if (
+            not delimiter
+            or "\n" in delimiter
+            or "\r" in delimiter
+            or (quote and quote in delimiter)
+        ):
             raise SourceReadError(f"{path}: delimiter {delimiter!r} cannot separate fields")
         # A delimiter of several characters (`~|~`, `||`, `@@`): the text is streamed through
         # a filter that writes it as the unit separator (0x1F), which Arrow then splits on.
@@ -372,13 +466,15 @@ class DelimitedSource(_FileSource):
             raise SourceReadError(
                 f"{self.path}: the file is UTF-16 (it starts with a byte order mark) but is read "
                 f"as {self.encoding}; set source.encoding: utf-16 for table {self.table} in "
-                "catalog.yaml")
+                "catalog.yaml"
+            )
         if self.trailer is not None:
             self._find_trailer()
         if not self.header:
             if not self.catalog_columns:
-                raise SourceReadError(f"{self.path}: no header row and no catalog columns to "
-                                      "name the columns")
+                raise SourceReadError(
+                    f"{self.path}: no header row and no catalog columns to name the columns"
+                )
             self.columns = list(self.catalog_columns)
             return
         codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
@@ -397,24 +493,26 @@ class DelimitedSource(_FileSource):
         try:
             with open(self.path, "rb") as fh:
                 if self.quote:
-                    reader = csv.reader(lines(fh), delimiter=self.delimiter,
-                                        quotechar=self.quote)
+                    reader = csv.reader(lines(fh), delimiter=self.delimiter, quotechar=self.quote)
                 else:
-                    reader = csv.reader(lines(fh), delimiter=self.delimiter,
-                                        quoting=csv.QUOTE_NONE)
+                    reader = csv.reader(lines(fh), delimiter=self.delimiter, quoting=csv.QUOTE_NONE)
                 header = next(reader, None)
         except UnicodeDecodeError as exc:
-            raise SourceReadError(f"{self.path} line 1: header is not valid {self.encoding} "
-                                  f"({exc.reason}); set source.encoding in catalog.yaml") from exc
+            raise SourceReadError(
+                f"{self.path} line 1: header is not valid {self.encoding} "
+                f"({exc.reason}); set source.encoding in catalog.yaml"
+            ) from exc
         except csv.Error as exc:
             raise SourceReadError(f"{self.path} line 1: cannot parse the header ({exc})") from exc
         if not header:
-            raise SourceReadError(f"{self.path}: file is empty; expected a header row "
-                                  "(or set source.header: false)")
+            raise SourceReadError(
+                f"{self.path}: file is empty; expected a header row (or set source.header: false)"
+            )
         dupes = sorted({c for c in header if header.count(c) > 1})
         if dupes:
-            raise SourceReadError(f"{self.path} line 1: column '{dupes[0]}' appears more than "
-                                  "once in the header")
+            raise SourceReadError(
+                f"{self.path} line 1: column '{dupes[0]}' appears more than once in the header"
+            )
         self.columns = header
 
     def _find_trailer(self) -> None:
@@ -438,19 +536,22 @@ class DelimitedSource(_FileSource):
             cut = next((e for e in ends if body.endswith(e)), None)
             if cut is None:
                 break
-            body = body[:-len(cut)]
+            body = body[: -len(cut)]
         at = body.rfind(nl)
         line_start = at + len(nl) if at >= 0 else 0
         if at < 0 and start > 0:
-            raise SourceReadError(f"{self.path}: last line longer than 64 KiB cannot be the "
-                                  "trailer source.trailer describes")
+            raise SourceReadError(
+                f"{self.path}: last line longer than 64 KiB cannot be the "
+                "trailer source.trailer describes"
+            )
         text = body[line_start:].decode(unit, errors="replace").strip().lstrip("\ufeff")
         match = self.trailer.fullmatch(text)
         if match is None:
             raise SourceReadError(
                 f"{self.path}: the last line is not the trailer source.trailer describes "
                 f"({self.trailer.pattern!r}): the file may be truncated; get the export again, "
-                f"or fix tables.{self.table}.source.trailer in catalog.yaml")
+                f"or fix tables.{self.table}.source.trailer in catalog.yaml"
+            )
         self._data_bytes = start + line_start
         if match.groups() and match.group(1) is not None:
             self._trailer_rows = int(match.group(1).replace(",", ""))
@@ -477,7 +578,8 @@ class DelimitedSource(_FileSource):
             elif self._trailer_rows is not None and rows != self._trailer_rows:
                 raise SourceReadError(
                     f"{self.path}: the trailer says {self._trailer_rows} rows but the file holds "
-                    f"{rows}; the file is truncated or was changed; get the export again")
+                    f"{rows}; the file is truncated or was changed; get the export again"
+                )
 
     def _batches(self) -> Iterator[tuple[pa.RecordBatch, int | None]]:
         import pyarrow.csv as pacsv
@@ -487,19 +589,28 @@ class DelimitedSource(_FileSource):
         if self._data_bytes == 0:  # nothing but the trailer
             yield pa.RecordBatch.from_pylist([]), 0
             return
-        parse = pacsv.ParseOptions(delimiter=self.delimiter, quote_char=self.quote or False,
-                                   newlines_in_values=True)
-        convert = pacsv.ConvertOptions(column_types={c: pa.string() for c in self.columns},
-                                       strings_can_be_null=False)
+        parse = pacsv.ParseOptions(
+            delimiter=self.delimiter, quote_char=self.quote or False, newlines_in_values=True
+        )
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in self.columns}, strings_can_be_null=False
+        )
         row = 0
         last: pa.RecordBatch | None = None
         block = self.block_size
         try:
             while True:
-                read = pacsv.ReadOptions(encoding=self._arrow_encoding, block_size=block,
-                                         column_names=None if self.header else self.columns)
-                reader = pacsv.open_csv(self._csv_input(), read_options=read,
-                                        parse_options=parse, convert_options=convert)
+                read = pacsv.ReadOptions(
+                    encoding=self._arrow_encoding,
+                    block_size=block,
+                    column_names=None if self.header else self.columns,
+                )
+                reader = pacsv.open_csv(
+                    self._csv_input(),
+                    read_options=read,
+                    parse_options=parse,
+                    convert_options=convert,
+                )
                 skip = row  # rows an earlier pass (smaller blocks) has given already
                 try:
                     for batch in reader:
@@ -509,12 +620,14 @@ class DelimitedSource(_FileSource):
                         if skip:
                             batch, skip = batch.slice(skip), 0
                         if batch.schema.names != self.columns:
-                            raise SourceReadError(f"{self.path}: columns changed while reading "
-                                                  f"near row {row + 1}")
+                            raise SourceReadError(
+                                f"{self.path}: columns changed while reading near row {row + 1}"
+                            )
                         swallowed = self._swallowed(batch) if self.quote else None
                         if swallowed is not None:
-                            raise SourceReadError(self._swallowed_message(
-                                row + swallowed[0] + 1, swallowed[1]))
+                            raise SourceReadError(
+                                self._swallowed_message(row + swallowed[0] + 1, swallowed[1])
+                            )
                         out = _numbered(list(batch.columns), self.columns, row + 1)
                         row += batch.num_rows
                         last = batch
@@ -524,21 +637,30 @@ class DelimitedSource(_FileSource):
                     # A value longer than a block (a 10 MB free-text field): read again in
                     # bigger blocks, past the rows already given. Blocks are small because
                     # Arrow's read-ahead holds several of them.
-                    if "straddles two block boundaries" not in str(exc) \
-                            or block >= MAX_CSV_BLOCK_BYTES:
+                    if (
+                        "straddles two block boundaries" not in str(exc)
+                        or block >= MAX_CSV_BLOCK_BYTES
+                    ):
                         raise
                     block = min(block * 16, MAX_CSV_BLOCK_BYTES)
         except UnicodeDecodeError as exc:
             # Arrow names the block, not the row; the re-scan names row, line and column.
-            raise SourceReadError(self._diagnose() or (
-                f"{self.path}: cannot decode as {self.encoding} near row {row + 1} "
-                f"({exc.reason}); fix the export or set source.encoding in catalog.yaml")
+            raise SourceReadError(
+                self._diagnose()
+                or (
+                    f"{self.path}: cannot decode as {self.encoding} near row {row + 1} "
+                    f"({exc.reason}); fix the export or set source.encoding in catalog.yaml"
+                )
             ) from exc
         except pa.ArrowInvalid as exc:
             # Never Arrow's message as is: it quotes the broken row's values.
-            raise SourceReadError(self._diagnose() or (
-                f"{self.path}: cannot parse as CSV near row {row + 1} ({_arrow_reason(exc)}); "
-                "fix the export")) from exc
+            raise SourceReadError(
+                self._diagnose()
+                or (
+                    f"{self.path}: cannot parse as CSV near row {row + 1} ({_arrow_reason(exc)}); "
+                    "fix the export"
+                )
+            ) from exc
         if last is not None and self.quote and _last_row_has_line_break(last):
             # A quote opened and never closed reads every later line into one value, and
             # Arrow accepts the end of the file as its end: look for that before anything
@@ -549,7 +671,8 @@ class DelimitedSource(_FileSource):
         if self._trailer_rows is not None:  # the count the trailer states, checked at the end
             empty = pa.RecordBatch.from_arrays(
                 [pa.array([], pa.string()) for _ in self.columns] + [pa.array([], pa.int64())],
-                names=[*self.columns, ROW_COLUMN])
+                names=[*self.columns, ROW_COLUMN],
+            )
             yield empty, row
 
     # -- a quote opened in one row and closed in a later one ------------------------------
@@ -581,16 +704,20 @@ class DelimitedSource(_FileSource):
         label = f"column '{_shown(column)}'"
         located = self._locate(row)
         if located is None:
-            return (f"{self.path} row {row}: {label} runs over several lines that look like "
-                    "rows of this file: a quote opened in this row is closed only in a later "
-                    "one (or never); fix the quote in the export")
+            return (
+                f"{self.path} row {row}: {label} runs over several lines that look like "
+                "rows of this file: a quote opened in this row is closed only in a later "
+                "one (or never); fix the quote in the export"
+            )
         start, end, never_closed = located
         where = f"{self.path} row {row} (line {start})"
         if never_closed:
             return _never_closed(where, label, start, end - 1)
-        return (f"{where}: {label} runs over lines {start} to {end}, which look like rows of "
-                "this file: a quote opened in this row is closed only in a later one; fix the "
-                "quote in the export")
+        return (
+            f"{where}: {label} runs over lines {start} to {end}, which look like rows of "
+            "this file: a quote opened in this row is closed only in a later one; fix the "
+            "quote in the export"
+        )
 
     def _locate(self, row: int) -> tuple[int, int, bool] | None:
         """(first line, last line, ends inside quotes) of data row `row`, or None."""
@@ -630,8 +757,13 @@ class DelimitedSource(_FileSource):
             if self.multi:  # as Arrow sees the text (_Redelimit)
                 lines = (ln.replace(self.multi, MULTI_DELIMITER) for ln in lines)
             if self.quote:
-                reader = csv.reader(lines, delimiter=self.delimiter, quotechar=self.quote,
-                                    doublequote=True, strict=False)
+                reader = csv.reader(
+                    lines,
+                    delimiter=self.delimiter,
+                    quotechar=self.quote,
+                    doublequote=True,
+                    strict=False,
+                )
             else:
                 reader = csv.reader(lines, delimiter=self.delimiter, quoting=csv.QUOTE_NONE)
             end = 0
@@ -667,8 +799,10 @@ class DelimitedSource(_FileSource):
             if header_due:
                 header_due = False
                 if open_quote:
-                    return (f"{self.path} line {start}: the header opens a quote that is never "
-                            "closed; fix the export")
+                    return (
+                        f"{self.path} line {start}: the header opens a quote that is never "
+                        "closed; fix the export"
+                    )
                 continue
             row += 1
             where = f"{self.path} row {row} (line {start})"
@@ -676,9 +810,11 @@ class DelimitedSource(_FileSource):
                 return _never_closed(where, self._column(len(fields) - 1), start, end - 1)
             bad = next((i for i, v in enumerate(fields) if _UNDECODABLE.search(v)), None)
             if bad is not None:
-                return (f"{where}: {self._column(bad)} cannot be decoded as {self.encoding}; "
-                        "fix the export or set source.encoding in catalog.yaml (one of "
-                        f"{', '.join(ENCODINGS)})")
+                return (
+                    f"{where}: {self._column(bad)} cannot be decoded as {self.encoding}; "
+                    "fix the export or set source.encoding in catalog.yaml (one of "
+                    f"{', '.join(ENCODINGS)})"
+                )
             if len(fields) != expected:
                 got = len(fields)
                 if got < expected:
@@ -686,16 +822,20 @@ class DelimitedSource(_FileSource):
                 else:
                     why = f"{got - expected} more than the {self.what_columns}"
                 if end > start:
-                    why += (f"; a quoted value runs from line {start} to line {end}: check for "
-                            "an unbalanced quote")
+                    why += (
+                        f"; a quoted value runs from line {start} to line {end}: check for "
+                        "an unbalanced quote"
+                    )
                 nxt = next(records, None)
                 if nxt is not None and nxt[0] == [_EOF] and not self._ends_with_line_break():
                     why += "; the file ends inside this row: it was cut short"
                 fix = "fix the export"
                 if got == 1 and row == 1:  # not one delimiter on the first row: the wrong one
-                    fix = (f"no {self.multi or self.delimiter!r} on the row: check "
-                           f"tables.{self.table}.source.delimiter in catalog.yaml, else fix "
-                           "the export")
+                    fix = (
+                        f"no {self.multi or self.delimiter!r} on the row: check "
+                        f"tables.{self.table}.source.delimiter in catalog.yaml, else fix "
+                        "the export"
+                    )
                 return f"{where}: expected {expected} fields, got {got} ({why}); {fix}"
         return None
 
@@ -720,9 +860,11 @@ _UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes the codec could not decode
 
 
 def _never_closed(where: str, column: str, start: int, last: int) -> str:
-    return (f"{where}: {column} opens a quote that is never closed, so lines {start} to "
-            f"{last} (the end of the file) would be read as one value; close or remove the "
-            "quote in the export")
+    return (
+        f"{where}: {column} opens a quote that is never closed, so lines {start} to "
+        f"{last} (the end of the file) would be read as one value; close or remove the "
+        "quote in the export"
+    )
 
 
 def _shown(name: str) -> str:
@@ -766,8 +908,9 @@ class MultiFileSource(TableSource):
     counts on across the files, so it stays unique in the table; errors name the file and
     the row within it."""
 
-    def __init__(self, folder: Path, pattern: str, *, table: str,
-                 part: Callable[[Path], _FileSource]) -> None:
+    def __init__(
+        self, folder: Path, pattern: str, *, table: str, part: Callable[[Path], _FileSource]
+    ) -> None:
         self.folder, self.pattern, self.table = Path(folder), pattern, table
         self.location = str(self.folder / pattern)
         self.name = pattern
@@ -776,11 +919,15 @@ class MultiFileSource(TableSource):
         self.parts: list[_FileSource] = []
 
     def open(self) -> None:
-        paths = sorted((p for p in self.folder.glob(self.pattern) if p.is_file()),
-                       key=lambda p: p.relative_to(self.folder).as_posix())
+        paths = sorted(
+            (p for p in self.folder.glob(self.pattern) if p.is_file()),
+            key=lambda p: p.relative_to(self.folder).as_posix(),
+        )
         if not paths:
-            raise SourceReadError(f"{self.location}: no file matches source.files of table "
-                                  f"{self.table}; export it or fix catalog.yaml")
+            raise SourceReadError(
+                f"{self.location}: no file matches source.files of table "
+                f"{self.table}; export it or fix catalog.yaml"
+            )
         self.parts = [self._make(p) for p in paths]
         first = self.parts[0]
         for part in self.parts:
@@ -792,17 +939,21 @@ class MultiFileSource(TableSource):
             missing = [c for c in self.columns if c not in columns]
             extra = [c for c in columns if c not in self.columns]
             if missing or extra:
-                what = (f"column '{_shown(missing[0])}' of {first.name} is missing" if missing
-                        else f"column '{_shown(extra[0])}' is not in {first.name}")
+                what = (
+                    f"column '{_shown(missing[0])}' of {first.name} is missing"
+                    if missing
+                    else f"column '{_shown(extra[0])}' is not in {first.name}"
+                )
                 where = " line 1" if part.what_columns == "header" else ""
-                raise SourceReadError(f"{part.path}{where}: {what}; every file of table "
-                                      f"{self.table} ({self.pattern}) needs the same columns")
+                raise SourceReadError(
+                    f"{part.path}{where}: {what}; every file of table "
+                    f"{self.table} ({self.pattern}) needs the same columns"
+                )
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         import pyarrow.compute as pc
 
-        schema = pa.schema([(c, pa.string()) for c in self.columns]
-                           + [(ROW_COLUMN, pa.int64())])
+        schema = pa.schema([(c, pa.string()) for c in self.columns] + [(ROW_COLUMN, pa.int64())])
         offset = 0
         for part in self.parts:
             rows = 0
@@ -810,7 +961,8 @@ class MultiFileSource(TableSource):
                 for batch in part.batches():
                     numbers = pc.add(batch.column(ROW_COLUMN), pa.scalar(offset, pa.int64()))
                     yield pa.RecordBatch.from_arrays(
-                        [batch.column(c) for c in self.columns] + [numbers], schema=schema)
+                        [batch.column(c) for c in self.columns] + [numbers], schema=schema
+                    )
                     rows += batch.num_rows
             offset += rows
 
@@ -844,13 +996,16 @@ class ParquetSource(_FileSource):
         try:
             self._file = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceReadError(f"{self.path}: not a readable Parquet file "
-                                  f"({str(exc).splitlines()[0]})") from exc
+            raise SourceReadError(
+                f"{self.path}: not a readable Parquet file ({str(exc).splitlines()[0]})"
+            ) from exc
         schema = self._file.schema_arrow
         for f in schema:
             if pa.types.is_nested(f.type):
-                raise SourceReadError(f"{self.path}: column '{f.name}' has type {f.type}, which "
-                                      "cannot be read as text; flatten it in the export")
+                raise SourceReadError(
+                    f"{self.path}: column '{f.name}' has type {f.type}, which "
+                    "cannot be read as text; flatten it in the export"
+                )
         self.columns = list(schema.names)
 
     def close(self) -> None:
@@ -868,7 +1023,8 @@ class ParquetSource(_FileSource):
                 except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
                     raise SourceReadError(
                         f"{self.path}: column '{name}' ({col.type}) cannot be read as text near "
-                        f"row {row + 1}: {str(exc).splitlines()[0]}") from exc
+                        f"row {row + 1}: {str(exc).splitlines()[0]}"
+                    ) from exc
             yield _numbered(cols, self.columns, row + 1)
             row += batch.num_rows
 
@@ -878,12 +1034,14 @@ class _LineSource(_FileSource):
     """Text read a line at a time (CRLF, LF or CR), decoded in its encoding; a blank line
     is skipped; rows numbered as the other readers number them (`_source_row`)."""
 
-    def __init__(self, path: Path, *, table: str, columns: list[str], encoding: str,
-                 batch_rows: int) -> None:
+    def __init__(
+        self, path: Path, *, table: str, columns: list[str], encoding: str, batch_rows: int
+    ) -> None:
         super().__init__(path, table)
         if encoding not in ENCODINGS:
-            raise SourceReadError(f"{path}: encoding '{encoding}' is not supported; use one of "
-                                  f"{', '.join(ENCODINGS)}")
+            raise SourceReadError(
+                f"{path}: encoding '{encoding}' is not supported; use one of {', '.join(ENCODINGS)}"
+            )
         self.encoding, self.batch_rows = encoding, batch_rows
         self.catalog_columns = list(columns)
         self.what_columns = "catalog column list"
@@ -907,9 +1065,10 @@ class _LineSource(_FileSource):
                     if line.strip():
                         yield n, line
             except UnicodeDecodeError as exc:
-                raise SourceReadError(f"{self.path}: cannot decode as {self.encoding} "
-                                      f"({exc.reason}); set source.encoding in catalog.yaml"
-                                      ) from exc
+                raise SourceReadError(
+                    f"{self.path}: cannot decode as {self.encoding} "
+                    f"({exc.reason}); set source.encoding in catalog.yaml"
+                ) from exc
 
     def _batch(self, rows: list[list[str | None]], first: int) -> pa.RecordBatch:
         cols = [pa.array([r[i] for r in rows], pa.string()) for i in range(len(self.columns))]
@@ -932,18 +1091,22 @@ class JsonLinesSource(_LineSource):
             try:
                 obj = json.loads(line)
             except ValueError as exc:
-                raise SourceReadError(f"{self.path} row {row} (line {n}): not a JSON object "
-                                      f"({exc.msg} at column {exc.colno}); fix the export"
-                                      ) from None
+                raise SourceReadError(
+                    f"{self.path} row {row} (line {n}): not a JSON object "
+                    f"({exc.msg} at column {exc.colno}); fix the export"
+                ) from None
             if not isinstance(obj, dict):
-                raise SourceReadError(f"{self.path} row {row} (line {n}): a JSON "
-                                      f"{type(obj).__name__}, not an object; fix the export")
+                raise SourceReadError(
+                    f"{self.path} row {row} (line {n}): a JSON "
+                    f"{type(obj).__name__}, not an object; fix the export"
+                )
             extra = [k for k in obj if k not in known]
             if extra:
                 raise SourceReadError(
                     f"{self.path} row {row} (line {n}): key '{_shown(extra[0])}' is not a "
                     f"column of catalog table {self.table}; add it to catalog.yaml (or mark it "
-                    "migrate: false)")
+                    "migrate: false)"
+                )
             if not rows:
                 first = row
             rows.append([_json_text(obj.get(c)) for c in self.columns])
@@ -973,14 +1136,26 @@ class FixedWidthSource(_LineSource):
     of the file's encoding (a GBK character takes two) or in characters. A line of another
     length stops the read, naming row and line (a trailer line may be declared)."""
 
-    def __init__(self, path: Path, *, table: str, columns: list[str], widths: list[int],
-                 unit: str = "bytes", encoding: str = "utf-8",
-                 batch_rows: int = DEFAULT_CHUNK_ROWS, trailer: str | None = None) -> None:
-        super().__init__(path, table=table, columns=columns, encoding=encoding,
-                         batch_rows=batch_rows)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        table: str,
+        columns: list[str],
+        widths: list[int],
+        unit: str = "bytes",
+        encoding: str = "utf-8",
+        batch_rows: int = DEFAULT_CHUNK_ROWS,
+        trailer: str | None = None,
+    ) -> None:
+        super().__init__(
+            path, table=table, columns=columns, encoding=encoding, batch_rows=batch_rows
+        )
         if len(widths) != len(columns):
-            raise SourceReadError(f"{path}: {len(widths)} widths for {len(columns)} catalog "
-                                  f"columns of table {table}; fix source.widths in catalog.yaml")
+            raise SourceReadError(
+                f"{path}: {len(widths)} widths for {len(columns)} catalog "
+                f"columns of table {table}; fix source.widths in catalog.yaml"
+            )
         self.widths, self.unit = list(widths), unit
         self.trailer = re.compile(trailer) if trailer else None
 
@@ -992,8 +1167,10 @@ class FixedWidthSource(_LineSource):
         trailer_rows = None
         if lines is not None:
             if not lines or not self.trailer.fullmatch(lines[-1][1].strip()):
-                raise SourceReadError(f"{self.path}: the last line is not the trailer "
-                                      "source.trailer describes: the file may be truncated")
+                raise SourceReadError(
+                    f"{self.path}: the last line is not the trailer "
+                    "source.trailer describes: the file may be truncated"
+                )
             m = self.trailer.fullmatch(lines[-1][1].strip())
             trailer_rows = int(m.group(1)) if m.groups() and m.group(1) else None
             stream = lines[:-1]
@@ -1005,10 +1182,11 @@ class FixedWidthSource(_LineSource):
             if len(data) != total:
                 raise SourceReadError(
                     f"{self.path} row {row} (line {n}): {len(data)} {self.unit} where the "
-                    f"widths add up to {total}; fix the export or source.widths in catalog.yaml")
+                    f"widths add up to {total}; fix the export or source.widths in catalog.yaml"
+                )
             out, at = [], 0
             for w in self.widths:
-                piece = data[at:at + w]
+                piece = data[at : at + w]
                 at += w
                 try:
                     text = piece.decode(codec) if self.unit == "bytes" else piece
@@ -1028,8 +1206,10 @@ class FixedWidthSource(_LineSource):
         if rows:
             yield self._batch(rows, first)
         if trailer_rows is not None and trailer_rows != row:
-            raise SourceReadError(f"{self.path}: the trailer says {trailer_rows} rows but the "
-                                  f"file holds {row}; get the export again")
+            raise SourceReadError(
+                f"{self.path}: the trailer says {trailer_rows} rows but the "
+                f"file holds {row}; get the export again"
+            )
 
 
 # ----------------------------------------------------------------------------- Excel
@@ -1040,9 +1220,16 @@ class XlsxSource(_FileSource):
     without `.0`, booleans true/false. A number Excel already turned into a float
     (`1.10105E+17` for an ID) is read as Excel holds it: cleansing then rejects it."""
 
-    def __init__(self, path: Path, *, table: str, columns: list[str],
-                 sheet: str | int | None = None, header: bool = True,
-                 batch_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        table: str,
+        columns: list[str],
+        sheet: str | int | None = None,
+        header: bool = True,
+        batch_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> None:
         super().__init__(path, table)
         self.sheet, self.header, self.batch_rows = sheet, header, batch_rows
         self.catalog_columns = list(columns)
@@ -1064,22 +1251,27 @@ class XlsxSource(_FileSource):
         try:
             self._book = openpyxl.load_workbook(self.path, read_only=True, data_only=True)
         except (zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
-            raise SourceReadError(f"{self.path}: not a readable .xlsx workbook "
-                                  f"({type(exc).__name__}); an old .xls must be saved as "
-                                  ".xlsx first") from None
+            raise SourceReadError(
+                f"{self.path}: not a readable .xlsx workbook "
+                f"({type(exc).__name__}); an old .xls must be saved as "
+                ".xlsx first"
+            ) from None
         names = self._book.sheetnames
         if self.sheet is None:
             ws = self._book.worksheets[0]
         elif isinstance(self.sheet, int):
             if self.sheet >= len(names):
-                raise SourceReadError(f"{self.path}: no sheet {self.sheet} (it has "
-                                      f"{len(names)}: {', '.join(names)})")
+                raise SourceReadError(
+                    f"{self.path}: no sheet {self.sheet} (it has {len(names)}: {', '.join(names)})"
+                )
             ws = self._book.worksheets[self.sheet]
         elif self.sheet in names:
             ws = self._book[self.sheet]
         else:
-            raise SourceReadError(f"{self.path}: no sheet '{self.sheet}' (its sheets: "
-                                  f"{', '.join(names)}); fix source.sheet in catalog.yaml")
+            raise SourceReadError(
+                f"{self.path}: no sheet '{self.sheet}' (its sheets: "
+                f"{', '.join(names)}); fix source.sheet in catalog.yaml"
+            )
         self._where = f"{self.path} sheet '{ws.title}'"  # messages; location stays the file
         self._rows = ws.iter_rows(values_only=True)
         if not self.header:
@@ -1090,15 +1282,19 @@ class XlsxSource(_FileSource):
         while header and not header[-1]:
             header.pop()
         if not header:
-            raise SourceReadError(f"{self._where}: empty; expected a header row (or set "
-                                  "source.header: false)")
+            raise SourceReadError(
+                f"{self._where}: empty; expected a header row (or set source.header: false)"
+            )
         if any(not h for h in header):
-            raise SourceReadError(f"{self._where} row 1: column {header.index(None) + 1} "
-                                  "has no name in the header")
+            raise SourceReadError(
+                f"{self._where} row 1: column {header.index(None) + 1} has no name in the header"
+            )
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
-            raise SourceReadError(f"{self._where} row 1: column '{_shown(dupes[0])}' appears "
-                                  "more than once in the header")
+            raise SourceReadError(
+                f"{self._where} row 1: column '{_shown(dupes[0])}' appears "
+                "more than once in the header"
+            )
         self.columns = header
 
     def close(self) -> None:
@@ -1122,18 +1318,25 @@ class XlsxSource(_FileSource):
                 raise SourceReadError(
                     f"{self._where} row {row} (sheet row {line}): {len(cells)} cells with "
                     f"values beyond the {width} columns of the {self.what_columns}; fix the "
-                    "export or the catalog")
+                    "export or the catalog"
+                )
             cells = (cells + [None] * width)[:width]
             if not rows:
                 first = row
             rows.append(cells)
             if len(rows) >= self.batch_rows:
-                yield _numbered([pa.array([r[i] for r in rows], pa.string())
-                                 for i in range(width)], self.columns, first)
+                yield _numbered(
+                    [pa.array([r[i] for r in rows], pa.string()) for i in range(width)],
+                    self.columns,
+                    first,
+                )
                 rows = []
         if rows:
-            yield _numbered([pa.array([r[i] for r in rows], pa.string())
-                             for i in range(width)], self.columns, first)
+            yield _numbered(
+                [pa.array([r[i] for r in rows], pa.string()) for i in range(width)],
+                self.columns,
+                first,
+            )
 
 
 def _cell_text(value: Any) -> str | None:
@@ -1144,8 +1347,11 @@ def _cell_text(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
-        return (value.strftime("%Y-%m-%d") if value.time() == time(0)
-                else value.strftime("%Y-%m-%d %H:%M:%S"))
+        return (
+            value.strftime("%Y-%m-%d")
+            if value.time() == time(0)
+            else value.strftime("%Y-%m-%d %H:%M:%S")
+        )
     if isinstance(value, date | time):
         return value.isoformat()
     if isinstance(value, float):
@@ -1183,10 +1389,12 @@ def _hash_column(sha: Any, col: pa.Array) -> None:
     import pyarrow.compute as pc
 
     sha.update(pc.fill_null(pc.utf8_length(col), -1).to_numpy().astype(np.int64).tobytes())
-    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[col.offset:col.offset + len(col) + 1]
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32)[
+        col.offset : col.offset + len(col) + 1
+    ]
     data = col.buffers()[2]
     if data is not None and len(offsets) and offsets[-1] > offsets[0]:
-        sha.update(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+        sha.update(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
 
 def _db_text(value: Any) -> str | None:
@@ -1218,13 +1426,23 @@ class SqlSource(TableSource):
 
     what_columns = "query result"
 
-    def __init__(self, conn_id: str, *, table: str, source_table: str | None = None,
-                 query: str | None = None, key: str | None = None,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS, range_column: str | None = None,
-                 range_start: Any = None, range_end: Any = None) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        table: str,
+        source_table: str | None = None,
+        query: str | None = None,
+        key: str | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        range_column: str | None = None,
+        range_start: Any = None,
+        range_end: Any = None,
+    ) -> None:
         if bool(source_table) == bool(query):
-            raise SourceReadError(f"table {table}: a sql source needs exactly one of "
-                                  "'table' or 'query'")
+            raise SourceReadError(
+                f"table {table}: a sql source needs exactly one of 'table' or 'query'"
+            )
         self.conn_id, self.table = conn_id, table
         self.source_table, self.query, self.key = source_table, query, key
         self.chunk_rows = chunk_rows
@@ -1245,21 +1463,28 @@ class SqlSource(TableSource):
         if conn is None:
             raise SourceReadError(
                 f"{self.location}: Airflow connection '{self.conn_id}' for table {self.table} "
-                f"is not defined; set AIRFLOW_CONN_{self.conn_id.upper()} or add it in Airflow")
+                f"is not defined; set AIRFLOW_CONN_{self.conn_id.upper()} or add it in Airflow"
+            )
         ctype = (conn.get("conn_type") or "").lower()
         self.dialect = SQL_DIALECTS.get(ctype, "")
         if not self.dialect:
-            raise SourceReadError(f"{self.location}: connection type '{ctype}' is not supported "
-                                  f"for reading; use one of {', '.join(sorted(SQL_DIALECTS))}")
+            raise SourceReadError(
+                f"{self.location}: connection type '{ctype}' is not supported "
+                f"for reading; use one of {', '.join(sorted(SQL_DIALECTS))}"
+            )
         try:
             if self.dialect == "postgres":
                 import psycopg
                 from psycopg.conninfo import make_conninfo
                 from psycopg.types.string import TextLoader
 
-                params = {"host": conn["host"] or None, "port": conn["port"] or None,
-                          "user": conn["login"] or None, "password": conn["password"] or None,
-                          "dbname": conn["schema"] or None}
+                params = {
+                    "host": conn["host"] or None,
+                    "port": conn["port"] or None,
+                    "user": conn["login"] or None,
+                    "password": conn["password"] or None,
+                    "dbname": conn["schema"] or None,
+                }
                 db = psycopg.connect(make_conninfo(**{k: v for k, v in params.items() if v}))
                 for info in psycopg.postgres.types:  # every value as PostgreSQL prints it
                     db.adapters.register_loader(info.oid, TextLoader)
@@ -1269,29 +1494,41 @@ class SqlSource(TableSource):
 
                 path = conn["host"] or conn["schema"]
                 if not path or not Path(path).is_file():
-                    raise SourceReadError(f"{self.location}: SQLite database file {path!r} "
-                                          "not found")
+                    raise SourceReadError(
+                        f"{self.location}: SQLite database file {path!r} not found"
+                    )
                 return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
                 import pymysql
             except ImportError as exc:
-                raise SourceReadError(f"{self.location}: reading MySQL/MariaDB needs the "
-                                      "'pymysql' package, which is not installed") from exc
-            return pymysql.connect(host=conn["host"] or "127.0.0.1", port=conn["port"] or 3306,
-                                   user=conn["login"] or "root", password=conn["password"] or "",
-                                   database=conn["schema"] or None, charset="utf8mb4")
+                raise SourceReadError(
+                    f"{self.location}: reading MySQL/MariaDB needs the "
+                    "'pymysql' package, which is not installed"
+                ) from exc
+            return pymysql.connect(
+                host=conn["host"] or "127.0.0.1",
+                port=conn["port"] or 3306,
+                user=conn["login"] or "root",
+                password=conn["password"] or "",
+                database=conn["schema"] or None,
+                charset="utf8mb4",
+            )
         except SourceReadError:
             raise
         except Exception as exc:  # noqa: BLE001 - drivers raise their own hierarchies
-            raise SourceReadError(f"{self.location}: cannot connect "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            raise SourceReadError(
+                f"{self.location}: cannot connect "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
 
     def statement(self) -> tuple[str, list[Any]]:
         """The SELECT this source runs, with its parameters."""
         mark = "?" if self.dialect == "sqlite" else "%s"
-        base = (f"SELECT * FROM {_quote_ident(self.source_table, self.dialect)}"
-                if self.source_table else
-                f"SELECT * FROM ({self.query.strip().rstrip(';')}) handover_src")
+        base = (
+            f"SELECT * FROM {_quote_ident(self.source_table, self.dialect)}"
+            if self.source_table
+            else f"SELECT * FROM ({self.query.strip().rstrip(';')}) handover_src"
+        )
         where, params = [], []
         if self.range_column and self.range_start is not None:
             where.append(f"{_quote_ident(self.range_column, self.dialect)} >= {mark}")
@@ -1326,8 +1563,9 @@ class SqlSource(TableSource):
             raise
         except Exception as exc:  # noqa: BLE001 - DB-API drivers raise their own hierarchies; re-raised as one SourceReadError
             self.close()
-            raise SourceReadError(f"{self.location}: query failed "
-                                  f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+            raise SourceReadError(
+                f"{self.location}: query failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from exc
 
     def close(self) -> None:
         for thing in (self._cur, self._conn):
@@ -1345,13 +1583,15 @@ class SqlSource(TableSource):
             try:
                 rows = self._cur.fetchmany(self.chunk_rows)
             except Exception as exc:  # noqa: BLE001 - DB-API drivers raise their own hierarchies; re-raised as one SourceReadError
-                raise SourceReadError(f"{self.location}: reading failed near row {row + 1} "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                                      ) from exc
+                raise SourceReadError(
+                    f"{self.location}: reading failed near row {row + 1} "
+                    f"({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                ) from exc
             if not rows:
                 return
-            cols = [pa.array([text(v) for v in col], pa.string())
-                    for col in zip(*rows, strict=True)]
+            cols = [
+                pa.array([text(v) for v in col], pa.string()) for col in zip(*rows, strict=True)
+            ]
             for col in cols:
                 _hash_column(self._sha, col)
             yield _numbered(cols, self.columns, row + 1)

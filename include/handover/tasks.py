@@ -40,8 +40,15 @@ def data_faults() -> tuple[type[BaseException], ...]:
     from handover.mapping import MappingError
     from handover.pipeline import GateFailed, SourceError
 
-    return (ConfigError, GateFailed, SourceError, MappingError, SuiteError, LifecycleError,
-            FileNotFoundError)
+    return (
+        ConfigError,
+        GateFailed,
+        SourceError,
+        MappingError,
+        SuiteError,
+        LifecycleError,
+        FileNotFoundError,
+    )
 
 
 def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs: Any) -> Any:
@@ -58,8 +65,11 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         return _call(fn, context, *args, **kwargs)
     except BaseException as exc:
         ti = context.get("ti")
-        final = type(exc).__name__ == "AirflowFailException" or ti is None or \
-            getattr(ti, "try_number", 1) > getattr(ti, "max_tries", 0)
+        final = (
+            type(exc).__name__ == "AirflowFailException"
+            or ti is None
+            or getattr(ti, "try_number", 1) > getattr(ti, "max_tries", 0)
+        )
         if final:
             mark_run_failed(args, ti, exc)
         raise
@@ -79,15 +89,26 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
         with ledger.connect() as conn, conn.transaction():
             cur = conn.execute(
                 "UPDATE handover_meta.run SET status = 'failed', finished_at = now() "
-                "WHERE run_id = %s", (ctx["run_id"],))
+                "WHERE run_id = %s",
+                (ctx["run_id"],),
+            )
             if cur.rowcount:
-                ledger.audit(conn, "run_failed", run_id=ctx["run_id"], detail={
-                    "task_id": getattr(ti, "task_id", None),
-                    "map_index": getattr(ti, "map_index", None),
-                    "error": _first_line(exc)[:1000]})
+                ledger.audit(
+                    conn,
+                    "run_failed",
+                    run_id=ctx["run_id"],
+                    detail={
+                        "task_id": getattr(ti, "task_id", None),
+                        "map_index": getattr(ti, "map_index", None),
+                        "error": _first_line(exc)[:1000],
+                    },
+                )
     except Exception as err:  # the books unreachable: the task's own error still stands
-        log.warning("could not mark run %s failed in handover_meta.run: %s", ctx["run_id"],
-                    type(err).__name__)
+        log.warning(
+            "could not mark run %s failed in handover_meta.run: %s",
+            ctx["run_id"],
+            type(err).__name__,
+        )
         return
     if "system" not in ctx:
         return
@@ -96,8 +117,9 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
 
         report_failed_run(ctx)
     except Exception as err:  # best effort on a failure path: the task's error stands
-        log.warning("could not write the failed run's report for %s: %s", ctx["run_id"],
-                    type(err).__name__)
+        log.warning(
+            "could not write the failed run's report for %s: %s", ctx["run_id"], type(err).__name__
+        )
 
 
 def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> Any:
@@ -110,10 +132,15 @@ def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> An
         out = fn(*args, **kwargs)
         release_memory()
         ti = context.get("ti")
-        log.info("task metrics: %s[%s] %.2f s, peak RSS %s MB (%s MB at start), Arrow pool %s",
-                 getattr(ti, "task_id", fn.__name__), getattr(ti, "map_index", -1),
-                 time.monotonic() - started, peak_rss_mb() if measured else "n/a",
-                 at_start if measured else "n/a", arrow_pool())
+        log.info(
+            "task metrics: %s[%s] %.2f s, peak RSS %s MB (%s MB at start), Arrow pool %s",
+            getattr(ti, "task_id", fn.__name__),
+            getattr(ti, "map_index", -1),
+            time.monotonic() - started,
+            peak_rss_mb() if measured else "n/a",
+            at_start if measured else "n/a",
+            arrow_pool(),
+        )
         return out
     except data_faults() as exc:
         # A known failure (gate, config, input): its one line is the whole story. Logged
@@ -126,7 +153,8 @@ def _call(fn: Callable[..., Any], context: Any, *args: Any, **kwargs: Any) -> An
         raise TransientFault(
             f"{type(exc).__name__}: {_first_line(exc)}; transient (database or object store "
             "unreachable): Airflow retries with backoff; if retries run out, check the service "
-            "and clear the task") from _chained(exc)
+            "and clear the task"
+        ) from _chained(exc)
     except database_faults() as exc:
         line = database_error_line(exc)
         if deterministic(exc):
@@ -248,15 +276,24 @@ def database_error_line(exc: BaseException) -> str:
     primary = getattr(diag, "message_primary", None)
     if primary and not state.startswith("22"):
         parts.append(primary.splitlines()[0])
-    parts += [f"{what} {name}" for what, name in (
-        ("table", getattr(diag, "table_name", None)), ("column", getattr(diag, "column_name", None)),
-        ("constraint", getattr(diag, "constraint_name", None))) if name]
-    ours = [f for f in traceback.extract_tb(exc.__traceback__)
-            if "handover" in Path(f.filename).parts]
+    parts += [
+        f"{what} {name}"
+        for what, name in (
+            ("table", getattr(diag, "table_name", None)),
+            ("column", getattr(diag, "column_name", None)),
+            ("constraint", getattr(diag, "constraint_name", None)),
+        )
+        if name
+    ]
+    ours = [
+        f for f in traceback.extract_tb(exc.__traceback__) if "handover" in Path(f.filename).parts
+    ]
     if ours:
         parts.append(f"at {Path(ours[-1].filename).name}:{ours[-1].lineno} ({ours[-1].name})")
-    parts.append("row values left out of this log (they can be personal data); the database "
-                 "server's own log has the statement")
+    parts.append(
+        "row values left out of this log (they can be personal data); the database "
+        "server's own log has the statement"
+    )
     return "; ".join(parts)
 
 

@@ -26,8 +26,10 @@ def id_check_digit(first17: str) -> str:
 
 def resident_id_ok(value: str) -> bool:
     """GB 11643-1999: 17 digits, then the check digit (0-9 or X)."""
-    return (bool(re.fullmatch(ID_PATTERN, value, flags=re.ASCII))
-            and id_check_digit(value[:17]) == value[17])
+    return (
+        bool(re.fullmatch(ID_PATTERN, value, flags=re.ASCII))
+        and id_check_digit(value[:17]) == value[17]
+    )
 
 
 def luhn_ok(digits: str) -> bool:
@@ -56,8 +58,9 @@ def resident_id_valid(ids: pa.Array) -> np.ndarray:
     # (n, 18) byte matrix, no Python string per ID.
     good = pc.filter(ids, pa.array(shape_ok))
     offsets = np.frombuffer(good.buffers()[1], dtype=np.int32)[
-        good.offset:good.offset + len(good) + 1]
-    data = np.frombuffer(good.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+        good.offset : good.offset + len(good) + 1
+    ]
+    data = np.frombuffer(good.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]]
     mat = data.reshape(-1, 18)
     digits = (mat[:, :17] - ord("0")).astype(np.int64)
     expected = np.frombuffer(ID_CHECK.encode(), dtype=np.uint8)[(digits @ ID_WEIGHTS) % 11]
@@ -101,8 +104,11 @@ def resident_id_birth_gender(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     ids = ids.cast(pa.string())
     ymd = pc.utf8_slice_codeunits(ids, 6, 14)
     birth = pc.binary_join_element_wise(
-        pc.utf8_slice_codeunits(ymd, 0, 4), pc.utf8_slice_codeunits(ymd, 4, 6),
-        pc.utf8_slice_codeunits(ymd, 6, 8), "-")
+        pc.utf8_slice_codeunits(ymd, 0, 4),
+        pc.utf8_slice_codeunits(ymd, 4, 6),
+        pc.utf8_slice_codeunits(ymd, 6, 8),
+        "-",
+    )
     seq = pc.utf8_slice_codeunits(ids, 16, 17)
     odd = pc.is_in(seq, value_set=pa.array(["1", "3", "5", "7", "9"]))
     gender = pc.if_else(odd, "男", "女")
@@ -126,8 +132,9 @@ def _only_where(arr: pa.Array, todo: pa.Array, fn) -> pa.Array:
 def nfkc(arr: pa.Array) -> pa.Array:
     """NFKC of a string array. NFKC leaves ASCII text as it is: only the values with other
     characters are normalised."""
-    return _only_where(arr, pc.invert(pc.string_is_ascii(arr)),
-                       lambda a: pc.utf8_normalize(a, "NFKC"))
+    return _only_where(
+        arr, pc.invert(pc.string_is_ascii(arr)), lambda a: pc.utf8_normalize(a, "NFKC")
+    )
 
 
 def normalise_text(arr: pa.Array) -> pa.Array:
@@ -176,8 +183,9 @@ def _fix_msisdn_to_rest(arr: pa.Array) -> pa.Array:
     arr = _fix_msisdn(arr)
     for _ in range(8):
         again = _fix_msisdn(normalise_text(arr))
-        same = pc.or_(pc.fill_null(pc.equal(again, arr), False),
-                      pc.and_(pc.is_null(again), pc.is_null(arr)))
+        same = pc.or_(
+            pc.fill_null(pc.equal(again, arr), False), pc.and_(pc.is_null(again), pc.is_null(arr))
+        )
         if pc.all(same).as_py() is not False:
             break
         arr = again
@@ -188,16 +196,17 @@ def normalise_msisdn(arr: pa.Array) -> pa.Array:
     """Strip separators and the +86 / 0086 country prefix; the result is 11 digits if valid."""
     arr = normalise_text(arr)
     # "1" and ten ASCII digits (most values) is a fixed point of every step: fix the others.
-    return _only_where(arr, pc.invert(pc.match_substring_regex(arr, r"^1[0-9]{10}$")),
-                       _fix_msisdn_to_rest)
+    return _only_where(
+        arr, pc.invert(pc.match_substring_regex(arr, r"^1[0-9]{10}$")), _fix_msisdn_to_rest
+    )
 
 
 PHONE_CLASSES = ("mobile", "landline", "iot", "service", "international")
 _PHONE_PATTERNS = {
     "mobile": MSISDN_PATTERN,
-    "iot": r"^1(?:4[0-9]|0[0-9])\d{10}$",           # 13-digit M2M numbers (1440…, 1064…)
-    "service": r"^(?:1\d{2,4}|9\d{4,5})$",           # 110, 10086, 12345, 95588, 96xxxx
-    "landline": r"^0[1-9]\d{8,10}$",                  # area code + local number
+    "iot": r"^1(?:4[0-9]|0[0-9])\d{10}$",  # 13-digit M2M numbers (1440…, 1064…)
+    "service": r"^(?:1\d{2,4}|9\d{4,5})$",  # 110, 10086, 12345, 95588, 96xxxx
+    "landline": r"^0[1-9]\d{8,10}$",  # area code + local number
     "international": r"^\+(?:[1-79]|8[0-57-9])\d{6,13}$",  # E.164, not +86
 }
 
@@ -217,8 +226,9 @@ def classify_phones(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     national = pc.if_else(china, pc.utf8_slice_codeunits(bare, 3), bare)
     # +86 then an area code without its trunk 0 (10 12345678): the landline's own form
     area = pc.and_(china, pc.match_substring_regex(national, r"^[2-9]\d{8,10}$|^10\d{8}$"))
-    national = pc.if_else(pc.fill_null(area, False),
-                          pc.binary_join_element_wise("0", national, ""), national)
+    national = pc.if_else(
+        pc.fill_null(area, False), pc.binary_join_element_wise("0", national, ""), national
+    )
     mobile = normalise_msisdn(arr)  # the existing, idempotent mobile normalisation
     cls = np.full(len(text), None, dtype=object)
     unclassified = np.ones(len(text), dtype=bool)  # the first class that matches wins
@@ -279,4 +289,3 @@ def parse_money(value: str | None, unit: str = "yuan", places: int = 2) -> int |
     if fen != fen.to_integral_value():
         return None
     return -int(fen) if negative else int(fen)
-

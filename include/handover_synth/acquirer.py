@@ -29,8 +29,16 @@ SYSTEM = "acquirer"
 TRUTH = "acquirer_truth.csv"
 
 
-def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: int = 40,
-         seed_value: int = 7, ring=None) -> dict[str, int]:
+def seed(
+    dsn: str,
+    export_dir: Path,
+    out: Path,
+    *,
+    share: float = 0.1,
+    others: int = 40,
+    seed_value: int = 7,
+    ring=None,
+) -> dict[str, int]:
     import numpy as np
     import psycopg
     import pyarrow as pa
@@ -52,8 +60,9 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
     truth = pd.read_csv(export_dir / "truth.csv", dtype=str, keep_default_na=False)
     bad = set(truth.loc[truth["table"] == "subscribers", "key"])
     subs["cust_id"] = subs["cust_id"].str.strip().str.upper()
-    ids = upgrade_resident_ids(pa.array(
-        subs["id_number"].str.strip().str.upper().tolist()))[0].to_pylist()
+    ids = upgrade_resident_ids(pa.array(subs["id_number"].str.strip().str.upper().tolist()))[
+        0
+    ].to_pylist()
     subs["rid"] = ids
     unique = ~subs["rid"].duplicated(keep=False)
     pool = subs[unique & ~subs["cust_id"].isin(bad) & subs["rid"].str.len().eq(18)]
@@ -76,9 +85,14 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
             conflict.append("address")
         key = f"K88-{i:05d}"
         rows.append((key, name, r.rid, msisdn, address, r.city))
-        truth_rows.append({"acquirer_key": key, "acquired_key": r.cust_id,
-                           "conflicts": "|".join(conflict),
-                           "marketing_withdrawn": "1" if i % 5 == 0 else ""})
+        truth_rows.append(
+            {
+                "acquirer_key": key,
+                "acquired_key": r.cust_id,
+                "conflicts": "|".join(conflict),
+                "marketing_withdrawn": "1" if i % 5 == 0 else "",
+            }
+        )
     exported = set(subs["rid"])
     for j in range(others):  # persons the export does not hold
         while True:
@@ -86,10 +100,10 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
             if rid not in exported:
                 break
         key = f"K88-{n + j:05d}"
-        rows.append((key, f"客户{j}", rid, "138" + f"{rng.integers(0, 10**8):08d}", "",
-                     "北京市"))
-        truth_rows.append({"acquirer_key": key, "acquired_key": "", "conflicts": "",
-                           "marketing_withdrawn": ""})
+        rows.append((key, f"客户{j}", rid, "138" + f"{rng.integers(0, 10**8):08d}", "", "北京市"))
+        truth_rows.append(
+            {"acquirer_key": key, "acquired_key": "", "conflicts": "", "marketing_withdrawn": ""}
+        )
     rid_arr = pa.array([r[2] for r in rows])
     birth, gender = resident_id_birth_gender(rid_arr)
     id_dom, ms_dom = field_domain("customer", "id_number"), field_domain("customer", "msisdn")
@@ -106,24 +120,40 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
                     "msisdn, msisdn_bidx, msisdn_masked, address, city, opened_on, status, "
                     "source_updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,"
                     "'2015-03-01','active','2025-06-30 12:00:00') ON CONFLICT DO NOTHING",
-                    (row[0], row[1], enc[k], ring.active_key_id, bidx[k],
-                     mask_resident_id(row[2]), {"男": "M", "女": "F"}[gender[k].as_py()],
-                     birth[k].as_py(), row[3], ms_bidx[k], mask_msisdn(row[3]),
-                     row[4] or None, row[5] or None))
+                    (
+                        row[0],
+                        row[1],
+                        enc[k],
+                        ring.active_key_id,
+                        bidx[k],
+                        mask_resident_id(row[2]),
+                        {"男": "M", "女": "F"}[gender[k].as_py()],
+                        birth[k].as_py(),
+                        row[3],
+                        ms_bidx[k],
+                        mask_msisdn(row[3]),
+                        row[4] or None,
+                        row[5] or None,
+                    ),
+                )
                 if k < n and k % 5 == 0:  # the acquirer holds a withdrawn marketing consent
                     conn.execute(
                         "INSERT INTO crm.consent (consent_id, customer_id, purpose, granted, "
                         "granted_at) VALUES (%s, %s, 'marketing', false, '2024-05-01') "
-                        "ON CONFLICT DO NOTHING", (f"KC-{k:05d}", row[0]))
+                        "ON CONFLICT DO NOTHING",
+                        (f"KC-{k:05d}", row[0]),
+                    )
                 conn.execute(
                     "INSERT INTO handover_meta.person_map (source_system, source_key, "
                     "person_id, target_customer_id, decision, rule) VALUES (%s,%s,%s,%s,"
                     "'target','seed') ON CONFLICT DO NOTHING",
-                    (SYSTEM, row[0], identity.person_id(ring, bidx[k]), row[0]))
+                    (SYSTEM, row[0], identity.person_id(ring, bidx[k]), row[0]),
+                )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / TRUTH, "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=["acquirer_key", "acquired_key", "conflicts",
-                                           "marketing_withdrawn"])
+        w = csv.DictWriter(
+            fh, fieldnames=["acquirer_key", "acquired_key", "conflicts", "marketing_withdrawn"]
+        )
         w.writeheader()
         w.writerows(truth_rows)
     return {"seeded": len(rows), "also_in_export": n}
@@ -132,8 +162,10 @@ def seed(dsn: str, export_dir: Path, out: Path, *, share: float = 0.1, others: i
 def _random_id(rng) -> str:
     from handover.validators import id_check_digit
 
-    body = (f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}"
-            f"{rng.integers(1, 29):02d}{rng.integers(0, 1000):03d}")
+    body = (
+        f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}"
+        f"{rng.integers(1, 29):02d}{rng.integers(0, 1000):03d}"
+    )
     return body + id_check_digit(body)
 
 
@@ -145,22 +177,37 @@ def main(argv: list[str] | None = None) -> int:
 
     from handover.connections import target_dsn
 
-    ap = argparse.ArgumentParser(prog="python -m handover_synth.acquirer",
-                                 description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m handover_synth.acquirer", description=main.__doc__)
     ap.add_argument("--export", required=True, type=Path, help="the acquired export's folder")
-    ap.add_argument("--out", type=Path, help="where acquirer_truth.csv goes (default: the "
-                    "export's parent folder)")
-    ap.add_argument("--share", type=float, default=0.1,
-                    help="share of the export's persons the acquirer already holds")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="where acquirer_truth.csv goes (default: the export's parent folder)",
+    )
+    ap.add_argument(
+        "--share",
+        type=float,
+        default=0.1,
+        help="share of the export's persons the acquirer already holds",
+    )
     ap.add_argument("--others", type=int, default=40, help="acquirer customers not in it")
     args = ap.parse_args(argv)
     if not (args.export / "subscribers.csv").is_file():
-        ap.error(f"{args.export}: no subscribers.csv; give the folder of a synthetic export "
-                 "(python -m handover_synth.legacy_bss --out DIR)")
-    out = seed(target_dsn(), args.export, args.out or args.export.parent, share=args.share,
-               others=args.others)
-    print(f"seeded {out['seeded']} acquirer customers ({out['also_in_export']} of them persons "
-          f"of the export); truth: {(args.out or args.export.parent) / TRUTH}")
+        ap.error(
+            f"{args.export}: no subscribers.csv; give the folder of a synthetic export "
+            "(python -m handover_synth.legacy_bss --out DIR)"
+        )
+    out = seed(
+        target_dsn(),
+        args.export,
+        args.out or args.export.parent,
+        share=args.share,
+        others=args.others,
+    )
+    print(
+        f"seeded {out['seeded']} acquirer customers ({out['also_in_export']} of them persons "
+        f"of the export); truth: {(args.out or args.export.parent) / TRUTH}"
+    )
     return 0
 
 

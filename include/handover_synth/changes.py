@@ -53,15 +53,29 @@ TIME_FMT = "%Y-%m-%d %H:%M:%S"
 KEYS = {table: cols[0] for table, cols in TABLE_COLUMNS.items()}
 EVENT_TABLES = ("call_records", "data_sessions", "payments", "complaints", "browsing_events")
 #: Records per subscriber per day (the export's yearly volumes spread over 330 days).
-DAILY_RATE = {"call_records": 20 / 330, "data_sessions": 10 / 330, "payments": 6 / 330,
-              "complaints": 0.3 / 330, "browsing_events": 5 / 330}
-DAILY_MIN = {"call_records": 10, "data_sessions": 5, "payments": 3, "complaints": 1,
-             "browsing_events": 6}
+DAILY_RATE = {
+    "call_records": 20 / 330,
+    "data_sessions": 10 / 330,
+    "payments": 6 / 330,
+    "complaints": 0.3 / 330,
+    "browsing_events": 5 / 330,
+}
+DAILY_MIN = {
+    "call_records": 10,
+    "data_sessions": 5,
+    "payments": 3,
+    "complaints": 1,
+    "browsing_events": 6,
+}
 _CHANNELS = ("alipay", "wechat", "bank", "cash")
 _AMOUNTS = (1000, 2000, 3000, 5000, 10000, 20000)
 _CATEGORIES = ("计费", "网络", "服务", "其他")
-_COMPLAINTS = ("网络信号不稳定，希望尽快处理。", "账单金额有疑问，请核实。",
-               "营业厅排队时间太长。", "宽带经常断线。")
+_COMPLAINTS = (
+    "网络信号不稳定，希望尽快处理。",
+    "账单金额有疑问，请核实。",
+    "营业厅排队时间太长。",
+    "宽带经常断线。",
+)
 _DOMAINS = ("baidu.com", "taobao.com", "qq.com", "weibo.com", "jd.com", "zhihu.com")
 _MSISDN_PREFIXES = ("138", "139", "150", "186", "177", "199")
 
@@ -73,13 +87,16 @@ class _Day:
     start: pd.Timestamp
     end: pd.Timestamp
     changes: dict[str, list[dict[str, str]]] = field(
-        default_factory=lambda: {t: [] for t in TABLE_COLUMNS})
+        default_factory=lambda: {t: [] for t in TABLE_COLUMNS}
+    )
     deletions: dict[str, list[tuple[str, str]]] = field(
-        default_factory=lambda: {t: [] for t in TABLE_COLUMNS})
+        default_factory=lambda: {t: [] for t in TABLE_COLUMNS}
+    )
     truth: list[tuple[str, str, str, str, str]] = field(default_factory=list)
 
-    def note(self, table: str, key: str, defect: str, outcome: str = "loaded",
-             reason: str = "") -> None:
+    def note(
+        self, table: str, key: str, defect: str, outcome: str = "loaded", reason: str = ""
+    ) -> None:
         self.truth.append((table, key, defect, outcome, reason))
 
 
@@ -91,19 +108,28 @@ class _Legacy:
         manifest = json.loads((export_dir / "export_manifest.json").read_text(encoding="utf-8"))
         self.system = manifest.get("system", "legacy_bss")
         self.exported_at = pd.Timestamp(manifest["exported_at"])
-        self.tables = {t: pd.read_csv(export_dir / f"{t}.csv", dtype=str, keep_default_na=False,
-                                      encoding="utf-8") for t in TABLE_COLUMNS}
+        self.tables = {
+            t: pd.read_csv(
+                export_dir / f"{t}.csv", dtype=str, keep_default_na=False, encoding="utf-8"
+            )
+            for t in TABLE_COLUMNS
+        }
         truth = pd.read_csv(export_dir / "truth.csv", dtype=str, keep_default_na=False)
         subs = self.tables["subscribers"]
-        bad = set(truth.loc[(truth["table"] == "subscribers")
-                            & (truth["expected_outcome"] != "loaded"), "key"])
+        bad = set(
+            truth.loc[
+                (truth["table"] == "subscribers") & (truth["expected_outcome"] != "loaded"), "key"
+            ]
+        )
         shared_id = subs["id_number"].duplicated(keep=False)
         # Clean, uniquely identified subscribers: the ones a day may change or delete.
         self.pool = sorted(set(subs.loc[~shared_id, "cust_id"]) - bad)
         self.id_numbers = set(subs["id_number"])
         self.msisdns = set(subs["msisdn"])
-        self.next_no = {t: max(int(k[1:]) for k in df[KEYS[t]] if k[1:].isdigit()) + 1
-                        for t, df in self.tables.items()}
+        self.next_no = {
+            t: max(int(k[1:]) for k in df[KEYS[t]] if k[1:].isdigit()) + 1
+            for t, df in self.tables.items()
+        }
         self.width = {t: len(df[KEYS[t]].iloc[0]) - 1 for t, df in self.tables.items()}
         self.prefix = {t: df[KEYS[t]].iloc[0][0] for t, df in self.tables.items()}
         self.prev_updated: list[str] = []
@@ -160,8 +186,10 @@ def _pick(rng: np.random.Generator, pool: list[str], n: int) -> list[str]:
 
 def _msisdn(rng: np.random.Generator, taken: set[str]) -> str:
     while True:
-        m = f"{_MSISDN_PREFIXES[rng.integers(len(_MSISDN_PREFIXES))]}" \
+        m = (
+            f"{_MSISDN_PREFIXES[rng.integers(len(_MSISDN_PREFIXES))]}"
             f"{int(rng.integers(0, 10**8)):08d}"
+        )
         if m not in taken:
             taken.add(m)
             return m
@@ -223,8 +251,10 @@ class _Player:
         self.revoke_marketing()
         alive = lg.pool + new
         consented = lg.behavioural() | {
-            r["cust_id"] for r in day.changes["consents"]
-            if r["purpose"] == "behavioural" and r["granted"] == "1"}
+            r["cust_id"]
+            for r in day.changes["consents"]
+            if r["purpose"] == "behavioural" and r["granted"] == "1"
+        }
         calls = self.events(alive, consented)
         self.late_events(lg.pool)
         self.bad_events(lg.pool)
@@ -257,8 +287,11 @@ class _Player:
         at = self.when()
         for table in TABLE_COLUMNS:
             df = self.lg.tables[table]
-            keys = df[KEYS[table]] if table == "subscribers" else df.loc[
-                df["cust_id"] == cust, KEYS[table]]
+            keys = (
+                df[KEYS[table]]
+                if table == "subscribers"
+                else df.loc[df["cust_id"] == cust, KEYS[table]]
+            )
             if table == "subscribers":
                 keys = keys[keys == cust]
             for k in keys:
@@ -270,11 +303,20 @@ class _Player:
         model = lg.row("subscribers", lg.pool[int(rng.integers(len(lg.pool)))])
         donor = lg.row("subscribers", lg.pool[int(rng.integers(len(lg.pool)))])
         number, birth, gender = _resident_id(rng, model["id_number"][:6], lg.id_numbers)
-        return {"cust_id": lg.new_key("subscribers"), "name": model["name"][0] + donor["name"][1:],
-                "id_number": number, "gender": gender, "birth_date": birth,
-                "msisdn": _msisdn(rng, lg.msisdns), "address": model["address"],
-                "city": model["city"], "open_date": f"{self.day.start:%Y-%m-%d}", "status": "1",
-                "transfer_objection": "0", "updated_at": self.when()}
+        return {
+            "cust_id": lg.new_key("subscribers"),
+            "name": model["name"][0] + donor["name"][1:],
+            "id_number": number,
+            "gender": gender,
+            "birth_date": birth,
+            "msisdn": _msisdn(rng, lg.msisdns),
+            "address": model["address"],
+            "city": model["city"],
+            "open_date": f"{self.day.start:%Y-%m-%d}",
+            "status": "1",
+            "transfer_objection": "0",
+            "updated_at": self.when(),
+        }
 
     def new_subscriber(self) -> str:
         rng, day = self.rng, self.day
@@ -287,9 +329,15 @@ class _Player:
             grants.append(("behavioural", "1"))
         for purpose, granted in grants:
             key = self.lg.new_key("consents")
-            day.changes["consents"].append({"consent_id": key, "cust_id": cust,
-                                            "purpose": purpose, "granted": granted,
-                                            "granted_at": row["updated_at"]})
+            day.changes["consents"].append(
+                {
+                    "consent_id": key,
+                    "cust_id": cust,
+                    "purpose": purpose,
+                    "granted": granted,
+                    "granted_at": row["updated_at"],
+                }
+            )
             day.note("consents", key, "INSERT")
         return cust
 
@@ -298,8 +346,9 @@ class _Player:
         check = row["id_number"][-1]
         row["id_number"] = row["id_number"][:-1] + ("0" if check != "0" else "1")
         self.day.changes["subscribers"].append(row)
-        self.day.note("subscribers", row["cust_id"], "BAD_ID_CHECKSUM", "quarantined",
-                      "INVALID_ID_CHECKSUM")
+        self.day.note(
+            "subscribers", row["cust_id"], "BAD_ID_CHECKSUM", "quarantined", "INVALID_ID_CHECKSUM"
+        )
 
     def duplicate_person(self, cust: str) -> None:
         """A new customer number for a person already migrated: merged into the customer
@@ -309,14 +358,19 @@ class _Player:
         for col in ("name", "id_number", "gender", "birth_date"):
             row[col] = person[col]
         self.day.changes["subscribers"].append(row)
-        self.day.note("subscribers", row["cust_id"], "DUPLICATE_PERSON", "merged",
-                      "EXISTING_CUSTOMER")
+        self.day.note(
+            "subscribers", row["cust_id"], "DUPLICATE_PERSON", "merged", "EXISTING_CUSTOMER"
+        )
 
     def revoke_marketing(self) -> None:
         c = self.lg.tables["consents"]
         pool = set(self.lg.pool)
-        candidates = sorted(c.loc[(c["purpose"] == "marketing") & (c["granted"] == "1")
-                                  & c["cust_id"].isin(pool), "consent_id"])
+        candidates = sorted(
+            c.loc[
+                (c["purpose"] == "marketing") & (c["granted"] == "1") & c["cust_id"].isin(pool),
+                "consent_id",
+            ]
+        )
         for key in _pick(self.rng, candidates, 1):
             row = self.lg.row("consents", key)
             row["granted"], row["granted_at"] = "0", self.when()
@@ -328,28 +382,57 @@ class _Player:
         lg, rng = self.lg, self.rng
         key = lg.new_key(table)
         if table == "call_records":
-            caller = next((r["msisdn"] for r in self.day.changes["subscribers"]
-                           if r["cust_id"] == cust), None) or lg.row("subscribers", cust)["msisdn"]
-            return {"cdr_id": key, "cust_id": cust, "caller": caller,
-                    "callee": _msisdn(rng, set()), "start_time": at,
-                    "duration_s": str(int(rng.integers(1, 1800))), "cell_id": _cell(rng),
-                    "charge_fen": str(int(rng.integers(0, 500)))}
+            caller = (
+                next(
+                    (r["msisdn"] for r in self.day.changes["subscribers"] if r["cust_id"] == cust),
+                    None,
+                )
+                or lg.row("subscribers", cust)["msisdn"]
+            )
+            return {
+                "cdr_id": key,
+                "cust_id": cust,
+                "caller": caller,
+                "callee": _msisdn(rng, set()),
+                "start_time": at,
+                "duration_s": str(int(rng.integers(1, 1800))),
+                "cell_id": _cell(rng),
+                "charge_fen": str(int(rng.integers(0, 500))),
+            }
         if table == "data_sessions":
-            return {"session_id": key, "cust_id": cust, "start_time": at,
-                    "bytes_up": str(int(rng.integers(1000, 10**7))),
-                    "bytes_down": str(int(rng.integers(1000, 10**8))), "cell_id": _cell(rng),
-                    "charge_fen": str(int(rng.integers(0, 300)))}
+            return {
+                "session_id": key,
+                "cust_id": cust,
+                "start_time": at,
+                "bytes_up": str(int(rng.integers(1000, 10**7))),
+                "bytes_down": str(int(rng.integers(1000, 10**8))),
+                "cell_id": _cell(rng),
+                "charge_fen": str(int(rng.integers(0, 300))),
+            }
         if table == "payments":
-            return {"payment_id": key, "cust_id": cust, "paid_at": at,
-                    "amount_fen": str(_AMOUNTS[int(rng.integers(len(_AMOUNTS)))]),
-                    "channel": _CHANNELS[int(rng.integers(len(_CHANNELS)))]}
+            return {
+                "payment_id": key,
+                "cust_id": cust,
+                "paid_at": at,
+                "amount_fen": str(_AMOUNTS[int(rng.integers(len(_AMOUNTS)))]),
+                "channel": _CHANNELS[int(rng.integers(len(_CHANNELS)))],
+            }
         if table == "complaints":
-            return {"complaint_id": key, "cust_id": cust, "created_at": at,
-                    "category": _CATEGORIES[int(rng.integers(len(_CATEGORIES)))],
-                    "text": _COMPLAINTS[int(rng.integers(len(_COMPLAINTS)))],
-                    "satisfaction": str(int(rng.integers(1, 6)))}
-        return {"event_id": key, "cust_id": cust, "ts": at,
-                "domain": _DOMAINS[int(rng.integers(len(_DOMAINS)))], "search_text": ""}
+            return {
+                "complaint_id": key,
+                "cust_id": cust,
+                "created_at": at,
+                "category": _CATEGORIES[int(rng.integers(len(_CATEGORIES)))],
+                "text": _COMPLAINTS[int(rng.integers(len(_COMPLAINTS)))],
+                "satisfaction": str(int(rng.integers(1, 6))),
+            }
+        return {
+            "event_id": key,
+            "cust_id": cust,
+            "ts": at,
+            "domain": _DOMAINS[int(rng.integers(len(_DOMAINS)))],
+            "search_text": "",
+        }
 
     def events(self, alive: list[str], consented: set[str]) -> list[str]:
         calls: list[str] = []
@@ -387,17 +470,19 @@ class _Player:
         a, b, c, e = _pick(rng, pool, 4)
         neg = self.record("call_records", a, self.when())
         neg["charge_fen"] = f"-{int(rng.integers(1, 500))}"
-        future = self.record("call_records", b,
-                             _ts(rng, d.end + pd.Timedelta(days=1), d.end + pd.Timedelta(days=3)))
+        future = self.record(
+            "call_records", b, _ts(rng, d.end + pd.Timedelta(days=1), d.end + pd.Timedelta(days=3))
+        )
         orphan = self.record("call_records", c, self.when())
         orphan["cust_id"] = f"C9{int(rng.integers(0, 10**7)):07d}"
         blank = self.record("payments", e, self.when())
         blank["amount_fen"] = ""
         for table, row, defect, reason in (
-                ("call_records", neg, "NEGATIVE_AMOUNT", "NEGATIVE_AMOUNT"),
-                ("call_records", future, "FUTURE_DATE", "INVALID_DATE"),
-                ("call_records", orphan, "ORPHAN_RECORD", "ORPHAN_RECORD"),
-                ("payments", blank, "BLANK_MANDATORY", "MISSING_FIELD")):
+            ("call_records", neg, "NEGATIVE_AMOUNT", "NEGATIVE_AMOUNT"),
+            ("call_records", future, "FUTURE_DATE", "INVALID_DATE"),
+            ("call_records", orphan, "ORPHAN_RECORD", "ORPHAN_RECORD"),
+            ("payments", blank, "BLANK_MANDATORY", "MISSING_FIELD"),
+        ):
             d.changes[table].append(row)
             d.note(table, row[KEYS[table]], defect, "quarantined", reason)
 
@@ -408,8 +493,11 @@ class _Player:
         candidates = sorted(set(ours) - set(self.lg.prev_calls))
         victims = _pick(self.rng, candidates, 2)
         taken = {k for k, _ in self.day.deletions["call_records"]}
-        voided_new = [k for k in _pick(self.rng, self.lg.prev_calls, 1)
-                      if k in set(df["cdr_id"]) and k not in taken]
+        voided_new = [
+            k
+            for k in _pick(self.rng, self.lg.prev_calls, 1)
+            if k in set(df["cdr_id"]) and k not in taken
+        ]
         for key in victims + voided_new:
             self.day.deletions["call_records"].append((key, self.when()))
             self.day.note("call_records", key, "DELETED", "deleted")
@@ -424,38 +512,60 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> dict[str, Any]:
 
 def _write_state(legacy: _Legacy, folder: Path, as_of: pd.Timestamp) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tables = {t: _write_csv(folder / f"{t}.csv", df[list(TABLE_COLUMNS[t])])
-              for t, df in legacy.tables.items()}
-    manifest = {"system": legacy.system, "exported_at": as_of.strftime(TIME_FMT),
-                "seed": legacy.seed, "tables": tables}
+    tables = {
+        t: _write_csv(folder / f"{t}.csv", df[list(TABLE_COLUMNS[t])])
+        for t, df in legacy.tables.items()
+    }
+    manifest = {
+        "system": legacy.system,
+        "exported_at": as_of.strftime(TIME_FMT),
+        "seed": legacy.seed,
+        "tables": tables,
+    }
     (folder / "export_manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
 
 
 def _write_day(legacy: _Legacy, day: _Day, folder: Path) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     tables = {}
     for table, cols in TABLE_COLUMNS.items():
-        info = _write_csv(folder / f"{table}.csv",
-                          pd.DataFrame(day.changes[table], columns=list(cols)))
-        dels = _write_csv(folder / f"{table}.deleted.csv",
-                          pd.DataFrame(day.deletions[table], columns=[KEYS[table], "deleted_at"]))
-        tables[table] = {**info, "deleted_file": dels["file"], "deleted_rows": dels["rows"],
-                         "deleted_sha256": dels["sha256"]}
+        info = _write_csv(
+            folder / f"{table}.csv", pd.DataFrame(day.changes[table], columns=list(cols))
+        )
+        dels = _write_csv(
+            folder / f"{table}.deleted.csv",
+            pd.DataFrame(day.deletions[table], columns=[KEYS[table], "deleted_at"]),
+        )
+        tables[table] = {
+            **info,
+            "deleted_file": dels["file"],
+            "deleted_rows": dels["rows"],
+            "deleted_sha256": dels["sha256"],
+        }
     pd.DataFrame(day.truth, columns=list(TRUTH_COLUMNS)).to_csv(
-        folder / "truth.csv", index=False, lineterminator="\n", encoding="utf-8")
+        folder / "truth.csv", index=False, lineterminator="\n", encoding="utf-8"
+    )
     _write_state(legacy, folder / "state", day.end)
-    manifest = {"system": legacy.system, "day": f"{day.start:%Y-%m-%d}",
-                "interval_start": day.start.strftime(TIME_FMT),
-                "interval_end": day.end.strftime(TIME_FMT), "seed": legacy.seed,
-                "tables": tables, "state": "state"}
+    manifest = {
+        "system": legacy.system,
+        "day": f"{day.start:%Y-%m-%d}",
+        "interval_start": day.start.strftime(TIME_FMT),
+        "interval_end": day.end.strftime(TIME_FMT),
+        "seed": legacy.seed,
+        "tables": tables,
+        "state": "state",
+    }
     (folder / "change_manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     return manifest
 
 
-def generate_changes(export_dir: Path | str, out_dir: Path | str, days: int = 3,
-                     seed: int = 1) -> list[dict[str, Any]]:
+def generate_changes(
+    export_dir: Path | str, out_dir: Path | str, days: int = 3, seed: int = 1
+) -> list[dict[str, Any]]:
     """Write `days` change sets after the export in `export_dir`; returns their manifests."""
     if days < 1:
         raise ValueError("days must be >= 1")
@@ -472,9 +582,14 @@ def generate_changes(export_dir: Path | str, out_dir: Path | str, days: int = 3,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover_synth.changes", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--export", type=Path, required=True, help="export written by handover_synth.legacy_bss")
+    ap = argparse.ArgumentParser(
+        prog="python -m handover_synth.changes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--export", type=Path, required=True, help="export written by handover_synth.legacy_bss"
+    )
     ap.add_argument("--out", type=Path, required=True, help="folder for the change sets")
     ap.add_argument("--days", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)

@@ -132,8 +132,9 @@ def _map(series: pd.Series, table: dict) -> pd.Series:
 
 
 # -------------------------------------------------------------------- writers
-def _write_text(path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str,
-                header: bool) -> None:
+def _write_text(
+    path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str, header: bool
+) -> None:
     with open(path, "w", encoding=encoding, newline="") as fh:
         w = csv.writer(fh, delimiter=delimiter, lineterminator="\n")
         if header:
@@ -151,8 +152,10 @@ def _typed(values: pd.Series, kind: str) -> pa.Array:
         if kind == "int":
             return pa.array([None if v is None else int(v) for v in text], pa.int64())
         if kind == "yuan":
-            return pa.array([None if v is None else Decimal(int(v)).scaleb(-2) for v in text],
-                            pa.decimal128(14, 2))
+            return pa.array(
+                [None if v is None else Decimal(int(v)).scaleb(-2) for v in text],
+                pa.decimal128(14, 2),
+            )
     except (ValueError, TypeError):
         pass
     return pa.array(values.tolist(), pa.string())
@@ -167,72 +170,81 @@ def _sha256(path: Path) -> str:
 
 
 def _read(legacy: Path, table: str) -> pd.DataFrame:
-    return pd.read_csv(legacy / f"{table}.csv", dtype=str, keep_default_na=False,
-                       na_filter=False)
+    return pd.read_csv(legacy / f"{table}.csv", dtype=str, keep_default_na=False, na_filter=False)
 
 
 # -------------------------------------------------------------------- the tables
 def _profiles(df: pd.DataFrame) -> pd.DataFrame:
     names = df["name"].map(split_name)
-    return pd.DataFrame({
-        "客户编号": df["cust_id"],
-        "姓": names.str[0],
-        "名": names.str[1],
-        "证件号码": df["id_number"],
-        "性别": df["gender"],
-        "出生日期": df["birth_date"].map(chinese_date),
-        "手机号码": df["msisdn"],
-        "所在地": df["city"] + "/" + df["address"],
-        "开户日期": df["open_date"].map(compact_date),
-        "状态": _map(df["status"], STATUS),
-        "拒绝转移": _map(df["transfer_objection"], OBJECTION),
-        "更新时间": df["updated_at"].map(epoch_seconds),
-    })
+    return pd.DataFrame(
+        {
+            "客户编号": df["cust_id"],
+            "姓": names.str[0],
+            "名": names.str[1],
+            "证件号码": df["id_number"],
+            "性别": df["gender"],
+            "出生日期": df["birth_date"].map(chinese_date),
+            "手机号码": df["msisdn"],
+            "所在地": df["city"] + "/" + df["address"],
+            "开户日期": df["open_date"].map(compact_date),
+            "状态": _map(df["status"], STATUS),
+            "拒绝转移": _map(df["transfer_objection"], OBJECTION),
+            "更新时间": df["updated_at"].map(epoch_seconds),
+        }
+    )
 
 
 def _consents(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "授权编号": df["consent_id"],
-        "客户编号": df["cust_id"],
-        "授权用途": _map(df["purpose"], PURPOSE),
-        "是否同意": _map(df["granted"], GRANTED),
-        "授权时间": df["granted_at"].map(epoch_seconds),
-    })
+    return pd.DataFrame(
+        {
+            "授权编号": df["consent_id"],
+            "客户编号": df["cust_id"],
+            "授权用途": _map(df["purpose"], PURPOSE),
+            "是否同意": _map(df["granted"], GRANTED),
+            "授权时间": df["granted_at"].map(epoch_seconds),
+        }
+    )
 
 
 def _voice(df: pd.DataFrame) -> pa.Table:
-    return pa.table({
-        "rec_id": pa.array(df["cdr_id"].tolist(), pa.string()),
-        "subscriber_id": pa.array(df["cust_id"].tolist(), pa.string()),
-        "calling_no": pa.array(df["caller"].tolist(), pa.string()),
-        "called_no": pa.array(df["callee"].tolist(), pa.string()),
-        "begin_time": _typed(df["start_time"], "timestamp"),
-        "duration_sec": _typed(df["duration_s"], "int"),
-        "cell": pa.array(df["cell_id"].tolist(), pa.string()),
-        "fee_yuan": _typed(df["charge_fen"], "yuan"),
-    })
+    return pa.table(
+        {
+            "rec_id": pa.array(df["cdr_id"].tolist(), pa.string()),
+            "subscriber_id": pa.array(df["cust_id"].tolist(), pa.string()),
+            "calling_no": pa.array(df["caller"].tolist(), pa.string()),
+            "called_no": pa.array(df["callee"].tolist(), pa.string()),
+            "begin_time": _typed(df["start_time"], "timestamp"),
+            "duration_sec": _typed(df["duration_s"], "int"),
+            "cell": pa.array(df["cell_id"].tolist(), pa.string()),
+            "fee_yuan": _typed(df["charge_fen"], "yuan"),
+        }
+    )
 
 
 def _data(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "sess_no": df["session_id"],
-        "cust_no": df["cust_id"],
-        "start_ts": df["start_time"].map(compact_datetime),
-        "up_bytes": df["bytes_up"],
-        "down_bytes": df["bytes_down"],
-        "cell": df["cell_id"],
-        "fee": df["charge_fen"].map(yuan),
-    })
+    return pd.DataFrame(
+        {
+            "sess_no": df["session_id"],
+            "cust_no": df["cust_id"],
+            "start_ts": df["start_time"].map(compact_datetime),
+            "up_bytes": df["bytes_up"],
+            "down_bytes": df["bytes_down"],
+            "cell": df["cell_id"],
+            "fee": df["charge_fen"].map(yuan),
+        }
+    )
 
 
 def _payments(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "pay_no": df["payment_id"],
-        "cust_no": df["cust_id"],
-        "pay_time": df["paid_at"],
-        "amount": df["amount_fen"].map(lambda v: yuan(v) if v.strip() else None),
-        "pay_channel": df["channel"].map(lambda v: CHANNEL.get(v, v)),
-    })
+    return pd.DataFrame(
+        {
+            "pay_no": df["payment_id"],
+            "cust_no": df["cust_id"],
+            "pay_time": df["paid_at"],
+            "amount": df["amount_fen"].map(lambda v: yuan(v) if v.strip() else None),
+            "pay_channel": df["channel"].map(lambda v: CHANNEL.get(v, v)),
+        }
+    )
 
 
 def _line_break(text: str) -> str:
@@ -242,28 +254,34 @@ def _line_break(text: str) -> str:
 
 
 def _complaints(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "工单编号": df["complaint_id"],
-        "客户编号": df["cust_id"],
-        "受理时间": df["created_at"].map(chinese_datetime),
-        "投诉类别": df["category"],
-        "投诉内容": df["text"].map(_line_break),
-        "满意度": df["satisfaction"],
-    })
+    return pd.DataFrame(
+        {
+            "工单编号": df["complaint_id"],
+            "客户编号": df["cust_id"],
+            "受理时间": df["created_at"].map(chinese_datetime),
+            "投诉类别": df["category"],
+            "投诉内容": df["text"].map(_line_break),
+            "满意度": df["satisfaction"],
+        }
+    )
 
 
 def _browsing(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "日志编号": df["event_id"],
-        "客户编号": df["cust_id"],
-        "访问时间": df["ts"].map(slash_datetime),
-        "访问域名": df["domain"],
-        "搜索词": df["search_text"],
-    })
+    return pd.DataFrame(
+        {
+            "日志编号": df["event_id"],
+            "客户编号": df["cust_id"],
+            "访问时间": df["ts"].map(slash_datetime),
+            "访问域名": df["domain"],
+            "搜索词": df["search_text"],
+        }
+    )
 
 
-PAYMENT_DDL = (f"CREATE TABLE {SQL_TABLE} (pay_no text PRIMARY KEY, cust_no text, "
-               "pay_time timestamp, amount numeric(14,2), pay_channel text)")
+PAYMENT_DDL = (
+    f"CREATE TABLE {SQL_TABLE} (pay_no text PRIMARY KEY, cust_no text, "
+    "pay_time timestamp, amount numeric(14,2), pay_channel text)"
+)
 
 
 def derive(legacy_dir: Path, out_dir: Path) -> dict[str, Any]:
@@ -277,19 +295,18 @@ def derive(legacy_dir: Path, out_dir: Path) -> dict[str, Any]:
         tables[table] = {"file": file, "rows": rows, "sha256": _sha256(out / file)}
 
     df = _read(legacy, "subscribers")
-    _write_text(out / "cust_profile.txt", _profiles(df), encoding="gbk", delimiter="|",
-                header=True)
+    _write_text(out / "cust_profile.txt", _profiles(df), encoding="gbk", delimiter="|", header=True)
     done("cust_profile", "cust_profile.txt", len(df))
     df = _read(legacy, "consents")
-    _write_text(out / "cust_consent.dat", _consents(df), encoding="gb18030", delimiter="\t",
-                header=False)
+    _write_text(
+        out / "cust_consent.dat", _consents(df), encoding="gb18030", delimiter="\t", header=False
+    )
     done("cust_consent", "cust_consent.dat", len(df))
     df = _read(legacy, "call_records")
     pq.write_table(_voice(df), out / "voice_cdr.parquet", compression="zstd")
     done("voice_cdr", "voice_cdr.parquet", len(df))
     df = _read(legacy, "data_sessions")
-    _write_text(out / "data_cdr.csv", _data(df), encoding="utf-8-sig", delimiter=",",
-                header=True)
+    _write_text(out / "data_cdr.csv", _data(df), encoding="utf-8-sig", delimiter=",", header=True)
     done("data_cdr", "data_cdr.csv", len(df))
     df = _read(legacy, "payments")
     db = out / "source_db"
@@ -299,22 +316,28 @@ def derive(legacy_dir: Path, out_dir: Path) -> dict[str, Any]:
     pq.write_table(pa.Table.from_pandas(pay, preserve_index=False), db / f"{SQL_TABLE}.parquet")
     tables[SQL_TABLE] = {"source": "sql", "table": SQL_TABLE, "rows": len(pay)}
     df = _read(legacy, "complaints")
-    _write_text(out / "complaint_ticket.txt", _complaints(df), encoding="gbk", delimiter="|",
-                header=True)
+    _write_text(
+        out / "complaint_ticket.txt", _complaints(df), encoding="gbk", delimiter="|", header=True
+    )
     done("complaint_ticket", "complaint_ticket.txt", len(df))
     df = _read(legacy, "browsing_events")
-    _write_text(out / "web_log.csv", _browsing(df), encoding="gb18030", delimiter=";",
-                header=True)
+    _write_text(out / "web_log.csv", _browsing(df), encoding="gb18030", delimiter=";", header=True)
     done("web_log", "web_log.csv", len(df))
 
     truth = pd.read_csv(legacy / "truth.csv", dtype=str, keep_default_na=False)
     truth["table"] = truth["table"].map(TABLES)
     truth.to_csv(out / "truth.csv", index=False)
-    manifest = {"system": SYSTEM, "exported_at": manifest_in["exported_at"],
-                "seed": manifest_in.get("seed"), "subscribers": manifest_in.get("subscribers"),
-                "derived_from": "legacy_bss", "tables": tables}
+    manifest = {
+        "system": SYSTEM,
+        "exported_at": manifest_in["exported_at"],
+        "seed": manifest_in.get("seed"),
+        "subscribers": manifest_in.get("subscribers"),
+        "derived_from": "legacy_bss",
+        "tables": tables,
+    }
     (out / "export_manifest.json").write_text(
-        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
     return manifest
 
 
@@ -327,16 +350,19 @@ def load_database(out_dir: Path, dsn: str) -> int:
     with psycopg.connect(dsn) as conn, conn.transaction():
         conn.execute(f"DROP TABLE IF EXISTS {SQL_TABLE}")
         conn.execute((db / f"{SQL_TABLE}.sql").read_text(encoding="utf-8"))
-        with conn.cursor().copy(f"COPY {SQL_TABLE} (pay_no, cust_no, pay_time, amount, "
-                                "pay_channel) FROM STDIN") as cp:
+        with conn.cursor().copy(
+            f"COPY {SQL_TABLE} (pay_no, cust_no, pay_time, amount, pay_channel) FROM STDIN"
+        ) as cp:
             for r in rows:
-                cp.write_row((r["pay_no"], r["cust_no"], r["pay_time"], r["amount"],
-                              r["pay_channel"]))
+                cp.write_row(
+                    (r["pay_no"], r["cust_no"], r["pay_time"], r["amount"], r["pay_channel"])
+                )
     return len(rows)
 
 
-def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
-             ) -> dict[str, Any]:
+def generate(
+    out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
+) -> dict[str, Any]:
     """Generate a legacy_bss export with handover_synth.legacy_bss and derive telco_b's from it."""
     from handover_synth import legacy_bss as synth
 
@@ -346,8 +372,11 @@ def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: An
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover_synth.telco_b", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m handover_synth.telco_b",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--subscribers", type=int, help="generate a legacy export of this size")
     ap.add_argument("--from-legacy", type=Path, help="derive from an existing legacy_bss export")
@@ -372,4 +401,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

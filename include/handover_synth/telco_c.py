@@ -75,18 +75,26 @@ import pandas as pd
 
 SYSTEM = "telco_c"
 DICTIONARY = "数据字典.txt"
-TRUTH_COLUMNS = ("table", "key", "defect", "expected_outcome", "expected_reason",
-                 "merged_into", "reparented_to", "amount_yuan")
+TRUTH_COLUMNS = (
+    "table",
+    "key",
+    "defect",
+    "expected_outcome",
+    "expected_reason",
+    "merged_into",
+    "reparented_to",
+    "amount_yuan",
+)
 
 # Shares of the quirks this dialect adds (of the rows they can apply to).
-FIRST_GEN_SHARE = 0.2        # customers born 1900-1999 exported with a 15-digit ID
-SAME_PERSON_SHARE = 0.02     # clean customers exported twice across ID generations
-MOVED_CHILD_SHARE = 0.4      # of such a customer's children, under the second key
-KEY_VARIANT_SHARE = 0.12     # customer keys in mixed case / padded
+FIRST_GEN_SHARE = 0.2  # customers born 1900-1999 exported with a 15-digit ID
+SAME_PERSON_SHARE = 0.02  # clean customers exported twice across ID generations
+MOVED_CHILD_SHARE = 0.4  # of such a customer's children, under the second key
+KEY_VARIANT_SHARE = 0.12  # customer keys in mixed case / padded
 CHILD_KEY_LOWER_SHARE = 0.05
 BIRTH_PLACEHOLDER_SHARE = 0.08
 GENDER_UNKNOWN_SHARE = 0.05
-OTHER_PARTY_SHARE = 0.15     # calls whose other party is not a mobile
+OTHER_PARTY_SHARE = 0.15  # calls whose other party is not a mobile
 
 # legacy_bss table -> (telco_c table, file, encoding, delimiter)
 FILES: dict[str, tuple[str, str, str, str]] = {
@@ -104,24 +112,68 @@ TRAILERS = {"payments"}
 
 # telco_c columns (file order) with their Chinese names, per telco_c table.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "khzl": [("khbh", "客户编号"), ("khxm", "客户姓名"), ("zjhm", "证件号码"), ("xb", "性别"),
-             ("csrq", "出生日期"), ("sjhm", "手机号码"), ("lxdz", "联系地址"),
-             ("ssds", "所属地市"), ("khrq", "开户日期"), ("zt", "状态"),
-             ("jjzy", "拒绝转移"), ("gxsj", "更新时间")],
-    "sqjl": [("sqbh", "授权编号"), ("khbh", "客户编号"), ("sqyt", "授权用途"),
-             ("sfty", "是否同意"), ("sqsj", "授权时间")],
-    "thxd": [("lsh", "流水号"), ("khbh", "客户编号"), ("zjhm", "主叫号码"),
-             ("bjhm", "被叫号码"), ("kssj", "开始时间"), ("thsc", "通话时长"),
-             ("xqbs", "小区标识"), ("fy", "费用")],
-    "swjl": [("hhbh", "会话编号"), ("khbh", "客户编号"), ("kssj", "开始时间"),
-             ("sxll", "上行流量"), ("xxll", "下行流量"), ("xqbs", "小区标识"),
-             ("fy", "费用")],
-    "jfjl": [("jflsh", "缴费流水号"), ("khbh", "客户编号"), ("jfsj", "缴费时间"),
-             ("jfje", "缴费金额"), ("jfqd", "缴费渠道")],
-    "tsgd": [("gdbh", "工单编号"), ("khbh", "客户编号"), ("slsj", "受理时间"),
-             ("tslb", "投诉类别"), ("tsnr", "投诉内容"), ("myd", "满意度")],
-    "lljl": [("rzbh", "日志编号"), ("khbh", "客户编号"), ("fwsj", "访问时间"),
-             ("fwym", "访问域名"), ("ssc", "搜索词")],
+    "khzl": [
+        ("khbh", "客户编号"),
+        ("khxm", "客户姓名"),
+        ("zjhm", "证件号码"),
+        ("xb", "性别"),
+        ("csrq", "出生日期"),
+        ("sjhm", "手机号码"),
+        ("lxdz", "联系地址"),
+        ("ssds", "所属地市"),
+        ("khrq", "开户日期"),
+        ("zt", "状态"),
+        ("jjzy", "拒绝转移"),
+        ("gxsj", "更新时间"),
+    ],
+    "sqjl": [
+        ("sqbh", "授权编号"),
+        ("khbh", "客户编号"),
+        ("sqyt", "授权用途"),
+        ("sfty", "是否同意"),
+        ("sqsj", "授权时间"),
+    ],
+    "thxd": [
+        ("lsh", "流水号"),
+        ("khbh", "客户编号"),
+        ("zjhm", "主叫号码"),
+        ("bjhm", "被叫号码"),
+        ("kssj", "开始时间"),
+        ("thsc", "通话时长"),
+        ("xqbs", "小区标识"),
+        ("fy", "费用"),
+    ],
+    "swjl": [
+        ("hhbh", "会话编号"),
+        ("khbh", "客户编号"),
+        ("kssj", "开始时间"),
+        ("sxll", "上行流量"),
+        ("xxll", "下行流量"),
+        ("xqbs", "小区标识"),
+        ("fy", "费用"),
+    ],
+    "jfjl": [
+        ("jflsh", "缴费流水号"),
+        ("khbh", "客户编号"),
+        ("jfsj", "缴费时间"),
+        ("jfje", "缴费金额"),
+        ("jfqd", "缴费渠道"),
+    ],
+    "tsgd": [
+        ("gdbh", "工单编号"),
+        ("khbh", "客户编号"),
+        ("slsj", "受理时间"),
+        ("tslb", "投诉类别"),
+        ("tsnr", "投诉内容"),
+        ("myd", "满意度"),
+    ],
+    "lljl": [
+        ("rzbh", "日志编号"),
+        ("khbh", "客户编号"),
+        ("fwsj", "访问时间"),
+        ("fwym", "访问域名"),
+        ("ssc", "搜索词"),
+    ],
 }
 NOTES = {  # what the dictionary says beside a column
     ("khzl", "xb"): "GB/T 2261.1：1 男，2 女，0 未知，9 未说明",
@@ -148,11 +200,16 @@ PURPOSE = {"service": "FW", "marketing": "YX", "behavioural": "XW"}
 CHANNEL = {"alipay": "ZFB", "wechat": "WX", "bank": "YH", "cash": "XJ"}
 CATEGORY = {"计费": "JF", "网络": "WL", "服务": "FW", "其他": "QT"}
 GENDER = {"男": "1", "女": "2"}
-CHILDREN = ("consents", "call_records", "data_sessions", "payments", "complaints",
-            "browsing_events")
+CHILDREN = (
+    "consents",
+    "call_records",
+    "data_sessions",
+    "payments",
+    "complaints",
+    "browsing_events",
+)
 MOVABLE = ("call_records", "data_sessions", "payments", "complaints")  # not consent-bound
-MONEY = {"call_records": "charge_fen", "data_sessions": "charge_fen",
-         "payments": "amount_fen"}
+MONEY = {"call_records": "charge_fen", "data_sessions": "charge_fen", "payments": "amount_fen"}
 ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 ID_CHECK = "10X98765432"
 EXCEL_EPOCH = date(1899, 12, 30)
@@ -168,8 +225,9 @@ def check_digit(first17: str) -> str:
 
 
 def id_valid(v: str) -> bool:
-    return (len(v) == 18 and v[:17].isdigit() and v.isascii()
-            and check_digit(v[:17]) == v[17].upper())
+    return (
+        len(v) == 18 and v[:17].isdigit() and v.isascii() and check_digit(v[:17]) == v[17].upper()
+    )
 
 
 def first_generation(v: str) -> str | None:
@@ -242,8 +300,9 @@ def key_variant(rng: np.random.Generator, key: str, share: float = KEY_VARIANT_S
     """A key as hand-keyed systems hold it: lower case, padded, or both."""
     if not key or rng.random() >= share:
         return key
-    return (key.lower(), f" {key.lower()} ", f"{key} ", f"  {key}",
-            key[0] + key[1:].lower())[int(rng.integers(0, 5))]
+    return (key.lower(), f" {key.lower()} ", f"{key} ", f"  {key}", key[0] + key[1:].lower())[
+        int(rng.integers(0, 5))
+    ]
 
 
 def _ymd(v: str) -> tuple[int, int, int] | None:
@@ -314,12 +373,12 @@ def _fmt(v: str, out: str) -> str:
 
 
 def _read(legacy: Path, table: str) -> pd.DataFrame:
-    return pd.read_csv(legacy / f"{table}.csv", dtype=str, keep_default_na=False,
-                       na_filter=False)
+    return pd.read_csv(legacy / f"{table}.csv", dtype=str, keep_default_na=False, na_filter=False)
 
 
-def _write(path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str,
-           trailer: bool = False) -> None:
+def _write(
+    path: Path, frame: pd.DataFrame, *, encoding: str, delimiter: str, trailer: bool = False
+) -> None:
     with open(path, "w", encoding=encoding, newline="") as fh:
         w = csv.writer(fh, delimiter=delimiter, lineterminator="\r\n")
         w.writerows(frame.itertuples(index=False, name=None))
@@ -334,16 +393,25 @@ def _truth_frames(legacy: Path, frames: dict[str, pd.DataFrame]) -> dict[str, pd
     out = {}
     for table, df in frames.items():
         key_col = df.columns[0]
-        t = pd.DataFrame({"key": df[key_col], "defect": "", "expected_outcome": "loaded",
-                          "expected_reason": "", "merged_into": "", "reparented_to": "",
-                          "amount_yuan": ""})
+        t = pd.DataFrame(
+            {
+                "key": df[key_col],
+                "defect": "",
+                "expected_outcome": "loaded",
+                "expected_reason": "",
+                "merged_into": "",
+                "reparented_to": "",
+                "amount_yuan": "",
+            }
+        )
         mine = given[given["table"] == table].set_index("key")
         hit = t["key"].isin(mine.index)
         for col in ("defect", "expected_outcome", "expected_reason"):
             t.loc[hit, col] = t.loc[hit, "key"].map(mine[col])
         if table in MONEY:
             t["amount_yuan"] = df[MONEY[table]].map(
-                lambda v: f"{Decimal(int(v)).scaleb(-2):.2f}" if v.strip() else "")
+                lambda v: f"{Decimal(int(v)).scaleb(-2):.2f}" if v.strip() else ""
+            )
         out[table] = t.reset_index(drop=True)
     return out
 
@@ -356,12 +424,13 @@ def derive(legacy_dir: Path, out_dir: Path, *, seed: int | None = None) -> dict[
     # a fresh export comes without a manifest: one left by an earlier generation in this
     # folder would describe other files (and `handover manifest` refuses to replace it)
     stale = out / "export_manifest.json"
-    if stale.exists() and json.loads(stale.read_text(encoding="utf-8")).get("made_by") == \
-            "receiver":
+    if (
+        stale.exists()
+        and json.loads(stale.read_text(encoding="utf-8")).get("made_by") == "receiver"
+    ):
         stale.unlink()
     manifest_in = json.loads((legacy / "export_manifest.json").read_text(encoding="utf-8"))
-    rng = np.random.default_rng([7919, int(manifest_in.get("seed") or 0)
-                                 if seed is None else seed])
+    rng = np.random.default_rng([7919, int(manifest_in.get("seed") or 0) if seed is None else seed])
     frames = {t: _read(legacy, t) for t in FILES}
     truth = _truth_frames(legacy, frames)
     subs, st = frames["subscribers"], truth["subscribers"]
@@ -374,22 +443,29 @@ def derive(legacy_dir: Path, out_dir: Path, *, seed: int | None = None) -> dict[
         survivor = max(mates + [i], key=lambda j: (updated.iat[j], -j))
         assert survivor != i, "legacy duplicate is not the older record"
         st.loc[i, ["expected_outcome", "expected_reason", "merged_into"]] = [
-            "merged", "SAME_PERSON", subs.at[survivor, "cust_id"]]
+            "merged",
+            "SAME_PERSON",
+            subs.at[survivor, "cust_id"],
+        ]
 
     # ID_BIRTH_MISMATCH: the birth-date column is not migrated (the ID's date is): loaded,
     # and the children that waited for it with it.
     repaired = set(subs.loc[st["defect"] == "ID_BIRTH_MISMATCH", "cust_id"])
     st.loc[st["defect"] == "ID_BIRTH_MISMATCH", ["expected_outcome", "expected_reason"]] = [
-        "loaded", ""]
+        "loaded",
+        "",
+    ]
     for table in CHILDREN:
         t, df = truth[table], frames[table]
         hit = df["cust_id"].isin(repaired) & (t["expected_reason"] == "PARENT_QUARANTINED")
         t.loc[hit, ["defect", "expected_outcome", "expected_reason"]] = [
-            "PARENT_REPAIRED", "loaded", ""]
+            "PARENT_REPAIRED",
+            "loaded",
+            "",
+        ]
 
     # The same person twice across ID generations: a second record under a new key.
-    subs, st = _same_person_twice(rng, frames, truth,
-                                  pd.Timestamp(manifest_in["exported_at"]))
+    subs, st = _same_person_twice(rng, frames, truth, pd.Timestamp(manifest_in["exported_at"]))
 
     # First-generation IDs for a share of the rest (born 1900-1999, valid IDs only: a
     # 15-digit form has no check digit, so a bad one would come back repaired).
@@ -412,24 +488,44 @@ def derive(legacy_dir: Path, out_dir: Path, *, seed: int | None = None) -> dict[
     tables: dict[str, Any] = {}
     for legacy_table, (table, file, encoding, delimiter) in FILES.items():
         df = frames[legacy_table]
-        shaped = (_calls(rng, df, own_numbers) if legacy_table == "call_records"
-                  else SHAPES[legacy_table](rng, df))
-        _write(out / file, shaped, encoding=encoding, delimiter=delimiter,
-               trailer=legacy_table in TRAILERS)
-        tables[table] = {"file": file, "rows": len(shaped), "encoding": encoding,
-                         "delimiter": delimiter}
+        shaped = (
+            _calls(rng, df, own_numbers)
+            if legacy_table == "call_records"
+            else SHAPES[legacy_table](rng, df)
+        )
+        _write(
+            out / file,
+            shaped,
+            encoding=encoding,
+            delimiter=delimiter,
+            trailer=legacy_table in TRAILERS,
+        )
+        tables[table] = {
+            "file": file,
+            "rows": len(shaped),
+            "encoding": encoding,
+            "delimiter": delimiter,
+        }
     (out / DICTIONARY).write_text(
         _dictionary(manifest_in["exported_at"], tables).replace("\n", "\r\n"),
-        encoding="gb18030", newline="")
+        encoding="gb18030",
+        newline="",
+    )
 
     rows = []
     for legacy_table, t in truth.items():
         rows.append(t.assign(table=TABLES[legacy_table]))
     full = pd.concat(rows, ignore_index=True)[list(TRUTH_COLUMNS)]
     full.to_csv(out / "truth.csv", index=False)
-    return {"system": SYSTEM, "exported_at": manifest_in["exported_at"],
-            "seed": manifest_in.get("seed"), "subscribers": manifest_in.get("subscribers"),
-            "derived_from": "legacy_bss", "tables": tables, "dictionary": DICTIONARY}
+    return {
+        "system": SYSTEM,
+        "exported_at": manifest_in["exported_at"],
+        "seed": manifest_in.get("seed"),
+        "subscribers": manifest_in.get("subscribers"),
+        "derived_from": "legacy_bss",
+        "tables": tables,
+        "dictionary": DICTIONARY,
+    }
 
 
 def _new_keys(rng: np.random.Generator, taken: set[str], k: int) -> list[str]:
@@ -442,17 +538,24 @@ def _new_keys(rng: np.random.Generator, taken: set[str], k: int) -> list[str]:
     return out
 
 
-def _same_person_twice(rng: np.random.Generator, frames: dict[str, pd.DataFrame],
-                       truth: dict[str, pd.DataFrame], exported_at: pd.Timestamp
-                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _same_person_twice(
+    rng: np.random.Generator,
+    frames: dict[str, pd.DataFrame],
+    truth: dict[str, pd.DataFrame],
+    exported_at: pd.Timestamp,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pick clean customers born 1900-1999 and export each a second time under a new key,
     one record with the 15-digit ID and one with the 18-digit; move some children."""
     subs, st = frames["subscribers"], truth["subscribers"]
     counts = subs["id_number"].map(subs["id_number"].value_counts())
-    eligible = np.flatnonzero(((st["defect"] == "") & (st["expected_outcome"] == "loaded")
-                               & (counts == 1)
-                               & subs["id_number"].map(lambda v: bool(first_generation(v))))
-                              .to_numpy())
+    eligible = np.flatnonzero(
+        (
+            (st["defect"] == "")
+            & (st["expected_outcome"] == "loaded")
+            & (counts == 1)
+            & subs["id_number"].map(lambda v: bool(first_generation(v)))
+        ).to_numpy()
+    )
     k = min(len(eligible), max(2, round(SAME_PERSON_SHARE * len(subs))))
     chosen = np.sort(rng.choice(eligible, size=k, replace=False)) if k else []
     taken = set(subs["cust_id"])
@@ -461,13 +564,14 @@ def _same_person_twice(rng: np.random.Generator, frames: dict[str, pd.DataFrame]
     new_keys = _new_keys(rng, taken, len(chosen))
     latest = exported_at - pd.Timedelta(hours=1)
     extra_rows, extra_truth = [], []
-    moved_to: dict[str, str] = {}   # original key -> second key
+    moved_to: dict[str, str] = {}  # original key -> second key
     survivor_of: dict[str, str] = {}  # customer key (either record) -> survivor's key
     for i, new in zip(chosen, new_keys, strict=True):
         orig = subs.iloc[i].copy()
         upd = pd.Timestamp(orig["updated_at"])
-        shifted = upd + pd.Timedelta(days=int(rng.integers(1, 120)),
-                                     seconds=int(rng.integers(0, 86_400)))
+        shifted = upd + pd.Timedelta(
+            days=int(rng.integers(1, 120)), seconds=int(rng.integers(0, 86_400))
+        )
         if rng.random() < 0.5 or shifted > latest:  # the second record is the older one
             shifted = upd - (shifted - upd)
         newer = shifted > upd
@@ -477,8 +581,11 @@ def _same_person_twice(rng: np.random.Generator, frames: dict[str, pd.DataFrame]
         extra["status"] = "1"
         extra["transfer_objection"] = "0"
         opened = datetime.strptime(orig["open_date"], "%Y-%m-%d")
-        extra["open_date"] = (opened - pd.Timedelta(days=int(rng.integers(0, 900)))) \
-            .strftime("%Y-%m-%d") if opened.year > 1990 else orig["open_date"]
+        extra["open_date"] = (
+            (opened - pd.Timedelta(days=int(rng.integers(0, 900)))).strftime("%Y-%m-%d")
+            if opened.year > 1990
+            else orig["open_date"]
+        )
         short = first_generation(orig["id_number"])
         if rng.random() < 0.5:  # which of the two records carries the old ID
             subs.at[subs.index[i], "id_number"] = short
@@ -490,24 +597,43 @@ def _same_person_twice(rng: np.random.Generator, frames: dict[str, pd.DataFrame]
         st.loc[i, "defect"] = orig_defect
         if loser == orig["cust_id"]:
             st.loc[i, ["expected_outcome", "expected_reason", "merged_into"]] = [
-                "merged", "SAME_PERSON", survivor]
+                "merged",
+                "SAME_PERSON",
+                survivor,
+            ]
         extra_rows.append(extra)
-        extra_truth.append({"key": new, "defect": extra_defect,
-                            "expected_outcome": "merged" if loser == new else "loaded",
-                            "expected_reason": "SAME_PERSON" if loser == new else "",
-                            "merged_into": survivor if loser == new else "",
-                            "reparented_to": "", "amount_yuan": ""})
+        extra_truth.append(
+            {
+                "key": new,
+                "defect": extra_defect,
+                "expected_outcome": "merged" if loser == new else "loaded",
+                "expected_reason": "SAME_PERSON" if loser == new else "",
+                "merged_into": survivor if loser == new else "",
+                "reparented_to": "",
+                "amount_yuan": "",
+            }
+        )
         moved_to[orig["cust_id"]] = new
         survivor_of[orig["cust_id"]] = survivor_of[new] = survivor
     # the second records at random places in the file
     if extra_rows:
-        place = np.concatenate([np.arange(len(subs), dtype=float),
-                                rng.integers(0, len(subs) + 1, len(extra_rows)) - 0.5])
+        place = np.concatenate(
+            [
+                np.arange(len(subs), dtype=float),
+                rng.integers(0, len(subs) + 1, len(extra_rows)) - 0.5,
+            ]
+        )
         order = np.argsort(place, kind="stable")
-        subs = pd.concat([subs, pd.DataFrame(extra_rows)], ignore_index=True) \
-            .iloc[order].reset_index(drop=True)
-        st = pd.concat([st, pd.DataFrame(extra_truth)], ignore_index=True) \
-            .iloc[order].reset_index(drop=True)
+        subs = (
+            pd.concat([subs, pd.DataFrame(extra_rows)], ignore_index=True)
+            .iloc[order]
+            .reset_index(drop=True)
+        )
+        st = (
+            pd.concat([st, pd.DataFrame(extra_truth)], ignore_index=True)
+            .iloc[order]
+            .reset_index(drop=True)
+        )
     frames["subscribers"], truth["subscribers"] = subs, st
     # some children under the second key; every loaded child ends under the survivor
     for table in CHILDREN:
@@ -539,31 +665,36 @@ def _profiles(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
     birth = df["birth_date"].str.replace("-", "", regex=False).to_numpy(dtype=object)
     hole = rng.random(n) < BIRTH_PLACEHOLDER_SHARE
     birth[hole] = np.array(["19000101", "00000000", ""], dtype=object)[
-        rng.integers(0, 3, int(hole.sum()))]
-    return pd.DataFrame({
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "khxm": df["name"],
-        "zjhm": df["id_number"],
-        "xb": gender,
-        "csrq": birth,
-        "sjhm": [mobile_style(rng, m) for m in df["msisdn"]],
-        "lxdz": df["address"],
-        "ssds": df["city"],
-        "khrq": [open_date_text(rng, v) for v in df["open_date"]],
-        "zt": df["status"].map(lambda v: STATUS.get(v, v)),
-        "jjzy": df["transfer_objection"].map(lambda v: OBJECTION.get(v, v)),
-        "gxsj": df["updated_at"].map(epoch_ms),
-    })
+        rng.integers(0, 3, int(hole.sum()))
+    ]
+    return pd.DataFrame(
+        {
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "khxm": df["name"],
+            "zjhm": df["id_number"],
+            "xb": gender,
+            "csrq": birth,
+            "sjhm": [mobile_style(rng, m) for m in df["msisdn"]],
+            "lxdz": df["address"],
+            "ssds": df["city"],
+            "khrq": [open_date_text(rng, v) for v in df["open_date"]],
+            "zt": df["status"].map(lambda v: STATUS.get(v, v)),
+            "jjzy": df["transfer_objection"].map(lambda v: OBJECTION.get(v, v)),
+            "gxsj": df["updated_at"].map(epoch_ms),
+        }
+    )
 
 
 def _consents(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "sqbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["consent_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "sqyt": df["purpose"].map(lambda v: PURPOSE.get(v, v)),
-        "sfty": df["granted"],
-        "sqsj": df["granted_at"].map(lambda v: _fmt(v, "%Y-%m-%dT%H:%M:%S")),
-    })
+    return pd.DataFrame(
+        {
+            "sqbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["consent_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "sqyt": df["purpose"].map(lambda v: PURPOSE.get(v, v)),
+            "sfty": df["granted"],
+            "sqsj": df["granted_at"].map(lambda v: _fmt(v, "%Y-%m-%dT%H:%M:%S")),
+        }
+    )
 
 
 def _other_party(rng: np.random.Generator) -> str:
@@ -588,40 +719,48 @@ def _calls(rng: np.random.Generator, df: pd.DataFrame, own: dict[str, str]) -> p
             else:
                 callee[i] = _other_party(rng)
         caller[i], callee[i] = mobile_style(rng, caller[i]), mobile_style(rng, callee[i])
-    return pd.DataFrame({
-        "lsh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["cdr_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "zjhm": caller,
-        "bjhm": callee,
-        "kssj": df["start_time"].map(lambda v: _fmt(v, "%Y%m%d%H%M%S")),
-        "thsc": df["duration_s"],
-        "xqbs": df["cell_id"],
-        "fy": [money_text(rng, v) for v in df["charge_fen"]],
-    })
+    return pd.DataFrame(
+        {
+            "lsh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["cdr_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "zjhm": caller,
+            "bjhm": callee,
+            "kssj": df["start_time"].map(lambda v: _fmt(v, "%Y%m%d%H%M%S")),
+            "thsc": df["duration_s"],
+            "xqbs": df["cell_id"],
+            "fy": [money_text(rng, v) for v in df["charge_fen"]],
+        }
+    )
 
 
 def _sessions(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
     slash = rng.random(len(df)) < 0.3
-    return pd.DataFrame({
-        "hhbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["session_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "kssj": [_fmt(v, "%Y/%m/%d %H:%M:%S") if s else v
-                 for v, s in zip(df["start_time"], slash, strict=True)],
-        "sxll": df["bytes_up"],
-        "xxll": df["bytes_down"],
-        "xqbs": df["cell_id"],
-        "fy": df["charge_fen"],  # whole fen, as the data platform counts
-    })
+    return pd.DataFrame(
+        {
+            "hhbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["session_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "kssj": [
+                _fmt(v, "%Y/%m/%d %H:%M:%S") if s else v
+                for v, s in zip(df["start_time"], slash, strict=True)
+            ],
+            "sxll": df["bytes_up"],
+            "xxll": df["bytes_down"],
+            "xqbs": df["cell_id"],
+            "fy": df["charge_fen"],  # whole fen, as the data platform counts
+        }
+    )
 
 
 def _payments(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "jflsh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["payment_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "jfsj": [payment_time_text(rng, v) for v in df["paid_at"]],
-        "jfje": [money_text(rng, v) for v in df["amount_fen"]],
-        "jfqd": df["channel"].map(lambda v: CHANNEL.get(v, v)),
-    })
+    return pd.DataFrame(
+        {
+            "jflsh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["payment_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "jfsj": [payment_time_text(rng, v) for v in df["paid_at"]],
+            "jfje": [money_text(rng, v) for v in df["amount_fen"]],
+            "jfqd": df["channel"].map(lambda v: CHANNEL.get(v, v)),
+        }
+    )
 
 
 def _line_break(text: str) -> str:
@@ -630,24 +769,28 @@ def _line_break(text: str) -> str:
 
 
 def _complaints(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "gdbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["complaint_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "slsj": df["created_at"].map(lambda v: _fmt(v, "%Y年%m月%d日 %H:%M")),
-        "tslb": df["category"].map(lambda v: CATEGORY.get(v, v)),
-        "tsnr": df["text"].map(_line_break),
-        "myd": df["satisfaction"],
-    })
+    return pd.DataFrame(
+        {
+            "gdbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["complaint_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "slsj": df["created_at"].map(lambda v: _fmt(v, "%Y年%m月%d日 %H:%M")),
+            "tslb": df["category"].map(lambda v: CATEGORY.get(v, v)),
+            "tsnr": df["text"].map(_line_break),
+            "myd": df["satisfaction"],
+        }
+    )
 
 
 def _browsing(rng: np.random.Generator, df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "rzbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["event_id"]],
-        "khbh": [key_variant(rng, k) for k in df["cust_id"]],
-        "fwsj": df["ts"],
-        "fwym": df["domain"],
-        "ssc": df["search_text"],
-    })
+    return pd.DataFrame(
+        {
+            "rzbh": [key_variant(rng, k, CHILD_KEY_LOWER_SHARE) for k in df["event_id"]],
+            "khbh": [key_variant(rng, k) for k in df["cust_id"]],
+            "fwsj": df["ts"],
+            "fwym": df["domain"],
+            "ssc": df["search_text"],
+        }
+    )
 
 
 SHAPES = {
@@ -662,15 +805,28 @@ SHAPES = {
 
 def _dictionary(exported_at: str, tables: dict[str, Any]) -> str:
     """数据字典.txt: the only place the columns, codes and export time are written down."""
-    names = {"khzl": "客户资料", "sqjl": "授权记录", "thxd": "通话详单", "swjl": "上网记录",
-             "jfjl": "缴费记录", "tsgd": "投诉工单", "lljl": "浏览记录"}
+    names = {
+        "khzl": "客户资料",
+        "sqjl": "授权记录",
+        "thxd": "通话详单",
+        "swjl": "上网记录",
+        "jfjl": "缴费记录",
+        "tsgd": "投诉工单",
+        "lljl": "浏览记录",
+    }
     shown = {"^": "^", "\t": "TAB", "\x1f": "0x1F", "~": "~"}
-    lines = ["数据字典（客户数据移交）", f"导出时间：{exported_at}（北京时间）",
-             "说明：数据文件无表头，字段顺序如下；行结束符 CRLF。", ""]
+    lines = [
+        "数据字典（客户数据移交）",
+        f"导出时间：{exported_at}（北京时间）",
+        "说明：数据文件无表头，字段顺序如下；行结束符 CRLF。",
+        "",
+    ]
     for table, info in tables.items():
         enc = "UTF-16（带 BOM）" if info["encoding"] == "utf-16" else "GB18030"
-        lines.append(f"【{names[table]}】文件 {info['file']}，编码 {enc}，分隔符 "
-                     f"{shown[info['delimiter']]}，记录数 {info['rows']}")
+        lines.append(
+            f"【{names[table]}】文件 {info['file']}，编码 {enc}，分隔符 "
+            f"{shown[info['delimiter']]}，记录数 {info['rows']}"
+        )
         for i, (col, cn) in enumerate(COLUMNS[table], 1):
             note = NOTES.get((table, col))
             lines.append(f"  {i:>2}. {col:<6} {cn}" + (f"（{note}）" if note else ""))
@@ -678,8 +834,9 @@ def _dictionary(exported_at: str, tables: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
-             ) -> dict[str, Any]:
+def generate(
+    out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: Any
+) -> dict[str, Any]:
     """Generate a legacy_bss export with handover_synth.legacy_bss and derive telco_c's from it."""
     from handover_synth import legacy_bss as synth
 
@@ -689,8 +846,11 @@ def generate(out_dir: Path, subscribers: int, seed: int = 42, **synth_kwargs: An
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m handover_synth.telco_c", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m handover_synth.telco_c",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--subscribers", type=int, help="generate a legacy export of this size")
     ap.add_argument("--from-legacy", type=Path, help="derive from an existing legacy_bss export")
@@ -706,8 +866,11 @@ def main(argv: list[str] | None = None) -> int:
         info = generate(args.out, args.subscribers, seed=args.seed)
     for table, meta in info["tables"].items():
         print(f"{table}: {meta['rows']:,} rows ({meta['file']})", file=sys.stderr)
-    print(f"no manifest (as received): write one with `handover manifest --system {SYSTEM} "
-          f"--source-dir {args.out} --exported-at \"{info['exported_at']}\"`", file=sys.stderr)
+    print(
+        f"no manifest (as received): write one with `handover manifest --system {SYSTEM} "
+        f'--source-dir {args.out} --exported-at "{info["exported_at"]}"`',
+        file=sys.stderr,
+    )
     return 0
 
 

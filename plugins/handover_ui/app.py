@@ -43,11 +43,15 @@ _KINDS = ("docs", "reports")
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'")
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
 _FONT_TYPES = {".woff2": "font/woff2", ".woff": "font/woff", ".ttf": "font/ttf"}
-PAGE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": CONTENT_SECURITY_POLICY,
-                "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def _target():
@@ -71,9 +75,14 @@ def _rendered_map_index(dag_id: str, run_id: str, task_id: str, map_index: int) 
     from sqlalchemy import select
 
     with create_session() as session:
-        return session.scalar(select(TaskInstance.rendered_map_index).where(
-            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id,
-            TaskInstance.task_id == task_id, TaskInstance.map_index == map_index))
+        return session.scalar(
+            select(TaskInstance.rendered_map_index).where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run_id,
+                TaskInstance.task_id == task_id,
+                TaskInstance.map_index == map_index,
+            )
+        )
 
 
 def _html(body: str, status_code: int = 200) -> HTMLResponse:
@@ -89,8 +98,9 @@ def create_app() -> FastAPI:
     can_read_runs = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
     can_read_tis = [Depends(requires_access_dag("GET", DagAccessEntity.TASK_INSTANCE))]
 
-    app = FastAPI(title="handover", description=__doc__, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="handover", description=__doc__, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.get("/", include_in_schema=False)
     def index() -> RedirectResponse:
@@ -104,10 +114,12 @@ def create_app() -> FastAPI:
         try:
             with _target() as conn:
                 if not run_id:
-                    sql = ("SELECT run_id, dag_id, status, started_at, kind, source_system "
-                           "FROM handover_meta.run "
-                           + ("WHERE dag_id = %s " if dag_id else "")
-                           + "ORDER BY started_at DESC LIMIT 100")
+                    sql = (
+                        "SELECT run_id, dag_id, status, started_at, kind, source_system "
+                        "FROM handover_meta.run "
+                        + ("WHERE dag_id = %s " if dag_id else "")
+                        + "ORDER BY started_at DESC LIMIT 100"
+                    )
                     runs = conn.execute(sql, (dag_id,) if dag_id else ()).fetchall()
                     return _html(ledger_view.render_runs(runs, dag_id))
                 data = ledger_view.gather(conn, run_id)
@@ -118,10 +130,14 @@ def create_app() -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - show the on-call engineer why, in one line
             return _html(_unavailable(exc), 503)
         if data is None:
-            return _html(ledger_view.render_message(
-                "No ledger for this run yet",
-                f"Run {run_id} has not been planned in the target database (plan_run did not "
-                "succeed yet). Its plan_run task log says why."), 404)
+            return _html(
+                ledger_view.render_message(
+                    "No ledger for this run yet",
+                    f"Run {run_id} has not been planned in the target database (plan_run did not "
+                    "succeed yet). Its plan_run task log says why.",
+                ),
+                404,
+            )
         return _html(ledger_view.render_ledger(data, _safe(run_id)))
 
     @app.get("/ledger.json", dependencies=can_read_runs)
@@ -144,18 +160,23 @@ def create_app() -> FastAPI:
                 row = conn.execute(
                     "SELECT docs_path FROM handover_meta.gate_result WHERE run_id = %s AND "
                     "gate = %s AND table_name = %s AND partition = %s",
-                    (run_id, gate, table, partition or "all")).fetchone()
+                    (run_id, gate, table, partition or "all"),
+                ).fetchone()
         except Exception as exc:  # noqa: BLE001 - any database failure becomes a one-line 503 page, never a stack trace
             return _html(_unavailable(exc), 503)
         if row and row[0]:
             return RedirectResponse(f"runs/{safe}/docs/{row[0]}", status_code=307)
         if _lake_exists(f"runs/{safe}/docs/index.html"):
             return RedirectResponse(f"runs/{safe}/docs/index.html", status_code=307)
-        return _html(ledger_view.render_message(
-            "No validation page yet",
-            f"The {gate} gate has not validated {label or task_id} in run {run_id}: it did not "
-            "run, or failed before validating (a missing or invalid suite). The task log "
-            "says why."), 404)
+        return _html(
+            ledger_view.render_message(
+                "No validation page yet",
+                f"The {gate} gate has not validated {label or task_id} in run {run_id}: it did not "
+                "run, or failed before validating (a missing or invalid suite). The task log "
+                "says why.",
+            ),
+            404,
+        )
 
     @app.get("/vendor/{path:path}", dependencies=can_read_runs)
     def vendor(path: str) -> Response:
@@ -168,23 +189,35 @@ def create_app() -> FastAPI:
         if found is None:
             raise HTTPException(404, "not found")
         media = _FONT_TYPES.get(found.suffix) or mimetypes.guess_type(found.name)[0]
-        return FileResponse(found, media_type=media or "application/octet-stream",
-                            headers={**PAGE_HEADERS, "Cache-Control": "private, max-age=86400"})
+        return FileResponse(
+            found,
+            media_type=media or "application/octet-stream",
+            headers={**PAGE_HEADERS, "Cache-Control": "private, max-age=86400"},
+        )
 
     @app.get("/runs/{run}/{kind}/{path:path}", dependencies=can_read_runs)
     def run_file(run: str, kind: str, path: str) -> Response:
         """A file of the run's Data Docs or reports, straight from the lake."""
         parts = path.split("/")
-        if (kind not in _KINDS or not _SAFE_RUN.match(run) or not path
-                or any(p in ("", ".", "..") for p in parts)):
+        if (
+            kind not in _KINDS
+            or not _SAFE_RUN.match(run)
+            or not path
+            or any(p in ("", ".", "..") for p in parts)
+        ):
             raise HTTPException(404, "not found")
         key = f"runs/{run}/{kind}/{path}"
         try:
             data = _lake_get(key)
         except FileNotFoundError:
-            return _html(ledger_view.render_message(
-                "Not found", f"{kind}/{path} of run {run} is not in the lake (the run has not "
-                "published it yet, or the lake was cleaned)."), 404)
+            return _html(
+                ledger_view.render_message(
+                    "Not found",
+                    f"{kind}/{path} of run {run} is not in the lake (the run has not "
+                    "published it yet, or the lake was cleaned).",
+                ),
+                404,
+            )
         if kind == "docs" and path.endswith(".html"):
             from handover.docs_assets import rewrite
 
@@ -198,18 +231,24 @@ def create_app() -> FastAPI:
                 page = add_plain_index(page)
             data = page.encode("utf-8")
         # a bundled site's own vendor/ fonts (docs_assets.bundle) need their types too
-        media = (_FONT_TYPES.get(posixpath.splitext(path)[1]) or mimetypes.guess_type(path)[0]
-                 or "application/octet-stream")
+        media = (
+            _FONT_TYPES.get(posixpath.splitext(path)[1])
+            or mimetypes.guess_type(path)[0]
+            or "application/octet-stream"
+        )
         return Response(data, media_type=media, headers=PAGE_HEADERS)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code in (401, 403):
             # The browser's session expired or the user may not read this DAG: say so plainly.
-            return _html(ledger_view.render_message(
-                "Not signed in" if exc.status_code == 401 else "Not allowed",
-                "Sign in to Airflow (or ask for read access to this DAG), then reload."),
-                exc.status_code)
+            return _html(
+                ledger_view.render_message(
+                    "Not signed in" if exc.status_code == 401 else "Not allowed",
+                    "Sign in to Airflow (or ask for read access to this DAG), then reload.",
+                ),
+                exc.status_code,
+            )
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
     return app
@@ -243,7 +282,8 @@ def _unavailable(exc: Exception) -> str:
     return render_message(
         "Migration ledger unavailable",
         f"Cannot read handover_meta in the target database ({type(exc).__name__}: {first}). "
-        "Check the connection handover_target and that the database is up.")
+        "Check the connection handover_target and that the database is up.",
+    )
 
 
 def app_spec() -> dict[str, Any]:

@@ -16,7 +16,8 @@ from html import escape
 _ROW = re.compile(
     r"'_expectation_suite_name_sort': '(?P<suite>[^']*)', "
     r"'_table_row_link_path': '(?P<path>validations/[^']*)', "
-    r"'_validation_success_text': '(?P<result>[^']*)'")
+    r"'_validation_success_text': '(?P<result>[^']*)'"
+)
 MARK = 'id="handover-plain-index"'
 
 
@@ -26,8 +27,12 @@ def validations(page: str) -> list[dict[str, str]]:
     for m in _ROW.finditer(page):
         path = m["path"]
         partition = path.rsplit("/", 1)[-1].removesuffix(".html")
-        rows[path] = {"suite": m["suite"], "partition": partition, "result": m["result"],
-                      "path": path}
+        rows[path] = {
+            "suite": m["suite"],
+            "partition": partition,
+            "result": m["result"],
+            "path": path,
+        }
     return sorted(rows.values(), key=lambda r: (r["suite"], r["partition"], r["path"]))
 
 
@@ -38,14 +43,16 @@ def add_plain_index(page: str) -> str:
     if not rows:
         return page
     body = "".join(
-        f'<tr><td>{escape(r["suite"])}</td><td>{escape(r["partition"])}</td>'
+        f"<tr><td>{escape(r['suite'])}</td><td>{escape(r['partition'])}</td>"
         f'<td>{escape(r["result"])}</td><td><a href="{escape(r["path"])}">page</a></td></tr>'
-        for r in rows)
+        for r in rows
+    )
     section = (
         f'<section {MARK} style="margin:2em;font:14px system-ui,sans-serif">'
         "<h2>Validations of this run</h2><p>Every gate's validation, as a plain list (the "
         "table above is drawn by scripts; this list needs none).</p>"
         '<table border="1" cellpadding="4" style="border-collapse:collapse">'
         "<tr><th>gate.table</th><th>partition</th><th>result</th><th></th></tr>"
-        f"{body}</table></section>")
+        f"{body}</table></section>"
+    )
     return page.replace("</body>", section + "</body>", 1)

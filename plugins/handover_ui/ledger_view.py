@@ -29,47 +29,80 @@ def gather(conn: Any, run_id: str) -> dict[str, Any] | None:
     """Everything the ledger page shows for ``run_id``; None when the run is unknown."""
     run = conn.execute(
         "SELECT run_id, dag_id, source_system, status, started_at, finished_at "
-        "FROM handover_meta.run WHERE run_id = %s", (run_id,)).fetchone()
+        "FROM handover_meta.run WHERE run_id = %s",
+        (run_id,),
+    ).fetchone()
     if run is None:
         return None
     stages = conn.execute(
         "SELECT table_name, stage, count(*), sum(rows_in), sum(rows_out), "
         "sum(rows_quarantined), sum(rows_excluded), sum(rows_merged) FROM "
-        "handover_meta.ledger WHERE run_id = %s GROUP BY 1, 2", (run_id,)).fetchall()
+        "handover_meta.ledger WHERE run_id = %s GROUP BY 1, 2",
+        (run_id,),
+    ).fetchall()
     recon = conn.execute(
         "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
         "missing_keys, field_mismatches, balanced, merged FROM handover_meta.reconciliation "
-        "WHERE run_id = %s", (run_id,)).fetchall()
+        "WHERE run_id = %s",
+        (run_id,),
+    ).fetchall()
     gates = conn.execute(
         "SELECT gate, table_name, partition, success, rows, docs_path "
-        "FROM handover_meta.gate_result WHERE run_id = %s", (run_id,)).fetchall()
+        "FROM handover_meta.gate_result WHERE run_id = %s",
+        (run_id,),
+    ).fetchall()
     data = build(
-        run=dict(zip(("run_id", "dag_id", "system", "status", "started_at", "finished_at"),
-                     run, strict=True)),
-        stages=stages, recon=recon, gates=gates)
+        run=dict(
+            zip(
+                ("run_id", "dag_id", "system", "status", "started_at", "finished_at"),
+                run,
+                strict=True,
+            )
+        ),
+        stages=stages,
+        recon=recon,
+        gates=gates,
+    )
     if data["run"]["status"] == "failed":  # what failed, in the task's own one line
         failed = conn.execute(
             "SELECT detail FROM handover_meta.audit_log WHERE run_id = %s AND action = "
-            "'run_failed' ORDER BY id DESC LIMIT 1", (run_id,)).fetchone()
+            "'run_failed' ORDER BY id DESC LIMIT 1",
+            (run_id,),
+        ).fetchone()
         data["run"]["failure"] = failed[0] if failed else None
     return data
 
 
-def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
-          gates: list[tuple]) -> dict[str, Any]:
+def build(
+    *, run: dict[str, Any], stages: list[tuple], recon: list[tuple], gates: list[tuple]
+) -> dict[str, Any]:
     """Turn the raw rows into per-table stage checks (pure: unit-testable without a database)."""
     by_table: dict[str, dict[str, dict[str, int]]] = {}
     for table, stage, parts, rows_in, rows_out, quarantined, excluded, *merged in stages:
         by_table.setdefault(table, {})[stage] = {
-            "partitions": int(parts), "in": int(rows_in), "out": int(rows_out),
-            "quarantined": int(quarantined), "excluded": int(excluded),
-            "merged": int(merged[0] or 0) if merged else 0}
-    names = ("source_rows", "loaded", "quarantined", "excluded", "target_rows",
-             "missing_keys", "field_mismatches", "balanced", "merged")
-    recon_by_table = {r[0]: {"merged": 0, **dict(zip(names, r[1:], strict=False))}
-                      for r in recon}
-    gate_rows = [dict(zip(("gate", "table", "partition", "success", "rows", "docs_path"), g,
-                          strict=True)) for g in gates]
+            "partitions": int(parts),
+            "in": int(rows_in),
+            "out": int(rows_out),
+            "quarantined": int(quarantined),
+            "excluded": int(excluded),
+            "merged": int(merged[0] or 0) if merged else 0,
+        }
+    names = (
+        "source_rows",
+        "loaded",
+        "quarantined",
+        "excluded",
+        "target_rows",
+        "missing_keys",
+        "field_mismatches",
+        "balanced",
+        "merged",
+    )
+    recon_by_table = {r[0]: {"merged": 0, **dict(zip(names, r[1:], strict=False))} for r in recon}
+    gate_rows = [
+        dict(zip(("gate", "table", "partition", "success", "rows", "docs_path"), g, strict=True))
+        for g in gates
+    ]
     tables = []
     for table in sorted(set(by_table) | set(recon_by_table)):
         counts = by_table.get(table, {})
@@ -84,24 +117,39 @@ def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
             sums = c["in"] == c["out"] + c["quarantined"] + c["excluded"] + c["merged"]
             flows = prev_out is None or stage == "extract" or c["in"] == prev_out
             complete = expected_parts is None or c["partitions"] == expected_parts
-            status = ("balanced" if sums and flows and complete else
-                      "incomplete" if sums and not complete else "NOT balanced")
-            rows.append({"stage": stage, **c, "status": status,
-                         "input_matches_previous": flows})
+            status = (
+                "balanced"
+                if sums and flows and complete
+                else "incomplete"
+                if sums and not complete
+                else "NOT balanced"
+            )
+            rows.append({"stage": stage, **c, "status": status, "input_matches_previous": flows})
             prev_out = c["out"]
         r = recon_by_table.get(table)
         extracted = counts.get("extract", {}).get("out")
         reached = [s["stage"] for s in rows if s["status"] != "pending"]
         stopped = run.get("status") == "failed" and r is None
-        tables.append({
-            "table": table, "stages": rows, "reconciliation": r,
-            "source_rows": r["source_rows"] if r else extracted,
-            "status": ((f"not reached: stopped after {reached[-1]}" if reached
-                        else "not reached") if stopped else
-                       "not reconciled yet" if r is None else
-                       "balanced" if r["balanced"] else "NOT balanced"),
-            "gates_failed": sum(1 for g in gate_rows if g["table"] == table and not g["success"]),
-        })
+        tables.append(
+            {
+                "table": table,
+                "stages": rows,
+                "reconciliation": r,
+                "source_rows": r["source_rows"] if r else extracted,
+                "status": (
+                    (f"not reached: stopped after {reached[-1]}" if reached else "not reached")
+                    if stopped
+                    else "not reconciled yet"
+                    if r is None
+                    else "balanced"
+                    if r["balanced"]
+                    else "NOT balanced"
+                ),
+                "gates_failed": sum(
+                    1 for g in gate_rows if g["table"] == table and not g["success"]
+                ),
+            }
+        )
     return {
         "run": {k: (str(v) if v is not None else None) for k, v in run.items()},
         "tables": tables,
@@ -111,15 +159,22 @@ def build(*, run: dict[str, Any], stages: list[tuple], recon: list[tuple],
 
 
 def _status(text: str) -> str:
-    cls = {"balanced": "ok", "pending": "wait", "incomplete": "wait",
-           "not reconciled yet": "wait", "passed": "ok"}.get(text, "bad")
+    cls = {
+        "balanced": "ok",
+        "pending": "wait",
+        "incomplete": "wait",
+        "not reconciled yet": "wait",
+        "passed": "ok",
+    }.get(text, "bad")
     mark = {"ok": "✔ ", "bad": "✘ "}.get(cls, "")
     return f'<span class="{cls}">{mark}{escape(text)}</span>'
 
 
 def _page(title: str, body: str) -> str:
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
-            f"</title><style>{_CSS}</style></head><body>{body}</body></html>")
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}'
+        f"</title><style>{_CSS}</style></head><body>{body}</body></html>"
+    )
 
 
 def run_paths(safe_run: str) -> dict[str, str]:
@@ -136,106 +191,162 @@ def render_ledger(data: dict[str, Any], safe_run: str) -> str:
         f"<p>DAG <b>{escape(run['dag_id'] or '')}</b>, source system "
         f"<b>{escape(run['system'] or '')}</b>, status {_status_run(run['status'])}, "
         f"started {escape(run['started_at'] or '')}"
-        + (f", finished {escape(run['finished_at'])}" if run["finished_at"] else "") + ".</p>"
+        + (f", finished {escape(run['finished_at'])}" if run["finished_at"] else "")
+        + ".</p>"
         f'<p id="summary"><b>{data["balanced_tables"]} of {n_tables} tables balanced</b> '
         f"(every source row loaded, merged into its person's record, quarantined or "
         f"excluded). "
         f'<a href="{paths["report"]}">Reconciliation report</a> · '
-        f'<a href="{paths["docs"]}">Validation docs</a> · <a href="ledger">all runs</a></p>')
+        f'<a href="{paths["docs"]}">Validation docs</a> · <a href="ledger">all runs</a></p>'
+    )
     failure = run.get("failure")
     if run["status"] == "failed":
         task = (failure or {}).get("task_id") or "a task"
         index = (failure or {}).get("map_index")
         error = (failure or {}).get("error") or ""
-        log_href = (f"/dags/{quote(run['dag_id'] or '')}/runs/{quote(run['run_id'])}/tasks/"
-                    f"{quote(str(task))}" + (f"/mapped/{index}" if index not in (None, -1)
-                                             else ""))
+        log_href = (
+            f"/dags/{quote(run['dag_id'] or '')}/runs/{quote(run['run_id'])}/tasks/"
+            f"{quote(str(task))}" + (f"/mapped/{index}" if index not in (None, -1) else "")
+        )
         pages = [g for g in data["gates"] if not g["success"] and g["docs_path"]]
         links = [f'<a id="failed-log" href="{log_href}">the task\'s log</a>']
-        links += [f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation '
-                  f'page of {escape(g["gate"])} {escape(g["table"])}/{escape(g["partition"])}</a>'
-                  for g in pages[:3]]
-        head = (f'<p id="failed" class="bad">Run FAILED at {escape(str(task))}'
-                + (f"[{escape(str(index))}]" if index not in (None, -1) else "")
-                + (f": {escape(error)}" if error else "")
-                + f'</p><p>Open {" · ".join(links)}. <b>Next:</b> {escape(next_step(error))} '
-                "Then clear the failed task in the grid (docs/runbook.md). The counts below "
-                "are what the run wrote before it stopped.</p>") + head
+        links += [
+            f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation '
+            f"page of {escape(g['gate'])} {escape(g['table'])}/{escape(g['partition'])}</a>"
+            for g in pages[:3]
+        ]
+        head = (
+            f'<p id="failed" class="bad">Run FAILED at {escape(str(task))}'
+            + (f"[{escape(str(index))}]" if index not in (None, -1) else "")
+            + (f": {escape(error)}" if error else "")
+            + f"</p><p>Open {' · '.join(links)}. <b>Next:</b> {escape(next_step(error))} "
+            "Then clear the failed task in the grid (docs/runbook.md). The counts below "
+            "are what the run wrote before it stopped.</p>"
+        ) + head
     summary_rows = []
     for t in data["tables"]:
         r = t["reconciliation"] or {}
         summary_rows.append(
             f'<tr><td class="l">{escape(t["table"])}</td><td>{_n(t["source_rows"])}</td>'
-            + "".join(f"<td>{_n(r.get(k))}</td>" for k in
-                      ("loaded", "merged", "quarantined", "excluded", "target_rows",
-                       "missing_keys", "field_mismatches"))
-            + f'<td>{t["gates_failed"]}</td><td class="l">{_status(t["status"])}</td></tr>')
+            + "".join(
+                f"<td>{_n(r.get(k))}</td>"
+                for k in (
+                    "loaded",
+                    "merged",
+                    "quarantined",
+                    "excluded",
+                    "target_rows",
+                    "missing_keys",
+                    "field_mismatches",
+                )
+            )
+            + f'<td>{t["gates_failed"]}</td><td class="l">{_status(t["status"])}</td></tr>'
+        )
     summary = (
         "<h2>Per table</h2><table><tr><th class=l>table</th><th>source rows</th><th>loaded</th>"
         "<th>merged</th><th>quarantined</th><th>excluded</th><th>target rows</th><th>missing keys</th>"
         "<th>field mismatches</th><th>failed gates</th><th class=l>status</th></tr>"
-        + "".join(summary_rows) + "</table>")
+        + "".join(summary_rows)
+        + "</table>"
+    )
     stage_rows = []
     for t in data["tables"]:
         for i, s in enumerate(t["stages"]):
-            name = f'<td class="l" rowspan="{len(t["stages"])}">{escape(t["table"])}</td>' \
-                if i == 0 else ""
+            name = (
+                f'<td class="l" rowspan="{len(t["stages"])}">{escape(t["table"])}</td>'
+                if i == 0
+                else ""
+            )
             if s["status"] == "pending":
-                stage_rows.append(f'<tr>{name}<td class="l">{s["stage"]}</td>'
-                                  f'<td colspan="6"></td><td class="l">{_status("pending")}</td>'
-                                  "</tr>")
+                stage_rows.append(
+                    f'<tr>{name}<td class="l">{s["stage"]}</td>'
+                    f'<td colspan="6"></td><td class="l">{_status("pending")}</td>'
+                    "</tr>"
+                )
                 continue
             stage_rows.append(
                 f'<tr>{name}<td class="l">{s["stage"]}</td><td>{s["partitions"]}</td>'
-                f'<td>{_n(s["in"])}</td><td>{_n(s["out"])}</td><td>{_n(s["merged"])}</td>'
-                f'<td>{_n(s["quarantined"])}</td><td>{_n(s["excluded"])}</td><td class="l">{_status(s["status"])}</td></tr>')
+                f"<td>{_n(s['in'])}</td><td>{_n(s['out'])}</td><td>{_n(s['merged'])}</td>"
+                f'<td>{_n(s["quarantined"])}</td><td>{_n(s["excluded"])}</td><td class="l">{_status(s["status"])}</td></tr>'
+            )
     stages = (
         "<h2>Per table and stage</h2><p class=muted>A stage balances when rows in = out + "
         "merged + quarantined + excluded in every partition and its input is exactly the previous "
         "stage's output.</p><table><tr><th class=l>table</th><th class=l>stage</th>"
         "<th>partitions</th><th>rows in</th><th>out</th><th>merged</th><th>quarantined</th>"
         "<th>excluded</th>"
-        "<th class=l>status</th></tr>" + "".join(stage_rows) + "</table>")
+        "<th class=l>status</th></tr>" + "".join(stage_rows) + "</table>"
+    )
     gate_rows = "".join(
         f'<tr><td class="l">{escape(g["gate"])}</td><td class="l">{escape(g["table"])}</td>'
         f'<td class="l">{escape(g["partition"])}</td><td>{_gate_rows(g)}</td>'
         f'<td class="l">{_status("passed" if g["success"] else "FAILED")}</td><td class="l">'
-        + (f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation page</a>'
-           if g["docs_path"] else "") + "</td></tr>"
-        for g in data["gates"])
-    gates = ("<h2>Gates</h2><table><tr><th class=l>gate</th><th class=l>table</th>"
-             "<th class=l>partition</th><th>rows</th><th class=l>result</th><th class=l>docs</th>"
-             "</tr>" + gate_rows + "</table>")
+        + (
+            f'<a href="runs/{quote(safe_run)}/docs/{quote(g["docs_path"])}">validation page</a>'
+            if g["docs_path"]
+            else ""
+        )
+        + "</td></tr>"
+        for g in data["gates"]
+    )
+    gates = (
+        "<h2>Gates</h2><table><tr><th class=l>gate</th><th class=l>table</th>"
+        "<th class=l>partition</th><th>rows</th><th class=l>result</th><th class=l>docs</th>"
+        "</tr>" + gate_rows + "</table>"
+    )
     return _page(f"ledger {run['run_id']}", head + summary + stages + gates)
 
 
 def next_step(error: str) -> str:
     """The runbook's next step for a failure kind, from the task's one line."""
     steps = [
-        ("intake gate failed", "The export's shape differs from the catalog (a column "
-         "added, missing or renamed, a type): get the export fixed, or update catalog.yaml "
-         "and run `handover check`."),
-        ("compliance gate failed", "Check policy.yaml and the consent and objection "
-         "exports; a bound that is right for this export goes in catalog.yaml "
-         "(max_excluded_share)."),
-        ("quality gate failed", "Fix the cleansing rule that reads the column (or the "
-         "export), then clear cleanse for the table; the quarantined rows are in the run's "
-         "working set."),
-        ("contract gate failed", "The mapping produced values the target contract refuses: "
-         "fix mapping.yaml, then clear map_protect."),
-        ("reconciliation gate failed", "Source and target disagree: compare the table's "
-         "reconciliation JSON and report; another writer or a stale run is the usual cause."),
-        ("ConfigError", "Fix the config line the message names, run `handover check`, then "
-         "clear the task."),
-        ("SourceError", "The export itself is wrong (missing, truncated, changed after the "
-         "manifest): get it again from the operator; never edit it."),
-        ("WorkingSetGone", "The run's working set was destroyed by retention: trigger a new "
-         "run."),
-        ("DatabaseFault", "Fix the data, mapping or schema the statement names, then clear "
-         "the task."),
+        (
+            "intake gate failed",
+            "The export's shape differs from the catalog (a column "
+            "added, missing or renamed, a type): get the export fixed, or update catalog.yaml "
+            "and run `handover check`.",
+        ),
+        (
+            "compliance gate failed",
+            "Check policy.yaml and the consent and objection "
+            "exports; a bound that is right for this export goes in catalog.yaml "
+            "(max_excluded_share).",
+        ),
+        (
+            "quality gate failed",
+            "Fix the cleansing rule that reads the column (or the "
+            "export), then clear cleanse for the table; the quarantined rows are in the run's "
+            "working set.",
+        ),
+        (
+            "contract gate failed",
+            "The mapping produced values the target contract refuses: "
+            "fix mapping.yaml, then clear map_protect.",
+        ),
+        (
+            "reconciliation gate failed",
+            "Source and target disagree: compare the table's "
+            "reconciliation JSON and report; another writer or a stale run is the usual cause.",
+        ),
+        (
+            "ConfigError",
+            "Fix the config line the message names, run `handover check`, then clear the task.",
+        ),
+        (
+            "SourceError",
+            "The export itself is wrong (missing, truncated, changed after the "
+            "manifest): get it again from the operator; never edit it.",
+        ),
+        ("WorkingSetGone", "The run's working set was destroyed by retention: trigger a new run."),
+        (
+            "DatabaseFault",
+            "Fix the data, mapping or schema the statement names, then clear the task.",
+        ),
     ]
-    return next((step for needle, step in steps if needle in error),
-                "Read the task's log; the runbook has a section per task.")
+    return next(
+        (step for needle, step in steps if needle in error),
+        "Read the task's log; the runbook has a section per task.",
+    )
 
 
 def _status_run(status: str | None) -> str:
@@ -253,13 +364,16 @@ def render_runs(runs: list[tuple], dag_id: str | None = None) -> str:
         f'{escape(r[0])}</a></td><td class="l">{escape(r[1])}</td>'
         f'<td class="l">{extra(r, 4)}</td><td class="l">{extra(r, 5)}</td>'
         f'<td class="l">{_status_run(r[2])}</td><td class="l">{escape(str(r[3]))}</td></tr>'
-        for r in runs)
-    body = ("<h1>Migration runs</h1><p class=muted>Newest first. Open a run for its ledger, "
-            "reconciliation report and validation docs.</p><table><tr><th class=l>run</th>"
-            "<th class=l>DAG</th><th class=l>kind</th><th class=l>source system</th>"
-            "<th class=l>status</th><th class=l>started</th></tr>"
-            + (rows or '<tr><td colspan="6" class="l">no runs recorded yet</td></tr>')
-            + "</table>")
+        for r in runs
+    )
+    body = (
+        "<h1>Migration runs</h1><p class=muted>Newest first. Open a run for its ledger, "
+        "reconciliation report and validation docs.</p><table><tr><th class=l>run</th>"
+        "<th class=l>DAG</th><th class=l>kind</th><th class=l>source system</th>"
+        "<th class=l>status</th><th class=l>started</th></tr>"
+        + (rows or '<tr><td colspan="6" class="l">no runs recorded yet</td></tr>')
+        + "</table>"
+    )
     return _page("migration runs", body)
 
 

@@ -18,8 +18,9 @@ APP_PREFIX = "handover"  # where handover_plugin mounts the web app
 
 def validation_href(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
     """Relative to the UI's base URL (the UI sets <base href>), so a sub-path deployment works."""
-    query = urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id,
-                       "map_index": map_index})
+    query = urlencode(
+        {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": map_index}
+    )
     return f"{APP_PREFIX}/validation?{query}"
 
 

@@ -29,8 +29,9 @@ ACTOR = "airflow"
 CONNECT_TIMEOUT = 3  # seconds: a down target must not hold a task for long
 
 
-def event_detail(task_instance: Any, state: str, error: BaseException | str | None = None
-                 ) -> dict[str, Any]:
+def event_detail(
+    task_instance: Any, state: str, error: BaseException | str | None = None
+) -> dict[str, Any]:
     """What one audit entry says about a task instance: identifiers and state only."""
     detail: dict[str, Any] = {
         "dag_id": getattr(task_instance, "dag_id", None),
@@ -60,8 +61,9 @@ def _connection(dsn: str) -> tuple[Any, bool]:
     import psycopg
 
     conn = _held.get("conn")
-    if conn is not None and (_held["pid"] != os.getpid() or _held["dsn"] != dsn
-                             or conn.closed or conn.broken):
+    if conn is not None and (
+        _held["pid"] != os.getpid() or _held["dsn"] != dsn or conn.closed or conn.broken
+    ):
         _forget()
         conn = None
     if conn is not None:
@@ -84,15 +86,17 @@ def _append(conn: Any, detail: dict[str, Any]) -> None:
 
     try:
         with conn.transaction():
-            ledger.audit(conn, f"task_{detail['state']}", run_id=detail["run_id"],
-                         actor=ACTOR, detail=detail)
+            ledger.audit(
+                conn, f"task_{detail['state']}", run_id=detail["run_id"], actor=ACTOR, detail=detail
+            )
     except psycopg.errors.UndefinedTable:
         # A brand-new target: plan_run creates the schema; do it now so the very first
         # event of the first run is kept too (idempotent DDL).
         ledger.ensure_schema(conn)
         with conn.transaction():
-            ledger.audit(conn, f"task_{detail['state']}", run_id=detail["run_id"],
-                         actor=ACTOR, detail=detail)
+            ledger.audit(
+                conn, f"task_{detail['state']}", run_id=detail["run_id"], actor=ACTOR, detail=detail
+            )
 
 
 def write_event(detail: dict[str, Any], dsn: str | None = None) -> bool:
@@ -116,10 +120,16 @@ def write_event(detail: dict[str, Any], dsn: str | None = None) -> bool:
                 _append(_connection(dsn)[0], detail)
         return True
     except Exception as exc:  # noqa: BLE001 - the audit trail must never fail a task
-        log.warning("audit event not recorded (%s %s.%s[%s] %s): %s: %s",
-                    detail.get("run_id"), detail.get("dag_id"), detail.get("task_id"),
-                    detail.get("map_index"), detail.get("state"), type(exc).__name__,
-                    str(exc).splitlines()[0] if str(exc) else "")
+        log.warning(
+            "audit event not recorded (%s %s.%s[%s] %s): %s: %s",
+            detail.get("run_id"),
+            detail.get("dag_id"),
+            detail.get("task_id"),
+            detail.get("map_index"),
+            detail.get("state"),
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return False
 
 

@@ -45,12 +45,31 @@ from tests.conftest import (
 pytestmark = pytest.mark.e2e
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "customer_migration"
-PARTITION_TASKS = ("validate_intake", "comply", "validate_compliance", "cleanse",
-                   "validate_quality", "map_protect", "validate_contract", "load")
+PARTITION_TASKS = (
+    "validate_intake",
+    "comply",
+    "validate_compliance",
+    "cleanse",
+    "validate_quality",
+    "map_protect",
+    "validate_contract",
+    "load",
+)
 REDIS = os.environ.get("HANDOVER_TEST_REDIS", "redis://127.0.0.1:6379")
-WORKER_PRELOAD = ["pandas", "pyarrow.parquet", "great_expectations", "boto3",
-                  "handover.pipeline", "handover.gates", "handover.cleanse", "handover.comply",
-                  "handover.mapping", "handover.load", "handover.reconcile", "handover.report"]
+WORKER_PRELOAD = [
+    "pandas",
+    "pyarrow.parquet",
+    "great_expectations",
+    "boto3",
+    "handover.pipeline",
+    "handover.gates",
+    "handover.cleanse",
+    "handover.comply",
+    "handover.mapping",
+    "handover.load",
+    "handover.reconcile",
+    "handover.report",
+]
 
 
 class CeleryStack:
@@ -63,8 +82,15 @@ class CeleryStack:
     target can be set between runs without restarting the workers.
     """
 
-    def __init__(self, root: Path, *, keyring: dict, log_level: str = "INFO",
-                 migrated_db: bool = False, extra_env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        *,
+        keyring: dict,
+        log_level: str = "INFO",
+        migrated_db: bool = False,
+        extra_env: dict[str, str] | None = None,
+    ):
         self.root = Path(root)
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -93,8 +119,7 @@ class CeleryStack:
         self.queue = f"handover_{self.uid}"
         self.bucket = f"handover-{self.uid}"
         self.env = {
-            **{k: v for k, v in os.environ.items()
-               if not k.startswith(("AIRFLOW", "HANDOVER_"))},
+            **{k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER_"))},
             "AIRFLOW_HOME": str(self.root / "airflow"),
             "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(self.af_db, "postgresql+psycopg2"),
@@ -124,8 +149,9 @@ class CeleryStack:
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": self.log_level,
             "AIRFLOW_CONN_HANDOVER_LAKE": lake_connection(endpoint),
-            "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps({"conn_type": "generic",
-                                                      "extra": self.keyring}),
+            "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
+                {"conn_type": "generic", "extra": self.keyring}
+            ),
             "HANDOVER_LAKE_URL": f"s3://{self.bucket}/handover",
             "PYTHONPATH": f"{ROOT / 'include'}{os.pathsep}{ROOT}",
             "PYTHONWARNINGS": "ignore",
@@ -134,20 +160,31 @@ class CeleryStack:
         self.run([sys.executable, "-m", "handover.lake", "ensure-bucket"], timeout=60)
         if not self.migrated_db:
             self.airflow("db", "migrate", timeout=300)
-        self._spawn("api-server", [AIRFLOW, "api-server", "--apps", "execution", "-H",
-                                   "127.0.0.1", "-p", str(api_port)])
+        self._spawn(
+            "api-server",
+            [AIRFLOW, "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(api_port)],
+        )
         self._spawn("dag-processor", [AIRFLOW, "dag-processor"])
         self._spawn("scheduler", [AIRFLOW, "scheduler"])
         for name in workers:
             self.start_worker(name, wait=False)
-        self._wait(lambda: self._log_has("api-server", "Application startup complete"),
-                   "api-server startup", 120)
-        self._wait(lambda: self.sql("SELECT count(*) FROM serialized_dag WHERE dag_id=%s",
-                                    (DAG_ID,))[0][0] > 0, "the DAG to be parsed", 180)
+        self._wait(
+            lambda: self._log_has("api-server", "Application startup complete"),
+            "api-server startup",
+            120,
+        )
+        self._wait(
+            lambda: (
+                self.sql("SELECT count(*) FROM serialized_dag WHERE dag_id=%s", (DAG_ID,))[0][0] > 0
+            ),
+            "the DAG to be parsed",
+            180,
+        )
         self.airflow("dags", "unpause", DAG_ID)
         for name in workers:
-            self._wait(lambda n=name: self._log_has(f"worker-{n}", " ready."),
-                       f"worker {name} ready", 120)
+            self._wait(
+                lambda n=name: self._log_has(f"worker-{n}", " ready."), f"worker {name} ready", 120
+            )
         self.startup_seconds = time.monotonic() - started
         return self
 
@@ -156,8 +193,10 @@ class CeleryStack:
         process lives in a process group of its own: stopping the worker's group alone
         would leave it running), then remove the broker keys and drop the databases."""
         errors = []
-        procs = [*(self.procs[n] for n in reversed(list(self.procs))),
-                 *([self.moto] if self.moto is not None else [])]
+        procs = [
+            *(self.procs[n] for n in reversed(list(self.procs))),
+            *([self.moto] if self.moto is not None else []),
+        ]
         for proc in procs:
             try:
                 stop_session(proc, timeout=20)
@@ -195,19 +234,39 @@ class CeleryStack:
     def _spawn(self, name: str, cmd: list[str], env: dict | None = None) -> None:
         with open(self.logs / f"{name}.log", "ab") as log:
             # Own session: a worker can be killed together with its pool and task processes.
-            self.procs[name] = subprocess.Popen(cmd, env=env or self.env, stdout=log,
-                                                stderr=subprocess.STDOUT, cwd=self.root,
-                                                start_new_session=True)
+            self.procs[name] = subprocess.Popen(
+                cmd,
+                env=env or self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                start_new_session=True,
+            )
 
     def start_worker(self, name: str, wait: bool = True) -> None:
         env = {**self.env, "HANDOVER_WORKER_HOSTNAME": name}
-        self._spawn(f"worker-{name}", [AIRFLOW, "celery", "worker", "--concurrency", "1",
-                                       "-H", f"{name}-{self.uid}@%h", "-q", self.queue,
-                                       "--skip-serve-logs", "--without-gossip",
-                                       "--without-mingle"], env=env)
+        self._spawn(
+            f"worker-{name}",
+            [
+                AIRFLOW,
+                "celery",
+                "worker",
+                "--concurrency",
+                "1",
+                "-H",
+                f"{name}-{self.uid}@%h",
+                "-q",
+                self.queue,
+                "--skip-serve-logs",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            env=env,
+        )
         if wait:
-            self._wait(lambda: self._log_has(f"worker-{name}", " ready."),
-                       f"worker {name} ready", 120)
+            self._wait(
+                lambda: self._log_has(f"worker-{name}", " ready."), f"worker {name} ready", 120
+            )
 
     def kill_worker(self, name: str) -> list[int]:
         """SIGKILL the worker and every process under it, like a lost machine.
@@ -236,8 +295,7 @@ class CeleryStack:
     def _log_has(self, name: str, text: str) -> bool:
         proc = self.procs[name]
         if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}: "
-                               f"{self.tail(name)}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}: {self.tail(name)}")
         path = self.logs / f"{name}.log"
         return path.is_file() and text in path.read_text(errors="ignore")
 
@@ -251,12 +309,14 @@ class CeleryStack:
             if check():
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}; logs in "
-                           f"{self.logs}")
+        raise TimeoutError(
+            f"timed out after {timeout:.0f}s waiting for {what}; logs in {self.logs}"
+        )
 
     def run(self, cmd: list[str], timeout: float = 120) -> str:
-        out = subprocess.run(cmd, env=self.env, capture_output=True, text=True,
-                             timeout=timeout, cwd=self.root)
+        out = subprocess.run(
+            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=self.root
+        )
         if out.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd[:4])} failed: {(out.stdout + out.stderr)[-3000:]}")
         return out.stdout
@@ -274,14 +334,22 @@ class CeleryStack:
         """A fresh target database, made the `handover_target` connection (metastore)."""
         name = self._database("handover_celery")
         self.sql("DELETE FROM connection WHERE conn_id='handover_target'")
-        self.airflow("connections", "add", "handover_target", "--conn-uri",
-                     pg_url(name, "postgres"))
+        self.airflow(
+            "connections", "add", "handover_target", "--conn-uri", pg_url(name, "postgres")
+        )
         return name
 
     def trigger(self, source_dir: Path, run_id: str | None = None) -> str:
         run_id = run_id or f"celery__{uuid.uuid4().hex[:8]}"
-        self.airflow("dags", "trigger", DAG_ID, "-r", run_id, "-c",
-                     json.dumps({"source_dir": str(source_dir)}))
+        self.airflow(
+            "dags",
+            "trigger",
+            DAG_ID,
+            "-r",
+            run_id,
+            "-c",
+            json.dumps({"source_dir": str(source_dir)}),
+        )
         return run_id
 
     def wait_for_run(self, run_id: str, timeout: float, on_poll=None) -> str:
@@ -289,8 +357,9 @@ class CeleryStack:
         while time.monotonic() < deadline:
             if on_poll is not None:
                 on_poll()
-            rows = self.sql("SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s",
-                            (DAG_ID, run_id))
+            rows = self.sql(
+                "SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s", (DAG_ID, run_id)
+            )
             if rows and rows[0][0] in ("success", "failed"):
                 return rows[0][0]
             time.sleep(0.25 if on_poll else 0.5)
@@ -307,7 +376,9 @@ class CeleryStack:
         rows = self.sql(
             f"SELECT {cols}, 'current' FROM task_instance WHERE dag_id=%s AND run_id=%s "
             f"UNION ALL SELECT {cols}, 'history' FROM task_instance_history "
-            "WHERE dag_id=%s AND run_id=%s", (DAG_ID, run_id, DAG_ID, run_id))
+            "WHERE dag_id=%s AND run_id=%s",
+            (DAG_ID, run_id, DAG_ID, run_id),
+        )
         keys = cols.split(", ") + ["row"]
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
@@ -326,17 +397,31 @@ class ReferenceRun:
 
     def __init__(self, source: Path, keyring_file: Path, root: Path):
         self.db = create_database("handover_ref")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("AIRFLOW", "HANDOVER_"))}
-        env.update(HANDOVER_TARGET_DSN=pg_dsn(self.db), HANDOVER_KEYRING_FILE=str(keyring_file),
-                   HANDOVER_LAKE_URL=f"file://{root / 'ref-lake'}", PYTHONWARNINGS="ignore",
-                   PYTHONPATH=str(ROOT / "include"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER_"))}
+        env.update(
+            HANDOVER_TARGET_DSN=pg_dsn(self.db),
+            HANDOVER_KEYRING_FILE=str(keyring_file),
+            HANDOVER_LAKE_URL=f"file://{root / 'ref-lake'}",
+            PYTHONWARNINGS="ignore",
+            PYTHONPATH=str(ROOT / "include"),
+        )
         self.log = root / "reference.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "handover.runner", "--source-dir", str(source),
-                 "--run-id", f"ref_{uuid.uuid4().hex[:6]}"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "handover.runner",
+                    "--source-dir",
+                    str(source),
+                    "--run-id",
+                    f"ref_{uuid.uuid4().hex[:6]}",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self._checksums: dict | None = None
 
     def checksums(self) -> dict:
@@ -406,9 +491,11 @@ def test_partitions_run_on_both_workers_and_target_equals_embedded_run(stack):
     assert min(per_host.values()) >= 10, per_host
 
     with psycopg.connect(pg_dsn(target)) as conn:
-        recon = conn.execute("SELECT table_name, source_rows, loaded + merged + quarantined + excluded, "
-                             "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
-                             (run_id,)).fetchall()
+        recon = conn.execute(
+            "SELECT table_name, source_rows, loaded + merged + quarantined + excluded, "
+            "balanced FROM handover_meta.reconciliation WHERE run_id=%s",
+            (run_id,),
+        ).fetchall()
     assert len(recon) == 7 and all(n == acc and ok for _, n, acc, ok in recon), recon
     assert content_checksums(pg_dsn(target)) == stack.reference.checksums()
 
@@ -426,12 +513,15 @@ def test_worker_killed_mid_task_is_retried_on_the_other_worker(stack):
         running = stack.sql(
             "SELECT task_id, map_index, hostname, try_number FROM task_instance WHERE "
             "dag_id=%s AND run_id=%s AND state='running' AND task_id = 'load' "
-            "AND hostname IN ('w1', 'w2') ORDER BY start_date LIMIT 1", (DAG_ID, run_id))
+            "AND hostname IN ('w1', 'w2') ORDER BY start_date LIMIT 1",
+            (DAG_ID, run_id),
+        )
         if running:
             task_id, map_index, host, try_number = running[0]
             pids = stack.kill_worker(host)
-            victim.update(task_id=task_id, map_index=map_index, host=host, try_number=try_number,
-                          pids=pids)
+            victim.update(
+                task_id=task_id, map_index=map_index, host=host, try_number=try_number, pids=pids
+            )
 
     state = stack.wait_for_run(run_id, timeout=720, on_poll=kill_when_busy)
     assert victim, "no load task was seen running on a worker"
@@ -440,9 +530,14 @@ def test_worker_killed_mid_task_is_retried_on_the_other_worker(stack):
     assert state == "success", stack.failure_report(run_id)
     survivor = ({"w1", "w2"} - {victim["host"]}).pop()
 
-    tries = sorted((t for t in stack.task_instances(run_id)
-                    if t["task_id"] == victim["task_id"] and t["map_index"] == victim["map_index"]),
-                   key=lambda t: t["try_number"])
+    tries = sorted(
+        (
+            t
+            for t in stack.task_instances(run_id)
+            if t["task_id"] == victim["task_id"] and t["map_index"] == victim["map_index"]
+        ),
+        key=lambda t: t["try_number"],
+    )
     killed = [t for t in tries if t["try_number"] == victim["try_number"]]
     assert killed and killed[0]["hostname"] == victim["host"], tries
     assert killed[0]["state"] != "success", f"the task finished before the kill: {tries}"
@@ -450,13 +545,20 @@ def test_worker_killed_mid_task_is_retried_on_the_other_worker(stack):
     assert final["row"] == "current" and final["state"] == "success", tries
     assert final["try_number"] > victim["try_number"] and final["hostname"] == survivor, tries
 
-    later = [t for t in stack.task_instances(run_id) if t["row"] == "current"
-             and t["task_id"] in PARTITION_TASKS and t["end_date"] and killed[0]["start_date"]
-             and t["start_date"] > killed[0]["start_date"]]
+    later = [
+        t
+        for t in stack.task_instances(run_id)
+        if t["row"] == "current"
+        and t["task_id"] in PARTITION_TASKS
+        and t["end_date"]
+        and killed[0]["start_date"]
+        and t["start_date"] > killed[0]["start_date"]
+    ]
     assert later and {t["hostname"] for t in later} == {survivor}
     with psycopg.connect(pg_dsn(target)) as conn:
-        balanced = conn.execute("SELECT bool_and(balanced), count(*) FROM "
-                                "handover_meta.reconciliation WHERE run_id=%s",
-                                (run_id,)).fetchone()
+        balanced = conn.execute(
+            "SELECT bool_and(balanced), count(*) FROM handover_meta.reconciliation WHERE run_id=%s",
+            (run_id,),
+        ).fetchone()
     assert balanced == (True, 7)
     assert content_checksums(pg_dsn(target)) == stack.reference.checksums()

@@ -49,8 +49,7 @@ GATE_TABLES = ("subscribers", "complaints")
 # a duplicate person fails the load (see test_corpus duplicate_person_without_child_tables).
 SCHEDULER_TABLES = ("subscribers", "payments")
 ORDER_NO = "订单号202611010000123456未到账"  # 18 digits, not an ID, not a card: not redacted
-PRE_LOAD_GATES = ("validate_intake", "validate_compliance", "validate_quality",
-                  "validate_contract")
+PRE_LOAD_GATES = ("validate_intake", "validate_compliance", "validate_quality", "validate_contract")
 
 PROBE = r"""
 import json, sys
@@ -78,10 +77,18 @@ def test_loads_wait_for_every_contract_gate(tmp_path):
     """Structure: `load` expands over the whole output of the mapped contract gate, so no
     load instance exists before every contract-gate instance has succeeded, and every
     earlier gate is upstream of it; a failed gate leaves every load upstream_failed."""
-    env = make_airflow_env(tmp_path / "home", "none", AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=(
-        "postgresql+psycopg2://nobody@127.0.0.1:1/none"))
-    run = subprocess.run([sys.executable, "-c", PROBE, str(ROOT / "dags" / f"{DAG_ID}.py")],
-                         env=env, capture_output=True, text=True, timeout=180)
+    env = make_airflow_env(
+        tmp_path / "home",
+        "none",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=("postgresql+psycopg2://nobody@127.0.0.1:1/none"),
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", PROBE, str(ROOT / "dags" / f"{DAG_ID}.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     tasks = json.loads(run.stdout.strip().splitlines()[-1])
     load = tasks["load"]
@@ -113,9 +120,13 @@ def airflow(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("af_faults")
     meta = create_airflow_database("handover_af_faults")  # migrated (the session's template)
     try:
-        env = make_airflow_env(root / "home", meta, dags=_dags_folder(root),
-                          keyring_file=keyring_file,
-                          AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False")
+        env = make_airflow_env(
+            root / "home",
+            meta,
+            dags=_dags_folder(root),
+            keyring_file=keyring_file,
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+        )
         yield {"root": root, "env": env, "meta": meta}
     finally:
         drop_database(meta)
@@ -133,16 +144,19 @@ def _export(dest: Path, subscribers: int, seed: int, order_no: bool = False) -> 
         (dest / "complaints.csv").write_text(buf.getvalue())
         manifest = json.loads((dest / "export_manifest.json").read_text())
         manifest["tables"]["complaints"]["sha256"] = hashlib.sha256(
-            (dest / "complaints.csv").read_bytes()).hexdigest()  # the export as sealed
+            (dest / "complaints.csv").read_bytes()
+        ).hexdigest()  # the export as sealed
         (dest / "export_manifest.json").write_text(json.dumps(manifest))
     return dest
 
 
 def _task_states(meta: str, run_id: str) -> dict[str, list[str]]:
     with psycopg.connect(pg_dsn(meta)) as conn:
-        rows = conn.execute("SELECT task_id, coalesce(state, 'none') FROM task_instance "
-                            "WHERE dag_id=%s AND run_id=%s ORDER BY task_id, map_index",
-                            (DAG_ID, run_id)).fetchall()
+        rows = conn.execute(
+            "SELECT task_id, coalesce(state, 'none') FROM task_instance "
+            "WHERE dag_id=%s AND run_id=%s ORDER BY task_id, map_index",
+            (DAG_ID, run_id),
+        ).fetchall()
     out: dict[str, list[str]] = {}
     for task_id, state in rows:
         out.setdefault(task_id, []).append(state)
@@ -161,27 +175,37 @@ def test_contract_gate_failing_on_one_table_loads_nothing(airflow, tmp_path):
         src = _export(tmp_path / "source", 150, seed=31, order_no=True)
         system = make_system(tmp_path / "system", GATE_TABLES)
         conf = json.dumps({"source_dir": str(src), "system": str(system)})
-        run = subprocess.run([AIRFLOW, "dags", "test", DAG_ID, "-c", conf], env=env,
-                             capture_output=True, text=True, timeout=900)
+        run = subprocess.run(
+            [AIRFLOW, "dags", "test", DAG_ID, "-c", conf],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         out = run.stdout + run.stderr
         assert run.returncode != 0, out[-3000:]
         assert "contract gate failed for complaints" in out
         with psycopg.connect(pg_dsn(airflow["meta"])) as conn:
-            run_id = conn.execute("SELECT run_id FROM dag_run WHERE dag_id=%s AND conf::text "
-                                  "LIKE %s ORDER BY id DESC LIMIT 1",
-                                  (DAG_ID, f"%{system.name}%")).fetchone()[0]
+            run_id = conn.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id=%s AND conf::text "
+                "LIKE %s ORDER BY id DESC LIMIT 1",
+                (DAG_ID, f"%{system.name}%"),
+            ).fetchone()[0]
         states = _task_states(airflow["meta"], run_id)
         assert "failed" in states["validate_contract"]
         assert states["validate_contract"].count("success") == len(GATE_TABLES) - 1
         assert set(states["load"]) == {"upstream_failed"}, states["load"]
         with psycopg.connect(pg_dsn(target)) as conn:
-            loads = conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE "
-                                 "stage='load'").fetchone()[0]
-            rows = conn.execute("SELECT (SELECT count(*) FROM crm.customer) + "
-                                "(SELECT count(*) FROM crm.complaint)").fetchone()[0]
+            loads = conn.execute(
+                "SELECT count(*) FROM handover_meta.ledger WHERE stage='load'"
+            ).fetchone()[0]
+            rows = conn.execute(
+                "SELECT (SELECT count(*) FROM crm.customer) + (SELECT count(*) FROM crm.complaint)"
+            ).fetchone()[0]
             status = conn.execute("SELECT status FROM handover_meta.run").fetchone()[0]
-            published = conn.execute("SELECT count(*) FROM handover_meta.audit_log WHERE "
-                                     "action = 'run_published'").fetchone()[0]
+            published = conn.execute(
+                "SELECT count(*) FROM handover_meta.audit_log WHERE action = 'run_published'"
+            ).fetchone()[0]
         # the run's row follows Airflow: the failed gate marked it failed
         assert (loads, rows, status, published) == (0, 0, "failed", 0)
         reports = list((tmp_path / "lake").rglob("reports/report.html"))
@@ -207,9 +231,13 @@ class Component:
         with open(self.log, "ab") as out:
             # Each its own log-server port: 8793 may be taken by another Airflow on the machine.
             self.proc = subprocess.Popen(
-                [AIRFLOW, *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())})
+                [AIRFLOW, *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={**env, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+            )
 
     def crash(self) -> list[int]:
         """SIGKILL the component with every process of its session at once, as when its
@@ -244,8 +272,11 @@ def _task_errors(home: Path, run_id: str) -> list[str]:
 
     found = []
     for log in sorted((home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}").rglob("*.log")):
-        for m in re.finditer(r"""["']exc_type["']: ?["'](\w+)["'], ?["']exc_value["']: ?"""
-                             r"""["']([^"']{0,300})""", log.read_text(errors="replace")):
+        for m in re.finditer(
+            r"""["']exc_type["']: ?["'](\w+)["'], ?["']exc_value["']: ?"""
+            r"""["']([^"']{0,300})""",
+            log.read_text(errors="replace"),
+        ):
             found.append(f"{log.parent.name}/{log.name}: {m.group(1)}: {m.group(2)}")
     return found
 
@@ -257,7 +288,9 @@ def _open_transactions(meta: str) -> list[tuple]:
         return conn.execute(
             "SELECT pid, state, date_trunc('second', now() - xact_start)::text, "
             "left(query, 120) FROM pg_stat_activity WHERE datname=%s AND xact_start IS NOT "
-            "NULL AND pid <> pg_backend_pid() ORDER BY xact_start", (meta,)).fetchall()
+            "NULL AND pid <> pg_backend_pid() ORDER BY xact_start",
+            (meta,),
+        ).fetchall()
 
 
 def _locking_runs(pid: int, meta: str) -> list[int]:
@@ -266,22 +299,32 @@ def _locking_runs(pid: int, meta: str) -> list[int]:
     under `SELECT ... FOR UPDATE SKIP LOCKED`, inside a transaction."""
     import psutil
 
-    ports = [c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")
-             if c.raddr and c.raddr.port == int(PG["port"])]
+    ports = [
+        c.laddr.port
+        for c in psutil.Process(pid).net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == int(PG["port"])
+    ]
     if not ports:
         return []
     with psycopg.connect(pg_dsn(meta)) as conn:  # pg_class is per database
-        return [r[0] for r in conn.execute(
-            "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
-            "JOIN pg_class c ON c.oid = l.relation WHERE a.client_port = ANY(%s) AND "
-            "a.client_addr = '127.0.0.1' AND l.granted AND l.mode = 'RowShareLock' AND "
-            "c.relname = 'dag_run'", (ports,))]
+        return [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT a.pid FROM pg_stat_activity a JOIN pg_locks l ON l.pid = a.pid "
+                "JOIN pg_class c ON c.oid = l.relation WHERE a.client_port = ANY(%s) AND "
+                "a.client_addr = '127.0.0.1' AND l.granted AND l.mode = 'RowShareLock' AND "
+                "c.relname = 'dag_run'",
+                (ports,),
+            )
+        ]
 
 
-def _until(predicate, timeout: float, what: str, components=(), interval: float = 1.0,
-           diagnose=None):
+def _until(
+    predicate, timeout: float, what: str, components=(), interval: float = 1.0, diagnose=None
+):
     """Poll `predicate` until truthy; fail with the components' log tails (and `diagnose()`)
     when a component exits or after `timeout` seconds."""
+
     def report(headline: str) -> str:
         parts = [headline, *(f"--- {c.name} (log {c.log}):\n{c.tail()}" for c in components)]
         if diagnose is not None:
@@ -298,8 +341,9 @@ def _until(predicate, timeout: float, what: str, components=(), interval: float 
             return got
         for c in components:
             if c.proc.poll() is not None:
-                raise AssertionError(report(f"{c.name} exited ({c.proc.returncode}) while "
-                                            f"waiting for {what}"))
+                raise AssertionError(
+                    report(f"{c.name} exited ({c.proc.returncode}) while waiting for {what}")
+                )
         time.sleep(interval)
     raise AssertionError(report(f"timed out after {timeout:.0f}s waiting for {what}"))
 
@@ -308,8 +352,9 @@ def _healthy(port: int) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health",
-                                    timeout=3) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3
+        ) as r:
             return r.status == 200
     except OSError:
         return False
@@ -325,12 +370,18 @@ def _start_api_server(env: dict, logs: Path, started: list, attempts: int = 3) -
     """
     for attempt in range(1, attempts + 1):
         port = free_port()
-        env.update({
-            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-        })
-        api = Component(f"api-server-{attempt}", ["api-server", "--host", "127.0.0.1",
-                                                  "--port", str(port)], env, logs)
+        env.update(
+            {
+                "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            }
+        )
+        api = Component(
+            f"api-server-{attempt}",
+            ["api-server", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            logs,
+        )
         started.append(api)
         try:
             _until(lambda p=port: _healthy(p), 150, "the api-server to answer", [api])
@@ -353,8 +404,12 @@ def scheduler_stack(tmp_path, keyring_file):
     stack["logs"].mkdir()
     try:
         stack["env"] = make_airflow_env(
-            tmp_path / "home", meta, dags=_dags_folder(tmp_path), target=target,
-            lake=tmp_path / "lake", keyring_file=keyring_file,
+            tmp_path / "home",
+            meta,
+            dags=_dags_folder(tmp_path),
+            target=target,
+            lake=tmp_path / "lake",
+            keyring_file=keyring_file,
             AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
             AIRFLOW__CORE__EXECUTOR="LocalExecutor",
             AIRFLOW__CORE__PARALLELISM="2",
@@ -364,7 +419,8 @@ def scheduler_stack(tmp_path, keyring_file):
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
             AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD="10",
             AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL="5",
-            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60")
+            AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT="60",
+        )
         yield stack
     finally:
         errors = []
@@ -382,17 +438,25 @@ def test_scheduler_killed_and_restarted_mid_run(scheduler_stack, tmp_path):
     """SIGKILL the scheduler (its whole process session: main process, executor workers,
     log server, running tasks) while the run is in its mapped stages, start a new one: the
     run completes, the target equals a clean run's, the ledger balances."""
-    env, meta, components = (scheduler_stack["env"], scheduler_stack["meta"],
-                             scheduler_stack["components"])
+    env, meta, components = (
+        scheduler_stack["env"],
+        scheduler_stack["meta"],
+        scheduler_stack["components"],
+    )
     logs = scheduler_stack["logs"]
     src = _export(tmp_path / "source", 150, seed=41)
     system = make_system(tmp_path / "system", SCHEDULER_TABLES)
     run_id = f"faults_sched_{uuid.uuid4().hex[:6]}"
 
     def diagnose() -> str:
-        return json.dumps({"task_states": _task_states(meta, run_id),
-                           "task_errors": _task_errors(Path(env["AIRFLOW_HOME"]), run_id),
-                           "open_transactions": _open_transactions(meta)}, default=str)
+        return json.dumps(
+            {
+                "task_states": _task_states(meta, run_id),
+                "task_errors": _task_errors(Path(env["AIRFLOW_HOME"]), run_id),
+                "open_transactions": _open_transactions(meta),
+            },
+            default=str,
+        )
 
     api = _start_api_server(env, logs, components)  # sets the API URLs in env: first
     # The schedulers log at INFO: their log tail is what a timeout reports.
@@ -404,20 +468,26 @@ def test_scheduler_killed_and_restarted_mid_run(scheduler_stack, tmp_path):
 
     def parsed():
         with psycopg.connect(pg_dsn(meta)) as conn:
-            return conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id=%s",
-                                (DAG_ID,)).fetchone()
+            return conn.execute(
+                "SELECT 1 FROM serialized_dag WHERE dag_id=%s", (DAG_ID,)
+            ).fetchone()
+
     _until(parsed, 150, "the dag-processor to serialise the DAG", components)
     conf = json.dumps({"source_dir": str(src), "system": str(system)})
-    trigger = subprocess.run([AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id,
-                              "--conf", conf], env=env, capture_output=True, text=True,
-                             timeout=180)
+    trigger = subprocess.run(
+        [AIRFLOW, "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", conf],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert trigger.returncode == 0, (trigger.stdout + trigger.stderr)[-2000:]
 
     def mid_run():
         states = _task_states(meta, run_id)
         return "success" in states.get("comply", []) and states
-    before = _until(mid_run, 200, "the run to reach its mapped stages", components, 0.5,
-                    diagnose)
+
+    before = _until(mid_run, 200, "the run to reach its mapped stages", components, 0.5, diagnose)
     # The worst moment: while the scheduler holds the run's row lock, so a crash that
     # left the dead scheduler's connection (and transaction) open would block the new
     # scheduler every time rather than now and then.
@@ -434,11 +504,19 @@ def test_scheduler_killed_and_restarted_mid_run(scheduler_stack, tmp_path):
 
     def finished():
         with psycopg.connect(pg_dsn(meta)) as conn:
-            row = conn.execute("SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s",
-                               (DAG_ID, run_id)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM dag_run WHERE dag_id=%s AND run_id=%s", (DAG_ID, run_id)
+            ).fetchone()
         return row and row[0] in ("success", "failed") and row[0]
-    state = _until(finished, 330, "the run to finish after the restart",
-                   [restarted, processor, api], 2.0, diagnose)
+
+    state = _until(
+        finished,
+        330,
+        "the run to finish after the restart",
+        [restarted, processor, api],
+        2.0,
+        diagnose,
+    )
     assert state == "success", diagnose()
 
     clean_db = create_database("handover_af_sched_clean")
@@ -450,7 +528,8 @@ def test_scheduler_killed_and_restarted_mid_run(scheduler_stack, tmp_path):
             run_stages("clean", src, system, gates=False)
         target = pg_dsn(scheduler_stack["target"])
         assert content_checksums(target, str(system)) == content_checksums(
-            pg_dsn(clean_db), str(system))
+            pg_dsn(clean_db), str(system)
+        )
         assert_ledger_balanced(target, run_id, SCHEDULER_TABLES)
     finally:
         drop_database(clean_db)

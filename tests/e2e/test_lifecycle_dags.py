@@ -37,12 +37,14 @@ def _seed_target(dsn: str) -> None:
                     "source_updated_at) VALUES (%s, '测试', %s, 'k1', %s, '110***1234', 'F', "
                     "'1990-01-01', '13800138000', %s, '138****8000', '北京市', '2020-01-01', "
                     "'active', '2026-01-01 00:00:00')",
-                    (cid, bytes([i]) * 40, f"bidx{i}", f"mbidx{i}"))
+                    (cid, bytes([i]) * 40, f"bidx{i}", f"mbidx{i}"),
+                )
                 conn.execute(
                     "INSERT INTO crm.call_record (cdr_id, customer_id, caller_msisdn, "
                     "callee_msisdn, started_at, duration_s, cell_id, charge_fen) VALUES (%s, %s, "
                     "'13800138000', '13900139000', '2026-05-01 10:00:00', 60, '460-00-1-2', 15)",
-                    (f"R9{i}", cid))
+                    (f"R9{i}", cid),
+                )
 
 
 @pytest.fixture(scope="module")
@@ -54,35 +56,49 @@ def airflow_env(tmp_path_factory, keyring_file):
 
 
 def _airflow(env, *args, timeout=600):
-    return subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_pre_load_backup_then_weekly_drill(airflow_env):
     env, dsn = airflow_env["env"], airflow_env["dsn"]
-    run = _airflow(env, "dags", "test", "backup", "-f", str(ROOT / "dags" / "backup.py"),
-                   "-c", json.dumps({"reason": "pre_load"}))
+    run = _airflow(
+        env,
+        "dags",
+        "test",
+        "backup",
+        "-f",
+        str(ROOT / "dags" / "backup.py"),
+        "-c",
+        json.dumps({"reason": "pre_load"}),
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     with psycopg.connect(dsn) as conn:
         backup_id, status, reason = conn.execute(
             "SELECT backup_id, status, reason FROM handover_meta.backup "
-            "ORDER BY started_at DESC LIMIT 1").fetchone()
+            "ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
     assert status == "complete" and reason == "pre_load"
     assert (airflow_env["root"] / "lake" / "backups" / backup_id / "manifest.json").is_file()
 
-    drill = _airflow(env, "dags", "test", "restore_drill", "-f",
-                     str(ROOT / "dags" / "restore_drill.py"))
+    drill = _airflow(
+        env, "dags", "test", "restore_drill", "-f", str(ROOT / "dags" / "restore_drill.py")
+    )
     assert drill.returncode == 0, (drill.stdout + drill.stderr)[-3000:]
     with psycopg.connect(dsn) as conn:
         ok, seconds, bid = conn.execute(
             "SELECT success, restore_seconds, backup_id FROM handover_meta.restore_drill "
-            "ORDER BY started_at DESC LIMIT 1").fetchone()
-        audited = conn.execute("SELECT count(*) FROM handover_meta.audit_log WHERE action = "
-                               "'restore_drill'").fetchone()[0]
-        scratch = conn.execute("SELECT count(*) FROM pg_database WHERE datname LIKE "
-                               "'handover_drill_%' AND datname = (SELECT scratch_db FROM "
-                               "handover_meta.restore_drill ORDER BY started_at DESC LIMIT 1)"
-                               ).fetchone()[0]
+            "ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        audited = conn.execute(
+            "SELECT count(*) FROM handover_meta.audit_log WHERE action = 'restore_drill'"
+        ).fetchone()[0]
+        scratch = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE "
+            "'handover_drill_%' AND datname = (SELECT scratch_db FROM "
+            "handover_meta.restore_drill ORDER BY started_at DESC LIMIT 1)"
+        ).fetchone()[0]
     assert ok is True and seconds > 0 and bid == backup_id and audited == 1
     assert scratch == 0  # the teardown dropped the scratch database
 
@@ -93,27 +109,62 @@ def test_subject_request_runs_on_the_request_id_alone(airflow_env):
     env, dsn = airflow_env["env"], airflow_env["dsn"]
     dag_file = str(ROOT / "dags" / "subject_request.py")
     submitted = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "python"), "-m", "handover.subject", "submit",
-         "REQ-e2e-1", "--type", "access"], input="C90000001\n", env=env,
-        capture_output=True, text=True, timeout=120)
+        [
+            str(ROOT / ".venv" / "bin" / "python"),
+            "-m",
+            "handover.subject",
+            "submit",
+            "REQ-e2e-1",
+            "--type",
+            "access",
+        ],
+        input="C90000001\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert submitted.returncode == 0, submitted.stderr[-2000:]
-    run = _airflow(env, "dags", "test", "subject_request", "-f", dag_file,
-                   "-c", json.dumps({"request_id": "REQ-e2e-1"}))
+    run = _airflow(
+        env,
+        "dags",
+        "test",
+        "subject_request",
+        "-f",
+        dag_file,
+        "-c",
+        json.dumps({"request_id": "REQ-e2e-1"}),
+    )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
     with psycopg.connect(dsn) as conn:
-        status = conn.execute("SELECT status FROM handover_meta.subject_request WHERE "
-                              "request_id = 'REQ-e2e-1'").fetchone()[0]
-        sealed = conn.execute("SELECT sealed FROM handover_meta.subject_intake WHERE "
-                              "request_id = 'REQ-e2e-1'").fetchone()[0]
+        status = conn.execute(
+            "SELECT status FROM handover_meta.subject_request WHERE request_id = 'REQ-e2e-1'"
+        ).fetchone()[0]
+        sealed = conn.execute(
+            "SELECT sealed FROM handover_meta.subject_intake WHERE request_id = 'REQ-e2e-1'"
+        ).fetchone()[0]
     assert status == "done" and sealed is None
-    assert (airflow_env["root"] / "lake" / "subject-requests" / "REQ-e2e-1" /
-            "access-export.json.enc").is_file()
+    assert (
+        airflow_env["root"] / "lake" / "subject-requests" / "REQ-e2e-1" / "access-export.json.enc"
+    ).is_file()
 
-    leaky = _airflow(env, "dags", "test", "subject_request", "-f", dag_file, "-c", json.dumps(
-        {"request_id": "REQ-e2e-2", "identifier": "C90000002"}))
+    leaky = _airflow(
+        env,
+        "dags",
+        "test",
+        "subject_request",
+        "-f",
+        dag_file,
+        "-c",
+        json.dumps({"request_id": "REQ-e2e-2", "identifier": "C90000002"}),
+    )
     out = leaky.stdout + leaky.stderr
     assert leaky.returncode != 0, out[-3000:]
     assert "identifier in the run config" in out and "validate_request" in out
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT count(*) FROM handover_meta.subject_request WHERE "
-                            "request_id = 'REQ-e2e-2'").fetchone()[0] == 0
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM handover_meta.subject_request WHERE request_id = 'REQ-e2e-2'"
+            ).fetchone()[0]
+            == 0
+        )

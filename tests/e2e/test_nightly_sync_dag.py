@@ -73,8 +73,13 @@ def night(tmp_path_factory, keyring_file):
         # data interval of a daily schedule as the last whole day before the given date.
         night_end = f"{pd.Timestamp(DAY) + pd.Timedelta(days=1):%Y-%m-%d}T00:00:00+08:00"
         conf = json.dumps({"changes_dir": str(changes), "system": str(system)})
-        run = subprocess.run([AIRFLOW, "dags", "test", "nightly_sync", night_end, "-c", conf],
-                             env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [AIRFLOW, "dags", "test", "nightly_sync", night_end, "-c", conf],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         yield {"run": run, "dsn": pg_dsn(target), "changes": changes}
 
 
@@ -85,19 +90,26 @@ def test_night_runs_through_airflow_and_old_new_agree(night):
     with psycopg.connect(night["dsn"]) as conn:
         status, exported_at = conn.execute(
             "SELECT status, exported_at FROM handover_meta.run WHERE run_id=%s",
-            (f"nightly_sync__{DAY}",)).fetchone()
+            (f"nightly_sync__{DAY}",),
+        ).fetchone()
         recon = conn.execute(
             "SELECT table_name, source_rows, loaded + merged + quarantined + excluded, missing_keys, "
             "field_mismatches, balanced FROM handover_meta.reconciliation WHERE run_id=%s",
-            (f"nightly_sync__{DAY}",)).fetchall()
+            (f"nightly_sync__{DAY}",),
+        ).fetchall()
         customers = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}
-        gates = conn.execute("SELECT count(*), bool_and(success) FROM handover_meta.gate_result "
-                             "WHERE run_id=%s", (f"nightly_sync__{DAY}",)).fetchone()
+        gates = conn.execute(
+            "SELECT count(*), bool_and(success) FROM handover_meta.gate_result WHERE run_id=%s",
+            (f"nightly_sync__{DAY}",),
+        ).fetchone()
         # orphans of the migration the night took in again (rows not in its files)
-        again = dict(conn.execute(
-            "SELECT table_name, coalesce(sum((detail->>'released_orphans')::int), 0) FROM "
-            "handover_meta.ledger WHERE run_id=%s AND stage='extract' GROUP BY 1",
-            (f"nightly_sync__{DAY}",)).fetchall())
+        again = dict(
+            conn.execute(
+                "SELECT table_name, coalesce(sum((detail->>'released_orphans')::int), 0) FROM "
+                "handover_meta.ledger WHERE run_id=%s AND stage='extract' GROUP BY 1",
+                (f"nightly_sync__{DAY}",),
+            ).fetchall()
+        )
     assert status == "succeeded"
     assert str(exported_at) == f"{pd.Timestamp(DAY) + pd.Timedelta(days=1)}"
     assert len(recon) == len(TABLES)

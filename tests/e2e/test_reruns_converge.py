@@ -34,15 +34,20 @@ pytestmark = pytest.mark.e2e
 
 
 def _airflow(env, *args, timeout=900):
-    return subprocess.run([AIRFLOW, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [AIRFLOW, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _checksums(dsn: str) -> dict:
     cfg = load_config("legacy_bss")
     with psycopg.connect(dsn) as conn:
-        return {t: table_checksum(conn, "crm", cfg.table_mapping(t)["target"],
-                                  cfg.table_mapping(t)["key"]) for t in cfg.tables}
+        return {
+            t: table_checksum(
+                conn, "crm", cfg.table_mapping(t)["target"], cfg.table_mapping(t)["key"]
+            )
+            for t in cfg.tables
+        }
 
 
 def _reseal(src: Path) -> None:
@@ -57,16 +62,19 @@ def _map_index(meta: str, run_id: str, task_id: str, label: str) -> int:
     with psycopg.connect(pg_dsn(meta)) as conn:
         row = conn.execute(
             "SELECT map_index FROM task_instance WHERE dag_id='customer_migration' AND "
-            "run_id=%s AND task_id=%s AND rendered_map_index=%s", (run_id, task_id,
-                                                                  label)).fetchone()
+            "run_id=%s AND task_id=%s AND rendered_map_index=%s",
+            (run_id, task_id, label),
+        ).fetchone()
     assert row is not None, (task_id, label)
     return row[0]
 
 
 def _latest_run(dsn: str) -> str:
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT run_id FROM handover_meta.run WHERE kind='migration' "
-                            "ORDER BY started_at DESC LIMIT 1").fetchone()[0]
+        return conn.execute(
+            "SELECT run_id FROM handover_meta.run WHERE kind='migration' "
+            "ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +84,9 @@ def two_runs(tmp_path_factory, keyring_file):
     root = tmp_path_factory.mktemp("reruns")
     with fresh_airflow(root, keyring_file, target_prefix="handover_rerun") as af:
         system = root / "config" / "legacy_bss"  # a copy on-call may edit (scenario 3)
-        shutil.copytree(Path(__file__).resolve().parents[2] / "include" / "config" /
-                        "legacy_bss", system)
+        shutil.copytree(
+            Path(__file__).resolve().parents[2] / "include" / "config" / "legacy_bss", system
+        )
         nov, dec = root / "nov", root / "dec"
         synth.generate(nov, 500, seed=19)
         shutil.copytree(nov, dec)
@@ -98,36 +107,61 @@ def two_runs(tmp_path_factory, keyring_file):
         env, dsn = af["env"], pg_dsn(af["target"])
         runs = {}
         for name, src in (("nov", nov), ("dec", dec)):
-            out = _airflow(env, "dags", "test", "customer_migration", "-c", json.dumps(
-                {"source_dir": str(src), "system": str(system)}))
+            out = _airflow(
+                env,
+                "dags",
+                "test",
+                "customer_migration",
+                "-c",
+                json.dumps({"source_dir": str(src), "system": str(system)}),
+            )
             assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
             runs[name] = _latest_run(dsn)
-        yield {**af, "dsn": dsn, "runs": runs, "nov": nov, "dec": dec, "system": system,
-               "movers": subs.loc[movers, "cust_id"].str.strip().tolist(),
-               "fixed": pays.loc[fixed, "payment_id"].str.strip().tolist()}
+        yield {
+            **af,
+            "dsn": dsn,
+            "runs": runs,
+            "nov": nov,
+            "dec": dec,
+            "system": system,
+            "movers": subs.loc[movers, "cust_id"].str.strip().tolist(),
+            "fixed": pays.loc[fixed, "payment_id"].str.strip().tolist(),
+        }
 
 
 def test_an_older_runs_load_rerun_leaves_the_newer_values(two_runs):
     t = two_runs
     before = _checksums(t["dsn"])
     with psycopg.connect(t["dsn"]) as conn:
-        newer = conn.execute("SELECT source_updated_at FROM crm.customer WHERE customer_id = "
-                             "ANY(%s)", (t["movers"],)).fetchall()
-        amounts = conn.execute("SELECT amount_fen FROM crm.payment WHERE payment_id = ANY(%s)",
-                               (t["fixed"],)).fetchall()
+        newer = conn.execute(
+            "SELECT source_updated_at FROM crm.customer WHERE customer_id = ANY(%s)", (t["movers"],)
+        ).fetchall()
+        amounts = conn.execute(
+            "SELECT amount_fen FROM crm.payment WHERE payment_id = ANY(%s)", (t["fixed"],)
+        ).fetchall()
     assert {r[0].isoformat() for r in newer} == {"2026-11-20T10:00:00"}
     assert {r[0] for r in amounts} == {12345}
     for label in ("subscribers/p00", "payments/p00"):
         i = _map_index(t["meta"], t["runs"]["nov"], "load", label)
-        out = _airflow(t["env"], "tasks", "test", "customer_migration", "load",
-                       t["runs"]["nov"], "--map-index", str(i))
+        out = _airflow(
+            t["env"],
+            "tasks",
+            "test",
+            "customer_migration",
+            "load",
+            t["runs"]["nov"],
+            "--map-index",
+            str(i),
+        )
         assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert _checksums(t["dsn"]) == before, "an older run put older values back"
     with psycopg.connect(t["dsn"]) as conn:
         stale = conn.execute(
             "SELECT table_name, (detail->>'stale')::int, detail->>'superseded_by' FROM "
             "handover_meta.ledger WHERE run_id=%s AND stage='load' AND table_name IN "
-            "('subscribers', 'payments')", (t["runs"]["nov"],)).fetchall()
+            "('subscribers', 'payments')",
+            (t["runs"]["nov"],),
+        ).fetchall()
     assert stale and all(n > 0 and by == t["runs"]["dec"] for _, n, by in stale), stale
 
 
@@ -136,12 +170,19 @@ def test_an_export_edited_after_its_manifest_is_red_at_extract(two_runs, tmp_pat
     edited = tmp_path / "dec-edited"
     shutil.copytree(t["dec"], edited)
     pays = pd.read_csv(edited / "payments.csv", dtype=str, keep_default_na=False)
-    pays.loc[pays.index[:5], "amount_fen"] = (pays.loc[pays.index[:5], "amount_fen"]
-                                              .astype(int) * 100).astype(str)
+    pays.loc[pays.index[:5], "amount_fen"] = (
+        pays.loc[pays.index[:5], "amount_fen"].astype(int) * 100
+    ).astype(str)
     pays.to_csv(edited / "payments.csv", index=False)  # same rows, manifest not resealed
     before = _checksums(t["dsn"])
-    out = _airflow(t["env"], "dags", "test", "customer_migration", "-c", json.dumps(
-        {"source_dir": str(edited), "system": str(t["system"])}))
+    out = _airflow(
+        t["env"],
+        "dags",
+        "test",
+        "customer_migration",
+        "-c",
+        json.dumps({"source_dir": str(edited), "system": str(t["system"])}),
+    )
     text = out.stdout + out.stderr
     assert out.returncode != 0
     line = next(ln for ln in text.splitlines() if "differs from the export manifest" in ln)
@@ -155,37 +196,49 @@ def test_a_tightened_rule_then_clearing_cleanse_converges(two_runs):
     t = two_runs
     run = t["runs"]["dec"]
     rules = (t["system"] / "cleansing.yaml").read_text()
-    tightened = rules.replace("    dates: {paid_at: \"%Y-%m-%d %H:%M:%S\"}\n",
-                              "    dates: {paid_at: \"%Y-%m-%d %H:%M:%S\"}\n"
-                              "    not_before: {paid_at: \"2026-03-01\"}\n", 1)
+    tightened = rules.replace(
+        '    dates: {paid_at: "%Y-%m-%d %H:%M:%S"}\n',
+        '    dates: {paid_at: "%Y-%m-%d %H:%M:%S"}\n    not_before: {paid_at: "2026-03-01"}\n',
+        1,
+    )
     assert tightened != rules
     (t["system"] / "cleansing.yaml").write_text(tightened)
     try:
         label = "payments/p00"
         for task in ("cleanse", "validate_quality", "map_protect", "validate_contract", "load"):
             i = _map_index(t["meta"], run, task, label)
-            out = _airflow(t["env"], "tasks", "test", "customer_migration", task, run,
-                           "--map-index", str(i))
+            out = _airflow(
+                t["env"], "tasks", "test", "customer_migration", task, run, "--map-index", str(i)
+            )
             assert out.returncode == 0, (task, (out.stdout + out.stderr)[-3000:])
         for task in ("reconcile_table", "validate_reconciliation"):
             i = _map_index(t["meta"], run, task, "payments")
-            out = _airflow(t["env"], "tasks", "test", "customer_migration", task, run,
-                           "--map-index", str(i))
+            out = _airflow(
+                t["env"], "tasks", "test", "customer_migration", task, run, "--map-index", str(i)
+            )
             assert out.returncode == 0, (task, (out.stdout + out.stderr)[-3000:])
         with psycopg.connect(t["dsn"]) as conn:
             early = conn.execute(
                 "SELECT count(*) FROM handover_meta.quarantine WHERE run_id=%s AND "
-                "table_name='payments' AND reason='INVALID_DATE'", (run,)).fetchone()[0]
+                "table_name='payments' AND reason='INVALID_DATE'",
+                (run,),
+            ).fetchone()[0]
             still = conn.execute(
                 "SELECT count(*) FROM crm.payment p JOIN handover_meta.quarantine q ON "
                 "q.record_key = p.payment_id WHERE q.run_id=%s AND q.table_name='payments'",
-                (run,)).fetchone()[0]
-            loaded = conn.execute("SELECT sum(rows_out) FROM handover_meta.ledger WHERE "
-                                  "run_id=%s AND table_name='payments' AND stage='load'",
-                                  (run,)).fetchone()[0]
+                (run,),
+            ).fetchone()[0]
+            loaded = conn.execute(
+                "SELECT sum(rows_out) FROM handover_meta.ledger WHERE "
+                "run_id=%s AND table_name='payments' AND stage='load'",
+                (run,),
+            ).fetchone()[0]
             in_target = conn.execute("SELECT count(*) FROM crm.payment").fetchone()[0]
-            green = conn.execute("SELECT balanced FROM handover_meta.reconciliation WHERE "
-                                 "run_id=%s AND table_name='payments'", (run,)).fetchone()[0]
+            green = conn.execute(
+                "SELECT balanced FROM handover_meta.reconciliation WHERE "
+                "run_id=%s AND table_name='payments'",
+                (run,),
+            ).fetchone()[0]
         assert early > 100, "the tightened rule quarantined nothing"
         assert still == 0, "quarantined payments are still in the target"
         assert in_target == loaded and green

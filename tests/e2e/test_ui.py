@@ -51,9 +51,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(720)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--window-size=1600,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1600,1000",
+)
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 SHOTS = ROOT / "docs" / "screenshots"
 FAILURES = ROOT / ".state" / "test-failures"  # screenshots of failed waits (git-ignored)
@@ -75,8 +82,10 @@ def wait_for(what: str, probe, timeout: float, every: float = 2.0):
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last error
             last_exc = exc
         time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout:.0f}s waiting for {what}"
+        + (f" (last error: {last_exc!r})" if last_exc else "")
+    )
 
 
 def free_port() -> int:
@@ -130,8 +139,9 @@ def trimmed_config(dst: Path, tables: dict[str, int]) -> Path:
         if name == "catalog.yaml":
             for t, n in tables.items():
                 doc["tables"][t]["partitions"] = n
-        (dst / name).write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False),
-                                encoding="utf-8")
+        (dst / name).write_text(
+            yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+        )
     assert load_config(dst).tables == list(tables)
     return dst
 
@@ -202,7 +212,8 @@ class AirflowStack:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "AIRFLOW_CONN_HANDOVER_TARGET": pg_url(self.target_db, "postgres"),
             "AIRFLOW_CONN_HANDOVER_KEYS": json.dumps(
-                {"conn_type": "generic", "extra": json.loads(keyring.read_text())}),
+                {"conn_type": "generic", "extra": json.loads(keyring.read_text())}
+            ),
             "AIRFLOW_CONN_HANDOVER_NOTIFY": notify_url,
             "HANDOVER_LAKE_URL": f"file://{self.lake}",
             "HANDOVER_SOURCE_DIR": str(self.source),
@@ -216,27 +227,36 @@ class AirflowStack:
         self._spawn("dag-processor", "dag-processor")
         self._spawn("scheduler", "scheduler")
         wait_for("the api-server to answer", self._healthy, timeout=120, every=0.5)
-        wait_for(f"the dag-processor to parse {DAG_ID}", self._dag_parsed, timeout=120,
-                 every=0.5)
+        wait_for(f"the dag-processor to parse {DAG_ID}", self._dag_parsed, timeout=120, every=0.5)
         self.api("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
 
     def api(self, method: str, path: str, body: dict | None = None) -> dict:
         """Airflow's REST API as the on-call user (setup only: the test clicks in the UI)."""
+
         def call(method: str, path: str, body: dict | None, headers: dict) -> dict:
             req = urllib.request.Request(
-                self.url + path, method=method, data=json.dumps(body).encode() if body else None,
-                headers={"Content-Type": "application/json", **headers})
+                self.url + path,
+                method=method,
+                data=json.dumps(body).encode() if body else None,
+                headers={"Content-Type": "application/json", **headers},
+            )
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return json.loads(resp.read() or b"{}")
 
-        token = call("POST", "/auth/token", {"username": USER, "password": PASSWORD},
-                     {})["access_token"]
+        token = call("POST", "/auth/token", {"username": USER, "password": PASSWORD}, {})[
+            "access_token"
+        ]
         return call(method, path, body, {"Authorization": f"Bearer {token}"})
 
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs[name] = subprocess.Popen([AIRFLOW, *args], env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [AIRFLOW, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def _healthy(self) -> bool:
         for name, proc in self.procs.items():
@@ -273,20 +293,25 @@ class AirflowStack:
     # -- metadata --------------------------------------------------------------------
     def task_states(self, run_id: str) -> dict[tuple[str, int], str | None]:
         with psycopg.connect(pg_dsn(self.af_db)) as conn:
-            rows = conn.execute("SELECT task_id, map_index, state FROM task_instance "
-                                "WHERE dag_id = %s AND run_id = %s", (DAG_ID, run_id)).fetchall()
+            rows = conn.execute(
+                "SELECT task_id, map_index, state FROM task_instance "
+                "WHERE dag_id = %s AND run_id = %s",
+                (DAG_ID, run_id),
+            ).fetchall()
         return {(t, m): s for t, m, s in rows}
 
     def run_state(self, run_id: str) -> str | None:
         with psycopg.connect(pg_dsn(self.af_db)) as conn:
-            row = conn.execute("SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s",
-                               (DAG_ID, run_id)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM dag_run WHERE dag_id = %s AND run_id = %s", (DAG_ID, run_id)
+            ).fetchone()
         return row[0] if row else None
 
     def latest_run_id(self) -> str | None:
         with psycopg.connect(pg_dsn(self.af_db)) as conn:
-            row = conn.execute("SELECT run_id FROM dag_run WHERE dag_id = %s "
-                               "ORDER BY id DESC LIMIT 1", (DAG_ID,)).fetchone()
+            row = conn.execute(
+                "SELECT run_id FROM dag_run WHERE dag_id = %s ORDER BY id DESC LIMIT 1", (DAG_ID,)
+            ).fetchone()
         return row[0] if row else None
 
 
@@ -339,16 +364,23 @@ class Browser:
         return null;
     """
 
-    def find(self, css: str, timeout: float = 30, text: str | None = None,
-             href_part: str | None = None):
+    def find(
+        self, css: str, timeout: float = 30, text: str | None = None, href_part: str | None = None
+    ):
         """The first visible element matching ``css`` (and text / href), looked up in one
         round trip so that a UI re-rendering every few seconds cannot make it stale."""
-        what = f"{css}" + (f" with text {text!r}" if text else "") + (
-            f" linking to {href_part!r}" if href_part else "")
+        what = (
+            f"{css}"
+            + (f" with text {text!r}" if text else "")
+            + (f" linking to {href_part!r}" if href_part else "")
+        )
         try:
-            return wait_for(what, lambda: self.driver.execute_script(self._FIND_JS, css, text,
-                                                                     href_part),
-                            timeout=timeout, every=0.5)
+            return wait_for(
+                what,
+                lambda: self.driver.execute_script(self._FIND_JS, css, text, href_part),
+                timeout=timeout,
+                every=0.5,
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.where()}") from None
 
@@ -374,13 +406,18 @@ class Browser:
         while True:
             self.click(css, **kwargs)
             try:
-                wait_for(f"the browser to reach a URL with {url_part!r}",
-                         lambda: url_part in self.driver.current_url, timeout=10, every=0.5)
+                wait_for(
+                    f"the browser to reach a URL with {url_part!r}",
+                    lambda: url_part in self.driver.current_url,
+                    timeout=10,
+                    every=0.5,
+                )
                 return
             except AssertionError:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"clicking {css} {kwargs} did not lead to {url_part!r}"
-                                         f"\n{self.where()}") from None
+                    raise AssertionError(
+                        f"clicking {css} {kwargs} did not lead to {url_part!r}\n{self.where()}"
+                    ) from None
 
     def click(self, css: str, **kwargs) -> None:
         from selenium.common.exceptions import (
@@ -419,9 +456,12 @@ class Browser:
         self.find("input[name=username]").send_keys(user)
         self.find("input[name=password]").send_keys(password)
         self.click("button[type=submit]")
-        wait_for("the Airflow home page after signing in",
-                 lambda: "/auth/login" not in self.driver.current_url and "Dags" in self.text(),
-                 timeout=60, every=1)
+        wait_for(
+            "the Airflow home page after signing in",
+            lambda: "/auth/login" not in self.driver.current_url and "Dags" in self.text(),
+            timeout=60,
+            every=1,
+        )
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -435,8 +475,9 @@ def stack(tmp_path_factory, keyring_file):
     try:
         synth.generate(st.source, 300, seed=3)
         st.original_payments = plant_drift(st.source)
-        st.config = trimmed_config(root / "config", {"subscribers": 1, "consents": 1,
-                                                     "payments": 2})
+        st.config = trimmed_config(
+            root / "config", {"subscribers": 1, "consents": 1, "payments": 2}
+        )
         st.receiver = receiver
         st.start()
         yield st
@@ -466,10 +507,15 @@ def test_plugin_module_is_cheap_to_import():
         "import sys, json; import airflow.sdk; sys.path.insert(0, sys.argv[1]);"
         "import handover_plugin; handover_plugin.HandoverPlugin();"
         "print(json.dumps(sorted(m for m in ('fastapi', 'pandas', 'pyarrow', 'psycopg',"
-        " 'great_expectations', 'handover_ui.app') if m in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", probe, str(ROOT / "plugins")],
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "include")},
-                         capture_output=True, text=True, timeout=120)
+        " 'great_expectations', 'handover_ui.app') if m in sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(ROOT / "plugins")],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "include")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
@@ -478,31 +524,67 @@ def test_audit_listener_never_fails_a_task_when_the_target_is_down(monkeypatch):
     from handover_ui import listener
 
     monkeypatch.setenv("HANDOVER_TARGET_DSN", "host=127.0.0.1 port=1 user=nobody dbname=none")
-    ti = type("TI", (), {"dag_id": DAG_ID, "task_id": "load", "map_index": 3,
-                         "run_id": "manual__x", "try_number": 2, "state": "up_for_retry"})()
+    ti = type(
+        "TI",
+        (),
+        {
+            "dag_id": DAG_ID,
+            "task_id": "load",
+            "map_index": 3,
+            "run_id": "manual__x",
+            "try_number": 2,
+            "state": "up_for_retry",
+        },
+    )()
     started = time.monotonic()
     listener.audit_listener.on_task_instance_running(previous_state=None, task_instance=ti)
-    listener.audit_listener.on_task_instance_failed(previous_state=None, task_instance=ti,
-                                                    error=ConnectionError("x"))
+    listener.audit_listener.on_task_instance_failed(
+        previous_state=None, task_instance=ti, error=ConnectionError("x")
+    )
     assert time.monotonic() - started < 20
     assert listener.event_detail(ti, "up_for_retry", ConnectionError("secret row value")) == {
-        "dag_id": DAG_ID, "task_id": "load", "map_index": 3, "run_id": "manual__x",
-        "try_number": 2, "state": "up_for_retry", "error_type": "ConnectionError"}
+        "dag_id": DAG_ID,
+        "task_id": "load",
+        "map_index": 3,
+        "run_id": "manual__x",
+        "try_number": 2,
+        "state": "up_for_retry",
+        "error_type": "ConnectionError",
+    }
 
 
 def test_ledger_view_flags_a_stage_that_lost_rows():
     from handover_ui.ledger_view import build, render_ledger
 
-    stages = [("payments", "extract", 2, 100, 100, 0, 0), ("payments", "comply", 2, 100, 95, 0, 5),
-              ("payments", "cleanse", 2, 95, 90, 5, 0), ("payments", "map", 2, 90, 90, 0, 0),
-              ("payments", "load", 2, 60, 60, 0, 0)]
-    data = build(run={"run_id": "r1", "dag_id": DAG_ID, "system": "legacy_bss",
-                      "status": "running", "started_at": None, "finished_at": None},
-                 stages=stages, recon=[], gates=[])
+    stages = [
+        ("payments", "extract", 2, 100, 100, 0, 0),
+        ("payments", "comply", 2, 100, 95, 0, 5),
+        ("payments", "cleanse", 2, 95, 90, 5, 0),
+        ("payments", "map", 2, 90, 90, 0, 0),
+        ("payments", "load", 2, 60, 60, 0, 0),
+    ]
+    data = build(
+        run={
+            "run_id": "r1",
+            "dag_id": DAG_ID,
+            "system": "legacy_bss",
+            "status": "running",
+            "started_at": None,
+            "finished_at": None,
+        },
+        stages=stages,
+        recon=[],
+        gates=[],
+    )
     status = {s["stage"]: s["status"] for s in data["tables"][0]["stages"]}
 
-    assert status == {"extract": "balanced", "comply": "balanced", "cleanse": "balanced",
-                      "map": "balanced", "load": "NOT balanced"}
+    assert status == {
+        "extract": "balanced",
+        "comply": "balanced",
+        "cleanse": "balanced",
+        "map": "balanced",
+        "load": "NOT balanced",
+    }
     html = render_ledger(data, "r1")
     assert "0 of 1 tables balanced" in html and "<script" not in html
     # While a stage's partitions are still running it is incomplete, not unbalanced.
@@ -527,12 +609,18 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
 
     # The intake gate fails for both payments partitions, and the run fails.
     b.open("/handover/")
-    wait_for("the run to fail at the intake gate",
-             lambda: stack.run_state(run_id) == "failed", timeout=300, every=1)
+    wait_for(
+        "the run to fail at the intake gate",
+        lambda: stack.run_state(run_id) == "failed",
+        timeout=300,
+        every=1,
+    )
     states = stack.task_states(run_id)
     failed = sorted(k for k, s in states.items() if s == "failed")
     assert [t for t, _ in failed] == ["validate_intake", "validate_intake"], (
-        states, stack.log_tail("scheduler"))
+        states,
+        stack.log_tail("scheduler"),
+    )
 
     # In the grid: the red task.
     b.open(f"/dags/{DAG_ID}")
@@ -545,8 +633,9 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     b.follow("a", mapped, href_part=mapped)
     b.follow("a", "/tasks/validate_intake/mapped/", text="payments/p00", timeout=90)
     log_text = b.wait_text("intake gate failed for payments partition p00", timeout=60)
-    line = next(ln for ln in log_text.splitlines()
-                if "intake gate failed for payments partition p00" in ln)
+    line = next(
+        ln for ln in log_text.splitlines() if "intake gate failed for payments partition p00" in ln
+    )
     assert "expect_table_columns_to_match_set" in line and DRIFT_COLUMN in line
     assert "/docs/validations/intake/payments/" in line
     # the viewer draws the UI address as a link of its own (text of its own)
@@ -578,20 +667,22 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     b.shot("ledger-failed")
     # ... and so does the failed run's report, and its Data Docs index lists the failure
     b.open(f"/handover/runs/{safe_run_id(run_id)}/reports/report.html")
-    b.wait_text("This run FAILED at validate_intake", "intake gate failed for payments",
-                timeout=30)
+    b.wait_text("This run FAILED at validate_intake", "intake gate failed for payments", timeout=30)
     b.shot("report-failed")
     b.open(f"/handover/runs/{safe_run_id(run_id)}/docs/index.html")
     b.wait_text("payments", timeout=30)
 
     # Exactly one notification per failed task instance, one JSON line each.
-    wait_for("two notifications", lambda: len(stack.receiver.bodies) >= len(failed),
-             timeout=30, every=1)
+    wait_for(
+        "two notifications", lambda: len(stack.receiver.bodies) >= len(failed), timeout=30, every=1
+    )
     notes = [n for n in map(json.loads, stack.receiver.bodies) if n["dag"] == DAG_ID]
     assert sorted((n["task"], n["map_index"]) for n in notes) == failed
     assert all(n["run"] == run_id for n in notes)
-    assert all(n["message"].startswith("GateFailed: intake gate failed for payments partition")
-               for n in notes)
+    assert all(
+        n["message"].startswith("GateFailed: intake gate failed for payments partition")
+        for n in notes
+    )
 
     # On-call fixes the export, then clears the table's extract with its downstream.
     (stack.source / "payments.csv").write_text(stack.original_payments)
@@ -601,12 +692,19 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     b.click("button[aria-label='Press shift+c to clear']")
     b.wait_text("Clear Task Instance", "Affected Tasks")
     b.click("[role=dialog] button", text="Confirm")
-    wait_for("the clear to reach the database",
-             lambda: all(stack.task_states(run_id).get(k) != "failed" for k in failed),
-             timeout=30, every=1)
+    wait_for(
+        "the clear to reach the database",
+        lambda: all(stack.task_states(run_id).get(k) != "failed" for k in failed),
+        timeout=30,
+        every=1,
+    )
     b.open("/handover/")  # a static page: the grid would poll and repaint while we wait
-    wait_for("the cleared run to succeed", lambda: stack.run_state(run_id) == "success",
-             timeout=420, every=1)
+    wait_for(
+        "the cleared run to succeed",
+        lambda: stack.run_state(run_id) == "success",
+        timeout=420,
+        every=1,
+    )
     states = stack.task_states(run_id)
     assert all(s == "success" for s in states.values()), states
 
@@ -623,12 +721,17 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
     with psycopg.connect(pg_dsn(stack.target_db)) as conn:
         recon = conn.execute(
             "SELECT table_name, source_rows, loaded + merged + quarantined + excluded, balanced "
-            "FROM handover_meta.reconciliation WHERE run_id = %s", (run_id,)).fetchall()
-        status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id = %s",
-                              (run_id,)).fetchone()[0]
+            "FROM handover_meta.reconciliation WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
+        status = conn.execute(
+            "SELECT status FROM handover_meta.run WHERE run_id = %s", (run_id,)
+        ).fetchone()[0]
         audit = conn.execute(
             "SELECT action, detail FROM handover_meta.audit_log WHERE run_id = %s "
-            "AND actor = 'airflow'", (run_id,)).fetchall()
+            "AND actor = 'airflow'",
+            (run_id,),
+        ).fetchall()
         from handover.ledger import verify_audit_chain
 
         intact, _ = verify_audit_chain(conn)
@@ -643,8 +746,10 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
         assert ("task_failed", "validate_intake", map_index, 1) in events
         assert ("task_success", "validate_intake", map_index, 2) in events
     assert {"task_running", "task_success", "task_failed"} <= {a for a, *_ in events}
-    assert not any(set(d) - {"dag_id", "task_id", "map_index", "run_id", "try_number", "state",
-                             "error_type"} for _, d in audit)
+    assert not any(
+        set(d) - {"dag_id", "task_id", "map_index", "run_id", "try_number", "state", "error_type"}
+        for _, d in audit
+    )
 
     # ... and in the plugin's ledger view, a tab of the DAG run.
     b.open(f"{run_path}/plugin/handover-run-ledger")
@@ -682,10 +787,15 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     b.open(f"/handover/ledger?{query}")
     b.click("a", text="Validation docs")
     docs = b.wait_text("Validations of this run", timeout=30)
-    for row in ("intake.payments p00 Failed", "intake.payments p00 Success",
-                "intake.payments p01 Failed", "compliance.payments p01 Success",
-                "quality.subscribers p00 Success", "contract.consents p00 Success",
-                "reconciliation.payments all Success"):
+    for row in (
+        "intake.payments p00 Failed",
+        "intake.payments p00 Success",
+        "intake.payments p01 Failed",
+        "compliance.payments p01 Success",
+        "quality.subscribers p00 Success",
+        "contract.consents p00 Success",
+        "reconciliation.payments all Success",
+    ):
         assert row in docs, row
     b.driver.execute_script("arguments[0].scrollIntoView();", b.find("#handover-plain-index"))
     b.shot("data-docs-index")
@@ -703,15 +813,16 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
         " table: typeof (window.jQuery && window.jQuery.fn.bootstrapTable),"
         " css: [...document.styleSheets].filter(s => s.href && s.href.includes("
         "'/vendor/bootstrap/dist/css/') && s.href.startsWith(location.origin)"
-        " && s.cssRules.length > 0).length};")
-    assert loaded == {"jquery": "function", "vega": "object", "table": "function", "css": 1}, \
-        loaded
+        " && s.cssRules.length > 0).length};"
+    )
+    assert loaded == {"jquery": "function", "vega": "object", "table": "function", "css": 1}, loaded
     # The page is served under the Airflow UI's origin: it may load nothing from elsewhere.
     # GX's CDN scripts are refused by the browser (Content-Security-Policy), not merely
     # unreachable from this machine, and the page stays readable without them.
     csp = b.driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "fetch(location.href).then(r => done(r.headers.get('content-security-policy')));")
+        "fetch(location.href).then(r => done(r.headers.get('content-security-policy')));"
+    )
     assert csp and "default-src 'self'" in csp and "https:" not in csp, csp
     blocked = b.driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
@@ -719,7 +830,8 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
         "setTimeout(() => done(null), 5000);"
         "const s = document.createElement('script');"
         "s.src = 'https://unpkg.com/bootstrap-table@1.19.1/dist/bootstrap-table.min.js';"
-        "document.head.appendChild(s);")
+        "document.head.appendChild(s);"
+    )
     assert blocked and blocked.startswith("https://unpkg.com/"), blocked
 
     # Pages are behind Airflow's login: without the session cookie, no ledger.

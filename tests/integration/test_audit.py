@@ -32,8 +32,7 @@ def trail():
             with conn.transaction():
                 for i in range(6):
                     ledger.audit(conn, "step", run_id="r1", detail={"n": i, "rows": 10 * i})
-            ids = [r[0] for r in conn.execute("SELECT id FROM handover_meta.audit_log "
-                                              "ORDER BY id")]
+            ids = [r[0] for r in conn.execute("SELECT id FROM handover_meta.audit_log ORDER BY id")]
         yield dsn, ids
     finally:
         drop_database(name)
@@ -51,8 +50,13 @@ def _behind_the_guard(dsn: str, statement: str, params: tuple) -> None:
 
 def _cli(dsn: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HANDOVER_TARGET_DSN": dsn, "PYTHONPATH": str(ROOT / "include")}
-    return subprocess.run([sys.executable, "-m", "handover.cli", "verify-audit"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "handover.cli", "verify-audit"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_intact_trail_verifies(trail):
@@ -82,22 +86,27 @@ def test_chain_does_not_depend_on_the_session_time_zone(trail):
 def test_the_guard_refuses_edits_without_superuser_tampering(trail):
     dsn, ids = trail
 
-    with psycopg.connect(dsn) as conn, pytest.raises(psycopg.errors.RaiseException,
-                                                     match="append-only"):
-        conn.execute("UPDATE handover_meta.audit_log SET detail = '{}' WHERE id = %s",
-                     (ids[2],))
+    with (
+        psycopg.connect(dsn) as conn,
+        pytest.raises(psycopg.errors.RaiseException, match="append-only"),
+    ):
+        conn.execute("UPDATE handover_meta.audit_log SET detail = '{}' WHERE id = %s", (ids[2],))
 
 
 def test_edited_detail_is_reported_with_its_entry_id(trail):
     dsn, ids = trail
     victim = ids[3]
 
-    _behind_the_guard(dsn, "UPDATE handover_meta.audit_log SET detail = %s WHERE id = %s",
-                      (json.dumps({"n": 3, "rows": 0}), victim))
+    _behind_the_guard(
+        dsn,
+        "UPDATE handover_meta.audit_log SET detail = %s WHERE id = %s",
+        (json.dumps({"n": 3, "rows": 0}), victim),
+    )
     with psycopg.connect(dsn) as conn:
         check = ledger.verify_audit_chain(conn)
         guard_on = conn.execute(
-            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_refuse'").fetchone()[0]
+            "SELECT tgenabled FROM pg_trigger WHERE tgname = 'audit_refuse'"
+        ).fetchone()[0]
     cli = _cli(dsn)
 
     assert guard_on == "O"
@@ -115,12 +124,13 @@ def test_edit_that_also_rewrites_the_hash_breaks_the_next_link(trail):
     # points at the old one.
     _behind_the_guard(
         dsn,
-        "UPDATE handover_meta.audit_log SET detail = '{\"n\": 1, \"rows\": 0}', "
+        'UPDATE handover_meta.audit_log SET detail = \'{"n": 1, "rows": 0}\', '
         "hash = encode(sha256(convert_to(prev_hash || '|' || "
         "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') || '|' || "
         "coalesce(run_id, '') || '|' || actor || '|' || action || '|' || "
         "'{\"n\": 1, \"rows\": 0}'::jsonb::text, 'UTF8')), 'hex') WHERE id = %s",
-        (victim,))
+        (victim,),
+    )
     with psycopg.connect(dsn) as conn:
         check = ledger.verify_audit_chain(conn)
 
@@ -190,8 +200,14 @@ def test_task_listener_keeps_one_connection_and_survives_losing_it(trail):
     dsn, _ = trail
 
     def event(state: str) -> dict:
-        return {"dag_id": "customer_migration", "task_id": "load", "map_index": 0,
-                "run_id": "r_listener", "try_number": 1, "state": state}
+        return {
+            "dag_id": "customer_migration",
+            "task_id": "load",
+            "map_index": 0,
+            "run_id": "r_listener",
+            "try_number": 1,
+            "state": state,
+        }
 
     def backend() -> int:
         return listener._held["conn"].info.backend_pid
@@ -206,8 +222,10 @@ def test_task_listener_keeps_one_connection_and_survives_losing_it(trail):
         assert listener.write_event(event("running"), dsn)  # replaced, and kept
         assert backend() != first
         child = multiprocessing.get_context("fork").Process(
-            target=lambda: sys.exit(0 if listener.write_event(event("failed"), dsn)
-                                    and backend() != parent else 1))
+            target=lambda: sys.exit(
+                0 if listener.write_event(event("failed"), dsn) and backend() != parent else 1
+            )
+        )
         parent = backend()
         child.start()
         child.join(60)
@@ -217,10 +235,18 @@ def test_task_listener_keeps_one_connection_and_survives_losing_it(trail):
     finally:
         listener._forget()
     with psycopg.connect(dsn) as conn:
-        actions = [r[0] for r in conn.execute(
-            "SELECT action FROM handover_meta.audit_log WHERE run_id = 'r_listener' "
-            "ORDER BY id")]
+        actions = [
+            r[0]
+            for r in conn.execute(
+                "SELECT action FROM handover_meta.audit_log WHERE run_id = 'r_listener' ORDER BY id"
+            )
+        ]
         intact, _ = ledger.verify_audit_chain(conn)
-    assert actions == ["task_running", "task_success", "task_running", "task_failed",
-                       "task_success"]
+    assert actions == [
+        "task_running",
+        "task_success",
+        "task_running",
+        "task_failed",
+        "task_success",
+    ]
     assert intact

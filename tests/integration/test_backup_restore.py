@@ -33,8 +33,12 @@ def env(request, tmp_path_factory):
 
 def _scratch_databases() -> set[str]:
     with psycopg.connect(pg_dsn("postgres")) as conn:
-        return {r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE 'handover_drill_%'")}
+        return {
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'handover_drill_%'"
+            )
+        }
 
 
 def test_backup_catalogue_manifest_and_ledger_agree(env):
@@ -43,17 +47,32 @@ def test_backup_catalogue_manifest_and_ledger_agree(env):
     with psycopg.connect(env["dsn"]) as conn:
         status, tables, rows, msha = conn.execute(
             "SELECT status, tables, rows, manifest_sha256 FROM handover_meta.backup "
-            "WHERE backup_id = %s", (bid,)).fetchone()
-        booked = dict(conn.execute("SELECT table_name, rows_out FROM handover_meta.ledger "
-                                   "WHERE run_id = %s AND stage = 'backup'", (bid,)).fetchall())
-        counts = {f"crm.{t}": conn.execute(f"SELECT count(*) FROM crm.{t}").fetchone()[0]
-                  for t in ("customer", "call_record", "browsing_event")}
+            "WHERE backup_id = %s",
+            (bid,),
+        ).fetchone()
+        booked = dict(
+            conn.execute(
+                "SELECT table_name, rows_out FROM handover_meta.ledger "
+                "WHERE run_id = %s AND stage = 'backup'",
+                (bid,),
+            ).fetchall()
+        )
+        counts = {
+            f"crm.{t}": conn.execute(f"SELECT count(*) FROM crm.{t}").fetchone()[0]
+            for t in ("customer", "call_record", "browsing_event")
+        }
     assert status == "complete"
-    assert msha == hashlib.sha256((lake / "backups" / bid / "manifest.json").read_bytes()
-                                  ).hexdigest()
+    assert (
+        msha == hashlib.sha256((lake / "backups" / bid / "manifest.json").read_bytes()).hexdigest()
+    )
     names = {f["table"] for f in manifest["files"]}
-    assert {"crm.customer", "crm.call_record", "handover_meta.ledger",
-            "handover_meta.audit_log", "handover_meta.backup"} <= names
+    assert {
+        "crm.customer",
+        "crm.call_record",
+        "handover_meta.ledger",
+        "handover_meta.audit_log",
+        "handover_meta.backup",
+    } <= names
     assert tables == len(names) and rows == sum(f["rows"] for f in manifest["files"])
     assert booked == {f["table"]: f["rows"] for f in manifest["files"]}
     for table, n in counts.items():  # crm did not change since the snapshot
@@ -63,8 +82,11 @@ def test_backup_catalogue_manifest_and_ledger_agree(env):
         blob = (lake / "backups" / bid / f["file"]).read_bytes()
         assert hashlib.sha256(blob).hexdigest() == f["sha256"]
         assert b"PAR1" not in blob  # encrypted, not a Parquet file
-        key = json.loads((lake / "backup-keys" / bid /
-                          f"{f['file'].removesuffix('.parquet.enc')}.json").read_text())
+        key = json.loads(
+            (
+                lake / "backup-keys" / bid / f"{f['file'].removesuffix('.parquet.enc')}.json"
+            ).read_text()
+        )
         assert key["data_key_id"] == f["data_key_id"] and "wrapped" in key
         ids.add(f["data_key_id"])
     assert len(ids) == len(manifest["files"])  # one data key per file
@@ -79,11 +101,15 @@ def test_restore_drill_restores_verifies_and_is_audited(env):
     assert out["time_to_restore_seconds"] > 0 and out["rows"] == env["taken"]["rows"]
     assert _scratch_databases() == before  # the scratch database is gone
     with psycopg.connect(env["dsn"]) as conn:
-        drill = conn.execute("SELECT success, restore_seconds, verify_seconds, tables, "
-                             "finished_at FROM handover_meta.restore_drill WHERE drill_id = %s",
-                             (out["drill_id"],)).fetchone()
-        audit = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE action = "
-                             "'restore_drill' ORDER BY id DESC LIMIT 1").fetchone()[0]
+        drill = conn.execute(
+            "SELECT success, restore_seconds, verify_seconds, tables, "
+            "finished_at FROM handover_meta.restore_drill WHERE drill_id = %s",
+            (out["drill_id"],),
+        ).fetchone()
+        audit = conn.execute(
+            "SELECT detail FROM handover_meta.audit_log WHERE action = "
+            "'restore_drill' ORDER BY id DESC LIMIT 1"
+        ).fetchone()[0]
     assert drill[0] is True and drill[1] > 0 and drill[2] > 0 and drill[4] is not None
     assert audit["result"] == "passed" and audit["drill_id"] == out["drill_id"]
     assert audit["time_to_restore_seconds"] > 0
@@ -113,10 +139,13 @@ def test_corrupted_backup_file_fails_with_one_clear_line(env):
     assert str(failed.value).startswith("BackupCorrupt: backup ")
     assert "\n" not in str(failed.value) and "crm.call_record.parquet.enc" in str(failed.value)
     with psycopg.connect(env["dsn"]) as conn:
-        ok, failure = conn.execute("SELECT success, failure FROM handover_meta.restore_drill "
-                                   "WHERE backup_id = %s", (bad,)).fetchone()
-        audited = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE action = "
-                               "'restore_drill_failed' ORDER BY id DESC LIMIT 1").fetchone()[0]
+        ok, failure = conn.execute(
+            "SELECT success, failure FROM handover_meta.restore_drill WHERE backup_id = %s", (bad,)
+        ).fetchone()
+        audited = conn.execute(
+            "SELECT detail FROM handover_meta.audit_log WHERE action = "
+            "'restore_drill_failed' ORDER BY id DESC LIMIT 1"
+        ).fetchone()[0]
     assert ok is False and "crm.call_record.parquet.enc" in failure
     assert audited["backup_id"] == bad
 
@@ -130,9 +159,15 @@ def test_expired_backups_are_deleted_and_the_newest_kept(env):
     assert not list((env["lake"] / "backup-keys" / short).rglob("*.*"))
     assert Path(env["lake"] / "backups" / newest / "manifest.json").is_file()
     with psycopg.connect(env["dsn"]) as conn:
-        status = dict(conn.execute("SELECT backup_id, status FROM handover_meta.backup "
-                                   "WHERE backup_id = ANY(%s)", ([short, newest],)).fetchall())
-        expired = conn.execute("SELECT count(*) FROM handover_meta.audit_log WHERE action = "
-                               "'backup_expired' AND detail->>'backup_id' = %s",
-                               (short,)).fetchone()[0]
+        status = dict(
+            conn.execute(
+                "SELECT backup_id, status FROM handover_meta.backup WHERE backup_id = ANY(%s)",
+                ([short, newest],),
+            ).fetchall()
+        )
+        expired = conn.execute(
+            "SELECT count(*) FROM handover_meta.audit_log WHERE action = "
+            "'backup_expired' AND detail->>'backup_id' = %s",
+            (short,),
+        ).fetchone()[0]
     assert status == {short: "expired", newest: "complete"} and expired == 1

@@ -55,8 +55,8 @@ class Base:
     """The clean synthetic export every kind starts from, and rows safe to plant on."""
 
     dir: Path
-    subs: list[str]   # clean subscribers (no own defect, no objection)
-    pays: list[str]   # clean payments of clean subscribers
+    subs: list[str]  # clean subscribers (no own defect, no objection)
+    pays: list[str]  # clean payments of clean subscribers
     pay_of: dict[str, str] = field(default_factory=dict)  # payment -> its customer
 
 
@@ -67,11 +67,17 @@ def base(tmp_path_factory) -> Base:
     for t in TABLES:
         shutil.copy(root / "full" / f"{t}.csv", root / f"{t}.csv")
     truth = {(r["table"], r["key"]) for r in csv.DictReader(open(root / "full" / "truth.csv"))}
-    subs = [r for r in _records(root / "subscribers.csv")[1:]
-            if ("subscribers", r[0]) not in truth and r[10] == "0"]
+    subs = [
+        r
+        for r in _records(root / "subscribers.csv")[1:]
+        if ("subscribers", r[0]) not in truth and r[10] == "0"
+    ]
     clean = {r[0] for r in subs}
-    pays = [r for r in _records(root / "payments.csv")[1:]
-            if ("payments", r[0]) not in truth and r[1] in clean]
+    pays = [
+        r
+        for r in _records(root / "payments.csv")[1:]
+        if ("payments", r[0]) not in truth and r[1] in clean
+    ]
     assert len(subs) >= 10 and len(pays) >= 20
     return Base(root, [r[0] for r in subs], [r[0] for r in pays], {r[0]: r[1] for r in pays})
 
@@ -81,8 +87,11 @@ def corpus_env(target_db, keyring_file):
     mp = pytest.MonkeyPatch()
     mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target_db))
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     yield pg_dsn(target_db)
     mp.undo()
@@ -177,8 +186,11 @@ def plant_truncated_last_line(d: Path, b: Base):
     text = _dump(rows[:-1]) + ",".join(last[:3])  # cut inside the 4th field, no newline
     (d / S).write_bytes(text.encode())
     n = len(rows) - 1
-    return {"rows": {"subscribers": n}, "names": [r"subscribers\.csv", _row_re(n)],
-            "secrets": [last[1], last[2]]}
+    return {
+        "rows": {"subscribers": n},
+        "names": [r"subscribers\.csv", _row_re(n)],
+        "secrets": [last[1], last[2]],
+    }
 
 
 def plant_short_row_mid_file(d: Path, b: Base):
@@ -228,8 +240,10 @@ def plant_blank_lines(d: Path, b: Base):
 def plant_wrong_encoding(d: Path, b: Base):
     text = (d / S).read_text(encoding="utf-8")
     (d / S).write_bytes(text.encode("gbk"))
-    return {"rows": {"subscribers": len(_records(d / S, "gbk")) - 1},
-            "names": [r"subscribers\.csv", _row_re(1), r"(?i)encoding"]}
+    return {
+        "rows": {"subscribers": len(_records(d / S, "gbk")) - 1},
+        "names": [r"subscribers\.csv", _row_re(1), r"(?i)encoding"],
+    }
 
 
 def plant_mixed_encodings(d: Path, b: Base):
@@ -247,14 +261,17 @@ def plant_mixed_encodings(d: Path, b: Base):
         parts = [v.encode("gbk" if j == col else "utf-8") for j, v in enumerate(r)]
         lines.append(b",".join(parts) + b"\n")
     (d / S).write_bytes(b"".join(lines))
-    return {"names": [r"subscribers\.csv", _row_re(n), r"\baddress\b"],
-            "secrets": [rows[n][1], rows[n][2]]}
+    return {
+        "names": [r"subscribers\.csv", _row_re(n), r"\baddress\b"],
+        "secrets": [rows[n][1], rows[n][2]],
+    }
 
 
 def _plant_delimiter(sep: str):
     def plant(d: Path, b: Base):
         _save(d / P, _records(d / P), delimiter=sep)
         return {"names": [r"payments\.csv", _row_re(0), r"payment_id"]}
+
     return plant
 
 
@@ -264,9 +281,11 @@ def plant_quoted_newline(d: Path, b: Base):
 
     def check(dsn):
         with psycopg.connect(dsn) as conn:
-            got = conn.execute("SELECT address FROM crm.customer WHERE customer_id=%s",
-                               (b.subs[1],)).fetchone()
+            got = conn.execute(
+                "SELECT address FROM crm.customer WHERE customer_id=%s", (b.subs[1],)
+            ).fetchone()
         assert got is not None and got[0].replace("\r\n", "\n") == value.replace("\r\n", "\n")
+
     return {"keys": [("subscribers", b.subs[1])], "check": check}
 
 
@@ -276,16 +295,24 @@ def plant_unbalanced_quote(d: Path, b: Base):
     lines = (d / P).read_text().splitlines(keepends=True)
     lines[n] = lines[n].replace(rows[n][4], '"' + rows[n][4])  # channel opens a quote
     (d / P).write_text("".join(lines))
-    return {"rows": {"payments": len(rows) - 1},
-            "names": [r"payments\.csv", _row_re(n), r"channel|quote"]}
+    return {
+        "rows": {"payments": len(rows) - 1},
+        "names": [r"payments\.csv", _row_re(n), r"channel|quote"],
+    }
 
 
 def plant_duplicate_column_name(d: Path, b: Base):
     rows = _records(d / P)
     rows = [rows[0] + ["channel"]] + [r + ["bank"] for r in rows[1:]]
     _save(d / P, rows)
-    return {"names": [r"payments\.csv|payments", _row_re(0) + "|header", r"channel",
-                      r"(?i)duplicate|twice|more than once"]}
+    return {
+        "names": [
+            r"payments\.csv|payments",
+            _row_re(0) + "|header",
+            r"channel",
+            r"(?i)duplicate|twice|more than once",
+        ]
+    }
 
 
 def plant_repeated_header_row(d: Path, b: Base):
@@ -298,7 +325,7 @@ def plant_repeated_header_row(d: Path, b: Base):
 def plant_missing_column(d: Path, b: Base):
     rows = _records(d / P)
     col = rows[0].index("channel")
-    _save(d / P, [r[:col] + r[col + 1:] for r in rows])
+    _save(d / P, [r[:col] + r[col + 1 :] for r in rows])
     return {"names": [r"payments", r"channel"]}
 
 
@@ -332,22 +359,33 @@ def plant_huge_field(d: Path, b: Base):
 
     def check(dsn):
         with psycopg.connect(dsn) as conn:
-            got = conn.execute("SELECT length(address) FROM crm.customer WHERE customer_id=%s",
-                               (b.subs[3],)).fetchone()
+            got = conn.execute(
+                "SELECT length(address) FROM crm.customer WHERE customer_id=%s", (b.subs[3],)
+            ).fetchone()
         assert got is not None and got[0] == len(value)
-    return {"keys": [("subscribers", b.subs[3])], "check": check,
-            "names": [r"subscribers\.csv", _row_re(n), r"\baddress\b"]}
+
+    return {
+        "keys": [("subscribers", b.subs[3])],
+        "check": check,
+        "names": [r"subscribers\.csv", _row_re(n), r"\baddress\b"],
+    }
 
 
 def _plant_amount(value: str, idx: int):
     def plant(d: Path, b: Base):
         _set(d / P, b.pays[idx], amount_fen=value)
         return {"keys": [("payments", b.pays[idx])], "field": "amount_fen"}
+
     return plant
 
 
-DATE_FORMATS = ["2026/03/05 10:00:00", "05/03/2026 10:00", "20260305100000",
-                "2026-03-05T10:00:00", "5 Mar 2026 10:00:00"]
+DATE_FORMATS = [
+    "2026/03/05 10:00:00",
+    "05/03/2026 10:00",
+    "20260305100000",
+    "2026-03-05T10:00:00",
+    "5 Mar 2026 10:00:00",
+]
 
 
 def plant_dates_five_formats(d: Path, b: Base):
@@ -389,16 +427,23 @@ def _plant_name(value: str, idx: int):
 
         def check(dsn):
             with psycopg.connect(dsn) as conn:
-                got = conn.execute("SELECT full_name FROM crm.customer WHERE customer_id=%s",
-                                   (b.subs[idx],)).fetchone()
+                got = conn.execute(
+                    "SELECT full_name FROM crm.customer WHERE customer_id=%s", (b.subs[idx],)
+                ).fetchone()
                 assert conn.execute("SELECT to_regclass('crm.customer')").fetchone()[0]
             assert got == (value,)
+
         return {"keys": [("subscribers", b.subs[idx])], "check": check}
+
     return plant
 
 
-FORMULAS = ["=cmd|' /C calc'!A0", "+SUM(1+1)*cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0",
-            "@SUM(1+1)*cmd|' /C calc'!A0"]
+FORMULAS = [
+    "=cmd|' /C calc'!A0",
+    "+SUM(1+1)*cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)*cmd|' /C calc'!A0",
+]
 
 
 def plant_formula_injection(d: Path, b: Base):
@@ -413,8 +458,11 @@ def plant_formula_injection(d: Path, b: Base):
 
     def check(dsn):
         # Every text file the run exported: no cell or line may start a formula unescaped.
-        exported = [p for p in (root / "lake").rglob("*")
-                    if p.is_file() and p.suffix in (".csv", ".tsv", ".html", ".json", ".txt")]
+        exported = [
+            p
+            for p in (root / "lake").rglob("*")
+            if p.is_file() and p.suffix in (".csv", ".tsv", ".html", ".json", ".txt")
+        ]
         assert exported, "the run exported nothing to check"
         for p in exported:
             text = p.read_text(encoding="utf-8", errors="replace")
@@ -424,10 +472,22 @@ def plant_formula_injection(d: Path, b: Base):
                     assert not bad, f"{p}: unescaped formula cell {bad[0][:20]!r}"
             for f in FORMULAS:
                 assert f not in text, f"{p}: holds a planted formula verbatim"
-    return {"keys": [("subscribers", b.subs[5]), ("subscribers", b.subs[6]),
-                     ("subscribers", b.subs[7]), ("payments", pay)], "check": check,
-            "fates": {b.subs[5]: "loaded", b.subs[6]: "quarantined", b.subs[7]: "excluded",
-                      pay: "quarantined"}}
+
+    return {
+        "keys": [
+            ("subscribers", b.subs[5]),
+            ("subscribers", b.subs[6]),
+            ("subscribers", b.subs[7]),
+            ("payments", pay),
+        ],
+        "check": check,
+        "fates": {
+            b.subs[5]: "loaded",
+            b.subs[6]: "quarantined",
+            b.subs[7]: "excluded",
+            pay: "quarantined",
+        },
+    }
 
 
 def plant_duplicate_key_same_file(d: Path, b: Base):
@@ -447,9 +507,12 @@ def plant_duplicate_keys_across_files(d: Path, b: Base):
     second = [rows[0]] + rows[half:] + [rows[3]]  # the second file repeats a key of the first
     _save(d / "payments_2.csv", second)
     manifest_rows = len(rows) - 1 + 1
-    return {"rows": {"payments": manifest_rows}, "files": ["payments.csv", "payments_2.csv"],
-            "keys": [("payments", rows[3][0])],
-            "names": [r"payments_2\.csv"]}
+    return {
+        "rows": {"payments": manifest_rows},
+        "files": ["payments.csv", "payments_2.csv"],
+        "keys": [("payments", rows[3][0])],
+        "names": [r"payments_2\.csv"],
+    }
 
 
 def plant_duplicate_keys_across_declared_files(d: Path, b: Base):
@@ -462,8 +525,12 @@ def plant_duplicate_keys_across_declared_files(d: Path, b: Base):
     dup = list(rows[_row_no(d / P, key)])
     dup[3] = "888"
     _save(d / "payments_2.csv", [rows[0]] + rows[half:] + [dup])
-    return {"rows": {"payments": len(rows) - 1 + 1}, "files": ["payments.csv", "payments_2.csv"],
-            "keys": [("payments", key)], "field": "payment_id"}
+    return {
+        "rows": {"payments": len(rows) - 1 + 1},
+        "files": ["payments.csv", "payments_2.csv"],
+        "keys": [("payments", key)],
+        "field": "payment_id",
+    }
 
 
 def plant_key_variants_across_partitions(d: Path, b: Base):
@@ -487,8 +554,9 @@ def _partition(key: str, n: int) -> int:
     import numpy as np
     import pandas as pd
 
-    return int(pd.util.hash_array(np.array([key], dtype=object), categorize=False)[0]
-               % np.uint64(n))
+    return int(
+        pd.util.hash_array(np.array([key], dtype=object), categorize=False)[0] % np.uint64(n)
+    )
 
 
 def plant_parquet_changed_schema(d: Path, b: Base):
@@ -497,11 +565,17 @@ def plant_parquet_changed_schema(d: Path, b: Base):
 
     rows = _records(d / P)
     cols = list(zip(*rows[1:], strict=True))
-    table = pa.table({"payment_id": pa.array(cols[0]), "cust_id": pa.array(cols[1]),
-                      "paid_at": pa.array(cols[2]),
-                      "amount": pa.array([int(v) if v.lstrip("-").isdigit() else None
-                                          for v in cols[3]], pa.int64()),
-                      "channel": pa.array(cols[4])})
+    table = pa.table(
+        {
+            "payment_id": pa.array(cols[0]),
+            "cust_id": pa.array(cols[1]),
+            "paid_at": pa.array(cols[2]),
+            "amount": pa.array(
+                [int(v) if v.lstrip("-").isdigit() else None for v in cols[3]], pa.int64()
+            ),
+            "channel": pa.array(cols[4]),
+        }
+    )
     pq.write_table(table, d / "payments.parquet")
     (d / P).unlink()
     return {"rows": {"payments": len(rows) - 1}, "names": [r"payments", r"amount_fen"]}
@@ -514,8 +588,9 @@ def plant_no_key_values(d: Path, b: Base):
     rows[n2][0] = "   "
     rows.append(list(rows[_row_no(d / P, b.pays[19])]))  # a whole row twice
     _save(d / P, rows)
-    return {"keys": [("payments", f"row:{n1}"), ("payments", f"row:{n2}"),
-                     ("payments", b.pays[19])]}
+    return {
+        "keys": [("payments", f"row:{n1}"), ("payments", f"row:{n2}"), ("payments", b.pays[19])]
+    }
 
 
 def plant_no_key_in_catalog(d: Path, b: Base):
@@ -528,9 +603,11 @@ def plant_big_integer(d: Path, b: Base):
 
     def check(dsn):
         with psycopg.connect(dsn) as conn:
-            got = conn.execute("SELECT amount_fen FROM crm.payment WHERE payment_id=%s",
-                               (b.pays[0],)).fetchone()
+            got = conn.execute(
+                "SELECT amount_fen FROM crm.payment WHERE payment_id=%s", (b.pays[0],)
+            ).fetchone()
         assert got is None or got[0] == 9007199254740993, f"stored {got[0]}, sent 2**53 + 1"
+
     return {"keys": [("payments", b.pays[20])], "check": check}
 
 
@@ -539,9 +616,11 @@ def plant_fullwidth_digits(d: Path, b: Base):
 
     def check(dsn):
         with psycopg.connect(dsn) as conn:
-            got = conn.execute("SELECT amount_fen FROM crm.payment WHERE payment_id=%s",
-                               (b.pays[21],)).fetchone()
+            got = conn.execute(
+                "SELECT amount_fen FROM crm.payment WHERE payment_id=%s", (b.pays[21],)
+            ).fetchone()
         assert got == (1234,)
+
     return {"keys": [("payments", b.pays[21])], "check": check}
 
 
@@ -570,8 +649,7 @@ def plant_codes_other_vocabulary(d: Path, b: Base):
 KINDS: list[Kind] = [
     Kind("empty_file", plant_empty_file, "error", gates=True),
     Kind("header_only", plant_header_only, "completes", gates=True),
-    Kind("header_only_manifest_says_rows", plant_header_only_manifest_rows, "error",
-         gates=True),
+    Kind("header_only_manifest_says_rows", plant_header_only_manifest_rows, "error", gates=True),
     Kind("truncated_last_line", plant_truncated_last_line, "error"),
     Kind("short_row_mid_file", plant_short_row_mid_file, "error"),
     Kind("extra_field_in_row", plant_extra_field_in_row, "error"),
@@ -595,47 +673,84 @@ KINDS: list[Kind] = [
     Kind("header_case_and_spaces", plant_header_case_and_spaces, "error", gates=True),
     Kind("nul_byte_in_field", plant_nul_byte, "quarantined"),
     Kind("field_of_10_mb", plant_huge_field, "loaded"),
-    Kind("amount_thousands_separator", _plant_amount("1,234.50", 22), "quarantined",
-         reason="INVALID_NUMBER"),
-    Kind("amount_decimal_comma", _plant_amount("1.234,50", 23), "quarantined",
-         reason="INVALID_NUMBER"),
-    Kind("dates_in_five_formats", plant_dates_five_formats, "quarantined",
-         reason="INVALID_DATE"),
+    Kind(
+        "amount_thousands_separator",
+        _plant_amount("1,234.50", 22),
+        "quarantined",
+        reason="INVALID_NUMBER",
+    ),
+    Kind(
+        "amount_decimal_comma",
+        _plant_amount("1.234,50", 23),
+        "quarantined",
+        reason="INVALID_NUMBER",
+    ),
+    Kind("dates_in_five_formats", plant_dates_five_formats, "quarantined", reason="INVALID_DATE"),
     Kind("date_before_1900", plant_date_before_1900, "excluded", reason="RETENTION_EXPIRED"),
-    Kind("date_out_of_nanosecond_range", plant_date_far_past, "excluded",
-         reason="RETENTION_EXPIRED"),
-    Kind("sentinel_open_date_1899", plant_sentinel_open_date, "quarantined",
-         reason="INVALID_DATE"),
+    Kind(
+        "date_out_of_nanosecond_range", plant_date_far_past, "excluded", reason="RETENTION_EXPIRED"
+    ),
+    Kind("sentinel_open_date_1899", plant_sentinel_open_date, "quarantined", reason="INVALID_DATE"),
     Kind("date_after_2100", plant_date_after_2100, "quarantined", reason="INVALID_DATE"),
     Kind("date_year_9999", plant_date_year_9999, "quarantined", reason="INVALID_DATE"),
     Kind("emoji_in_name", _plant_name("王😀👨‍👩‍👧🇨🇳", 10), "loaded"),
     Kind("rare_cjk_in_name", _plant_name("𠀀𪚥𰻞〇", 11), "loaded"),
-    Kind("sql_injection_in_name", _plant_name("x'); DROP TABLE crm.customer; --", 12),
-         "loaded"),
+    Kind("sql_injection_in_name", _plant_name("x'); DROP TABLE crm.customer; --", 12), "loaded"),
     Kind("csv_formula_injection", plant_formula_injection, "mixed", gates=True),
-    Kind("duplicate_key_same_file", plant_duplicate_key_same_file, "quarantined",
-         reason="DUPLICATE_KEY"),
+    Kind(
+        "duplicate_key_same_file",
+        plant_duplicate_key_same_file,
+        "quarantined",
+        reason="DUPLICATE_KEY",
+    ),
     Kind("duplicate_keys_across_files", plant_duplicate_keys_across_files, "error"),
-    Kind("duplicate_keys_across_declared_files", plant_duplicate_keys_across_declared_files,
-         "quarantined", reason="DUPLICATE_KEY",
-         system={"catalog_extra": {"payments": {"source": {"files": "payments*.csv"}}}}),
-    Kind("key_variants_across_partitions", plant_key_variants_across_partitions,
-         "quarantined", reason="DUPLICATE_KEY", system={"partitions": {"payments": 2}}),
-    Kind("parquet_changed_schema", plant_parquet_changed_schema, "error", gates=True,
-         system={"catalog_extra": {"payments": {"source": {"format": "parquet"}}}}),
+    Kind(
+        "duplicate_keys_across_declared_files",
+        plant_duplicate_keys_across_declared_files,
+        "quarantined",
+        reason="DUPLICATE_KEY",
+        system={"catalog_extra": {"payments": {"source": {"files": "payments*.csv"}}}},
+    ),
+    Kind(
+        "key_variants_across_partitions",
+        plant_key_variants_across_partitions,
+        "quarantined",
+        reason="DUPLICATE_KEY",
+        system={"partitions": {"payments": 2}},
+    ),
+    Kind(
+        "parquet_changed_schema",
+        plant_parquet_changed_schema,
+        "error",
+        gates=True,
+        system={"catalog_extra": {"payments": {"source": {"format": "parquet"}}}},
+    ),
     Kind("no_key_values", plant_no_key_values, "quarantined"),
-    Kind("no_key_in_catalog", plant_no_key_in_catalog, "error",
-         system={"drop_key": "payments"}),
+    Kind("no_key_in_catalog", plant_no_key_in_catalog, "error", system={"drop_key": "payments"}),
     Kind("integer_beyond_2_pow_53", plant_big_integer, "quarantined", reason="MISSING_FIELD"),
     Kind("fullwidth_digits_in_amount", plant_fullwidth_digits, "loaded"),
-    Kind("excel_scientific_id_number", plant_excel_scientific_id, "quarantined",
-         reason="INVALID_ID_CHECKSUM"),
-    Kind("codes_in_other_vocabulary", plant_codes_other_vocabulary, "quarantined",
-         reason="INVALID_ID_GENDER"),
-    Kind("duplicate_person_with_child_tables", plant_duplicate_person, "merged",
-         reason="SAME_PERSON"),
-    Kind("duplicate_person_without_child_tables", plant_duplicate_person, "merged",
-         reason="SAME_PERSON", system={"tables": ("subscribers",)}),
+    Kind(
+        "excel_scientific_id_number",
+        plant_excel_scientific_id,
+        "quarantined",
+        reason="INVALID_ID_CHECKSUM",
+    ),
+    Kind(
+        "codes_in_other_vocabulary",
+        plant_codes_other_vocabulary,
+        "quarantined",
+        reason="INVALID_ID_GENDER",
+    ),
+    Kind(
+        "duplicate_person_with_child_tables", plant_duplicate_person, "merged", reason="SAME_PERSON"
+    ),
+    Kind(
+        "duplicate_person_without_child_tables",
+        plant_duplicate_person,
+        "merged",
+        reason="SAME_PERSON",
+        system={"tables": ("subscribers",)},
+    ),
 ]
 
 
@@ -646,17 +761,27 @@ def _params():
 
 
 # ---------------------------------------------------------------- the test
-def _fates(dsn: str, run_id: str, keyring_file=None,
-           keys=()) -> dict[tuple[str, str], tuple[str, str | None]]:
+def _fates(
+    dsn: str, run_id: str, keyring_file=None, keys=()
+) -> dict[tuple[str, str], tuple[str, str | None]]:
     with psycopg.connect(dsn) as conn:
-        q = conn.execute("SELECT table_name, record_key, reason, field FROM "
-                         "handover_meta.quarantine WHERE run_id=%s", (run_id,)).fetchall()
-        x = conn.execute("SELECT table_name, record_key, rule_id, NULL FROM "
-                         "handover_meta.exclusion WHERE run_id=%s", (run_id,)).fetchall()
+        q = conn.execute(
+            "SELECT table_name, record_key, reason, field FROM "
+            "handover_meta.quarantine WHERE run_id=%s",
+            (run_id,),
+        ).fetchall()
+        x = conn.execute(
+            "SELECT table_name, record_key, rule_id, NULL FROM "
+            "handover_meta.exclusion WHERE run_id=%s",
+            (run_id,),
+        ).fetchall()
         if keyring_file is not None:  # excluded rows were destroyed: keys are keyed hashes
             x = unhash_book_keys(keyring_file, x, keys)
-        m = conn.execute("SELECT table_name, merged_key, rule, survivor_key FROM "
-                         "handover_meta.merge_map WHERE run_id=%s", (run_id,)).fetchall()
+        m = conn.execute(
+            "SELECT table_name, merged_key, rule, survivor_key FROM "
+            "handover_meta.merge_map WHERE run_id=%s",
+            (run_id,),
+        ).fetchall()
         fates: dict = {(t, k): ("quarantined", r, f) for t, k, r, f in q}
         fates.update({(t, k): ("excluded", r, f) for t, k, r, f in x})
         # a same-key merge names the key it kept: that row is loaded, its twin merged
@@ -685,14 +810,12 @@ def _system(tmp_path: Path, kind: Kind) -> Path:
         path = folder / "catalog.yaml"
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
         del doc["tables"][drop_key]["key"]
-        path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False),
-                        encoding="utf-8")
+        path.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return folder
 
 
 @pytest.mark.parametrize("kind", list(_params()))
-def test_bad_input(kind: Kind, base: Base, corpus_env: str, keyring_file, tmp_path,
-                   monkeypatch):
+def test_bad_input(kind: Kind, base: Base, corpus_env: str, keyring_file, tmp_path, monkeypatch):
     from handover.tasks import data_faults
 
     dsn = corpus_env
@@ -749,12 +872,17 @@ def _assert_nothing_loaded(dsn: str, run_id: str) -> None:
     with psycopg.connect(dsn) as conn:
         if conn.execute("SELECT to_regclass('handover_meta.ledger')").fetchone()[0] is None:
             return  # plan_run failed before it created anything (the kind ran first)
-        loads = conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND "
-                             "stage='load'", (run_id,)).fetchone()
+        loads = conn.execute(
+            "SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND stage='load'", (run_id,)
+        ).fetchone()
         exists = conn.execute("SELECT to_regclass('crm.customer')").fetchone()[0]
-        rows = (conn.execute("SELECT (SELECT count(*) FROM crm.customer) + "
-                             "(SELECT count(*) FROM crm.payment)").fetchone()[0]
-                if exists else 0)
+        rows = (
+            conn.execute(
+                "SELECT (SELECT count(*) FROM crm.customer) + (SELECT count(*) FROM crm.payment)"
+            ).fetchone()[0]
+            if exists
+            else 0
+        )
     assert (loads is None or loads[0] == 0) and rows == 0
     for table, r in ledger_report(dsn, run_id).items():
         assert r["chained"], (table, r)

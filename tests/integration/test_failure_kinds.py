@@ -45,8 +45,9 @@ def env(monkeypatch, tmp_path, keyring_file):
 def _payments_cleansed(export):
     """Plan a run of the export, extract and comply subscribers, consents and payments,
     resolve the parents and cleanse payments p00: (ctx, the payments partition)."""
-    ctx = pipeline.plan_run(run_id=f"fk_{uuid.uuid4().hex[:6]}", dag_id="t",
-                            system="legacy_bss", source_dir=str(export))
+    ctx = pipeline.plan_run(
+        run_id=f"fk_{uuid.uuid4().hex[:6]}", dag_id="t", system="legacy_bss", source_dir=str(export)
+    )
     for table in ("subscribers", "consents", "payments"):
         for part in pipeline.extract_table(ctx, table):
             pipeline.comply_partition(ctx, part)
@@ -64,11 +65,11 @@ def test_retry_policy_is_retries_with_backoff_for_every_task():
 def test_gate_failure_fails_at_once_with_one_line_naming_table_partition_and_page(env, export):
     lines = (export / "payments.csv").read_text().splitlines()
     (export / "payments.csv").write_text(
-        "\n".join([lines[0] + ",coupon"] + [ln + ",X" for ln in lines[1:]]) + "\n")
+        "\n".join([lines[0] + ",coupon"] + [ln + ",X" for ln in lines[1:]]) + "\n"
+    )
     reseal(export)  # the operator's export has the column
     run_id = f"fk_{uuid.uuid4().hex[:6]}"
-    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
-                            source_dir=str(export))
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss", source_dir=str(export))
     part = pipeline.extract_table(ctx, "payments")[0]
     with pytest.raises(AirflowFailException) as err:
         tasks.call(pipeline.run_gate_task, ctx, part, "intake")
@@ -96,20 +97,27 @@ def test_config_error_fails_at_once_with_file_line_and_field(env, export, tmp_pa
     policy = bad / "policy.yaml"
     policy.write_text(policy.read_text().replace("retention_months: 36", "retention_month: 36"))
     with pytest.raises(AirflowFailException) as err:
-        tasks.call(pipeline.plan_run, run_id="fk_cfg", dag_id="t", system=str(bad),
-                   source_dir=str(export))
+        tasks.call(
+            pipeline.plan_run, run_id="fk_cfg", dag_id="t", system=str(bad), source_dir=str(export)
+        )
     msg = str(err.value)
     assert "\n" not in msg and "policy.yaml line" in msg
     assert "retention_month" in msg and "did you mean 'retention_months'" in msg
 
 
 def test_database_down_is_transient_and_retried_with_one_line(export, monkeypatch):
-    monkeypatch.setenv("HANDOVER_TARGET_DSN",
-                       f"host=127.0.0.1 port={_closed_port()} user=postgres dbname=x "
-                       "connect_timeout=2")
+    monkeypatch.setenv(
+        "HANDOVER_TARGET_DSN",
+        f"host=127.0.0.1 port={_closed_port()} user=postgres dbname=x connect_timeout=2",
+    )
     with pytest.raises(tasks.TransientFault) as err:
-        tasks.call(pipeline.plan_run, run_id="fk_db", dag_id="t", system="legacy_bss",
-                   source_dir=str(export))
+        tasks.call(
+            pipeline.plan_run,
+            run_id="fk_db",
+            dag_id="t",
+            system="legacy_bss",
+            source_dir=str(export),
+        )
     msg = str(err.value)
     assert not isinstance(err.value, AirflowFailException)  # Airflow will retry it
     assert "\n" not in msg and msg.startswith("OperationalError:")
@@ -122,9 +130,9 @@ def test_object_store_down_is_transient_and_retried_with_one_line(env, export, m
     monkeypatch.setenv(
         "AIRFLOW_CONN_HANDOVER_LAKE",
         '{"conn_type": "aws", "login": "x", "password": "y", "extra": {"endpoint_url": '
-        f'"http://127.0.0.1:{port}", "region_name": "us-east-1", "max_attempts": 2}}}}')
-    ctx = pipeline.plan_run(run_id="fk_s3", dag_id="t", system="legacy_bss",
-                            source_dir=str(export))
+        f'"http://127.0.0.1:{port}", "region_name": "us-east-1", "max_attempts": 2}}}}',
+    )
+    ctx = pipeline.plan_run(run_id="fk_s3", dag_id="t", system="legacy_bss", source_dir=str(export))
     with pytest.raises(Exception) as err:
         tasks.call(pipeline.extract_table, ctx, "payments")
     msg = str(err.value)
@@ -141,8 +149,9 @@ def test_database_error_reaches_the_log_without_row_values(env):
 
     phone, resident_id = "13912345678", "110101199003074477"
     with psycopg.connect(pg_dsn(env), autocommit=True) as conn:
-        conn.execute("CREATE TABLE t_sub (id text PRIMARY KEY, msisdn text "
-                     "CHECK (length(msisdn) = 11))")
+        conn.execute(
+            "CREATE TABLE t_sub (id text PRIMARY KEY, msisdn text CHECK (length(msisdn) = 11))"
+        )
         conn.execute("INSERT INTO t_sub VALUES (%s, %s)", (resident_id, phone))
 
     def run(statement: str, *params):
@@ -152,10 +161,14 @@ def test_database_error_reaches_the_log_without_row_values(env):
     # (statement, params, SQLSTATE, constraint named, retried by Airflow)
     cases = [
         # a duplicate may be a concurrent writer of the key, gone on the retry
-        ("INSERT INTO t_sub VALUES (%s, %s)", (resident_id, phone), "23505", "t_sub_pkey",
-         True),
-        ("INSERT INTO t_sub VALUES (%s, %s)", ("x", phone + "9"), "23514", "t_sub_msisdn_check",
-         False),
+        ("INSERT INTO t_sub VALUES (%s, %s)", (resident_id, phone), "23505", "t_sub_pkey", True),
+        (
+            "INSERT INTO t_sub VALUES (%s, %s)",
+            ("x", phone + "9"),
+            "23514",
+            "t_sub_msisdn_check",
+            False,
+        ),
         ("SELECT %s::bigint", (phone + "x",), "22P02", None, False),
     ]
     for statement, params, state, constraint, retried in cases:
@@ -181,8 +194,10 @@ def test_database_error_a_retry_may_clear_is_retried(env):
 
     def run():
         with psycopg.connect(pg_dsn(env), autocommit=True) as conn:
-            conn.execute("DO $$ BEGIN RAISE EXCEPTION 'could not read block 7' "
-                         "USING ERRCODE = 'XX001'; END $$")
+            conn.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'could not read block 7' "
+                "USING ERRCODE = 'XX001'; END $$"
+            )
 
     with pytest.raises(tasks.DatabaseFault) as err:
         tasks.call(run)
@@ -197,8 +212,7 @@ def test_a_partition_that_would_load_almost_nothing_fails_the_quality_gate(env, 
     import pandas as pd
 
     pays = pd.read_csv(export / "payments.csv", dtype=str, keep_default_na=False)
-    pays["amount_fen"] = [f"¥{int(v) / 100:,.2f}" if v.isdigit() else v
-                          for v in pays["amount_fen"]]
+    pays["amount_fen"] = [f"¥{int(v) / 100:,.2f}" if v.isdigit() else v for v in pays["amount_fen"]]
     pays.to_csv(export / "payments.csv", index=False)
     reseal(export)
     ctx, part = _payments_cleansed(export)
@@ -219,7 +233,8 @@ def test_children_of_a_vanished_parent_table_fail_min_loaded_share(env, export):
 
     pays = pd.read_csv(export / "payments.csv", dtype=str, keep_default_na=False)
     pays["cust_id"] = "C" + pays["cust_id"].str[1:].str.zfill(8).str.replace(
-        r"^\d", "9", regex=True)
+        r"^\d", "9", regex=True
+    )
     pays.to_csv(export / "payments.csv", index=False)
     reseal(export)
     ctx, part = _payments_cleansed(export)
@@ -241,8 +256,7 @@ def test_a_policy_that_lets_nothing_move_fails_the_compliance_gate(env, export):
     cons.to_csv(export / "consents.csv", index=False)
     reseal(export)
     run_id = f"fk_{uuid.uuid4().hex[:6]}"
-    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss",
-                            source_dir=str(export))
+    ctx = pipeline.plan_run(run_id=run_id, dag_id="t", system="legacy_bss", source_dir=str(export))
     for table in ("subscribers", "consents"):
         for part in pipeline.extract_table(ctx, table):
             pipeline.comply_partition(ctx, part)
@@ -265,10 +279,15 @@ def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env
     from handover.runner import run_migration
 
     calls = pd.read_csv(export / "call_records.csv", dtype=str, keep_default_na=False)
-    planted = {"010-12345678": "01012345678", "+86 10 1234 5678": "01012345678",
-               "1440123456789": "1440123456789", "10086": "10086",
-               "0044 20 7946 0958": "+442079460958", "2381234567": None}
-    rows = calls.index[(calls["cust_id"] == calls["cust_id"].iloc[0])][:len(planted)]
+    planted = {
+        "010-12345678": "01012345678",
+        "+86 10 1234 5678": "01012345678",
+        "1440123456789": "1440123456789",
+        "10086": "10086",
+        "0044 20 7946 0958": "+442079460958",
+        "2381234567": None,
+    }
+    rows = calls.index[(calls["cust_id"] == calls["cust_id"].iloc[0])][: len(planted)]
     assert len(rows) == len(planted)
     calls.loc[rows, "callee"] = list(planted)
     calls.to_csv(export / "call_records.csv", index=False)
@@ -277,11 +296,18 @@ def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env
     run_migration(run_id=run_id, source_dir=str(export))
     keys = calls.loc[rows, "cdr_id"].str.strip().tolist()
     with psycopg.connect(pg_dsn(env)) as conn:
-        loaded = dict(conn.execute("SELECT cdr_id, callee_msisdn FROM crm.call_record WHERE "
-                                   "cdr_id = ANY(%s)", (keys,)).fetchall())
-        reasons = dict(conn.execute("SELECT record_key, reason FROM handover_meta.quarantine "
-                                    "WHERE run_id=%s AND record_key = ANY(%s)",
-                                    (run_id, keys)).fetchall())
+        loaded = dict(
+            conn.execute(
+                "SELECT cdr_id, callee_msisdn FROM crm.call_record WHERE cdr_id = ANY(%s)", (keys,)
+            ).fetchall()
+        )
+        reasons = dict(
+            conn.execute(
+                "SELECT record_key, reason FROM handover_meta.quarantine "
+                "WHERE run_id=%s AND record_key = ANY(%s)",
+                (run_id, keys),
+            ).fetchall()
+        )
     want = dict(zip(keys, planted.values(), strict=True))
     assert {k: v for k, v in loaded.items()} == {k: v for k, v in want.items() if v}
     assert reasons == {k: "INVALID_MSISDN" for k, v in want.items() if v is None}
@@ -304,8 +330,12 @@ def test_one_person_written_twice_is_one_customer_with_every_child_row(env, expo
     bad = set(truth["key"])
     unique = ~subs["id_number"].duplicated(keep=False)
     callers = set(calls["cust_id"])
-    pool = subs[unique & ~subs["cust_id"].isin(bad) & subs["cust_id"].isin(callers)
-                & subs["id_number"].str[6:8].eq("19")]
+    pool = subs[
+        unique
+        & ~subs["cust_id"].isin(bad)
+        & subs["cust_id"].isin(callers)
+        & subs["id_number"].str[6:8].eq("19")
+    ]
     a, b = pool.iloc[0], pool.iloc[1]
     variant = f" {a['cust_id'].lower()} "  # one customer id, written another way
     twin_a = a.copy()
@@ -329,23 +359,41 @@ def test_one_person_written_twice_is_one_customer_with_every_child_row(env, expo
     run_migration(run_id=run_id, source_dir=str(export))
 
     with psycopg.connect(pg_dsn(env)) as conn:
-        merges = conn.execute("SELECT merged_key, survivor_key, rule FROM "
-                              "handover_meta.merge_map WHERE run_id=%s ORDER BY rule",
-                              (run_id,)).fetchall()
-        customers = {r[0] for r in conn.execute(
-            "SELECT customer_id FROM crm.customer WHERE customer_id = ANY(%s)",
-            ([a["cust_id"], b["cust_id"], "C99999990", variant.strip()],))}
-        owners = dict(conn.execute("SELECT cdr_id, customer_id FROM crm.call_record WHERE "
-                                   "cdr_id LIKE 'X%%'").fetchall())
-        stray = conn.execute("SELECT count(*) FROM handover_meta.quarantine WHERE run_id=%s "
-                             "AND (record_key = ANY(%s) OR record_key LIKE 'X%%')",
-                             (run_id, [a["cust_id"], "C99999990"])).fetchone()[0]
-        rec = conn.execute("SELECT merged, balanced FROM handover_meta.reconciliation WHERE "
-                           "run_id=%s AND table_name='subscribers'", (run_id,)).fetchone()
+        merges = conn.execute(
+            "SELECT merged_key, survivor_key, rule FROM "
+            "handover_meta.merge_map WHERE run_id=%s ORDER BY rule",
+            (run_id,),
+        ).fetchall()
+        customers = {
+            r[0]
+            for r in conn.execute(
+                "SELECT customer_id FROM crm.customer WHERE customer_id = ANY(%s)",
+                ([a["cust_id"], b["cust_id"], "C99999990", variant.strip()],),
+            )
+        }
+        owners = dict(
+            conn.execute(
+                "SELECT cdr_id, customer_id FROM crm.call_record WHERE cdr_id LIKE 'X%%'"
+            ).fetchall()
+        )
+        stray = conn.execute(
+            "SELECT count(*) FROM handover_meta.quarantine WHERE run_id=%s "
+            "AND (record_key = ANY(%s) OR record_key LIKE 'X%%')",
+            (run_id, [a["cust_id"], "C99999990"]),
+        ).fetchone()[0]
+        rec = conn.execute(
+            "SELECT merged, balanced FROM handover_meta.reconciliation WHERE "
+            "run_id=%s AND table_name='subscribers'",
+            (run_id,),
+        ).fetchone()
     assert ("C99999990", b["cust_id"], "SAME_PERSON") in merges
     assert (a["cust_id"], a["cust_id"], "SAME_KEY") in merges
     assert customers == {a["cust_id"], b["cust_id"]}
-    assert owners == {"X000000000": a["cust_id"], "X000000001": a["cust_id"],
-                      "X000000002": b["cust_id"], "X000000003": b["cust_id"]}
+    assert owners == {
+        "X000000000": a["cust_id"],
+        "X000000001": a["cust_id"],
+        "X000000002": b["cust_id"],
+        "X000000003": b["cust_id"],
+    }
     assert stray == 0
     assert rec[0] >= 2 and rec[1]

@@ -66,8 +66,11 @@ def _uid(prefix: str) -> str:
 def keys_env(keyring_file):
     mp = pytest.MonkeyPatch()
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     yield
     mp.undo()
@@ -96,10 +99,16 @@ def small(tmp_path_factory, keys_env, faults_db):
     assert clean["call_records"][0] > 1000
     # A table's end state depends only on its own rows and its parents', so a system
     # with fewer tables ends with the same content in the tables it has.
-    subsets = {tables: make_system(root / "_".join(tables), tables)
-               for tables in (S3_TABLES, GATE_TABLES)}
-    return {"root": root, "source": root / "source", "system": system, "clean": clean,
-            "subsets": subsets}
+    subsets = {
+        tables: make_system(root / "_".join(tables), tables) for tables in (S3_TABLES, GATE_TABLES)
+    }
+    return {
+        "root": root,
+        "source": root / "source",
+        "system": system,
+        "clean": clean,
+        "subsets": subsets,
+    }
 
 
 @pytest.fixture
@@ -152,9 +161,11 @@ SELECT a.pid, pg_relation_size('crm.call_record') FROM pg_stat_activity a
 """
 # The statement a load runs into the target: a new partition is COPYed straight in; one
 # whose keys are there already (a rerun, or SEEDED below) goes through the keyed upsert.
-INTO_TARGET = ("query LIKE '%%INSERT INTO \"crm\".\"call_record\"%%' OR "
-               "query LIKE '%%MERGE INTO \"crm\".\"call_record\"%%' OR "
-               "query LIKE 'COPY \"crm\".\"call_record\"%%'")
+INTO_TARGET = (
+    'query LIKE \'%%INSERT INTO "crm"."call_record"%%\' OR '
+    'query LIKE \'%%MERGE INTO "crm"."call_record"%%\' OR '
+    'query LIKE \'COPY "crm"."call_record"%%\''
+)
 
 
 def _seed_first_row(dsn: str, ctx: dict, part: dict) -> int:
@@ -165,8 +176,9 @@ def _seed_first_row(dsn: str, ctx: dict, part: dict) -> int:
     from handover.lake import lake_from_url, part_key
     from handover.load import copy_arrow
 
-    mapped = lake_from_url().read_table(part_key(ctx["run_id"], "mapped", part["table"],
-                                                 part["partition"]))
+    mapped = lake_from_url().read_table(
+        part_key(ctx["run_id"], "mapped", part["table"], part["partition"])
+    )
     with psycopg.connect(dsn) as conn:
         copy_arrow(conn, sql.Identifier("crm", "call_record"), mapped.slice(0, 1))
     return 1
@@ -205,16 +217,23 @@ def big(tmp_path_factory, keys_env):
         clean = content_checksums(pg_dsn(base), str(system))
         part = next(p for p in state["parts"] if p["table"] == "call_records")
         assert part["rows"] > 80_000
-        yield {"state": state, "template": template, "clean": clean, "system": system,
-               "part": part, "clones": clones}
+        yield {
+            "state": state,
+            "template": template,
+            "clean": clean,
+            "system": system,
+            "part": part,
+            "clones": clones,
+        }
     finally:
         mp.undo()
         for name in [base, *clones]:
             drop_database(name)
 
 
-def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3,
-                    seed: bool = False) -> dict:
+def _kill_load_when(
+    big: dict, watch_sql: str, monkeypatch, attempts: int = 3, seed: bool = False
+) -> dict:
     """Start the load of the big partition in a child process, SIGKILL it the moment
     `watch_sql` sees it (mid-COPY or mid-upsert), and return what was seen. Retries on a
     fresh clone if the child finished before it could be caught. `seed`: one row of the
@@ -225,16 +244,32 @@ def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3,
         dsn = pg_dsn(db)
         seeded = _seed_first_row(dsn, big["state"]["ctx"], big["part"]) if seed else 0
         app = _uid("fault_load")
-        env = {**os.environ, "HANDOVER_TARGET_DSN": dsn, "PGAPPNAME": app,
-               "PYTHONPATH": str(ROOT / "include"), "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.Popen([sys.executable, "-c", CHILD_LOAD,
-                                 json.dumps(big["state"]["ctx"]), json.dumps(big["part"])],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "HANDOVER_TARGET_DSN": dsn,
+            "PGAPPNAME": app,
+            "PYTHONPATH": str(ROOT / "include"),
+            "PYTHONWARNINGS": "ignore",
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                CHILD_LOAD,
+                json.dumps(big["state"]["ctx"]),
+                json.dumps(big["part"]),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         seen = None
         try:
             with psycopg.connect(pg_dsn(db), autocommit=True) as watch:
+
                 def caught(w=watch, a=app, child=proc):
                     return w.execute(watch_sql, (a,)).fetchone() or child.poll() is not None
+
                 got = _wait(caught, 180, "the child's load to start")
                 if got is not True:
                     proc.send_signal(signal.SIGKILL)
@@ -243,9 +278,14 @@ def _kill_load_when(big: dict, watch_sql: str, monkeypatch, attempts: int = 3,
                 if seen is None:
                     continue  # finished before we caught it: try again on a new clone
                 # The killed client's backend must end without committing anything.
-                _wait(lambda w=watch, p=seen[0]: w.execute(
-                    "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid=%s", (p,)
-                ).fetchone()[0], 120, "the orphaned backend to end", interval=0.1)
+                _wait(
+                    lambda w=watch, p=seen[0]: w.execute(
+                        "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid=%s", (p,)
+                    ).fetchone()[0],
+                    120,
+                    "the orphaned backend to end",
+                    interval=0.1,
+                )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -259,10 +299,16 @@ def _after_kill_then_rerun(big: dict, killed: dict) -> None:
     run_id, dsn = big["state"]["run_id"], killed["dsn"]
     assert killed["returncode"] == -signal.SIGKILL
     with psycopg.connect(dsn) as conn:  # nothing the killed load wrote is there
-        assert (conn.execute("SELECT count(*) FROM crm.call_record").fetchone()[0]
-                == killed["seeded"])
-        assert conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s "
-                            "AND stage='load'", (run_id,)).fetchone()[0] == 0
+        assert (
+            conn.execute("SELECT count(*) FROM crm.call_record").fetchone()[0] == killed["seeded"]
+        )
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND stage='load'",
+                (run_id,),
+            ).fetchone()[0]
+            == 0
+        )
     finish_run(big["state"])  # the retry: every load again, then reconcile and publish
     assert content_checksums(dsn, str(big["system"])) == big["clean"]
     assert_ledger_balanced(dsn, run_id, BIG_TABLES)
@@ -306,8 +352,9 @@ def private_pg(monkeypatch, keys_env):
             shutil.rmtree(pgdata, ignore_errors=True)
 
 
-def test_postgres_stopped_during_load_then_restarted_retry_succeeds(small, private_pg,
-                                                                    monkeypatch, tmp_path):
+def test_postgres_stopped_during_load_then_restarted_retry_succeeds(
+    small, private_pg, monkeypatch, tmp_path
+):
     from handover import embedded
     from handover.tasks import data_faults
 
@@ -331,10 +378,14 @@ def test_postgres_stopped_during_load_then_restarted_retry_succeeds(small, priva
         worker = threading.Thread(target=load)
         worker.start()
         with psycopg.connect(dsn, autocommit=True) as watch:
-            _wait(lambda: watch.execute(
-                f"SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
-                f"({INTO_TARGET})").fetchone(), 60,
-                "the load to wait inside its transaction")
+            _wait(
+                lambda: watch.execute(
+                    f"SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                    f"({INTO_TARGET})"
+                ).fetchone(),
+                60,
+                "the load to wait inside its transaction",
+            )
         embedded.stop(private_pg["pgdata"])
         worker.join(60)
     finally:
@@ -410,8 +461,11 @@ class Endpoint:
         self.start()
 
     def start(self) -> None:
-        proc = subprocess.Popen([sys.executable, "-c", RELAY, str(self.port), str(self.target)],
-                                stdout=subprocess.PIPE, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RELAY, str(self.port), str(self.target)],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert proc.stdout.readline().strip() == b"ready"
         self.proc = proc
 
@@ -453,6 +507,7 @@ def _outage_before(stage: str, endpoint: Endpoint, seconds: float, log: dict):
         if s == stage and "timer" not in log:
             log["timer"] = endpoint.outage(seconds)
             log["started"] = time.monotonic()
+
     return hook
 
 
@@ -472,8 +527,9 @@ def test_s3_outage_within_retry_budget_is_ridden_out(small, fresh_db, s3_lake):
         if stage == "load":  # every partition mapped: the outage has been waited out
             log.setdefault("map_done", time.monotonic())
 
-    state = run_stages(run_id, small["source"], small["subsets"][S3_TABLES], gates=False,
-                       hook=timed_hook)
+    state = run_stages(
+        run_id, small["source"], small["subsets"][S3_TABLES], gates=False, hook=timed_hook
+    )
     log["timer"].join()
     assert log["map_done"] - log["started"] >= 3.5  # the first map call waited out the outage
     assert state["reports"]
@@ -481,7 +537,8 @@ def test_s3_outage_within_retry_budget_is_ridden_out(small, fresh_db, s3_lake):
 
 
 def test_s3_outage_outlasting_retry_budget_fails_clearly_then_retry_succeeds(
-        small, fresh_db, s3_lake):
+    small, fresh_db, s3_lake
+):
     """When backoff gives up, the task fails with one line naming the bucket, the key and
     the endpoint, as a transient fault (Airflow retries it); the retry completes the run."""
     from handover.lake import LakeError
@@ -496,8 +553,14 @@ def test_s3_outage_outlasting_retry_budget_fails_clearly_then_retry_succeeds(
         log["timer"].join()  # the endpoint is back when Airflow's retry_delay has passed
         return attempt < 3
 
-    state = run_stages(run_id, small["source"], small["subsets"][S3_TABLES], gates=False,
-                       hook=hook, on_error=on_error)
+    state = run_stages(
+        run_id,
+        small["source"],
+        small["subsets"][S3_TABLES],
+        gates=False,
+        hook=hook,
+        on_error=on_error,
+    )
     assert len(failures) == 1
     stage, exc = failures[0]
     assert stage == "map_protect" and isinstance(exc, LakeError)
@@ -519,18 +582,19 @@ def test_default_s3_retry_budget_rides_out_a_few_seconds(monkeypatch):
 
     from handover.lake import s3_client
 
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_LAKE",
-                       lake_connection("http://127.0.0.1:9"))  # nothing is contacted
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_LAKE", lake_connection("http://127.0.0.1:9")
+    )  # nothing is contacted
     total = s3_client().meta.config.retries["total_max_attempts"]
     rng = random.Random(9)
     backoff = ExponentialBackoff(random=rng.random)
     rides = 0
     for _ in range(10_000):
-        waited = sum(backoff.delay_amount(RetryContext(attempt_number=n))
-                     for n in range(1, total))
+        waited = sum(backoff.delay_amount(RetryContext(attempt_number=n)) for n in range(1, total))
         rides += waited >= 5.0
     assert rides / 10_000 >= 0.99, (
-        f"{total} attempts ride out a 5 s outage {rides / 100:.0f} % of the time")
+        f"{total} attempts ride out a 5 s outage {rides / 100:.0f} % of the time"
+    )
 
 
 # ---------------------------------------------------------------- lake disk full
@@ -541,8 +605,9 @@ def small_fs(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     mnt = tmp_path / "lakefs"
     mnt.mkdir()
-    run = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
     if run.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
     try:
@@ -602,7 +667,8 @@ def test_lake_disk_full_during_write(stage, small, fresh_db, small_fs, monkeypat
             recorded = conn.execute(
                 "SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND stage=%s AND "
                 "table_name='call_records' AND (%s::text IS NULL OR partition=%s)",
-                (run_id, s, partition, partition)).fetchone()[0]
+                (run_id, s, partition, partition),
+            ).fetchone()[0]
         assert recorded == 0
         if s == "cleanse":
             key = part_key(run_id, "cleanse", "call_records", partition)
@@ -612,8 +678,9 @@ def test_lake_disk_full_during_write(stage, small, fresh_db, small_fs, monkeypat
         seen["filler"].unlink()  # on-call frees space; Airflow retries the task
         return attempt == 1
 
-    state = run_stages(run_id, small["source"], small["system"], gates=False, hook=hook,
-                       on_error=on_error)
+    state = run_stages(
+        run_id, small["source"], small["system"], gates=False, hook=hook, on_error=on_error
+    )
     exc = seen.get("exc")
     assert isinstance(exc, OSError) and exc.errno == errno.ENOSPC, exc
     assert seen["stage"] == stage
@@ -635,16 +702,14 @@ def test_lake_disk_full_error_names_the_lake_object(small_fs):
     assert not list((small_fs / "lake").rglob("*.parquet"))
 
 
-def test_failed_extract_leaves_no_raw_copy_in_tmp(small, fresh_db, small_fs, monkeypatch,
-                                                  tmp_path):
+def test_failed_extract_leaves_no_raw_copy_in_tmp(small, fresh_db, small_fs, monkeypatch, tmp_path):
     private_tmp = tmp_path / "tmp"
     private_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{small_fs / 'lake'}")
     _fill(small_fs, leave=4096)
     with pytest.raises(OSError):
-        run_stages(_uid("tmpleak"), small["source"], small["system"], gates=False,
-                   until="comply")
+        run_stages(_uid("tmpleak"), small["source"], small["system"], gates=False, until="comply")
     assert list(private_tmp.iterdir()) == []
 
 
@@ -653,7 +718,8 @@ ORDER_NO = "订单号202611010000123456未到账"  # 18 digits, not an ID, not a
 
 
 def test_gate_failing_on_one_table_loads_nothing_then_fixed_run_matches_clean(
-        small, fresh_db, monkeypatch, tmp_path):
+    small, fresh_db, monkeypatch, tmp_path
+):
     """The contract gate fails for complaints while every other table's gates pass: no
     table loads (loads wait for every contract gate), nothing is published; the fixed
     export then runs to the same end state as a clean run."""
@@ -681,15 +747,24 @@ def test_gate_failing_on_one_table_loads_nothing_then_fixed_run_matches_clean(
     message = _one_line(err.value)
     assert message.startswith("contract gate failed for complaints")
     with psycopg.connect(fresh_db) as conn:
-        passed = {t for (t,) in conn.execute(
-            "SELECT DISTINCT table_name FROM handover_meta.gate_result WHERE run_id=%s AND "
-            "gate='contract' AND success", (run_id,))}
-        loads = conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND "
-                             "stage='load'", (run_id,)).fetchone()[0]
-        target = sum(conn.execute(f"SELECT count(*) FROM crm.{t}").fetchone()[0]
-                     for t in ("customer", "payment", "complaint"))
-        status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
-                              (run_id,)).fetchone()[0]
+        passed = {
+            t
+            for (t,) in conn.execute(
+                "SELECT DISTINCT table_name FROM handover_meta.gate_result WHERE run_id=%s AND "
+                "gate='contract' AND success",
+                (run_id,),
+            )
+        }
+        loads = conn.execute(
+            "SELECT count(*) FROM handover_meta.ledger WHERE run_id=%s AND stage='load'", (run_id,)
+        ).fetchone()[0]
+        target = sum(
+            conn.execute(f"SELECT count(*) FROM crm.{t}").fetchone()[0]
+            for t in ("customer", "payment", "complaint")
+        )
+        status = conn.execute(
+            "SELECT status FROM handover_meta.run WHERE run_id=%s", (run_id,)
+        ).fetchone()[0]
     assert passed == {"subscribers", "payments"}
     assert (loads, target, status) == (0, 0, "running")
     assert not list((tmp_path / "lake").rglob("reports/*"))

@@ -23,9 +23,13 @@ from tests.conftest import create_database, drop_database, pg_dsn
 from tests.integration.test_retention import search_everywhere
 
 pytestmark = pytest.mark.integration
-CHILDREN = {"call_records": ("call_record", "cdr_id"), "payments": ("payment", "payment_id"),
-            "data_sessions": ("data_session", "session_id"),
-            "complaints": ("complaint", "complaint_id"), "consents": ("consent", "consent_id")}
+CHILDREN = {
+    "call_records": ("call_record", "cdr_id"),
+    "payments": ("payment", "payment_id"),
+    "data_sessions": ("data_session", "session_id"),
+    "complaints": ("complaint", "complaint_id"),
+    "consents": ("consent", "consent_id"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +44,11 @@ def world(tmp_path_factory, keyring_file):
     mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
     mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     try:
         seeded = synth_acquirer.seed(pg_dsn(db), src, root, share=0.1, others=30)
@@ -53,11 +60,17 @@ def world(tmp_path_factory, keyring_file):
         finally:
             logging.getLogger().removeHandler(handler)
         ring = Keyring.from_dict(json.loads(keyring_file.read_text()))
-        yield {"src": src, "dsn": pg_dsn(db), "run_id": run_id, "root": root,
-               "seeded": seeded, "log": "\n".join(handler.lines), "ring": ring,
-               "lake": root / "lake",
-               "truth": pd.read_csv(root / synth_acquirer.TRUTH, dtype=str,
-                                    keep_default_na=False)}
+        yield {
+            "src": src,
+            "dsn": pg_dsn(db),
+            "run_id": run_id,
+            "root": root,
+            "seeded": seeded,
+            "log": "\n".join(handler.lines),
+            "ring": ring,
+            "lake": root / "lake",
+            "truth": pd.read_csv(root / synth_acquirer.TRUTH, dtype=str, keep_default_na=False),
+        }
     finally:
         mp.undo()
         drop_database(db)
@@ -74,20 +87,31 @@ class _Capture(logging.Handler):
 
 def _matches(world) -> dict[str, str]:
     t = world["truth"]
-    return dict(zip(t.loc[t.acquired_key != "", "acquired_key"],
-                    t.loc[t.acquired_key != "", "acquirer_key"], strict=True))
+    return dict(
+        zip(
+            t.loc[t.acquired_key != "", "acquired_key"],
+            t.loc[t.acquired_key != "", "acquirer_key"],
+            strict=True,
+        )
+    )
 
 
 def test_matches_are_exactly_the_truth_and_merged_into_the_acquirers_record(world):
     want = _matches(world)
     assert len(want) >= 10
     with psycopg.connect(world["dsn"]) as conn:
-        got = dict(conn.execute("SELECT merged_key, survivor_key FROM handover_meta.merge_map "
-                                "WHERE run_id = %s AND rule = 'EXISTING_CUSTOMER'",
-                                (world["run_id"],)).fetchall())
+        got = dict(
+            conn.execute(
+                "SELECT merged_key, survivor_key FROM handover_meta.merge_map "
+                "WHERE run_id = %s AND rule = 'EXISTING_CUSTOMER'",
+                (world["run_id"],),
+            ).fetchall()
+        )
         loaded = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}
-        twice = conn.execute("SELECT count(*) FROM (SELECT id_number_bidx FROM crm.customer "
-                             "GROUP BY 1 HAVING count(*) > 1) x").fetchone()[0]
+        twice = conn.execute(
+            "SELECT count(*) FROM (SELECT id_number_bidx FROM crm.customer "
+            "GROUP BY 1 HAVING count(*) > 1) x"
+        ).fetchone()[0]
     assert got == want  # precision and recall 100 %
     assert not (set(want) & loaded)  # no person with two customer records
     assert set(want.values()) <= loaded and twice == 0
@@ -101,11 +125,15 @@ def test_children_of_a_merged_customer_follow_the_acquirers_record(world):
         for source, (target, key) in CHILDREN.items():
             rows = pd.read_csv(world["src"] / f"{source}.csv", dtype=str, keep_default_na=False)
             rows = rows[rows["cust_id"].str.strip().str.upper().isin(want)]
-            owners = dict(conn.execute(f"SELECT {key}, customer_id FROM crm.{target} WHERE "
-                                       f"{key} = ANY(%s)",
-                                       (rows[key].str.strip().tolist(),)).fetchall())
-            for k, cust in zip(rows[key].str.strip(), rows["cust_id"].str.strip().str.upper(),
-                               strict=True):
+            owners = dict(
+                conn.execute(
+                    f"SELECT {key}, customer_id FROM crm.{target} WHERE {key} = ANY(%s)",
+                    (rows[key].str.strip().tolist(),),
+                ).fetchall()
+            )
+            for k, cust in zip(
+                rows[key].str.strip(), rows["cust_id"].str.strip().str.upper(), strict=True
+            ):
                 if k in owners:
                     assert owners[k] == want[cust], (source, k)
                     moved += 1
@@ -115,8 +143,10 @@ def test_children_of_a_merged_customer_follow_the_acquirers_record(world):
 def test_the_person_map_gives_both_records_one_person(world):
     want = _matches(world)
     with psycopg.connect(world["dsn"]) as conn:
-        rows = conn.execute("SELECT source_system, source_key, person_id, target_customer_id, "
-                            "decision FROM handover_meta.person_map").fetchall()
+        rows = conn.execute(
+            "SELECT source_system, source_key, person_id, target_customer_id, "
+            "decision FROM handover_meta.person_map"
+        ).fetchall()
     by = {(s, k): (p, t, d) for s, k, p, t, d in rows}
     for acquired, acquirer in want.items():
         mine, theirs = by[("legacy_bss", acquired)], by[("acquirer", acquirer)]
@@ -127,9 +157,12 @@ def test_the_person_map_gives_both_records_one_person(world):
 
 def test_every_table_balances_with_the_acquirers_rows_in_the_target(world):
     with psycopg.connect(world["dsn"]) as conn:
-        rows = conn.execute("SELECT table_name, source_rows, loaded, merged, quarantined, "
-                            "excluded, balanced FROM handover_meta.reconciliation WHERE "
-                            "run_id = %s", (world["run_id"],)).fetchall()
+        rows = conn.execute(
+            "SELECT table_name, source_rows, loaded, merged, quarantined, "
+            "excluded, balanced FROM handover_meta.reconciliation WHERE "
+            "run_id = %s",
+            (world["run_id"],),
+        ).fetchall()
     assert len(rows) == 7
     for t, n, loaded, merged, q, x, ok in rows:
         assert n == loaded + merged + q + x and ok, t
@@ -143,19 +176,34 @@ def test_no_planted_id_or_phone_in_logs_books_or_reports(world):
     mine = subs[subs["cust_id"].str.strip().str.upper().isin(want)]
     secrets = set(mine["id_number"].str.strip()) | set(mine["msisdn"].str.strip())
     with psycopg.connect(world["dsn"]) as conn:  # the acquirer's own numbers too
-        secrets |= {r[0] for r in conn.execute(
-            "SELECT msisdn FROM crm.customer WHERE customer_id LIKE 'K88-%%'")}
+        secrets |= {
+            r[0]
+            for r in conn.execute("SELECT msisdn FROM crm.customer WHERE customer_id LIKE 'K88-%%'")
+        }
     assert len(secrets) > 2 * len(want)
     # reports, Data Docs and every validation result the gates stored
-    report = b"".join(p.read_bytes() for p in world["lake"].rglob("*")
-                      if p.is_file() and ("reports" in p.parts or "docs" in p.parts
-                                          or p.suffix == ".json"))
+    report = b"".join(
+        p.read_bytes()
+        for p in world["lake"].rglob("*")
+        if p.is_file() and ("reports" in p.parts or "docs" in p.parts or p.suffix == ".json")
+    )
     assert b"Expectation" in report or b"expectation" in report
     with psycopg.connect(world["dsn"]) as conn:
-        books = json.dumps([conn.execute(f"SELECT * FROM handover_meta.{t}").fetchall()
-                            for t in ("person_map", "merge_map", "audit_log", "gate_result",
-                                      "ledger", "identity_review", "quarantine")],
-                           default=str)
+        books = json.dumps(
+            [
+                conn.execute(f"SELECT * FROM handover_meta.{t}").fetchall()
+                for t in (
+                    "person_map",
+                    "merge_map",
+                    "audit_log",
+                    "gate_result",
+                    "ledger",
+                    "identity_review",
+                    "quarantine",
+                )
+            ],
+            default=str,
+        )
     for s in secrets:
         assert s not in world["log"] and s.encode() not in report and s not in books
 
@@ -163,14 +211,21 @@ def test_no_planted_id_or_phone_in_logs_books_or_reports(world):
 def test_a_rerun_changes_no_person_id_and_no_target_row(world):
     def state():
         with psycopg.connect(world["dsn"]) as conn:
-            persons = sorted(conn.execute("SELECT source_system, source_key, person_id, "
-                                          "target_customer_id FROM handover_meta.person_map"
-                                          ).fetchall())
-            customers = conn.execute("SELECT md5(string_agg(c::text, '|' ORDER BY "
-                                     "customer_id)) FROM (SELECT customer_id, full_name, "
-                                     "msisdn, status FROM crm.customer) c").fetchone()[0]
-            calls = conn.execute("SELECT md5(string_agg(cdr_id || customer_id, '|' ORDER BY "
-                                 "cdr_id)) FROM crm.call_record").fetchone()[0]
+            persons = sorted(
+                conn.execute(
+                    "SELECT source_system, source_key, person_id, "
+                    "target_customer_id FROM handover_meta.person_map"
+                ).fetchall()
+            )
+            customers = conn.execute(
+                "SELECT md5(string_agg(c::text, '|' ORDER BY "
+                "customer_id)) FROM (SELECT customer_id, full_name, "
+                "msisdn, status FROM crm.customer) c"
+            ).fetchone()[0]
+            calls = conn.execute(
+                "SELECT md5(string_agg(cdr_id || customer_id, '|' ORDER BY "
+                "cdr_id)) FROM crm.call_record"
+            ).fetchone()[0]
         return persons, customers, calls
 
     before = state()
@@ -181,8 +236,11 @@ def test_a_rerun_changes_no_person_id_and_no_target_row(world):
 def test_the_report_counts_persons_by_decision(world):
     from handover.lake import safe_run_id
 
-    report = json.loads((world["lake"] / "runs" / safe_run_id(world["run_id"]) / "reports" /
-                         "report.json").read_text())
+    report = json.loads(
+        (
+            world["lake"] / "runs" / safe_run_id(world["run_id"]) / "reports" / "report.json"
+        ).read_text()
+    )
     assert report["persons"]["merged_existing"] == len(_matches(world))
     assert report["persons"]["new"] > 100
     assert report["merges"]["subscribers"]["EXISTING_CUSTOMER"] == len(_matches(world))
@@ -193,11 +251,17 @@ def test_a_consent_withdrawn_in_either_system_holds_for_the_merged_customer(worl
     withdrawn = set(t.loc[t.marketing_withdrawn == "1", "acquirer_key"])
     assert withdrawn
     with psycopg.connect(world["dsn"]) as conn:
-        eff = {c: (g, n, x) for c, g, n, x in conn.execute(
-            "SELECT customer_id, granted, records, conflicting FROM crm.consent_effective "
-            "WHERE purpose = 'marketing' AND customer_id = ANY(%s)", (sorted(withdrawn),))}
-        conflicts = conn.execute("SELECT count(*) FROM crm.consent_effective WHERE "
-                                 "conflicting").fetchone()[0]
+        eff = {
+            c: (g, n, x)
+            for c, g, n, x in conn.execute(
+                "SELECT customer_id, granted, records, conflicting FROM crm.consent_effective "
+                "WHERE purpose = 'marketing' AND customer_id = ANY(%s)",
+                (sorted(withdrawn),),
+            )
+        }
+        conflicts = conn.execute(
+            "SELECT count(*) FROM crm.consent_effective WHERE conflicting"
+        ).fetchone()[0]
     assert set(eff) == withdrawn and all(g is False for g, _, _ in eff.values())
     # where the export granted marketing, the two systems' records disagree: counted
     assert conflicts == sum(1 for _, n, x in eff.values() if x) >= 1
@@ -211,13 +275,19 @@ def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world)
     from handover.identity import resolve_review
 
     t = world["truth"]
-    want = {(r.acquired_key, f) for r in t.itertuples() if r.acquired_key
-            for f in r.conflicts.split("|") if f in ("msisdn", "full_name")}
+    want = {
+        (r.acquired_key, f)
+        for r in t.itertuples()
+        if r.acquired_key
+        for f in r.conflicts.split("|")
+        if f in ("msisdn", "full_name")
+    }
     assert any(f == "msisdn" for _, f in want) and any(f == "full_name" for _, f in want)
     with psycopg.connect(world["dsn"]) as conn:
-        rows = conn.execute("SELECT id, source_key, field, status FROM "
-                            "handover_meta.identity_review WHERE source_system = 'legacy_bss'"
-                            ).fetchall()
+        rows = conn.execute(
+            "SELECT id, source_key, field, status FROM "
+            "handover_meta.identity_review WHERE source_system = 'legacy_bss'"
+        ).fetchall()
     got = {(k, f) for _, k, f, _ in rows if f in ("msisdn", "full_name")}
     assert got == want
     entry = next(i for i, _, f, s in rows if f == "msisdn" and s == "open")
@@ -226,10 +296,13 @@ def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world)
     with pytest.raises(ValueError, match="no open entry"):
         resolve_review(entry, "correct", by="data-steward")
     with psycopg.connect(world["dsn"]) as conn:
-        audit = conn.execute("SELECT actor, detail FROM handover_meta.audit_log WHERE action = "
-                             "'identity_review_resolved'").fetchall()
-        status = conn.execute("SELECT status FROM handover_meta.identity_review WHERE id = %s",
-                              (entry,)).fetchone()[0]
+        audit = conn.execute(
+            "SELECT actor, detail FROM handover_meta.audit_log WHERE action = "
+            "'identity_review_resolved'"
+        ).fetchall()
+        status = conn.execute(
+            "SELECT status FROM handover_meta.identity_review WHERE id = %s", (entry,)
+        ).fetchone()[0]
     assert audit and audit[-1][0] == "data-steward" and audit[-1][1]["field"] == "msisdn"
     assert status == "keep-target"
 
@@ -247,18 +320,26 @@ def test_the_review_cli_lists_entries_without_values(world, capsys):
 def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
     acquired, acquirer = sorted(_matches(world).items())[0]
     with psycopg.connect(world["dsn"]) as conn:
-        keys = {r[0] for t, k in (("call_record", "cdr_id"), ("payment", "payment_id"))
-                for r in conn.execute(f"SELECT {k} FROM crm.{t} WHERE customer_id = %s",
-                                      (acquirer,))}
+        keys = {
+            r[0]
+            for t, k in (("call_record", "cdr_id"), ("payment", "payment_id"))
+            for r in conn.execute(f"SELECT {k} FROM crm.{t} WHERE customer_id = %s", (acquirer,))
+        }
     assert keys
-    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "request_type": "erasure",
-            "identifier_type": "customer_id", "identifier": acquired, "field": "",
-            "new_value": ""}
+    form = {
+        "request_id": f"REQ-{uuid.uuid4().hex[:8]}",
+        "request_type": "erasure",
+        "identifier_type": "customer_id",
+        "identifier": acquired,
+        "field": "",
+        "new_value": "",
+    }
     conf = subject.submit_request(**form)["conf"]
     out = subject.handle_request(conf)
     assert out["verified"]["remaining_in_lake"] == 0
-    hits = search_everywhere(world["dsn"], world["lake"], world["ring"],
-                             keys | {acquired, acquirer})
+    hits = search_everywhere(
+        world["dsn"], world["lake"], world["ring"], keys | {acquired, acquirer}
+    )
     assert hits["db"] == [] and hits["lake"] == [], hits
 
 
@@ -268,14 +349,23 @@ def test_an_erasure_by_the_first_generation_id_reaches_the_acquirers_record(worl
     subs = pd.read_csv(world["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
     subs["cust_id"] = subs["cust_id"].str.strip().str.upper()
     pairs = sorted(_matches(world).items())[1:]
-    acquired, acquirer = next((a, b) for a, b in pairs if subs.set_index("cust_id").loc[
-        a, "id_number"].strip()[6:8] == "19")
+    acquired, acquirer = next(
+        (a, b)
+        for a, b in pairs
+        if subs.set_index("cust_id").loc[a, "id_number"].strip()[6:8] == "19"
+    )
     rid = subs.set_index("cust_id").loc[acquired, "id_number"].strip()
-    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "request_type": "erasure",
-            "identifier_type": "resident_id", "identifier": rid[:6] + rid[8:17], "field": "",
-            "new_value": ""}
+    form = {
+        "request_id": f"REQ-{uuid.uuid4().hex[:8]}",
+        "request_type": "erasure",
+        "identifier_type": "resident_id",
+        "identifier": rid[:6] + rid[8:17],
+        "field": "",
+        "new_value": "",
+    }
     out = subject.handle_request(subject.submit_request(**form)["conf"])
     assert out["verified"]["remaining_in_lake"] == 0
-    hits = search_everywhere(world["dsn"], world["lake"], world["ring"], {acquired, acquirer},
-                             substrings={rid})
+    hits = search_everywhere(
+        world["dsn"], world["lake"], world["ring"], {acquired, acquirer}, substrings={rid}
+    )
     assert hits["db"] == [] and hits["lake"] == [], hits

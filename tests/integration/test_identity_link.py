@@ -27,8 +27,9 @@ def _link_config(tmp_path):
     shutil.copytree(CONFIG_ROOT / "legacy_bss", folder)
     doc = yaml.safe_load((folder / "policy.yaml").read_text(encoding="utf-8"))
     doc["identity"] = {"match": ["resident_id"], "on_match": "link"}
-    (folder / "policy.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True,
-                                                       sort_keys=False), encoding="utf-8")
+    (folder / "policy.yaml").write_text(
+        yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
     return folder
 
 
@@ -55,22 +56,39 @@ def test_link_keeps_both_records_of_one_person(env):
         conn.execute("CREATE INDEX customer_id_number_bidx ON crm.customer (id_number_bidx)")
     synth_acquirer.seed(env["dsn"], env["src"], env["root"], share=0.1, others=5)
     truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)
-    pairs = dict(zip(truth.loc[truth.acquired_key != "", "acquired_key"],
-                     truth.loc[truth.acquired_key != "", "acquirer_key"], strict=True))
+    pairs = dict(
+        zip(
+            truth.loc[truth.acquired_key != "", "acquired_key"],
+            truth.loc[truth.acquired_key != "", "acquirer_key"],
+            strict=True,
+        )
+    )
     run_id = f"link_{uuid.uuid4().hex[:6]}"
     run_migration(run_id=run_id, source_dir=str(env["src"]), system=str(env["config"]))
 
     with psycopg.connect(env["dsn"]) as conn:
         customers = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}
-        person = {(s, k): p for s, k, p in conn.execute(
-            "SELECT source_system, source_key, person_id FROM handover_meta.person_map")}
-        decisions = dict(conn.execute(
-            "SELECT source_key, decision FROM handover_meta.person_map WHERE "
-            "source_system = 'legacy_bss'").fetchall())
-        merged = conn.execute("SELECT count(*) FROM handover_meta.merge_map WHERE run_id = %s "
-                              "AND rule = 'EXISTING_CUSTOMER'", (run_id,)).fetchone()[0]
-        balanced = conn.execute("SELECT bool_and(balanced) FROM handover_meta.reconciliation "
-                                "WHERE run_id = %s", (run_id,)).fetchone()[0]
+        person = {
+            (s, k): p
+            for s, k, p in conn.execute(
+                "SELECT source_system, source_key, person_id FROM handover_meta.person_map"
+            )
+        }
+        decisions = dict(
+            conn.execute(
+                "SELECT source_key, decision FROM handover_meta.person_map WHERE "
+                "source_system = 'legacy_bss'"
+            ).fetchall()
+        )
+        merged = conn.execute(
+            "SELECT count(*) FROM handover_meta.merge_map WHERE run_id = %s "
+            "AND rule = 'EXISTING_CUSTOMER'",
+            (run_id,),
+        ).fetchone()[0]
+        balanced = conn.execute(
+            "SELECT bool_and(balanced) FROM handover_meta.reconciliation WHERE run_id = %s",
+            (run_id,),
+        ).fetchone()[0]
     assert set(pairs) <= customers and set(pairs.values()) <= customers  # both kept
     assert merged == 0 and balanced
     for mine, theirs in pairs.items():
@@ -80,22 +98,31 @@ def test_link_keeps_both_records_of_one_person(env):
 
     # an erasure by one identifier reaches both records of the person
     mine, theirs = sorted(pairs.items())[0]
-    form = {"request_id": f"REQ-{uuid.uuid4().hex[:8]}", "request_type": "erasure",
-            "identifier_type": "customer_id", "identifier": theirs, "field": "",
-            "new_value": ""}
+    form = {
+        "request_id": f"REQ-{uuid.uuid4().hex[:8]}",
+        "request_type": "erasure",
+        "identifier_type": "customer_id",
+        "identifier": theirs,
+        "field": "",
+        "new_value": "",
+    }
     out = subject.handle_request(subject.submit_request(**form)["conf"])
     assert out["verified"]["remaining_in_lake"] == 0
     with psycopg.connect(env["dsn"]) as conn:
-        left = conn.execute("SELECT count(*) FROM crm.customer WHERE customer_id = ANY(%s)",
-                            ([mine, theirs],)).fetchone()[0]
+        left = conn.execute(
+            "SELECT count(*) FROM crm.customer WHERE customer_id = ANY(%s)", ([mine, theirs],)
+        ).fetchone()[0]
     assert left == 0
 
 
 def test_link_into_a_target_that_allows_one_customer_an_id_stops_in_one_line(env):
     synth_acquirer.seed(env["dsn"], env["src"], env["root"], share=0.1, others=5)
     with pytest.raises(ConfigError) as err:
-        run_migration(run_id=f"link_{uuid.uuid4().hex[:6]}", source_dir=str(env["src"]),
-                      system=str(env["config"]))
+        run_migration(
+            run_id=f"link_{uuid.uuid4().hex[:6]}",
+            source_dir=str(env["src"]),
+            system=str(env["config"]),
+        )
     line = str(err.value)
     assert "\n" not in line and "on_match: link" in line and "UNIQUE index" in line
 
@@ -112,14 +139,19 @@ def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
     subs = pd.read_csv(env["src"] / "subscribers.csv", dtype=str, keep_default_na=False)
     clash = sorted(set(subs["cust_id"].str.strip()) - set(truth.acquired_key))[5]
     with psycopg.connect(env["dsn"]) as conn:
-        conn.execute("UPDATE crm.customer SET customer_id = %s WHERE customer_id = %s",
-                     (clash, other))
-        conn.execute("UPDATE handover_meta.person_map SET source_key = %s, "
-                     "target_customer_id = %s WHERE source_key = %s", (clash, clash, other))
+        conn.execute(
+            "UPDATE crm.customer SET customer_id = %s WHERE customer_id = %s", (clash, other)
+        )
+        conn.execute(
+            "UPDATE handover_meta.person_map SET source_key = %s, "
+            "target_customer_id = %s WHERE source_key = %s",
+            (clash, clash, other),
+        )
     legacy = str(CONFIG_ROOT / "legacy_bss")
     with pytest.raises(SourceError) as err:
-        run_migration(run_id=f"clash_{uuid.uuid4().hex[:6]}", source_dir=str(env["src"]),
-                      system=legacy)
+        run_migration(
+            run_id=f"clash_{uuid.uuid4().hex[:6]}", source_dir=str(env["src"]), system=legacy
+        )
     line = str(err.value)
     assert "\n" not in line and "1 customer id(s) of this export" in line
     assert "prefix" in line and clash not in line
@@ -127,8 +159,12 @@ def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
 
 def test_the_seed_command_fills_an_empty_target(env, capsys):
     """`python -m handover_synth.acquirer --export DIR` (ACQUIRER=1 make demo)."""
-    assert synth_acquirer.main(["--export", str(env["src"]), "--out", str(env["root"]),
-                                "--others", "3"]) == 0
+    assert (
+        synth_acquirer.main(
+            ["--export", str(env["src"]), "--out", str(env["root"]), "--others", "3"]
+        )
+        == 0
+    )
     truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)
     with psycopg.connect(env["dsn"]) as conn:
         held = {r[0] for r in conn.execute("SELECT customer_id FROM crm.customer")}

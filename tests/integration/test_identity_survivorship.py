@@ -30,11 +30,18 @@ from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
-POLICY = {"match": ["resident_id", "name_birth"], "on_match": "merge",
-          "survivorship": {"default": "review", "full_name": "target", "address": "source",
-                           "msisdn": "newest"},
-          "verified": {"msisdn": "msisdn_verified"},
-          "target_retention_months": {"consumption": 12}}
+POLICY = {
+    "match": ["resident_id", "name_birth"],
+    "on_match": "merge",
+    "survivorship": {
+        "default": "review",
+        "full_name": "target",
+        "address": "source",
+        "msisdn": "newest",
+    },
+    "verified": {"msisdn": "msisdn_verified"},
+    "target_retention_months": {"consumption": 12},
+}
 
 
 def _config(root, identity: dict):
@@ -42,8 +49,9 @@ def _config(root, identity: dict):
     shutil.copytree(CONFIG_ROOT / "legacy_bss", folder)
     doc = yaml.safe_load((folder / "policy.yaml").read_text(encoding="utf-8"))
     doc["identity"] = identity
-    (folder / "policy.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True,
-                                                       sort_keys=False), encoding="utf-8")
+    (folder / "policy.yaml").write_text(
+        yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
     return folder
 
 
@@ -62,8 +70,9 @@ def _blank_ids(src, keys: set[str]) -> None:
         csv.writer(fh, lineterminator="\n").writerows(rows)
     manifest = json.loads((src / "export_manifest.json").read_text(encoding="utf-8"))
     manifest["tables"]["subscribers"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (src / "export_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False),
-                                              encoding="utf-8")
+    (src / "export_manifest.json").write_text(
+        json.dumps(manifest, ensure_ascii=False), encoding="utf-8"
+    )
 
 
 class _Capture(logging.Handler):
@@ -88,14 +97,18 @@ def world(tmp_path_factory, keyring_file):
     mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
     mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     try:
         with psycopg.connect(pg_dsn(db)) as conn:  # an acquirer that verifies phone numbers
             ledger.ensure_schema(conn)
-            conn.execute("ALTER TABLE crm.customer ADD COLUMN msisdn_verified boolean "
-                         "NOT NULL DEFAULT false")
+            conn.execute(
+                "ALTER TABLE crm.customer ADD COLUMN msisdn_verified boolean NOT NULL DEFAULT false"
+            )
         synth_acquirer.seed(pg_dsn(db), src, root, share=0.2, others=10)
         truth = pd.read_csv(root / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)
         pairs = truth[truth.acquired_key != ""].reset_index(drop=True)
@@ -114,10 +127,13 @@ def world(tmp_path_factory, keyring_file):
         twice = plain.acquired_key.iloc[1]
         twin = subs.loc[twice]
         with psycopg.connect(pg_dsn(db)) as conn:
-            conn.execute("UPDATE crm.customer SET source_updated_at = CASE WHEN customer_id = "
-                         "ANY(%s) THEN timestamp '2000-01-01' ELSE timestamp '2099-01-01' END, "
-                         "msisdn_verified = customer_id = ANY(%s) WHERE customer_id LIKE "
-                         "'K88-%%'", (sorted(older), sorted(verified)))
+            conn.execute(
+                "UPDATE crm.customer SET source_updated_at = CASE WHEN customer_id = "
+                "ANY(%s) THEN timestamp '2000-01-01' ELSE timestamp '2099-01-01' END, "
+                "msisdn_verified = customer_id = ANY(%s) WHERE customer_id LIKE "
+                "'K88-%%'",
+                (sorted(older), sorted(verified)),
+            )
             conn.execute(
                 "INSERT INTO crm.customer (customer_id, full_name, id_number_enc, "
                 "id_number_key_id, id_number_bidx, id_number_masked, gender, birth_date, "
@@ -125,25 +141,40 @@ def world(tmp_path_factory, keyring_file):
                 "SELECT 'K88-TWIN', %s, id_number_enc, id_number_key_id, 'twin-bidx', "
                 "id_number_masked, gender, birth_date, msisdn, msisdn_bidx, msisdn_masked, "
                 "opened_on, status, source_updated_at FROM crm.customer WHERE customer_id = %s",
-                (twin["name"].strip(), pairs.set_index("acquired_key").acquirer_key[twice]))
-            conn.execute("INSERT INTO handover_meta.person_map (source_system, source_key, "
-                         "person_id, target_customer_id, decision, rule) VALUES ('acquirer', "
-                         "'K88-TWIN', 'P-twin', 'K88-TWIN', 'target', 'seed')")
+                (twin["name"].strip(), pairs.set_index("acquired_key").acquirer_key[twice]),
+            )
+            conn.execute(
+                "INSERT INTO handover_meta.person_map (source_system, source_key, "
+                "person_id, target_customer_id, decision, rule) VALUES ('acquirer', "
+                "'K88-TWIN', 'P-twin', 'K88-TWIN', 'target', 'seed')"
+            )
         # a person who granted behavioural analysis in the export withdrew it in the
         # acquirer's system: the withdrawal holds, their browsing rows do not move
         consents = pd.read_csv(src / "consents.csv", dtype=str, keep_default_na=False)
         browsing = pd.read_csv(src / "browsing_events.csv", dtype=str, keep_default_na=False)
-        granted = set(consents.loc[(consents.purpose.str.strip() == "behavioural")
-                                   & (consents.granted.str.strip() == "1"),
-                                   "cust_id"].str.strip().str.upper())
+        granted = set(
+            consents.loc[
+                (consents.purpose.str.strip() == "behavioural")
+                & (consents.granted.str.strip() == "1"),
+                "cust_id",
+            ]
+            .str.strip()
+            .str.upper()
+        )
         browsers = set(browsing.cust_id.str.strip().str.upper())
         acq = pairs.set_index("acquired_key").acquirer_key
-        withdrew = sorted(k for k in pairs.acquired_key if k in granted and k in browsers
-                          and k not in (by_name, twice))[0]
+        withdrew = sorted(
+            k
+            for k in pairs.acquired_key
+            if k in granted and k in browsers and k not in (by_name, twice)
+        )[0]
         with psycopg.connect(pg_dsn(db)) as conn:
-            conn.execute("INSERT INTO crm.consent (consent_id, customer_id, purpose, granted, "
-                         "granted_at) VALUES ('KC-BEH', %s, 'behavioural', false, "
-                         "'2024-05-01')", (acq[withdrew],))
+            conn.execute(
+                "INSERT INTO crm.consent (consent_id, customer_id, purpose, granted, "
+                "granted_at) VALUES ('KC-BEH', %s, 'behavioural', false, "
+                "'2024-05-01')",
+                (acq[withdrew],),
+            )
         _blank_ids(src, {by_name, twice})
         config = _config(root, POLICY)
         handler = _Capture()
@@ -153,11 +184,24 @@ def world(tmp_path_factory, keyring_file):
             run_migration(run_id=run_id, source_dir=str(src), system=str(config))
         finally:
             logging.getLogger().removeHandler(handler)
-        yield {"src": src, "dsn": pg_dsn(db), "run_id": run_id, "root": root, "subs": subs,
-               "pairs": pairs, "older": older, "verified": verified, "by_name": by_name,
-               "twice": twice, "withdrew": withdrew, "browsing": browsing, "config": config, "log": "\n".join(handler.lines),
-               "ring": Keyring.from_dict(json.loads(keyring_file.read_text())),
-               "lake": root / "lake"}
+        yield {
+            "src": src,
+            "dsn": pg_dsn(db),
+            "run_id": run_id,
+            "root": root,
+            "subs": subs,
+            "pairs": pairs,
+            "older": older,
+            "verified": verified,
+            "by_name": by_name,
+            "twice": twice,
+            "withdrew": withdrew,
+            "browsing": browsing,
+            "config": config,
+            "log": "\n".join(handler.lines),
+            "ring": Keyring.from_dict(json.loads(keyring_file.read_text())),
+            "lake": root / "lake",
+        }
     finally:
         mp.undo()
         drop_database(db)
@@ -165,17 +209,22 @@ def world(tmp_path_factory, keyring_file):
 
 def _target(world) -> dict[str, dict]:
     with psycopg.connect(world["dsn"]) as conn:
-        cur = conn.execute("SELECT customer_id, full_name, msisdn, msisdn_bidx, address "
-                           "FROM crm.customer")
+        cur = conn.execute(
+            "SELECT customer_id, full_name, msisdn, msisdn_bidx, address FROM crm.customer"
+        )
         names = [d.name for d in cur.description]
         return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
 
 
 def _entries(world) -> dict[tuple[str, str], tuple[str, str]]:
     with psycopg.connect(world["dsn"]) as conn:
-        return {(k, f): (r, s) for k, f, r, s in conn.execute(
-            "SELECT source_key, field, rule, status FROM handover_meta.identity_review WHERE "
-            "source_system = 'legacy_bss'").fetchall()}
+        return {
+            (k, f): (r, s)
+            for k, f, r, s in conn.execute(
+                "SELECT source_key, field, rule, status FROM handover_meta.identity_review WHERE "
+                "source_system = 'legacy_bss'"
+            ).fetchall()
+        }
 
 
 def test_each_field_is_decided_by_its_rule(world):
@@ -215,31 +264,42 @@ def test_an_adopted_phone_number_is_protected_like_a_loaded_one(world):
     from handover.protect import blind_index, field_domain, mask_msisdn
 
     target = _target(world)
-    applied = [k for k, (rule, st) in _entries(world).items() if k[1] == "msisdn"
-               and st == "applied"]
+    applied = [
+        k for k, (rule, st) in _entries(world).items() if k[1] == "msisdn" and st == "applied"
+    ]
     assert applied
     acq = world["pairs"].set_index("acquired_key").acquirer_key
     with psycopg.connect(world["dsn"]) as conn:
         for key, _ in applied:
             value = world["subs"].loc[key]["msisdn"].strip()
-            row = conn.execute("SELECT msisdn_bidx, msisdn_masked FROM crm.customer WHERE "
-                               "customer_id = %s", (acq[key],)).fetchone()
-            assert row[0] == blind_index([value], world["ring"],
-                                         field_domain("customer", "msisdn"))[0]
+            row = conn.execute(
+                "SELECT msisdn_bidx, msisdn_masked FROM crm.customer WHERE customer_id = %s",
+                (acq[key],),
+            ).fetchone()
+            assert (
+                row[0] == blind_index([value], world["ring"], field_domain("customer", "msisdn"))[0]
+            )
             assert row[1] == mask_msisdn(value) and target[acq[key]]["msisdn"] == value
 
 
 def test_the_gates_saw_the_adopted_records(world):
     with psycopg.connect(world["dsn"]) as conn:
-        rows = dict(conn.execute(
-            "SELECT gate, sum(rows) FROM handover_meta.gate_result WHERE run_id = %s AND "
-            "table_name = 'subscribers' GROUP BY 1", (world["run_id"],)).fetchall())
-        loaded = conn.execute("SELECT sum(rows_out) FROM handover_meta.ledger WHERE run_id = %s "
-                              "AND table_name = 'subscribers' AND stage = 'map'",
-                              (world["run_id"],)).fetchone()[0]
-        adopted = conn.execute("SELECT count(DISTINCT source_key) FROM "
-                               "handover_meta.identity_review WHERE status = 'applied'"
-                               ).fetchone()[0]
+        rows = dict(
+            conn.execute(
+                "SELECT gate, sum(rows) FROM handover_meta.gate_result WHERE run_id = %s AND "
+                "table_name = 'subscribers' GROUP BY 1",
+                (world["run_id"],),
+            ).fetchall()
+        )
+        loaded = conn.execute(
+            "SELECT sum(rows_out) FROM handover_meta.ledger WHERE run_id = %s "
+            "AND table_name = 'subscribers' AND stage = 'map'",
+            (world["run_id"],),
+        ).fetchone()[0]
+        adopted = conn.execute(
+            "SELECT count(DISTINCT source_key) FROM "
+            "handover_meta.identity_review WHERE status = 'applied'"
+        ).fetchone()[0]
     assert adopted >= 2
     assert rows["quality"] == rows["contract"] == loaded + adopted
 
@@ -247,25 +307,43 @@ def test_the_gates_saw_the_adopted_records(world):
 def test_a_customer_without_an_id_is_merged_by_name_and_birth_date(world):
     acq = world["pairs"].set_index("acquired_key").acquirer_key
     with psycopg.connect(world["dsn"]) as conn:
-        merged = dict(conn.execute("SELECT merged_key, survivor_key FROM handover_meta.merge_map "
-                                   "WHERE rule = 'EXISTING_NAME_BIRTH'").fetchall())
-        person = dict(conn.execute(
-            "SELECT source_system || ':' || source_key, person_id FROM "
-            "handover_meta.person_map").fetchall())
-        rule = conn.execute("SELECT rule, decision FROM handover_meta.person_map WHERE "
-                            "source_key = %s", (world["by_name"],)).fetchone()
-        quarantined = dict(conn.execute(
-            "SELECT record_key, reason FROM handover_meta.quarantine WHERE run_id = %s AND "
-            "table_name = 'subscribers'", (world["run_id"],)).fetchall())
-        owners = {r[0] for r in conn.execute(
-            "SELECT DISTINCT customer_id FROM crm.call_record WHERE cdr_id = ANY(%s)",
-            (pd.read_csv(world["src"] / "call_records.csv", dtype=str, keep_default_na=False)
-             .loc[lambda f: f.cust_id.str.strip().str.upper() == world["by_name"], "cdr_id"]
-             .str.strip().tolist(),)).fetchall()}
+        merged = dict(
+            conn.execute(
+                "SELECT merged_key, survivor_key FROM handover_meta.merge_map "
+                "WHERE rule = 'EXISTING_NAME_BIRTH'"
+            ).fetchall()
+        )
+        person = dict(
+            conn.execute(
+                "SELECT source_system || ':' || source_key, person_id FROM handover_meta.person_map"
+            ).fetchall()
+        )
+        rule = conn.execute(
+            "SELECT rule, decision FROM handover_meta.person_map WHERE source_key = %s",
+            (world["by_name"],),
+        ).fetchone()
+        quarantined = dict(
+            conn.execute(
+                "SELECT record_key, reason FROM handover_meta.quarantine WHERE run_id = %s AND "
+                "table_name = 'subscribers'",
+                (world["run_id"],),
+            ).fetchall()
+        )
+        owners = {
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT customer_id FROM crm.call_record WHERE cdr_id = ANY(%s)",
+                (
+                    pd.read_csv(world["src"] / "call_records.csv", dtype=str, keep_default_na=False)
+                    .loc[lambda f: f.cust_id.str.strip().str.upper() == world["by_name"], "cdr_id"]
+                    .str.strip()
+                    .tolist(),
+                ),
+            ).fetchall()
+        }
     assert merged == {world["by_name"]: acq[world["by_name"]]}
     assert rule == ("name_birth", "merged_existing")
-    assert person[f"legacy_bss:{world['by_name']}"] == \
-        person[f"acquirer:{acq[world['by_name']]}"]
+    assert person[f"legacy_bss:{world['by_name']}"] == person[f"acquirer:{acq[world['by_name']]}"]
     assert owners <= {acq[world["by_name"]]}
     # two target customers have the other one's name and birth date: nobody guesses
     assert quarantined.get(world["twice"]) == "MISSING_FIELD"
@@ -276,12 +354,18 @@ def test_the_books_balance_and_the_report_counts_rules(world):
     from handover.lake import safe_run_id
 
     with psycopg.connect(world["dsn"]) as conn:
-        rows = conn.execute("SELECT table_name, source_rows, loaded, merged, quarantined, "
-                            "excluded, balanced FROM handover_meta.reconciliation WHERE "
-                            "run_id = %s", (world["run_id"],)).fetchall()
+        rows = conn.execute(
+            "SELECT table_name, source_rows, loaded, merged, quarantined, "
+            "excluded, balanced FROM handover_meta.reconciliation WHERE "
+            "run_id = %s",
+            (world["run_id"],),
+        ).fetchall()
     assert rows and all(n == lo + m + q + x and ok for _, n, lo, m, q, x, ok in rows)
-    report = json.loads((world["lake"] / "runs" / safe_run_id(world["run_id"]) / "reports" /
-                         "report.json").read_text())
+    report = json.loads(
+        (
+            world["lake"] / "runs" / safe_run_id(world["run_id"]) / "reports" / "report.json"
+        ).read_text()
+    )
     review = report["field_conflicts"]
     assert review["address"]["source"]["applied"] >= 1
     assert review["full_name"]["target"]["kept"] >= 1
@@ -291,15 +375,31 @@ def test_the_books_balance_and_the_report_counts_rules(world):
 def test_no_planted_value_in_logs_books_or_the_report(world):
     pairs = world["pairs"]
     mine = world["subs"].loc[pairs.acquired_key]
-    secrets = {v.strip() for v in mine["msisdn"]} | {v.strip() for v in mine["id_number"]
-                                                      if v.strip()}
+    secrets = {v.strip() for v in mine["msisdn"]} | {
+        v.strip() for v in mine["id_number"] if v.strip()
+    }
     secrets |= {v.strip() for v in mine["address"] if len(v.strip()) > 6}
-    report = b"".join(p.read_bytes() for p in world["lake"].rglob("*")
-                      if p.is_file() and ("reports" in p.parts or "docs" in p.parts))
+    report = b"".join(
+        p.read_bytes()
+        for p in world["lake"].rglob("*")
+        if p.is_file() and ("reports" in p.parts or "docs" in p.parts)
+    )
     with psycopg.connect(world["dsn"]) as conn:
-        books = json.dumps([conn.execute(f"SELECT * FROM handover_meta.{t}").fetchall()
-                            for t in ("person_map", "merge_map", "audit_log", "gate_result",
-                                      "ledger", "identity_review", "quarantine")], default=str)
+        books = json.dumps(
+            [
+                conn.execute(f"SELECT * FROM handover_meta.{t}").fetchall()
+                for t in (
+                    "person_map",
+                    "merge_map",
+                    "audit_log",
+                    "gate_result",
+                    "ledger",
+                    "identity_review",
+                    "quarantine",
+                )
+            ],
+            default=str,
+        )
     for s in secrets:
         assert s not in world["log"] and s.encode() not in report and s not in books
 
@@ -307,15 +407,25 @@ def test_no_planted_value_in_logs_books_or_the_report(world):
 def test_a_rerun_changes_no_target_row_and_no_decision(world):
     def state():
         with psycopg.connect(world["dsn"]) as conn:
-            return (conn.execute("SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) "
-                                 "FROM crm.customer c").fetchone()[0],
-                    sorted(conn.execute("SELECT source_system, source_key, person_id, "
-                                        "target_customer_id FROM handover_meta.person_map")),
-                    _entries(world))
+            return (
+                conn.execute(
+                    "SELECT md5(string_agg(c::text, '|' ORDER BY customer_id)) FROM crm.customer c"
+                ).fetchone()[0],
+                sorted(
+                    conn.execute(
+                        "SELECT source_system, source_key, person_id, "
+                        "target_customer_id FROM handover_meta.person_map"
+                    )
+                ),
+                _entries(world),
+            )
 
     before = state()
-    run_migration(run_id=f"surv_{uuid.uuid4().hex[:6]}", source_dir=str(world["src"]),
-                  system=str(world["config"]))
+    run_migration(
+        run_id=f"surv_{uuid.uuid4().hex[:6]}",
+        source_dir=str(world["src"]),
+        system=str(world["config"]),
+    )
     assert state() == before
 
 
@@ -334,8 +444,9 @@ def test_the_stricter_retention_wins_for_a_person_both_systems_hold(world):
     from handover.lake import lake_from_url
 
     with psycopg.connect(world["dsn"]) as conn:
-        calls = conn.execute("SELECT cdr_id, customer_id, started_at FROM crm.call_record"
-                             ).fetchall()
+        calls = conn.execute(
+            "SELECT cdr_id, customer_id, started_at FROM crm.call_record"
+        ).fetchall()
     newest = max(t for _, _, t in calls)
     as_of = (pd.Timestamp(newest) + pd.DateOffset(months=8)).date()
     out = retention.find_expired(as_of=as_of, system=str(world["config"]), run_id="ret_surv")
@@ -348,8 +459,11 @@ def test_the_stricter_retention_wins_for_a_person_both_systems_hold(world):
     found = plan.get("call_records", set())
     assert want and spared  # both periods are at work in this data
     assert {k for k, _, _ in calls} & found == want
-    rule = next(r for r in out["rules"] if r["rule"] == "RETENTION_CONSUMPTION_12M_ACQUIRER"
-                and r["table"] == "call_records")
+    rule = next(
+        r
+        for r in out["rules"]
+        if r["rule"] == "RETENTION_CONSUMPTION_12M_ACQUIRER" and r["table"] == "call_records"
+    )
     assert rule["in_target"] >= 1
 
 
@@ -357,9 +471,13 @@ def test_a_consent_withdrawn_in_the_acquirers_system_holds_at_migration(world):
     rows = world["browsing"]
     mine = rows.loc[rows.cust_id.str.strip().str.upper() == world["withdrew"], "event_id"]
     with psycopg.connect(world["dsn"]) as conn:
-        excluded = dict(conn.execute(
-            "SELECT record_key, rule_id FROM handover_meta.exclusion WHERE run_id = %s AND "
-            "table_name = 'browsing_events'", (world["run_id"],)).fetchall())
+        excluded = dict(
+            conn.execute(
+                "SELECT record_key, rule_id FROM handover_meta.exclusion WHERE run_id = %s AND "
+                "table_name = 'browsing_events'",
+                (world["run_id"],),
+            ).fetchall()
+        )
         loaded = {r[0] for r in conn.execute("SELECT event_id FROM crm.browsing_event")}
     assert len(mine) >= 1
     from handover.retention import DESTROYED, key_digest
@@ -381,9 +499,12 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
     synth_changes.generate_changes(world["src"], changes, days=1, seed=3)
     day = changes / "2026-11-01"
     acq = world["pairs"].set_index("acquired_key").acquirer_key
-    key = next(r.acquired_key for r in world["pairs"].itertuples()
-               if "address" in r.conflicts and r.acquired_key not in
-               (world["by_name"], world["twice"], world["withdrew"]))
+    key = next(
+        r.acquired_key
+        for r in world["pairs"].itertuples()
+        if "address" in r.conflicts
+        and r.acquired_key not in (world["by_name"], world["twice"], world["withdrew"])
+    )
     rows = pd.read_csv(day / "subscribers.csv", dtype=str, keep_default_na=False)
     rows = rows[rows.cust_id.str.strip().str.upper() != key]
     record = world["subs"].loc[[key]].reset_index(drop=True)[list(rows.columns)]
@@ -394,21 +515,29 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
     entry = manifest["tables"]["subscribers"]
     entry["rows"] = len(rows) + 1
     entry["sha256"] = hashlib.sha256((day / "subscribers.csv").read_bytes()).hexdigest()
-    (day / "change_manifest.json").write_text(json.dumps(manifest, ensure_ascii=False),
-                                              encoding="utf-8")
+    (day / "change_manifest.json").write_text(
+        json.dumps(manifest, ensure_ascii=False), encoding="utf-8"
+    )
     start = pd.Timestamp("2026-11-01")
-    sync.run_night(changes_dir=str(changes), data_interval_start=start,
-                           data_interval_end=start + pd.Timedelta(days=1),
-                           system=str(world["config"]))
+    sync.run_night(
+        changes_dir=str(changes),
+        data_interval_start=start,
+        data_interval_end=start + pd.Timedelta(days=1),
+        system=str(world["config"]),
+    )
     target = _target(world)
     assert target[acq[key]]["address"] == "北京市海淀区中关村大街1号"
     assert key not in target
     with psycopg.connect(world["dsn"]) as conn:
-        adopted = conn.execute("SELECT detail->>'fields_adopted' FROM handover_meta.ledger WHERE "
-                               "run_id = %s AND table_name = 'subscribers' AND stage = 'load'",
-                               ("nightly_sync__2026-11-01",)).fetchone()[0]
-        balanced = conn.execute("SELECT bool_and(balanced) FROM handover_meta.reconciliation "
-                                "WHERE run_id = 'nightly_sync__2026-11-01'").fetchone()[0]
+        adopted = conn.execute(
+            "SELECT detail->>'fields_adopted' FROM handover_meta.ledger WHERE "
+            "run_id = %s AND table_name = 'subscribers' AND stage = 'load'",
+            ("nightly_sync__2026-11-01",),
+        ).fetchone()[0]
+        balanced = conn.execute(
+            "SELECT bool_and(balanced) FROM handover_meta.reconciliation "
+            "WHERE run_id = 'nightly_sync__2026-11-01'"
+        ).fetchone()[0]
     assert int(adopted) >= 1 and balanced  # the acquirer's own rows are not the night's
 
 

@@ -46,37 +46,56 @@ def env(target_db, tmp_path_factory):
     mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(target_db))
     mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyring))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_KMS", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_KMS",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_KMS",
+    ):
         mp.delenv(var, raising=False)
     run_migration(run_id=f"keys_{uuid.uuid4().hex[:6]}", source_dir=str(source))
     cfg = load_config("legacy_bss")
     with psycopg.connect(pg_dsn(target_db)) as conn:
         plain = _decrypt_all(conn, Keyring.from_dict(json.loads(keyring.read_text())))
-    yield {"dsn": pg_dsn(target_db), "keyring": keyring, "columns": keys.encrypted_columns(cfg),
-           "plain": plain, "snapshot": _snapshot(pg_dsn(target_db)), "mp": mp}
+    yield {
+        "dsn": pg_dsn(target_db),
+        "keyring": keyring,
+        "columns": keys.encrypted_columns(cfg),
+        "plain": plain,
+        "snapshot": _snapshot(pg_dsn(target_db)),
+        "mp": mp,
+    }
     mp.undo()
 
 
 def _decrypt_all(conn: psycopg.Connection, ring: Keyring) -> dict[str, str]:
-    rows = conn.execute("SELECT customer_id, id_number_enc, id_number_key_id "
-                        "FROM crm.customer").fetchall()
-    return {cid: decrypt_value(enc, kid, ring, aad=b"customer.id_number")
-            for cid, enc, kid in rows}
+    rows = conn.execute(
+        "SELECT customer_id, id_number_enc, id_number_key_id FROM crm.customer"
+    ).fetchall()
+    return {cid: decrypt_value(enc, kid, ring, aad=b"customer.id_number") for cid, enc, kid in rows}
 
 
 def _snapshot(dsn: str) -> dict[str, tuple]:
     """What rotation must not change: blind indexes and masks, per customer."""
     with psycopg.connect(dsn) as conn:
-        return {r[0]: r[1:] for r in conn.execute(
-            "SELECT customer_id, id_number_bidx, id_number_masked, msisdn_bidx, msisdn_masked "
-            "FROM crm.customer")}
+        return {
+            r[0]: r[1:]
+            for r in conn.execute(
+                "SELECT customer_id, id_number_bidx, id_number_masked, msisdn_bidx, msisdn_masked "
+                "FROM crm.customer"
+            )
+        }
 
 
 def _ciphertexts(dsn: str) -> dict[str, tuple[bytes, str]]:
     with psycopg.connect(dsn) as conn:
-        return {r[0]: (bytes(r[1]), r[2]) for r in conn.execute(
-            "SELECT customer_id, id_number_enc, id_number_key_id FROM crm.customer")}
+        return {
+            r[0]: (bytes(r[1]), r[2])
+            for r in conn.execute(
+                "SELECT customer_id, id_number_enc, id_number_key_id FROM crm.customer"
+            )
+        }
 
 
 def _ring_dict(env) -> dict:
@@ -100,7 +119,11 @@ def test_encrypted_columns_come_from_the_mapping(env):
     [col] = env["columns"]
 
     assert (col.name, col.enc, col.key_id, col.aad) == (
-        "crm.customer.id_number", "id_number_enc", "id_number_key_id", b"customer.id_number")
+        "crm.customer.id_number",
+        "id_number_enc",
+        "id_number_key_id",
+        b"customer.id_number",
+    )
 
 
 def test_rotate_then_retire_old_key(env):
@@ -134,8 +157,10 @@ def test_rotate_then_retire_old_key(env):
     _assert_all_under(env, ring)
 
     with psycopg.connect(env["dsn"]) as conn:
-        detail = conn.execute("SELECT detail::text FROM handover_meta.audit_log WHERE "
-                              "action='keys_rotated' AND run_id='rot1'").fetchone()[0]
+        detail = conn.execute(
+            "SELECT detail::text FROM handover_meta.audit_log WHERE "
+            "action='keys_rotated' AND run_id='rot1'"
+        ).fetchone()[0]
     audit = json.loads(detail)
     assert audit["rows"] == n and audit["active_key_id"] == ring.active_key_id
     assert not any(v in detail for v in env["plain"].values())
@@ -155,8 +180,7 @@ def test_rotation_is_idempotent(env):
 
 def test_missing_old_key_stops_before_any_change(env):
     current = _ring_dict(env)
-    stranger = Keyring.from_dict({**Keyring.generate("k-other"),
-                                  "hmac_key": current["hmac_key"]})
+    stranger = Keyring.from_dict({**Keyring.generate("k-other"), "hmac_key": current["hmac_key"]})
     before = _ciphertexts(env["dsn"])
 
     with psycopg.connect(env["dsn"]) as conn, pytest.raises(keys.KeyringError) as err:
@@ -174,22 +198,26 @@ def test_failed_batch_keeps_earlier_batches_and_rerun_finishes(env):
     with psycopg.connect(env["dsn"], autocommit=True) as conn:
         ids = [r[0] for r in conn.execute("SELECT customer_id FROM crm.customer ORDER BY 1")]
         victim = ids[len(ids) // 2]
-        saved = conn.execute("SELECT id_number_enc FROM crm.customer WHERE customer_id=%s",
-                             (victim,)).fetchone()[0]
-        conn.execute("UPDATE crm.customer SET id_number_enc = %s WHERE customer_id=%s",
-                     (bytes(saved[:-1]) + bytes([saved[-1] ^ 1]), victim))
+        saved = conn.execute(
+            "SELECT id_number_enc FROM crm.customer WHERE customer_id=%s", (victim,)
+        ).fetchone()[0]
+        conn.execute(
+            "UPDATE crm.customer SET id_number_enc = %s WHERE customer_id=%s",
+            (bytes(saved[:-1]) + bytes([saved[-1] ^ 1]), victim),
+        )
     try:
         with psycopg.connect(env["dsn"]) as conn, pytest.raises(keys.RotationIncomplete):
             keys.rotate_keys(conn, env["columns"], ring, batch_size=50)
         usage = _ciphertexts(env["dsn"])
         done = [c for c in ids if usage[c][1] == ring.active_key_id]
         assert 0 < len(done) < len(ids)
-        assert done == ids[:len(done)] and len(done) % 50 == 0  # whole batches, in key order
+        assert done == ids[: len(done)] and len(done) % 50 == 0  # whole batches, in key order
         assert victim not in done
     finally:
         with psycopg.connect(env["dsn"], autocommit=True) as conn:
-            conn.execute("UPDATE crm.customer SET id_number_enc = %s WHERE customer_id=%s",
-                         (saved, victim))
+            conn.execute(
+                "UPDATE crm.customer SET id_number_enc = %s WHERE customer_id=%s", (saved, victim)
+            )
 
     with psycopg.connect(env["dsn"]) as conn:
         out = keys.rotate_keys(conn, env["columns"], ring, batch_size=50)
@@ -200,8 +228,7 @@ def test_failed_batch_keeps_earlier_batches_and_rerun_finishes(env):
 def test_rotation_as_loader_role_through_the_task_bodies_and_cli(env, monkeypatch):
     new = keys.add_key(_ring_dict(env), f"k-{uuid.uuid4().hex[:4]}")
     _save(env, new)
-    monkeypatch.setenv("HANDOVER_TARGET_DSN",
-                       env["dsn"] + " options='-c role=handover_loader'")
+    monkeypatch.setenv("HANDOVER_TARGET_DSN", env["dsn"] + " options='-c role=handover_loader'")
 
     out = keys.rotate_target_keys("legacy_bss", run_id="rot-task", batch_size=1000)
     check = keys.validate_rotation("legacy_bss", run_id="rot-task")
@@ -209,9 +236,13 @@ def test_rotation_as_loader_role_through_the_task_bodies_and_cli(env, monkeypatc
     assert out["rows"] == len(env["plain"]) and out["columns"] == ["crm.customer.id_number"]
     assert check["ok"] and check["active_key_id"] == new["active_key_id"]
     _assert_all_under(env, Keyring.from_dict(new))
-    cli = subprocess.run([sys.executable, "-m", "handover.cli", "rotate-keys"],
-                         env={**os.environ, "PYTHONPATH": str(ROOT / "include")},
-                         capture_output=True, text=True, timeout=120)
+    cli = subprocess.run(
+        [sys.executable, "-m", "handover.cli", "rotate-keys"],
+        env={**os.environ, "PYTHONPATH": str(ROOT / "include")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "rotated 0 values" in cli.stdout and new["active_key_id"] in cli.stdout
 
@@ -238,9 +269,10 @@ def kms_endpoint(tmp_path_factory):
     port = _free_port()
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     moto = Path(sys.executable).with_name("moto_server")
-    cmd = ([str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"])
-    proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                            stderr=subprocess.STDOUT)
+    cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+    proc = subprocess.Popen(
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -273,9 +305,17 @@ def kms(kms_endpoint, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KMS", json.dumps({
-        "conn_type": "aws", "login": "testing", "password": "testing",
-        "extra": {"endpoint_url": kms_endpoint, "region_name": "eu-west-1"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_KMS",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"endpoint_url": kms_endpoint, "region_name": "eu-west-1"},
+            }
+        ),
+    )
     client = boto3.client("kms", endpoint_url=kms_endpoint, region_name="eu-west-1")
     key_id = client.create_key(Description="handover test CMK")["KeyMetadata"]["Arn"]
     return {"client": client, "key_id": key_id, "endpoint": kms_endpoint}
@@ -307,9 +347,18 @@ def test_endpoint_from_aws_endpoint_url(kms, monkeypatch):
 
 def test_unreachable_kms_fails_with_one_clear_line(kms, monkeypatch):
     data = keys.generate_envelope(kms["key_id"], "e1")
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KMS", json.dumps({
-        "conn_type": "aws", "extra": {"endpoint_url": f"http://127.0.0.1:{_free_port()}",
-                                      "region_name": "eu-west-1"}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_KMS",
+        json.dumps(
+            {
+                "conn_type": "aws",
+                "extra": {
+                    "endpoint_url": f"http://127.0.0.1:{_free_port()}",
+                    "region_name": "eu-west-1",
+                },
+            }
+        ),
+    )
 
     with pytest.raises(RuntimeError, match="cannot unwrap key 'e1'.*handover_kms"):
         Keyring.from_dict(data)
@@ -322,13 +371,15 @@ def test_move_keys_under_kms_then_rotate_to_a_kms_data_key(env, kms, monkeypatch
     assert not any(v in json.dumps(wrapped) for v in plain["keys"].values())
     # The keyring now lives only in the Airflow connection, wrapped.
     monkeypatch.delenv("HANDOVER_KEYRING_FILE")
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KEYS",
-                       json.dumps({"conn_type": "generic", "extra": wrapped}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_KEYS", json.dumps({"conn_type": "generic", "extra": wrapped})
+    )
     assert load_keyring() == Keyring.from_dict(plain)  # same keys: nothing to re-encrypt
 
     envelope = keys.add_key(wrapped, "kms-1")
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KEYS",
-                       json.dumps({"conn_type": "generic", "extra": envelope}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_KEYS", json.dumps({"conn_type": "generic", "extra": envelope})
+    )
     out = keys.rotate_target_keys("legacy_bss", run_id="rot-kms")
     keys.validate_rotation("legacy_bss", run_id="rot-kms")
 
@@ -338,6 +389,7 @@ def test_move_keys_under_kms_then_rotate_to_a_kms_data_key(env, kms, monkeypatch
             assert not any(keys.key_still_needed(old).values())  # rotation rewrapped all
             envelope = keys.retire_key(envelope, old)
     assert list(envelope["wrapped_keys"]) == ["kms-1"]
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_KEYS",
-                       json.dumps({"conn_type": "generic", "extra": envelope}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_KEYS", json.dumps({"conn_type": "generic", "extra": envelope})
+    )
     _assert_all_under(env, load_keyring())

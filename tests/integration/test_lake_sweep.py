@@ -47,30 +47,58 @@ def swept(target_db, keyring_file, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     source = root / "source"
     synth.generate(source, 1500, seed=11)
-    env = {**os.environ, "HANDOVER_TARGET_DSN": pg_dsn(target_db),
-           "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
-           "HANDOVER_KEYRING_FILE": str(keyring_file), "PYTHONPATH": str(ROOT / "include")}
+    env = {
+        **os.environ,
+        "HANDOVER_TARGET_DSN": pg_dsn(target_db),
+        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
+        "HANDOVER_KEYRING_FILE": str(keyring_file),
+        "PYTHONPATH": str(ROOT / "include"),
+    }
     env.pop("AIRFLOW_CONN_HANDOVER_KEYS", None)
     env.pop("AIRFLOW_CONN_HANDOVER_TARGET", None)
     run_id = f"sweep_{uuid.uuid4().hex[:6]}"
     log = root / "run.log"
     with open(log, "wb") as fh:  # the run's whole log, as a scheduler's log file would be
-        proc = subprocess.run([sys.executable, "-m", "handover.runner", "--source-dir",
-                               str(source), "--run-id", run_id], env=env, stdout=fh,
-                              stderr=subprocess.STDOUT, timeout=600, cwd=ROOT)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "handover.runner",
+                "--source-dir",
+                str(source),
+                "--run-id",
+                run_id,
+            ],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            cwd=ROOT,
+        )
     assert proc.returncode == 0, log.read_text()[-3000:]
     subs = pd.read_csv(source / "subscribers.csv", dtype=str, keep_default_na=False)
     ids = {_norm(v) for v in subs["id_number"] if len(_norm(v)) >= 15}
     msisdns = {_norm(v) for v in subs["msisdn"] if len(_norm(v)) == 11}
-    objectors = {_norm(c) for c, o in zip(subs["cust_id"], subs["transfer_objection"],
-                                          strict=True) if _norm(o) == "1"}
+    objectors = {
+        _norm(c)
+        for c, o in zip(subs["cust_id"], subs["transfer_objection"], strict=True)
+        if _norm(o) == "1"
+    }
     mp = pytest.MonkeyPatch()
     for k in ("HANDOVER_TARGET_DSN", "HANDOVER_LAKE_URL", "HANDOVER_KEYRING_FILE"):
         mp.setenv(k, env[k])
     mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
     mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
-    yield {"root": root, "lake": root / "lake", "run_id": run_id, "log": log,
-           "dsn": pg_dsn(target_db), "ids": ids, "msisdns": msisdns, "objectors": objectors}
+    yield {
+        "root": root,
+        "lake": root / "lake",
+        "run_id": run_id,
+        "log": log,
+        "dsn": pg_dsn(target_db),
+        "ids": ids,
+        "msisdns": msisdns,
+        "objectors": objectors,
+    }
     mp.undo()
 
 
@@ -114,8 +142,9 @@ def test_the_lake_still_reads_its_own_objects(swept):
     keys = lake.list(f"runs/{safe_run_id(swept['run_id'])}/cleanse/subscribers/")
     ids = set()
     for k in keys:
-        ids |= {_norm(v) for v in lake.read_table(k, columns=["id_number"])
-                .column(0).to_pylist() if v}
+        ids |= {
+            _norm(v) for v in lake.read_table(k, columns=["id_number"]).column(0).to_pylist() if v
+        }
     assert len(ids & swept["ids"]) > 1000
 
 
@@ -137,13 +166,12 @@ def _found(runs: list[str], values: set[str]) -> bool:
     for run in runs:
         text = _norm(run).upper()
         for n in lengths:
-            if any(text[i:i + n] in values for i in range(len(text) - n + 1)):
+            if any(text[i : i + n] in values for i in range(len(text) - n + 1)):
                 return True
     return False
 
 
-def test_database_holds_ids_only_encrypted_and_msisdns_only_where_the_catalog_keeps_them(
-        swept):
+def test_database_holds_ids_only_encrypted_and_msisdns_only_where_the_catalog_keeps_them(swept):
     where_msisdn = set()
     with psycopg.connect(swept["dsn"]) as conn:
         cols = conn.execute(
@@ -151,15 +179,22 @@ def test_database_holds_ids_only_encrypted_and_msisdns_only_where_the_catalog_ke
             "JOIN information_schema.tables t USING (table_schema, table_name) WHERE "
             "t.table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', "
             "'information_schema') AND data_type IN ('text', 'character varying', 'jsonb', "
-            "'json', 'character')").fetchall()
+            "'json', 'character')"
+        ).fetchall()
         assert len(cols) > 30
         for schema, table, col in cols:
             # every run of 11+ digits (ASCII or full-width) the column holds, then in Python
-            runs = [r[0] for r in conn.execute(
-                f'SELECT DISTINCT m[1] FROM "{schema}"."{table}", regexp_matches('
-                f'"{col}"::text, %s, %s) m', ("([0-9０-９]{11,}[XxＸ]?)", "g")).fetchall()]
-            assert not _found(runs, swept["ids"]), \
+            runs = [
+                r[0]
+                for r in conn.execute(
+                    f'SELECT DISTINCT m[1] FROM "{schema}"."{table}", regexp_matches('
+                    f'"{col}"::text, %s, %s) m',
+                    ("([0-9０-９]{11,}[XxＸ]?)", "g"),
+                ).fetchall()
+            ]
+            assert not _found(runs, swept["ids"]), (
                 f"{schema}.{table}.{col} holds resident IDs in clear"
+            )
             if _found(runs, swept["msisdns"]):
                 where_msisdn.add((schema, table, col))
     assert where_msisdn, "no MSISDN loaded at all?"
@@ -178,27 +213,34 @@ def test_rows_that_may_not_move_are_gone_from_the_lake_at_the_end_of_the_run(swe
         names = lake.schema(k).names
         col = next((c for c in ("cust_id", "customer_id") if c in names), None)
         if col:
-            seen |= {_norm(v) for v in lake.read_table(k, columns=[col]).column(0).to_pylist()
-                     if v}
+            seen |= {_norm(v) for v in lake.read_table(k, columns=[col]).column(0).to_pylist() if v}
     assert not (seen & swept["objectors"]), "an objector's rows are still in the lake"
     with psycopg.connect(swept["dsn"]) as conn:
-        rules = dict(conn.execute(
-            "SELECT rule_id, count(*) FROM handover_meta.exclusion WHERE run_id=%s GROUP BY 1",
-            (swept["run_id"],)).fetchall())
+        rules = dict(
+            conn.execute(
+                "SELECT rule_id, count(*) FROM handover_meta.exclusion WHERE run_id=%s GROUP BY 1",
+                (swept["run_id"],),
+            ).fetchall()
+        )
         clear = conn.execute(
             "SELECT count(*) FROM handover_meta.exclusion WHERE run_id=%s AND (record_key NOT "
-            "LIKE 'destroyed:%%' OR destroy_by IS NULL)", (swept["run_id"],)).fetchone()[0]
+            "LIKE 'destroyed:%%' OR destroy_by IS NULL)",
+            (swept["run_id"],),
+        ).fetchone()[0]
         cert = conn.execute(
             "SELECT lake_key FROM handover_meta.destruction_certificate WHERE kind='exclusion' "
-            "AND certificate_id=%s", (f"dx_{safe_run_id(swept['run_id'])}",)).fetchone()
+            "AND certificate_id=%s",
+            (f"dx_{safe_run_id(swept['run_id'])}",),
+        ).fetchone()
     assert {"OBJECTED_TRANSFER", "NO_CONSENT"} <= set(rules)
     assert clear == 0, "exclusion evidence holds keys in clear or no destroy-by date"
     assert cert is not None
     body = lake.read_json(cert[0])
     destroyed = {r for t in body["rows_destroyed_by_table_rule"].values() for r in t}
     assert {"OBJECTED_TRANSFER", "NO_CONSENT"} <= destroyed
-    assert sum(n for t in body["rows_destroyed_by_table_rule"].values()
-               for n in t.values()) == sum(rules.values())
+    assert sum(n for t in body["rows_destroyed_by_table_rule"].values() for n in t.values()) == sum(
+        rules.values()
+    )
 
 
 def test_a_comply_rerun_after_the_end_still_balances(swept):
@@ -206,23 +248,32 @@ def test_a_comply_rerun_after_the_end_still_balances(swept):
     counts them: its ledger row is the one the run wrote."""
     ctx = {"run_id": swept["run_id"], "system": "legacy_bss"}
     with psycopg.connect(swept["dsn"]) as conn:
-        ctx["exported_at"] = str(conn.execute(
-            "SELECT exported_at FROM handover_meta.run WHERE run_id=%s",
-            (swept["run_id"],)).fetchone()[0])
+        ctx["exported_at"] = str(
+            conn.execute(
+                "SELECT exported_at FROM handover_meta.run WHERE run_id=%s", (swept["run_id"],)
+            ).fetchone()[0]
+        )
         before = conn.execute(
             "SELECT rows_in, rows_out, rows_excluded FROM handover_meta.ledger WHERE run_id=%s "
             "AND stage='comply' AND table_name='subscribers' ORDER BY partition",
-            (swept["run_id"],)).fetchall()
-        parts = [r[0] for r in conn.execute(
-            "SELECT partition FROM handover_meta.ledger WHERE run_id=%s AND stage='comply' "
-            "AND table_name='subscribers' ORDER BY 1", (swept["run_id"],)).fetchall()]
+            (swept["run_id"],),
+        ).fetchall()
+        parts = [
+            r[0]
+            for r in conn.execute(
+                "SELECT partition FROM handover_meta.ledger WHERE run_id=%s AND stage='comply' "
+                "AND table_name='subscribers' ORDER BY 1",
+                (swept["run_id"],),
+            ).fetchall()
+        ]
     for p in parts:
         pipeline.comply_partition(ctx, {"table": "subscribers", "partition": p})
     with psycopg.connect(swept["dsn"]) as conn:
         after = conn.execute(
             "SELECT rows_in, rows_out, rows_excluded FROM handover_meta.ledger WHERE run_id=%s "
             "AND stage='comply' AND table_name='subscribers' ORDER BY partition",
-            (swept["run_id"],)).fetchall()
+            (swept["run_id"],),
+        ).fetchall()
     assert after == before and sum(r[2] for r in after) > 0
 
 
@@ -249,6 +300,10 @@ def test_after_the_window_retention_leaves_no_stage_object_and_a_rerun_says_why(
     with pytest.raises(WorkingSetGone, match="working set of run .* was destroyed.*new run"):
         pipeline.cleanse_partition(ctx, {"table": "subscribers", "partition": "p00"})
     with psycopg.connect(swept["dsn"]) as conn:
-        kinds = {r[0] for r in conn.execute(
-            "SELECT kind FROM handover_meta.destruction_certificate").fetchall()}
+        kinds = {
+            r[0]
+            for r in conn.execute(
+                "SELECT kind FROM handover_meta.destruction_certificate"
+            ).fetchall()
+        }
     assert {"working_set", "exclusion"} <= kinds

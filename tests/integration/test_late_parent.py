@@ -24,8 +24,11 @@ DAYS = ("2026-11-01", "2026-11-02")
 
 def _night(changes, day: str) -> dict:
     start = pd.Timestamp(day)
-    return sync.run_night(changes_dir=str(changes), data_interval_start=start,
-                          data_interval_end=start + pd.Timedelta(days=1))
+    return sync.run_night(
+        changes_dir=str(changes),
+        data_interval_start=start,
+        data_interval_end=start + pd.Timedelta(days=1),
+    )
 
 
 def _csv(path) -> pd.DataFrame:
@@ -41,18 +44,29 @@ def late(target_db, keyring_file, tmp_path_factory):
     subs = _csv(source / "subscribers.csv")
     touched = set()
     for day in DAYS:
-        for name in ("subscribers", "payments", "call_records", "consents", "data_sessions",
-                     "complaints", "browsing_events"):
+        for name in (
+            "subscribers",
+            "payments",
+            "call_records",
+            "consents",
+            "data_sessions",
+            "complaints",
+            "browsing_events",
+        ):
             for f in (f"{name}.csv", f"{name}.deleted.csv"):
                 df = _csv(changes / day / f)
                 col = "cust_id" if "cust_id" in df.columns else df.columns[0]
                 touched |= set(df[col].str.strip())
     pays = _csv(source / "payments.csv")
     with_payments = set(pays["cust_id"].str.strip())
-    late = next(c for c, o in zip(subs["cust_id"].str.strip(), subs["transfer_objection"],
-                                  strict=True)
-                if o.strip() == "0" and c not in touched and c in with_payments
-                and (subs["cust_id"].str.strip() == c).sum() == 1)
+    late = next(
+        c
+        for c, o in zip(subs["cust_id"].str.strip(), subs["transfer_objection"], strict=True)
+        if o.strip() == "0"
+        and c not in touched
+        and c in with_payments
+        and (subs["cust_id"].str.strip() == c).sum() == 1
+    )
     row = subs[subs["cust_id"].str.strip() == late]
     # The migration's export (and the first night's legacy state) do not have the customer
     # yet; the second night's change set brings it.
@@ -82,11 +96,18 @@ def late(target_db, keyring_file, tmp_path_factory):
     with psycopg.connect(dsn) as conn:
         waiting = conn.execute(
             "SELECT table_name, count(*) FROM handover_meta.quarantine WHERE run_id=%s AND "
-            "reason='ORPHAN_RECORD' GROUP BY 1", (mig,)).fetchall()
+            "reason='ORPHAN_RECORD' GROUP BY 1",
+            (mig,),
+        ).fetchall()
     nights = [_night(changes, d) for d in DAYS]
-    yield {"dsn": dsn, "late": late, "mig": mig, "waiting": dict(waiting), "nights": nights,
-           "payments": set(pays.loc[pays["cust_id"].str.strip() == late, "payment_id"]
-                           .str.strip())}
+    yield {
+        "dsn": dsn,
+        "late": late,
+        "mig": mig,
+        "waiting": dict(waiting),
+        "nights": nights,
+        "payments": set(pays.loc[pays["cust_id"].str.strip() == late, "payment_id"].str.strip()),
+    }
     mp.undo()
 
 
@@ -97,27 +118,40 @@ def test_the_children_waited_as_orphans(late):
 def test_the_night_that_brings_the_parent_loads_the_waiting_children(late):
     run2 = sync.night_run_id(pd.Timestamp(DAYS[1]))
     with psycopg.connect(late["dsn"]) as conn:
-        customer = conn.execute("SELECT count(*) FROM crm.customer WHERE customer_id=%s",
-                                (late["late"],)).fetchone()[0]
-        loaded = {r[0] for r in conn.execute(
-            "SELECT payment_id FROM crm.payment WHERE customer_id=%s", (late["late"],))}
+        customer = conn.execute(
+            "SELECT count(*) FROM crm.customer WHERE customer_id=%s", (late["late"],)
+        ).fetchone()[0]
+        loaded = {
+            r[0]
+            for r in conn.execute(
+                "SELECT payment_id FROM crm.payment WHERE customer_id=%s", (late["late"],)
+            )
+        }
         # each night takes the waiting orphans in again (the first re-quarantined them:
         # no parent yet); the second, which brings the parent, releases them
         released = conn.execute(
             "SELECT count(*) FROM handover_meta.quarantine WHERE table_name='payments' AND "
-            "reason='ORPHAN_RECORD' AND released_by=%s", (run2,)).fetchone()[0]
+            "reason='ORPHAN_RECORD' AND released_by=%s",
+            (run2,),
+        ).fetchone()[0]
         waiting = conn.execute(
             "SELECT count(*) FROM handover_meta.quarantine WHERE table_name='payments' AND "
             "reason='ORPHAN_RECORD' AND released_by IS NULL AND record_key = ANY(%s)",
-            (sorted(late["payments"]),)).fetchone()[0]
+            (sorted(late["payments"]),),
+        ).fetchone()[0]
         counted = conn.execute(
             "SELECT sum((detail->>'released_orphans')::int) FROM handover_meta.ledger WHERE "
-            "run_id=%s AND table_name='payments' AND stage='extract'", (run2,)).fetchone()[0]
+            "run_id=%s AND table_name='payments' AND stage='extract'",
+            (run2,),
+        ).fetchone()[0]
         unbalanced = conn.execute(
-            "SELECT count(*) FROM handover_meta.reconciliation WHERE run_id=%s AND NOT "
-            "balanced", (run2,)).fetchone()[0]
-        bad = conn.execute("SELECT count(*) FROM handover_meta.ledger WHERE rows_in <> "
-                           "rows_out + rows_quarantined + rows_excluded + rows_merged").fetchone()[0]
+            "SELECT count(*) FROM handover_meta.reconciliation WHERE run_id=%s AND NOT balanced",
+            (run2,),
+        ).fetchone()[0]
+        bad = conn.execute(
+            "SELECT count(*) FROM handover_meta.ledger WHERE rows_in <> "
+            "rows_out + rows_quarantined + rows_excluded + rows_merged"
+        ).fetchone()[0]
     assert customer == 1
     assert loaded == late["payments"]
     assert released >= len(late["payments"]) and counted >= len(late["payments"])

@@ -44,16 +44,26 @@ def env(target_db, keyring_file, tmp_path_factory):
     mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
     run_id = f"it_{uuid.uuid4().hex[:6]}"
     out = run_migration(run_id=run_id, source_dir=str(source))
-    yield {"root": root, "source": source, "run_id": run_id, "dsn": pg_dsn(target_db),
-           "out": out, "keyring": keyring_file}
+    yield {
+        "root": root,
+        "source": source,
+        "run_id": run_id,
+        "dsn": pg_dsn(target_db),
+        "out": out,
+        "keyring": keyring_file,
+    }
     mp.undo()
 
 
 def _checksums(dsn: str) -> dict[str, tuple[int, str]]:
     cfg = pipeline._config("legacy_bss")
     with psycopg.connect(dsn) as conn:
-        return {t: table_checksum(conn, "crm", cfg.table_mapping(t)["target"],
-                                  cfg.table_mapping(t)["key"]) for t in cfg.tables}
+        return {
+            t: table_checksum(
+                conn, "crm", cfg.table_mapping(t)["target"], cfg.table_mapping(t)["key"]
+            )
+            for t in cfg.tables
+        }
 
 
 def test_every_table_balances(env):
@@ -62,7 +72,8 @@ def test_every_table_balances(env):
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
             "balanced, merged FROM handover_meta.reconciliation WHERE run_id=%s",
-            (env["run_id"],)).fetchall()
+            (env["run_id"],),
+        ).fetchall()
     assert len(rows) == 7
     for table, n, loaded, q, x, target_rows, balanced, m in rows:
         assert n == manifest["tables"][table]["rows"], table
@@ -74,22 +85,34 @@ def test_every_table_balances(env):
 def test_truth_file_precision_and_recall(env):
     truth = pd.read_csv(env["source"] / "truth.csv", dtype=str, keep_default_na=False)
     with psycopg.connect(env["dsn"]) as conn:
-        q = conn.execute("SELECT table_name, record_key, reason FROM handover_meta.quarantine "
-                         "WHERE run_id=%s", (env["run_id"],)).fetchall()
-        x = conn.execute("SELECT table_name, record_key, rule_id FROM handover_meta.exclusion "
-                         "WHERE run_id=%s", (env["run_id"],)).fetchall()
-        m = conn.execute("SELECT table_name, merged_key, rule FROM handover_meta.merge_map "
-                         "WHERE run_id=%s", (env["run_id"],)).fetchall()
+        q = conn.execute(
+            "SELECT table_name, record_key, reason FROM handover_meta.quarantine WHERE run_id=%s",
+            (env["run_id"],),
+        ).fetchall()
+        x = conn.execute(
+            "SELECT table_name, record_key, rule_id FROM handover_meta.exclusion WHERE run_id=%s",
+            (env["run_id"],),
+        ).fetchall()
+        m = conn.execute(
+            "SELECT table_name, merged_key, rule FROM handover_meta.merge_map WHERE run_id=%s",
+            (env["run_id"],),
+        ).fetchall()
     got = {(t, k): ("quarantined", r) for t, k, r in q}
     got.update({(t, k): ("excluded", r) for t, k, r in x})
     got.update({(t, k): ("merged", r) for t, k, r in m})
     # Excluded rows are destroyed at the run's end; the books keep their keys only as
     # keyed hashes (retention.key_digest), under which they are compared here.
     ring = Keyring.from_dict(json.loads(Path(env["keyring"]).read_text()))
-    expected = {(r.table, r.key if r.expected_outcome != "excluded" else
-                 DESTROYED + key_digest(ring, r.table, r.key)):
-                (r.expected_outcome, r.expected_reason)
-                for r in truth.itertuples() if r.expected_outcome != "loaded"}
+    expected = {
+        (
+            r.table,
+            r.key
+            if r.expected_outcome != "excluded"
+            else DESTROYED + key_digest(ring, r.table, r.key),
+        ): (r.expected_outcome, r.expected_reason)
+        for r in truth.itertuples()
+        if r.expected_outcome != "loaded"
+    }
     assert expected, "the synthetic operator injected no defects"
     true_pos = {k for k in expected if got.get(k) == expected[k]}
     precision = len(true_pos) / len(got)
@@ -104,10 +127,18 @@ def test_repaired_defects_are_loaded_clean(env):
     pii_text = truth.loc[truth.defect == "PII_IN_TEXT", "key"].tolist()
     assert fullwidth and pii_text
     with psycopg.connect(env["dsn"]) as conn:
-        msisdns = [r[0] for r in conn.execute(
-            "SELECT msisdn FROM crm.customer WHERE customer_id = ANY(%s)", (fullwidth,))]
-        bodies = [r[0] for r in conn.execute(
-            "SELECT body FROM crm.complaint WHERE complaint_id = ANY(%s)", (pii_text,))]
+        msisdns = [
+            r[0]
+            for r in conn.execute(
+                "SELECT msisdn FROM crm.customer WHERE customer_id = ANY(%s)", (fullwidth,)
+            )
+        ]
+        bodies = [
+            r[0]
+            for r in conn.execute(
+                "SELECT body FROM crm.complaint WHERE complaint_id = ANY(%s)", (pii_text,)
+            )
+        ]
     assert len(msisdns) == len(fullwidth)
     assert all(len(m) == 11 and m.isdigit() for m in msisdns)
     assert len(bodies) == len(pii_text)
@@ -122,8 +153,10 @@ def test_resident_ids_only_encrypted(env):
     ring = Keyring.from_dict(json.loads(Path(env["keyring"]).read_text()))
     with psycopg.connect(env["dsn"]) as conn:
         dump = conn.execute("SELECT t::text FROM crm.customer t LIMIT 300").fetchall()
-        sample = conn.execute("SELECT customer_id, id_number_enc, id_number_key_id, "
-                              "id_number_masked FROM crm.customer LIMIT 50").fetchall()
+        sample = conn.execute(
+            "SELECT customer_id, id_number_enc, id_number_key_id, "
+            "id_number_masked FROM crm.customer LIMIT 50"
+        ).fetchall()
     text = "\n".join(r[0] for r in dump)
     assert not any(i in text for i in source["id_number"])
     for cid, enc, kid, masked in sample:
@@ -137,12 +170,20 @@ def test_no_pii_in_reports_gate_results_or_docs(env):
     secrets = set(source["id_number"].dropna()) | set(source["msisdn"].dropna())
     secrets |= {n for n in source["name"].dropna() if len(n.strip()) == 3}
     lake_run = env["root"] / "lake" / "runs" / env["run_id"]
-    texts = [p.read_text(errors="ignore") for sub in ("reports", "docs", "reconcile")
-             for p in (lake_run / sub).rglob("*") if p.is_file()]
+    texts = [
+        p.read_text(errors="ignore")
+        for sub in ("reports", "docs", "reconcile")
+        for p in (lake_run / sub).rglob("*")
+        if p.is_file()
+    ]
     with psycopg.connect(env["dsn"]) as conn:
-        texts += [r[0] for r in conn.execute(
-            "SELECT failed::text FROM handover_meta.gate_result WHERE run_id=%s",
-            (env["run_id"],))]
+        texts += [
+            r[0]
+            for r in conn.execute(
+                "SELECT failed::text FROM handover_meta.gate_result WHERE run_id=%s",
+                (env["run_id"],),
+            )
+        ]
         texts += [r[0] for r in conn.execute("SELECT detail::text FROM handover_meta.audit_log")]
     assert len(texts) > 20
     blob = "\n".join(texts)
@@ -182,8 +223,13 @@ def _empty_target(monkeypatch):
 
 def _has_meta_schema(name: str) -> bool:
     with psycopg.connect(pg_dsn(name)) as conn:
-        return conn.execute("SELECT count(*) FROM information_schema.schemata WHERE "
-                            "schema_name IN ('handover_meta', 'crm')").fetchone()[0] > 0
+        return (
+            conn.execute(
+                "SELECT count(*) FROM information_schema.schemata WHERE "
+                "schema_name IN ('handover_meta', 'crm')"
+            ).fetchone()[0]
+            > 0
+        )
 
 
 def test_bad_config_stops_before_touching_target(env, tmp_path, monkeypatch):
@@ -192,11 +238,13 @@ def test_bad_config_stops_before_touching_target(env, tmp_path, monkeypatch):
         bad = tmp_path / "broken_bss"
         shutil.copytree(CONFIG_ROOT / "legacy_bss", bad)
         mapping = bad / "mapping.yaml"
-        mapping.write_text(mapping.read_text().replace("{from: gender, lookup:",
-                                                       "{from: gender, lookpu:"))
+        mapping.write_text(
+            mapping.read_text().replace("{from: gender, lookup:", "{from: gender, lookpu:")
+        )
         with pytest.raises(ConfigError) as err:
-            pipeline.plan_run(run_id="bad1", dag_id="t", system=str(bad),
-                              source_dir=str(env["source"]))
+            pipeline.plan_run(
+                run_id="bad1", dag_id="t", system=str(bad), source_dir=str(env["source"])
+            )
         message = str(err.value)
         assert "mapping.yaml line" in message and "lookpu" in message
         assert "did you mean 'lookup'" in message and "\n" not in message
@@ -212,8 +260,7 @@ def test_missing_input_file_stops_before_touching_target(env, tmp_path, monkeypa
         shutil.copytree(env["source"], src)
         (src / "payments.csv").unlink()
         with pytest.raises(pipeline.SourceError) as err:
-            pipeline.plan_run(run_id="bad2", dag_id="t", system="legacy_bss",
-                              source_dir=str(src))
+            pipeline.plan_run(run_id="bad2", dag_id="t", system="legacy_bss", source_dir=str(src))
         assert "payments.csv" in str(err.value) and "not found" in str(err.value)
         assert not _has_meta_schema(name)
     finally:
@@ -226,33 +273,47 @@ def test_reconcile_catches_a_tampered_target_and_recovers(env):
     balances the table again. Runs last in this module: it restores what it changes."""
     ctx = env["out"]["ctx"]
     with psycopg.connect(env["dsn"], autocommit=True) as conn:
-        ids = [r[0] for r in conn.execute(
-            "SELECT cdr_id FROM crm.call_record ORDER BY cdr_id LIMIT 3").fetchall()]
-        conn.execute("UPDATE crm.call_record SET cell_id = 'tampered' WHERE cdr_id = %s",
-                     (ids[0],))
-        conn.execute("UPDATE crm.call_record SET charge_fen = charge_fen + 7 WHERE cdr_id = %s",
-                     (ids[1],))
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT cdr_id FROM crm.call_record ORDER BY cdr_id LIMIT 3"
+            ).fetchall()
+        ]
+        conn.execute("UPDATE crm.call_record SET cell_id = 'tampered' WHERE cdr_id = %s", (ids[0],))
+        conn.execute(
+            "UPDATE crm.call_record SET charge_fen = charge_fen + 7 WHERE cdr_id = %s", (ids[1],)
+        )
         conn.execute("DELETE FROM crm.call_record WHERE cdr_id = %s", (ids[2],))
-        conn.execute("INSERT INTO crm.call_record SELECT (jsonb_populate_record("
-                     "NULL::crm.call_record, to_jsonb(c) || '{\"cdr_id\": \"STRAY-1\"}')).* "
-                     "FROM crm.call_record c WHERE cdr_id = %s", (ids[0],))
+        conn.execute(
+            "INSERT INTO crm.call_record SELECT (jsonb_populate_record("
+            'NULL::crm.call_record, to_jsonb(c) || \'{"cdr_id": "STRAY-1"}\')).* '
+            "FROM crm.call_record c WHERE cdr_id = %s",
+            (ids[0],),
+        )
     pipeline.reconcile_table(ctx, "call_records")
     with psycopg.connect(env["dsn"]) as conn:
         row = conn.execute(
             "SELECT missing_keys, field_mismatches, money_source - money_target, target_rows - "
             "loaded, balanced FROM handover_meta.reconciliation WHERE run_id=%s AND "
-            "table_name='call_records'", (env["run_id"],)).fetchone()
+            "table_name='call_records'",
+            (env["run_id"],),
+        ).fetchone()
     missing, mismatched, money_diff, surplus, balanced = row
     assert missing == 1
     assert mismatched == 2, "the changed cell and the changed charge"
     assert money_diff != 0
     assert surplus == 0, "one row gone, one stray row: the count alone would not tell"
     assert not balanced
-    report = json.loads((env["root"] / "lake" / "runs" / env["run_id"] / "reconcile" /
-                         "call_records.json").read_text())
+    report = json.loads(
+        (
+            env["root"] / "lake" / "runs" / env["run_id"] / "reconcile" / "call_records.json"
+        ).read_text()
+    )
     assert report["extra_rows"] == 1 and not report["checks"]["no_extra_rows"]
-    assert sum(m["source_fen"] - m["target_fen"] for m in report["money"]) == \
-        report["money_source"] - report["money_target"]
+    assert (
+        sum(m["source_fen"] - m["target_fen"] for m in report["money"])
+        == report["money_source"] - report["money_target"]
+    )
 
     with psycopg.connect(env["dsn"], autocommit=True) as conn:
         conn.execute("DELETE FROM crm.call_record WHERE cdr_id = 'STRAY-1'")
@@ -266,8 +327,11 @@ def test_policy_facts_are_reused_until_an_extract_is_rerun(env):
     first = pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"])
     assert pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"]) is first
     with psycopg.connect(env["dsn"], autocommit=True) as conn:  # what a rerun extract does
-        conn.execute("UPDATE handover_meta.ledger SET recorded_at = now() WHERE run_id=%s AND "
-                     "stage='extract' AND table_name='consents'", (ctx["run_id"],))
+        conn.execute(
+            "UPDATE handover_meta.ledger SET recorded_at = now() WHERE run_id=%s AND "
+            "stage='extract' AND table_name='consents'",
+            (ctx["run_id"],),
+        )
     again = pipeline._policy_facts(ctx["run_id"], ctx["system"], ctx["exported_at"])
     assert again is not first
     assert again.objected == first.objected and again.consented == first.consented
@@ -303,8 +367,7 @@ def test_stages_in_slices_equal_stages_whole(env, monkeypatch):
     # two and more slices earlier; one has its key padded, which normalises to the same.
     again = t.take([5, 40, 41]).to_pydict()
     again["cdr_id"][2] = "  " + again["cdr_id"][2] + " "
-    lake.write_table(k,
-                     pa.concat_tables([t, pa.Table.from_pydict(again, schema=t.schema)]))
+    lake.write_table(k, pa.concat_tables([t, pa.Table.from_pydict(again, schema=t.schema)]))
     parts.append({"table": "call_records", "partition": partition_of(k)})
 
     def outputs() -> dict:
@@ -318,11 +381,14 @@ def test_stages_in_slices_equal_stages_whole(env, monkeypatch):
             out["ledger"] = conn.execute(
                 "SELECT stage, table_name, partition, rows_in, rows_out, rows_quarantined, "
                 "rows_excluded, checksum, detail FROM handover_meta.ledger WHERE run_id=%s "
-                "ORDER BY 1, 2, 3", (run_id,)).fetchall()
+                "ORDER BY 1, 2, 3",
+                (run_id,),
+            ).fetchall()
             for what in ("quarantine", "exclusion"):
                 out[what] = conn.execute(
-                    f"SELECT * FROM handover_meta.{what} WHERE run_id=%s "
-                    "ORDER BY 1, 2, 3, 4, 5", (run_id,)).fetchall()
+                    f"SELECT * FROM handover_meta.{what} WHERE run_id=%s ORDER BY 1, 2, 3, 4, 5",
+                    (run_id,),
+                ).fetchall()
         out["registry"] = lake.read_table(f"{dst}/resolve/subscribers.parquet").to_pandas()
         for p in parts:
             for stage in ("comply", "comply/_excluded", "cleanse", "cleanse/_quarantine"):
@@ -364,8 +430,11 @@ def test_complaint_text_is_kept_as_written_apart_from_redaction(env):
     src = src.drop_duplicates("key", keep="first")
     with psycopg.connect(env["dsn"]) as conn:
         body = dict(conn.execute("SELECT complaint_id, body FROM crm.complaint").fetchall())
-    pairs = [(body[k], t.strip()) for k, t in zip(src["key"], src["text"], strict=True)
-             if k in body and t.strip()]
+    pairs = [
+        (body[k], t.strip())
+        for k, t in zip(src["key"], src["text"], strict=True)
+        if k in body and t.strip()
+    ]
     assert len(pairs) > 100
     assert all(got == redact_text(text) for got, text in pairs)
     assert sum("，" in got for got, _ in pairs) > 10

@@ -22,8 +22,15 @@ from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
-TABLES = ["customer", "consent", "call_record", "data_session", "payment", "complaint",
-          "browsing_event"]
+TABLES = [
+    "customer",
+    "consent",
+    "call_record",
+    "data_session",
+    "payment",
+    "complaint",
+    "browsing_event",
+]
 
 
 def _reshape(src, dst, config) -> None:
@@ -31,8 +38,10 @@ def _reshape(src, dst, config) -> None:
     import openpyxl
 
     shutil.copytree(src, dst)
-    read = {t: pd.read_csv(dst / f"{t}.csv", dtype=str, keep_default_na=False)
-            for t in ("consents", "payments", "complaints")}
+    read = {
+        t: pd.read_csv(dst / f"{t}.csv", dtype=str, keep_default_na=False)
+        for t in ("consents", "payments", "complaints")
+    }
     for t in read:
         (dst / f"{t}.csv").unlink()
     (dst / "export_manifest.json").unlink()
@@ -47,30 +56,45 @@ def _reshape(src, dst, config) -> None:
     wb.save(dst / "consents.xlsx")
 
     pays = read["payments"]  # payments: fixed width in GBK bytes, a count trailer
-    widths = [max(1, int(pays[c].map(lambda v: len(v.encode("gbk"))).max())) + 2
-              for c in pays.columns]
+    widths = [
+        max(1, int(pays[c].map(lambda v: len(v.encode("gbk"))).max())) + 2 for c in pays.columns
+    ]
     with open(dst / "payments.txt", "wb") as fh:
         for row in pays.itertuples(index=False):
-            fh.write(b"".join(v.encode("gbk").ljust(w) for v, w in zip(row, widths,
-                                                                      strict=True)) + b"\r\n")
+            fh.write(
+                b"".join(v.encode("gbk").ljust(w) for v, w in zip(row, widths, strict=True))
+                + b"\r\n"
+            )
         fh.write(f"共{len(pays)}条\r\n".encode("gbk"))
 
     with open(dst / "complaints.jsonl", "w", encoding="utf-8") as fh:  # JSON lines
         for rec in read["complaints"].to_dict(orient="records"):
-            fh.write(json.dumps({k: (v if v != "" else None) for k, v in rec.items()},
-                                ensure_ascii=False) + "\n")
+            fh.write(
+                json.dumps(
+                    {k: (v if v != "" else None) for k, v in rec.items()}, ensure_ascii=False
+                )
+                + "\n"
+            )
 
     shutil.copytree(CONFIG_ROOT / "legacy_bss", config)
     doc = yaml.safe_load((config / "catalog.yaml").read_text(encoding="utf-8"))
-    doc["tables"]["consents"]["source"] = {"format": "xlsx", "file": "consents.xlsx",
-                                           "sheet": "授权记录"}
-    doc["tables"]["payments"]["source"] = {"format": "fixed", "file": "payments.txt",
-                                           "encoding": "gbk", "widths": widths,
-                                           "trailer": r"共(\d+)条"}
+    doc["tables"]["consents"]["source"] = {
+        "format": "xlsx",
+        "file": "consents.xlsx",
+        "sheet": "授权记录",
+    }
+    doc["tables"]["payments"]["source"] = {
+        "format": "fixed",
+        "file": "payments.txt",
+        "encoding": "gbk",
+        "widths": widths,
+        "trailer": r"共(\d+)条",
+    }
     doc["tables"]["complaints"]["source"] = {"format": "jsonl", "file": "complaints.jsonl"}
     doc["ignore"] = ["truth.csv"]
-    (config / "catalog.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True,
-                                                        sort_keys=False), encoding="utf-8")
+    (config / "catalog.yaml").write_text(
+        yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +103,7 @@ def runs(tmp_path_factory, keyring_file):
     synth.generate(root / "csv", 250, seed=31)
     _reshape(root / "csv", root / "shapes", root / "legacy_shapes")
     exported = json.loads((root / "csv" / "export_manifest.json").read_text())["exported_at"]
-    assert manifest_command(str(root / "legacy_shapes"), str(root / "shapes"), exported,
-                            False) == 0
+    assert manifest_command(str(root / "legacy_shapes"), str(root / "shapes"), exported, False) == 0
     dbs = {k: create_database(f"handover_shapes_{k}") for k in ("csv", "shapes")}
     mp = pytest.MonkeyPatch()
     mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
@@ -104,21 +127,29 @@ def runs(tmp_path_factory, keyring_file):
 def test_the_manifest_counts_rows_not_the_cover_sheet_or_the_trailer(runs):
     manifest = json.loads((runs["root"] / "shapes" / "export_manifest.json").read_text())
     csv = json.loads((runs["root"] / "csv" / "export_manifest.json").read_text())
-    assert {t: e["rows"] for t, e in manifest["tables"].items()} == \
-        {t: e["rows"] for t, e in csv["tables"].items()}
+    assert {t: e["rows"] for t, e in manifest["tables"].items()} == {
+        t: e["rows"] for t, e in csv["tables"].items()
+    }
 
 
 def test_every_table_balances_and_holds_what_the_csv_export_loads(runs):
     with psycopg.connect(runs["shapes"][0]) as conn:
-        rows = conn.execute("SELECT table_name, balanced FROM handover_meta.reconciliation "
-                            "WHERE run_id = %s", (runs["shapes"][1],)).fetchall()
+        rows = conn.execute(
+            "SELECT table_name, balanced FROM handover_meta.reconciliation WHERE run_id = %s",
+            (runs["shapes"][1],),
+        ).fetchall()
     assert len(rows) == 7 and all(ok for _, ok in rows), rows
     with psycopg.connect(runs["csv"][0]) as a, psycopg.connect(runs["shapes"][0]) as b:
         for table in TABLES:
-            cols = [r[0] for r in a.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema='crm' "
-                "AND table_name=%s ORDER BY ordinal_position", (table,))
-                if not re.search(r"_(enc|key_id)$", r[0])]
+            cols = [
+                r[0]
+                for r in a.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema='crm' "
+                    "AND table_name=%s ORDER BY ordinal_position",
+                    (table,),
+                )
+                if not re.search(r"_(enc|key_id)$", r[0])
+            ]
             q = f"SELECT {', '.join(cols)} FROM crm.{table} ORDER BY 1"
             left, right = a.execute(q).fetchall(), b.execute(q).fetchall()
             assert len(left) == len(right) > 0, table

@@ -45,9 +45,10 @@ def walkthrough_blocks(text: str) -> list[str]:
         if line.strip() != MARKER:
             continue
         assert i + 1 < len(lines) and lines[i + 1].strip() == "```bash", (
-            f"docs/onboarding.md line {i + 1}: {MARKER} must be followed by a ```bash line")
+            f"docs/onboarding.md line {i + 1}: {MARKER} must be followed by a ```bash line"
+        )
         body = []
-        for inner in lines[i + 2:]:
+        for inner in lines[i + 2 :]:
             if inner.strip() == "```":
                 break
             body.append(inner)
@@ -61,7 +62,7 @@ def section(text: str, heading: str) -> str:
     """The text of the `## heading...` section, up to the next `## ` heading."""
     start = text.index(f"\n## {heading}")
     end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+    return text[start : end if end != -1 else None]
 
 
 def code_of(text: str) -> list[str]:
@@ -88,27 +89,44 @@ def walkthrough(doc_text, tmp_path_factory):
     blocks = walkthrough_blocks(doc_text)
     root = tmp_path_factory.mktemp("walkthrough")
     state = root / "state"
-    script = "\n".join(
-        f"echo '{SEPARATOR.format(i)}'\necho '{SEPARATOR.format(i)}' >&2\n{body}"
-        for i, body in enumerate(blocks)) + "\n"
+    script = (
+        "\n".join(
+            f"echo '{SEPARATOR.format(i)}'\necho '{SEPARATOR.format(i)}' >&2\n{body}"
+            for i, body in enumerate(blocks)
+        )
+        + "\n"
+    )
     (root / "walkthrough.sh").write_text(script, encoding="utf-8")
     target = create_database("handover_walkthrough")
     # Nothing of the caller's Airflow or handover settings (a shell that sourced env.sh, the
     # session keyring of tests/conftest.py): only what the walk-through's env.sh is given.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER"))}
-    env.update({
-        "HANDOVER_EXTERNAL": "1",
-        "HANDOVER_STATE": str(state),
-        "HANDOVER_TARGET_DSN": pg_dsn(target),
-        "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
-    })
+    env.update(
+        {
+            "HANDOVER_EXTERNAL": "1",
+            "HANDOVER_STATE": str(state),
+            "HANDOVER_TARGET_DSN": pg_dsn(target),
+            "HANDOVER_LAKE_URL": f"file://{root / 'lake'}",
+        }
+    )
     try:
-        proc = subprocess.run(["bash", "-euo", "pipefail", str(root / "walkthrough.sh")],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-                              check=False)
-        yield {"blocks": blocks, "proc": proc, "state": state, "dsn": pg_dsn(target),
-               "stdout": split_output(proc.stdout, len(blocks)),
-               "stderr": split_output(proc.stderr, len(blocks))}
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", str(root / "walkthrough.sh")],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        yield {
+            "blocks": blocks,
+            "proc": proc,
+            "state": state,
+            "dsn": pg_dsn(target),
+            "stdout": split_output(proc.stdout, len(blocks)),
+            "stderr": split_output(proc.stderr, len(blocks)),
+        }
     finally:
         drop_database(target)
 
@@ -125,9 +143,14 @@ def test_the_walkthrough_has_its_steps(doc_text):
 
     assert len(blocks) >= 6, blocks
     assert blocks[0].strip().startswith("source scripts/env.sh")
-    for command in ("python -m handover_synth.telco_c", "handover manifest", "handover check",
-                    "scripts/scaffold_suites.py telco_c", "python -m handover.runner",
-                    "handover summary"):
+    for command in (
+        "python -m handover_synth.telco_c",
+        "handover manifest",
+        "handover check",
+        "scripts/scaffold_suites.py telco_c",
+        "python -m handover.runner",
+        "handover summary",
+    ):
         assert command in joined, command
 
 
@@ -178,7 +201,9 @@ def test_the_books_balance_with_merges(walkthrough):
     with psycopg.connect(walkthrough["dsn"]) as conn:
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, merged, quarantined, excluded, balanced "
-            "FROM handover_meta.reconciliation WHERE run_id = %s", (run_id,)).fetchall()
+            "FROM handover_meta.reconciliation WHERE run_id = %s",
+            (run_id,),
+        ).fetchall()
     recon = {r[0]: r[1:] for r in rows}
 
     assert set(recon) == set(load_config(SYSTEM).tables)

@@ -42,17 +42,24 @@ def env(target_db, keyring_file, tmp_path_factory):
     run_id = f"pol_{uuid.uuid4().hex[:6]}"
     run_migration(run_id=run_id, source_dir=str(source))
     with psycopg.connect(pg_dsn(target_db)) as conn:
-        rows = conn.execute("SELECT table_name, record_key, rule_id, destroy_by "
-                            "FROM handover_meta.exclusion WHERE run_id=%s",
-                            (run_id,)).fetchall()
+        rows = conn.execute(
+            "SELECT table_name, record_key, rule_id, destroy_by "
+            "FROM handover_meta.exclusion WHERE run_id=%s",
+            (run_id,),
+        ).fetchall()
     expected = _expected(source)
     # The run's end destroyed the excluded rows; the books name them by keyed hash.
     rows = unhash_book_keys(keyring_file, rows, _all_keys(source))
     got = {(t, k): (r, d) for t, k, r, d in rows}
     assert len(got) == len(rows), "a row was excluded twice"
     assert not [k for _, k in got if k.startswith("destroyed:")]
-    yield {"source": source, "dsn": pg_dsn(target_db), "run_id": run_id, "got": got,
-           "expected": expected}
+    yield {
+        "source": source,
+        "dsn": pg_dsn(target_db),
+        "run_id": run_id,
+        "got": got,
+        "expected": expected,
+    }
     mp.undo()
 
 
@@ -67,9 +74,13 @@ def _expected(source) -> dict[tuple[str, str], tuple[str, date | None]]:
     subs = _read(source, "subscribers")
     objectors = set(subs.loc[subs["transfer_objection"].str.strip() == "1", "cust_id"].str.strip())
     consents = _read(source, "consents")
-    behavioural = set(consents.loc[(consents["purpose"].str.strip() == "behavioural")
-                                   & (consents["granted"].str.strip() == "1"),
-                                   "cust_id"].str.strip())
+    behavioural = set(
+        consents.loc[
+            (consents["purpose"].str.strip() == "behavioural")
+            & (consents["granted"].str.strip() == "1"),
+            "cust_id",
+        ].str.strip()
+    )
     out: dict[tuple[str, str], tuple[str, date | None]] = {}
     for table in cfg.tables:
         spec, cat = cfg.table(table), cfg.category_policy(table)
@@ -79,13 +90,19 @@ def _expected(source) -> dict[tuple[str, str], tuple[str, date | None]]:
         months = cat.get("retention_months")
         ts = None
         if months and spec.get("event_time"):
-            ts = pd.to_datetime(df[spec["event_time"]].str.strip(), errors="coerce",
-                                format=cfg.rules(table)["dates"][spec["event_time"]])
+            ts = pd.to_datetime(
+                df[spec["event_time"]].str.strip(),
+                errors="coerce",
+                format=cfg.rules(table)["dates"][spec["event_time"]],
+            )
         for i, key in enumerate(keys):
             if cust.iat[i] in objectors:
                 out[(table, key)] = ("OBJECTED_TRANSFER", TODAY)
-            elif ts is not None and pd.notna(ts.iat[i]) and \
-                    ts.iat[i] < exported - pd.DateOffset(months=months):
+            elif (
+                ts is not None
+                and pd.notna(ts.iat[i])
+                and ts.iat[i] < exported - pd.DateOffset(months=months)
+            ):
                 due = (ts.iat[i] + pd.DateOffset(months=months)).date()
                 out[(table, key)] = ("RETENTION_EXPIRED", min(due, exported.date()))
             elif cat["lawful_basis"] == "separate_consent" and cust.iat[i] not in behavioural:
@@ -142,8 +159,9 @@ def test_every_customer_without_behavioural_consent_is_excluded(env):
     assert got == _truth(env["source"], "NO_CONSENT")
     # A consent row that refuses is no consent: such customers are among the excluded.
     consents = _read(env["source"], "consents")
-    refused = set(consents.loc[(consents.purpose == "behavioural") & (consents.granted == "0"),
-                               "cust_id"])
+    refused = set(
+        consents.loc[(consents.purpose == "behavioural") & (consents.granted == "0"), "cust_id"]
+    )
     events = _read(env["source"], "browsing_events").set_index("event_id")["cust_id"]
     assert refused & {events[k] for _, k in got}
 
@@ -167,10 +185,16 @@ def test_no_excluded_row_reaches_the_target(env):
             keys = [k for t, k in env["got"] if t == table]
             leaked[table] = conn.execute(
                 f"SELECT count(*) FROM {cfg.mapping['schema']}.{tmap['target']} "
-                f"WHERE {tmap['key']} = ANY(%s)", (keys,)).fetchone()[0]
-        ledger = dict(conn.execute(
-            "SELECT table_name, sum(rows_excluded) FROM handover_meta.ledger "
-            "WHERE run_id=%s AND stage='comply' GROUP BY 1", (env["run_id"],)).fetchall())
+                f"WHERE {tmap['key']} = ANY(%s)",
+                (keys,),
+            ).fetchone()[0]
+        ledger = dict(
+            conn.execute(
+                "SELECT table_name, sum(rows_excluded) FROM handover_meta.ledger "
+                "WHERE run_id=%s AND stage='comply' GROUP BY 1",
+                (env["run_id"],),
+            ).fetchall()
+        )
 
     assert leaked == dict.fromkeys(cfg.tables, 0)
     counted = pd.Series([t for t, _ in env["got"]]).value_counts().to_dict()

@@ -57,8 +57,11 @@ def migrated_copy(request, tmp_path_factory, prefix: str) -> dict:
             mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
             mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
             mp.setenv("HANDOVER_KEYRING_FILE", str(keys))
-            for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                        "AIRFLOW_CONN_HANDOVER_LAKE"):
+            for var in (
+                "AIRFLOW_CONN_HANDOVER_KEYS",
+                "AIRFLOW_CONN_HANDOVER_TARGET",
+                "AIRFLOW_CONN_HANDOVER_LAKE",
+            ):
                 mp.delenv(var, raising=False)
             run_migration(run_id=f"lc_{uuid.uuid4().hex[:6]}", source_dir=str(root / "source"))
         _TEMPLATE.update(db=db, root=root, keys=keys)
@@ -67,9 +70,15 @@ def migrated_copy(request, tmp_path_factory, prefix: str) -> dict:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{_TEMPLATE["db"]}"')
     root = tmp_path_factory.mktemp(prefix)
     shutil.copytree(_TEMPLATE["root"] / "lake", root / "lake")
-    return {"db": name, "dsn": pg_dsn(name), "root": root, "lake": root / "lake",
-            "source": _TEMPLATE["root"] / "source", "keys": _TEMPLATE["keys"],
-            "ring": Keyring.from_dict(json.loads(_TEMPLATE["keys"].read_text()))}
+    return {
+        "db": name,
+        "dsn": pg_dsn(name),
+        "root": root,
+        "lake": root / "lake",
+        "source": _TEMPLATE["root"] / "source",
+        "keys": _TEMPLATE["keys"],
+        "ring": Keyring.from_dict(json.loads(_TEMPLATE["keys"].read_text())),
+    }
 
 
 def lifecycle_env(request, tmp_path_factory, prefix: str):
@@ -79,8 +88,11 @@ def lifecycle_env(request, tmp_path_factory, prefix: str):
     mp.setenv("HANDOVER_TARGET_DSN", env["dsn"])
     mp.setenv("HANDOVER_LAKE_URL", f"file://{env['lake']}")
     mp.setenv("HANDOVER_KEYRING_FILE", str(env["keys"]))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     try:
         yield env
@@ -93,8 +105,9 @@ def norm(value) -> str:
     return unicodedata.normalize("NFKC", str(value)).strip()
 
 
-def search_everywhere(dsn: str, lake_root: Path, ring: Keyring, values: set[str],
-                      substrings: set[str] = frozenset()) -> dict:
+def search_everywhere(
+    dsn: str, lake_root: Path, ring: Keyring, values: set[str], substrings: set[str] = frozenset()
+) -> dict:
     """Where any of `values` (exact, after NFKC + trim) or `substrings` is still readable:
     crm and handover_meta text columns, audit details, every Parquet and JSON object of
     the lake, and every backup file whose data key still exists."""
@@ -113,10 +126,15 @@ def search_everywhere(dsn: str, lake_root: Path, ring: Keyring, values: set[str]
             "SELECT table_schema, table_name, column_name FROM information_schema.columns "
             "WHERE table_schema IN ('crm', 'handover_meta') AND data_type IN ('text', "
             "'character varying', 'jsonb') AND table_name IN (SELECT table_name FROM "
-            "information_schema.tables WHERE table_type = 'BASE TABLE')").fetchall()
+            "information_schema.tables WHERE table_type = 'BASE TABLE')"
+        ).fetchall()
         for schema, table, column in cols:
-            texts = [r[0] for r in conn.execute(
-                f'SELECT "{column}"::text FROM "{schema}"."{table}" WHERE "{column}" IS NOT NULL')]
+            texts = [
+                r[0]
+                for r in conn.execute(
+                    f'SELECT "{column}"::text FROM "{schema}"."{table}" WHERE "{column}" IS NOT NULL'
+                )
+            ]
             if texts and found_in(pa.array(texts, pa.string())):
                 hits["db"].append(f"{schema}.{table}.{column}")
     reader = backup.LocalLake(lake_root)  # stage objects are encrypted: read with the keys
@@ -172,8 +190,10 @@ def env(request, tmp_path_factory):
             subject.submit_request(rid, "access", "customer_id", "C00000001")
         with psycopg.connect(env["dsn"]) as conn:
             before = conn.execute("SELECT count(*) FROM crm.browsing_event").fetchone()[0]
-            conn.execute("UPDATE handover_meta.subject_intake SET submitted_at = now() - "
-                         "interval '31 days' WHERE request_id = 'REQ-stale'")
+            conn.execute(
+                "UPDATE handover_meta.subject_intake SET submitted_at = now() - "
+                "interval '31 days' WHERE request_id = 'REQ-stale'"
+            )
         out = retention.run_retention(as_of=AS_OF, run_id="retention_test")
         yield {**env, "out": out, "backup_id": taken["backup_id"], "events_before": before}
 
@@ -205,8 +225,12 @@ def test_certificate_lists_hashed_keys_counts_and_is_in_the_audit_trail(env):
     # what the migration excluded (past retention at the export, no consent) was
     # destroyed at its end, under its own certificate; this one lists what came due since
     with psycopg.connect(env["dsn"]) as conn:
-        ended = {(t, k.removeprefix(retention.DESTROYED)) for t, k in conn.execute(
-            "SELECT table_name, record_key FROM handover_meta.exclusion").fetchall()}
+        ended = {
+            (t, k.removeprefix(retention.DESTROYED))
+            for t, k in conn.execute(
+                "SELECT table_name, record_key FROM handover_meta.exclusion"
+            ).fetchall()
+        }
     for table, keys in expected.items():
         for k in keys:
             if (table, retention.key_digest(env["ring"], table, k)) in ended:
@@ -232,10 +256,13 @@ def test_certificate_lists_hashed_keys_counts_and_is_in_the_audit_trail(env):
     assert "EXCLUSION_DESTROY_BY_DUE" not in {r["rule"] for r in cert["rules"]}
     assert cert["verification"]["remaining_in_lake"] == 0
     with psycopg.connect(env["dsn"]) as conn:
-        audit = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE action = "
-                             "'destruction_certified' ORDER BY id DESC LIMIT 1").fetchone()[0]
-        status = conn.execute("SELECT status FROM handover_meta.backup WHERE backup_id = %s",
-                              (env["backup_id"],)).fetchone()[0]
+        audit = conn.execute(
+            "SELECT detail FROM handover_meta.audit_log WHERE action = "
+            "'destruction_certified' ORDER BY id DESC LIMIT 1"
+        ).fetchone()[0]
+        status = conn.execute(
+            "SELECT status FROM handover_meta.backup WHERE backup_id = %s", (env["backup_id"],)
+        ).fetchone()[0]
         intact, _ = verify_audit_chain(conn)
     assert audit["certificate_sha256"] == hashlib.sha256(body).hexdigest()
     assert audit["key_list_sha256"] == cert["keys"]["list_sha256"]
@@ -258,11 +285,13 @@ def test_s3_object_versions_and_data_keys_leave_nothing(moto_server, monkeypatch
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"s3://{bucket}/lake")
     lake = backup.lake_from_url()
     lake.ensure_bucket()
-    lake.client.put_bucket_versioning(Bucket=bucket,
-                                      VersioningConfiguration={"Status": "Enabled"})
+    lake.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     key = "runs/r1/raw/call_records/part-p00.parquet"
-    rows = {"cdr_id": ["R1", "R2", "R3"], "cust_id": ["C1", "C1", "C2"],
-            "start_time": ["2020-01-01 00:00:00"] * 3}
+    rows = {
+        "cdr_id": ["R1", "R2", "R3"],
+        "cust_id": ["C1", "C1", "C2"],
+        "start_time": ["2020-01-01 00:00:00"] * 3,
+    }
     lake.write_table(key, pa.table(rows))
     lake.write_table(key, pa.table(rows))  # a second version with the same rows
     out = retention.destroy_in_lake({"call_records": {"R2"}}, {"C2"}, system="legacy_bss")
@@ -286,9 +315,13 @@ def test_a_subject_request_left_waiting_loses_its_seal(env):
     clears seals older than subject.INTAKE_DAYS, audited; a recent one keeps its seal."""
     assert env["out"]["found"]["stale_subject_intakes_cleared"] == 1
     with psycopg.connect(env["dsn"]) as conn:
-        sealed = dict(conn.execute("SELECT request_id, sealed IS NOT NULL FROM "
-                                   "handover_meta.subject_intake").fetchall())
-        audited = conn.execute("SELECT detail FROM handover_meta.audit_log WHERE action = "
-                               "'subject_intake_expired'").fetchall()
+        sealed = dict(
+            conn.execute(
+                "SELECT request_id, sealed IS NOT NULL FROM handover_meta.subject_intake"
+            ).fetchall()
+        )
+        audited = conn.execute(
+            "SELECT detail FROM handover_meta.audit_log WHERE action = 'subject_intake_expired'"
+        ).fetchall()
     assert sealed == {"REQ-stale": False, "REQ-fresh": True}
     assert [a[0]["request_ids"] for a in audited] == [["REQ-stale"]]

@@ -46,9 +46,14 @@ def s3_env(moto_server, monkeypatch):
 
 
 def _raw_client(endpoint: str):
-    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                        aws_secret_access_key="testing", region_name="us-east-1",
-                        config=Config(s3={"addressing_style": "path"}))
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
 
 
 def test_put_get_list_and_delete_prefix(s3_env):
@@ -69,11 +74,17 @@ def test_put_get_list_and_delete_prefix(s3_env):
     assert lake.read_json("runs/r1/manifest.json") == {"rows": 2}
     assert lake.exists("runs/r1/raw/t/part-p00.parquet")
     assert not lake.exists("runs/r1/raw/t/part-p09.parquet")
-    assert lake.list("runs/r1/raw/") == ["runs/r1/raw/t/part-p00.parquet",
-                                         "runs/r1/raw/t/part-p01.parquet"]
+    assert lake.list("runs/r1/raw/") == [
+        "runs/r1/raw/t/part-p00.parquet",
+        "runs/r1/raw/t/part-p01.parquet",
+    ]
     # Keys are stored under the lake's prefix but listed relative to it.
-    raw_keys = [o["Key"] for o in _raw_client(s3_env["endpoint"]).list_objects_v2(
-        Bucket=s3_env["bucket"])["Contents"]]
+    raw_keys = [
+        o["Key"]
+        for o in _raw_client(s3_env["endpoint"]).list_objects_v2(Bucket=s3_env["bucket"])[
+            "Contents"
+        ]
+    ]
     data = [k for k in raw_keys if not k.startswith("handover/_keys/")]
     assert all(k.startswith("handover/runs/") for k in data) and len(data) == 5
     # the cleansed partition is encrypted under its stage's key, kept wrapped beside it
@@ -121,7 +132,8 @@ def test_table_writer_shows_the_object_whole_or_not_at_all(where, s3_env, tmp_pa
     assert lake.list("runs/r1/comply/") == [key]
     if where == "local":  # no temporary file left beside the object
         assert [p.name for p in (tmp_path / "lake/runs/r1/comply/t").iterdir()] == [
-            "part-p00.parquet"]
+            "part-p00.parquet"
+        ]
     # an empty partition is still a file with its columns
     with lake.table_writer("runs/r1/comply/t/part-p02.parquet", schema):
         pass
@@ -136,8 +148,12 @@ def test_every_object_is_server_side_encrypted(s3_env):
     raw.put_object(Bucket=s3_env["bucket"], Key="control", Body=b"x")
     assert "ServerSideEncryption" not in raw.head_object(Bucket=s3_env["bucket"], Key="control")
 
-    lake = S3Lake(f"s3://{s3_env['bucket']}/p", client=s3_client(),
-                  multipart_threshold=5 * MIB, multipart_chunksize=5 * MIB)
+    lake = S3Lake(
+        f"s3://{s3_env['bucket']}/p",
+        client=s3_client(),
+        multipart_threshold=5 * MIB,
+        multipart_chunksize=5 * MIB,
+    )
     lake.put_bytes("small.bin", b"tiny")
     lake.put_bytes("big.bin", os.urandom(6 * MIB))
     for key in ("p/small.bin", "p/big.bin"):
@@ -146,8 +162,10 @@ def test_every_object_is_server_side_encrypted(s3_env):
 
 
 def test_big_partition_takes_the_multipart_path(s3_env, tmp_path, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_LAKE", lake_connection(
-        s3_env["endpoint"], multipart_threshold_mb=5, multipart_chunksize_mb=5))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+        lake_connection(s3_env["endpoint"], multipart_threshold_mb=5, multipart_chunksize_mb=5),
+    )
     lake = lake_from_url(f"s3://{s3_env['bucket']}")
     lake.ensure_bucket()
     assert lake.transfer.multipart_threshold == 5 * MIB
@@ -160,8 +178,10 @@ def test_big_partition_takes_the_multipart_path(s3_env, tmp_path, monkeypatch):
     lake.put_bytes("runs/r/raw/cdr/part-p02.parquet", big[: 4 * MIB])  # below threshold
 
     raw = _raw_client(s3_env["endpoint"])
-    etags = {k: raw.head_object(Bucket=s3_env["bucket"], Key=f"runs/r/raw/cdr/part-{k}.parquet")
-             for k in ("p00", "p01", "p02")}
+    etags = {
+        k: raw.head_object(Bucket=s3_env["bucket"], Key=f"runs/r/raw/cdr/part-{k}.parquet")
+        for k in ("p00", "p01", "p02")
+    }
     # A multipart object's ETag is "<md5 of part md5s>-<number of parts>".
     assert etags["p00"]["ETag"].strip('"').endswith("-3")
     assert etags["p01"]["ETag"].strip('"').endswith("-2")
@@ -173,10 +193,12 @@ def test_big_partition_takes_the_multipart_path(s3_env, tmp_path, monkeypatch):
 
 def test_failures_are_one_line_naming_bucket_key_and_fix(s3_env, monkeypatch):
     missing = lake_from_url(f"s3://{s3_env['bucket']}-missing/pre")
-    for action in (lambda: missing.put_bytes("runs/x/a.parquet", b"1"),
-                   lambda: missing.get_bytes("runs/x/a.parquet"),
-                   lambda: missing.read_table("runs/x/a.parquet"),
-                   lambda: missing.list("runs/x/")):
+    for action in (
+        lambda: missing.put_bytes("runs/x/a.parquet", b"1"),
+        lambda: missing.get_bytes("runs/x/a.parquet"),
+        lambda: missing.read_table("runs/x/a.parquet"),
+        lambda: missing.list("runs/x/"),
+    ):
         with pytest.raises(LakeError) as err:
             action()
         message = str(err.value)
@@ -206,8 +228,9 @@ def test_ensure_bucket_command_creates_an_encrypted_bucket(s3_env):
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "already exists" in again.stdout
     raw = _raw_client(s3_env["endpoint"])
-    rules = raw.get_bucket_encryption(Bucket=s3_env["bucket"])[
-        "ServerSideEncryptionConfiguration"]["Rules"]
+    rules = raw.get_bucket_encryption(Bucket=s3_env["bucket"])["ServerSideEncryptionConfiguration"][
+        "Rules"
+    ]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
     lifecycle = raw.get_bucket_lifecycle_configuration(Bucket=s3_env["bucket"])["Rules"]
     assert lifecycle[0]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
@@ -226,9 +249,11 @@ def test_sync_dir_uploads_only_new_or_changed_files(s3_env, tmp_path):
     (site / "validation-p01.html").write_text("new")
     assert lake.sync_dir(site, "runs/r/docs") == 2
     assert lake.get_bytes("runs/r/docs/index.html") == b"v2"
-    assert lake.list("runs/r/docs/") == ["runs/r/docs/index.html",
-                                         "runs/r/docs/static/style.css",
-                                         "runs/r/docs/validation-p01.html"]
+    assert lake.list("runs/r/docs/") == [
+        "runs/r/docs/index.html",
+        "runs/r/docs/static/style.css",
+        "runs/r/docs/validation-p01.html",
+    ]
 
 
 # ---------------------------------------------------------------- whole migration
@@ -240,8 +265,7 @@ def two_runs(moto_server, keyring_file, tmp_path_factory):
     source = root / "source"
     synth.generate(source, 1000, seed=21)
     bucket = f"lake-{uuid.uuid4().hex[:10]}"
-    targets = {"local": create_database("handover_local"),
-               "s3": create_database("handover_s3")}
+    targets = {"local": create_database("handover_local"), "s3": create_database("handover_s3")}
     lakes = {"local": f"file://{root / 'lake'}", "s3": f"s3://{bucket}/handover"}
     run_ids = {}
     mp = pytest.MonkeyPatch()
@@ -257,8 +281,13 @@ def two_runs(moto_server, keyring_file, tmp_path_factory):
                 lake_from_url().ensure_bucket(default_encryption=False)
             run_ids[kind] = f"s3it_{kind}_{uuid.uuid4().hex[:6]}"
             run_migration(run_id=run_ids[kind], source_dir=str(source))
-        yield {"targets": targets, "run_ids": run_ids, "bucket": bucket,
-               "endpoint": moto_server, "source": source}
+        yield {
+            "targets": targets,
+            "run_ids": run_ids,
+            "bucket": bucket,
+            "endpoint": moto_server,
+            "source": source,
+        }
     finally:
         mp.undo()
         for name in targets.values():
@@ -268,12 +297,14 @@ def two_runs(moto_server, keyring_file, tmp_path_factory):
 def test_migration_on_s3_lake_balances(two_runs):
     manifest = json.loads((two_runs["source"] / "export_manifest.json").read_text())
     with psycopg.connect(pg_dsn(two_runs["targets"]["s3"])) as conn:
-        status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
-                              (two_runs["run_ids"]["s3"],)).fetchone()[0]
+        status = conn.execute(
+            "SELECT status FROM handover_meta.run WHERE run_id=%s", (two_runs["run_ids"]["s3"],)
+        ).fetchone()[0]
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, balanced, merged "
             "FROM handover_meta.reconciliation WHERE run_id=%s",
-            (two_runs["run_ids"]["s3"],)).fetchall()
+            (two_runs["run_ids"]["s3"],),
+        ).fetchall()
     assert status == "succeeded"
     assert len(rows) == 7
     for table, n, loaded, q, x, balanced, m in rows:
@@ -290,10 +321,16 @@ def test_migration_on_s3_lake_lands_what_the_local_lake_lands(two_runs):
 def test_migration_objects_are_in_the_bucket_and_encrypted(two_runs):
     raw = _raw_client(two_runs["endpoint"])
     run = two_runs["run_ids"]["s3"]
-    keys = [o["Key"] for page in raw.get_paginator("list_objects_v2").paginate(
-        Bucket=two_runs["bucket"], Prefix=f"handover/runs/{run}/") for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in raw.get_paginator("list_objects_v2").paginate(
+            Bucket=two_runs["bucket"], Prefix=f"handover/runs/{run}/"
+        )
+        for o in page.get("Contents", [])
+    ]
     stages = {k.split("/")[3] for k in keys}
     assert {"raw", "comply", "cleanse", "mapped", "reports", "docs"} <= stages
     for key in keys[:: max(1, len(keys) // 25)]:
-        assert raw.head_object(Bucket=two_runs["bucket"], Key=key)[
-            "ServerSideEncryption"] == "AES256", key
+        assert (
+            raw.head_object(Bucket=two_runs["bucket"], Key=key)["ServerSideEncryption"] == "AES256"
+        ), key

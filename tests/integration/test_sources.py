@@ -46,8 +46,9 @@ def read_all(source) -> pa.Table:
     return pa.Table.from_batches(batches) if batches else None
 
 
-def write_delimited(path: Path, rows: list[dict], *, encoding: str, delimiter: str,
-                    header: bool = True) -> None:
+def write_delimited(
+    path: Path, rows: list[dict], *, encoding: str, delimiter: str, header: bool = True
+) -> None:
     import csv
 
     with open(path, "w", encoding=encoding, newline="") as fh:
@@ -61,9 +62,15 @@ def write_delimited(path: Path, rows: list[dict], *, encoding: str, delimiter: s
 # -- delimited text -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("encoding, delimiter", [
-    ("utf-8", ","), ("utf-8-sig", "|"), ("gb18030", "\t"), ("gb18030", ";"),
-])
+@pytest.mark.parametrize(
+    "encoding, delimiter",
+    [
+        ("utf-8", ","),
+        ("utf-8-sig", "|"),
+        ("gb18030", "\t"),
+        ("gb18030", ";"),
+    ],
+)
 def test_encodings_delimiters_and_quoted_newlines(tmp_path, encoding, delimiter):
     path = tmp_path / "t.csv"
     write_delimited(path, ROWS, encoding=encoding, delimiter=delimiter)
@@ -96,8 +103,7 @@ def test_undecodable_bytes_in_the_body_name_file_and_row(tmp_path):
 
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", encoding="gbk", delimiter="|"))
-    assert str(err.value).startswith(f"{path} row 2 (line 3): column 'b' cannot be decoded "
-                                     "as gbk;")
+    assert str(err.value).startswith(f"{path} row 2 (line 3): column 'b' cannot be decoded as gbk;")
     assert "source.encoding" in str(err.value)
 
 
@@ -105,8 +111,16 @@ def test_no_header_takes_names_from_the_catalog(tmp_path):
     path = tmp_path / "t.dat"
     write_delimited(path, ROWS, encoding="gb18030", delimiter="\t", header=False)
 
-    table = read_all(DelimitedSource(path, table="t", columns=["id", "name", "note"],
-                                     encoding="gb18030", delimiter="\t", header=False))
+    table = read_all(
+        DelimitedSource(
+            path,
+            table="t",
+            columns=["id", "name", "note"],
+            encoding="gb18030",
+            delimiter="\t",
+            header=False,
+        )
+    )
 
     assert table.column_names == ["id", "name", "note", "_source_row"]
     assert table.column("name").to_pylist() == ["张三", "李四", "𠮷野"]
@@ -119,8 +133,9 @@ def test_no_header_with_a_wrong_column_count_names_the_row(tmp_path):
 
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", columns=["x", "y", "z"], header=False))
-    assert str(err.value).startswith(f"{path} row 3 (line 3): expected 3 fields, got 2 "
-                                     "(column 'z' and after are missing")
+    assert str(err.value).startswith(
+        f"{path} row 3 (line 3): expected 3 fields, got 2 (column 'z' and after are missing"
+    )
 
 
 SECRET = "张三丰"  # a value no error may quote
@@ -128,8 +143,10 @@ SECRET = "张三丰"  # a value no error may quote
 
 def _rows(n: int, *, multiline: bool = True) -> list[list[str]]:
     """Rows of k,name,note,n; every 5th note holds a line break (so it is quoted)."""
-    return [[f"K{i:05d}", SECRET, f"第{i}行\n续" if multiline and i % 5 == 0 else f"v{i}",
-             str(i)] for i in range(1, n + 1)]
+    return [
+        [f"K{i:05d}", SECRET, f"第{i}行\n续" if multiline and i % 5 == 0 else f"v{i}", str(i)]
+        for i in range(1, n + 1)
+    ]
 
 
 def _write(path: Path, rows: list[list[str]], tail: bytes = b"") -> None:
@@ -141,14 +158,22 @@ def _write(path: Path, rows: list[list[str]], tail: bytes = b"") -> None:
     path.write_bytes(buf.getvalue().encode() + tail)
 
 
-@pytest.mark.parametrize("case, row, says", [
-    ("short", 700, "expected 4 fields, got 2 (column 'note' and after are missing"),
-    ("extra", 701, "expected 4 fields, got 5 (1 more than the header"),
-    ("truncated", 1001, "expected 4 fields, got 3 (column 'n' and after are missing; the "
-                        "file ends inside this row"),
-])
-def test_a_broken_row_is_named_exactly_across_blocks_and_no_value_is_quoted(tmp_path, case,
-                                                                           row, says):
+@pytest.mark.parametrize(
+    "case, row, says",
+    [
+        ("short", 700, "expected 4 fields, got 2 (column 'note' and after are missing"),
+        ("extra", 701, "expected 4 fields, got 5 (1 more than the header"),
+        (
+            "truncated",
+            1001,
+            "expected 4 fields, got 3 (column 'n' and after are missing; the "
+            "file ends inside this row",
+        ),
+    ],
+)
+def test_a_broken_row_is_named_exactly_across_blocks_and_no_value_is_quoted(
+    tmp_path, case, row, says
+):
     rows = _rows(1000)
     tail = b""
     if case == "short":
@@ -179,9 +204,11 @@ def test_an_unclosed_quote_names_the_row_where_it_opens(tmp_path):
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", block_size=4096))
     message = str(err.value)
-    assert message.startswith(f"{path} row 3 (line 4): column 'note' opens a quote that is "
-                              f"never closed, so lines 4 to {len(lines)} (the end of the "
-                              "file) would be read as one value;"), message
+    assert message.startswith(
+        f"{path} row 3 (line 4): column 'note' opens a quote that is "
+        f"never closed, so lines 4 to {len(lines)} (the end of the "
+        "file) would be read as one value;"
+    ), message
     assert SECRET not in message
 
     # Closed by a stray quote six rows on: a row of four fields again, with rows 4-8 inside.
@@ -191,7 +218,8 @@ def test_an_unclosed_quote_names_the_row_where_it_opens(tmp_path):
         read_all(DelimitedSource(path, table="t", block_size=4096))
     assert str(err.value).startswith(
         f"{path} row 3 (line 4): column 'note' runs over lines 4 to 10, which look like rows "
-        "of this file: a quote opened in this row is closed only in a later one;"), err.value
+        "of this file: a quote opened in this row is closed only in a later one;"
+    ), err.value
 
     # Closed in the next row: the merged row has a field too many. (Closed where the merged
     # row has the right count again and less than a row inside, only the manifest's row count
@@ -203,7 +231,8 @@ def test_an_unclosed_quote_names_the_row_where_it_opens(tmp_path):
         read_all(DelimitedSource(path, table="t", block_size=4096))
     assert str(err.value).startswith(
         f"{path} row 3 (line 4): expected 4 fields, got 5 (1 more than the header; a quoted "
-        "value runs from line 4 to line 5: check for an unbalanced quote)"), err.value
+        "value runs from line 4 to line 5: check for an unbalanced quote)"
+    ), err.value
 
 
 def test_a_quoted_line_break_in_the_last_row_is_only_a_value(tmp_path):
@@ -227,8 +256,9 @@ def test_one_undecodable_value_names_its_row_and_column(tmp_path):
     with pytest.raises(SourceReadError) as err:
         read_all(DelimitedSource(path, table="t", block_size=4096))
     message = str(err.value)
-    assert message.startswith(f"{path} row {row} (line 201): column 'name' cannot be decoded "
-                              "as utf-8;"), message
+    assert message.startswith(
+        f"{path} row {row} (line 201): column 'name' cannot be decoded as utf-8;"
+    ), message
 
 
 def test_empty_headerless_file_is_zero_rows_and_empty_header_file_is_an_error(tmp_path):
@@ -308,14 +338,17 @@ def test_a_files_glob_reads_one_table_in_name_order(tmp_path):
 
     assert source.location == str(tmp_path / "pay*.csv") and source.columns == ["k", "v"]
     assert [p.name for p in source.parts] == ["pay.csv", "pay_10.csv", "pay_2.csv"]
-    assert table.to_pylist() == [{"k": "A1", "v": "1", "_source_row": 1},
-                                 {"k": "C1", "v": "9", "_source_row": 2},
-                                 {"k": "B1", "v": "2", "_source_row": 3},
-                                 {"k": "B2", "v": "3", "_source_row": 4}]
+    assert table.to_pylist() == [
+        {"k": "A1", "v": "1", "_source_row": 1},
+        {"k": "C1", "v": "9", "_source_row": 2},
+        {"k": "B1", "v": "2", "_source_row": 3},
+        {"k": "B2", "v": "3", "_source_row": 4},
+    ]
     want = hashlib.sha256()
     for name in ("pay.csv", "pay_10.csv", "pay_2.csv"):
-        want.update(f"{name}\t{hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}\n"
-                    .encode())
+        want.update(
+            f"{name}\t{hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()}\n".encode()
+        )
     assert source.fingerprint() == want.hexdigest()
 
 
@@ -327,8 +360,9 @@ def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypat
     glob = open_source("a", {"key": "k", "source": {"files": "a_*.csv"}}, tmp_path)
     one = open_source("a", {"key": "k", "source": {"file": "a_2.csv"}}, tmp_path)
     pq.write_table(pa.table({"k": ["K1"]}), tmp_path / "p.parquet")
-    parquet = open_source("p", {"key": "k", "source": {"file": "p.parquet", "format": "parquet"}},
-                          tmp_path)
+    parquet = open_source(
+        "p", {"key": "k", "source": {"file": "p.parquet", "format": "parquet"}}, tmp_path
+    )
     for source in (glob, one, parquet):
         source.open()
     assert glob.text_bytes == (tmp_path / "a_1.csv").stat().st_size + 9
@@ -336,10 +370,10 @@ def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypat
 
     monkeypatch.setattr(pipeline, "MAX_PARTITION_ROWS", 100)
     monkeypatch.setattr(pipeline, "MAX_PARTITION_BYTES", 1000)
-    assert pipeline.partition_count(2, None, None) == 2          # the catalog's count
-    assert pipeline.partition_count(1, 250, None) == 3           # rows
-    assert pipeline.partition_count(1, 250, 4500) == 5           # bytes weigh more
-    assert pipeline.partition_count(8, 250, 4500) == 8           # never under the catalog
+    assert pipeline.partition_count(2, None, None) == 2  # the catalog's count
+    assert pipeline.partition_count(1, 250, None) == 3  # rows
+    assert pipeline.partition_count(1, 250, 4500) == 5  # bytes weigh more
+    assert pipeline.partition_count(8, 250, 4500) == 8  # never under the catalog
 
 
 def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
@@ -349,14 +383,16 @@ def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
 
     with pytest.raises(SourceReadError) as err:
         read_all(open_source("payments", spec, tmp_path))
-    assert str(err.value).startswith(f"{tmp_path / 'pay_2.csv'} row 2 (line 3): expected 2 "
-                                     "fields, got 1")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'pay_2.csv'} row 2 (line 3): expected 2 fields, got 1"
+    )
 
     (tmp_path / "pay_2.csv").write_text("k,w\nB1,1\n", encoding="utf-8")
     with pytest.raises(SourceReadError) as err:
         read_all(open_source("payments", spec, tmp_path))
-    assert str(err.value).startswith(f"{tmp_path / 'pay_2.csv'} line 1: column 'v' of "
-                                     "pay_1.csv is missing")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'pay_2.csv'} line 1: column 'v' of pay_1.csv is missing"
+    )
 
     spec["source"]["files"] = "nothing_*.csv"
     with pytest.raises(SourceReadError, match="no file matches source.files of table payments"):
@@ -366,8 +402,10 @@ def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
 def test_every_export_file_is_read_by_a_table(tmp_path):
     from handover.sources import check_export_files
 
-    tables = {"subs": {"key": "k", "columns": {"k": {}}},
-              "pays": {"key": "k", "columns": {"k": {}}}}
+    tables = {
+        "subs": {"key": "k", "columns": {"k": {}}},
+        "pays": {"key": "k", "columns": {"k": {}}},
+    }
     for name in ("subs.csv", "pays.csv", "truth.csv", "export_manifest.json", "notes.md"):
         (tmp_path / name).write_text("k\n1\n", encoding="utf-8")
     (tmp_path / "source_db").mkdir()
@@ -382,8 +420,9 @@ def test_every_export_file_is_read_by_a_table(tmp_path):
     (tmp_path / "pays_2.csv").write_text("k\n2\n", encoding="utf-8")
     with pytest.raises(SourceReadError) as err:
         check_export_files(tables, tmp_path, manifest, catalog="cat.yaml")
-    assert str(err.value).startswith(f"{tmp_path / 'pays_2.csv'}: export file read by no table "
-                                     "of cat.yaml;")
+    assert str(err.value).startswith(
+        f"{tmp_path / 'pays_2.csv'}: export file read by no table of cat.yaml;"
+    )
 
     manifest["tables"]["pays"]["files"] = ["pays.csv", "pays_2.csv"]
     with pytest.raises(SourceReadError) as err:
@@ -397,8 +436,11 @@ def test_every_export_file_is_read_by_a_table(tmp_path):
     del tables["pays"]
     check_export_files(tables, tmp_path, manifest)
     # ... but a file no manifest entry accounts for is.
-    with pytest.raises(SourceReadError, match=r"pays\.csv: export file read by no table "
-                                              r"of catalog\.yaml \(and 1 more\)"):
+    with pytest.raises(
+        SourceReadError,
+        match=r"pays\.csv: export file read by no table "
+        r"of catalog\.yaml \(and 1 more\)",
+    ):
         check_export_files(tables, tmp_path, {"tables": {"subs": {"file": "subs.csv"}}})
 
 
@@ -407,17 +449,19 @@ def test_every_export_file_is_read_by_a_table(tmp_path):
 
 def test_parquet_every_flat_type_becomes_text_in_batches(tmp_path):
     n = 2500
-    table = pa.table({
-        "id": pa.array([f"R{i}" for i in range(n)]),
-        "n": pa.array(range(n), pa.int64()),
-        "ts": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5)] * n, pa.timestamp("s")),
-        "day": pa.array([dt.date(2024, 1, 5)] * n, pa.date32()),
-        "yuan": pa.array([Decimal("-3.50")] * n, pa.decimal128(12, 2)),
-        "flag": pa.array([i % 2 == 0 for i in range(n)]),
-        "x": pa.array([1.5] * n, pa.float64()),
-        "cat": pa.array(["a", "b"] * (n // 2)).dictionary_encode(),
-        "none": pa.array([None] * n, pa.string()),
-    })
+    table = pa.table(
+        {
+            "id": pa.array([f"R{i}" for i in range(n)]),
+            "n": pa.array(range(n), pa.int64()),
+            "ts": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5)] * n, pa.timestamp("s")),
+            "day": pa.array([dt.date(2024, 1, 5)] * n, pa.date32()),
+            "yuan": pa.array([Decimal("-3.50")] * n, pa.decimal128(12, 2)),
+            "flag": pa.array([i % 2 == 0 for i in range(n)]),
+            "x": pa.array([1.5] * n, pa.float64()),
+            "cat": pa.array(["a", "b"] * (n // 2)).dictionary_encode(),
+            "none": pa.array([None] * n, pa.string()),
+        }
+    )
     path = tmp_path / "t.parquet"
     pq.write_table(table, path, row_group_size=1000)
 
@@ -430,9 +474,18 @@ def test_parquet_every_flat_type_becomes_text_in_batches(tmp_path):
     assert all(f.type == pa.string() for f in out.schema if f.name != "_source_row")
     assert out.column("_source_row").to_pylist() == list(range(1, n + 1))
     first = out.slice(0, 1).to_pylist()[0]
-    assert first == {"id": "R0", "n": "0", "ts": "2026-01-02 03:04:05.000", "day": "2024-01-05",
-                     "yuan": "-3.50", "flag": "true", "x": "1.5", "cat": "a", "none": None,
-                     "_source_row": 1}
+    assert first == {
+        "id": "R0",
+        "n": "0",
+        "ts": "2026-01-02 03:04:05.000",
+        "day": "2024-01-05",
+        "yuan": "-3.50",
+        "flag": "true",
+        "x": "1.5",
+        "cat": "a",
+        "none": None,
+        "_source_row": 1,
+    }
     assert source.fingerprint() == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -452,13 +505,21 @@ def pg_source(tmp_path_factory):
     """A fresh PostgreSQL database with a 25-row table, reachable as connection pg_src."""
     name = create_database("handover_src")
     with psycopg.connect(pg_dsn(name)) as conn:
-        conn.execute("CREATE TABLE billing (pay_no text PRIMARY KEY, paid timestamp, "
-                     "amount numeric(12,2), ok boolean, note text)")
+        conn.execute(
+            "CREATE TABLE billing (pay_no text PRIMARY KEY, paid timestamp, "
+            "amount numeric(12,2), ok boolean, note text)"
+        )
         with conn.cursor().copy("COPY billing FROM STDIN") as cp:
             for i in range(25, 0, -1):  # inserted in reverse: the reader orders by key
-                cp.write_row((f"P{i:03d}", dt.datetime(2026, 1, i, 8, 0, 0),
-                              Decimal(i) / 4 if i != 13 else None, i % 2 == 0,
-                              "含 % 与\n换行" if i == 1 else None))
+                cp.write_row(
+                    (
+                        f"P{i:03d}",
+                        dt.datetime(2026, 1, i, 8, 0, 0),
+                        Decimal(i) / 4 if i != 13 else None,
+                        i % 2 == 0,
+                        "含 % 与\n换行" if i == 1 else None,
+                    )
+                )
     mp = pytest.MonkeyPatch()
     mp.setenv("AIRFLOW_CONN_PG_SRC", f"postgresql://postgres@127.0.0.1:5432/{name}")
     yield name
@@ -467,8 +528,9 @@ def pg_source(tmp_path_factory):
 
 
 def test_sql_reads_in_chunks_with_a_server_side_cursor(pg_source):
-    source = SqlSource("pg_src", table="payments", source_table="billing", key="pay_no",
-                       chunk_rows=10)
+    source = SqlSource(
+        "pg_src", table="payments", source_table="billing", key="pay_no", chunk_rows=10
+    )
     with source:
         assert isinstance(source._cur, psycopg.ServerCursor)
         batches = list(source.batches())
@@ -479,33 +541,67 @@ def test_sql_reads_in_chunks_with_a_server_side_cursor(pg_source):
     assert out.column("pay_no").to_pylist() == [f"P{i:03d}" for i in range(1, 26)]
     assert out.column("_source_row").to_pylist() == list(range(1, 26))
     first = out.slice(0, 1).to_pylist()[0]
-    assert first == {"pay_no": "P001", "paid": "2026-01-01 08:00:00", "amount": "0.25",
-                     "ok": "f", "note": "含 % 与\n换行", "_source_row": 1}
+    assert first == {
+        "pay_no": "P001",
+        "paid": "2026-01-01 08:00:00",
+        "amount": "0.25",
+        "ok": "f",
+        "note": "含 % 与\n换行",
+        "_source_row": 1,
+    }
     assert out.column("amount").to_pylist()[12] is None
 
 
 def test_sql_key_and_timestamp_ranges_and_stable_fingerprint(pg_source):
-    by_key = SqlSource("pg_src", table="payments", source_table="billing", key="pay_no",
-                       range_column="pay_no", range_start="P005", range_end="P010")
-    by_time = SqlSource("pg_src", table="payments", source_table="billing", key="pay_no",
-                        chunk_rows=3, range_column="paid", range_start="2026-01-20")
+    by_key = SqlSource(
+        "pg_src",
+        table="payments",
+        source_table="billing",
+        key="pay_no",
+        range_column="pay_no",
+        range_start="P005",
+        range_end="P010",
+    )
+    by_time = SqlSource(
+        "pg_src",
+        table="payments",
+        source_table="billing",
+        key="pay_no",
+        chunk_rows=3,
+        range_column="paid",
+        range_start="2026-01-20",
+    )
 
     keys = read_all(by_key).column("pay_no").to_pylist()
     times = read_all(by_time)
 
     assert keys == ["P005", "P006", "P007", "P008", "P009"]
     assert times.column("pay_no").to_pylist() == [f"P{i:03d}" for i in range(20, 26)]
-    again = SqlSource("pg_src", table="payments", source_table="billing", key="pay_no",
-                      chunk_rows=3, range_column="paid", range_start="2026-01-20")
+    again = SqlSource(
+        "pg_src",
+        table="payments",
+        source_table="billing",
+        key="pay_no",
+        chunk_rows=3,
+        range_column="paid",
+        range_start="2026-01-20",
+    )
     read_all(again)
     assert again.fingerprint() == by_time.fingerprint()
 
 
 def test_sql_query_source_from_the_catalog_block(pg_source, tmp_path):
-    spec = {"key": "pay_no", "columns": {"pay_no": {}, "amount": {}},
-            "source": {"format": "sql", "conn_id": "pg_src", "chunk_rows": 4,
-                       "query": "SELECT pay_no, amount FROM billing WHERE ok",
-                       "range": {"column": "pay_no", "end": "P011"}}}
+    spec = {
+        "key": "pay_no",
+        "columns": {"pay_no": {}, "amount": {}},
+        "source": {
+            "format": "sql",
+            "conn_id": "pg_src",
+            "chunk_rows": 4,
+            "query": "SELECT pay_no, amount FROM billing WHERE ok",
+            "range": {"column": "pay_no", "end": "P011"},
+        },
+    }
 
     source = open_source("paid", spec, tmp_path)
     out = read_all(source)
@@ -527,13 +623,15 @@ def test_sqlite_through_the_generic_db_api_path(tmp_path, monkeypatch):
     path = tmp_path / "legacy.db"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE t (k TEXT, n INTEGER, x REAL, b BLOB)")
-        db.executemany("INSERT INTO t VALUES (?, ?, ?, ?)",
-                       [(f"k{i}", i, i / 2, "数".encode()) for i in range(7)])
-    monkeypatch.setenv("AIRFLOW_CONN_LITE", json.dumps({"conn_type": "sqlite",
-                                                        "host": str(path)}))
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?, ?, ?)",
+            [(f"k{i}", i, i / 2, "数".encode()) for i in range(7)],
+        )
+    monkeypatch.setenv("AIRFLOW_CONN_LITE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
 
-    source = SqlSource("lite", table="t", source_table="t", key="k", chunk_rows=3,
-                       range_column="n", range_start=2)
+    source = SqlSource(
+        "lite", table="t", source_table="t", key="k", chunk_rows=3, range_column="n", range_start=2
+    )
     with source:
         batches = list(source.batches())
 
@@ -543,8 +641,9 @@ def test_sqlite_through_the_generic_db_api_path(tmp_path, monkeypatch):
 
 
 def test_head_reads_only_the_first_rows(pg_source):
-    source = SqlSource("pg_src", table="payments", source_table="billing", key="pay_no",
-                       chunk_rows=4)
+    source = SqlSource(
+        "pg_src", table="payments", source_table="billing", key="pay_no", chunk_rows=4
+    )
     with source:
         sample = head(source, 6)
     assert sample.num_rows == 6
@@ -559,10 +658,14 @@ def test_mariadb_when_a_driver_is_installed(monkeypatch):
     with conn.cursor() as cur:
         cur.execute("CREATE DATABASE IF NOT EXISTS handover_src_test")
         cur.execute("DROP TABLE IF EXISTS handover_src_test.t")
-        cur.execute("CREATE TABLE handover_src_test.t (k VARCHAR(8) PRIMARY KEY, "
-                    "d DATETIME, m DECIMAL(10,2))")
-        cur.executemany("INSERT INTO handover_src_test.t VALUES (%s, %s, %s)",
-                        [(f"k{i}", f"2026-01-0{i} 08:00:00", "1.50") for i in range(1, 6)])
+        cur.execute(
+            "CREATE TABLE handover_src_test.t (k VARCHAR(8) PRIMARY KEY, "
+            "d DATETIME, m DECIMAL(10,2))"
+        )
+        cur.executemany(
+            "INSERT INTO handover_src_test.t VALUES (%s, %s, %s)",
+            [(f"k{i}", f"2026-01-0{i} 08:00:00", "1.50") for i in range(1, 6)],
+        )
     conn.commit()
     monkeypatch.setenv("AIRFLOW_CONN_MARIA", "mysql://root@127.0.0.1:3306/handover_src_test")
     try:
@@ -581,8 +684,11 @@ def test_free_text_with_one_row_shaped_line_is_not_mistaken_for_swallowed_rows(t
     """A complaint may hold a line with a row's count of commas; only two such lines in a
     row are taken for rows read into a value by a stray quote."""
     path = tmp_path / "complaints.csv"
-    path.write_text('id,cust,text,channel\nK1,C1,"called twice\nbilling, refund, again, still",'
-                    'app\nK2,C2,plain,web\n', encoding="utf-8")
+    path.write_text(
+        'id,cust,text,channel\nK1,C1,"called twice\nbilling, refund, again, still",'
+        "app\nK2,C2,plain,web\n",
+        encoding="utf-8",
+    )
     table = read_all(DelimitedSource(path, table="complaints"))
     assert table.num_rows == 2
     assert table["text"][0].as_py() == "called twice\nbilling, refund, again, still"

@@ -59,9 +59,14 @@ def both(tmp_path_factory, keyring_file):
             run_id = f"{system}_{uuid.uuid4().hex[:6]}"
             run_migration(run_id=run_id, source_dir=str(sources[system]), system=system)
             runs[system] = run_id
-        yield {"keyring": keyring_file, "root": root, "sources": sources,
-               "targets": targets, "runs": runs,
-               "billing": billing}
+        yield {
+            "keyring": keyring_file,
+            "root": root,
+            "sources": sources,
+            "targets": targets,
+            "runs": runs,
+            "billing": billing,
+        }
     finally:
         mp.undo()
         for name in (billing, *targets.values()):
@@ -73,7 +78,8 @@ def _reconciliation(both, system):
         return conn.execute(
             "SELECT table_name, source_rows, loaded, quarantined, excluded, target_rows, "
             "balanced, merged FROM handover_meta.reconciliation WHERE run_id=%s",
-            (both["runs"][system],)).fetchall()
+            (both["runs"][system],),
+        ).fetchall()
 
 
 @pytest.mark.parametrize("system", SYSTEMS)
@@ -90,51 +96,77 @@ def test_both_profiles_migrate_with_balanced_ledgers(both, system):
 
 
 def test_telco_b_catches_exactly_the_defects_of_its_answer_key(both):
-    truth = pd.read_csv(both["sources"]["telco_b"] / "truth.csv", dtype=str,
-                        keep_default_na=False)
+    truth = pd.read_csv(both["sources"]["telco_b"] / "truth.csv", dtype=str, keep_default_na=False)
     with psycopg.connect(pg_dsn(both["targets"]["telco_b"])) as conn:
-        q = conn.execute("SELECT table_name, record_key, reason FROM handover_meta.quarantine "
-                         "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
-        x = conn.execute("SELECT table_name, record_key, rule_id FROM handover_meta.exclusion "
-                         "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
-        m = conn.execute("SELECT table_name, merged_key, rule FROM handover_meta.merge_map "
-                         "WHERE run_id=%s", (both["runs"]["telco_b"],)).fetchall()
+        q = conn.execute(
+            "SELECT table_name, record_key, reason FROM handover_meta.quarantine WHERE run_id=%s",
+            (both["runs"]["telco_b"],),
+        ).fetchall()
+        x = conn.execute(
+            "SELECT table_name, record_key, rule_id FROM handover_meta.exclusion WHERE run_id=%s",
+            (both["runs"]["telco_b"],),
+        ).fetchall()
+        m = conn.execute(
+            "SELECT table_name, merged_key, rule FROM handover_meta.merge_map WHERE run_id=%s",
+            (both["runs"]["telco_b"],),
+        ).fetchall()
     # excluded rows were destroyed at the run's end: the books hold their keys hashed
     x = unhash_book_keys(both["keyring"], x, set(zip(truth.table, truth.key, strict=True)))
     got = {(t, k): ("quarantined", r) for t, k, r in q}
     got.update({(t, k): ("excluded", r) for t, k, r in x})
     got.update({(t, k): ("merged", r) for t, k, r in m})
-    expected = {(r.table, r.key): (r.expected_outcome, r.expected_reason)
-                for r in truth.itertuples() if r.expected_outcome != "loaded"}
+    expected = {
+        (r.table, r.key): (r.expected_outcome, r.expected_reason)
+        for r in truth.itertuples()
+        if r.expected_outcome != "loaded"
+    }
 
     assert expected
-    wrong = sorted((k, expected.get(k), got.get(k)) for k in set(got) | set(expected)
-                   if got.get(k) != expected.get(k))[:5]
+    wrong = sorted(
+        (k, expected.get(k), got.get(k))
+        for k in set(got) | set(expected)
+        if got.get(k) != expected.get(k)
+    )[:5]
     assert wrong == []
 
 
 # The target columns whose values do not depend on keys or on the source table's name
 # (blind indexes and ciphertext are keyed by "<source table>.<field>").
 def _comparable(conn, table: str) -> list[str]:
-    cols = [r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema='crm' AND "
-        "table_name=%s ORDER BY ordinal_position", (table,))]
+    cols = [
+        r[0]
+        for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema='crm' AND "
+            "table_name=%s ORDER BY ordinal_position",
+            (table,),
+        )
+    ]
     return [c for c in cols if not re.search(r"_(enc|key_id|bidx)$", c)]
 
 
 def test_both_targets_hold_the_same_customers_and_records(both):
-    tables = ["customer", "consent", "call_record", "data_session", "payment", "complaint",
-              "browsing_event"]
-    with psycopg.connect(pg_dsn(both["targets"]["legacy_bss"])) as a, \
-            psycopg.connect(pg_dsn(both["targets"]["telco_b"])) as b:
+    tables = [
+        "customer",
+        "consent",
+        "call_record",
+        "data_session",
+        "payment",
+        "complaint",
+        "browsing_event",
+    ]
+    with (
+        psycopg.connect(pg_dsn(both["targets"]["legacy_bss"])) as a,
+        psycopg.connect(pg_dsn(both["targets"]["telco_b"])) as b,
+    ):
         for table in tables:
             cols = _comparable(a, table)
-            select = (f"SELECT {', '.join(cols)} FROM crm.{table} ORDER BY 1")
+            select = f"SELECT {', '.join(cols)} FROM crm.{table} ORDER BY 1"
             left, right = a.execute(select).fetchall(), b.execute(select).fetchall()
             if table == "complaint":  # telco_b's agents broke texts into lines
                 i = cols.index("body")
-                right = [r[:i] + ((r[i] or "").replace("\n", "") or None,) + r[i + 1:]
-                         for r in right]
+                right = [
+                    r[:i] + ((r[i] or "").replace("\n", "") or None,) + r[i + 1 :] for r in right
+                ]
             assert len(left) == len(right) > 0, table
             assert left == right, table
 
@@ -143,8 +175,9 @@ def test_the_same_dag_and_library_serve_both_profiles(both):
     """No code branches on a profile: only the generators (synth_b writes telco_b's export,
     synth_c derives another from it) name it, and both runs went through the same stages
     for every table."""
-    library = [p for p in (ROOT / "include" / "handover").glob("*.py")
-               if not p.name.startswith("synth_")]
+    library = [
+        p for p in (ROOT / "include" / "handover").glob("*.py") if not p.name.startswith("synth_")
+    ]
     dags = list((ROOT / "dags").glob("*.py"))
     mentions = [p.name for p in library + dags if "telco_b" in p.read_text(encoding="utf-8")]
     assert mentions == []
@@ -152,15 +185,29 @@ def test_the_same_dag_and_library_serve_both_profiles(both):
     stages = {}
     for system in SYSTEMS:
         with psycopg.connect(pg_dsn(both["targets"][system])) as conn:
-            stages[system] = sorted({r[0] for r in conn.execute(
-                "SELECT stage FROM handover_meta.ledger WHERE run_id=%s",
-                (both["runs"][system],))})
-            gates = conn.execute("SELECT DISTINCT gate FROM handover_meta.gate_result WHERE "
-                                 "run_id=%s AND success", (both["runs"][system],)).fetchall()
-            assert {g for (g,) in gates} == {"intake", "compliance", "quality", "contract",
-                                             "reconciliation"}
-    assert stages["legacy_bss"] == stages["telco_b"] == ["cleanse", "comply", "extract",
-                                                         "load", "map"]
+            stages[system] = sorted(
+                {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT stage FROM handover_meta.ledger WHERE run_id=%s",
+                        (both["runs"][system],),
+                    )
+                }
+            )
+            gates = conn.execute(
+                "SELECT DISTINCT gate FROM handover_meta.gate_result WHERE run_id=%s AND success",
+                (both["runs"][system],),
+            ).fetchall()
+            assert {g for (g,) in gates} == {
+                "intake",
+                "compliance",
+                "quality",
+                "contract",
+                "reconciliation",
+            }
+    assert (
+        stages["legacy_bss"] == stages["telco_b"] == ["cleanse", "comply", "extract", "load", "map"]
+    )
 
 
 def test_check_passes_on_telco_b(both, capsys):
@@ -168,8 +215,17 @@ def test_check_passes_on_telco_b(both, capsys):
     assert result.problems == []
     assert result.rows_read["payment_log"] == 400
 
-    code = cli.main(["check", "--system", "telco_b", "--source-dir",
-                     str(both["sources"]["telco_b"]), "--rows", "200"])
+    code = cli.main(
+        [
+            "check",
+            "--system",
+            "telco_b",
+            "--source-dir",
+            str(both["sources"]["telco_b"]),
+            "--rows",
+            "200",
+        ]
+    )
     assert code == 0
     assert "check passed for telco_b" in capsys.readouterr().err
 
@@ -197,22 +253,38 @@ def test_check_names_a_column_left_out_of_the_catalog(both, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "include"), "PYTHONWARNINGS": "ignore"}
 
     proc = subprocess.run(
-        [sys.executable, "-m", "handover.check", "--system", str(folder), "--source-dir",
-         str(both["sources"]["telco_b"]), "--rows", "300"],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "handover.check",
+            "--system",
+            str(folder),
+            "--source-dir",
+            str(both["sources"]["telco_b"]),
+            "--rows",
+            "300",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
     assert proc.returncode != 0, proc.stderr
     unclassified = [line for line in proc.stdout.splitlines() if "unclassified" in line]
     assert len(unclassified) == 1, proc.stdout
-    assert unclassified[0].startswith(f"{folder / 'catalog.yaml'}: table complaint_ticket "
-                                      "column 满意度: found in ")
+    assert unclassified[0].startswith(
+        f"{folder / 'catalog.yaml'}: table complaint_ticket column 满意度: found in "
+    )
 
 
 def test_check_names_a_catalogue_gap_the_mapping_still_uses(both, tmp_path, capsys):
     folder = _without_column(tmp_path, "满意度", everywhere=False)
 
-    code = cli.main(["check", "--system", str(folder), "--source-dir",
-                     str(both["sources"]["telco_b"])])
+    code = cli.main(
+        ["check", "--system", str(folder), "--source-dir", str(both["sources"]["telco_b"])]
+    )
     out = capsys.readouterr().out.strip().splitlines()
 
     assert code == 1
@@ -227,8 +299,9 @@ def test_check_counts_type_problems_and_codes_without_a_lookup(both, tmp_path):
     folder = tmp_path / "telco_b"
     shutil.copytree(CONFIG_ROOT / "telco_b", folder)
     for name, old, new in (
-            ("cleansing.yaml", '开户日期: "%Y%m%d"', '开户日期: "%Y-%m-%d"'),
-            ("mapping.yaml", ' "银行": bank,', "")):
+        ("cleansing.yaml", '开户日期: "%Y%m%d"', '开户日期: "%Y-%m-%d"'),
+        ("mapping.yaml", ' "银行": bank,', ""),
+    ):
         text = (folder / name).read_text(encoding="utf-8")
         assert text.count(old) == 1
         (folder / name).write_text(text.replace(old, new), encoding="utf-8")
@@ -259,15 +332,17 @@ def test_scaffolded_suites_agree_with_what_the_stages_write(both, system, tmp_pa
     from handover.lake import lake_from_url, safe_run_id
     from handover.pipeline import GATE_INPUT, META
 
-    spec = importlib.util.spec_from_file_location("scaffold", ROOT / "scripts" /
-                                                  "scaffold_suites.py")
+    spec = importlib.util.spec_from_file_location(
+        "scaffold", ROOT / "scripts" / "scaffold_suites.py"
+    )
     scaffold = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scaffold)
     for (gate, table), expectations in scaffold.suites(system).items():
         path = tmp_path / gate / f"{table}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"name": f"{gate}.{table}", "expectations": expectations}),
-                        encoding="utf-8")
+        path.write_text(
+            json.dumps({"name": f"{gate}.{table}", "expectations": expectations}), encoding="utf-8"
+        )
     lake = lake_from_url()
     run = safe_run_id(both["runs"][system])
     checked = 0
@@ -276,8 +351,15 @@ def test_scaffolded_suites_agree_with_what_the_stages_write(both, system, tmp_pa
             for key in lake.list(f"runs/{run}/{stage}/{table}/"):
                 df = lake.read_table(key).to_pandas()
                 df = df.drop(columns=[c for c in META if c in df.columns])
-                result = run_gate(df, gate=gate, table=table, partition=key.rsplit("/", 1)[-1],
-                                  run_id=run, suites_dir=tmp_path, docs_dir=None)
+                result = run_gate(
+                    df,
+                    gate=gate,
+                    table=table,
+                    partition=key.rsplit("/", 1)[-1],
+                    run_id=run,
+                    suites_dir=tmp_path,
+                    docs_dir=None,
+                )
                 assert result.success, (gate, table, result.summary())
                 checked += 1
     assert checked >= 4 * len(load_config(system).tables)

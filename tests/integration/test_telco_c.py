@@ -63,9 +63,24 @@ def run(tmp_path_factory, keyring_file):
     # the operator states (the dictionary's 导出时间)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "include"), "PYTHONWARNINGS": "ignore"}
     made = subprocess.run(
-        [sys.executable, "-m", "handover.cli", "manifest", "--system", SYSTEM, "--source-dir",
-         str(source), "--exported-at", info["exported_at"]],
-        capture_output=True, text=True, env=env, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "handover.cli",
+            "manifest",
+            "--system",
+            SYSTEM,
+            "--source-dir",
+            str(source),
+            "--exported-at",
+            info["exported_at"],
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert made.returncode == 0, made.stderr[-2000:]
     target = create_database("handover_telco_c")
     mp = pytest.MonkeyPatch()
@@ -78,8 +93,15 @@ def run(tmp_path_factory, keyring_file):
     try:
         run_migration(run_id=run_id, source_dir=str(source), system=SYSTEM)
         truth = pd.read_csv(source / "truth.csv", dtype=str, keep_default_na=False)
-        yield {"source": source, "legacy": root / "legacy_bss", "info": info, "truth": truth,
-               "dsn": pg_dsn(target), "run_id": run_id, "keyring": keyring_file}
+        yield {
+            "source": source,
+            "legacy": root / "legacy_bss",
+            "info": info,
+            "truth": truth,
+            "dsn": pg_dsn(target),
+            "run_id": run_id,
+            "keyring": keyring_file,
+        }
     finally:
         mp.undo()
         drop_database(target)
@@ -88,8 +110,7 @@ def run(tmp_path_factory, keyring_file):
 def _targets() -> dict[str, tuple[str, str]]:
     """telco_c table -> (target table, target key)."""
     cfg = load_config(SYSTEM)
-    return {t: (cfg.table_mapping(t)["target"], cfg.table_mapping(t)["key"])
-            for t in cfg.tables}
+    return {t: (cfg.table_mapping(t)["target"], cfg.table_mapping(t)["key"]) for t in cfg.tables}
 
 
 def _outcomes(run) -> dict[tuple[str, str], tuple]:
@@ -100,13 +121,19 @@ def _outcomes(run) -> dict[tuple[str, str], tuple]:
         for table, (target, key) in _targets().items():
             for (k,) in conn.execute(f"SELECT {key} FROM crm.{target}"):
                 got[(table, k)] = ("loaded", "")
-        q = conn.execute("SELECT table_name, record_key, reason FROM handover_meta.quarantine "
-                         "WHERE run_id=%s", (run["run_id"],)).fetchall()
-        x = conn.execute("SELECT table_name, record_key, rule_id FROM handover_meta.exclusion "
-                         "WHERE run_id=%s", (run["run_id"],)).fetchall()
-        m = conn.execute("SELECT table_name, merged_key, rule, survivor_key FROM "
-                         "handover_meta.merge_map WHERE run_id=%s",
-                         (run["run_id"],)).fetchall()
+        q = conn.execute(
+            "SELECT table_name, record_key, reason FROM handover_meta.quarantine WHERE run_id=%s",
+            (run["run_id"],),
+        ).fetchall()
+        x = conn.execute(
+            "SELECT table_name, record_key, rule_id FROM handover_meta.exclusion WHERE run_id=%s",
+            (run["run_id"],),
+        ).fetchall()
+        m = conn.execute(
+            "SELECT table_name, merged_key, rule, survivor_key FROM "
+            "handover_meta.merge_map WHERE run_id=%s",
+            (run["run_id"],),
+        ).fetchall()
     # excluded rows were destroyed at the run's end: the books hold their keys hashed
     x = unhash_book_keys(run["keyring"], x, set(zip(truth.table, truth.key, strict=True)))
     for outcome, rows in (("quarantined", q), ("excluded", x)):
@@ -122,8 +149,11 @@ def _outcomes(run) -> dict[tuple[str, str], tuple]:
 def _expected(truth: pd.DataFrame) -> dict[tuple[str, str], tuple]:
     out = {}
     for r in truth.itertuples():
-        detail = (f"{r.expected_reason}->{r.merged_into}" if r.expected_outcome == "merged"
-                  else r.expected_reason)
+        detail = (
+            f"{r.expected_reason}->{r.merged_into}"
+            if r.expected_outcome == "merged"
+            else r.expected_reason
+        )
         out[(r.table, r.key)] = (r.expected_outcome, detail)
     return out
 
@@ -187,10 +217,13 @@ def test_children_of_a_merged_customer_follow_the_survivor(run):
             if table == "khzl":
                 continue
             keys = moved.loc[moved.table == table, "key"].tolist()
-            got |= {(table, k): c for k, c in conn.execute(
-                f"SELECT {key}, customer_id FROM crm.{target} WHERE {key} = ANY(%s)", (keys,))}
-    expected = dict(zip(zip(moved.table, moved.key, strict=True), moved.reparented_to,
-                        strict=True))
+            got |= {
+                (table, k): c
+                for k, c in conn.execute(
+                    f"SELECT {key}, customer_id FROM crm.{target} WHERE {key} = ANY(%s)", (keys,)
+                )
+            }
+    expected = dict(zip(zip(moved.table, moved.key, strict=True), moved.reparented_to, strict=True))
     assert got == expected
 
 
@@ -198,8 +231,15 @@ def _export_profiles(source) -> pd.DataFrame:
     """The customer file as the operator wrote it, keys and IDs in their canonical form."""
     cols = [c for c, _ in synth_c.COLUMNS["khzl"]]
     file = synth_c.FILES["subscribers"][1]
-    df = pd.read_csv(source / file, sep="^", header=None, names=cols, dtype=str,
-                     encoding="gb18030", keep_default_na=False)
+    df = pd.read_csv(
+        source / file,
+        sep="^",
+        header=None,
+        names=cols,
+        dtype=str,
+        encoding="gb18030",
+        keep_default_na=False,
+    )
     df["key"] = df["khbh"].str.strip().str.upper()
     df["id"] = df["zjhm"].str.replace(r"[\s-]", "", regex=True).str.upper()
     return df
@@ -215,8 +255,9 @@ def _upgraded(id15: str) -> str:
 def _decrypted_ids(run) -> dict[str, str]:
     ring = Keyring.from_dict(json.loads(run["keyring"].read_text()))
     with psycopg.connect(run["dsn"]) as conn:
-        rows = conn.execute("SELECT customer_id, id_number_enc, id_number_key_id "
-                            "FROM crm.customer").fetchall()
+        rows = conn.execute(
+            "SELECT customer_id, id_number_enc, id_number_key_id FROM crm.customer"
+        ).fetchall()
     return {c: decrypt_value(enc, kid, ring, aad=b"customer.id_number") for c, enc, kid in rows}
 
 
@@ -238,18 +279,22 @@ def test_first_generation_ids_are_loaded_in_their_18_digit_form(run):
         else:
             continue
         checked += 1
-    assert checked == len(old[old["key"].map(fate["expected_outcome"]).isin(
-        ["loaded", "merged"])]) > 0
+    assert (
+        checked == len(old[old["key"].map(fate["expected_outcome"]).isin(["loaded", "merged"])]) > 0
+    )
     # every loaded ID is an 18-digit GB 11643-1999 number, one customer per person
-    assert all(re.fullmatch(r"\d{17}[\dX]", v) and synth.id_check_digit(v[:17]) == v[17]
-               for v in ids.values())
+    assert all(
+        re.fullmatch(r"\d{17}[\dX]", v) and synth.id_check_digit(v[:17]) == v[17]
+        for v in ids.values()
+    )
     assert len(set(ids.values())) == len(ids)
     # counted as normalised in the ledger, not quarantined
     with psycopg.connect(run["dsn"]) as conn:
         upgraded = conn.execute(
             "SELECT sum((detail->'normalised'->>'ID_UPGRADED_15_TO_18')::int) FROM "
             "handover_meta.ledger WHERE run_id=%s AND table_name='khzl' AND stage='cleanse'",
-            (run["run_id"],)).fetchone()[0]
+            (run["run_id"],),
+        ).fetchone()[0]
     clean = old["key"].map(fate["expected_outcome"]).isin(["loaded", "merged"])
     assert upgraded >= clean.sum()
 
@@ -259,18 +304,22 @@ def test_no_placeholder_in_any_personal_field(run):
     0 or 9 for some: the target holds what each resident ID encodes, never a placeholder."""
     ids = _decrypted_ids(run)
     with psycopg.connect(run["dsn"]) as conn:
-        rows = conn.execute("SELECT customer_id, full_name, birth_date, gender, msisdn, "
-                            "opened_on, address, city FROM crm.customer").fetchall()
+        rows = conn.execute(
+            "SELECT customer_id, full_name, birth_date, gender, msisdn, "
+            "opened_on, address, city FROM crm.customer"
+        ).fetchall()
     profiles = _export_profiles(run["source"])
-    placeholders = profiles["csrq"].isin(["19000101", "00000000", ""]) | \
-        profiles["xb"].isin(["0", "9"])
+    placeholders = profiles["csrq"].isin(["19000101", "00000000", ""]) | profiles["xb"].isin(
+        ["0", "9"]
+    )
     assert placeholders.sum() >= 10  # the export does have them
 
     assert len(rows) == len(ids) > 0
     for cid, name, birth, gender, msisdn, opened, address, city in rows:
         assert name and name.strip() and "?" not in name, cid
         assert birth == date.fromisoformat(
-            f"{ids[cid][6:10]}-{ids[cid][10:12]}-{ids[cid][12:14]}"), cid
+            f"{ids[cid][6:10]}-{ids[cid][10:12]}-{ids[cid][12:14]}"
+        ), cid
         assert date(1900, 1, 2) <= birth < date(2026, 11, 1), cid
         assert gender == ("M" if int(ids[cid][16]) % 2 else "F"), cid
         assert re.fullmatch(r"1\d{10}", msisdn), cid
@@ -288,8 +337,10 @@ def test_every_amount_is_exact_to_the_fen(run):
         for table, column in MONEY.items():
             target, key = _targets()[table]
             loaded = truth[(truth.table == table) & (truth.expected_outcome == "loaded")]
-            want = {k: int(Decimal(a) * 100) for k, a in zip(loaded.key, loaded.amount_yuan,
-                                                            strict=True)}
+            want = {
+                k: int(Decimal(a) * 100)
+                for k, a in zip(loaded.key, loaded.amount_yuan, strict=True)
+            }
             got = dict(conn.execute(f"SELECT {key}, {column} FROM crm.{target}").fetchall())
             total = conn.execute(f"SELECT sum({column}) FROM crm.{target}").fetchone()[0]
 
@@ -304,10 +355,15 @@ def test_reconciliation_balances_for_every_table(run):
         rows = conn.execute(
             "SELECT table_name, source_rows, loaded, merged, quarantined, excluded, "
             "target_rows, balanced FROM handover_meta.reconciliation WHERE run_id=%s",
-            (run["run_id"],)).fetchall()
-        gates = {g for (g,) in conn.execute(
-            "SELECT DISTINCT gate FROM handover_meta.gate_result WHERE run_id=%s AND success",
-            (run["run_id"],))}
+            (run["run_id"],),
+        ).fetchall()
+        gates = {
+            g
+            for (g,) in conn.execute(
+                "SELECT DISTINCT gate FROM handover_meta.gate_result WHERE run_id=%s AND success",
+                (run["run_id"],),
+            )
+        }
     truth = run["truth"]
     merged = truth[truth.expected_outcome == "merged"].groupby("table").size().to_dict()
 
@@ -323,13 +379,22 @@ def test_reconciliation_balances_for_every_table(run):
 
 def test_every_phone_class_reaches_the_target_normalised(run):
     with psycopg.connect(run["dsn"]) as conn:
-        numbers = [n for (n,) in conn.execute(
-            "SELECT callee_msisdn FROM crm.call_record UNION ALL "
-            "SELECT caller_msisdn FROM crm.call_record") if n]
+        numbers = [
+            n
+            for (n,) in conn.execute(
+                "SELECT callee_msisdn FROM crm.call_record UNION ALL "
+                "SELECT caller_msisdn FROM crm.call_record"
+            )
+            if n
+        ]
         customers = [n for (n,) in conn.execute("SELECT msisdn FROM crm.customer")]
     classes = {
-        "mobile": r"1[3-9]\d{9}", "landline": r"0[1-9]\d{8,10}", "iot": r"1(?:4\d|0\d)\d{10}",
-        "service": r"1\d{2,4}|9\d{4,5}", "international": r"\+(?:[1-79]|8[0-57-9])\d{6,13}"}
+        "mobile": r"1[3-9]\d{9}",
+        "landline": r"0[1-9]\d{8,10}",
+        "iot": r"1(?:4\d|0\d)\d{10}",
+        "service": r"1\d{2,4}|9\d{4,5}",
+        "international": r"\+(?:[1-79]|8[0-57-9])\d{6,13}",
+    }
     seen = {name: sum(1 for n in numbers if re.fullmatch(p, n)) for name, p in classes.items()}
 
     assert all(seen.values()), seen
@@ -383,8 +448,9 @@ def test_dates_written_every_way_are_read_as_written(run):
     pays = _legacy(run, "payments").set_index("payment_id")
     calls = _legacy(run, "call_records").set_index("cdr_id")
     with psycopg.connect(run["dsn"]) as conn:
-        customers = conn.execute("SELECT customer_id, opened_on, source_updated_at "
-                                 "FROM crm.customer").fetchall()
+        customers = conn.execute(
+            "SELECT customer_id, opened_on, source_updated_at FROM crm.customer"
+        ).fetchall()
         paid = conn.execute("SELECT payment_id, paid_at FROM crm.payment").fetchall()
         started = conn.execute("SELECT cdr_id, started_at FROM crm.call_record").fetchall()
     profiles = _export_profiles(run["source"])

@@ -48,13 +48,21 @@ def _norm(v) -> str:
 
 def _night(changes: Path, day: str) -> dict:
     start = pd.Timestamp(day)
-    return sync.run_night(changes_dir=str(changes), data_interval_start=start,
-                          data_interval_end=start + pd.Timedelta(days=1))
+    return sync.run_night(
+        changes_dir=str(changes),
+        data_interval_start=start,
+        data_interval_end=start + pd.Timedelta(days=1),
+    )
 
 
 def _request(kind: str, customer: str, **kw) -> dict:
-    form = {"request_id": f"REQ-{kind[:3]}-{uuid.uuid4().hex[:6]}", "request_type": kind,
-            "identifier_type": "customer_id", "identifier": customer, **kw}
+    form = {
+        "request_id": f"REQ-{kind[:3]}-{uuid.uuid4().hex[:6]}",
+        "request_type": kind,
+        "identifier_type": "customer_id",
+        "identifier": customer,
+        **kw,
+    }
     return subject.submit_request(**form)["conf"]
 
 
@@ -71,22 +79,33 @@ def weeks(target_db, tmp_path_factory):
     mp.setenv("HANDOVER_TARGET_DSN", dsn)
     mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
     mp.setenv("HANDOVER_KEYRING_FILE", str(keyfile))
-    for var in ("AIRFLOW_CONN_HANDOVER_KEYS", "AIRFLOW_CONN_HANDOVER_TARGET",
-                "AIRFLOW_CONN_HANDOVER_LAKE"):
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
         mp.delenv(var, raising=False)
     # The person to erase: one whose row the last night updates in the legacy system.
-    last = pd.read_csv(changes / DAYS[-1] / "subscribers.csv", dtype=str,
-                       keep_default_na=False)
+    last = pd.read_csv(changes / DAYS[-1] / "subscribers.csv", dtype=str, keep_default_na=False)
     subs = pd.read_csv(source / "subscribers.csv", dtype=str, keep_default_na=False)
     subs = subs.assign(c=subs["cust_id"].map(_norm), o=subs["transfer_objection"].map(_norm))
     clean = set(subs.loc[subs["o"] != "1", "c"])
     erased = next(c for c in last["cust_id"].map(_norm) if c in clean)
     others = sorted(clean - {erased} - set(last["cust_id"].map(_norm)))
     row = subs[subs["c"] == erased].iloc[0]
-    world = {"root": root, "source": source, "changes": changes, "dsn": dsn, "keyfile": keyfile,
-             "lake": root / "lake", "erased": erased, "erased_values": {
-                 erased, _norm(row["id_number"]), _norm(row["msisdn"])},
-             "access_to": others[0], "correct": others[1], "steps": []}
+    world = {
+        "root": root,
+        "source": source,
+        "changes": changes,
+        "dsn": dsn,
+        "keyfile": keyfile,
+        "lake": root / "lake",
+        "erased": erased,
+        "erased_values": {erased, _norm(row["id_number"]), _norm(row["msisdn"])},
+        "access_to": others[0],
+        "correct": others[1],
+        "steps": [],
+    }
     yield world
     mp.undo()
 
@@ -99,9 +118,11 @@ def _balanced(w) -> None:
     with psycopg.connect(w["dsn"]) as conn:
         bad = conn.execute(
             "SELECT run_id, table_name, stage FROM handover_meta.ledger WHERE rows_in <> "
-            "rows_out + rows_quarantined + rows_excluded + rows_merged").fetchall()
-        unbalanced = conn.execute("SELECT run_id, table_name FROM handover_meta.reconciliation "
-                                  "WHERE NOT balanced").fetchall()
+            "rows_out + rows_quarantined + rows_excluded + rows_merged"
+        ).fetchall()
+        unbalanced = conn.execute(
+            "SELECT run_id, table_name FROM handover_meta.reconciliation WHERE NOT balanced"
+        ).fetchall()
     assert bad == [] and unbalanced == [], (bad, unbalanced)
 
 
@@ -137,15 +158,20 @@ def test_the_weeks(weeks):
 
     # correction of the address: the city follows it, the source's update time stays
     with psycopg.connect(w["dsn"]) as conn:
-        before = conn.execute("SELECT source_updated_at FROM crm.customer WHERE customer_id=%s",
-                              (w["correct"],)).fetchone()[0]
-    conf = _request("correction", w["correct"], field="address",
-                    new_value="广东省广州市天河区体育西路1号3栋201室")
+        before = conn.execute(
+            "SELECT source_updated_at FROM crm.customer WHERE customer_id=%s", (w["correct"],)
+        ).fetchone()[0]
+    conf = _request(
+        "correction",
+        w["correct"],
+        field="address",
+        new_value="广东省广州市天河区体育西路1号3栋201室",
+    )
     subject.handle_request(conf)
     with psycopg.connect(w["dsn"]) as conn:
         city, updated = conn.execute(
-            "SELECT city, source_updated_at FROM crm.customer WHERE customer_id=%s",
-            (w["correct"],)).fetchone()
+            "SELECT city, source_updated_at FROM crm.customer WHERE customer_id=%s", (w["correct"],)
+        ).fetchone()
     assert city == "广州市"
     assert updated == before
     # a correction the pipeline refuses ends rejected: seal cleared, no lake copy left
@@ -153,10 +179,14 @@ def test_the_weeks(weeks):
     with pytest.raises(subject.RequestRejected):
         subject.handle_request(bad)
     with psycopg.connect(w["dsn"]) as conn:
-        status = conn.execute("SELECT status FROM handover_meta.subject_request WHERE "
-                              "request_id=%s", (bad["request_id"],)).fetchone()
-        sealed = conn.execute("SELECT sealed FROM handover_meta.subject_intake WHERE "
-                              "request_id=%s", (bad["request_id"],)).fetchone()[0]
+        status = conn.execute(
+            "SELECT status FROM handover_meta.subject_request WHERE request_id=%s",
+            (bad["request_id"],),
+        ).fetchone()
+        sealed = conn.execute(
+            "SELECT sealed FROM handover_meta.subject_intake WHERE request_id=%s",
+            (bad["request_id"],),
+        ).fetchone()[0]
     assert status == ("rejected",) and sealed is None
     run = f"runs/{safe_run_id('subject__' + bad['request_id'])}/"
     assert lake_from_url().list(run) == [] and lake_from_url().list(f"_keys/{run}") == []
@@ -178,16 +208,21 @@ def test_the_weeks(weeks):
     night = _night(w["changes"], DAYS[3])  # a correction (an export-less run) came between
     run_id = sync.night_run_id(pd.Timestamp(DAYS[3]))
     with psycopg.connect(w["dsn"]) as conn:
-        back = conn.execute("SELECT count(*) FROM crm.customer WHERE customer_id=%s",
-                            (w["erased"],)).fetchone()[0]
+        back = conn.execute(
+            "SELECT count(*) FROM crm.customer WHERE customer_id=%s", (w["erased"],)
+        ).fetchone()[0]
         erased_rows = conn.execute(
             "SELECT count(*) FROM handover_meta.exclusion WHERE run_id=%s AND "
-            "rule_id='ERASED_SUBJECT'", (run_id,)).fetchone()[0]
-        green = conn.execute("SELECT bool_and(balanced), count(*) FROM "
-                             "handover_meta.reconciliation WHERE run_id=%s",
-                             (run_id,)).fetchone()
-        status = conn.execute("SELECT status FROM handover_meta.run WHERE run_id=%s",
-                              (run_id,)).fetchone()[0]
+            "rule_id='ERASED_SUBJECT'",
+            (run_id,),
+        ).fetchone()[0]
+        green = conn.execute(
+            "SELECT bool_and(balanced), count(*) FROM handover_meta.reconciliation WHERE run_id=%s",
+            (run_id,),
+        ).fetchone()
+        status = conn.execute(
+            "SELECT status FROM handover_meta.run WHERE run_id=%s", (run_id,)
+        ).fetchone()[0]
     assert back == 0, "the night brought the erased customer back"
     assert erased_rows >= 1
     assert green == (True, 7) and status == "succeeded", (green, status)
@@ -201,8 +236,16 @@ def test_the_weeks(weeks):
     data = json.loads(w["keyfile"].read_text())
     w["keyfile"].write_text(json.dumps(keys.add_key(data, "k2")))
     assert keys.key_still_needed("k1")["backup_data_keys"] > 0
-    retire = [sys.executable, "-m", "handover.cli", "keys", "--from", str(w["keyfile"]),
-              "--retire", "k1"]
+    retire = [
+        sys.executable,
+        "-m",
+        "handover.cli",
+        "keys",
+        "--from",
+        str(w["keyfile"]),
+        "--retire",
+        "k1",
+    ]
     env = {**__import__("os").environ, "PYTHONPATH": str(ROOT / "include")}
     refused = subprocess.run(retire, capture_output=True, text=True, env=env, check=False)
     assert refused.returncode == 2 and "still protects" in refused.stderr, refused.stderr
@@ -220,11 +263,16 @@ def test_the_weeks(weeks):
 
     drill = restore.run_drill()  # the newest backup, its keys rewrapped under k2 only
     with psycopg.connect(w["dsn"]) as conn:
-        drills = conn.execute("SELECT success FROM handover_meta.restore_drill ORDER BY "
-                              "started_at DESC LIMIT 1").fetchone()
-        wrapping = {r[0] for r in conn.execute(
-            "SELECT DISTINCT wrapping_key_id FROM handover_meta.backup_file WHERE backup_id=%s",
-            (drill["backup_id"],))}
+        drills = conn.execute(
+            "SELECT success FROM handover_meta.restore_drill ORDER BY started_at DESC LIMIT 1"
+        ).fetchone()
+        wrapping = {
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT wrapping_key_id FROM handover_meta.backup_file WHERE backup_id=%s",
+                (drill["backup_id"],),
+            )
+        }
     assert drills == (True,) and wrapping == {"k2"}, (drill, wrapping)
     assert first["backup_id"] != second["backup_id"]
     _step(w, "restore drill")
@@ -242,6 +290,8 @@ def test_a_drill_without_a_backup_fails_and_is_on_record(tmp_path, target_db, mo
     with pytest.raises(LifecycleError, match="no complete backup"):
         restore.run_drill()
     with psycopg.connect(db) as conn:
-        row = conn.execute("SELECT success, failure FROM handover_meta.restore_drill ORDER BY "
-                           "started_at DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT success, failure FROM handover_meta.restore_drill ORDER BY "
+            "started_at DESC LIMIT 1"
+        ).fetchone()
     assert row[0] is False and "no complete backup" in row[1]

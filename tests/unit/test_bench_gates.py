@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _postgres_up() -> bool:
     try:
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-                             connect_timeout=3):
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres", connect_timeout=3
+        ):
             return True
     except psycopg.Error:
         return False
@@ -26,8 +27,9 @@ pytestmark = pytest.mark.skipif(not _postgres_up(), reason="needs PostgreSQL on 
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gates",
-                                                  ROOT / "scripts" / "bench_gates.py")
+    spec = importlib.util.spec_from_file_location(
+        "bench_gates", ROOT / "scripts" / "bench_gates.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,8 +39,7 @@ def test_three_methods_agree_on_planted_faults(tmp_path, capsys):
     bench = _load_script()
     out = tmp_path / "gates.json"
     db = "bench_gates_unit_test"
-    code = bench.main(["--rows", "3000", "--partition-rows", "1000", "--out", str(out),
-                       "--db", db])
+    code = bench.main(["--rows", "3000", "--partition-rows", "1000", "--out", str(out), "--db", db])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "all three agree" in printed

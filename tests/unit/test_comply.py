@@ -17,14 +17,22 @@ POLICY = {
     "system": "legacy_bss",
     "purpose": "continuation of telecom service contracts",
     "objection": {"table": "subscribers", "column": "transfer_objection", "value": "1"},
-    "consent": {"table": "consents", "customer_column": "cust_id", "purpose_column": "purpose",
-                "granted_column": "granted", "granted_value": "1"},
+    "consent": {
+        "table": "consents",
+        "customer_column": "cust_id",
+        "purpose_column": "purpose",
+        "granted_column": "granted",
+        "granted_value": "1",
+    },
     "categories": {
         "personal": {"lawful_basis": "contract"},
         "consumption": {"lawful_basis": "contract", "retention_months": 36},
         "feedback": {"lawful_basis": "contract", "retention_months": 24},
-        "behavioural": {"lawful_basis": "separate_consent", "consent_purpose": "behavioural",
-                        "retention_months": 12},
+        "behavioural": {
+            "lawful_basis": "separate_consent",
+            "consent_purpose": "behavioural",
+            "retention_months": 12,
+        },
     },
     "rules": [
         {"id": "OBJECTED_TRANSFER", "description": "objected"},
@@ -32,19 +40,29 @@ POLICY = {
         {"id": "NO_CONSENT", "description": "no separate consent"},
     ],
 }
-CALLS = {"category": "consumption", "key": "cdr_id", "customer_column": "cust_id",
-         "event_time": "start_time"}
-BROWSING = {"category": "behavioural", "key": "event_id", "customer_column": "cust_id",
-            "event_time": "ts"}
+CALLS = {
+    "category": "consumption",
+    "key": "cdr_id",
+    "customer_column": "cust_id",
+    "event_time": "start_time",
+}
+BROWSING = {
+    "category": "behavioural",
+    "key": "event_id",
+    "customer_column": "cust_id",
+    "event_time": "ts",
+}
 SUBSCRIBERS = {"category": "personal", "key": "cust_id", "customer_column": "cust_id"}
 
-FACTS = PolicyFacts(exported_at=E, objected=frozenset({"C_OBJ"}),
-                    consented={"behavioural": frozenset({"C_OK", "C_OBJ_OK"}),
-                               "marketing": frozenset({"C_NO"})})
+FACTS = PolicyFacts(
+    exported_at=E,
+    objected=frozenset({"C_OBJ"}),
+    consented={"behavioural": frozenset({"C_OK", "C_OBJ_OK"}), "marketing": frozenset({"C_NO"})},
+)
 
 RECENT = "2026-10-01 10:00:00"
-OLD_CALL = "2022-05-15 10:00:00"     # 53 months before E: past 36
-OLD_EVENT = "2025-06-01 00:00:00"    # 17 months before E: past 12
+OLD_CALL = "2022-05-15 10:00:00"  # 53 months before E: past 36
+OLD_EVENT = "2025-06-01 00:00:00"  # 17 months before E: past 12
 
 
 def calls(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
@@ -56,13 +74,25 @@ def events(rows: list[tuple[str, str, str]]) -> pd.DataFrame:
 
 
 def decide_calls(raw: pd.DataFrame, facts: PolicyFacts = FACTS):
-    return decide(raw, table_spec=CALLS, category_policy=POLICY["categories"]["consumption"],
-                  policy=POLICY, facts=facts, event_time_format=TS)
+    return decide(
+        raw,
+        table_spec=CALLS,
+        category_policy=POLICY["categories"]["consumption"],
+        policy=POLICY,
+        facts=facts,
+        event_time_format=TS,
+    )
 
 
 def decide_events(raw: pd.DataFrame, facts: PolicyFacts = FACTS):
-    return decide(raw, table_spec=BROWSING, category_policy=POLICY["categories"]["behavioural"],
-                  policy=POLICY, facts=facts, event_time_format=TS)
+    return decide(
+        raw,
+        table_spec=BROWSING,
+        category_policy=POLICY["categories"]["behavioural"],
+        policy=POLICY,
+        facts=facts,
+        event_time_format=TS,
+    )
 
 
 def rules_by_key(result, key: str) -> dict[str, str]:
@@ -73,33 +103,47 @@ def rules_by_key(result, key: str) -> dict[str, str]:
 
 
 def test_objection_wins_over_retention():
-    raw = calls([("R1", "C_OBJ", OLD_CALL), ("R2", "C_OBJ", RECENT), ("R3", "C_OK", OLD_CALL),
-                 ("R4", "C_OK", RECENT)])
+    raw = calls(
+        [
+            ("R1", "C_OBJ", OLD_CALL),
+            ("R2", "C_OBJ", RECENT),
+            ("R3", "C_OK", OLD_CALL),
+            ("R4", "C_OK", RECENT),
+        ]
+    )
 
     result = decide_calls(raw)
 
-    assert rules_by_key(result, "cdr_id") == {"R1": "OBJECTED_TRANSFER",
-                                              "R2": "OBJECTED_TRANSFER",
-                                              "R3": "RETENTION_EXPIRED"}
+    assert rules_by_key(result, "cdr_id") == {
+        "R1": "OBJECTED_TRANSFER",
+        "R2": "OBJECTED_TRANSFER",
+        "R3": "RETENTION_EXPIRED",
+    }
     assert result.moved["cdr_id"].tolist() == ["R4"]
     assert result.counts == {"OBJECTED_TRANSFER": 2, "RETENTION_EXPIRED": 1}
 
 
 def test_retention_wins_over_no_consent_and_objection_over_both():
-    raw = events([
-        ("B1", "C_NONE", OLD_EVENT),    # past retention and no consent
-        ("B2", "C_NONE", RECENT),       # no consent
-        ("B3", "C_OBJ", OLD_EVENT),     # objected, past retention, no consent
-        ("B4", "C_OK", OLD_EVENT),      # consented but past retention
-        ("B5", "C_OK", RECENT),         # moves
-        ("B6", "C_NO", RECENT),         # consented to marketing only
-    ])
+    raw = events(
+        [
+            ("B1", "C_NONE", OLD_EVENT),  # past retention and no consent
+            ("B2", "C_NONE", RECENT),  # no consent
+            ("B3", "C_OBJ", OLD_EVENT),  # objected, past retention, no consent
+            ("B4", "C_OK", OLD_EVENT),  # consented but past retention
+            ("B5", "C_OK", RECENT),  # moves
+            ("B6", "C_NO", RECENT),  # consented to marketing only
+        ]
+    )
 
     result = decide_events(raw)
 
     assert rules_by_key(result, "event_id") == {
-        "B1": "RETENTION_EXPIRED", "B2": "NO_CONSENT", "B3": "OBJECTED_TRANSFER",
-        "B4": "RETENTION_EXPIRED", "B6": "NO_CONSENT"}
+        "B1": "RETENTION_EXPIRED",
+        "B2": "NO_CONSENT",
+        "B3": "OBJECTED_TRANSFER",
+        "B4": "RETENTION_EXPIRED",
+        "B6": "NO_CONSENT",
+    }
     assert result.moved["event_id"].tolist() == ["B5"]
 
 
@@ -107,9 +151,14 @@ def test_rules_run_in_the_policy_order():
     reordered = {**POLICY, "rules": list(reversed(POLICY["rules"]))}
     raw = events([("B1", "C_OBJ", OLD_EVENT), ("B2", "C_OK", OLD_EVENT)])
 
-    result = decide(raw, table_spec=BROWSING,
-                    category_policy=POLICY["categories"]["behavioural"], policy=reordered,
-                    facts=FACTS, event_time_format=TS)
+    result = decide(
+        raw,
+        table_spec=BROWSING,
+        category_policy=POLICY["categories"]["behavioural"],
+        policy=reordered,
+        facts=FACTS,
+        event_time_format=TS,
+    )
 
     assert rules_by_key(result, "event_id") == {"B1": "NO_CONSENT", "B2": "RETENTION_EXPIRED"}
 
@@ -167,11 +216,18 @@ def test_unparseable_event_time_moves_on_to_cleanse():
 
 
 def test_personal_data_has_no_retention_rule():
-    raw = pd.DataFrame({"cust_id": ["C_OBJ", "C_OK", "C_NONE"], "name": ["甲", "乙", "丙"]},
-                       dtype=object)
+    raw = pd.DataFrame(
+        {"cust_id": ["C_OBJ", "C_OK", "C_NONE"], "name": ["甲", "乙", "丙"]}, dtype=object
+    )
 
-    result = decide(raw, table_spec=SUBSCRIBERS, category_policy=POLICY["categories"]["personal"],
-                    policy=POLICY, facts=FACTS, event_time_format=None)
+    result = decide(
+        raw,
+        table_spec=SUBSCRIBERS,
+        category_policy=POLICY["categories"]["personal"],
+        policy=POLICY,
+        facts=FACTS,
+        event_time_format=None,
+    )
 
     assert rules_by_key(result, "cust_id") == {"C_OBJ": "OBJECTED_TRANSFER"}
     assert result.moved["cust_id"].tolist() == ["C_OK", "C_NONE"]
@@ -180,17 +236,28 @@ def test_personal_data_has_no_retention_rule():
 # -- lawful basis -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("category, table_spec, basis", [
-    ("consumption", CALLS, "contract"),
-    ("behavioural", BROWSING, "consent:behavioural"),
-])
+@pytest.mark.parametrize(
+    "category, table_spec, basis",
+    [
+        ("consumption", CALLS, "contract"),
+        ("behavioural", BROWSING, "consent:behavioural"),
+    ],
+)
 def test_basis_of_moved_rows(category: str, table_spec: dict, basis: str):
     column = table_spec["event_time"]
-    raw = pd.DataFrame({table_spec["key"]: ["X1", "X2"], "cust_id": ["C_OK", "C_OK"],
-                        column: [RECENT, RECENT]}, dtype=object)
+    raw = pd.DataFrame(
+        {table_spec["key"]: ["X1", "X2"], "cust_id": ["C_OK", "C_OK"], column: [RECENT, RECENT]},
+        dtype=object,
+    )
 
-    result = decide(raw, table_spec=table_spec, category_policy=POLICY["categories"][category],
-                    policy=POLICY, facts=FACTS, event_time_format=TS)
+    result = decide(
+        raw,
+        table_spec=table_spec,
+        category_policy=POLICY["categories"][category],
+        policy=POLICY,
+        facts=FACTS,
+        event_time_format=TS,
+    )
 
     assert result.moved["_basis"].tolist() == [basis, basis]
     assert result.excluded.empty
@@ -198,8 +265,18 @@ def test_basis_of_moved_rows(category: str, table_spec: dict, basis: str):
 
 
 def test_rows_in_equal_moved_plus_excluded():
-    raw = events([(f"B{i}", cust, ts) for i, (cust, ts) in enumerate(
-        [(c, t) for c in ("C_OK", "C_OBJ", "C_NONE", "C_OBJ_OK") for t in (RECENT, OLD_EVENT)])])
+    raw = events(
+        [
+            (f"B{i}", cust, ts)
+            for i, (cust, ts) in enumerate(
+                [
+                    (c, t)
+                    for c in ("C_OK", "C_OBJ", "C_NONE", "C_OBJ_OK")
+                    for t in (RECENT, OLD_EVENT)
+                ]
+            )
+        ]
+    )
 
     result = decide_events(raw)
 
@@ -212,25 +289,33 @@ def test_rows_in_equal_moved_plus_excluded():
 
 
 def test_policy_facts_from_small_frames():
-    subscribers = pd.DataFrame({
-        "cust_id": ["C1", "C2", " C3 ", "C4", None],
-        "transfer_objection": ["0", "1", " 1", "", "1"],
-    }, dtype=object)
-    consents = pd.DataFrame({
-        "consent_id": ["K1", "K2", "K3", "K4", "K5"],
-        "cust_id": ["C1", "C1", "C2", " C3", "C4"],
-        "purpose": ["service", "behavioural", "behavioural", "marketing ", "behavioural"],
-        "granted": ["1", "1", "0", "1", " 1 "],
-        "granted_at": ["2024-01-01 00:00:00"] * 5,
-    }, dtype=object)
+    subscribers = pd.DataFrame(
+        {
+            "cust_id": ["C1", "C2", " C3 ", "C4", None],
+            "transfer_objection": ["0", "1", " 1", "", "1"],
+        },
+        dtype=object,
+    )
+    consents = pd.DataFrame(
+        {
+            "consent_id": ["K1", "K2", "K3", "K4", "K5"],
+            "cust_id": ["C1", "C1", "C2", " C3", "C4"],
+            "purpose": ["service", "behavioural", "behavioural", "marketing ", "behavioural"],
+            "granted": ["1", "1", "0", "1", " 1 "],
+            "granted_at": ["2024-01-01 00:00:00"] * 5,
+        },
+        dtype=object,
+    )
 
     facts = policy_facts(subscribers, consents, POLICY, E)
 
     assert facts.exported_at == E
     assert facts.objected == frozenset({"C2", "C3"})
-    assert facts.consented == {"service": frozenset({"C1"}),
-                               "behavioural": frozenset({"C1", "C4"}),
-                               "marketing": frozenset({"C3"})}
+    assert facts.consented == {
+        "service": frozenset({"C1"}),
+        "behavioural": frozenset({"C1", "C4"}),
+        "marketing": frozenset({"C3"}),
+    }
 
 
 def test_policy_facts_without_frames():
@@ -241,10 +326,12 @@ def test_policy_facts_without_frames():
 
 
 def test_policy_facts_drive_decide():
-    subscribers = pd.DataFrame({"cust_id": ["C1", "C2"], "transfer_objection": ["0", "1"]},
-                               dtype=object)
-    consents = pd.DataFrame({"cust_id": ["C1"], "purpose": ["behavioural"], "granted": ["1"]},
-                            dtype=object)
+    subscribers = pd.DataFrame(
+        {"cust_id": ["C1", "C2"], "transfer_objection": ["0", "1"]}, dtype=object
+    )
+    consents = pd.DataFrame(
+        {"cust_id": ["C1"], "purpose": ["behavioural"], "granted": ["1"]}, dtype=object
+    )
     facts = policy_facts(subscribers, consents, POLICY, E)
     raw = events([("B1", "C1", RECENT), ("B2", "C2", RECENT), ("B3", "C3", RECENT)])
 

@@ -23,8 +23,14 @@ from tests.conftest import ROOT
 
 COMPOSE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
-AIRFLOW_SERVICES = ("airflow-init", "airflow-apiserver", "airflow-scheduler",
-                    "airflow-dag-processor", "airflow-triggerer", "airflow-worker")
+AIRFLOW_SERVICES = (
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 # Variables read by a third-party image, by service image prefix.
 IMAGE_VARS = {"postgres": ("POSTGRES_",), "minio/minio": ("MINIO_",)}
 VAR_USE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+-][^}]*)?\}")
@@ -58,8 +64,9 @@ def airflow_options() -> frozenset[tuple[str, str]]:
     import airflow
     import airflow.providers
 
-    spec = yaml.safe_load((Path(airflow.__file__).parent / "config_templates" / "config.yml")
-                          .read_text())
+    spec = yaml.safe_load(
+        (Path(airflow.__file__).parent / "config_templates" / "config.yml").read_text()
+    )
     opts = {(s, k) for s, sec in spec.items() for k in (sec.get("options") or {})}
     for base in airflow.providers.__path__:
         for info_file in Path(base).rglob("get_provider_info.py"):
@@ -112,10 +119,10 @@ def test_every_variable_set_is_read_by_something(service):
     image = spec.get("image", "")
     for name in service_env(service):
         if name.startswith("AIRFLOW__"):
-            section, _, option = name[len("AIRFLOW__"):].lower().partition("__")
+            section, _, option = name[len("AIRFLOW__") :].lower().partition("__")
             assert (section, option) in airflow_options(), f"{service}: {name} is no Airflow option"
         elif name.startswith("AIRFLOW_CONN_"):
-            conn_id = name[len("AIRFLOW_CONN_"):].lower()
+            conn_id = name[len("AIRFLOW_CONN_") :].lower()
             assert f'"{conn_id}"' in code_text(), f"{service}: no code reads connection {conn_id}"
         elif name.startswith("HANDOVER_"):
             assert f'"{name}"' in code_text(), f"{service}: no code reads {name}"
@@ -124,13 +131,15 @@ def test_every_variable_set_is_read_by_something(service):
             assert service == "postgres" and f"${name}" in scripts, f"{service}: {name}"
         else:
             prefixes = next((p for img, p in IMAGE_VARS.items() if image.startswith(img)), ())
-            assert name.startswith(prefixes) if prefixes else False, \
+            assert name.startswith(prefixes) if prefixes else False, (
                 f"{service}: {name} is read by nothing we know of"
+            )
 
 
 def test_every_compose_variable_is_in_env_example_and_back():
-    text = "\n".join(line for line in COMPOSE.read_text().splitlines()
-                     if not line.lstrip().startswith("#"))
+    text = "\n".join(
+        line for line in COMPOSE.read_text().splitlines() if not line.lstrip().startswith("#")
+    )
     used = set(VAR_USE.findall(text))
     documented = set(env_example())
     assert used - documented == set(), "add these to .env.example"

@@ -50,16 +50,27 @@ def test_shipped_config_loads_by_name():
 
     assert isinstance(cfg, SourceConfig)
     assert cfg.system == "legacy_bss"
-    assert cfg.tables == ["subscribers", "consents", "call_records", "data_sessions",
-                          "payments", "complaints", "browsing_events"]
+    assert cfg.tables == [
+        "subscribers",
+        "consents",
+        "call_records",
+        "data_sessions",
+        "payments",
+        "complaints",
+        "browsing_events",
+    ]
 
 
 def test_shipped_config_accessors():
     cfg = load_config("legacy_bss")
 
     assert cfg.partitions("call_records") == 1
-    assert cfg.rules("subscribers")["dedupe"] == {"key": "id_number", "order_by": "updated_at",
-                                                  "keep": "newest", "action": "merge"}
+    assert cfg.rules("subscribers")["dedupe"] == {
+        "key": "id_number",
+        "order_by": "updated_at",
+        "keep": "newest",
+        "action": "merge",
+    }
     assert cfg.table_mapping("subscribers")["target"] == "customer"
     assert cfg.category_policy("browsing_events")["lawful_basis"] == "separate_consent"
     assert cfg.category_policy("complaints")["retention_months"] == 24
@@ -77,8 +88,11 @@ def test_copy_loads_by_path(system: Path):
 
 def test_unknown_key_names_file_line_field_and_nearest(system: Path):
     mapping = system / "mapping.yaml"
-    line = edit(mapping, 'gender: {from: gender, lookup: {"男": M',
-                'gender: {from: gender, lookpu: {"男": M')
+    line = edit(
+        mapping,
+        'gender: {from: gender, lookup: {"男": M',
+        'gender: {from: gender, lookpu: {"男": M',
+    )
 
     message = load_error(system)
 
@@ -90,8 +104,11 @@ def test_unknown_key_names_file_line_field_and_nearest(system: Path):
 
 def test_unknown_key_in_block_style_points_at_its_own_line(system: Path):
     catalog = system / "catalog.yaml"
-    edit(catalog, "  consents:\n    category: personal\n",
-         "  consents:\n    category: personal\n    partitons: 2\n")
+    edit(
+        catalog,
+        "  consents:\n    category: personal\n",
+        "  consents:\n    category: personal\n    partitons: 2\n",
+    )
     text = catalog.read_text(encoding="utf-8").splitlines()
     line = text.index("    partitons: 2") + 1
 
@@ -104,8 +121,9 @@ def test_unknown_key_in_block_style_points_at_its_own_line(system: Path):
 
 def test_unknown_protection_names_the_list_item(system: Path):
     mapping = system / "mapping.yaml"
-    line = edit(mapping, "protect: [encrypt, blind_index, mask]",
-                "protect: [encrypt, blind_indx, mask]")
+    line = edit(
+        mapping, "protect: [encrypt, blind_index, mask]", "protect: [encrypt, blind_indx, mask]"
+    )
 
     message = load_error(system)
 
@@ -143,8 +161,11 @@ def test_mapped_column_not_in_catalog(system: Path):
 
 def test_cleansing_column_not_in_catalog(system: Path):
     cleansing = system / "cleansing.yaml"
-    line = edit(cleansing, "mandatory: [cust_id, name, id_number, msisdn,",
-                "mandatory: [cust_id, nmae, id_number, msisdn,")
+    line = edit(
+        cleansing,
+        "mandatory: [cust_id, name, id_number, msisdn,",
+        "mandatory: [cust_id, nmae, id_number, msisdn,",
+    )
 
     message = load_error(system)
 
@@ -156,8 +177,11 @@ def test_cleansing_column_not_in_catalog(system: Path):
 
 def test_cleansing_date_column_not_in_catalog(system: Path):
     cleansing = system / "cleansing.yaml"
-    line = edit(cleansing, '    dates: {paid_at: "%Y-%m-%d %H:%M:%S"}',
-                '    dates: {paid_on: "%Y-%m-%d %H:%M:%S"}')
+    line = edit(
+        cleansing,
+        '    dates: {paid_at: "%Y-%m-%d %H:%M:%S"}',
+        '    dates: {paid_on: "%Y-%m-%d %H:%M:%S"}',
+    )
 
     message = load_error(system)
 
@@ -184,8 +208,10 @@ def test_catalog_table_without_mapping(system: Path):
 def test_catalog_category_without_policy(system: Path):
     policy = system / "policy.yaml"
     text = policy.read_text(encoding="utf-8")
-    old = ("  behavioural:\n    lawful_basis: separate_consent\n"
-           "    consent_purpose: behavioural\n    retention_months: 12\n")
+    old = (
+        "  behavioural:\n    lawful_basis: separate_consent\n"
+        "    consent_purpose: behavioural\n    retention_months: 12\n"
+    )
     assert text.count(old) == 1
     policy.write_text(text.replace(old, ""), encoding="utf-8")
     line = text.splitlines().index("categories:") + 1
@@ -199,8 +225,7 @@ def test_catalog_category_without_policy(system: Path):
 
 def test_mapping_table_not_in_catalog_suggests_nearest(system: Path):
     mapping = system / "mapping.yaml"
-    line = edit(mapping, "  payments:\n    target: payment\n",
-                "  payment:\n    target: payment\n")
+    line = edit(mapping, "  payments:\n    target: payment\n", "  payment:\n    target: payment\n")
 
     message = load_error(system)
 
@@ -251,8 +276,11 @@ def test_unknown_system_name_suggests_nearest():
 
 
 def test_not_before_is_a_date_string_however_yaml_reads_it(system: Path):
-    edit(system / "cleansing.yaml", 'not_before: {open_date: "1980-01-01"}',
-         "not_before: {open_date: 1990-06-01}")  # unquoted: YAML reads a date
+    edit(
+        system / "cleansing.yaml",
+        'not_before: {open_date: "1980-01-01"}',
+        "not_before: {open_date: 1990-06-01}",
+    )  # unquoted: YAML reads a date
 
     cfg = load_config(system)
 
@@ -261,8 +289,11 @@ def test_not_before_is_a_date_string_however_yaml_reads_it(system: Path):
 
 
 def test_files_glob_replaces_the_file(system: Path):
-    edit(system / "catalog.yaml", "  payments:\n    category: consumption\n",
-         '  payments:\n    source: {files: "payments*.csv"}\n    category: consumption\n')
+    edit(
+        system / "catalog.yaml",
+        "  payments:\n    category: consumption\n",
+        '  payments:\n    source: {files: "payments*.csv"}\n    category: consumption\n',
+    )
 
     cfg = load_config(system)
 

@@ -46,20 +46,29 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "HANDOVER", "PYTHON"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "PYTHONPATH": str(ROOT / "include"),
-        "PYTHONWARNINGS": "ignore",
-    })
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "HANDOVER", "PYTHON"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://nobody@127.0.0.1:1/none",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "PYTHONPATH": str(ROOT / "include"),
+            "PYTHONWARNINGS": "ignore",
+        }
+    )
     python = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
-    proc = subprocess.run([python, "-c", PROBE % {"heavy": HEAVY}, str(DAGS)], env=env,
-                          cwd=home, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [python, "-c", PROBE % {"heavy": HEAVY}, str(DAGS)],
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

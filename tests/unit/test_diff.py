@@ -17,8 +17,9 @@ def _side(name: str, rows: dict[str, tuple]) -> FrameSide:
 
 
 def _table(n: int) -> dict[str, tuple]:
-    return {f"C{i:08d}": (f"city{i % 7}", i * 10, dt.datetime(2026, 11, 1, i % 24))
-            for i in range(n)}
+    return {
+        f"C{i:08d}": (f"city{i % 7}", i * 10, dt.datetime(2026, 11, 1, i % 24)) for i in range(n)
+    }
 
 
 def test_equal_sides_compare_one_segment_and_fetch_nothing():
@@ -70,19 +71,22 @@ def test_summary_is_count_and_sum_mod_2_64():
     assert side.split_points(None, None, 3) == ["b", "c"]
 
 
-@pytest.mark.parametrize(("value", "text"), [
-    (None, NULL),
-    (float("nan"), NULL),
-    (pd.NaT, NULL),
-    (pd.NA, NULL),
-    (True, "true"),
-    (np.bool_(False), "false"),
-    (np.int64(42), "42"),
-    (7.0, "7"),
-    (pd.Timestamp("2026-11-02 03:04:05"), "2026-11-02 03:04:05"),
-    (dt.date(2026, 11, 2), "2026-11-02"),
-    ("上海市", "上海市"),
-])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, NULL),
+        (float("nan"), NULL),
+        (pd.NaT, NULL),
+        (pd.NA, NULL),
+        (True, "true"),
+        (np.bool_(False), "false"),
+        (np.int64(42), "42"),
+        (7.0, "7"),
+        (pd.Timestamp("2026-11-02 03:04:05"), "2026-11-02 03:04:05"),
+        (dt.date(2026, 11, 2), "2026-11-02"),
+        ("上海市", "上海市"),
+    ],
+)
 def test_canonical_text(value, text):
     assert canonical(value) == text
 

@@ -63,9 +63,17 @@ def test_the_route_serves_the_pinned_packages_and_nothing_else():
     assert docs_assets.vendor_file("jquery/dist/jquery.min.js") is not None
     font = "@fortawesome/fontawesome-free/webfonts/fa-solid-900.woff2"  # a stylesheet's font
     assert docs_assets.vendor_file(font) is not None
-    for bad in ("", "../package.json", "jquery/../../package.json", "jquery//dist/jquery.js",
-                "/etc/passwd", "jquery\\dist\\jquery.min.js", "d3-array/package.json",
-                "jquery/dist/missing.js", ".package-lock.json"):
+    for bad in (
+        "",
+        "../package.json",
+        "jquery/../../package.json",
+        "jquery//dist/jquery.js",
+        "/etc/passwd",
+        "jquery\\dist\\jquery.min.js",
+        "d3-array/package.json",
+        "jquery/dist/missing.js",
+        ".package-lock.json",
+    ):
         assert docs_assets.vendor_file(bad) is None, bad
 
 
@@ -73,8 +81,9 @@ def test_without_the_packages_a_page_is_left_as_it_was(monkeypatch, site):
     monkeypatch.setattr(docs_assets, "ASSETS", Path("/nonexistent/node_modules"))
     page = (site / "index.html").read_text(encoding="utf-8")
     out = docs_assets.rewrite(page, "vendor/", "")
-    assert REMOTE.findall(out) == [u for u in REMOTE.findall(page)
-                                   if "great-expectations-web-assets" not in u]
+    assert REMOTE.findall(out) == [
+        u for u in REMOTE.findall(page) if "great-expectations-web-assets" not in u
+    ]
 
 
 LOCAL = re.compile(r'(?:src|href)="((?:\./|(?:\.\./)*)(?:vendor|static)/[^"]+)"')

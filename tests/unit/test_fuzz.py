@@ -27,10 +27,13 @@ DEEP = int(os.environ.get("HANDOVER_FUZZ_EXAMPLES", "0"))
 
 
 def bounded(examples: int):
-    return settings(max_examples=DEEP or examples, deadline=timedelta(seconds=5),
-                    derandomize=not DEEP, database=None,
-                    suppress_health_check=[HealthCheck.too_slow,
-                                           HealthCheck.function_scoped_fixture])
+    return settings(
+        max_examples=DEEP or examples,
+        deadline=timedelta(seconds=5),
+        derandomize=not DEEP,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
 
 
 E = pd.Timestamp("2026-11-01 00:00:00")
@@ -39,10 +42,35 @@ CFG = load_config("legacy_bss")
 # ---------------------------------------------------------------- value strategies
 DIGITS = "0123456789"
 FULLWIDTH = "０１２３４５６７８９"
-ODD = ["", " ", "\u3000", "\t", "NULL", "null", "N/A", "-", "0", "-1", "1e3", "1,234.50",
-       "1.234,50", "9223372036854775808", "9007199254740993", "Infinity", "NaN", "=cmd|' /C"
-       " calc'!A0", "'; DROP TABLE x; --", "\x00", "😀", "𠀀", "２０２６-０３-０５",
-       "2026-02-30", "0001-01-01 00:00:00", "9999-12-31 23:59:59", "1899-12-30"]
+ODD = [
+    "",
+    " ",
+    "\u3000",
+    "\t",
+    "NULL",
+    "null",
+    "N/A",
+    "-",
+    "0",
+    "-1",
+    "1e3",
+    "1,234.50",
+    "1.234,50",
+    "9223372036854775808",
+    "9007199254740993",
+    "Infinity",
+    "NaN",
+    "=cmd|' /C calc'!A0",
+    "'; DROP TABLE x; --",
+    "\x00",
+    "😀",
+    "𠀀",
+    "２０２６-０３-０５",
+    "2026-02-30",
+    "0001-01-01 00:00:00",
+    "9999-12-31 23:59:59",
+    "1899-12-30",
+]
 
 
 def _valid_id(draw) -> str:
@@ -57,8 +85,11 @@ def resident_ids(draw) -> str:
         return _valid_id(draw)
     if kind == 1:  # valid with a lower-case x or full-width digits
         rid = _valid_id(draw)
-        return rid[:-1] + rid[-1].lower() if rid.endswith("X") else rid.translate(
-            str.maketrans(DIGITS, FULLWIDTH))
+        return (
+            rid[:-1] + rid[-1].lower()
+            if rid.endswith("X")
+            else rid.translate(str.maketrans(DIGITS, FULLWIDTH))
+        )
     if kind == 2:
         return draw(st.text(DIGITS + "Xx", min_size=16, max_size=19))
     return draw(st.text(max_size=20))
@@ -115,14 +146,19 @@ def test_normalise_msisdn_is_total_and_valid_means_eleven_ascii_digits(values):
 
 
 @bounded(200)
-@given(st.text(DIGITS, min_size=8, max_size=8),
-       st.sampled_from(["130", "138", "150", "177", "186", "199"]),
-       st.sampled_from(["{}", "+86 {}", "0086{}", "86{}", " {} ", "+86-{}"]))
+@given(
+    st.text(DIGITS, min_size=8, max_size=8),
+    st.sampled_from(["130", "138", "150", "177", "186", "199"]),
+    st.sampled_from(["{}", "+86 {}", "0086{}", "86{}", " {} ", "+86-{}"]),
+)
 def test_normalise_msisdn_recovers_every_written_form_of_a_number(tail, prefix, form):
     number = prefix + tail
     spaced = f"{number[:3]} {number[3:7]} {number[7:]}"
-    for written in (form.format(number), form.format(spaced),
-                    form.format(number).translate(str.maketrans(DIGITS, FULLWIDTH))):
+    for written in (
+        form.format(number),
+        form.format(spaced),
+        form.format(number).translate(str.maketrans(DIGITS, FULLWIDTH)),
+    ):
         norm = v.normalise_msisdn(pa.array([written]))
         assert norm.to_pylist() == [number], written
         assert v.msisdn_valid(norm).tolist() == [True]
@@ -156,10 +192,11 @@ def frames(table: str, n_max: int = 12) -> st.SearchStrategy:
     if rules.get("resident_id"):
         special[rules["resident_id"]["column"]] = resident_ids()
     for col, fmt in rules.get("dates", {}).items():
-        special[col] = st.dates().map(lambda d, f=fmt: d.strftime(f if "%H" not in f
-                                                                else "%Y-%m-%d 12:00:00"))
+        special[col] = st.dates().map(
+            lambda d, f=fmt: d.strftime(f if "%H" not in f else "%Y-%m-%d 12:00:00")
+        )
     for col in rules.get("integers", []):
-        special[col] = st.integers(-10**20, 10**20).map(str)
+        special[col] = st.integers(-(10**20), 10**20).map(str)
     for col, codes in rules.get("codes", {}).items():
         special[col] = st.sampled_from([str(c) for c in codes])
     key = CFG.table(table)["key"]
@@ -168,11 +205,14 @@ def frames(table: str, n_max: int = 12) -> st.SearchStrategy:
     @st.composite
     def build(draw):
         n = draw(st.integers(0, n_max))
-        data = {c: [draw(cells(special[c]) if c in special else cells()) for _ in range(n)]
-                for c in columns}
+        data = {
+            c: [draw(cells(special[c]) if c in special else cells()) for _ in range(n)]
+            for c in columns
+        }
         frame = pd.DataFrame(data, columns=columns, dtype=object)
         frame["_source_row"] = np.arange(1, n + 1, dtype=np.int64)
         return frame
+
     return build()
 
 
@@ -184,15 +224,16 @@ def test_cleanse_accounts_for_every_row(table):
     @bounded(120)
     @given(frames(table))
     def check(raw):
-        result = cleanse(raw, rules, key=key, exported_at=E, parent=parent,
-                         duplicate_losers={"K2"})
+        result = cleanse(raw, rules, key=key, exported_at=E, parent=parent, duplicate_losers={"K2"})
         assert len(result.clean) + len(result.quarantine) == len(raw)
         assert set(result.quarantine["_reason"]) <= set(REASON_ORDER)
         assert sum(result.counts.values()) == len(result.quarantine)
         keys = result.clean[key]
         assert keys.notna().all() and not keys.duplicated().any()
-        assert sorted(result.clean["_source_row"].tolist() +
-                      result.quarantine["_source_row"].tolist()) == raw["_source_row"].tolist()
+        assert (
+            sorted(result.clean["_source_row"].tolist() + result.quarantine["_source_row"].tolist())
+            == raw["_source_row"].tolist()
+        )
 
     check()
 
@@ -212,16 +253,16 @@ def test_shipped_mappings_map_whatever_cleanse_lets_through(table):
     from handover.mapping import MappingError, map_partition, target_columns
 
     rules, key, tmap = CFG.rules(table), CFG.table(table)["key"], CFG.table_mapping(table)
-    parent = ParentRegistry({"K1", "K2", "K3", "C1"}, set(), set()) if rules.get("parent") \
-        else None
+    parent = ParentRegistry({"K1", "K2", "K3", "C1"}, set(), set()) if rules.get("parent") else None
 
     @bounded(100)
     @given(frames(table))
     def check(raw):
         clean = cleanse(raw, rules, key=key, exported_at=E, parent=parent).clean
         try:
-            mapped = map_partition(clean, table, tmap, CFG.table(table)["columns"], RING,
-                                   partition="p00")
+            mapped = map_partition(
+                clean, table, tmap, CFG.table(table)["columns"], RING, partition="p00"
+            )
         except MappingError as exc:
             _one_line(exc)
             return
@@ -231,31 +272,44 @@ def test_shipped_mappings_map_whatever_cleanse_lets_through(table):
     check()
 
 
-TRANSFORM_MAPPING = {"target": "t", "key": "k", "fields": {
-    "k": {"from": "a"},
-    "joined": {"concat": {"columns": ["a", "b"], "separator": "-"}},
-    "second": {"from": "b", "split": {"separator": " ", "part": 1}},
-    "filled": {"from": "c", "default": "none"},
-    "code": {"from": "d", "lookup": {"1": "one", "2": "two"}},
-    "when": {"from": "c", "parse_date": {"format": ["%Y-%m-%d", "%Y%m%d", "epoch"]}},
-    "fen": {"from": "b", "yuan_to_fen": True},
-    "as_int": {"from": "c", "cast": "int"},
-    "as_bool": {"from": "d", "cast": "bool"},
-    "as_ts": {"from": "e", "cast": "timestamp"},
-    "body": {"from": "b", "protect": ["redact"]},
-}}
+TRANSFORM_MAPPING = {
+    "target": "t",
+    "key": "k",
+    "fields": {
+        "k": {"from": "a"},
+        "joined": {"concat": {"columns": ["a", "b"], "separator": "-"}},
+        "second": {"from": "b", "split": {"separator": " ", "part": 1}},
+        "filled": {"from": "c", "default": "none"},
+        "code": {"from": "d", "lookup": {"1": "one", "2": "two"}},
+        "when": {"from": "c", "parse_date": {"format": ["%Y-%m-%d", "%Y%m%d", "epoch"]}},
+        "fen": {"from": "b", "yuan_to_fen": True},
+        "as_int": {"from": "c", "cast": "int"},
+        "as_bool": {"from": "d", "cast": "bool"},
+        "as_ts": {"from": "e", "cast": "timestamp"},
+        "body": {"from": "b", "protect": ["redact"]},
+    },
+}
 
 
 # Text pandas reads as NaT without an error: test_cast_timestamp_of_nat_text_is_an_error.
 NOT_NAT = cells(st.datetimes().map(str)).filter(
-    lambda x: x is None or x.strip().lower() not in ("", "nat", "nan"))
+    lambda x: x is None or x.strip().lower() not in ("", "nat", "nan")
+)
 
 
 @bounded(250)
-@given(st.lists(st.tuples(cells(), cells(st.decimals(allow_nan=True).map(str)),
-                          cells(st.dates().map(str), st.integers().map(str)),
-                          cells(st.sampled_from(["1", "2", "true", "no"])), NOT_NAT),
-                max_size=10))
+@given(
+    st.lists(
+        st.tuples(
+            cells(),
+            cells(st.decimals(allow_nan=True).map(str)),
+            cells(st.dates().map(str), st.integers().map(str)),
+            cells(st.sampled_from(["1", "2", "true", "no"])),
+            NOT_NAT,
+        ),
+        max_size=10,
+    )
+)
 def test_every_transform_returns_or_raises_one_mapping_error(rows):
     from handover.mapping import MappingError, map_partition, target_columns
 
@@ -277,15 +331,20 @@ def test_cast_timestamp_of_nat_text_is_an_error(text):
     from handover.mapping import MappingError, map_partition
 
     clean = pd.DataFrame({"e": [text], "_source_row": [7]}, dtype=object)
-    mapping = {"target": "t", "key": "as_ts", "fields": {"as_ts": {"from": "e",
-                                                                   "cast": "timestamp"}}}
+    mapping = {
+        "target": "t",
+        "key": "as_ts",
+        "fields": {"as_ts": {"from": "e", "cast": "timestamp"}},
+    }
     with pytest.raises(MappingError, match="source row 7"):
         map_partition(clean, "fuzz", mapping, {"e": {"level": "L1", "pii": "none"}}, None)
 
 
 # ---------------------------------------------------------------- the CSV extract
-HEADER = b"cust_id,name,id_number,gender,birth_date,msisdn,address,city,open_date,status," \
-         b"transfer_objection,updated_at\n"
+HEADER = (
+    b"cust_id,name,id_number,gender,birth_date,msisdn,address,city,open_date,status,"
+    b"transfer_objection,updated_at\n"
+)
 
 
 @st.composite
@@ -295,8 +354,21 @@ def csv_bytes(draw) -> bytes:
         return draw(st.binary(max_size=400))
     if kind == 1:
         return HEADER + draw(st.binary(max_size=400))
-    pieces = [b'"', b",", b"\n", b"\r\n", b"\r", b"\x00", b"\xef\xbb\xbf", b"\xff",
-              "钱".encode("gbk"), "钱".encode(), b"C1", b"x", b" "]
+    pieces = [
+        b'"',
+        b",",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b"\x00",
+        b"\xef\xbb\xbf",
+        b"\xff",
+        "钱".encode("gbk"),
+        "钱".encode(),
+        b"C1",
+        b"x",
+        b" ",
+    ]
     body = b"".join(draw(st.lists(st.sampled_from(pieces), max_size=120)))
     if kind == 2:
         return HEADER + body
@@ -343,8 +415,12 @@ def test_csv_extract_never_crashes_on_random_bytes(extract_env, monkeypatch):
     @given(csv_bytes())
     def check(data):
         (src / "subscribers.csv").write_bytes(data)
-        ctx = {"run_id": f"fuzz{next(counter)}", "system": str(system),
-               "source_dir": str(src), "manifest_rows": {}}
+        ctx = {
+            "run_id": f"fuzz{next(counter)}",
+            "system": str(system),
+            "source_dir": str(src),
+            "manifest_rows": {},
+        }
         try:
             parts = pipeline.extract_table(ctx, "subscribers")
         except pipeline.SourceError as exc:

@@ -385,8 +385,9 @@ def test_gx_tuning_takes_hold_and_pages_still_render(tmp_path: Path) -> None:
     real_list, real_copy = Store.list_keys, HtmlSiteStore.copy_static_assets
     try:
         Store.list_keys = lambda self: listed.append(self) or real_list(self)
-        HtmlSiteStore.copy_static_assets = (
-            lambda self, *a, **k: copies.append(1) or real_copy(self, *a, **k))
+        HtmlSiteStore.copy_static_assets = lambda self, *a, **k: (
+            copies.append(1) or real_copy(self, *a, **k)
+        )
         import shutil
 
         third = gate(payments(20), suites_dir, partition="p03", docs_dir=tmp_path / "docs")
@@ -403,13 +404,15 @@ def test_gx_tuning_takes_hold_and_pages_still_render(tmp_path: Path) -> None:
 
 
 def test_gx_frame_keeps_every_value() -> None:
-    df = pd.DataFrame({
-        "full": pd.array([1, 2, 3], dtype="Int64"),
-        "gaps": pd.array([1, None, 2**53], dtype="Int64"),
-        "huge": pd.array([2**62, None, 1], dtype="Int64"),
-        "money": pd.array([1.5, None, 2.0], dtype="Float64"),
-        "text": ["a", "b", None],
-    })
+    df = pd.DataFrame(
+        {
+            "full": pd.array([1, 2, 3], dtype="Int64"),
+            "gaps": pd.array([1, None, 2**53], dtype="Int64"),
+            "huge": pd.array([2**62, None, 1], dtype="Int64"),
+            "money": pd.array([1.5, None, 2.0], dtype="Float64"),
+            "text": ["a", "b", None],
+        }
+    )
     out = gates._gx_frame(df)
 
     assert str(out["full"].dtype) == "int64" and out["full"].tolist() == [1, 2, 3]
@@ -437,18 +440,28 @@ def test_read_columns_names_the_columns_whose_values_a_suite_reads():
 
     suite = {"expectations": PAYMENTS_SUITE}
     assert read_columns(suite) == {"payment_id", "amount_fen", "channel"}
-    compound = {"expectations": [{"type": "expect_compound_columns_to_be_unique",
-                                  "kwargs": {"column_list": ["a", "b"]}}]}
+    compound = {
+        "expectations": [
+            {"type": "expect_compound_columns_to_be_unique", "kwargs": {"column_list": ["a", "b"]}}
+        ]
+    }
     assert read_columns(compound) == {"a", "b"}
     # A table-level expectation it does not know might read anything: read everything.
-    unknown = {"expectations": [{"type": "expect_table_row_count_to_equal_other_table",
-                                 "kwargs": {"other_table_name": "x"}}]}
+    unknown = {
+        "expectations": [
+            {
+                "type": "expect_table_row_count_to_equal_other_table",
+                "kwargs": {"other_table_name": "x"},
+            }
+        ]
+    }
     assert read_columns(unknown) is None
 
 
 @pytest.mark.parametrize("gate", ["intake", "quality", "contract"])
 def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
-        gate, tmp_path, monkeypatch):
+    gate, tmp_path, monkeypatch
+):
     """The columns no expectation reads become all-null placeholders; planted faults in
     read columns still fail the gate the same way, and faults in unread ones never could."""
     import pyarrow as pa
@@ -460,25 +473,36 @@ def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
     n = 200
     stage = pipeline.GATE_INPUT[gate]
     if gate == "contract":
-        table = pa.table({
-            "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
-            "customer_id": [f"C{i:08d}" for i in range(n)],
-            "caller_msisdn": ["13812345678"] * n, "callee_msisdn": ["13987654321"] * n,
-            "started_at": pa.array([0] * n, pa.timestamp("ms")),
-            "duration_s": [i for i in range(n)], "cell_id": ["C1"] * n,
-            "charge_fen": [i for i in range(n)]})
+        table = pa.table(
+            {
+                "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
+                "customer_id": [f"C{i:08d}" for i in range(n)],
+                "caller_msisdn": ["13812345678"] * n,
+                "callee_msisdn": ["13987654321"] * n,
+                "started_at": pa.array([0] * n, pa.timestamp("ms")),
+                "duration_s": [i for i in range(n)],
+                "cell_id": ["C1"] * n,
+                "charge_fen": [i for i in range(n)],
+            }
+        )
     else:
-        table = pa.table({
-            "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
-            "cust_id": [f"C{i:08d}" for i in range(n)],
-            "caller": ["1381234567x" if i == 3 else "13812345678" for i in range(n)],
-            "callee": ["13987654321"] * n, "start_time": ["2026-01-01 00:00:00"] * n,
-            "duration_s": ["-5" if i == 4 else "60" for i in range(n)],
-            "cell_id": ["C1"] * n, "charge_fen": ["10"] * n,
-            "_source_row": list(range(n))})
+        table = pa.table(
+            {
+                "cdr_id": [None if i == 7 else f"CDR{i:09d}" for i in range(n)],
+                "cust_id": [f"C{i:08d}" for i in range(n)],
+                "caller": ["1381234567x" if i == 3 else "13812345678" for i in range(n)],
+                "callee": ["13987654321"] * n,
+                "start_time": ["2026-01-01 00:00:00"] * n,
+                "duration_s": ["-5" if i == 4 else "60" for i in range(n)],
+                "cell_id": ["C1"] * n,
+                "charge_fen": ["10"] * n,
+                "_source_row": list(range(n)),
+            }
+        )
         if gate == "quality":  # typed as cleanse writes it
-            table = table.set_column(5, "duration_s", pa.array(
-                [-5 if i == 4 else 60 for i in range(n)], pa.int64()))
+            table = table.set_column(
+                5, "duration_s", pa.array([-5 if i == 4 else 60 for i in range(n)], pa.int64())
+            )
             table = table.set_column(7, "charge_fen", pa.array([10] * n, pa.int64()))
     ctx = {"run_id": "gate_projection", "system": "legacy_bss"}
     pipeline._lake().write_table(part_key(ctx["run_id"], stage, "call_records", "p00"), table)
@@ -486,30 +510,56 @@ def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
     whole = table.to_pandas().drop(columns=["_source_row"], errors="ignore")
     assert list(projected.columns) == list(whole.columns) and len(projected) == n
     suites = pipeline.suites_dir_for("legacy_bss", gate, "call_records")
-    verdicts = [run_gate(frame, gate=gate, table="call_records", partition="p00",
-                         run_id="r", suites_dir=suites, docs_dir=None)
-                for frame in (projected, whole)]
+    verdicts = [
+        run_gate(
+            frame,
+            gate=gate,
+            table="call_records",
+            partition="p00",
+            run_id="r",
+            suites_dir=suites,
+            docs_dir=None,
+        )
+        for frame in (projected, whole)
+    ]
     assert verdicts[0].success is False  # the null key is always read
     assert verdicts[0].to_manifest() == verdicts[1].to_manifest()
 
 
-@pytest.mark.parametrize(("body", "passes"), [
-    ("电话１３８１２３４５６７８", False),  # full-width MSISDN the redactor missed
-    ("电话1３8１２３４５６７８", False),  # mixed widths
-    ("证件１１０１０５１９４９１２３１００２Ｘ", False),  # ID-shaped, full-width X
-    ("电话[手机号]，谢谢（已回访）", True),
-    ("①号线，工单１２３４５", True),
-])
-def test_contract_gate_stops_full_width_identifiers_left_in_free_text(body: str,
-                                                                      passes: bool) -> None:
+@pytest.mark.parametrize(
+    ("body", "passes"),
+    [
+        ("电话１３８１２３４５６７８", False),  # full-width MSISDN the redactor missed
+        ("电话1３8１２３４５６７８", False),  # mixed widths
+        ("证件１１０１０５１９４９１２３１００２Ｘ", False),  # ID-shaped, full-width X
+        ("电话[手机号]，谢谢（已回访）", True),
+        ("①号线，工单１２３４５", True),
+    ],
+)
+def test_contract_gate_stops_full_width_identifiers_left_in_free_text(
+    body: str, passes: bool
+) -> None:
     # Free text reaches the gate as written (cleanse does not NFKC it), so the gate's
     # patterns take full-width forms too.
-    frame = pd.DataFrame({"complaint_id": ["Q1"], "customer_id": ["C1"],
-                          "created_at": [pd.Timestamp("2026-01-01")], "category": ["network"],
-                          "body": [body], "satisfaction": [3]})
-    result = run_gate(frame, gate="contract", table="complaints", partition="p00",
-                      run_id="r", suites_dir=ROOT / "expectations" / "legacy_bss",
-                      docs_dir=None)
+    frame = pd.DataFrame(
+        {
+            "complaint_id": ["Q1"],
+            "customer_id": ["C1"],
+            "created_at": [pd.Timestamp("2026-01-01")],
+            "category": ["network"],
+            "body": [body],
+            "satisfaction": [3],
+        }
+    )
+    result = run_gate(
+        frame,
+        gate="contract",
+        table="complaints",
+        partition="p00",
+        run_id="r",
+        suites_dir=ROOT / "expectations" / "legacy_bss",
+        docs_dir=None,
+    )
     assert result.success is passes
 
 
@@ -529,8 +579,9 @@ def test_after_a_gate_failed_the_index_lists_every_gate_of_the_run(tmp_path: Pat
 
     suites_dir, docs_dir = tmp_path / "suites", tmp_path / "docs"
     write_suite(suites_dir, "quality", "payments", PAYMENTS_SUITE)
-    first = gate(payments(10).assign(channel="paypal"), suites_dir, partition="p00",
-                 docs_dir=docs_dir)
+    first = gate(
+        payments(10).assign(channel="paypal"), suites_dir, partition="p00", docs_dir=docs_dir
+    )
     assert not first.success
     jobs = [(str(suites_dir), str(docs_dir), f"p{i:02d}", i % 3 == 0) for i in range(1, 7)]
     with multiprocessing.get_context("spawn").Pool(3) as pool:

@@ -13,9 +13,13 @@ from handover.pipeline import SPLIT_BYTES, HashSplit
 
 def _batch(keys: list[str], first_row: int = 1) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [pa.array(keys), pa.array([f"v{i}" for i in range(len(keys))]),
-         pa.array(np.arange(first_row, first_row + len(keys), dtype=np.int64))],
-        names=["id", "value", "_source_row"])
+        [
+            pa.array(keys),
+            pa.array([f"v{i}" for i in range(len(keys))]),
+            pa.array(np.arange(first_row, first_row + len(keys), dtype=np.int64)),
+        ],
+        names=["id", "value", "_source_row"],
+    )
 
 
 def _read(split: HashSplit) -> list[pa.Table]:
@@ -43,7 +47,7 @@ def test_every_row_lands_once_with_its_row_number_and_checksum(tmp_path):
     keys = [f"K{i}" for i in range(5000)]
     split = HashSplit(tmp_path, ["id", "value"], "id", 3)
     for start in range(0, 5000, 700):  # several batches, gathered before one split
-        split.add(_batch(keys[start:start + 700], first_row=start + 1))
+        split.add(_batch(keys[start : start + 700], first_row=start + 1))
     split.close()
     split.close()  # twice is harmless
     tables = _read(split)

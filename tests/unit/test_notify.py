@@ -58,8 +58,13 @@ class Receiver:
 
 
 def _context(exc: BaseException | None, **ti) -> dict:
-    ti = {"dag_id": "customer_migration", "task_id": "validate_intake", "map_index": 4,
-          "run_id": "manual__2026-01-01T00:00:00+00:00", **ti}
+    ti = {
+        "dag_id": "customer_migration",
+        "task_id": "validate_intake",
+        "map_index": 4,
+        "run_id": "manual__2026-01-01T00:00:00+00:00",
+        **ti,
+    }
     return {"ti": SimpleNamespace(**ti), "exception": exc}
 
 
@@ -69,7 +74,9 @@ def test_payload_is_the_five_fields_and_one_line():
     payload = failure_payload(_context(exc))
 
     assert payload == {
-        "dag": "customer_migration", "task": "validate_intake", "map_index": 4,
+        "dag": "customer_migration",
+        "task": "validate_intake",
+        "map_index": 4,
         "run": "manual__2026-01-01T00:00:00+00:00",
         "message": "RuntimeError: intake gate failed for payments partition p00: 1 row fails x",
     }
@@ -83,34 +90,59 @@ def test_message_of_a_data_fault_is_the_task_line_and_is_capped():
     assert len(one_line("x " * 2000)) == 1000
 
 
-@pytest.mark.parametrize(("conn", "url"), [
-    ({"conn_type": "http", "host": "127.0.0.1", "port": 8080, "schema": "hooks/oncall"},
-     "http://127.0.0.1:8080/hooks/oncall"),
-    ({"conn_type": "https", "host": "hooks.example.com", "schema": ""},
-     "https://hooks.example.com/"),
-    ({"conn_type": "http", "host": "hooks.example.com", "schema": "https",
-      "extra": {"endpoint": "/services/T0"}}, "https://hooks.example.com/services/T0"),
-    ({"conn_type": "http", "host": "https://hooks.example.com", "schema": "",
-      "extra": {"endpoint": "a/b"}}, "https://hooks.example.com/a/b"),
-    ({"conn_type": "http", "extra": {"url": "http://x:1/y"}}, "http://x:1/y"),
-])
+@pytest.mark.parametrize(
+    ("conn", "url"),
+    [
+        (
+            {"conn_type": "http", "host": "127.0.0.1", "port": 8080, "schema": "hooks/oncall"},
+            "http://127.0.0.1:8080/hooks/oncall",
+        ),
+        (
+            {"conn_type": "https", "host": "hooks.example.com", "schema": ""},
+            "https://hooks.example.com/",
+        ),
+        (
+            {
+                "conn_type": "http",
+                "host": "hooks.example.com",
+                "schema": "https",
+                "extra": {"endpoint": "/services/T0"},
+            },
+            "https://hooks.example.com/services/T0",
+        ),
+        (
+            {
+                "conn_type": "http",
+                "host": "https://hooks.example.com",
+                "schema": "",
+                "extra": {"endpoint": "a/b"},
+            },
+            "https://hooks.example.com/a/b",
+        ),
+        ({"conn_type": "http", "extra": {"url": "http://x:1/y"}}, "http://x:1/y"),
+    ],
+)
 def test_webhook_url_forms(conn, url):
     assert webhook_url(conn) == url
 
 
 def test_notifier_posts_one_json_line(monkeypatch):
     with Receiver() as rx:
-        monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_NOTIFY",
-                           f"http://127.0.0.1:{rx.port}/hooks/oncall")
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_HANDOVER_NOTIFY", f"http://127.0.0.1:{rx.port}/hooks/oncall"
+        )
         HandoverNotifier()(_context(ValueError("quality gate failed for calls partition p01")))
 
     assert len(rx.bodies) == 1
     body = rx.bodies[0]
     assert "\n" not in body
     assert json.loads(body) == {
-        "dag": "customer_migration", "task": "validate_intake", "map_index": 4,
+        "dag": "customer_migration",
+        "task": "validate_intake",
+        "map_index": 4,
         "run": "manual__2026-01-01T00:00:00+00:00",
-        "message": "ValueError: quality gate failed for calls partition p01"}
+        "message": "ValueError: quality gate failed for calls partition p01",
+    }
 
 
 def test_without_a_connection_nothing_is_sent_and_nothing_raises(monkeypatch):
@@ -148,9 +180,17 @@ def test_notifier_sends_mail_over_smtp(monkeypatch):
     server.messages = []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setenv("AIRFLOW_CONN_HANDOVER_NOTIFY", json.dumps({
-            "conn_type": "smtp", "host": "127.0.0.1", "port": server.server_address[1],
-            "extra": {"to": "oncall@example.com", "from": "handover@example.com"}}))
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_HANDOVER_NOTIFY",
+            json.dumps(
+                {
+                    "conn_type": "smtp",
+                    "host": "127.0.0.1",
+                    "port": server.server_address[1],
+                    "extra": {"to": "oncall@example.com", "from": "handover@example.com"},
+                }
+            ),
+        )
         HandoverNotifier()(_context(RuntimeError("load failed")))
     finally:
         server.shutdown()
@@ -232,11 +272,17 @@ def test_exactly_one_notification_per_failed_task_through_airflow(tmp_path):
                 "PYTHONPATH": str(ROOT / "include"),
                 "PYTHONWARNINGS": "ignore",
             }
-            migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True,
-                                     text=True, timeout=300)
+            migrate = subprocess.run(
+                [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
+            )
             assert migrate.returncode == 0, migrate.stderr[-2000:]
-            run = subprocess.run([airflow, "dags", "test", "notify_check"], env=env,
-                                 capture_output=True, text=True, timeout=300)
+            run = subprocess.run(
+                [airflow, "dags", "test", "notify_check"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
             out = run.stdout + run.stderr
             assert run.returncode != 0, out[-3000:]
             sent = [json.loads(b) for b in rx.bodies]
@@ -250,6 +296,7 @@ def test_exactly_one_notification_per_failed_task_through_airflow(tmp_path):
     assert len(by_task["flaky"]) == 1 and len(by_task["bad"]) == 1
     assert by_task["flaky"][0]["message"] == "ConnectionError: target database unreachable"
     assert by_task["bad"][0]["message"] == (
-        "GateFailed: intake gate failed for payments partition p00")
+        "GateFailed: intake gate failed for payments partition p00"
+    )
     assert out.count("target database unreachable") >= 3  # it did retry: tries 1, 2 and 3
     assert {n["dag"] for n in sent} == {"notify_check"}

@@ -24,19 +24,23 @@ def test_format_duration():
 
 def test_logs_rows_rate_and_eta_at_intervals(caplog):
     clock = FakeClock()
-    progress = Progress("extract payments", total=1_000, every=10, clock=clock,
-                        logger=logging.getLogger("test.progress"))
+    progress = Progress(
+        "extract payments",
+        total=1_000,
+        every=10,
+        clock=clock,
+        logger=logging.getLogger("test.progress"),
+    )
     with caplog.at_level(logging.INFO, logger="test.progress"):
         clock.now += 5
-        progress.add(100)            # 5 s in: before the interval, quiet
+        progress.add(100)  # 5 s in: before the interval, quiet
         clock.now += 5
-        progress.add(100)            # 10 s in: 200 rows, 20 rows/s, 800 left = 40 s
+        progress.add(100)  # 10 s in: 200 rows, 20 rows/s, 800 left = 40 s
         clock.now += 1
-        progress.add(20)             # 11 s in: quiet again
+        progress.add(20)  # 11 s in: quiet again
     lines = [r.getMessage() for r in caplog.records]
 
-    assert lines == ["extract payments: 200 of 1,000 rows (20.0%), 20 rows/s, "
-                     "about 0:00:40 left"]
+    assert lines == ["extract payments: 200 of 1,000 rows (20.0%), 20 rows/s, about 0:00:40 left"]
     assert progress.rows == 220
 
 
@@ -53,12 +57,17 @@ def test_unknown_total_has_no_eta():
 def test_context_manager_logs_closing_line(caplog):
     clock = FakeClock()
     with caplog.at_level(logging.INFO, logger="test.progress"):
-        with Progress("cleanse subscribers p00", total=50, clock=clock,
-                      logger=logging.getLogger("test.progress")) as progress:
+        with Progress(
+            "cleanse subscribers p00",
+            total=50,
+            clock=clock,
+            logger=logging.getLogger("test.progress"),
+        ) as progress:
             clock.now += 125
             progress.add(50)
     assert caplog.records[-1].getMessage() == (
-        "cleanse subscribers p00: done, 50 rows in 0:02:05 (0 rows/s)")
+        "cleanse subscribers p00: done, 50 rows in 0:02:05 (0 rows/s)"
+    )
 
 
 def test_eta_never_negative_when_total_exceeded():

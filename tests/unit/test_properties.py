@@ -31,8 +31,7 @@ from handover.validators import (
     resident_id_valid,
 )
 
-SETTINGS = settings(max_examples=200, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 E = pd.Timestamp("2026-11-01 00:00:00")
 
 # Arbitrary Unicode as a legacy export can hold it (no lone surrogates: they are not text).
@@ -111,8 +110,9 @@ FULLWIDTH = str.maketrans("0123456789+-", "０１２３４５６７８９＋－"
 @st.composite
 def written_msisdns(draw) -> str:
     """A mobile number as people and legacy systems write it."""
-    number = "1" + draw(st.sampled_from("3456789")) + draw(st.text("0123456789", min_size=9,
-                                                                    max_size=9))
+    number = (
+        "1" + draw(st.sampled_from("3456789")) + draw(st.text("0123456789", min_size=9, max_size=9))
+    )
     prefix = draw(st.sampled_from(["", "+86", "+86 ", "0086", "86"]))
     sep = draw(st.sampled_from(["", " ", "-"]))
     text = prefix + (number[:3] + sep + number[3:7] + sep + number[7:])
@@ -168,9 +168,10 @@ def test_vector_id_check_agrees_on_id_shaped_values(parts):
 @SETTINGS
 @given(DIGITS, st.integers(0, 16), st.integers(1, 9))
 def test_id_with_independent_check_digit_passes_and_any_single_digit_error_fails(
-        body, position, delta):
+    body, position, delta
+):
     rid = body + independent_check_char(body)
-    typo = rid[:position] + str((int(rid[position]) + delta) % 10) + rid[position + 1:]
+    typo = rid[:position] + str((int(rid[position]) + delta) % 10) + rid[position + 1 :]
 
     assert resident_id_valid(pa.array([rid, typo])).tolist() == [True, False]
     assert resident_id_ok(rid) and not resident_id_ok(typo)
@@ -215,14 +216,14 @@ ROWS = st.lists(st.lists(MAYBE_TEXT, min_size=12, max_size=12), min_size=1, max_
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(rows=ROWS, system=st.sampled_from(["legacy_bss", "telco_b"]),
-       table_no=st.integers(0, 6))
-def test_cleansing_any_rows_never_crashes_and_gives_every_row_a_verdict(configs, rows, system,
-                                                                         table_no):
+@given(rows=ROWS, system=st.sampled_from(["legacy_bss", "telco_b"]), table_no=st.integers(0, 6))
+def test_cleansing_any_rows_never_crashes_and_gives_every_row_a_verdict(
+    configs, rows, system, table_no
+):
     cfg = configs[system]
     table = cfg.tables[table_no]
     columns = list(cfg.table(table)["columns"])
-    raw = pd.DataFrame([r[:len(columns)] for r in rows], columns=columns, dtype=object)
+    raw = pd.DataFrame([r[: len(columns)] for r in rows], columns=columns, dtype=object)
     raw["_source_row"] = np.arange(1, len(raw) + 1)
 
     typed, verdict = validate(raw, cfg.rules(table), key=cfg.table(table)["key"], exported_at=E)
@@ -231,8 +232,15 @@ def test_cleansing_any_rows_never_crashes_and_gives_every_row_a_verdict(configs,
     assert set(verdict.reason[verdict.failed]) <= set(REASON_ORDER)
 
 
-DATE_FORMATS = ["%Y-%m-%d", "%Y%m%d", "%Y年%m月%d日", "%Y-%m-%d %H:%M:%S.%f",
-                "%Y年%m月%d日 %H:%M:%S", "epoch", "epoch_ms:Asia/Shanghai"]
+DATE_FORMATS = [
+    "%Y-%m-%d",
+    "%Y%m%d",
+    "%Y年%m月%d日",
+    "%Y-%m-%d %H:%M:%S.%f",
+    "%Y年%m月%d日 %H:%M:%S",
+    "epoch",
+    "epoch_ms:Asia/Shanghai",
+]
 
 
 @SETTINGS
@@ -245,11 +253,16 @@ def test_date_parsing_never_crashes_and_is_stable(values, fmt):
 
 
 @SETTINGS
-@given(st.dates(min_value=pd.Timestamp("1900-01-01").date(),
-                max_value=pd.Timestamp("2199-12-31").date()))
+@given(
+    st.dates(
+        min_value=pd.Timestamp("1900-01-01").date(), max_value=pd.Timestamp("2199-12-31").date()
+    )
+)
 def test_every_shipped_date_shape_round_trips(day):
-    shapes = {"%Y%m%d": day.strftime("%Y%m%d"),
-              "%Y年%m月%d日": f"{day.year:04d}年{day.month:02d}月{day.day:02d}日"}
+    shapes = {
+        "%Y%m%d": day.strftime("%Y%m%d"),
+        "%Y年%m月%d日": f"{day.year:04d}年{day.month:02d}月{day.day:02d}日",
+    }
     for fmt, text in shapes.items():
         assert parse_dates(pd.Series([text]), fmt)[0].date() == day
 
@@ -272,8 +285,9 @@ TRANSFORM_SPECS = [
 @SETTINGS
 @given(TEXTS, st.sampled_from(TRANSFORM_SPECS))
 def test_mapping_transforms_reject_only_with_a_mapping_error(values, spec):
-    clean = pd.DataFrame({"v": pd.Series(values, dtype=object),
-                          "w": pd.Series(values[::-1], dtype=object)})
+    clean = pd.DataFrame(
+        {"v": pd.Series(values, dtype=object), "w": pd.Series(values[::-1], dtype=object)}
+    )
     try:
         out, _ = field_values(clean, "t", "f", spec, partition="p")
     except MappingError as exc:
@@ -283,8 +297,14 @@ def test_mapping_transforms_reject_only_with_a_mapping_error(values, spec):
 
 
 @SETTINGS
-@given(st.decimals(min_value=Decimal("-99999999.99"), max_value=Decimal("99999999.99"),
-                   places=2, allow_nan=False))
+@given(
+    st.decimals(
+        min_value=Decimal("-99999999.99"),
+        max_value=Decimal("99999999.99"),
+        places=2,
+        allow_nan=False,
+    )
+)
 def test_yuan_to_fen_is_exact_from_text_and_from_float(amount):
     clean = pd.DataFrame({"t": [f"{amount:.2f}"], "f": [float(amount)]})
 
@@ -301,10 +321,36 @@ def test_yuan_to_fen_is_exact_from_text_and_from_float(amount):
 
 NUMBERISH = st.one_of(
     st.from_regex(r"\A[ +-]?[0-9]{0,20}(\.[0-9]{0,4})?[ ]?\Z"),
-    st.sampled_from(["1e3", "1_000", "١٢", "１２", "inf", "NaN", "-0", "+0.50", " 7 ", "5.",
-                     ".5", "true", "Y", "no", "2024-02-29", "2024-02-29 12:30:59",
-                     "2024-02-29T12:30:59.999", "20240229", "2024年2月29日", "1700000000",
-                     "1700000000123", "a/b", "/", "a/b/c", " / x /"]))
+    st.sampled_from(
+        [
+            "1e3",
+            "1_000",
+            "١٢",
+            "１２",
+            "inf",
+            "NaN",
+            "-0",
+            "+0.50",
+            " 7 ",
+            "5.",
+            ".5",
+            "true",
+            "Y",
+            "no",
+            "2024-02-29",
+            "2024-02-29 12:30:59",
+            "2024-02-29T12:30:59.999",
+            "20240229",
+            "2024年2月29日",
+            "1700000000",
+            "1700000000123",
+            "a/b",
+            "/",
+            "a/b/c",
+            " / x /",
+        ]
+    ),
+)
 VALUE_TEXTS = st.lists(st.none() | NUMBERISH | TEXT, max_size=12)
 VECTOR_SPECS = TRANSFORM_SPECS + [
     {"from": "v", "cast": "string"},
@@ -337,8 +383,9 @@ def _outcome(clean, spec):
 @SETTINGS
 @given(VALUE_TEXTS, st.sampled_from(VECTOR_SPECS))
 def test_mapping_vector_forms_equal_the_per_value_forms_on_text(values, spec):
-    clean = pd.DataFrame({"v": pd.Series(values, dtype="str"),
-                          "w": pd.Series(values[::-1], dtype="str")})
+    clean = pd.DataFrame(
+        {"v": pd.Series(values, dtype="str"), "w": pd.Series(values[::-1], dtype="str")}
+    )
     vector = _outcome(clean, spec)
     with pytest.MonkeyPatch.context() as mp:
         _per_value_only(mp)
@@ -347,20 +394,31 @@ def test_mapping_vector_forms_equal_the_per_value_forms_on_text(values, spec):
     assert vector == per_value
 
 
-FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-                   st.decimals(min_value=-10**12, max_value=10**12, places=2).map(float),
-                   st.decimals(min_value=-1000, max_value=1000, places=3).map(float),
-                   st.integers(-2**62, 2**62).map(float))
+FLOATS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.decimals(min_value=-(10**12), max_value=10**12, places=2).map(float),
+    st.decimals(min_value=-1000, max_value=1000, places=3).map(float),
+    st.integers(-(2**62), 2**62).map(float),
+)
 
 
 @SETTINGS
-@given(st.lists(st.none() | FLOATS, max_size=12),
-       st.sampled_from([{"from": "v", "yuan_to_fen": True}, {"from": "v", "cast": "int"}]))
+@given(
+    st.lists(st.none() | FLOATS, max_size=12),
+    st.sampled_from([{"from": "v", "yuan_to_fen": True}, {"from": "v", "cast": "int"}]),
+)
 def test_mapping_vector_forms_equal_the_per_value_forms_on_numbers(values, spec):
-    for clean in (pd.DataFrame({"v": pd.Series(values, dtype="float64")}),
-                  pd.DataFrame({"v": pd.Series(
-                      [None if v is None or v != v or abs(v) > 2**62 else int(v)
-                       for v in values], dtype="Int64")})):
+    for clean in (
+        pd.DataFrame({"v": pd.Series(values, dtype="float64")}),
+        pd.DataFrame(
+            {
+                "v": pd.Series(
+                    [None if v is None or v != v or abs(v) > 2**62 else int(v) for v in values],
+                    dtype="Int64",
+                )
+            }
+        ),
+    ):
         vector = _outcome(clean, spec)
         with pytest.MonkeyPatch.context() as mp:
             _per_value_only(mp)
@@ -378,19 +436,33 @@ def test_map_partition_vector_forms_equal_the_per_value_forms(values, data):
     from handover.mapping import map_partition
     from handover.protect import Keyring
 
-    ring = Keyring.from_dict({"active_key_id": "k1",
-                              "keys": {"k1": base64.b64encode(bytes(32)).decode()},
-                              "hmac_key": base64.b64encode(b"h" * 32).decode()})
-    mapping = {"target": "t", "fields": {
-        "plain": {"from": "v"},
-        "code": {"from": "v", "lookup": {str(v): f"c{i}" for i, v in enumerate(values)}},
-        "rid": {"from": "v", "protect": data.draw(st.sampled_from(
-            [["encrypt", "blind_index", "mask"], ["blind_index", "mask"], ["redact"]]))},
-        "tel": {"from": "w", "protect": ["mask"]},
-    }}
+    ring = Keyring.from_dict(
+        {
+            "active_key_id": "k1",
+            "keys": {"k1": base64.b64encode(bytes(32)).decode()},
+            "hmac_key": base64.b64encode(b"h" * 32).decode(),
+        }
+    )
+    mapping = {
+        "target": "t",
+        "fields": {
+            "plain": {"from": "v"},
+            "code": {"from": "v", "lookup": {str(v): f"c{i}" for i, v in enumerate(values)}},
+            "rid": {
+                "from": "v",
+                "protect": data.draw(
+                    st.sampled_from(
+                        [["encrypt", "blind_index", "mask"], ["blind_index", "mask"], ["redact"]]
+                    )
+                ),
+            },
+            "tel": {"from": "w", "protect": ["mask"]},
+        },
+    }
     columns = {"v": {"pii": "resident_id"}, "w": {"pii": "msisdn"}}
-    clean = pd.DataFrame({"v": pd.Series(values, dtype="str"),
-                          "w": pd.Series(values[::-1], dtype="str")})
+    clean = pd.DataFrame(
+        {"v": pd.Series(values, dtype="str"), "w": pd.Series(values[::-1], dtype="str")}
+    )
 
     def run():
         stream = np.random.default_rng(1)
@@ -415,37 +487,65 @@ def test_comply_whitespace_is_what_str_strip_removes():
 
 
 @SETTINGS
-@given(st.lists(st.tuples(st.none() | st.sampled_from(["C1", " C2", "C3 ", "C\u30004", ""])
-                          | TEXT,
-                          st.none() | st.sampled_from(["2020-01-01 00:00:00",
-                                                       " 2026-10-01 10:00:00 "]) | TEXT),
-                max_size=12),
-       st.sampled_from(["consumption", "behavioural"]))
+@given(
+    st.lists(
+        st.tuples(
+            st.none() | st.sampled_from(["C1", " C2", "C3 ", "C\u30004", ""]) | TEXT,
+            st.none() | st.sampled_from(["2020-01-01 00:00:00", " 2026-10-01 10:00:00 "]) | TEXT,
+        ),
+        max_size=12,
+    ),
+    st.sampled_from(["consumption", "behavioural"]),
+)
 def test_comply_vector_forms_equal_the_per_value_forms(rows, category):
     from handover import comply
 
-    policy = {"rules": [{"id": "OBJECTED_TRANSFER"}, {"id": "RETENTION_EXPIRED"},
-                        {"id": "NO_CONSENT"}]}
-    cat = {"consumption": {"lawful_basis": "contract", "retention_months": 36},
-           "behavioural": {"lawful_basis": "separate_consent",
-                           "consent_purpose": "behavioural", "retention_months": 12}}[category]
-    subscribers = pd.DataFrame({"cust_id": ["C1", "C2", " C\u30004 ", None, ""],
-                                "flag": ["1", " 1\u3000", "0", "1", "1"]}, dtype="str")
-    consents = pd.DataFrame({"cust_id": ["C3", "C1", None, " C2"],
-                             "purpose": ["behavioural", " behavioural", "marketing", None],
-                             "granted": ["1", "1", "1", "1"]}, dtype="str")
-    full = {**policy, "objection": {"column": "flag", "value": "1"},
-            "consent": {"customer_column": "cust_id", "purpose_column": "purpose",
-                        "granted_column": "granted", "granted_value": "1"}}
+    policy = {
+        "rules": [{"id": "OBJECTED_TRANSFER"}, {"id": "RETENTION_EXPIRED"}, {"id": "NO_CONSENT"}]
+    }
+    cat = {
+        "consumption": {"lawful_basis": "contract", "retention_months": 36},
+        "behavioural": {
+            "lawful_basis": "separate_consent",
+            "consent_purpose": "behavioural",
+            "retention_months": 12,
+        },
+    }[category]
+    subscribers = pd.DataFrame(
+        {"cust_id": ["C1", "C2", " C\u30004 ", None, ""], "flag": ["1", " 1\u3000", "0", "1", "1"]},
+        dtype="str",
+    )
+    consents = pd.DataFrame(
+        {
+            "cust_id": ["C3", "C1", None, " C2"],
+            "purpose": ["behavioural", " behavioural", "marketing", None],
+            "granted": ["1", "1", "1", "1"],
+        },
+        dtype="str",
+    )
+    full = {
+        **policy,
+        "objection": {"column": "flag", "value": "1"},
+        "consent": {
+            "customer_column": "cust_id",
+            "purpose_column": "purpose",
+            "granted_column": "granted",
+            "granted_value": "1",
+        },
+    }
     raw = pd.DataFrame(rows, columns=["cust_id", "ts"], dtype="str")
     raw.insert(0, "id", [f"R{i}" for i in range(len(raw))])
 
     def run():
         facts = comply.policy_facts(subscribers, consents, full, E)
-        res = comply.decide(raw, table_spec={"key": "id", "customer_column": "cust_id",
-                                             "event_time": "ts"},
-                            category_policy=cat, policy=policy, facts=facts,
-                            event_time_format="%Y-%m-%d %H:%M:%S")
+        res = comply.decide(
+            raw,
+            table_spec={"key": "id", "customer_column": "cust_id", "event_time": "ts"},
+            category_policy=cat,
+            policy=policy,
+            facts=facts,
+            event_time_format="%Y-%m-%d %H:%M:%S",
+        )
         return facts, res
 
     facts, vector = run()

@@ -91,9 +91,9 @@ def test_old_key_still_decrypts_after_rotation():
     old = Keyring.generate("k1")
     blob = encrypt_values(objects(VALID_ID), Keyring.from_dict(old))[0]
     new_key = base64.b64encode(bytes(range(32))).decode()
-    rotated = Keyring.from_dict({"active_key_id": "k2",
-                                 "keys": {**old["keys"], "k2": new_key},
-                                 "hmac_key": old["hmac_key"]})
+    rotated = Keyring.from_dict(
+        {"active_key_id": "k2", "keys": {**old["keys"], "k2": new_key}, "hmac_key": old["hmac_key"]}
+    )
 
     assert decrypt_value(blob, "k1", rotated) == VALID_ID
     assert decrypt_value(encrypt_values(objects("x"), rotated)[0], "k2", rotated) == "x"
@@ -122,8 +122,9 @@ def test_blind_index_is_domain_separated(ring: Keyring):
 def test_blind_index_depends_on_the_key(ring: Keyring):
     other = Keyring.from_dict(Keyring.generate("k1"))
 
-    assert (blind_index(objects("13812345678"), ring, "d")
-            != blind_index(objects("13812345678"), other, "d"))
+    assert blind_index(objects("13812345678"), ring, "d") != blind_index(
+        objects("13812345678"), other, "d"
+    )
 
 
 def test_blind_index_distinguishes_values(ring: Keyring):
@@ -171,7 +172,9 @@ def test_a_valid_id_against_letters_is_redacted_and_an_unverified_one_left_to_th
     # The contract gate refuses any ID-shaped run bounded by non-digits; the redactor takes
     # a verified ID on the same bounds, so the gate stops only on what is not verified.
     gate = re.compile(r"(?<!\d)\d{17}[\dXx](?!\d)")  # expectations/*/contract/complaints.json
-    assert redact_text(f"证件ID{VALID_ID}号No{VALID_ID.lower()}x") == "证件ID[身份证号]号No[身份证号]x"
+    assert (
+        redact_text(f"证件ID{VALID_ID}号No{VALID_ID.lower()}x") == "证件ID[身份证号]号No[身份证号]x"
+    )
     bad = wrong_check("44052418800101001")
     left = redact_text(f"单号A{bad}B")
     assert left == f"单号A{bad}B" and gate.search(left)
@@ -184,8 +187,10 @@ def test_eighteen_digit_bank_card_failing_gb11643_is_still_redacted():
     assert redact_text(f"退款到卡{card}。") == "退款到卡[银行卡号]。"
 
 
-@pytest.mark.parametrize("phone", ["13812345678", "+86 138 1234 5678", "+8613812345678",
-                                   "138-1234-5678", "86 13812345678"])
+@pytest.mark.parametrize(
+    "phone",
+    ["13812345678", "+86 138 1234 5678", "+8613812345678", "138-1234-5678", "86 13812345678"],
+)
 def test_redacts_msisdns(phone: str):
     assert redact_text(f"我的手机{phone}一直打不通") == "我的手机[手机号]一直打不通"
 
@@ -210,26 +215,34 @@ def test_redacts_an_email():
 
 def test_redacts_everything_in_one_complaint():
     card = luhn_complete("622202123456789012")
-    text = (f"本人张三，身份证{VALID_ID}，手机+86 139 8765 4321，"
-            f"银行卡{card}被多扣费，请发邮件到a@b.cn。")
+    text = (
+        f"本人张三，身份证{VALID_ID}，手机+86 139 8765 4321，"
+        f"银行卡{card}被多扣费，请发邮件到a@b.cn。"
+    )
 
     out = redact_text(text)
 
-    assert out == ("本人张三，身份证[身份证号]，手机[手机号]，"
-                   "银行卡[银行卡号]被多扣费，请发邮件到[邮箱]。")
+    assert out == (
+        "本人张三，身份证[身份证号]，手机[手机号]，银行卡[银行卡号]被多扣费，请发邮件到[邮箱]。"
+    )
 
 
-FULL = str.maketrans("0123456789Xx@.+-abcdefghijklmnopqrstuvwxyz",
-                     "０１２３４５６７８９Ｘｘ＠．＋－ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚ")
+FULL = str.maketrans(
+    "0123456789Xx@.+-abcdefghijklmnopqrstuvwxyz",
+    "０１２３４５６７８９Ｘｘ＠．＋－ａｂｃｄｅｆｇｈｉｊｋｌｍｎｏｐｑｒｓｔｕｖｗｘｙｚ",
+)
 
 
-@pytest.mark.parametrize(("written", "tag"), [
-    (VALID_ID.translate(FULL), "[身份证号]"),
-    ("１３８１２３４５６７８", "[手机号]"),
-    ("＋86 １３８ 1234 ５６７８", "[手机号]"),
-    ("zhang.san@example.com".translate(FULL), "[邮箱]"),
-    (luhn_complete("622202123456789012").translate(FULL), "[银行卡号]"),
-])
+@pytest.mark.parametrize(
+    ("written", "tag"),
+    [
+        (VALID_ID.translate(FULL), "[身份证号]"),
+        ("１３８１２３４５６７８", "[手机号]"),
+        ("＋86 １３８ 1234 ５６７８", "[手机号]"),
+        ("zhang.san@example.com".translate(FULL), "[邮箱]"),
+        (luhn_complete("622202123456789012").translate(FULL), "[银行卡号]"),
+    ],
+)
 def test_full_width_pii_is_redacted_and_the_text_around_it_kept(written: str, tag: str):
     # Free text is not NFKC-normalised by cleanse: the redactor matches a folded copy and
     # replaces only the characters of the match; full-width punctuation stays.
@@ -318,8 +331,12 @@ def test_keyring_empty_hmac_key():
 
 @pytest.mark.parametrize("drop", ["kms_key_id", "active_key_id", "wrapped_hmac_key"])
 def test_envelope_keyring_missing_entry_fails_before_calling_kms(drop: str):
-    data = {"kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/x", "active_key_id": "k1",
-            "wrapped_keys": {"k1": "AAAA"}, "wrapped_hmac_key": "AAAA"}
+    data = {
+        "kms_key_id": "arn:aws:kms:eu-west-1:111122223333:key/x",
+        "active_key_id": "k1",
+        "wrapped_keys": {"k1": "AAAA"},
+        "wrapped_hmac_key": "AAAA",
+    }
     del data[drop]
 
     with pytest.raises(ValueError, match="KMS envelope"):
@@ -374,17 +391,37 @@ def test_keyring_error_is_a_data_fault_that_does_not_retry():
 # map_partition masks, redacts, indexes and encrypts whole Arrow arrays; each must equal the
 # per-value function (or, for the HMAC, the standard library's) on every value.
 
-PII_TEXT = st.lists(st.one_of(
-    st.none(),
-    st.text(st.characters(codec="utf-8"), max_size=30),
-    st.text("0123456789１２３٣ -+@Xx.abc投诉", max_size=40),
-    st.builds(lambda a, b: a + b, st.sampled_from(
-        ["", "电话", "a", "1", "+86 ", "邮箱"]), st.sampled_from(
-        [VALID_ID, "13812345678", "138-1234-5678", "4111111111111111", "460001234567890",
-         "490154203237518", "a.b@example.com", "1" * 19, "١١٠١٠٥١٩٤٩١٢٣١٠٠٢X", "12",
-         "１３８１２３４５６７８", "＋８６ １３８-1234-５６７８", "ａ．ｂ＠ｅｘａｍｐｌｅ．ｃｎ",
-         "①②", "１１０１０５１９４９１２３１００２Ｘ"]))),
-    max_size=12)
+PII_TEXT = st.lists(
+    st.one_of(
+        st.none(),
+        st.text(st.characters(codec="utf-8"), max_size=30),
+        st.text("0123456789１２３٣ -+@Xx.abc投诉", max_size=40),
+        st.builds(
+            lambda a, b: a + b,
+            st.sampled_from(["", "电话", "a", "1", "+86 ", "邮箱"]),
+            st.sampled_from(
+                [
+                    VALID_ID,
+                    "13812345678",
+                    "138-1234-5678",
+                    "4111111111111111",
+                    "460001234567890",
+                    "490154203237518",
+                    "a.b@example.com",
+                    "1" * 19,
+                    "١١٠١٠٥١٩٤٩١٢٣١٠٠٢X",
+                    "12",
+                    "１３８１２３４５６７８",
+                    "＋８６ １３８-1234-５６７８",
+                    "ａ．ｂ＠ｅｘａｍｐｌｅ．ｃｎ",
+                    "①②",
+                    "１１０１０５１９４９１２３１００２Ｘ",
+                ]
+            ),
+        ),
+    ),
+    max_size=12,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -414,9 +451,12 @@ def test_blind_index_is_standard_hmac_sha256_for_any_key_length(key_len: int):
 
     ring = Keyring("k1", {"k1": bytes(32)}, bytes(range(256))[:key_len])
     values = ["1", "", "身份证", None, "x" * 100]
-    expected = [None if v is None else
-                hmac.new(ring.hmac_key, b"t.f\x00" + v.encode(), hashlib.sha256).hexdigest()
-                for v in values]
+    expected = [
+        None
+        if v is None
+        else hmac.new(ring.hmac_key, b"t.f\x00" + v.encode(), hashlib.sha256).hexdigest()
+        for v in values
+    ]
 
     assert blind_index(objects(*values), ring, "t.f") == expected
     assert blind_index(pa.array(values, pa.string()), ring, "t.f") == expected
@@ -426,6 +466,9 @@ def test_encrypt_arrow_values_round_trip_and_nonces_differ(ring: Keyring):
     blobs = encrypt_values(pa.array(["a", None, "a", "身份证"]), ring, b"t.f")
 
     assert blobs[1] is None
-    assert [decrypt_value(b, "k1", ring, b"t.f") for b in (blobs[0], blobs[2], blobs[3])] == \
-        ["a", "a", "身份证"]
+    assert [decrypt_value(b, "k1", ring, b"t.f") for b in (blobs[0], blobs[2], blobs[3])] == [
+        "a",
+        "a",
+        "身份证",
+    ]
     assert blobs[0][:12] != blobs[2][:12]

@@ -17,8 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
-COVERED = ("tests/integration/test_faults.py", "tests/e2e/test_faults_airflow.py",
-           "tests/integration/test_corpus.py")
+COVERED = (
+    "tests/integration/test_faults.py",
+    "tests/e2e/test_faults_airflow.py",
+    "tests/integration/test_corpus.py",
+)
 CORPUS = "tests/integration/test_corpus.py"
 NAME = re.compile(r"`(tests/[\w/]+\.py)::(\w+)(?:\[([\w-]+)\])?`")
 
@@ -31,11 +34,18 @@ def _is_xfail(decorator: ast.expr) -> bool:
 def _params(decorators: list[ast.expr]) -> set[str]:
     ids: set[str] = set()
     for d in decorators:
-        if (isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute)
-                and d.func.attr == "parametrize" and len(d.args) >= 2
-                and isinstance(d.args[1], ast.List | ast.Tuple)):
-            ids |= {e.value for e in d.args[1].elts
-                    if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+        if (
+            isinstance(d, ast.Call)
+            and isinstance(d.func, ast.Attribute)
+            and d.func.attr == "parametrize"
+            and len(d.args) >= 2
+            and isinstance(d.args[1], ast.List | ast.Tuple)
+        ):
+            ids |= {
+                e.value
+                for e in d.args[1].elts
+                if isinstance(e, ast.Constant) and isinstance(e.value, str)
+            }
     return ids
 
 
@@ -45,14 +55,20 @@ def _tests(path: str) -> dict[str, dict]:
     out = {}
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-            out[node.name] = {"xfail": any(_is_xfail(d) for d in node.decorator_list),
-                              "params": dict.fromkeys(_params(node.decorator_list), False)}
+            out[node.name] = {
+                "xfail": any(_is_xfail(d) for d in node.decorator_list),
+                "params": dict.fromkeys(_params(node.decorator_list), False),
+            }
     if path == CORPUS:
         kinds = {}
         for call in ast.walk(tree):
-            if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                    and call.func.id == "Kind" and call.args
-                    and isinstance(call.args[0], ast.Constant)):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Name)
+                and call.func.id == "Kind"
+                and call.args
+                and isinstance(call.args[0], ast.Constant)
+            ):
                 kinds[call.args[0].value] = any(k.arg == "xfail" for k in call.keywords)
         out["test_bad_input"]["params"] = kinds
     return out
@@ -98,10 +114,14 @@ def test_every_named_test_exists(rows):
 def test_every_fault_and_corpus_test_is_in_the_doc(rows):
     named = {(p, f) for p, f, _, _ in rows}
     kinds = {k for p, f, k, _ in rows if p == CORPUS and f == "test_bad_input" and k}
-    absent = [f"{path}::{func}" for path in COVERED for func in _tests(path)
-              if (path, func) not in named]
-    absent += [f"{CORPUS}::test_bad_input[{k}]"
-               for k in _tests(CORPUS)["test_bad_input"]["params"] if k not in kinds]
+    absent = [
+        f"{path}::{func}" for path in COVERED for func in _tests(path) if (path, func) not in named
+    ]
+    absent += [
+        f"{CORPUS}::test_bad_input[{k}]"
+        for k in _tests(CORPUS)["test_bad_input"]["params"]
+        if k not in kinds
+    ]
     assert absent == [], f"add these to docs/reliability.md: {absent}"
 
 
@@ -113,7 +133,9 @@ def test_today_column_says_xfail_exactly_for_xfail_tests(rows):
             continue
         is_xfail = tests[func]["xfail"] or bool(tests[func]["params"].get(param, False))
         if says_xfail != is_xfail:
-            wrong.append(f"{path}::{func}{f'[{param}]' if param else ''}: doc says "
-                         f"{'xfail' if says_xfail else 'passes'}, test is "
-                         f"{'xfail' if is_xfail else 'not xfail'}")
+            wrong.append(
+                f"{path}::{func}{f'[{param}]' if param else ''}: doc says "
+                f"{'xfail' if says_xfail else 'passes'}, test is "
+                f"{'xfail' if is_xfail else 'not xfail'}"
+            )
     assert wrong == [], wrong

@@ -7,20 +7,48 @@ from handover.report import render_html
 
 
 def _data(**over):
-    data = {"run_id": "r1", "system": "legacy_bss", "policy_purpose": "migration",
-            "audit_head": None, "status": "succeeded", "failure": None,
-            "tables": ["subscribers", "payments"],
-            "reconciliation": {"subscribers": {
-                "source_rows": 10, "loaded": 6, "merged": 2, "quarantined": 1, "excluded": 1,
-                "target_rows": 6, "missing_keys": 0, "field_mismatches": 0,
-                "money_source": None, "money_target": None, "balanced": True}},
-            "quarantine": {"payments": {"INVALID_NUMBER": 7, "NEGATIVE_AMOUNT": 2}},
-            "exclusions": {}, "gates": [{"gate": "reconciliation", "table": "subscribers",
-                                         "partition": "all", "success": True, "evaluated": 5,
-                                         "rows": 1, "docs_path": None}],
-            "merges": {"subscribers": {"SAME_PERSON": 2}},
-            "persons": {"new": 6, "merged_same_person": 2}, "protection": [],
-            "orphans_waiting": {}, "money_by_period": {}}
+    data = {
+        "run_id": "r1",
+        "system": "legacy_bss",
+        "policy_purpose": "migration",
+        "audit_head": None,
+        "status": "succeeded",
+        "failure": None,
+        "tables": ["subscribers", "payments"],
+        "reconciliation": {
+            "subscribers": {
+                "source_rows": 10,
+                "loaded": 6,
+                "merged": 2,
+                "quarantined": 1,
+                "excluded": 1,
+                "target_rows": 6,
+                "missing_keys": 0,
+                "field_mismatches": 0,
+                "money_source": None,
+                "money_target": None,
+                "balanced": True,
+            }
+        },
+        "quarantine": {"payments": {"INVALID_NUMBER": 7, "NEGATIVE_AMOUNT": 2}},
+        "exclusions": {},
+        "gates": [
+            {
+                "gate": "reconciliation",
+                "table": "subscribers",
+                "partition": "all",
+                "success": True,
+                "evaluated": 5,
+                "rows": 1,
+                "docs_path": None,
+            }
+        ],
+        "merges": {"subscribers": {"SAME_PERSON": 2}},
+        "persons": {"new": 6, "merged_same_person": 2},
+        "protection": [],
+        "orphans_waiting": {},
+        "money_by_period": {},
+    }
     data.update(over)
     return data
 
@@ -35,8 +63,15 @@ def test_a_report_draws_the_top_quarantine_reasons_and_counts_merges():
 
 
 def test_a_failed_run_says_so_first_and_names_the_tables_it_never_reached():
-    page = render_html(_data(status="failed", failure={
-        "task_id": "validate_intake", "map_index": 2,
-        "error": "GateFailed: intake gate failed for payments partition p00"}))
+    page = render_html(
+        _data(
+            status="failed",
+            failure={
+                "task_id": "validate_intake",
+                "map_index": 2,
+                "error": "GateFailed: intake gate failed for payments partition p00",
+            },
+        )
+    )
     assert page.index("This run FAILED at validate_intake[2]") < page.index("Reconciliation")
     assert "not reached (no reconciliation): payments" in page

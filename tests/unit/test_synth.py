@@ -395,8 +395,15 @@ def test_handover_manifest_writes_what_the_operator_would_have(tmp_path):
     synth.generate(tmp_path, 60, seed=2)
     original = json.loads((tmp_path / "export_manifest.json").read_text())
     (tmp_path / "export_manifest.json").unlink()
-    args = ["manifest", "--system", "legacy_bss", "--source-dir", str(tmp_path),
-            "--exported-at", "2026-11-01 00:00:00"]
+    args = [
+        "manifest",
+        "--system",
+        "legacy_bss",
+        "--source-dir",
+        str(tmp_path),
+        "--exported-at",
+        "2026-11-01 00:00:00",
+    ]
     assert cli.main(args) == 0
     made = json.loads((tmp_path / "export_manifest.json").read_text())
     assert made["made_by"] == "receiver" and made["exported_at"] == "2026-11-01 00:00:00"

@@ -10,8 +10,15 @@ TRAILER = r"共(\d+)条"
 
 
 def _read(path, encoding="gb18030", header=False):
-    src = DelimitedSource(path, table="t", columns=["a", "b"], encoding=encoding,
-                          delimiter="|", header=header, trailer=TRAILER)
+    src = DelimitedSource(
+        path,
+        table="t",
+        columns=["a", "b"],
+        encoding=encoding,
+        delimiter="|",
+        header=header,
+        trailer=TRAILER,
+    )
     with src:
         return [r for b in src.batches() for r in b.to_pylist()]
 
@@ -27,8 +34,11 @@ def test_the_trailer_is_read_as_a_count_not_a_row(tmp_path, encoding):
 def test_a_trailer_that_disagrees_with_the_rows_names_both_counts(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("1|x\n共3条\n".encode("gb18030"))
-    with pytest.raises(SourceReadError, match=r"t\.txt: the trailer says 3 rows but the file "
-                                              r"holds 1"):
+    with pytest.raises(
+        SourceReadError,
+        match=r"t\.txt: the trailer says 3 rows but the file "
+        r"holds 1",
+    ):
         _read(path)
 
 
@@ -55,8 +65,9 @@ def test_a_delimiter_of_several_characters(tmp_path, encoding, delimiter):
     body = f"a{d}b\r\n" + "\r\n".join(rows) + f'\r\nq{d}"x, {d[0]} y"\r\n'
     path = tmp_path / "t.txt"
     path.write_bytes(body.encode(encoding))
-    src = DelimitedSource(path, table="t", columns=["a", "b"], encoding=encoding,
-                          delimiter=d, header=True)
+    src = DelimitedSource(
+        path, table="t", columns=["a", "b"], encoding=encoding, delimiter=d, header=True
+    )
     with src:
         got = [r for b in src.batches() for r in b.to_pylist()]
     assert src.columns == ["a", "b"]
@@ -67,8 +78,9 @@ def test_a_delimiter_of_several_characters(tmp_path, encoding, delimiter):
 def test_a_short_row_under_a_long_delimiter_is_named_by_row_and_line(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("a~|~b\n1~|~x\n2\n".encode("gb18030"))
-    src = DelimitedSource(path, table="t", columns=["a", "b"], encoding="gb18030",
-                          delimiter="~|~", header=True)
+    src = DelimitedSource(
+        path, table="t", columns=["a", "b"], encoding="gb18030", delimiter="~|~", header=True
+    )
     with pytest.raises(SourceReadError, match=r"t\.txt row 2 \(line 3\): expected 2 fields"):
         with src:
             list(src.batches())
