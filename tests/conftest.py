@@ -8,6 +8,7 @@ never see each other's rows.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import uuid
@@ -725,3 +726,40 @@ def reseal(src: Path, rows: bool = False) -> None:
             if rows:
                 entry["rows"] = len(pd.read_csv(f, dtype=str, keep_default_na=False))
     (Path(src) / "export_manifest.json").write_text(json.dumps(manifest))
+
+
+def point_at(mp: pytest.MonkeyPatch, dsn: str, lake: Path, keyring_file: Path) -> None:
+    """Library calls in this process use this target, this local lake and this keyring
+    (the environment variables win; any Airflow connection of the same name is unset)."""
+    mp.setenv("HANDOVER_TARGET_DSN", dsn)
+    mp.setenv("HANDOVER_LAKE_URL", f"file://{lake}")
+    mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
+    for var in (
+        "AIRFLOW_CONN_HANDOVER_KEYS",
+        "AIRFLOW_CONN_HANDOVER_TARGET",
+        "AIRFLOW_CONN_HANDOVER_LAKE",
+    ):
+        mp.delenv(var, raising=False)
+
+
+class LogCapture(logging.Handler):
+    """Every message logged (any logger, any level) while in the `with` block, as text:
+    what a planted-PII search reads."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> LogCapture:
+        logging.getLogger().addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)

@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 
 from handover import ledger
 from handover.backup import LifecycleError, lifecycle_connect, purge
-from handover.intake import INTAKE_DAYS, clear_stale_intakes  # noqa: F401 (re-exported)
 from handover.lake import Lake, lake_from_url, part_key, safe_run_id
 from handover.retention import (
     certify,

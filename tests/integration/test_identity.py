@@ -8,7 +8,6 @@ by one identifier removes the person in both systems' records."""
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 
 import pandas as pd
@@ -19,7 +18,7 @@ from handover import subject
 from handover.runner import run_migration
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
-from tests.conftest import create_database, drop_database, pg_dsn
+from tests.conftest import LogCapture, create_database, drop_database, pg_dsn, point_at
 from tests.integration.test_retention import search_everywhere
 
 pytestmark = pytest.mark.integration
@@ -41,24 +40,12 @@ def world(tmp_path_factory, keyring_file):
     synth.generate(src, 300, seed=19)
     db = create_database("handover_identity")
     mp = pytest.MonkeyPatch()
-    mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
-    mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
-    mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in (
-        "AIRFLOW_CONN_HANDOVER_KEYS",
-        "AIRFLOW_CONN_HANDOVER_TARGET",
-        "AIRFLOW_CONN_HANDOVER_LAKE",
-    ):
-        mp.delenv(var, raising=False)
+    point_at(mp, pg_dsn(db), root / "lake", keyring_file)
     try:
         seeded = synth_acquirer.seed(pg_dsn(db), src, root, share=0.1, others=30)
-        handler = _Capture()
-        logging.getLogger().addHandler(handler)
-        try:
+        with LogCapture() as captured:
             run_id = f"id_{uuid.uuid4().hex[:6]}"
             run_migration(run_id=run_id, source_dir=str(src))
-        finally:
-            logging.getLogger().removeHandler(handler)
         ring = Keyring.from_dict(json.loads(keyring_file.read_text()))
         yield {
             "src": src,
@@ -66,7 +53,7 @@ def world(tmp_path_factory, keyring_file):
             "run_id": run_id,
             "root": root,
             "seeded": seeded,
-            "log": "\n".join(handler.lines),
+            "log": captured.text,
             "ring": ring,
             "lake": root / "lake",
             "truth": pd.read_csv(root / synth_acquirer.TRUTH, dtype=str, keep_default_na=False),
@@ -74,15 +61,6 @@ def world(tmp_path_factory, keyring_file):
     finally:
         mp.undo()
         drop_database(db)
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def _matches(world) -> dict[str, str]:

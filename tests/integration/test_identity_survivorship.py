@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import logging
 import shutil
 import uuid
 
@@ -27,7 +26,7 @@ from handover.config import CONFIG_ROOT, ConfigError, load_config
 from handover.runner import run_migration
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
-from tests.conftest import create_database, drop_database, pg_dsn
+from tests.conftest import LogCapture, create_database, drop_database, pg_dsn, point_at
 
 pytestmark = pytest.mark.integration
 POLICY = {
@@ -75,15 +74,6 @@ def _blank_ids(src, keys: set[str]) -> None:
     )
 
 
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, keyring_file):
     from handover import ledger
@@ -94,15 +84,7 @@ def world(tmp_path_factory, keyring_file):
     synth.generate(src, 300, seed=29)
     db = create_database("handover_surv")
     mp = pytest.MonkeyPatch()
-    mp.setenv("HANDOVER_TARGET_DSN", pg_dsn(db))
-    mp.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")
-    mp.setenv("HANDOVER_KEYRING_FILE", str(keyring_file))
-    for var in (
-        "AIRFLOW_CONN_HANDOVER_KEYS",
-        "AIRFLOW_CONN_HANDOVER_TARGET",
-        "AIRFLOW_CONN_HANDOVER_LAKE",
-    ):
-        mp.delenv(var, raising=False)
+    point_at(mp, pg_dsn(db), root / "lake", keyring_file)
     try:
         with psycopg.connect(pg_dsn(db)) as conn:  # an acquirer that verifies phone numbers
             ledger.ensure_schema(conn)
@@ -177,13 +159,9 @@ def world(tmp_path_factory, keyring_file):
             )
         _blank_ids(src, {by_name, twice})
         config = _config(root, POLICY)
-        handler = _Capture()
-        logging.getLogger().addHandler(handler)
-        try:
+        with LogCapture() as captured:
             run_id = f"surv_{uuid.uuid4().hex[:6]}"
             run_migration(run_id=run_id, source_dir=str(src), system=str(config))
-        finally:
-            logging.getLogger().removeHandler(handler)
         yield {
             "src": src,
             "dsn": pg_dsn(db),
@@ -198,7 +176,7 @@ def world(tmp_path_factory, keyring_file):
             "withdrew": withdrew,
             "browsing": browsing,
             "config": config,
-            "log": "\n".join(handler.lines),
+            "log": captured.text,
             "ring": Keyring.from_dict(json.loads(keyring_file.read_text())),
             "lake": root / "lake",
         }

@@ -312,7 +312,7 @@ def test_s3_object_versions_and_data_keys_leave_nothing(moto_server, monkeypatch
 
 def test_a_subject_request_left_waiting_loses_its_seal(env):
     """Data minimisation for requests whose run failed and was left: the retention run
-    clears seals older than subject.INTAKE_DAYS, audited; a recent one keeps its seal."""
+    clears seals older than intake.INTAKE_DAYS, audited; a recent one keeps its seal."""
     assert env["out"]["found"]["stale_subject_intakes_cleared"] == 1
     with psycopg.connect(env["dsn"]) as conn:
         sealed = dict(
