@@ -24,7 +24,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(
@@ -55,7 +55,8 @@ from handover.tasks import DEFAULT_ARGS
 def backup_target():
     @task
     def snapshot_target(params=None, run_id=None):
-        from handover import backup, tasks
+        from handover.lifecycle import backup
+        from handover.ops import tasks
 
         return tasks.call(
             backup.take_backup,
@@ -66,13 +67,15 @@ def backup_target():
 
     @task(task_id="validate_backup", retries=0)
     def validate_backup(taken):
-        from handover import backup, tasks
+        from handover.lifecycle import backup
+        from handover.ops import tasks
 
         return tasks.call(backup.verify_backup, taken["backup_id"])
 
     @task
     def expire_backups(verified):
-        from handover import backup, tasks
+        from handover.lifecycle import backup
+        from handover.ops import tasks
 
         return tasks.call(backup.expire_backups)
 

@@ -22,7 +22,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 LABEL = "{{ part_label }}"
 
@@ -48,7 +48,8 @@ LABEL = "{{ part_label }}"
 def customer_migration():
     @task
     def plan_run(params=None, run_id=None, dag=None):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(
             pipeline.plan_run,
@@ -60,7 +61,8 @@ def customer_migration():
 
     @task(map_index_template="{{ part_label }}")
     def extract_table(ctx, table):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(pipeline.extract_table, ctx, table, label=table)
 
@@ -70,14 +72,15 @@ def customer_migration():
 
     @task
     def list_partitions(parts):
-        from handover import pipeline
+        from handover.flows import migration as pipeline
 
         return pipeline.flatten(list(parts))
 
     def gate(name):
         @task(task_id=f"validate_{name}", retries=0, map_index_template=LABEL)
         def _gate(ctx, part):
-            from handover import pipeline, tasks
+            from handover.flows import migration as pipeline
+            from handover.ops import tasks
 
             return tasks.call(
                 pipeline.run_gate_task,
@@ -92,7 +95,8 @@ def customer_migration():
     def stage(fn_name, task_id):
         @task(task_id=task_id, map_index_template=LABEL)
         def _stage(ctx, part):
-            from handover import pipeline, tasks
+            from handover.flows import migration as pipeline
+            from handover.ops import tasks
 
             return tasks.call(
                 getattr(pipeline, fn_name), ctx, part, label=f"{part['table']}/{part['partition']}"
@@ -102,25 +106,29 @@ def customer_migration():
 
     @task
     def resolve_customers(ctx, parts):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(pipeline.resolve_customers, ctx)
 
     @task(map_index_template=LABEL)
     def reconcile_table(ctx, table, loaded):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(pipeline.reconcile_table, ctx, table, label=table)
 
     @task(task_id="validate_reconciliation", retries=0, map_index_template=LABEL)
     def validate_reconciliation(ctx, result):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(pipeline.reconciliation_gate, ctx, result["table"], label=result["table"])
 
     @task
     def publish(ctx, gates):
-        from handover import pipeline, tasks
+        from handover.flows import migration as pipeline
+        from handover.ops import tasks
 
         return tasks.call(pipeline.publish, ctx)
 

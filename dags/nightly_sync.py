@@ -27,7 +27,7 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import CronDataIntervalTimetable, Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 LABEL = "{{ part_label }}"
 LEGACY_TZ = "Asia/Shanghai"
@@ -50,7 +50,7 @@ LEGACY_TZ = "Asia/Shanghai"
 def nightly_sync():
     @task.sensor(poke_interval=600, timeout=8 * 3600, mode="reschedule")
     def wait_for_change_set(params=None, data_interval_start=None, data_interval_end=None):
-        from handover import sync
+        from handover.flows import nightly as sync
 
         return sync.change_set_ready(
             sync.changes_dir(params["changes_dir"]), data_interval_start, data_interval_end
@@ -60,7 +60,8 @@ def nightly_sync():
     def plan_night(
         params=None, run_id=None, dag=None, data_interval_start=None, data_interval_end=None
     ):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(
             sync.plan_night,
@@ -78,20 +79,22 @@ def nightly_sync():
 
     @task(map_index_template=LABEL)
     def extract_changes(ctx, table):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.extract_changes, ctx, table, label=table)
 
     @task
     def list_partitions(parts):
-        from handover import sync
+        from handover.flows import nightly as sync
 
         return sync.list_partitions(list(parts))
 
     def gate(name):
         @task(task_id=f"validate_{name}", retries=0, map_index_template=LABEL)
         def _gate(ctx, part):
-            from handover import pipeline, tasks
+            from handover.flows import migration as pipeline
+            from handover.ops import tasks
 
             return tasks.call(
                 pipeline.run_gate_task,
@@ -108,7 +111,7 @@ def nightly_sync():
         def _stage(ctx, part):
             import importlib
 
-            from handover import tasks
+            from handover.ops import tasks
 
             fn = getattr(importlib.import_module(f"handover.{module}"), fn_name)
             return tasks.call(fn, ctx, part, label=f"{part['table']}/{part['partition']}")
@@ -117,31 +120,36 @@ def nightly_sync():
 
     @task
     def resolve_customers(ctx, parts):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.resolve_customers, ctx)
 
     @task(map_index_template=LABEL)
     def apply_deletions(ctx, table, loaded):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.apply_deletions, ctx, table, label=table)
 
     @task(map_index_template=LABEL)
     def reconcile_table(ctx, table, deleted):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.reconcile_table, ctx, table, label=table)
 
     @task(task_id="validate_reconciliation", retries=0, map_index_template=LABEL)
     def validate_reconciliation(ctx, result):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.reconciliation_gate, ctx, result["table"], label=result["table"])
 
     @task
     def publish(ctx, gates):
-        from handover import sync, tasks
+        from handover.flows import nightly as sync
+        from handover.ops import tasks
 
         return tasks.call(sync.publish, ctx)
 

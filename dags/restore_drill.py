@@ -22,7 +22,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(
@@ -46,19 +46,21 @@ from handover.tasks import DEFAULT_ARGS
 def restore_drill():
     @task
     def restore_latest_backup(params=None, run_id=None):
-        from handover import restore, tasks
+        from handover.lifecycle import restore
+        from handover.ops import tasks
 
         return tasks.call(restore.restore_backup, params["backup_id"] or None)
 
     @task(task_id="validate_restore", retries=0)
     def validate_restore(restored):
-        from handover import restore, tasks
+        from handover.lifecycle import restore
+        from handover.ops import tasks
 
         return tasks.call(restore.verify_restore, restored)
 
     @task
     def drop_scratch_database(restored, params=None):
-        from handover import restore
+        from handover.lifecycle import restore
 
         if params["keep_scratch"]:
             return {"kept": restored["scratch_db"]}

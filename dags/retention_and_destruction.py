@@ -24,7 +24,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(
@@ -46,7 +46,8 @@ from handover.tasks import DEFAULT_ARGS
 def retention_and_destruction():
     @task
     def find_expired_data(params=None, run_id=None, data_interval_end=None):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         as_of = params["as_of"] or (data_interval_end.date() if data_interval_end else None)
         return tasks.call(
@@ -55,31 +56,36 @@ def retention_and_destruction():
 
     @task
     def destroy_in_target(found):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         return tasks.call(retention.destroy_target_task, found)
 
     @task
     def destroy_in_lake(found):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         return tasks.call(retention.destroy_lake_task, found)
 
     @task
     def shred_backups(found):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         return tasks.call(retention.shred_backups_task, found)
 
     @task(task_id="validate_destruction", retries=0)
     def validate_destruction(found, target, lake, shred):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         return tasks.call(retention.validate_destruction_task, found)
 
     @task
     def certify_destruction(found, target, lake, shred, verification):
-        from handover import retention, tasks
+        from handover.lifecycle import retention
+        from handover.ops import tasks
 
         return tasks.call(retention.certify_task, found, target, lake, shred, verification)
 

@@ -10,12 +10,12 @@ key. Blind indexes do not change. Each step writes an audit entry (counts and ke
 Runbook:
 
 1. Add a new key and make it active:
-   `python -m handover.cli keys --from current.json --add k2` and store the output as
+   `python -m handover.ops.cli keys --from current.json --add k2` and store the output as
    the `handover_keys` connection's extra (keep the old key in it for now).
 2. Trigger this DAG (unpause it first: `airflow dags unpause rotate_keys`). It also
    rewraps every backup data key and lake scope key under the new key. `validate_rotation`
    is the gate: green means no value, backup or lake key is left under an old key id.
-3. Retire the old key: `python -m handover.cli keys --from new.json --retire k1` (refused
+3. Retire the old key: `python -m handover.ops.cli keys --from new.json --retire k1` (refused
    while anything still needs it).
 
 Run config: `system` (a folder under include/config; its mapping names the columns).
@@ -27,7 +27,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(
@@ -46,13 +46,15 @@ from handover.tasks import DEFAULT_ARGS
 def rotate_keys():
     @task
     def rotate_target_keys(params=None, run_id=None):
-        from handover import keys, tasks
+        from handover.lifecycle import rotation as keys
+        from handover.ops import tasks
 
         return tasks.call(keys.rotate_target_keys, params["system"], run_id=run_id)
 
     @task(retries=0)
     def validate_rotation(rotated, params=None, run_id=None):
-        from handover import keys, tasks
+        from handover.lifecycle import rotation as keys
+        from handover.ops import tasks
 
         return tasks.call(keys.validate_rotation, params["system"], run_id=run_id)
 

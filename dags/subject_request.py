@@ -6,7 +6,7 @@ A customer's right to see, correct or erase their data (PIPL Art. 44-47):
 - **access**: everything held about the customer (new system, every lake copy incl.
   quarantine and exclusions, decisions, backups holding them) as one encrypted file in
   the lake under `subject-requests/<request_id>/`; the passphrase is revealed to the
-  privacy officer by `python -m handover.subject passphrase <request_id>` (audited).
+  privacy officer by `python -m handover.lifecycle.subject passphrase <request_id>` (audited).
 - **correction**: `field` set to the new value, then the row runs through the migration's
   own stages and gates before it is upserted; a rejected value changes nothing.
 - **erasure**: deleted from the target and every lake copy, earlier exports deleted,
@@ -16,7 +16,7 @@ A customer's right to see, correct or erase their data (PIPL Art. 44-47):
 Airflow's database and shown here to everyone who may see this DAG, so the customer's
 identifier never goes into it:
 
-    python -m handover.subject submit REQ-123 --type erasure --identifier-type msisdn
+    python -m handover.lifecycle.subject submit REQ-123 --type erasure --identifier-type msisdn
 
 reads the identifier (and a correction's new value) from stdin and stores it sealed
 under the keyring; then Trigger DAG with `request_id` REQ-123. A run whose config
@@ -34,7 +34,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(
@@ -52,32 +52,36 @@ from handover.tasks import DEFAULT_ARGS
             type="string",
             title="Request id",
             description="ticket id of a request submitted with `python -m "
-            "handover.subject submit` (letters, digits, . _ -)",
+            "handover.lifecycle.subject submit` (letters, digits, . _ -)",
         ),
     },
 )
 def subject_request():
     @task(task_id="validate_request", retries=0)
     def validate_request(params=None):
-        from handover import subject, tasks
+        from handover.lifecycle import subject
+        from handover.ops import tasks
 
         return tasks.call(subject.validate_request, dict(params))
 
     @task
     def fulfil_request(checked, params=None):
-        from handover import subject, tasks
+        from handover.lifecycle import subject
+        from handover.ops import tasks
 
         return tasks.call(subject.fulfil_request, dict(params))
 
     @task(task_id="validate_outcome", retries=0)
     def validate_outcome(done, params=None):
-        from handover import subject, tasks
+        from handover.lifecycle import subject
+        from handover.ops import tasks
 
         return tasks.call(subject.validate_outcome, dict(params), done)
 
     @task
     def record_outcome(done, verified, params=None):
-        from handover import subject, tasks
+        from handover.lifecycle import subject
+        from handover.ops import tasks
 
         return tasks.call(subject.record_outcome, dict(params), done, verified)
 

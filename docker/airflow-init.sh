@@ -6,7 +6,7 @@ set -euo pipefail
 echo "handover-init: migrating the Airflow metadata database"
 airflow db migrate
 echo "handover-init: checking the lake bucket"
-python -m handover.lake ensure-bucket
+python -m handover.storage.lake ensure-bucket
 if [ ! -f "${HANDOVER_SOURCE_DIR}/export_manifest.json" ]; then
     echo "handover-init: no export in ${HANDOVER_SOURCE_DIR} yet; mount one there" \
          "(HANDOVER_SOURCE_HOST_DIR in .env) or run: python -m handover_synth.legacy_bss" \

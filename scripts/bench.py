@@ -53,7 +53,7 @@ def _with_db(dsn: str, name: str) -> str:
 
 
 def admin_dsn() -> str:
-    from handover.connections import target_dsn
+    from handover.config.connections import target_dsn
 
     return _with_db(target_dsn(), "postgres")
 
@@ -164,7 +164,7 @@ METRIC = re.compile(
 
 def task_metrics(log: Path) -> dict[str, dict]:
     """Per task id, from the run's log: instances, summed seconds and the largest peak RSS of
-    one instance (handover.tasks resets the process's peak mark before each task body)."""
+    one instance (handover.ops.tasks resets the process's peak mark before each task body)."""
     out: dict[str, dict] = {}
     for m in METRIC.finditer(log.read_text(errors="replace")):
         t = out.setdefault(
@@ -247,8 +247,8 @@ def stage_times(run_id: str) -> dict[str, float]:
 
 
 def rerun_largest_load(run_id: str, target_dsn: str) -> dict:
-    from handover import pipeline
-    from handover.load import table_checksum
+    from handover.db.load import table_checksum
+    from handover.flows import migration as pipeline
 
     with psycopg.connect(target_dsn) as conn:
         table, part, rows, secs, first_method = conn.execute(
@@ -319,9 +319,9 @@ def encryption_cost(run_id: str, wall: float) -> dict:
     comply/_excluded is not among them (it is small)."""
     import pyarrow.parquet as pq
 
-    from handover.lake import PARQUET_OPTIONS, lake_from_url, safe_run_id
-    from handover.lake_crypto import scope_of
-    from handover.retention import shred_scope
+    from handover.lifecycle.retention import shred_scope
+    from handover.storage.lake import PARQUET_OPTIONS, lake_from_url, safe_run_id
+    from handover.storage.lake_crypto import scope_of
 
     lake = lake_from_url()
     probe = ROOT / ".state" / "bench" / "encryption-probe.parquet"

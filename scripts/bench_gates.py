@@ -10,7 +10,7 @@ extract does, each partition written to and read back from zstd Parquet as the l
 a few bad rows planted so every method has something to find (malformed MSISDNs, negative
 charges, duplicate ids, nulls). Then, for expectations/legacy_bss/quality/call_records.json:
 
-  (a) the project's way: handover.gates.run_gate on each partition's pandas frame (no docs);
+  (a) the project's way: handover.gates.suites.run_gate on each partition's pandas frame (no docs);
   (b) pushdown: GX's SQL data source on PostgreSQL (scratch database bench_gates on
       127.0.0.1:5432, dropped at the end): COPY every partition into one staging table
       (the gates run before load, so this COPY is extra work), then a table asset with a
@@ -48,7 +48,7 @@ if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
-from handover import gates  # noqa: E402 - importable only after the sys.path line above
+from handover.gates import suites as gates  # noqa: E402 - importable only after the sys.path line above
 
 GATE, TABLE, SYSTEM = "quality", "call_records", "legacy_bss"
 SUITES_DIR = ROOT / "expectations" / SYSTEM
@@ -83,8 +83,8 @@ BAD_MSISDNS = [
 
 def make_rows(rows: int, workdir: Path) -> tuple[pd.DataFrame, dict[str, float]]:
     """``rows`` cleansed call records from a synthetic export; returns (frame, timings)."""
-    from handover.cleanse import cleanse
-    from handover.config import load_config
+    from handover.config.loader import load_config
+    from handover.stages.cleanse import cleanse
     from handover_synth import legacy_bss as synth
 
     timings: dict[str, float] = {}
@@ -247,7 +247,7 @@ def bench_pushdown(
     import psycopg
     from psycopg import sql
 
-    from handover.load import copy_arrow
+    from handover.db.load import copy_arrow
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))

@@ -101,7 +101,7 @@ def run_once(stack, source: Path, workers: int, timeout: float) -> dict:
         [
             sys.executable,
             "-c",
-            "import sys; from handover.lake import lake_from_url; "
+            "import sys; from handover.storage.lake import lake_from_url; "
             "lake_from_url().delete_prefix(f'runs/{sys.argv[1]}/')",
             run_id,
         ]
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
 
-    from handover.protect import Keyring
+    from handover.protection.fields import Keyring
     from handover_synth import legacy_bss as synth
     from tests.e2e.test_celery import CeleryStack
 

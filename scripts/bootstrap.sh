@@ -26,7 +26,7 @@ assets() {
 assets
 
 # The library on the venv's path (a .pth file) and a `handover` command in .venv/bin, so
-# `.venv/bin/handover check …` and `.venv/bin/python -m handover.check …` work from any
+# `.venv/bin/handover check …` and `.venv/bin/python -m handover.ops.check …` work from any
 # folder without PYTHONPATH (docs/onboarding.md). Cheap and idempotent: done every time.
 link_library() {
     local site
@@ -34,8 +34,8 @@ link_library() {
     echo "$ROOT/include" > "$site/handover-include.pth"
     cat > .venv/bin/handover <<WRAP
 #!/usr/bin/env bash
-# handover's command line (python -m handover.cli): check, keys, rotate-keys, verify-audit, …
-exec "$ROOT/.venv/bin/python" -m handover.cli "\$@"
+# handover's command line (python -m handover.ops.cli): check, keys, rotate-keys, verify-audit, …
+exec "$ROOT/.venv/bin/python" -m handover.ops.cli "\$@"
 WRAP
     chmod +x .venv/bin/handover
 }

@@ -14,7 +14,7 @@ if [ -z "${HANDOVER_EXTERNAL:-}" ] && [ -f "$STATE/demo-subscribers" ] \
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from handover.connections import target_dsn
+from handover.config.connections import target_dsn
 
 target = conninfo_to_dict(target_dsn())
 with psycopg.connect(make_conninfo(**{**target, "dbname": "postgres"}), autocommit=True) as c:
@@ -37,13 +37,13 @@ echo "==> running customer_migration (log: $STATE/demo-run.log)" >&2
 # of `make up` would show empty logs. It logs JSON lines instead (json_logs: the shape of a
 # task's log file) into demo-run.jsonl, shown as text in demo-run.log while it runs; then
 # each task instance's lines go, as they are, to the file the UI reads for that try
-# ($AIRFLOW_HOME/logs/dag_id=…/run_id=…/task_id=…/attempt=N.log): handover/demo_logs.py.
+# ($AIRFLOW_HOME/logs/dag_id=…/run_id=…/task_id=…/attempt=N.log): handover/ops/demo_logs.py.
 status=0
 AIRFLOW__LOGGING__JSON_LOGS=True \
     airflow dags test customer_migration -c "{\"source_dir\": \"$STATE/source\"}" 2>&1 \
-    | tee "$STATE/demo-run.jsonl" | "$PY" -m handover.demo_logs render >"$STATE/demo-run.log" \
+    | tee "$STATE/demo-run.jsonl" | "$PY" -m handover.ops.demo_logs render >"$STATE/demo-run.log" \
     || status=$?
-"$PY" -m handover.demo_logs split "$STATE/demo-run.jsonl" \
+"$PY" -m handover.ops.demo_logs split "$STATE/demo-run.jsonl" \
     || echo "    (task logs not copied for the UI; they are in $STATE/demo-run.log)" >&2
 if [ "$status" -ne 0 ]; then
     grep -E "AirflowFailException|Error|failed" "$STATE/demo-run.log" | tail -5 >&2
@@ -51,4 +51,4 @@ if [ "$status" -ne 0 ]; then
     exit 1
 fi
 echo "$SUBSCRIBERS" >"$STATE/demo-subscribers"
-"$PY" -m handover.cli summary
+"$PY" -m handover.ops.cli summary

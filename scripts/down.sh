@@ -36,5 +36,5 @@ for name in scheduler triggerer dag-processor api-server; do
 done
 if [ -z "${HANDOVER_EXTERNAL:-}" ] && [ -d "$STATE/pgdata" ] && [ -x "$PY" ]; then
     echo "==> stopping the embedded PostgreSQL" >&2
-    PYTHONPATH="$ROOT/include" "$PY" -m handover.embedded stop --pgdata "$STATE/pgdata" >&2 || true
+    PYTHONPATH="$ROOT/include" "$PY" -m handover.storage.embedded stop --pgdata "$STATE/pgdata" >&2 || true
 fi

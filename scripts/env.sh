@@ -22,8 +22,8 @@ export NO_ALBUMENTATIONS_UPDATE=1
 mkdir -p "$STATE"
 
 if [ -z "${HANDOVER_EXTERNAL:-}" ]; then
-    "$PY" -m handover.embedded start --pgdata "$STATE/pgdata" >&2
-    eval "$("$PY" -m handover.embedded env --pgdata "$STATE/pgdata")"
+    "$PY" -m handover.storage.embedded start --pgdata "$STATE/pgdata" >&2
+    eval "$("$PY" -m handover.storage.embedded env --pgdata "$STATE/pgdata")"
 fi
 # the lake under the state folder unless one is given (external services too)
 export HANDOVER_LAKE_URL="${HANDOVER_LAKE_URL:-file://$STATE/lake}"
@@ -31,6 +31,6 @@ if [ -z "${AIRFLOW_CONN_HANDOVER_KEYS:-}" ]; then
     # A local keyring for the demo, outside the repository (.state is git-ignored). By
     # file, not as a connection in the environment: every task reads it when it runs, so a
     # scheduler started by `make up` sees a rotated keyring (docs/protection.md, Rotation).
-    [ -f "$STATE/keys.json" ] || (umask 077; "$PY" -m handover.cli keys > "$STATE/keys.json")
+    [ -f "$STATE/keys.json" ] || (umask 077; "$PY" -m handover.ops.cli keys > "$STATE/keys.json")
     export HANDOVER_KEYRING_FILE="${HANDOVER_KEYRING_FILE:-$STATE/keys.json}"
 fi

@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
 # The handover imports come after the sys.path line above, which makes them importable.
-from handover.config import load_config  # noqa: E402 - importable only after the sys.path line above
-from handover.mapping import target_columns  # noqa: E402 - importable only after the sys.path line above
-from handover.validators import ID_PATTERN, MSISDN_PATTERN  # noqa: E402 - importable only after sys.path line
+from handover.config.loader import load_config  # noqa: E402 - importable only after the sys.path line above
+from handover.core.validators import ID_PATTERN, MSISDN_PATTERN  # noqa: E402 - importable only after sys.path line
+from handover.stages.mapping import target_columns  # noqa: E402 - importable only after the sys.path line above
 
 
 def e(kind: str, **kwargs) -> dict:

@@ -64,7 +64,7 @@ def target_db():
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_keyring(tmp_path_factory):
-    """Every Parquet object the lake writes is encrypted (handover.lake_crypto), so any test
+    """Every Parquet object the lake writes is encrypted (handover.storage.lake_crypto), so any test
     that writes to a lake needs a keyring: one for the session, unless the environment
     or the test brings its own (module fixtures below override it)."""
     if os.environ.get("HANDOVER_KEYRING_FILE") or os.environ.get("AIRFLOW_CONN_HANDOVER_KEYS"):
@@ -72,7 +72,7 @@ def _session_keyring(tmp_path_factory):
         return
     import json
 
-    from handover.protect import Keyring
+    from handover.protection.fields import Keyring
 
     path = tmp_path_factory.mktemp("session-keys") / "keys.json"
     path.write_text(json.dumps(Keyring.generate("k-session")))
@@ -85,7 +85,7 @@ def _session_keyring(tmp_path_factory):
 def keyring_file(tmp_path_factory) -> Path:
     import json
 
-    from handover.protect import Keyring
+    from handover.protection.fields import Keyring
 
     path = tmp_path_factory.mktemp("keys") / "keys.json"
     path.write_text(json.dumps(Keyring.generate("k-test-1")))
@@ -410,17 +410,17 @@ def worker_hostname() -> str:
 def content_checksums(dsn: str, system: str = "legacy_bss") -> dict[str, tuple[int, str]]:
     """Row count and content checksum of every target table, comparable across runs.
 
-    `handover.load.table_checksum` hashes whole rows, ciphertext included; AES-GCM
+    `handover.db.load.table_checksum` hashes whole rows, ciphertext included; AES-GCM
     with a random nonce makes two independent runs differ there even when they landed
     the same data. This hashes the columns the loader itself compares
-    (`handover.load.comparable_columns`): everything but `*_enc` and `*_key_id`, while
+    (`handover.db.load.comparable_columns`): everything but `*_enc` and `*_key_id`, while
     the keyed blind index of each encrypted field still pins its plaintext.
     """
     import psycopg
     from psycopg import sql
 
-    from handover.config import load_config
-    from handover.load import comparable_columns
+    from handover.config.loader import load_config
+    from handover.db.load import comparable_columns
 
     cfg = load_config(system)
     out = {}
@@ -466,7 +466,7 @@ def make_system(
     """
     import yaml
 
-    from handover.config import CONFIG_ROOT
+    from handover.config.loader import CONFIG_ROOT
 
     src = CONFIG_ROOT / "legacy_bss"
     docs = {
@@ -525,7 +525,7 @@ def run_stages(
     until: str | None = None,
     dag_id: str = "handover_tests",
 ) -> dict:
-    """The task bodies in the DAG's (and handover.runner's) order, in this process.
+    """The task bodies in the DAG's (and handover.flows.runner's) order, in this process.
 
     `hook(stage, item)` runs before every call (the place to inject a fault);
     `on_error(stage, item, exc, attempt)` returning True retries the failed call, the way
@@ -534,7 +534,7 @@ def run_stages(
     gates, which write neither the target nor the ledger, to keep fault tests in budget;
     a set of gate names runs only those.
     """
-    from handover import pipeline
+    from handover.flows import migration as pipeline
 
     state: dict = {"run_id": run_id}
 
@@ -608,7 +608,7 @@ def run_stages(
 
 def finish_run(state: dict, *, gates: bool = False) -> dict:
     """Load every partition (again: loads are idempotent), reconcile, publish."""
-    from handover import pipeline
+    from handover.flows import migration as pipeline
 
     ctx = state["ctx"]
     state["loaded"] = [pipeline.load_partition(ctx, p) for p in state["parts"]]
@@ -700,8 +700,8 @@ def unhash_book_keys(keyring_file: Path, rows, candidates) -> list:
     matches no candidate stays as it is, so a test still sees it."""
     import json
 
-    from handover.protect import Keyring
-    from handover.retention import DESTROYED, key_digest
+    from handover.lifecycle.retention import DESTROYED, key_digest
+    from handover.protection.fields import Keyring
 
     ring = Keyring.from_dict(json.loads(Path(keyring_file).read_text()))
     names = {(t, DESTROYED + key_digest(ring, t, k)): k for t, k in candidates}

@@ -43,8 +43,9 @@ def seed(
     import psycopg
     import pyarrow as pa
 
-    from handover import identity, ledger
-    from handover.protect import (
+    from handover.core.validators import resident_id_birth_gender, upgrade_resident_ids
+    from handover.db import ledger
+    from handover.protection.fields import (
         blind_index,
         encrypt_values,
         field_domain,
@@ -52,7 +53,7 @@ def seed(
         mask_msisdn,
         mask_resident_id,
     )
-    from handover.validators import resident_id_birth_gender, upgrade_resident_ids
+    from handover.stages import identity
 
     ring = ring or load_keyring()
     rng = np.random.default_rng(seed_value)
@@ -160,7 +161,7 @@ def seed(
 
 
 def _random_id(rng) -> str:
-    from handover.validators import id_check_digit
+    from handover.core.validators import id_check_digit
 
     body = (
         f"110105{rng.integers(1950, 2000)}{rng.integers(1, 13):02d}"
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     some of them persons of that export; the truth file goes next to the export."""
     import argparse
 
-    from handover.connections import target_dsn
+    from handover.config.connections import target_dsn
 
     ap = argparse.ArgumentParser(prog="python -m handover_synth.acquirer", description=main.__doc__)
     ap.add_argument("--export", required=True, type=Path, help="the acquired export's folder")

@@ -352,7 +352,7 @@ class _Player:
 
     def duplicate_person(self, cust: str) -> None:
         """A new customer number for a person already migrated: merged into the customer
-        the target holds (one person, one customer; handover.identity)."""
+        the target holds (one person, one customer; handover.stages.identity)."""
         row = self._subscriber_row()
         person = self.lg.row("subscribers", cust)
         for col in ("name", "id_number", "gender", "birth_date"):

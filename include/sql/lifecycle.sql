@@ -1,6 +1,6 @@
 -- The data lifecycle's books, beside the migration's in handover_meta: backups and their
 -- files, restore drills, destruction certificates, data-subject requests and the list of
--- erased subjects. Applied idempotently by handover.backup.ensure_lifecycle_schema after
+-- erased subjects. Applied idempotently by handover.lifecycle.backup.ensure_lifecycle_schema after
 -- meta.sql and target.sql. Key material never lives here: a backup file's data key is in
 -- the lake (backup-keys/), wrapped by the keyring, so destroying it is possible without
 -- touching this database or any backup of it.
@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS handover_meta.subject_request (
     detail        jsonb NOT NULL DEFAULT '{}'
 );
 
--- A request as the privacy officer submitted it (`python -m handover.subject submit`):
+-- A request as the privacy officer submitted it (`python -m handover.lifecycle.subject submit`):
 -- the identifier and a correction's new value sealed (AES-256-GCM under the keyring, the
 -- other columns bound as associated data), so the DAG run's config, which Airflow keeps
 -- in its database and shows in the UI, carries only the request id. The seal is cleared

@@ -237,7 +237,7 @@ CREATE TABLE IF NOT EXISTS handover_meta.correction (
 );
 
 -- The nightly sync's record of every key the legacy system deleted: a replayed older night
--- must not bring a deleted row back (handover.sync).
+-- must not bring a deleted row back (handover.flows.nightly).
 CREATE TABLE IF NOT EXISTS handover_meta.tombstone (
     table_name   text NOT NULL,
     record_key   text NOT NULL,

@@ -31,7 +31,7 @@ CREATE SCHEMA IF NOT EXISTS crm_masked;
 COMMENT ON SCHEMA crm_masked IS
     'Analyst views of crm: masked identifiers, no ciphertext, no blind index, no key id';
 
--- The same pattern as handover.protect.mask_msisdn (138****5678); numbers too short to
+-- The same pattern as handover.protection.fields.mask_msisdn (138****5678); numbers too short to
 -- keep seven digits hidden are masked whole.
 CREATE OR REPLACE FUNCTION crm_masked.mask_msisdn(v text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
@@ -91,7 +91,7 @@ CREATE OR REPLACE VIEW crm_masked.payment AS
 SELECT payment_id, customer_id, paid_at, amount_fen, channel
 FROM crm.payment;
 
--- Free text was redacted before it left the lake (handover.protect.redact_text).
+-- Free text was redacted before it left the lake (handover.protection.fields.redact_text).
 CREATE OR REPLACE VIEW crm_masked.complaint AS
 SELECT complaint_id, customer_id, created_at, category, body, satisfaction
 FROM crm.complaint;

@@ -57,13 +57,13 @@ PAGE_HEADERS = {
 def _target():
     import psycopg
 
-    from handover.connections import target_dsn
+    from handover.config.connections import target_dsn
 
     return psycopg.connect(target_dsn(), connect_timeout=5)
 
 
 def _safe(run_id: str) -> str:
-    from handover.lake import safe_run_id
+    from handover.storage.lake import safe_run_id
 
     return safe_run_id(run_id)
 
@@ -183,7 +183,7 @@ def create_app() -> FastAPI:
         """A script, stylesheet or font of the Data Docs pages (docs_assets.py)."""
         from fastapi.responses import FileResponse
 
-        from handover.docs_assets import vendor_file
+        from handover.gates.docs_assets import vendor_file
 
         found = vendor_file(path)
         if found is None:
@@ -219,7 +219,7 @@ def create_app() -> FastAPI:
                 404,
             )
         if kind == "docs" and path.endswith(".html"):
-            from handover.docs_assets import rewrite
+            from handover.gates.docs_assets import rewrite
 
             # relative to the page, so that any prefix the UI is served under still holds:
             # the page is `path` under runs/<run>/docs/, three levels below vendor/'s parent
@@ -255,7 +255,7 @@ def create_app() -> FastAPI:
 
 
 def _lake():
-    from handover.lake import lake_from_url
+    from handover.storage.lake import lake_from_url
 
     return lake_from_url()
 

@@ -82,7 +82,7 @@ def _forget() -> None:
 def _append(conn: Any, detail: dict[str, Any]) -> None:
     import psycopg
 
-    from handover import ledger
+    from handover.db import ledger
 
     try:
         with conn.transaction():
@@ -104,7 +104,7 @@ def write_event(detail: dict[str, Any], dsn: str | None = None) -> bool:
     try:
         import psycopg
 
-        from handover.connections import target_dsn
+        from handover.config.connections import target_dsn
 
         dsn = dsn or target_dsn()
         with _lock:

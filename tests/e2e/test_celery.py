@@ -27,7 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover.config import load_config
+from handover.config.loader import load_config
 from tests.conftest import (
     ROOT,
     content_checksums,
@@ -61,14 +61,14 @@ WORKER_PRELOAD = [
     "pyarrow.parquet",
     "great_expectations",
     "boto3",
-    "handover.pipeline",
-    "handover.gates",
-    "handover.cleanse",
-    "handover.comply",
-    "handover.mapping",
-    "handover.load",
-    "handover.reconcile",
-    "handover.report",
+    "handover.flows.migration",
+    "handover.gates.suites",
+    "handover.stages.cleanse",
+    "handover.stages.comply",
+    "handover.stages.mapping",
+    "handover.db.load",
+    "handover.stages.reconcile",
+    "handover.stages.report",
 ]
 
 
@@ -157,7 +157,7 @@ class CeleryStack:
             "PYTHONWARNINGS": "ignore",
             **self.extra_env,
         }
-        self.run([sys.executable, "-m", "handover.lake", "ensure-bucket"], timeout=60)
+        self.run([sys.executable, "-m", "handover.storage.lake", "ensure-bucket"], timeout=60)
         if not self.migrated_db:
             self.airflow("db", "migrate", timeout=300)
         self._spawn(
@@ -411,7 +411,7 @@ class ReferenceRun:
                 [
                     sys.executable,
                     "-m",
-                    "handover.runner",
+                    "handover.flows.runner",
                     "--source-dir",
                     str(source),
                     "--run-id",

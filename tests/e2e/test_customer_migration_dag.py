@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover.config import load_config
-from handover.load import table_checksum
-from handover.protect import Keyring
+from handover.config.loader import load_config
+from handover.db.load import table_checksum
+from handover.protection.fields import Keyring
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
 from tests.conftest import (
@@ -167,7 +167,14 @@ def test_demo_command_on_embedded_defaults(tmp_path):
         assert any(state.joinpath("lake", "runs").glob("*/reports/report.html"))
     finally:
         subprocess.run(
-            [sys.executable, "-m", "handover.embedded", "stop", "--pgdata", str(state / "pgdata")],
+            [
+                sys.executable,
+                "-m",
+                "handover.storage.embedded",
+                "stop",
+                "--pgdata",
+                str(state / "pgdata"),
+            ],
             env={**env, "PYTHONPATH": str(ROOT / "include")},
             capture_output=True,
             timeout=60,
@@ -302,7 +309,7 @@ json.dump(out, sys.stdout)
 
 def test_demo_task_logs_are_where_the_ui_reads_them(tmp_path):
     """make demo runs `airflow dags test` (one process, no task log files) and then
-    handover.demo_logs splits its JSON log: each try of each task instance gets the lines
+    handover.ops.demo_logs splits its JSON log: each try of each task instance gets the lines
     it logged, byte for byte, in the file the api-server reads for it, so the UI's log view
     shows them after `make up`. A real `dags test` of a small DAG (a mapped task, a retry),
     read back through Airflow's own TaskLogReader."""
@@ -326,7 +333,7 @@ def test_demo_task_logs_are_where_the_ui_reads_them(tmp_path):
         log = tmp_path / "demo-run.jsonl"
         log.write_bytes(full)
         split = subprocess.run(
-            [sys.executable, "-m", "handover.demo_logs", "split", str(log)],
+            [sys.executable, "-m", "handover.ops.demo_logs", "split", str(log)],
             env=env,
             capture_output=True,
             text=True,
@@ -334,7 +341,7 @@ def test_demo_task_logs_are_where_the_ui_reads_them(tmp_path):
         )
         assert split.returncode == 0, split.stderr[-3000:]
         rendered = subprocess.run(
-            [sys.executable, "-m", "handover.demo_logs", "render"],
+            [sys.executable, "-m", "handover.ops.demo_logs", "render"],
             input=full,
             env=env,
             capture_output=True,

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 def _seed_target(dsn: str) -> None:
     """The schemas (the project's DDL) and a handful of rows in crm."""
-    from handover.backup import ensure_lifecycle_schema
+    from handover.lifecycle.backup import ensure_lifecycle_schema
 
     with psycopg.connect(dsn) as conn:
         ensure_lifecycle_schema(conn)
@@ -112,7 +112,7 @@ def test_subject_request_runs_on_the_request_id_alone(airflow_env):
         [
             str(ROOT / ".venv" / "bin" / "python"),
             "-m",
-            "handover.subject",
+            "handover.lifecycle.subject",
             "submit",
             "REQ-e2e-1",
             "--type",

@@ -21,7 +21,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover.config import CONFIG_ROOT
+from handover.config.loader import CONFIG_ROOT
 from handover_synth import changes as synth_changes
 from handover_synth import legacy_bss as synth
 from tests.conftest import AIRFLOW, fresh_airflow, pg_dsn
@@ -64,7 +64,7 @@ def night(tmp_path_factory, keyring_file):
         mp.delenv("AIRFLOW_CONN_HANDOVER_KEYS", raising=False)
         mp.delenv("AIRFLOW_CONN_HANDOVER_TARGET", raising=False)
         try:
-            from handover.runner import run_migration
+            from handover.flows.runner import run_migration
 
             run_migration(run_id="e2e_day0", source_dir=str(source), system=str(system))
         finally:

@@ -25,8 +25,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover.config import load_config
-from handover.load import table_checksum
+from handover.config.loader import load_config
+from handover.db.load import table_checksum
 from handover_synth import legacy_bss as synth
 from tests.conftest import AIRFLOW, fresh_airflow, pg_dsn
 

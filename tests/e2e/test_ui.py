@@ -130,7 +130,7 @@ def trimmed_config(dst: Path, tables: dict[str, int]) -> Path:
     """
     import yaml
 
-    from handover.config import CONFIG_ROOT, load_config
+    from handover.config.loader import CONFIG_ROOT, load_config
 
     shutil.copytree(CONFIG_ROOT / "legacy_bss", dst)
     for name in ("catalog.yaml", "cleansing.yaml", "mapping.yaml"):
@@ -656,7 +656,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
 
     # The plugin's ledger tells the grid's truth: FAILED first, the task, its one line, a
     # link to its log, the runbook's next step, and the tables the run never reached.
-    from handover.lake import safe_run_id
+    from handover.storage.lake import safe_run_id
 
     b.open(f"/handover/ledger?run_id={urllib.parse.quote(run_id)}")
     ledger_page = b.wait_text("Run FAILED at validate_intake", "Next:", timeout=30)
@@ -732,7 +732,7 @@ def test_oncall_sees_the_red_gate_fixes_the_export_and_clears_it_in_the_ui(stack
             "AND actor = 'airflow'",
             (run_id,),
         ).fetchall()
-        from handover.ledger import verify_audit_chain
+        from handover.db.ledger import verify_audit_chain
 
         intact, _ = verify_audit_chain(conn)
     assert status == "succeeded"
@@ -806,7 +806,7 @@ def test_run_report_and_data_docs_open_from_the_ledger_view(stack, browser):
     assert not re.search(r"\b\d{17}[\dX]\b", page), "a resident ID number leaked"
 
     # It has its scripts and styles: GX's CDN addresses point at pinned copies served from
-    # this origin (include/handover/docs_assets.py, docs-assets/): the site's own vendor/
+    # this origin (include/handover/gates/docs_assets.py, docs-assets/): the site's own vendor/
     # once the run has published it, else the plugin's.
     loaded = b.driver.execute_script(
         "return {jquery: typeof window.jQuery, vega: typeof window.vega,"

@@ -17,9 +17,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import access, ledger, pipeline
-from handover.protect import Keyring
-from handover.runner import run_migration
+from handover.db import access, ledger
+from handover.flows import migration as pipeline
+from handover.flows.runner import run_migration
+from handover.protection.fields import Keyring
 from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn
 
@@ -246,8 +247,8 @@ def test_loader_loads_and_only_appends_to_the_audit_trail(env, monkeypatch):
 def test_auditor_sees_who_submitted_a_subject_request_but_not_its_seal(env):
     """handover_meta.subject_intake: the auditor reads the request's fields and its
     submitter, never the sealed identifier (a column-level grant in lifecycle.sql)."""
-    from handover import subject
-    from handover.backup import ensure_lifecycle_schema
+    from handover.lifecycle import subject
+    from handover.lifecycle.backup import ensure_lifecycle_schema
 
     subject.submit_request("REQ-acc-1", "access", "customer_id", "C00000001")
     with psycopg.connect(env["dsn"]) as conn:

@@ -2,7 +2,7 @@
 
 The guard trigger refuses UPDATE and DELETE; a superuser can still switch it off. These
 tests do exactly that, change or remove one entry, switch it back on, and expect both
-ledger.verify_audit_chain and `python -m handover.cli verify-audit` to name the entry.
+ledger.verify_audit_chain and `python -m handover.ops.cli verify-audit` to name the entry.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import psycopg
 import pytest
 
-from handover import ledger
+from handover.db import ledger
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ def _behind_the_guard(dsn: str, statement: str, params: tuple) -> None:
 def _cli(dsn: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HANDOVER_TARGET_DSN": dsn, "PYTHONPATH": str(ROOT / "include")}
     return subprocess.run(
-        [sys.executable, "-m", "handover.cli", "verify-audit"],
+        [sys.executable, "-m", "handover.ops.cli", "verify-audit"],
         env=env,
         capture_output=True,
         text=True,

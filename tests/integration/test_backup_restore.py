@@ -17,7 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import backup, restore, tasks
+from handover.lifecycle import backup, restore
+from handover.ops import tasks
 from tests.conftest import pg_dsn
 from tests.integration.test_retention import lifecycle_env
 

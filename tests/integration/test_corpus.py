@@ -816,7 +816,7 @@ def _system(tmp_path: Path, kind: Kind) -> Path:
 
 @pytest.mark.parametrize("kind", list(_params()))
 def test_bad_input(kind: Kind, base: Base, corpus_env: str, keyring_file, tmp_path, monkeypatch):
-    from handover.tasks import data_faults
+    from handover.ops.tasks import data_faults
 
     dsn = corpus_env
     src = tmp_path / "export"

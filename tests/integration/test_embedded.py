@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import handover
-from handover import embedded
+from handover.storage import embedded
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -96,7 +96,7 @@ def test_ensure_running_twice_is_idempotent(server):
 def test_cli_status_and_env(server):
     pgdata, info = server
     env = dict(os.environ, PYTHONPATH=str(Path(handover.__file__).resolve().parents[1]))
-    cmd = [sys.executable, "-m", "handover.embedded"]
+    cmd = [sys.executable, "-m", "handover.storage.embedded"]
     st = subprocess.run(
         [*cmd, "status", "--pgdata", str(pgdata)], env=env, capture_output=True, text=True
     )

@@ -12,8 +12,9 @@ import uuid
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from handover import pipeline, tasks
-from handover.config import CONFIG_ROOT
+from handover.config.loader import CONFIG_ROOT
+from handover.flows import migration as pipeline
+from handover.ops import tasks
 from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn, reseal
 
@@ -81,7 +82,7 @@ def test_gate_failure_fails_at_once_with_one_line_naming_table_partition_and_pag
     assert "(UI: http://" in msg  # a link the log viewer makes clickable
 
     # The failed run has its report and Data Docs index, telling the same story.
-    from handover.lake import lake_from_url, safe_run_id
+    from handover.storage.lake import lake_from_url, safe_run_id
 
     lake = lake_from_url()
     report = lake.get_bytes(f"runs/{safe_run_id(run_id)}/reports/report.html").decode()
@@ -276,7 +277,7 @@ def test_calls_to_landlines_iot_service_and_abroad_load_in_their_normal_form(env
     import pandas as pd
     import psycopg
 
-    from handover.runner import run_migration
+    from handover.flows.runner import run_migration
 
     calls = pd.read_csv(export / "call_records.csv", dtype=str, keep_default_na=False)
     planted = {
@@ -322,7 +323,7 @@ def test_one_person_written_twice_is_one_customer_with_every_child_row(env, expo
     import pandas as pd
     import psycopg
 
-    from handover.runner import run_migration
+    from handover.flows.runner import run_migration
 
     subs = pd.read_csv(export / "subscribers.csv", dtype=str, keep_default_na=False)
     calls = pd.read_csv(export / "call_records.csv", dtype=str, keep_default_na=False)

@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import pipeline
+from handover.flows import migration as pipeline
 from handover_synth import legacy_bss as synth
 from tests.conftest import (
     ROOT,
@@ -145,7 +145,7 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.005):
 # ---------------------------------------------------------------- SIGKILL of the load task
 CHILD_LOAD = """
 import json, sys
-from handover import pipeline
+from handover.flows import migration as pipeline
 pipeline.load_partition(json.loads(sys.argv[1]), json.loads(sys.argv[2]))
 """
 
@@ -173,8 +173,8 @@ def _seed_first_row(dsn: str, ctx: dict, part: dict) -> int:
     target, so the load of that partition takes the keyed-upsert path; returns 1."""
     from psycopg import sql
 
-    from handover.lake import lake_from_url, part_key
-    from handover.load import copy_arrow
+    from handover.db.load import copy_arrow
+    from handover.storage.lake import lake_from_url, part_key
 
     mapped = lake_from_url().read_table(
         part_key(ctx["run_id"], "mapped", part["table"], part["partition"])
@@ -337,7 +337,7 @@ def private_pg(monkeypatch, keys_env):
     the machine resets /tmp/pytest-of-root to 0700, which would lock the server's OS user
     out of a pgdata below it while the test runs.
     """
-    from handover import embedded
+    from handover.storage import embedded
 
     pgdata = Path(tempfile.mkdtemp(prefix="handover-faults-pg-", dir="/tmp"))
     try:
@@ -355,8 +355,8 @@ def private_pg(monkeypatch, keys_env):
 def test_postgres_stopped_during_load_then_restarted_retry_succeeds(
     small, private_pg, monkeypatch, tmp_path
 ):
-    from handover import embedded
-    from handover.tasks import data_faults
+    from handover.ops.tasks import data_faults
+    from handover.storage import embedded
 
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'lake'}")
     dsn, run_id = private_pg["dsn"], _uid("pgstop")
@@ -487,7 +487,7 @@ class Endpoint:
 
 @pytest.fixture
 def s3_lake(moto_server, monkeypatch):
-    from handover.lake import lake_from_url
+    from handover.storage.lake import lake_from_url
 
     endpoint = Endpoint(moto_server)
     bucket = f"faults-{uuid.uuid4().hex[:10]}"
@@ -541,8 +541,8 @@ def test_s3_outage_outlasting_retry_budget_fails_clearly_then_retry_succeeds(
 ):
     """When backoff gives up, the task fails with one line naming the bucket, the key and
     the endpoint, as a transient fault (Airflow retries it); the retry completes the run."""
-    from handover.lake import LakeError
-    from handover.tasks import data_faults
+    from handover.ops.tasks import data_faults
+    from handover.storage.lake import LakeError
 
     s3_lake["configure"](max_attempts=2)  # a budget of 0.15 s at most: 3 s outlasts it
     run_id, log, failures = _uid("s3fail"), {}, []
@@ -580,7 +580,7 @@ def test_default_s3_retry_budget_rides_out_a_few_seconds(monkeypatch):
     """
     from botocore.retries.standard import ExponentialBackoff, RetryContext
 
-    from handover.lake import s3_client
+    from handover.storage.lake import s3_client
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_HANDOVER_LAKE", lake_connection("http://127.0.0.1:9")
@@ -630,7 +630,7 @@ def _fill(fs: Path, leave: int) -> Path:
 
 def _lake_is_whole(lake_root: Path) -> list[Path]:
     """Every object in the lake is complete (Parquet readable, no temporary files)."""
-    from handover.lake import LocalLake
+    from handover.storage.lake import LocalLake
 
     lake = LocalLake(lake_root)  # objects are encrypted: opened through the lake's keys
     files = [p for p in lake_root.rglob("*") if p.is_file()]
@@ -646,7 +646,7 @@ def test_lake_disk_full_during_write(stage, small, fresh_db, small_fs, monkeypat
     """The lake's filesystem fills up while a stage writes: the task fails with the
     filesystem's one line, leaves no partial object and no ledger row; once space is
     freed its retry completes the run."""
-    from handover.lake import part_key
+    from handover.storage.lake import part_key
 
     lake_root = small_fs / "lake"
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{lake_root}")
@@ -691,7 +691,7 @@ def test_lake_disk_full_during_write(stage, small, fresh_db, small_fs, monkeypat
 
 
 def test_lake_disk_full_error_names_the_lake_object(small_fs):
-    from handover.lake import LocalLake
+    from handover.storage.lake import LocalLake
 
     lake = LocalLake(small_fs / "lake")
     _fill(small_fs, leave=4096)
@@ -723,7 +723,7 @@ def test_gate_failing_on_one_table_loads_nothing_then_fixed_run_matches_clean(
     """The contract gate fails for complaints while every other table's gates pass: no
     table loads (loads wait for every contract gate), nothing is published; the fixed
     export then runs to the same end state as a clean run."""
-    from handover.pipeline import GateFailed
+    from handover.flows.migration import GateFailed
 
     src = tmp_path / "export"
     shutil.copytree(small["source"], src)

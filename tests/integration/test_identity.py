@@ -14,8 +14,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import subject
-from handover.runner import run_migration
+from handover.flows.runner import run_migration
+from handover.lifecycle import subject
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
 from tests.conftest import LogCapture, create_database, drop_database, pg_dsn, point_at
@@ -33,7 +33,7 @@ CHILDREN = {
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, keyring_file):
-    from handover.protect import Keyring
+    from handover.protection.fields import Keyring
 
     root = tmp_path_factory.mktemp("identity")
     src = root / "export"
@@ -212,7 +212,7 @@ def test_a_rerun_changes_no_person_id_and_no_target_row(world):
 
 
 def test_the_report_counts_persons_by_decision(world):
-    from handover.lake import safe_run_id
+    from handover.storage.lake import safe_run_id
 
     report = json.loads(
         (
@@ -250,7 +250,7 @@ def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world)
     """The acquirer's record keeps its value; where the export's said otherwise (another
     phone number, the name written another way) an entry waits for a person: field
     names only, never a value; resolving one is audited and a rerun does not reopen it."""
-    from handover.identity import resolve_review
+    from handover.stages.identity import resolve_review
 
     t = world["truth"]
     want = {
@@ -286,7 +286,7 @@ def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world)
 
 
 def test_the_review_cli_lists_entries_without_values(world, capsys):
-    from handover import cli
+    from handover.ops import cli
 
     assert cli.main(["review", "--all"]) == 0
     out = capsys.readouterr().out

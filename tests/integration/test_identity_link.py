@@ -12,9 +12,9 @@ import psycopg
 import pytest
 import yaml
 
-from handover import subject
-from handover.config import CONFIG_ROOT, ConfigError
-from handover.runner import run_migration
+from handover.config.loader import CONFIG_ROOT, ConfigError
+from handover.flows.runner import run_migration
+from handover.lifecycle import subject
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
@@ -48,7 +48,7 @@ def env(tmp_path, keyring_file, monkeypatch):
 
 
 def test_link_keeps_both_records_of_one_person(env):
-    from handover import ledger
+    from handover.db import ledger
 
     with psycopg.connect(env["dsn"]) as conn:  # an acquirer whose CRM allows it
         ledger.ensure_schema(conn)
@@ -131,7 +131,7 @@ def test_an_export_key_the_target_holds_for_another_person_stops_the_run(env):
     """The acquirer's ids overlap the export's: its customer `C…` is another person than the
     export's `C…`. Loading would write one person over the other: the run stops, naming
     the count and the fix, never the key."""
-    from handover.pipeline import SourceError
+    from handover.flows.migration import SourceError
 
     synth_acquirer.seed(env["dsn"], env["src"], env["root"], share=0.1, others=5)
     truth = pd.read_csv(env["root"] / synth_acquirer.TRUTH, dtype=str, keep_default_na=False)

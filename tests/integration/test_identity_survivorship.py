@@ -22,8 +22,8 @@ import psycopg
 import pytest
 import yaml
 
-from handover.config import CONFIG_ROOT, ConfigError, load_config
-from handover.runner import run_migration
+from handover.config.loader import CONFIG_ROOT, ConfigError, load_config
+from handover.flows.runner import run_migration
 from handover_synth import acquirer as synth_acquirer
 from handover_synth import legacy_bss as synth
 from tests.conftest import LogCapture, create_database, drop_database, pg_dsn, point_at
@@ -76,8 +76,8 @@ def _blank_ids(src, keys: set[str]) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, keyring_file):
-    from handover import ledger
-    from handover.protect import Keyring
+    from handover.db import ledger
+    from handover.protection.fields import Keyring
 
     root = tmp_path_factory.mktemp("survivorship")
     src = root / "export"
@@ -239,7 +239,7 @@ def test_each_field_is_decided_by_its_rule(world):
 
 def test_an_adopted_phone_number_is_protected_like_a_loaded_one(world):
     """The blind index and mask of a phone number the export won are the migration's."""
-    from handover.protect import blind_index, field_domain, mask_msisdn
+    from handover.protection.fields import blind_index, field_domain, mask_msisdn
 
     target = _target(world)
     applied = [
@@ -329,7 +329,7 @@ def test_a_customer_without_an_id_is_merged_by_name_and_birth_date(world):
 
 
 def test_the_books_balance_and_the_report_counts_rules(world):
-    from handover.lake import safe_run_id
+    from handover.storage.lake import safe_run_id
 
     with psycopg.connect(world["dsn"]) as conn:
         rows = conn.execute(
@@ -418,8 +418,8 @@ def test_policy_names_only_fields_a_merge_compares(tmp_path):
 def test_the_stricter_retention_wins_for_a_person_both_systems_hold(world):
     """consumption: 36 months in this export's policy, 12 in the acquirer's: the call
     records of a person the acquirer also holds go after 12, the others after 36."""
-    from handover import retention
-    from handover.lake import lake_from_url
+    from handover.lifecycle import retention
+    from handover.storage.lake import lake_from_url
 
     with psycopg.connect(world["dsn"]) as conn:
         calls = conn.execute(
@@ -458,7 +458,7 @@ def test_a_consent_withdrawn_in_the_acquirers_system_holds_at_migration(world):
         )
         loaded = {r[0] for r in conn.execute("SELECT event_id FROM crm.browsing_event")}
     assert len(mine) >= 1
-    from handover.retention import DESTROYED, key_digest
+    from handover.lifecycle.retention import DESTROYED, key_digest
 
     for k in mine.str.strip():  # excluded, and destroyed at the run's end (a keyed hash)
         digest = DESTROYED + key_digest(world["ring"], "browsing_events", k)
@@ -470,7 +470,7 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
     """The legacy system changes the address of a person the acquirer holds: the night
     merges the record again and writes the new address onto the acquirer's customer
     (`address: source`), never a second copy of the person."""
-    from handover import sync
+    from handover.flows import nightly as sync
     from handover_synth import changes as synth_changes
 
     changes = world["root"] / "changes"
@@ -520,7 +520,7 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
 
 
 def test_a_verified_flag_the_target_lacks_is_one_line(world, tmp_path):
-    from handover import identity
+    from handover.stages import identity
 
     cfg = load_config(str(_config(tmp_path, {"verified": {"msisdn": "msisdn_checked"}})))
     pair = world["pairs"].iloc[0]

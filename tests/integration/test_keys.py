@@ -23,11 +23,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import keys
-from handover.config import load_config
-from handover.lake import lake_from_url
-from handover.protect import Keyring, decrypt_value, load_keyring
-from handover.runner import run_migration
+from handover.config.loader import load_config
+from handover.flows.runner import run_migration
+from handover.lifecycle import rotation as keys
+from handover.protection.fields import Keyring, decrypt_value, load_keyring
+from handover.storage.lake import lake_from_url
 from handover_synth import legacy_bss as synth
 from tests.conftest import ROOT, pg_dsn
 
@@ -237,7 +237,7 @@ def test_rotation_as_loader_role_through_the_task_bodies_and_cli(env, monkeypatc
     assert check["ok"] and check["active_key_id"] == new["active_key_id"]
     _assert_all_under(env, Keyring.from_dict(new))
     cli = subprocess.run(
-        [sys.executable, "-m", "handover.cli", "rotate-keys"],
+        [sys.executable, "-m", "handover.ops.cli", "rotate-keys"],
         env={**os.environ, "PYTHONPATH": str(ROOT / "include")},
         capture_output=True,
         text=True,

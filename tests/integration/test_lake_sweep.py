@@ -27,9 +27,9 @@ import psycopg
 import pyarrow.parquet as pq
 import pytest
 
-from handover import pipeline
-from handover.lake import lake_from_url, safe_run_id
-from handover.lake_crypto import MARKER, WorkingSetGone
+from handover.flows import migration as pipeline
+from handover.storage.lake import lake_from_url, safe_run_id
+from handover.storage.lake_crypto import MARKER, WorkingSetGone
 from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn
 
@@ -63,7 +63,7 @@ def swept(target_db, keyring_file, tmp_path_factory):
             [
                 sys.executable,
                 "-m",
-                "handover.runner",
+                "handover.flows.runner",
                 "--source-dir",
                 str(source),
                 "--run-id",
@@ -278,7 +278,7 @@ def test_a_comply_rerun_after_the_end_still_balances(swept):
 
 
 def test_after_the_window_retention_leaves_no_stage_object_and_a_rerun_says_why(swept):
-    from handover.retention import run_retention
+    from handover.lifecycle.retention import run_retention
 
     lake = lake_from_url()
     run = f"runs/{safe_run_id(swept['run_id'])}"

@@ -12,8 +12,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import sync
-from handover.runner import run_migration
+from handover.flows import nightly as sync
+from handover.flows.runner import run_migration
 from handover_synth import changes as synth_changes
 from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn, reseal

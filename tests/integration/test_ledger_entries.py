@@ -10,7 +10,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from handover import ledger
+from handover.db import ledger
 from tests.conftest import pg_dsn
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
-from handover.load import (
+from handover.db.load import (
     MERGE_RETURNING,
     PROBE_KEYS,
     bytea_hex,
@@ -27,7 +27,7 @@ N = 1000
 def embedded_dsn(tmp_path_factory):
     """The embedded PostgreSQL (18): its staged upsert is the MERGE form; the machine's
     PostgreSQL (15) runs the ON CONFLICT form. Both must behave the same."""
-    from handover import embedded
+    from handover.storage import embedded
 
     pgdata = tmp_path_factory.mktemp("embedded-load") / "pgdata"
     try:
@@ -141,7 +141,7 @@ def test_the_check_probes_a_big_target_and_hashes_a_small_one_alike(conn):
     """A rerun's check reads the target by key probes when it is big beside the partition
     and by a hash join when it is not (or unknown: never analyzed); both give the same
     counts, a changed row included."""
-    from handover.load import _present_and_differing, _worth_probing
+    from handover.db.load import _present_and_differing, _worth_probing
 
     target = sql.Identifier("t", "item")
     assert _worth_probing(conn, target, N)  # never analyzed: probe
@@ -253,7 +253,7 @@ def test_a_rerun_repairs_a_changed_and_a_missing_row(conn):
 def test_copy_in_slices_made_ahead_equals_the_table_and_stops_cleanly(conn, monkeypatch):
     import threading
 
-    from handover import load
+    from handover.db import load
 
     # Small slices, so the CSV of many slices is made ahead on the thread while sent.
     monkeypatch.setattr(load, "COPY_SLICE_BYTES", 2048)
@@ -324,7 +324,7 @@ TYPED_DDL = (
 
 
 def test_binary_copy_loads_what_csv_copy_loads(conn, monkeypatch):
-    from handover import load
+    from handover.db import load
 
     data = _typed()
     for name in ("typed_csv", "typed_bin"):
@@ -347,7 +347,7 @@ def test_binary_copy_loads_what_csv_copy_loads(conn, monkeypatch):
 
 
 def test_copy_falls_back_to_csv_where_binary_input_would_misread(conn):
-    from handover import load
+    from handover.db import load
 
     conn.execute("CREATE DOMAIN t.code AS text CHECK (VALUE <> '')")
     conn.execute(
@@ -391,7 +391,7 @@ def test_copy_falls_back_to_csv_where_binary_input_would_misread(conn):
 
 def test_binary_copy_takes_batches_whose_types_drift_to_the_first_schema(conn):
     """A later file of a table can type an all-null column as null; one encoder serves all."""
-    from handover import load
+    from handover.db import load
 
     first = pa.record_batch(
         {
@@ -422,7 +422,7 @@ def test_sync_upsert_and_delete_count_what_they_wrote(conn):
     superseded, counted in the server."""
     from datetime import datetime
 
-    from handover.load import delete_keys, upsert_newer
+    from handover.db.load import delete_keys, upsert_newer
 
     conn.execute("ALTER TABLE t.item ADD COLUMN changed_at timestamp")
     conn.commit()

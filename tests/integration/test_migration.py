@@ -17,13 +17,13 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import pipeline
-from handover.config import CONFIG_ROOT, ConfigError
-from handover.lake import safe_run_id
-from handover.load import table_checksum
-from handover.protect import Keyring, decrypt_value
-from handover.retention import DESTROYED, key_digest
-from handover.runner import run_migration
+from handover.config.loader import CONFIG_ROOT, ConfigError
+from handover.db.load import table_checksum
+from handover.flows import migration as pipeline
+from handover.flows.runner import run_migration
+from handover.lifecycle.retention import DESTROYED, key_digest
+from handover.protection.fields import Keyring, decrypt_value
+from handover.storage.lake import safe_run_id
 from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 
@@ -203,7 +203,7 @@ def test_rerun_whole_migration_and_one_load_leave_target_identical(env):
 
 
 def test_audit_trail_is_append_only_and_chained(env):
-    from handover.ledger import verify_audit_chain
+    from handover.db.ledger import verify_audit_chain
 
     with psycopg.connect(env["dsn"]) as conn:
         intact, n = verify_audit_chain(conn)
@@ -423,7 +423,7 @@ def test_complaint_text_is_kept_as_written_apart_from_redaction(env):
     with only its PII replaced by tags (its "，" and "。" stay full-width)."""
     import unicodedata
 
-    from handover.protect import redact_text
+    from handover.protection.fields import redact_text
 
     src = pd.read_csv(env["source"] / "complaints.csv", dtype=str, keep_default_na=False)
     src["key"] = [unicodedata.normalize("NFKC", k).strip() for k in src["complaint_id"]]

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 import yaml
 
-from handover.cli import manifest_command
-from handover.config import CONFIG_ROOT
-from handover.runner import run_migration
+from handover.config.loader import CONFIG_ROOT
+from handover.flows.runner import run_migration
+from handover.ops.cli import manifest_command
 from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, pg_dsn
 

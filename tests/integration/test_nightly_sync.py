@@ -19,10 +19,11 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import pipeline, sync
-from handover.config import load_config
-from handover.load import table_checksum
-from handover.runner import run_migration
+from handover.config.loader import load_config
+from handover.db.load import table_checksum
+from handover.flows import migration as pipeline
+from handover.flows import nightly as sync
+from handover.flows.runner import run_migration
 from handover_synth import changes as synth_changes
 from handover_synth import legacy_bss as synth
 from handover_synth.legacy_bss import TABLE_COLUMNS
@@ -359,7 +360,7 @@ def test_no_pii_in_sync_reports(world):
 def test_postgres_side_matches_frame_side(world):
     from psycopg import sql
 
-    from handover.diff import FrameSide, PostgresSide, diff_sides, row_hash, sql_row_hash
+    from handover.stages.diff import FrameSide, PostgresSide, diff_sides, row_hash, sql_row_hash
 
     calls = _target(world["dsn"])["call_records"]
     cols = [
@@ -429,7 +430,7 @@ def test_extract_reads_a_change_file_as_the_migration_reads_an_export(world, tmp
     """A BOM, CRLF line ends and a quoted comma and newline in a complaint's text are read;
     rows are split by the key as cleanse sees it (pipeline.HashSplit), so a full-width
     spelling of a key lands beside its ASCII one; every row lands once, in the ledger too."""
-    from handover.lake import lake_from_url, part_key
+    from handover.storage.lake import lake_from_url, part_key
 
     header = "complaint_id,cust_id,created_at,category,text,satisfaction"
     rows = [f"CP{i:05d},C{i:05d},2026-11-02 10:00:00,billing,plain text {i},3" for i in range(600)]
@@ -489,8 +490,8 @@ def test_extract_reads_a_change_file_as_the_migration_reads_an_export(world, tmp
 def test_deleted_keys_are_read_as_the_nights_rows_are(tmp_path):
     """A deleted-keys export: keys normalised like the rows they delete (NFKC, trimmed),
     so a full-width key deletes its row; a line without key or time names its line."""
-    from handover import pipeline as pl
-    from handover.sync import _read_deletions
+    from handover.flows import migration as pl
+    from handover.flows.nightly import _read_deletions
 
     path = tmp_path / "subscribers.deleted.csv"
     path.write_text(

@@ -25,7 +25,7 @@ import subprocess
 import psycopg
 import pytest
 
-from handover.config import load_config
+from handover.config.loader import load_config
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn
 
 pytestmark = pytest.mark.integration
@@ -148,7 +148,7 @@ def test_the_walkthrough_has_its_steps(doc_text):
         "handover manifest",
         "handover check",
         "scripts/scaffold_suites.py telco_c",
-        "python -m handover.runner",
+        "python -m handover.flows.runner",
         "handover summary",
     ):
         assert command in joined, command
@@ -213,7 +213,7 @@ def test_the_books_balance_with_merges(walkthrough):
 
 
 def _cli_subcommand_exists(name: str) -> bool:
-    from handover import cli
+    from handover.ops import cli
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         try:

@@ -17,8 +17,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover.config import load_config
-from handover.runner import run_migration
+from handover.config.loader import load_config
+from handover.flows.runner import run_migration
 from handover_synth import legacy_bss as synth
 from tests.conftest import pg_dsn, unhash_book_keys
 

@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from handover import backup, retention, subject
-from handover.config import load_config
-from handover.ledger import verify_audit_chain
-from handover.protect import Keyring
-from handover.runner import run_migration
+from handover.config.loader import load_config
+from handover.db.ledger import verify_audit_chain
+from handover.flows.runner import run_migration
+from handover.lifecycle import backup, retention, subject
+from handover.protection.fields import Keyring
 from handover_synth import legacy_bss as synth
 from tests.conftest import create_database, drop_database, lake_connection, pg_dsn
 

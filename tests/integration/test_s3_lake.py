@@ -21,8 +21,8 @@ import pyarrow as pa
 import pytest
 from botocore.config import Config
 
-from handover.lake import LakeError, S3Lake, lake_from_url, s3_client
-from handover.runner import run_migration
+from handover.flows.runner import run_migration
+from handover.storage.lake import LakeError, S3Lake, lake_from_url, s3_client
 from handover_synth import legacy_bss as synth
 from tests.conftest import (
     ROOT,
@@ -221,7 +221,7 @@ def test_failures_are_one_line_naming_bucket_key_and_fix(s3_env, monkeypatch):
 def test_ensure_bucket_command_creates_an_encrypted_bucket(s3_env):
     url = f"s3://{s3_env['bucket']}/handover"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "include"), "HANDOVER_LAKE_URL": url}
-    cmd = [sys.executable, "-m", "handover.lake", "ensure-bucket"]
+    cmd = [sys.executable, "-m", "handover.storage.lake", "ensure-bucket"]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr[-2000:]
     assert "created" in first.stdout

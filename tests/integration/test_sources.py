@@ -1,4 +1,4 @@
-"""handover.sources: every export shape becomes text record batches numbered from row 1.
+"""handover.sources.readers: every export shape becomes text record batches numbered from row 1.
 
 Delimited text in the four encodings Chinese BSS exports use, with any delimiter, quoted
 newlines, with and without a header row; Parquet of any flat type; and SQL tables read in
@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from handover.sources import (
+from handover.sources.readers import (
     DelimitedSource,
     ParquetSource,
     SourceReadError,
@@ -353,7 +353,7 @@ def test_a_files_glob_reads_one_table_in_name_order(tmp_path):
 
 
 def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypatch):
-    from handover import pipeline
+    from handover.flows import migration as pipeline
 
     (tmp_path / "a_1.csv").write_text("k,v\n" + "K1,xxxxxxxx\n" * 50, encoding="utf-8")
     (tmp_path / "a_2.csv").write_text("k,v\nK2,1\n", encoding="utf-8")
@@ -400,7 +400,7 @@ def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
 
 
 def test_every_export_file_is_read_by_a_table(tmp_path):
-    from handover.sources import check_export_files
+    from handover.sources.readers import check_export_files
 
     tables = {
         "subs": {"key": "k", "columns": {"k": {}}},

@@ -20,8 +20,8 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import backup, subject
-from handover.protect import blind_index
+from handover.lifecycle import backup, subject
+from handover.protection.fields import blind_index
 from tests.integration.test_retention import lifecycle_env, search_everywhere
 
 pytestmark = pytest.mark.integration
@@ -251,7 +251,7 @@ def test_submit_reads_the_identifier_from_stdin(env):
         [
             sys.executable,
             "-m",
-            "handover.subject",
+            "handover.lifecycle.subject",
             "submit",
             "REQ-cli-1",
             "--type",
@@ -276,7 +276,15 @@ def test_submit_reads_the_identifier_from_stdin(env):
         "New Road 1",
     )
     bad = subprocess.run(
-        [sys.executable, "-m", "handover.subject", "submit", "REQ-cli-2", "--type", "access"],
+        [
+            sys.executable,
+            "-m",
+            "handover.lifecycle.subject",
+            "submit",
+            "REQ-cli-2",
+            "--type",
+            "access",
+        ],
         input="\n",
         capture_output=True,
         text=True,

@@ -3,7 +3,7 @@
 telco_b is derived from the same synthetic customers as legacy_bss but exported nothing
 alike (GBK and GB18030 text with Chinese headers, a headerless file, Parquet, a table in a
 PostgreSQL database, yuan amounts, three date shapes, split names). Both run through
-handover.runner.run_migration, which calls the DAG's task bodies in the DAG's order, each
+handover.flows.runner.run_migration, which calls the DAG's task bodies in the DAG's order, each
 into its own fresh target: both ledgers balance, telco_b catches exactly the defects its
 answer key lists, and both targets end up holding the same customers. `handover check`
 passes on telco_b and names a column deliberately left out of its catalog.
@@ -24,10 +24,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import cli
-from handover.check import run_check
-from handover.config import CONFIG_ROOT, load_config
-from handover.runner import run_migration
+from handover.config.loader import CONFIG_ROOT, load_config
+from handover.flows.runner import run_migration
+from handover.ops import cli
+from handover.ops.check import run_check
 from handover_synth import legacy_bss as synth
 from handover_synth import telco_b as synth_b
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn, unhash_book_keys
@@ -256,7 +256,7 @@ def test_check_names_a_column_left_out_of_the_catalog(both, tmp_path):
         [
             sys.executable,
             "-m",
-            "handover.check",
+            "handover.ops.check",
             "--system",
             str(folder),
             "--source-dir",
@@ -328,9 +328,9 @@ def test_scaffolded_suites_agree_with_what_the_stages_write(both, system, tmp_pa
     newcomer's first run does not fail on its own scaffolding."""
     import importlib.util
 
-    from handover.gates import run_gate
-    from handover.lake import lake_from_url, safe_run_id
-    from handover.pipeline import GATE_INPUT, META
+    from handover.flows.migration import GATE_INPUT, META
+    from handover.gates.suites import run_gate
+    from handover.storage.lake import lake_from_url, safe_run_id
 
     spec = importlib.util.spec_from_file_location(
         "scaffold", ROOT / "scripts" / "scaffold_suites.py"

@@ -7,7 +7,7 @@ delimiters ^, 0x1F and ~, keys in mixed case and padded, 15-digit first-generati
 IDs, the same person exported twice across ID generations, money as printed (`¥17,504.10`,
 `(12.50)`, `负3.00`), dates written five ways in one column, phones of every class, and no
 export manifest. As a receiver would, the test writes the manifest with `handover
-manifest`, runs `handover check`, then migrates with handover.runner.run_migration (the
+manifest`, runs `handover check`, then migrates with handover.flows.runner.run_migration (the
 DAG's task bodies in the DAG's order) and holds the result to the answer key, truth.csv,
 which names the fate of every row: loaded, quarantined (reason), excluded (policy rule) or
 merged (into the surviving record of the same person).
@@ -28,10 +28,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover.check import run_check
-from handover.config import load_config
-from handover.protect import Keyring, decrypt_value
-from handover.runner import run_migration
+from handover.config.loader import load_config
+from handover.flows.runner import run_migration
+from handover.ops.check import run_check
+from handover.protection.fields import Keyring, decrypt_value
 from handover_synth import legacy_bss as synth
 from handover_synth import telco_c as synth_c
 from tests.conftest import ROOT, create_database, drop_database, pg_dsn, unhash_book_keys
@@ -66,7 +66,7 @@ def run(tmp_path_factory, keyring_file):
         [
             sys.executable,
             "-m",
-            "handover.cli",
+            "handover.ops.cli",
             "manifest",
             "--system",
             SYSTEM,

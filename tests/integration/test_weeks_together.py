@@ -28,10 +28,12 @@ import pandas as pd
 import psycopg
 import pytest
 
-from handover import backup, keys, restore, retention, subject, sync
-from handover.lake import lake_from_url, safe_run_id
-from handover.protect import Keyring
-from handover.runner import run_migration
+from handover.flows import nightly as sync
+from handover.flows.runner import run_migration
+from handover.lifecycle import backup, restore, retention, subject
+from handover.lifecycle import rotation as keys
+from handover.protection.fields import Keyring
+from handover.storage.lake import lake_from_url, safe_run_id
 from handover_synth import changes as synth_changes
 from handover_synth import legacy_bss as synth
 from tests.conftest import ROOT, pg_dsn
@@ -239,7 +241,7 @@ def test_the_weeks(weeks):
     retire = [
         sys.executable,
         "-m",
-        "handover.cli",
+        "handover.ops.cli",
         "keys",
         "--from",
         str(w["keyfile"]),
@@ -280,7 +282,7 @@ def test_the_weeks(weeks):
 
 
 def test_a_drill_without_a_backup_fails_and_is_on_record(tmp_path, target_db, monkeypatch):
-    from handover.backup import LifecycleError
+    from handover.lifecycle.backup import LifecycleError
 
     db = pg_dsn(target_db)
     monkeypatch.setenv("HANDOVER_TARGET_DSN", db)

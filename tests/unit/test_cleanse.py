@@ -1,4 +1,4 @@
-"""handover.cleanse: one reason per bad row, in REASON_ORDER; typed clean rows; no row lost."""
+"""handover.stages.cleanse: one reason per bad row, in REASON_ORDER; typed clean rows; no row lost."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handover.cleanse import (
+from handover.core.validators import id_check_digit
+from handover.stages.cleanse import (
     REASON_ORDER,
     ParentRegistry,
     cleanse,
@@ -20,7 +21,6 @@ from handover.cleanse import (
     parent_fates,
     validate,
 )
-from handover.validators import id_check_digit
 
 E = pd.Timestamp("2026-11-01 00:00:00")
 
@@ -658,7 +658,7 @@ def test_control_scan_equals_the_regex(values):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from handover.cleanse import _has_control
+    from handover.stages.cleanse import _has_control
 
     arr = pa.array(["pad"] + values, pa.string()).slice(1)
     regex = pc.fill_null(pc.match_substring_regex(arr, r"[\x00-\x08\x0b\x0c\x0e-\x1f]"), False)
@@ -669,7 +669,7 @@ def test_control_scan_equals_the_regex(values):
 @settings(max_examples=200, deadline=None, database=None)
 @given(st.lists(KEYISH, max_size=12), st.booleans(), st.booleans())
 def test_record_keys_equal_the_pipeline_loop(keys, as_str, with_rows):
-    from handover.cleanse import _record_keys_loop, record_key_array, record_keys
+    from handover.stages.cleanse import _record_keys_loop, record_key_array, record_keys
 
     series = pd.Series(keys, dtype="str" if as_str else object)
     rows = None
@@ -703,8 +703,8 @@ DECIMAL_TEXT = st.builds(
 def test_decimal_parse_equals_pandas_to_the_bit(values, places):
     import pyarrow as pa
 
-    from handover.cleanse import _parse_decimal
-    from handover.validators import normalise_text
+    from handover.core.validators import normalise_text
+    from handover.stages.cleanse import _parse_decimal
 
     arr = normalise_text(pa.array(values, pa.string()))
     expected = _decimal_by_pandas(arr.to_pylist(), places)
@@ -762,7 +762,7 @@ def test_decimal_with_a_long_digit_run_goes_through_pandas():
 def test_arrow_conversion_equals_the_per_value_conversion(values, dtype):
     import pyarrow as pa
 
-    from handover.cleanse import _arr
+    from handover.stages.cleanse import _arr
 
     df = pd.DataFrame({"c": pd.Series(values, dtype=dtype)})
     per_value = pa.array(df["c"].astype(object).where(df["c"].notna(), None).tolist(), pa.string())
@@ -863,7 +863,7 @@ def test_free_text_keeps_its_characters_while_keys_and_codes_are_normalised():
 
 
 def test_catalog_free_text_columns_are_verbatim():
-    from handover.config import load_config
+    from handover.config.loader import load_config
 
     cfg = load_config("legacy_bss")
     assert cfg.rules("complaints")["verbatim"] == ["text"]
@@ -945,7 +945,7 @@ def test_a_date_column_written_several_ways_is_read_with_a_list_of_formats():
 
 
 def test_a_list_of_formats_that_reads_a_value_two_ways_is_refused():
-    from handover.config import ambiguous_formats
+    from handover.config.loader import ambiguous_formats
 
     assert ambiguous_formats(["%d/%m/%Y", "%Y-%m-%d", "%m/%d/%Y"]) == ("%d/%m/%Y", "%m/%d/%Y")
     assert ambiguous_formats(["%Y-%m-%d", "%Y/%m/%d %H:%M", "%Y%m%d"]) is None

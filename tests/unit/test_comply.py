@@ -1,4 +1,4 @@
-"""handover.comply: who may move, on which basis; exclusions in policy order, with destroy-by."""
+"""handover.stages.comply: who may move, on which basis; exclusions in policy order, with destroy-by."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from handover.comply import PolicyFacts, decide, policy_facts
+from handover.stages.comply import PolicyFacts, decide, policy_facts
 
 E = pd.Timestamp("2026-11-01 00:00:00")
 TS = "%Y-%m-%d %H:%M:%S"

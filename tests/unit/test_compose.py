@@ -147,7 +147,7 @@ def test_every_compose_variable_is_in_env_example_and_back():
 
 
 def test_handover_settings_match_what_the_code_expects():
-    from handover.connections import _from_env, _parse_uri
+    from handover.config.connections import _from_env, _parse_uri
 
     env = {k: substitute(v) for k, v in service_env("airflow-worker").items()}
     target = _parse_uri(env["AIRFLOW_CONN_HANDOVER_TARGET"])
@@ -190,7 +190,7 @@ def test_init_migrates_and_creates_the_bucket_and_postgres_creates_the_target():
     services = compose()["services"]
     assert services["airflow-init"]["entrypoint"] == "/usr/local/bin/handover-init"
     init = (ROOT / "docker" / "airflow-init.sh").read_text()
-    assert "airflow db migrate" in init and "python -m handover.lake ensure-bucket" in init
+    assert "airflow db migrate" in init and "python -m handover.storage.lake ensure-bucket" in init
     mounts = services["postgres"]["volumes"]
     assert "./docker/postgres:/docker-entrypoint-initdb.d:ro" in mounts
     sql = "".join(p.read_text() for p in (ROOT / "docker" / "postgres").glob("*.sh"))

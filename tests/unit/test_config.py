@@ -1,4 +1,4 @@
-"""handover.config: the shipped source system loads; broken copies fail in one clear line.
+"""handover.config.loader: the shipped source system loads; broken copies fail in one clear line.
 
 Each broken case edits one line of a tmp_path copy of include/config/legacy_bss and
 checks that the ConfigError names that file, that line, the dotted field and, where
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from handover.config import CONFIG_ROOT, ConfigError, SourceConfig, load_config
+from handover.config.loader import CONFIG_ROOT, ConfigError, SourceConfig, load_config
 
 SHIPPED = CONFIG_ROOT / "legacy_bss"
 

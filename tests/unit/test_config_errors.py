@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from handover import pipeline
-from handover.config import CONFIG_ROOT, ConfigError, load_config
+from handover.config.loader import CONFIG_ROOT, ConfigError, load_config
+from handover.flows import migration as pipeline
 from tests.conftest import create_database, drop_database, pg_dsn
 
 
@@ -437,8 +437,8 @@ def test_check_names_every_config_problem_in_one_run(tmp_path):
     fails on the first with a count of the rest."""
     import shutil
 
-    from handover.check import run_check
-    from handover.config import CONFIG_ROOT, ConfigError, load_config
+    from handover.config.loader import CONFIG_ROOT, ConfigError, load_config
+    from handover.ops.check import run_check
 
     folder = tmp_path / "legacy_bss"
     shutil.copytree(CONFIG_ROOT / "legacy_bss", folder)
@@ -478,8 +478,8 @@ def test_check_names_the_export_folders_problems_and_what_each_rule_would_quaran
 
     import pandas as pd
 
-    from handover.check import run_check
-    from handover.config import CONFIG_ROOT
+    from handover.config.loader import CONFIG_ROOT
+    from handover.ops.check import run_check
     from handover_synth import legacy_bss as synth
 
     src = tmp_path / "export"

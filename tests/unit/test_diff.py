@@ -1,4 +1,4 @@
-"""Segment-hash diff (handover.diff): the bisection names exactly the differing keys, and
+"""Segment-hash diff (handover.stages.diff): the bisection names exactly the differing keys, and
 fetches rows only from the segments that differ."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from handover.diff import MOD, NULL, FrameSide, canonical, diff_sides, row_hash
+from handover.stages.diff import MOD, NULL, FrameSide, canonical, diff_sides, row_hash
 
 
 def _side(name: str, rows: dict[str, tuple]) -> FrameSide:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handover import docs_assets
+from handover.gates import docs_assets
 from tests.unit.test_gates import PAYMENTS_SUITE, gate, payments, write_suite
 
 REMOTE = re.compile(r'(?:src|href)="(https?://[^"]+)"')
@@ -21,7 +21,7 @@ LINKS = ("https://greatexpectations.io",)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A Data Docs site as GX renders it: a failed and a passed validation, and the index."""
-    from handover import gates
+    from handover.gates import suites as gates
 
     tmp = tmp_path_factory.mktemp("site")
     suites, docs = tmp / "suites", tmp / "docs"

@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handover import validators as v
-from handover.cleanse import REASON_ORDER, ParentRegistry, cleanse
-from handover.config import load_config
+from handover.config.loader import load_config
+from handover.core import validators as v
+from handover.stages.cleanse import REASON_ORDER, ParentRegistry, cleanse
 
 DEEP = int(os.environ.get("HANDOVER_FUZZ_EXAMPLES", "0"))
 
@@ -240,7 +240,7 @@ def test_cleanse_accounts_for_every_row(table):
 
 # ---------------------------------------------------------------- mapping engine
 def _ring():
-    from handover.protect import Keyring
+    from handover.protection.fields import Keyring
 
     return Keyring.from_dict(Keyring.generate("k-fuzz"))
 
@@ -250,7 +250,7 @@ RING = _ring()
 
 @pytest.mark.parametrize("table", ["subscribers", "payments", "complaints"])
 def test_shipped_mappings_map_whatever_cleanse_lets_through(table):
-    from handover.mapping import MappingError, map_partition, target_columns
+    from handover.stages.mapping import MappingError, map_partition, target_columns
 
     rules, key, tmap = CFG.rules(table), CFG.table(table)["key"], CFG.table_mapping(table)
     parent = ParentRegistry({"K1", "K2", "K3", "C1"}, set(), set()) if rules.get("parent") else None
@@ -311,7 +311,7 @@ NOT_NAT = cells(st.datetimes().map(str)).filter(
     )
 )
 def test_every_transform_returns_or_raises_one_mapping_error(rows):
-    from handover.mapping import MappingError, map_partition, target_columns
+    from handover.stages.mapping import MappingError, map_partition, target_columns
 
     clean = pd.DataFrame(rows, columns=["a", "b", "c", "d", "e"], dtype=object)
     clean["_source_row"] = np.arange(1, len(clean) + 1)
@@ -328,7 +328,7 @@ def test_every_transform_returns_or_raises_one_mapping_error(rows):
 
 @pytest.mark.parametrize("text", ["NaT", "nan"])
 def test_cast_timestamp_of_nat_text_is_an_error(text):
-    from handover.mapping import MappingError, map_partition
+    from handover.stages.mapping import MappingError, map_partition
 
     clean = pd.DataFrame({"e": [text], "_source_row": [7]}, dtype=object)
     mapping = {
@@ -402,7 +402,7 @@ def extract_env(tmp_path_factory):
 
 
 def test_csv_extract_never_crashes_on_random_bytes(extract_env, monkeypatch):
-    from handover import pipeline
+    from handover.flows import migration as pipeline
 
     root, system = extract_env
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{root / 'lake'}")

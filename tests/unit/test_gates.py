@@ -1,4 +1,4 @@
-"""Tests for handover.gates: a GX suite run on one partition, with results free of data."""
+"""Tests for handover.gates.suites: a GX suite run on one partition, with results free of data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from handover import gates
-from handover.gates import GateResult, SuiteError, load_suite, run_gate
+from handover.gates import suites as gates
+from handover.gates.suites import GateResult, SuiteError, load_suite, run_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -344,7 +344,7 @@ def test_docs_failure_does_not_hide_the_verdict(
 
 
 def test_import_does_not_load_great_expectations() -> None:
-    code = "import sys, handover.gates; print('great_expectations' in sys.modules)"
+    code = "import sys, handover.gates.suites; print('great_expectations' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "include")}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
@@ -436,7 +436,7 @@ def test_between_on_nullable_integers_still_catches_a_breach(suites: Path) -> No
 
 # ------------------------------------------------------------ reading only what a gate reads
 def test_read_columns_names_the_columns_whose_values_a_suite_reads():
-    from handover.gates import read_columns
+    from handover.gates.suites import read_columns
 
     suite = {"expectations": PAYMENTS_SUITE}
     assert read_columns(suite) == {"payment_id", "amount_fen", "channel"}
@@ -466,8 +466,8 @@ def test_a_gate_on_the_projected_frame_gives_the_verdict_of_the_whole_frame(
     read columns still fail the gate the same way, and faults in unread ones never could."""
     import pyarrow as pa
 
-    from handover import pipeline
-    from handover.lake import part_key
+    from handover.flows import migration as pipeline
+    from handover.storage.lake import part_key
 
     monkeypatch.setenv("HANDOVER_LAKE_URL", f"file://{tmp_path / 'lake'}")
     n = 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from handover.ledger import key_checksum
+from handover.db.ledger import key_checksum
 
 
 def test_arrow_chunks_list_and_array_agree():

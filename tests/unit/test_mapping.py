@@ -1,4 +1,4 @@
-"""handover.mapping: cleansed legacy rows become target rows, with no L4 value in clear."""
+"""handover.stages.mapping: cleansed legacy rows become target rows, with no L4 value in clear."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from handover.cleanse import ParentRegistry, cleanse
-from handover.config import load_config
-from handover.mapping import MappingError, map_partition, target_columns
-from handover.protect import Keyring, blind_index, decrypt_value
+from handover.config.loader import load_config
+from handover.protection.fields import Keyring, blind_index, decrypt_value
+from handover.stages.cleanse import ParentRegistry, cleanse
+from handover.stages.mapping import MappingError, map_partition, target_columns
 
 E = pd.Timestamp("2026-11-01 00:00:00")
 MALE_ID = "110105194912310011"  # 17th digit odd
@@ -317,8 +317,8 @@ def test_fields_the_export_lacks_are_derived_from_the_resident_id():
     the ID number encodes, not a placeholder; an ID not in its 18-digit form gives none."""
     import pandas as pd
 
-    from handover.mapping import map_partition
-    from handover.validators import id_check_digit
+    from handover.core.validators import id_check_digit
+    from handover.stages.mapping import map_partition
 
     first17 = "440304" + "19720206" + "601"
     good = first17 + id_check_digit(first17)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from handover.notify import HandoverNotifier, failure_payload, one_line, webhook_url
+from handover.ops.notify import HandoverNotifier, failure_payload, one_line, webhook_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,7 +147,7 @@ def test_notifier_posts_one_json_line(monkeypatch):
 
 def test_without_a_connection_nothing_is_sent_and_nothing_raises(monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_HANDOVER_NOTIFY", raising=False)
-    monkeypatch.setattr("handover.connections.connection_dict", lambda conn_id: None)
+    monkeypatch.setattr("handover.config.connections.connection_dict", lambda conn_id: None)
 
     HandoverNotifier()(_context(RuntimeError("boom")))
 
@@ -203,7 +203,7 @@ def test_notifier_sends_mail_over_smtp(monkeypatch):
 
 
 def test_default_args_notify_on_failure_only():
-    from handover.tasks import DEFAULT_ARGS
+    from handover.ops.tasks import DEFAULT_ARGS
 
     callbacks = DEFAULT_ARGS["on_failure_callback"]
     assert [type(c) for c in callbacks] == [HandoverNotifier]
@@ -216,7 +216,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from handover.tasks import DEFAULT_ARGS
+from handover.ops.tasks import DEFAULT_ARGS
 
 
 @dag(dag_id="notify_check", schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
@@ -229,10 +229,10 @@ def notify_check():
 
     @task
     def bad():
-        from handover.tasks import call
+        from handover.ops.tasks import call
 
         def gate():
-            from handover.pipeline import GateFailed
+            from handover.flows.migration import GateFailed
             raise GateFailed("intake gate failed for payments partition p00")
 
         call(gate)

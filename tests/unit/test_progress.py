@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from handover.progress import Progress, format_duration
+from handover.core.progress import Progress, format_duration
 
 
 class FakeClock:

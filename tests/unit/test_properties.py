@@ -19,10 +19,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from handover.cleanse import REASON_ORDER, parse_dates, validate
-from handover.config import load_config
-from handover.mapping import MappingError, field_values
-from handover.validators import (
+from handover.config.loader import load_config
+from handover.core.validators import (
     msisdn_valid,
     normalise_msisdn,
     normalise_text,
@@ -30,6 +28,8 @@ from handover.validators import (
     resident_id_ok,
     resident_id_valid,
 )
+from handover.stages.cleanse import REASON_ORDER, parse_dates, validate
+from handover.stages.mapping import MappingError, field_values
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 E = pd.Timestamp("2026-11-01 00:00:00")
@@ -366,7 +366,7 @@ VECTOR_SPECS = TRANSFORM_SPECS + [
 
 
 def _per_value_only(monkeypatch):
-    from handover import mapping
+    from handover.stages import mapping
 
     monkeypatch.setattr(mapping, "_text_array", lambda series: None)
     monkeypatch.setattr(mapping, "_numeric", lambda series: None)
@@ -432,9 +432,9 @@ def test_mapping_vector_forms_equal_the_per_value_forms_on_numbers(values, spec)
 def test_map_partition_vector_forms_equal_the_per_value_forms(values, data):
     import base64
 
-    from handover import protect
-    from handover.mapping import map_partition
-    from handover.protect import Keyring
+    from handover.protection import fields as protect
+    from handover.protection.fields import Keyring
+    from handover.stages.mapping import map_partition
 
     ring = Keyring.from_dict(
         {
@@ -481,7 +481,7 @@ def test_map_partition_vector_forms_equal_the_per_value_forms(values, data):
 def test_comply_whitespace_is_what_str_strip_removes():
     import sys
 
-    from handover.comply import WHITESPACE
+    from handover.stages.comply import WHITESPACE
 
     assert set(WHITESPACE) == {c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()}
 
@@ -498,7 +498,7 @@ def test_comply_whitespace_is_what_str_strip_removes():
     st.sampled_from(["consumption", "behavioural"]),
 )
 def test_comply_vector_forms_equal_the_per_value_forms(rows, category):
-    from handover import comply
+    from handover.stages import comply
 
     policy = {
         "rules": [{"id": "OBJECTED_TRANSFER"}, {"id": "RETENTION_EXPIRED"}, {"id": "NO_CONSENT"}]

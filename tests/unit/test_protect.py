@@ -1,4 +1,4 @@
-"""handover.protect: AES-GCM with key ids, blind indexes, masks and free-text redaction."""
+"""handover.protection.fields: AES-GCM with key ids, blind indexes, masks and free-text redaction."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from cryptography.exceptions import InvalidTag
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handover.protect import (
+from handover.core.validators import id_check_digit, luhn_ok, resident_id_ok
+from handover.protection.fields import (
     Keyring,
     blind_index,
     decrypt_value,
@@ -26,7 +27,6 @@ from handover.protect import (
     redact_prefilter,
     redact_text,
 )
-from handover.validators import id_check_digit, luhn_ok, resident_id_ok
 
 VALID_ID = "11010519491231002X"
 
@@ -343,11 +343,11 @@ def test_envelope_keyring_missing_entry_fails_before_calling_kms(drop: str):
         Keyring.from_dict(data, kms=object())  # never called: the shape is wrong first
 
 
-# -- keyring upkeep (handover.keys) ---------------------------------------------------------------
+# -- keyring upkeep (handover.lifecycle.rotation) ---------------------------------------------------------------
 
 
 def test_add_key_makes_a_new_active_key_and_leaves_the_input_alone():
-    from handover.keys import add_key
+    from handover.lifecycle.rotation import add_key
 
     data = Keyring.generate("k1")
 
@@ -362,14 +362,14 @@ def test_add_key_makes_a_new_active_key_and_leaves_the_input_alone():
 
 
 def test_add_key_refuses_an_existing_id():
-    from handover.keys import KeyringError, add_key
+    from handover.lifecycle.rotation import KeyringError, add_key
 
     with pytest.raises(KeyringError, match="exists already"):
         add_key(Keyring.generate("k1"), "k1")
 
 
 def test_retire_key():
-    from handover.keys import KeyringError, add_key, retire_key
+    from handover.lifecycle.rotation import KeyringError, add_key, retire_key
 
     data = add_key(Keyring.generate("k1"), "k2")
 
@@ -381,8 +381,8 @@ def test_retire_key():
 
 
 def test_keyring_error_is_a_data_fault_that_does_not_retry():
-    from handover.config import ConfigError
-    from handover.keys import KeyringError
+    from handover.config.loader import ConfigError
+    from handover.lifecycle.rotation import KeyringError
 
     assert issubclass(KeyringError, ConfigError)
 

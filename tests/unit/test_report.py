@@ -3,7 +3,7 @@ counted, and each table's top quarantine reasons are drawn (counts only, no valu
 
 from __future__ import annotations
 
-from handover.report import render_html
+from handover.stages.report import render_html
 
 
 def _data(**over):

@@ -389,7 +389,7 @@ def test_handover_manifest_writes_what_the_operator_would_have(tmp_path):
     operator's."""
     import json
 
-    from handover import cli
+    from handover.ops import cli
     from handover_synth import legacy_bss as synth
 
     synth.generate(tmp_path, 60, seed=2)

@@ -1,8 +1,8 @@
-"""The per-task peak-RSS probe the benchmark reads (handover.tasks)."""
+"""The per-task peak-RSS probe the benchmark reads (handover.ops.tasks)."""
 
 from __future__ import annotations
 
-from handover.tasks import peak_rss_mb, reset_peak_rss
+from handover.ops.tasks import peak_rss_mb, reset_peak_rss
 
 
 def test_peak_rss_is_per_task_after_a_reset() -> None:
@@ -28,7 +28,7 @@ def test_release_memory_hands_freed_arrow_and_heap_memory_back() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from handover.tasks import release_memory
+    from handover.ops.tasks import release_memory
 
     release_memory()
     base = _rss_mb()

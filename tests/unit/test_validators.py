@@ -1,4 +1,4 @@
-"""handover.validators: GB 11643 resident IDs, MSISDNs and Luhn, scalar and vectorised."""
+"""handover.core.validators: GB 11643 resident IDs, MSISDNs and Luhn, scalar and vectorised."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handover.validators import (
+from handover.core.validators import (
     id_check_digit,
     luhn_ok,
     msisdn_valid,
@@ -276,7 +276,7 @@ def test_luhn_ok(digits: str, ok: bool):
 
 
 def test_first_generation_ids_are_upgraded_to_eighteen_digits():
-    from handover.validators import resident_id_valid, upgrade_resident_ids
+    from handover.core.validators import resident_id_valid, upgrade_resident_ids
 
     first17 = "110105" + "19" + "491231" + "002"
     eighteen = first17 + id_check_digit(first17)
@@ -319,20 +319,20 @@ def test_first_generation_ids_are_upgraded_to_eighteen_digits():
     ],
 )
 def test_money_as_legacy_systems_print_it_is_exact_to_the_fen(text, unit, places, fen):
-    from handover.validators import parse_money
+    from handover.core.validators import parse_money
 
     assert parse_money(text, unit, places) == fen
 
 
 @pytest.mark.parametrize("text", ["12.345", "1,23", "¥", "abc", "12..5", "1,2345.00", ""])
 def test_what_is_not_an_amount_is_refused_not_rounded(text):
-    from handover.validators import parse_money
+    from handover.core.validators import parse_money
 
     assert parse_money(text, "yuan", 2) is None
 
 
 def test_numbers_as_telecom_data_has_them_are_classified_and_normalised():
-    from handover.validators import classify_phones
+    from handover.core.validators import classify_phones
 
     values = [
         "13812345678",

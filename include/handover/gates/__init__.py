@@ -1,0 +1,1 @@
+"""Great Expectations gates: suites, the GX context, running, Data Docs and their pinned assets."""

@@ -1,0 +1,1 @@
+"""Field protection: the keyring, field encryption, blind indexes, masks, redaction."""

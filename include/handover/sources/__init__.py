@@ -1,0 +1,1 @@
+"""Readers, one per export shape, and the export-folder checks."""
