@@ -66,10 +66,10 @@ def subject_request():
 
     @task
     def fulfil_request(checked, params=None):
-        from handover.lifecycle import subject
+        from handover.flows import subject_request
         from handover.ops import tasks
 
-        return tasks.call(subject.fulfil_request, dict(params))
+        return tasks.call(subject_request.fulfil_request, dict(params))
 
     @task(task_id="validate_outcome", retries=0)
     def validate_outcome(done, params=None):

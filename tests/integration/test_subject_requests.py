@@ -20,6 +20,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from handover.flows import subject_request
 from handover.lifecycle import backup, subject
 from handover.protection.fields import blind_index
 from tests.integration.test_retention import lifecycle_env, search_everywhere
@@ -95,7 +96,7 @@ def test_access_exports_everything_encrypted(env, caplog):
     )
     sealed = bytes(_intake(env, req["request_id"])[1])
     assert env["id_number"].encode() not in sealed and len(sealed) > 12 + 16
-    out = subject.handle_request(req)
+    out = subject_request.handle_request(req)
     assert out["verified"]["export_opens"]
     _, sealed, key_id, cleared_at = _intake(env, req["request_id"])
     assert sealed is None and key_id is None and cleared_at is not None  # minimised
@@ -155,7 +156,7 @@ def test_correction_flows_through_the_gates(env):
     req = _request(
         request_type="correction", identifier=env["other"], field="msisdn", new_value=new
     )
-    out = subject.handle_request(req)
+    out = subject_request.handle_request(req)
     assert out["done"]["updated"] == 1 and out["verified"]["corrected_record_in_new_system"]
     run_id = f"subject__{req['request_id']}"
     with psycopg.connect(env["dsn"]) as conn:
@@ -184,7 +185,7 @@ def test_correction_flows_through_the_gates(env):
         request_type="correction", identifier=env["other"], field="msisdn", new_value="12345"
     )
     with pytest.raises(subject.RequestRejected, match="INVALID_MSISDN"):
-        subject.handle_request(bad)
+        subject_request.handle_request(bad)
     with psycopg.connect(env["dsn"]) as conn:
         still = conn.execute(
             "SELECT msisdn FROM crm.customer WHERE customer_id = %s", (env["other"],)
@@ -196,7 +197,7 @@ def test_unknown_identifier_is_rejected_without_echoing_it(env):
     secret = "110101199003071234"
     req = _request(request_type="access", identifier_type="resident_id", identifier=secret)
     with pytest.raises(subject.RequestRejected) as err:
-        subject.handle_request(req)
+        subject_request.handle_request(req)
     assert secret not in str(err.value) and "customer_id" in str(err.value)
     assert _intake(env, req["request_id"])[1] is None  # a rejected request keeps no seal
     with psycopg.connect(env["dsn"]) as conn:
@@ -215,7 +216,7 @@ def test_identifier_in_the_run_config_is_refused(env):
     as is a request id nobody submitted, and a sealed intake edited in the database."""
     secret = env["msisdn"]
     with pytest.raises(subject.RequestRejected, match="run config") as err:
-        subject.handle_request(
+        subject_request.handle_request(
             {
                 "request_id": "REQ-conf",
                 "request_type": "access",
@@ -225,7 +226,7 @@ def test_identifier_in_the_run_config_is_refused(env):
         )
     assert secret not in str(err.value)
     with pytest.raises(subject.RequestRejected, match="nothing was submitted"):
-        subject.handle_request({"request_id": "REQ-never-submitted"})
+        subject_request.handle_request({"request_id": "REQ-never-submitted"})
 
     req = _request(request_type="access", identifier_type="msisdn", identifier=secret)
     with psycopg.connect(env["dsn"]) as conn:
@@ -235,7 +236,7 @@ def test_identifier_in_the_run_config_is_refused(env):
             (req["request_id"],),
         )
     with pytest.raises(subject.LifecycleError, match="does not open"):
-        subject.handle_request(req)
+        subject_request.handle_request(req)
     with psycopg.connect(env["dsn"]) as conn:
         details = " ".join(
             r[0] for r in conn.execute("SELECT detail::text FROM handover_meta.audit_log")
@@ -310,7 +311,7 @@ def test_erasure_leaves_nothing_readable(env):
         customers_before = conn.execute("SELECT count(*) FROM crm.customer").fetchone()[0]
     assert len(keys) >= 4
     req = _request(request_type="erasure", identifier_type="msisdn", identifier=env["msisdn"])
-    out = subject.handle_request(req)
+    out = subject_request.handle_request(req)
     assert out["verified"]["remaining_in_lake"] == 0
     assert out["done"]["shred"]["backup_files_shredded"] >= 1
     assert out["done"]["exports_deleted"] >= 1  # the access export of the first test
@@ -347,10 +348,10 @@ def test_erasure_leaves_nothing_readable(env):
 
     # A rerun (a cleared task) is safe, and the customer cannot be found any more.
     subject.submit_request(req["request_id"], "erasure", "customer_id", env["customer"])
-    again = subject.handle_request(req)
+    again = subject_request.handle_request(req)
     assert again["done"]["target"]["target_rows_deleted"] == {}
     assert again["done"]["lake"]["lake_objects_rewritten"] == 0
     with pytest.raises(subject.RequestRejected):
-        subject.handle_request(
+        subject_request.handle_request(
             _request(request_type="access", identifier_type="msisdn", identifier=env["msisdn"])
         )

@@ -29,6 +29,7 @@ import psycopg
 import pytest
 
 from handover.flows import nightly as sync
+from handover.flows import subject_request
 from handover.flows.runner import run_migration
 from handover.lifecycle import backup, restore, retention, subject
 from handover.lifecycle import rotation as keys
@@ -152,7 +153,7 @@ def test_the_weeks(weeks):
 
     # access: the export lists every lake object holding the person, mapped ones too
     conf = _request("access", w["access_to"])
-    subject.handle_request(conf)
+    subject_request.handle_request(conf)
     doc = subject.read_export(conf["request_id"])
     stages = {o["stage"] for o in doc["migration_copies"]}
     assert "mapped" in stages and "raw" in stages, stages
@@ -169,7 +170,7 @@ def test_the_weeks(weeks):
         field="address",
         new_value="广东省广州市天河区体育西路1号3栋201室",
     )
-    subject.handle_request(conf)
+    subject_request.handle_request(conf)
     with psycopg.connect(w["dsn"]) as conn:
         city, updated = conn.execute(
             "SELECT city, source_updated_at FROM crm.customer WHERE customer_id=%s", (w["correct"],)
@@ -179,7 +180,7 @@ def test_the_weeks(weeks):
     # a correction the pipeline refuses ends rejected: seal cleared, no lake copy left
     bad = _request("correction", w["correct"], field="msisdn", new_value="12345")
     with pytest.raises(subject.RequestRejected):
-        subject.handle_request(bad)
+        subject_request.handle_request(bad)
     with psycopg.connect(w["dsn"]) as conn:
         status = conn.execute(
             "SELECT status FROM handover_meta.subject_request WHERE request_id=%s",
@@ -199,7 +200,7 @@ def test_the_weeks(weeks):
 
     # erasure: final everywhere, and a restorable backup remains
     conf = _request("erasure", w["erased"])
-    out = subject.handle_request(conf)
+    out = subject_request.handle_request(conf)
     assert out["done"]["backup_after_erasure"], "the erasure left no restorable backup"
     w["erasure_done"] = True
     drill = restore.run_drill()

@@ -118,7 +118,7 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     raw = manifest_path.read_bytes()
     try:
         manifest = json.loads(raw)
-        from handover.ops.cli import export_time
+        from handover.stages.cleanse import export_time
 
         exported_at = export_time(manifest["exported_at"])
     except (ValueError, KeyError) as exc:

@@ -1235,7 +1235,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         # system's to agree with. A row of this system's re-parented to such a customer
         # is compared (the legacy side holds its key).
         theirs = sql.SQL("")
-        from handover.lifecycle.retention import shapes
+        from handover.config.shapes import shapes
 
         owner = shapes(cfg)[table].target_customer
         if owner and identity.others_held(conn, cfg.system):

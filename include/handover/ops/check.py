@@ -46,7 +46,7 @@ def _exported_at(source_dir: Path):
     import pandas as pd
 
     try:
-        from handover.ops.cli import export_time
+        from handover.stages.cleanse import export_time
 
         manifest = json.loads((source_dir / "export_manifest.json").read_text(encoding="utf-8"))
         return export_time(manifest["exported_at"])

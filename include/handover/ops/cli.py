@@ -137,19 +137,6 @@ def rotate_keys_command(system: str, batch_size: int) -> int:
     return 0
 
 
-def export_time(value: str):
-    """An export time as the books keep it: the export's own (Beijing) clock, no zone. A
-    time given with an offset (`2026-11-01T00:00:00+08:00`, `...Z`) is converted."""
-    import pandas as pd
-
-    from handover.stages.cleanse import LOCAL_ZONE
-
-    when = pd.Timestamp(value)
-    if when.tzinfo is not None:
-        when = when.tz_convert(LOCAL_ZONE).tz_localize(None)
-    return when
-
-
 def manifest_command(system: str, source_dir: str, exported_at: str, force: bool) -> int:
     """Write export_manifest.json for an export that came without one: per catalog table its
     file(s), rows as extract will count them and sha256, the export time the engineer gives,
@@ -174,6 +161,8 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     from handover.sources.readers import SourceReadError
 
     try:
+        from handover.stages.cleanse import export_time
+
         when = export_time(exported_at)
     except ValueError:
         print(

@@ -746,3 +746,14 @@ def cleanse(
         merged,
         adopted,
     )
+
+
+def export_time(value: str):
+    """An export time as the books keep it: the export's own (Beijing) clock, no zone. A
+    time given with an offset (`2026-11-01T00:00:00+08:00`, `...Z`) is converted."""
+    import pandas as pd
+
+    when = pd.Timestamp(value)
+    if when.tzinfo is not None:
+        when = when.tz_convert(LOCAL_ZONE).tz_localize(None)
+    return when

@@ -34,8 +34,8 @@ EXISTING = "EXISTING_CUSTOMER"
 def settings(cfg) -> dict[str, Any] | None:
     """The system's identity policy with defaults, or None where the customer table has no
     blind-indexed resident ID to match on."""
-    from handover.lifecycle.backup import LifecycleError
-    from handover.lifecycle.retention import customer_table
+    from handover.config.shapes import customer_table
+    from handover.core.errors import LifecycleError
 
     spec = {
         "match": ["resident_id"],

@@ -126,7 +126,7 @@ def reconcile(
     # Rows the person map gives to another system (the acquirer's own customers, another
     # operator's): in the target, not sent by this run, and not this run's to account for.
     foreign = 0
-    from handover.lifecycle.retention import shapes
+    from handover.config.shapes import shapes
 
     owner = shapes(cfg)[table].target_customer  # the row's customer, or the key itself
     if owner and conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
