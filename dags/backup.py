@@ -24,33 +24,32 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.ops.chain import dag_header
 
 
 @dag(
-    dag_id="backup",
-    doc_md=__doc__,
     schedule="0 2 * * *",
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "lifecycle"],
-    params={
-        "reason": Param(
-            "scheduled",
-            type="string",
-            enum=["scheduled", "pre_load", "manual"],
-            description="why this backup is taken (kept in the catalogue)",
-        ),
-        "retention_days": Param(
-            35,
-            type="integer",
-            minimum=1,
-            maximum=3650,
-            description="days until this backup expires and is deleted",
-        ),
-    },
+    **dag_header(
+        "backup",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["lifecycle"],
+        params={
+            "reason": Param(
+                "scheduled",
+                type="string",
+                enum=["scheduled", "pre_load", "manual"],
+                description="why this backup is taken (kept in the catalogue)",
+            ),
+            "retention_days": Param(
+                35,
+                type="integer",
+                minimum=1,
+                maximum=3650,
+                description="days until this backup expires and is deleted",
+            ),
+        },
+    ),
 )
 def backup_target():
     @task

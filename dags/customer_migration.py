@@ -22,133 +22,68 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.flows import steps
+from handover.ops import chain
 
-LABEL = "{{ part_label }}"
+CHAIN = chain.ChainSteps(
+    gate=steps.run_gate,
+    comply=steps.comply,
+    resolve_customers=steps.resolve_customers,
+    cleanse=steps.cleanse,
+    map_protect=steps.map_protect,
+    load=steps.load,
+)
 
 
 @dag(
-    dag_id="customer_migration",
-    doc_md=__doc__,
     schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "migration"],
-    params={
-        "system": Param("legacy_bss", type="string", description="source system config folder"),
-        "source_dir": Param(
-            None,
-            type=["null", "string"],
-            description="legacy export folder (empty: $HANDOVER_SOURCE_DIR)",
-        ),
-    },
+    **chain.dag_header(
+        "customer_migration",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["migration"],
+        params={
+            "system": Param("legacy_bss", type="string", description="source system config folder"),
+            "source_dir": Param(
+                None,
+                type=["null", "string"],
+                description="legacy export folder (empty: $HANDOVER_SOURCE_DIR)",
+            ),
+        },
+    ),
 )
 def customer_migration():
     @task
     def plan_run(params=None, run_id=None, dag=None):
-        from handover.flows import migration as pipeline
         from handover.ops import tasks
 
         return tasks.call(
-            pipeline.plan_run,
+            steps.plan_run,
             run_id=run_id,
             dag_id=dag.dag_id,
             system=params["system"],
             source_dir=tasks.source_dir(params["source_dir"]),
         )
 
-    @task(map_index_template="{{ part_label }}")
+    @task(map_index_template=chain.LABEL)
     def extract_table(ctx, table):
-        from handover.flows import migration as pipeline
         from handover.ops import tasks
 
-        return tasks.call(pipeline.extract_table, ctx, table, label=table)
-
-    @task
-    def list_tables(ctx):
-        return ctx["tables"]
-
-    @task
-    def list_partitions(parts):
-        from handover.flows import migration as pipeline
-
-        return pipeline.flatten(list(parts))
-
-    def gate(name):
-        @task(task_id=f"validate_{name}", retries=0, map_index_template=LABEL)
-        def _gate(ctx, part):
-            from handover.flows import migration as pipeline
-            from handover.ops import tasks
-
-            return tasks.call(
-                pipeline.run_gate_task,
-                ctx,
-                part,
-                name,
-                label=f"{part['table']}/{part['partition']}",
-            )
-
-        return _gate
-
-    def stage(fn_name, task_id):
-        @task(task_id=task_id, map_index_template=LABEL)
-        def _stage(ctx, part):
-            from handover.flows import migration as pipeline
-            from handover.ops import tasks
-
-            return tasks.call(
-                getattr(pipeline, fn_name), ctx, part, label=f"{part['table']}/{part['partition']}"
-            )
-
-        return _stage
-
-    @task
-    def resolve_customers(ctx, parts):
-        from handover.flows import migration as pipeline
-        from handover.ops import tasks
-
-        return tasks.call(pipeline.resolve_customers, ctx)
-
-    @task(map_index_template=LABEL)
-    def reconcile_table(ctx, table, loaded):
-        from handover.flows import migration as pipeline
-        from handover.ops import tasks
-
-        return tasks.call(pipeline.reconcile_table, ctx, table, label=table)
-
-    @task(task_id="validate_reconciliation", retries=0, map_index_template=LABEL)
-    def validate_reconciliation(ctx, result):
-        from handover.flows import migration as pipeline
-        from handover.ops import tasks
-
-        return tasks.call(pipeline.reconciliation_gate, ctx, result["table"], label=result["table"])
-
-    @task
-    def publish(ctx, gates):
-        from handover.flows import migration as pipeline
-        from handover.ops import tasks
-
-        return tasks.call(pipeline.publish, ctx)
+        return tasks.call(steps.extract_table, ctx, table, label=table)
 
     ctx = plan_run()
-    tables = list_tables(ctx)
+    tables = chain.list_tables_task()(ctx)
     extracted = extract_table.partial(ctx=ctx).expand(table=tables)
-    parts = list_partitions(extracted)
-    intake = gate("intake").partial(ctx=ctx).expand(part=parts)
-    complied = stage("comply_partition", "comply").partial(ctx=ctx).expand(part=intake)
-    compliant = gate("compliance").partial(ctx=ctx).expand(part=complied)
-    resolved = resolve_customers(ctx, compliant)
-    cleansed = stage("cleanse_partition", "cleanse").partial(ctx=ctx).expand(part=compliant)
-    resolved >> cleansed
-    quality = gate("quality").partial(ctx=ctx).expand(part=cleansed)
-    mapped = stage("map_protect_partition", "map_protect").partial(ctx=ctx).expand(part=quality)
-    contract = gate("contract").partial(ctx=ctx).expand(part=mapped)
-    loaded = stage("load_partition", "load").partial(ctx=ctx).expand(part=contract)
-    reconciled = reconcile_table.partial(ctx=ctx, loaded=loaded).expand(table=tables)
-    checked = validate_reconciliation.partial(ctx=ctx).expand(result=reconciled)
-    publish(ctx, checked)
+    parts = chain.list_partitions_task(steps.flatten)(extracted)
+    loaded = chain.gated_chain(ctx, parts, CHAIN)
+    chain.reconcile_and_publish(
+        ctx,
+        tables,
+        loaded,
+        reconcile=steps.reconcile,
+        gate=steps.reconciliation_gate,
+        publish=steps.publish,
+    )
 
 
 customer_migration()

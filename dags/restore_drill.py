@@ -22,26 +22,25 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.ops.chain import dag_header
 
 
 @dag(
-    dag_id="restore_drill",
-    doc_md=__doc__,
     schedule="0 4 * * 0",
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "lifecycle"],
-    params={
-        "backup_id": Param(
-            "", type="string", description="backup to restore; empty = newest complete backup"
-        ),
-        "keep_scratch": Param(
-            False, type="boolean", description="keep the scratch database for inspection"
-        ),
-    },
+    **dag_header(
+        "restore_drill",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["lifecycle"],
+        params={
+            "backup_id": Param(
+                "", type="string", description="backup to restore; empty = newest complete backup"
+            ),
+            "keep_scratch": Param(
+                False, type="boolean", description="keep the scratch database for inspection"
+            ),
+        },
+    ),
 )
 def restore_drill():
     @task

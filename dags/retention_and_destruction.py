@@ -24,24 +24,25 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.ops.chain import dag_header
 
 
 @dag(
-    dag_id="retention_and_destruction",
-    doc_md=__doc__,
     schedule="0 1 * * *",
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "lifecycle"],
-    params={
-        "as_of": Param(
-            "", type="string", description="retention date YYYY-MM-DD; empty = data interval end"
-        ),
-        "system": Param("legacy_bss", type="string", description="source system config folder"),
-    },
+    **dag_header(
+        "retention_and_destruction",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["lifecycle"],
+        params={
+            "as_of": Param(
+                "",
+                type="string",
+                description="retention date YYYY-MM-DD; empty = data interval end",
+            ),
+            "system": Param("legacy_bss", type="string", description="source system config folder"),
+        },
+    ),
 )
 def retention_and_destruction():
     @task

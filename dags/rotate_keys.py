@@ -27,21 +27,20 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.ops.chain import dag_header
 
 
 @dag(
-    dag_id="rotate_keys",
-    doc_md=__doc__,
     schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "keys"],
-    params={
-        "system": Param("legacy_bss", type="string", description="source system config folder"),
-    },
+    **dag_header(
+        "rotate_keys",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["keys"],
+        params={
+            "system": Param("legacy_bss", type="string", description="source system config folder"),
+        },
+    ),
 )
 def rotate_keys():
     @task

@@ -34,27 +34,26 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
-from handover.ops.tasks import DEFAULT_ARGS
+from handover.ops.chain import dag_header
 
 
 @dag(
-    dag_id="subject_request",
-    doc_md=__doc__,
     schedule=None,
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["handover", "lifecycle", "privacy"],
-    params={
-        "request_id": Param(
-            "",
-            type="string",
-            title="Request id",
-            description="ticket id of a request submitted with `python -m "
-            "handover.lifecycle.subject submit` (letters, digits, . _ -)",
-        ),
-    },
+    **dag_header(
+        "subject_request",
+        __doc__,
+        start_date=datetime(2026, 1, 1),
+        tags=["lifecycle", "privacy"],
+        params={
+            "request_id": Param(
+                "",
+                type="string",
+                title="Request id",
+                description="ticket id of a request submitted with `python -m "
+                "handover.lifecycle.subject submit` (letters, digits, . _ -)",
+            ),
+        },
+    ),
 )
 def subject_request():
     @task(task_id="validate_request", retries=0)

@@ -36,6 +36,18 @@ print(json.dumps({
             "tags": sorted(dag.tags),
             "fileloc": dag.fileloc,
             "retries": {t.task_id: t.retries for t in dag.tasks},
+            "max_active_runs": dag.max_active_runs,
+            "owners": sorted({t.owner for t in dag.tasks}),
+            "failure_callbacks": sorted(
+                {type(cb).__name__ for t in dag.tasks for cb in (t.on_failure_callback or [])}
+            ),
+            "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+            "group": {
+                t.task_id: (t.task_group.group_id if t.task_group else None) for t in dag.tasks
+            },
+            "map_index_template": {
+                t.task_id: getattr(t, "map_index_template", None) for t in dag.tasks
+            },
         }
         for dag in bag.dags.values()
     },
