@@ -1,6 +1,6 @@
 # handover: two commands matter.
 #   make demo   set up, generate a 10,000-subscriber operator, run the migration DAG, summarise
-#   make test   set up and run the whole test suite (lint, unit, integration, e2e)
+#   make test   set up and run the whole test suite (lint, layers, types, unit, integration, e2e)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 SUBSCRIBERS ?= 10000
@@ -24,6 +24,8 @@ test: setup
 lint: setup
 	@.venv/bin/ruff check .
 	@.venv/bin/ruff format --check .
+	@PYTHONPATH=include .venv/bin/lint-imports --no-logo pyproject.toml
+	@.venv/bin/mypy
 
 up: setup
 	@scripts/up.sh

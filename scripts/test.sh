@@ -15,5 +15,13 @@ echo "==> ruff (lint, and the formatting ruff format gives)" >&2
     echo "run: .venv/bin/ruff format ." >&2
     exit 1
 }
+echo "==> lint-imports (the layers: a layer imports only from the layers below it)" >&2
+.venv/bin/lint-imports --no-logo pyproject.toml >/dev/null || {
+    .venv/bin/lint-imports --no-logo pyproject.toml >&2
+    echo "an import goes up a layer (docs/architecture.md says what each layer may import)" >&2
+    exit 1
+}
+echo "==> mypy (include/handover, include/handover_synth, dags, plugins)" >&2
+.venv/bin/mypy
 echo "==> pytest" >&2
 exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 --durations=20 "$@"
