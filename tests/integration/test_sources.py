@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from handover.sources.readers import (
+from handover.sources import (
     DelimitedSource,
     ParquetSource,
     SourceReadError,
@@ -354,6 +354,7 @@ def test_a_files_glob_reads_one_table_in_name_order(tmp_path):
 
 def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypatch):
     from handover.flows import migration as pipeline
+    from handover.flows import partitioner
 
     (tmp_path / "a_1.csv").write_text("k,v\n" + "K1,xxxxxxxx\n" * 50, encoding="utf-8")
     (tmp_path / "a_2.csv").write_text("k,v\nK2,1\n", encoding="utf-8")
@@ -368,8 +369,8 @@ def test_partitions_are_bounded_by_rows_and_by_bytes_of_text(tmp_path, monkeypat
     assert glob.text_bytes == (tmp_path / "a_1.csv").stat().st_size + 9
     assert one.text_bytes == 9 and parquet.text_bytes is None
 
-    monkeypatch.setattr(pipeline, "MAX_PARTITION_ROWS", 100)
-    monkeypatch.setattr(pipeline, "MAX_PARTITION_BYTES", 1000)
+    monkeypatch.setattr(partitioner, "MAX_PARTITION_ROWS", 100)
+    monkeypatch.setattr(partitioner, "MAX_PARTITION_BYTES", 1000)
     assert pipeline.partition_count(2, None, None) == 2  # the catalog's count
     assert pipeline.partition_count(1, 250, None) == 3  # rows
     assert pipeline.partition_count(1, 250, 4500) == 5  # bytes weigh more
@@ -400,7 +401,7 @@ def test_a_files_glob_names_the_file_and_its_own_row(tmp_path):
 
 
 def test_every_export_file_is_read_by_a_table(tmp_path):
-    from handover.sources.readers import check_export_files
+    from handover.sources import check_export_files
 
     tables = {
         "subs": {"key": "k", "columns": {"k": {}}},

@@ -79,7 +79,7 @@ def test_a_failed_read_writes_what_was_not_split_nowhere(tmp_path):
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
 def test_a_utf16_export_is_read_with_its_encoding(tmp_path, encoding):
-    from handover.sources.readers import DelimitedSource
+    from handover.sources import DelimitedSource
 
     path = tmp_path / "t.csv"
     path.write_text('cust_id,name\r\nC1,张三\r\nC2,"李四,\n续"\r\n', encoding=encoding)
@@ -90,7 +90,7 @@ def test_a_utf16_export_is_read_with_its_encoding(tmp_path, encoding):
 
 
 def test_a_utf16_file_read_as_utf8_says_which_encoding_to_set(tmp_path):
-    from handover.sources.readers import DelimitedSource, SourceReadError
+    from handover.sources import DelimitedSource, SourceReadError
 
     path = tmp_path / "t.csv"
     path.write_text("cust_id,name\r\nC1,张三\r\n", encoding="utf-16")

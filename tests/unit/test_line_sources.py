@@ -8,7 +8,7 @@ import json
 import pytest
 
 from handover.config.loader import ConfigError, load_config
-from handover.sources.readers import FixedWidthSource, JsonLinesSource, SourceReadError, open_source
+from handover.sources import FixedWidthSource, JsonLinesSource, SourceReadError, open_source
 
 
 def _rows(src):
@@ -159,7 +159,7 @@ def _book(path, rows, title="客户"):
 def test_an_excel_sheet_becomes_text_rows_as_excel_holds_them(tmp_path):
     from datetime import datetime
 
-    from handover.sources.readers import XlsxSource
+    from handover.sources import XlsxSource
 
     path = tmp_path / "t.xlsx"
     _book(
@@ -189,7 +189,7 @@ def test_an_excel_sheet_becomes_text_rows_as_excel_holds_them(tmp_path):
 
 
 def test_an_excel_row_wider_than_the_header_stops_the_read(tmp_path):
-    from handover.sources.readers import XlsxSource
+    from handover.sources import XlsxSource
 
     path = tmp_path / "t.xlsx"
     _book(path, [["k", "v"], ["C1", "x"], ["C2", "y", "stray"]])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from handover.sources.readers import DelimitedSource, SourceReadError
+from handover.sources import DelimitedSource, SourceReadError
 
 TRAILER = r"共(\d+)条"
 

@@ -75,7 +75,7 @@ def _used_columns(cfg, table: str) -> set[str]:
 
 def _check_suites(cfg, res: CheckResult) -> None:
     from handover.flows.migration import SUITES_DIR, suites_dir_for
-    from handover.stages.mapping import target_columns
+    from handover.config.target import target_columns
 
     for table in cfg.tables:
         for gate in GATES:
@@ -232,7 +232,8 @@ def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
 def _export_folder_problems(cfg, source_dir: Path, res: CheckResult) -> None:
     """What plan_run refuses before a run: no manifest, a file no table reads and no
     `ignore:` glob declares."""
-    from handover.sources.readers import SourceReadError, check_export_files
+    from handover.core.errors import SourceReadError
+    from handover.sources.folder import check_export_files
 
     manifest = None
     path = source_dir / "export_manifest.json"
@@ -312,7 +313,8 @@ def run_check(
 ) -> CheckResult:
     """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
     from handover.config.loader import ConfigError, load_config, resolve_source
-    from handover.sources.readers import SourceReadError, head, open_source
+    from handover.core.errors import SourceReadError
+    from handover.sources.open import head, open_source
 
     res = CheckResult()
     try:

@@ -146,8 +146,8 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from handover.config.loader import load_config
-    from handover.sources.readers import open_source, resolve_source
+    from handover.config.loader import load_config, resolve_source
+    from handover.sources.open import open_source
 
     src = Path(source_dir)
     out = src / "export_manifest.json"
@@ -158,7 +158,7 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
         )
         return 2
     from handover.config.loader import ConfigError
-    from handover.sources.readers import SourceReadError
+    from handover.core.errors import SourceReadError
 
     try:
         from handover.stages.cleanse import export_time
