@@ -107,7 +107,8 @@ def build(
     for table in sorted(set(by_table) | set(recon_by_table)):
         counts = by_table.get(table, {})
         expected_parts = counts.get("extract", {}).get("partitions")
-        rows, prev_out = [], None
+        rows: list[dict[str, Any]] = []
+        prev_out = None
         for stage in STAGES:
             c = counts.get(stage)
             if c is None:

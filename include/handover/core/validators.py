@@ -7,6 +7,7 @@ of every partition); scalar forms are kept for free-text scanning and tests.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -115,7 +116,7 @@ def resident_id_birth_gender(ids: pa.Array) -> tuple[pa.Array, pa.Array]:
     return birth, gender
 
 
-def _only_where(arr: pa.Array, todo: pa.Array, fn) -> pa.Array:
+def _only_where(arr: pa.Array, todo: pa.Array, fn: Callable[[pa.Array], pa.Array]) -> pa.Array:
     """fn applied to the values where `todo` is true; the others are kept as they are.
 
     For transforms that leave most values unchanged: the work runs on that subset only.
@@ -247,7 +248,8 @@ def classify_phones(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
 
 def msisdn_valid(arr: pa.Array) -> np.ndarray:
     ok = pc.match_substring_regex(pc.fill_null(arr.cast(pa.string()), ""), MSISDN_PATTERN)
-    return ok.to_numpy(zero_copy_only=False)
+    out: np.ndarray = ok.to_numpy(zero_copy_only=False)
+    return out
 
 
 # Money as legacy billing systems print it: currency marks before or after, thousands

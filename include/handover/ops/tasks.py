@@ -43,6 +43,7 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
     """Run a library function as a task body; data faults fail without retries."""
     from airflow.sdk import get_current_context
 
+    context: Any  # Airflow's Context (a TypedDict) plus the label this call adds
     try:
         context = get_current_context()
     except RuntimeError:  # called outside a task (tests, scripts): no context to label
