@@ -9,7 +9,8 @@ import codecs
 import csv
 import io
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -84,7 +85,7 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
                 "catalog.yaml"
             )
         if self.trailer is not None:
-            self._find_trailer()
+            self._find_trailer(self.trailer)
         if not self.header:
             if not self.catalog_columns:
                 raise SourceReadError(
@@ -130,7 +131,7 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
             )
         self.columns = header
 
-    def _find_trailer(self) -> None:
+    def _find_trailer(self, trailer: re.Pattern[str]) -> None:
         """The file's last non-blank line must match source.trailer (a count line such as
         `共2条`): rows are read up to it, and its first group, if any, is the row count."""
         size = self.path.stat().st_size
@@ -160,11 +161,11 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
                 "trailer source.trailer describes"
             )
         text = body[line_start:].decode(unit, errors="replace").strip().lstrip("\ufeff")
-        match = self.trailer.fullmatch(text)
+        match = trailer.fullmatch(text)
         if match is None:
             raise SourceReadError(
                 f"{self.path}: the last line is not the trailer source.trailer describes "
-                f"({self.trailer.pattern!r}): the file may be truncated; get the export again, "
+                f"({trailer.pattern!r}): the file may be truncated; get the export again, "
                 f"or fix tables.{self.table}.source.trailer in catalog.yaml"
             )
         self._data_bytes = start + line_start
@@ -197,73 +198,22 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
                 )
 
     def _batches(self) -> Iterator[tuple[pa.RecordBatch, int | None]]:
-        import pyarrow.csv as pacsv
-
+        """(numbered batch, None) for every batch, then, with a trailer, (an empty batch,
+        the rows read) for batches() to check against the count the trailer states."""
         if not self.header and self.path.stat().st_size == 0:
             return
         if self._data_bytes == 0:  # nothing but the trailer
             yield pa.RecordBatch.from_pylist([]), 0
             return
-        parse = pacsv.ParseOptions(
-            delimiter=self.delimiter, quote_char=self.quote or False, newlines_in_values=True
-        )
-        convert = pacsv.ConvertOptions(
-            column_types={c: pa.string() for c in self.columns}, strings_can_be_null=False
-        )
-        row = 0
-        last: pa.RecordBatch | None = None
-        block = self.block_size
+        state = _Progress()
         try:
-            while True:
-                read = pacsv.ReadOptions(
-                    encoding=self._arrow_encoding,
-                    block_size=block,
-                    column_names=None if self.header else self.columns,
-                )
-                reader = pacsv.open_csv(
-                    self._csv_input(),
-                    read_options=read,
-                    parse_options=parse,
-                    convert_options=convert,
-                )
-                skip = row  # rows an earlier pass (smaller blocks) has given already
-                try:
-                    for batch in reader:
-                        if batch.num_rows <= skip:
-                            skip -= batch.num_rows
-                            continue
-                        if skip:
-                            batch, skip = batch.slice(skip), 0
-                        if batch.schema.names != self.columns:
-                            raise SourceReadError(
-                                f"{self.path}: columns changed while reading near row {row + 1}"
-                            )
-                        swallowed = self._swallowed(batch) if self.quote else None
-                        if swallowed is not None:
-                            raise SourceReadError(
-                                self._swallowed_message(row + swallowed[0] + 1, swallowed[1])
-                            )
-                        out = _numbered(list(batch.columns), self.columns, row + 1)
-                        row += batch.num_rows
-                        last = batch
-                        yield out, None
-                    break
-                except pa.ArrowInvalid as exc:
-                    # A value longer than a block (a 10 MB free-text field): read again in
-                    # bigger blocks, past the rows already given. Blocks are small because
-                    # Arrow's read-ahead holds several of them.
-                    if (
-                        "straddles two block boundaries" not in str(exc)
-                        or block >= MAX_CSV_BLOCK_BYTES
-                    ):
-                        raise
-                    block = min(block * 16, MAX_CSV_BLOCK_BYTES)
+            yield from self._read_passes(state)
         except UnicodeDecodeError as exc:
             # Arrow names the block, not the row; the re-scan names row, line and column.
             raise SourceReadError(
                 self._diagnose()
                 or (
-                    f"{self.path}: cannot decode as {self.encoding} near row {row + 1} "
+                    f"{self.path}: cannot decode as {self.encoding} near row {state.row + 1} "
                     f"({exc.reason}); fix the export or set source.encoding in catalog.yaml"
                 )
             ) from exc
@@ -272,11 +222,11 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
             raise SourceReadError(
                 self._diagnose()
                 or (
-                    f"{self.path}: cannot parse as CSV near row {row + 1} ({_arrow_reason(exc)}); "
-                    "fix the export"
+                    f"{self.path}: cannot parse as CSV near row {state.row + 1} "
+                    f"({_arrow_reason(exc)}); fix the export"
                 )
             ) from exc
-        if last is not None and self.quote and _last_row_has_line_break(last):
+        if state.last is not None and self.quote and _last_row_has_line_break(state.last):
             # A quote opened and never closed reads every later line into one value, and
             # Arrow accepts the end of the file as its end: look for that before anything
             # is written.
@@ -288,7 +238,75 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
                 [pa.array([], pa.string()) for _ in self.columns] + [pa.array([], pa.int64())],
                 names=[*self.columns, ROW_COLUMN],
             )
-            yield empty, row
+            yield empty, state.row
+
+    def _read_passes(self, state: _Progress) -> Iterator[tuple[pa.RecordBatch, None]]:
+        """Arrow's streaming CSV reader over the file; a pass that meets a value longer than
+        a block starts again in bigger blocks, past the rows already given."""
+        import pyarrow.csv as pacsv
+
+        parse = pacsv.ParseOptions(
+            delimiter=self.delimiter, quote_char=self.quote or False, newlines_in_values=True
+        )
+        convert = pacsv.ConvertOptions(
+            column_types={c: pa.string() for c in self.columns}, strings_can_be_null=False
+        )
+        block = self.block_size
+        while True:
+            read = pacsv.ReadOptions(
+                encoding=self._arrow_encoding,
+                block_size=block,
+                column_names=None if self.header else self.columns,
+            )
+            reader = pacsv.open_csv(
+                self._csv_input(),
+                read_options=read,
+                parse_options=parse,
+                convert_options=convert,
+            )
+            try:
+                yield from self._read_pass(reader, state)
+                return
+            except pa.ArrowInvalid as exc:
+                # A value longer than a block (a 10 MB free-text field): read again in
+                # bigger blocks, past the rows already given. Blocks are small because
+                # Arrow's read-ahead holds several of them.
+                if "straddles two block boundaries" not in str(exc) or block >= MAX_CSV_BLOCK_BYTES:
+                    raise
+                block = min(block * 16, MAX_CSV_BLOCK_BYTES)
+
+    def _read_pass(
+        self, reader: Iterable[pa.RecordBatch], state: _Progress
+    ) -> Iterator[tuple[pa.RecordBatch, None]]:
+        """One pass of the reader: the batches after the `state.row` rows given already."""
+        skip = state.row  # rows an earlier pass (smaller blocks) has given already
+        for batch in reader:
+            if batch.num_rows <= skip:
+                skip -= batch.num_rows
+                continue
+            if skip:
+                batch, skip = batch.slice(skip), 0
+            self._check_batch(batch, state.row)
+            out = _numbered(list(batch.columns), self.columns, state.row + 1)
+            state.row += batch.num_rows
+            state.last = batch
+            yield out, None
+
+    def _check_batch(self, batch: pa.RecordBatch, row: int) -> None:
+        """A batch after `row` rows: the header's columns, and no rows read into a value."""
+        if batch.schema.names != self.columns:
+            raise SourceReadError(f"{self.path}: columns changed while reading near row {row + 1}")
+        swallowed = self._swallowed(batch) if self.quote else None
+        if swallowed is not None:
+            raise SourceReadError(self._swallowed_message(row + swallowed[0] + 1, swallowed[1]))
+
+
+@dataclass
+class _Progress:
+    """How far the passes over a file have read: rows given, and the last batch."""
+
+    row: int = 0
+    last: pa.RecordBatch | None = None
 
 
 def _arrow_reason(exc: Exception) -> str:

@@ -195,28 +195,41 @@ class DelimitedDiagnosis:
                     f"{', '.join(ENCODINGS)})"
                 )
             if len(fields) != expected:
-                got = len(fields)
-                if got < expected:
-                    why = f"{self._column(got)} and after are missing"
-                else:
-                    why = f"{got - expected} more than the {self.what_columns}"
-                if end > start:
-                    why += (
-                        f"; a quoted value runs from line {start} to line {end}: check for "
-                        "an unbalanced quote"
-                    )
-                nxt = next(records, None)
-                if nxt is not None and nxt[0] == [_EOF] and not self._ends_with_line_break():
-                    why += "; the file ends inside this row: it was cut short"
-                fix = "fix the export"
-                if got == 1 and row == 1:  # not one delimiter on the first row: the wrong one
-                    fix = (
-                        f"no {self.multi or self.delimiter!r} on the row: check "
-                        f"tables.{self.table}.source.delimiter in catalog.yaml, else fix "
-                        "the export"
-                    )
-                return f"{where}: expected {expected} fields, got {got} ({why}); {fix}"
+                return self._field_count_problem(where, len(fields), row, start, end, records)
         return None
+
+    def _field_count_problem(
+        self,
+        where: str,
+        got: int,
+        row: int,
+        start: int,
+        end: int,
+        records: Iterator[tuple[list[str], int, int]],
+    ) -> str:
+        """Data row `row` (lines `start` to `end`) has `got` fields, not a row's count; the
+        record after it (taken from `records`) tells whether the file ends inside it."""
+        expected = len(self.columns)
+        if got < expected:
+            why = f"{self._column(got)} and after are missing"
+        else:
+            why = f"{got - expected} more than the {self.what_columns}"
+        if end > start:
+            why += (
+                f"; a quoted value runs from line {start} to line {end}: check for "
+                "an unbalanced quote"
+            )
+        nxt = next(records, None)
+        if nxt is not None and nxt[0] == [_EOF] and not self._ends_with_line_break():
+            why += "; the file ends inside this row: it was cut short"
+        fix = "fix the export"
+        if got == 1 and row == 1:  # not one delimiter on the first row: the wrong one
+            fix = (
+                f"no {self.multi or self.delimiter!r} on the row: check "
+                f"tables.{self.table}.source.delimiter in catalog.yaml, else fix "
+                "the export"
+            )
+        return f"{where}: expected {expected} fields, got {got} ({why}); {fix}"
 
     def _column(self, index: int) -> str:
         if index < len(self.columns):

@@ -73,9 +73,17 @@ def check_export_files(
     left alone; so are files matching a catalog `ignore:` glob (a data dictionary); any
     other file, data-like or not, stops the run. Raises SourceReadError, one line naming
     the file and the fix."""
-    import fnmatch
-
     src = Path(source_dir)
+    read = _files_read(tables, src, catalog)
+    listed = _manifest_files(manifest, src)
+    unread = _unread_files(src, read, listed, ignore)
+    unread += [(f, t) for f, t in listed.items() if t in tables and f not in read and f.is_file()]
+    if unread:
+        _raise_unread(unread, catalog)
+
+
+def _files_read(tables: dict[str, dict[str, Any]], src: Path, catalog: str | Path) -> set[Path]:
+    """Every file the catalog's tables read (resolved); raises when one is missing."""
     read: set[Path] = set()
     for table, spec in tables.items():
         source = resolve_source(table, spec)
@@ -94,15 +102,31 @@ def check_export_files(
                     f"it or remove {table} from {catalog}"
                 )
             read.add(f.resolve())
-    listed: dict[Path, str] = {}  # file -> the table the manifest lists it under
+    return read
+
+
+def _manifest_files(manifest: dict | None, src: Path) -> dict[Path, str]:
+    """file (resolved) -> the table the export manifest lists it under."""
+    listed: dict[Path, str] = {}
     entries = manifest.get("tables") if isinstance(manifest, dict) else None
     for table, entry in (entries if isinstance(entries, dict) else {}).items():
         if not isinstance(entry, dict):
             continue
-        names = entry.get("files") if isinstance(entry.get("files"), list) else []
+        files = entry.get("files")
+        names: list[Any] = files if isinstance(files, list) else []
         for name in [entry.get("file"), *names]:
             if isinstance(name, str) and name:
                 listed[(src / name).resolve()] = table
+    return listed
+
+
+def _unread_files(
+    src: Path, read: set[Path], listed: dict[Path, str], ignore: list[str] | tuple[str, ...]
+) -> list[tuple[Path, str | None]]:
+    """Files of the folder no table reads, the manifest does not list and no `ignore:`
+    glob declares (dot files and NOT_TABLE_FILES aside)."""
+    import fnmatch
+
     unread: list[tuple[Path, str | None]] = []
     for f in sorted(src.iterdir()) if src.is_dir() else []:
         path = f.resolve()
@@ -112,9 +136,11 @@ def check_export_files(
             continue
         if f.name not in NOT_TABLE_FILES:
             unread.append((f, None))
-    unread += [(f, t) for f, t in listed.items() if t in tables and f not in read and f.is_file()]
-    if not unread:
-        return
+    return unread
+
+
+def _raise_unread(unread: list[tuple[Path, str | None]], catalog: str | Path) -> None:
+    """One line for the first unread file (by path), counting the others."""
     f, table = min(unread, key=lambda u: str(u[0]))
     more = f" (and {len(unread) - 1} more)" if len(unread) > 1 else ""
     if table is None:
