@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT / "include"))
 
 # The handover imports come after the sys.path line above, which makes them importable.
 from handover.config.loader import load_config  # noqa: E402 - importable only after the sys.path line above
+from handover.config.target import target_columns  # noqa: E402 - importable only after the sys.path line above
 from handover.core.validators import ID_PATTERN, MSISDN_PATTERN  # noqa: E402 - importable only after sys.path line
-from handover.stages.mapping import target_columns  # noqa: E402 - importable only after the sys.path line above
 
 
 def e(kind: str, **kwargs) -> dict:

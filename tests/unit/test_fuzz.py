@@ -250,7 +250,8 @@ RING = _ring()
 
 @pytest.mark.parametrize("table", ["subscribers", "payments", "complaints"])
 def test_shipped_mappings_map_whatever_cleanse_lets_through(table):
-    from handover.stages.mapping import MappingError, map_partition, target_columns
+    from handover.config.target import target_columns
+    from handover.stages.mapping import MappingError, map_partition
 
     rules, key, tmap = CFG.rules(table), CFG.table(table)["key"], CFG.table_mapping(table)
     parent = ParentRegistry({"K1", "K2", "K3", "C1"}, set(), set()) if rules.get("parent") else None
@@ -311,7 +312,8 @@ NOT_NAT = cells(st.datetimes().map(str)).filter(
     )
 )
 def test_every_transform_returns_or_raises_one_mapping_error(rows):
-    from handover.stages.mapping import MappingError, map_partition, target_columns
+    from handover.config.target import target_columns
+    from handover.stages.mapping import MappingError, map_partition
 
     clean = pd.DataFrame(rows, columns=["a", "b", "c", "d", "e"], dtype=object)
     clean["_source_row"] = np.arange(1, len(clean) + 1)

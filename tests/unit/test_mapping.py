@@ -8,9 +8,10 @@ import pyarrow as pa
 import pytest
 
 from handover.config.loader import load_config
+from handover.config.target import target_columns
 from handover.protection.fields import Keyring, blind_index, decrypt_value
 from handover.stages.cleanse import ParentRegistry, cleanse
-from handover.stages.mapping import MappingError, map_partition, target_columns
+from handover.stages.mapping import MappingError, map_partition
 
 E = pd.Timestamp("2026-11-01 00:00:00")
 MALE_ID = "110105194912310011"  # 17th digit odd

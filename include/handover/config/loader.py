@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
+from handover.config.identity import match_columns, person_fields, version_fields
+from handover.config.target import TARGET_SQL, target_columns, target_tables
 from handover.core.errors import ConfigError
-from handover.core.paths import CONFIG_ROOT, SQL_DIR
-
-TARGET_SQL = SQL_DIR / "target.sql"
+from handover.core.paths import CONFIG_ROOT
 
 LEVELS = ["L1", "L2", "L3", "L4"]
 CATEGORIES = ["personal", "consumption", "feedback", "behavioural"]
@@ -569,36 +569,6 @@ def check_date_format(fmt: str) -> str | None:
     return None
 
 
-def target_tables(path: Path = TARGET_SQL) -> dict[tuple[str, str], dict[str, bool]]:
-    """Columns of the target schema read from its DDL: (schema, table) -> {column: required},
-    required meaning NOT NULL (or primary key) without a default."""
-    if not path.is_file():
-        return {}
-    text = re.sub(r"--[^\n]*", "", path.read_text(encoding="utf-8"))
-    out: dict[tuple[str, str], dict[str, bool]] = {}
-    for m in re.finditer(
-        r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)\.(\w+)\s*\((.*?)\n\);", text, re.S | re.I
-    ):
-        cols: dict[str, bool] = {}
-        for line in m.group(3).splitlines():
-            words = line.strip().rstrip(",").split()
-            if not words or words[0].upper() in (
-                "PRIMARY",
-                "UNIQUE",
-                "CHECK",
-                "CONSTRAINT",
-                "FOREIGN",
-                "EXCLUDE",
-            ):
-                continue
-            upper = line.upper()
-            cols[words[0].strip('"')] = (
-                "NOT NULL" in upper or "PRIMARY KEY" in upper
-            ) and "DEFAULT" not in upper
-        out[(m.group(1), m.group(2))] = cols
-    return out
-
-
 def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
     """Map every key path of a YAML document to its 1-based line."""
     out = {} if out is None else out
@@ -1134,9 +1104,8 @@ def _check_identity(cfg: SourceConfig, fail) -> None:
         spec.get("survivorship") or spec.get("verified") or spec.get("target_retention_months")
     ):
         return
-    from handover.stages import identity
-
-    compared = [name for name, _, _, _ in identity.compared_fields(cfg)]
+    found = match_columns(cfg)
+    compared = [name for name, _, _ in person_fields(cfg, found[0])] if found else []
     for section in ("survivorship", "verified"):
         for name in spec.get(section) or {}:
             if name == "default" and section == "survivorship":
@@ -1149,10 +1118,7 @@ def _check_identity(cfg: SourceConfig, fail) -> None:
                     f"mapping.yaml about the person: {', '.join(compared) or 'none'})"
                     f"{_nearest(name, compared)}",
                 )
-    if (
-        "newest" in (spec.get("survivorship") or {}).values()
-        and identity.version_fields(cfg) is None
-    ):
+    if "newest" in (spec.get("survivorship") or {}).values() and version_fields(cfg) is None:
         fail(
             "policy.yaml",
             ("identity", "survivorship"),
@@ -1201,8 +1167,6 @@ def _check_event_times(cfg: SourceConfig, fail) -> None:
 def _check_target(cfg: SourceConfig, fail) -> None:
     """Every mapped table and field must exist in the target schema (include/sql/target.sql),
     and every NOT NULL target column must be produced."""
-    from handover.stages.mapping import target_columns
-
     known = target_tables()
     if not known:
         return

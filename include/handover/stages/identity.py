@@ -27,6 +27,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from handover.config.identity import match_columns, person_fields, version_fields
+
 TARGET_SYSTEM = "acquirer"
 EXISTING = "EXISTING_CUSTOMER"
 
@@ -34,8 +36,7 @@ EXISTING = "EXISTING_CUSTOMER"
 def settings(cfg) -> dict[str, Any] | None:
     """The system's identity policy with defaults, or None where the customer table has no
     blind-indexed resident ID to match on."""
-    from handover.config.shapes import customer_table
-    from handover.core.errors import LifecycleError
+    from handover.protection.fields import field_domain
 
     spec = {
         "match": ["resident_id"],
@@ -43,26 +44,18 @@ def settings(cfg) -> dict[str, Any] | None:
         "target_system": TARGET_SYSTEM,
         **(cfg.policy.get("identity") or {}),
     }
-    try:
-        table = customer_table(cfg)
-    except LifecycleError:  # no table whose key is its customer: nothing to match on
+    found = match_columns(cfg)
+    if found is None:
         return None
-    rid = (cfg.rules(table).get("resident_id") or {}).get("column")
-    field = _bidx_field(cfg, table, "resident_id")
-    if not rid or field is None:
-        return None
-    return {**spec, "table": table, "id_column": rid, "bidx_column": field[0], "domain": field[1]}
-
-
-def _bidx_field(cfg, table: str, pii: str) -> tuple[str, str] | None:
-    from handover.protection.fields import field_domain
-
-    columns = cfg.table(table)["columns"]
-    tmap = cfg.table_mapping(table)
-    for name, f in tmap["fields"].items():
-        if "blind_index" in f.get("protect", []) and columns[f["from"]].get("pii") == pii:
-            return f"{name}_bidx", field_domain(tmap["target"], name)
-    return None
+    table, rid, field = found
+    domain = field_domain(cfg.table_mapping(table)["target"], field)
+    return {
+        **spec,
+        "table": table,
+        "id_column": rid,
+        "bidx_column": f"{field}_bidx",
+        "domain": domain,
+    }
 
 
 def person_id(ring, bidx: str) -> str:
@@ -266,30 +259,11 @@ def compared_fields(cfg) -> list[tuple[str, str, str, str | None]]:
     s = settings(cfg)
     if s is None:
         return []
-    tmap = cfg.table_mapping(s["table"])
-    shaping = (
-        "concat",
-        "split",
-        "lookup",
-        "default",
-        "parse_date",
-        "yuan_to_fen",
-        "cast",
-        "from_resident_id",
-    )
-    out = []
-    for name, f in tmap["fields"].items():
-        if name == tmap["key"] or "from" not in f or any(t in f for t in shaping):
-            continue
-        pii = cfg.table(s["table"])["columns"].get(f["from"], {}).get("pii")
-        if pii in (None, "none", "resident_id"):
-            continue  # not about the person (dates of the account), or the match itself
-        protect = f.get("protect", [])
-        if "blind_index" in protect:
-            out.append((name, f["from"], "bidx", field_domain(tmap["target"], name)))
-        elif not protect:
-            out.append((name, f["from"], "text", None))
-    return out
+    target = cfg.table_mapping(s["table"])["target"]
+    return [
+        (name, src, how, field_domain(target, name) if how == "bidx" else None)
+        for name, src, how in person_fields(cfg, s["table"])
+    ]
 
 
 def field_conflicts(
@@ -456,18 +430,6 @@ def match_name_birth(
 
 
 # ---------------------------------------------------------------- survivorship
-def version_fields(cfg) -> tuple[str, str] | None:
-    """(source column, target field) that date a customer's record: the cleansing dedupe's
-    `order_by` (the column that says which of a person's records is newer), as mapped."""
-    s = settings(cfg)
-    if s is None:
-        return None
-    order = (cfg.rules(s["table"]).get("dedupe") or {}).get("order_by")
-    fields = cfg.table_mapping(s["table"])["fields"]
-    target = next((n for n, f in fields.items() if order and f.get("from") == order), None)
-    return (order, target) if target else None
-
-
 def survivorship_rule(s: dict, field: str) -> str:
     rules = s.get("survivorship") or {}
     return rules.get(field, rules.get("default", "review"))
