@@ -132,7 +132,7 @@ class DelimitedDiagnosis:
         codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
         with open(self.path, "rb") as raw:
             text = io.TextIOWrapper(raw, encoding=codec, errors="surrogateescape", newline="")
-            lines = itertools.chain(text, [_EOF])
+            lines: Iterator[str] = itertools.chain(text, [_EOF])
             if self.multi:  # as Arrow sees the text (_Redelimit)
                 lines = (ln.replace(self.multi, MULTI_DELIMITER) for ln in lines)
             if self.quote:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -77,7 +77,7 @@ class XlsxSource(_FileSource):
             self.columns = list(self.catalog_columns)
             return
         first = next(self._rows, None)
-        header = [None if v is None else str(v).strip() for v in (first or ())]
+        header: list[str | None] = [None if v is None else str(v).strip() for v in (first or ())]
         while header and not header[-1]:
             header.pop()
         if not header:
@@ -88,13 +88,14 @@ class XlsxSource(_FileSource):
             raise SourceReadError(
                 f"{self._where} row 1: column {header.index(None) + 1} has no name in the header"
             )
-        dupes = sorted({h for h in header if header.count(h) > 1})
+        named = cast("list[str]", header)  # no None left: checked above
+        dupes = sorted({h for h in named if named.count(h) > 1})
         if dupes:
             raise SourceReadError(
                 f"{self._where} row 1: column '{_shown(dupes[0])}' appears "
                 "more than once in the header"
             )
-        self.columns = header
+        self.columns = named
 
     def close(self) -> None:
         if self._book is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,41 +44,15 @@ class FixedWidthSource(_LineSource):
     def batches(self) -> Iterator[pa.RecordBatch]:
         total = sum(self.widths)
         codec = "utf-8" if ENCODINGS[self.encoding] == "utf8" else self.encoding
-        lines = list(self._lines()) if self.trailer else None
-        stream = lines if lines is not None else self._lines()
+        stream: Iterable[tuple[int, str]] = self._lines()
         trailer_rows = None
-        if lines is not None:
-            if not lines or not self.trailer.fullmatch(lines[-1][1].strip()):
-                raise SourceReadError(
-                    f"{self.path}: the last line is not the trailer "
-                    "source.trailer describes: the file may be truncated"
-                )
-            m = self.trailer.fullmatch(lines[-1][1].strip())
-            trailer_rows = int(m.group(1)) if m.groups() and m.group(1) else None
-            stream = lines[:-1]
+        if self.trailer:
+            stream, trailer_rows = self._before_trailer(list(stream), self.trailer)
         rows: list[list[str | None]] = []
         first = row = 0
         for n, line in stream:
             row += 1
-            data = line.encode(codec) if self.unit == "bytes" else line
-            if len(data) != total:
-                raise SourceReadError(
-                    f"{self.path} row {row} (line {n}): {len(data)} {self.unit} where the "
-                    f"widths add up to {total}; fix the export or source.widths in catalog.yaml"
-                )
-            out, at = [], 0
-            for w in self.widths:
-                piece = data[at : at + w]
-                at += w
-                try:
-                    text = piece.decode(codec) if self.unit == "bytes" else piece
-                except UnicodeDecodeError:
-                    raise SourceReadError(
-                        f"{self.path} row {row} (line {n}): column "
-                        f"'{_shown(self.columns[len(out)])}' cuts a character in two; the "
-                        "widths are in characters, not bytes (source.width_unit: chars)"
-                    ) from None
-                out.append(text.strip() or None)
+            out = self._cut(line, row, n, total, codec)
             if not rows:
                 first = row
             rows.append(out)
@@ -92,3 +66,40 @@ class FixedWidthSource(_LineSource):
                 f"{self.path}: the trailer says {trailer_rows} rows but the "
                 f"file holds {row}; get the export again"
             )
+
+    def _before_trailer(
+        self, lines: list[tuple[int, str]], trailer: re.Pattern[str]
+    ) -> tuple[list[tuple[int, str]], int | None]:
+        """The lines before the trailer line, and the row count it states (its first group)."""
+        m = trailer.fullmatch(lines[-1][1].strip()) if lines else None
+        if m is None:
+            raise SourceReadError(
+                f"{self.path}: the last line is not the trailer "
+                "source.trailer describes: the file may be truncated"
+            )
+        trailer_rows = int(m.group(1)) if m.groups() and m.group(1) else None
+        return lines[:-1], trailer_rows
+
+    def _cut(self, line: str, row: int, n: int, total: int, codec: str) -> list[str | None]:
+        """Data row `row` (line `n`) cut into its columns by the widths, each stripped."""
+        data: str | bytes = line.encode(codec) if self.unit == "bytes" else line
+        if len(data) != total:
+            raise SourceReadError(
+                f"{self.path} row {row} (line {n}): {len(data)} {self.unit} where the "
+                f"widths add up to {total}; fix the export or source.widths in catalog.yaml"
+            )
+        out: list[str | None] = []
+        at = 0
+        for w in self.widths:
+            piece = data[at : at + w]
+            at += w
+            try:
+                text = piece.decode(codec) if isinstance(piece, bytes) else piece
+            except UnicodeDecodeError:
+                raise SourceReadError(
+                    f"{self.path} row {row} (line {n}): column "
+                    f"'{_shown(self.columns[len(out)])}' cuts a character in two; the "
+                    "widths are in characters, not bytes (source.width_unit: chars)"
+                ) from None
+            out.append(text.strip() or None)
+        return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -28,9 +28,10 @@ class JsonLinesSource(_LineSource):
             try:
                 obj = json.loads(line)
             except ValueError as exc:
+                err = cast("json.JSONDecodeError", exc)  # what json.loads raises for bad text
                 raise SourceReadError(
                     f"{self.path} row {row} (line {n}): not a JSON object "
-                    f"({exc.msg} at column {exc.colno}); fix the export"
+                    f"({err.msg} at column {err.colno}); fix the export"
                 ) from None
             if not isinstance(obj, dict):
                 raise SourceReadError(

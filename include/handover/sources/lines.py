@@ -36,7 +36,7 @@ class _LineSource(_FileSource):
         self._require_file()
         self.columns = list(self.catalog_columns)
 
-    def _lines(self) -> Iterator[tuple[int, str | bytes]]:
+    def _lines(self) -> Iterator[tuple[int, str]]:
         """(line number, line without its end) of every non-blank line."""
         codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
         with open(self.path, "rb") as raw:

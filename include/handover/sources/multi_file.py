@@ -79,7 +79,8 @@ class MultiFileSource(TableSource):
     @property
     def text_bytes(self) -> int | None:
         sizes = [part.text_bytes for part in self.parts]
-        return None if not sizes or None in sizes else sum(sizes)
+        known = [size for size in sizes if size is not None]
+        return None if not sizes or len(known) < len(sizes) else sum(known)
 
     def fingerprint(self) -> str:
         """sha256 over each file's name and sha256, in reading order."""

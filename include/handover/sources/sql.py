@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 
@@ -176,7 +176,8 @@ class SqlSource(TableSource):
         base = (
             f"SELECT * FROM {_quote_ident(self.source_table, self.dialect)}"
             if self.source_table
-            else f"SELECT * FROM ({self.query.strip().rstrip(';')}) handover_src"
+            # __init__ allows exactly one of source_table and query
+            else f"SELECT * FROM ({cast(str, self.query).strip().rstrip(';')}) handover_src"
         )
         where, params = [], []
         if self.range_column and self.range_start is not None:
