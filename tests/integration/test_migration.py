@@ -20,6 +20,7 @@ import pytest
 from handover.config.loader import CONFIG_ROOT, ConfigError
 from handover.db.load import table_checksum
 from handover.flows import migration as pipeline
+from handover.flows import partitioner
 from handover.flows.runner import run_migration
 from handover.lifecycle.retention import DESTROYED, key_digest
 from handover.protection.fields import Keyring, decrypt_value
@@ -403,7 +404,7 @@ def test_stages_in_slices_equal_stages_whole(env, monkeypatch):
         assert whole["registry"]["duplicate_loser"].sum() > 0
         assert (whole["registry"]["fate"] == "excluded").sum() > 0
         assert len(whole["exclusion"]) > 0
-        monkeypatch.setattr(pipeline, "SLICE_ROWS", 37)
+        monkeypatch.setattr(partitioner, "SLICE_ROWS", 37)
         sliced = outputs()
         assert sliced.keys() == whole.keys()
         for k, value in whole.items():

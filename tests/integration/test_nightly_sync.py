@@ -23,6 +23,7 @@ from handover.config.loader import load_config
 from handover.db.load import table_checksum
 from handover.flows import migration as pipeline
 from handover.flows import nightly as sync
+from handover.flows import nightly_extract
 from handover.flows.runner import run_migration
 from handover_synth import changes as synth_changes
 from handover_synth import legacy_bss as synth
@@ -452,7 +453,7 @@ def test_extract_reads_a_change_file_as_the_migration_reads_an_export(world, tmp
         "deleted_rows": {"complaints": 0},
     }
     mp = pytest.MonkeyPatch()
-    mp.setattr(sync, "ROWS_PER_PARTITION", 100)  # several partitions of a small file
+    mp.setattr(nightly_extract, "ROWS_PER_PARTITION", 100)  # several partitions of a small file
     mp.setattr(pipeline.SourceConfig, "partitions", lambda self, name: 8)
     try:
         parts = sync.extract_changes(ctx, "complaints")

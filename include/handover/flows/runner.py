@@ -11,7 +11,14 @@ import argparse
 import logging
 import time
 
-from handover.flows import migration as pipeline
+from handover.flows.cleansing import cleanse_partition, map_protect_partition
+from handover.flows.common import flatten
+from handover.flows.gating import reconciliation_gate, run_gate_task
+from handover.flows.migration import extract_table, plan_run
+from handover.flows.migration_comply import comply_partition
+from handover.flows.migration_load import load_partition, reconcile_table
+from handover.flows.migration_resolve import resolve_customers
+from handover.flows.publishing import publish
 
 GATES = ("intake", "compliance", "quality", "contract")
 
@@ -34,28 +41,26 @@ def run_migration(
 
     ctx = timed(
         "plan",
-        pipeline.plan_run,
+        plan_run,
         run_id=run_id,
         dag_id=dag_id,
         system=system,
         source_dir=source_dir,
     )
-    parts = pipeline.flatten(
-        [timed("extract", pipeline.extract_table, ctx, table) for table in ctx["tables"]]
-    )
-    parts = [timed("gate_intake", pipeline.run_gate_task, ctx, p, "intake") for p in parts]
-    parts = [timed("comply", pipeline.comply_partition, ctx, p) for p in parts]
-    parts = [timed("gate_compliance", pipeline.run_gate_task, ctx, p, "compliance") for p in parts]
-    timed("resolve", pipeline.resolve_customers, ctx)
-    parts = [timed("cleanse", pipeline.cleanse_partition, ctx, p) for p in parts]
-    parts = [timed("gate_quality", pipeline.run_gate_task, ctx, p, "quality") for p in parts]
-    parts = [timed("map_protect", pipeline.map_protect_partition, ctx, p) for p in parts]
-    parts = [timed("gate_contract", pipeline.run_gate_task, ctx, p, "contract") for p in parts]
-    loaded = [timed("load", pipeline.load_partition, ctx, p) for p in parts]
+    parts = flatten([timed("extract", extract_table, ctx, table) for table in ctx["tables"]])
+    parts = [timed("gate_intake", run_gate_task, ctx, p, "intake") for p in parts]
+    parts = [timed("comply", comply_partition, ctx, p) for p in parts]
+    parts = [timed("gate_compliance", run_gate_task, ctx, p, "compliance") for p in parts]
+    timed("resolve", resolve_customers, ctx)
+    parts = [timed("cleanse", cleanse_partition, ctx, p) for p in parts]
+    parts = [timed("gate_quality", run_gate_task, ctx, p, "quality") for p in parts]
+    parts = [timed("map_protect", map_protect_partition, ctx, p) for p in parts]
+    parts = [timed("gate_contract", run_gate_task, ctx, p, "contract") for p in parts]
+    loaded = [timed("load", load_partition, ctx, p) for p in parts]
     for table in ctx["tables"]:
-        timed("reconcile", pipeline.reconcile_table, ctx, table)
-        timed("gate_reconciliation", pipeline.reconciliation_gate, ctx, table)
-    paths = timed("publish", pipeline.publish, ctx)
+        timed("reconcile", reconcile_table, ctx, table)
+        timed("gate_reconciliation", reconciliation_gate, ctx, table)
+    paths = timed("publish", publish, ctx)
     return {"ctx": ctx, "loaded": loaded, "reports": paths, "timings": t}
 
 

@@ -13,22 +13,22 @@ from datetime import UTC, datetime
 from handover.config.shapes import customer_table, shapes
 from handover.core.errors import RequestRejected
 from handover.db import ledger
-from handover.lifecycle.retention import normalise
-from handover.lifecycle.subject import (
-    PREFIX,
-    SubjectRequest,
-    _context,
+from handover.lifecycle.retention.plan import normalise
+from handover.lifecycle.subject.access import access
+from handover.lifecycle.subject.erasure import erase
+from handover.lifecycle.subject.lookup import _context, subject_ref
+from handover.lifecycle.subject.request import PREFIX, SubjectRequest
+from handover.lifecycle.subject.steps import (
     _erasure_context,
     _reject,
     _small,
-    access,
-    erase,
     record_outcome,
-    subject_ref,
     validate_outcome,
     validate_request,
 )
-from handover.storage.lake import Lake, lake_from_url, part_key, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import part_key, safe_run_id
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 
@@ -89,7 +89,11 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
     import psycopg
     import pyarrow as pa
 
-    from handover.flows import migration as pipeline
+    from handover.flows.cleansing import cleanse_partition, map_protect_partition
+    from handover.flows.gating import run_gate_task
+    from handover.flows.migration_comply import comply_partition
+    from handover.flows.migration_load import load_partition
+    from handover.flows.migration_resolve import resolve_customers
 
     table = customer_table(cfg)
     source = _source_field(cfg, table, req.field)
@@ -142,15 +146,15 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
         )
     ctx = {"run_id": run_id, "system": req.system, "exported_at": str(local)}
     part = {"table": table, "partition": "p00"}
-    pipeline.run_gate_task(ctx, part, "intake")
-    if pipeline.comply_partition(ctx, part)["excluded"]:
+    run_gate_task(ctx, part, "intake")
+    if comply_partition(ctx, part)["excluded"]:
         raise RequestRejected(
             f"correction {req.request_id}: the corrected record is excluded by "
             "the transfer policy (comply); nothing changed"
         )
-    pipeline.run_gate_task(ctx, part, "compliance")
-    pipeline.resolve_customers(ctx)
-    if pipeline.cleanse_partition(ctx, part)["quarantined"]:
+    run_gate_task(ctx, part, "compliance")
+    resolve_customers(ctx)
+    if cleanse_partition(ctx, part)["quarantined"]:
         with ledger.connect() as conn:
             reason, field = conn.execute(
                 "SELECT reason, field FROM handover_meta.quarantine WHERE run_id = %s", (run_id,)
@@ -160,17 +164,17 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
             f"({reason} on field {field}); nothing changed in the new system; "
             "check the value with the customer"
         )
-    pipeline.run_gate_task(ctx, part, "quality")
-    pipeline.map_protect_partition(ctx, part)
-    pipeline.run_gate_task(ctx, part, "contract")
+    run_gate_task(ctx, part, "quality")
+    map_protect_partition(ctx, part)
+    run_gate_task(ctx, part, "contract")
     try:
-        loaded = pipeline.load_partition(ctx, part)
+        loaded = load_partition(ctx, part)
     except psycopg.errors.UniqueViolation as exc:
         raise RequestRejected(
             f"correction {req.request_id}: the new value of {source} belongs "
             "to another customer (unique blind index); nothing changed"
         ) from exc
-    from handover.lifecycle.retention import key_digest
+    from handover.lifecycle.retention.plan import key_digest
 
     with ledger.connect() as conn, conn.transaction():
         conn.execute(
