@@ -319,8 +319,10 @@ def encryption_cost(run_id: str, wall: float) -> dict:
     comply/_excluded is not among them (it is small)."""
     import pyarrow.parquet as pq
 
-    from handover.lifecycle.retention import shred_scope
-    from handover.storage.lake import PARQUET_OPTIONS, lake_from_url, safe_run_id
+    from handover.lifecycle.retention.working_sets import shred_scope
+    from handover.storage.lake import lake_from_url
+    from handover.storage.layout import safe_run_id
+    from handover.storage.objects import PARQUET_OPTIONS
     from handover.storage.lake_crypto import scope_of
 
     lake = lake_from_url()

@@ -21,7 +21,8 @@ from psycopg import sql
 
 from handover.config.loader import SourceConfig
 from handover.db.load import comparable_columns, copy_arrow
-from handover.storage.lake import Lake, safe_run_id
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 MONEY_COLUMNS = ("charge_fen", "amount_fen")
 TIME_COLUMNS = ("started_at", "paid_at", "created_at", "occurred_at", "granted_at")

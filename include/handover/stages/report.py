@@ -13,7 +13,8 @@ from typing import Any
 import psycopg
 
 from handover.config.loader import SourceConfig
-from handover.storage.lake import Lake, safe_run_id
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 # identity_review statuses, in the report's column order (handover.stages.identity)
 REVIEW_STATUSES = ("open", "kept", "applied", "keep-target", "correct")

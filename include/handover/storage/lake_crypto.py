@@ -36,12 +36,28 @@ import datetime as _dt
 import json
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from handover.core.errors import WorkingSetGone
+from handover.storage.layout import safe_run_id
 
-if TYPE_CHECKING:  # pragma: no cover
-    from handover.storage.lake import Lake
+
+class Lake(Protocol):
+    """What the working set needs of a lake (`handover.storage.objects.Lake` has it all):
+    named here so the objects can use this module without it importing them back."""
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def put_if_absent(self, key: str, data: bytes) -> bool: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def uri(self, key: str) -> str: ...
+
+    def list(self, prefix: str) -> list[str]: ...
+
 
 KEYS_PREFIX = "_keys"
 MARKER = "working-set.json"  # runs/<run>/working-set.json: written when the set is destroyed
@@ -258,8 +274,6 @@ class StageKeys:
 def refuse_destroyed(lake: Lake, run_id: str) -> None:
     """A run whose working set retention destroyed is not written again: one line saying
     so and what to do (a new run), instead of a half-new working set under a dead run."""
-    from handover.storage.lake import safe_run_id
-
     marker = f"runs/{safe_run_id(run_id)}/{MARKER}"
     if lake.exists(marker):
         info = json.loads(lake.get_bytes(marker))
