@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from handover_synth.legacy_bss import TABLE_COLUMNS, TRUTH_COLUMNS, id_check_digit
+from handover_synth.legacy_bss_spec import TABLE_COLUMNS, TRUTH_COLUMNS, id_check_digit
 
 __all__ = ["KEYS", "generate_changes", "main"]
 
