@@ -54,7 +54,7 @@ from handover.ops.chain import dag_header
 def backup_target():
     @task
     def snapshot_target(params=None, run_id=None):
-        from handover.lifecycle import backup
+        from handover.lifecycle.backup import catalogue as backup
         from handover.ops import tasks
 
         return tasks.call(
@@ -66,14 +66,14 @@ def backup_target():
 
     @task(task_id="validate_backup", retries=0)
     def validate_backup(taken):
-        from handover.lifecycle import backup
+        from handover.lifecycle.backup import catalogue as backup
         from handover.ops import tasks
 
         return tasks.call(backup.verify_backup, taken["backup_id"])
 
     @task
     def expire_backups(verified):
-        from handover.lifecycle import backup
+        from handover.lifecycle.backup import catalogue as backup
         from handover.ops import tasks
 
         return tasks.call(backup.expire_backups)

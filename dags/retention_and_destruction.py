@@ -47,7 +47,7 @@ from handover.ops.chain import dag_header
 def retention_and_destruction():
     @task
     def find_expired_data(params=None, run_id=None, data_interval_end=None):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import find as retention
         from handover.ops import tasks
 
         as_of = params["as_of"] or (data_interval_end.date() if data_interval_end else None)
@@ -57,35 +57,35 @@ def retention_and_destruction():
 
     @task
     def destroy_in_target(found):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import steps as retention
         from handover.ops import tasks
 
         return tasks.call(retention.destroy_target_task, found)
 
     @task
     def destroy_in_lake(found):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import steps as retention
         from handover.ops import tasks
 
         return tasks.call(retention.destroy_lake_task, found)
 
     @task
     def shred_backups(found):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import steps as retention
         from handover.ops import tasks
 
         return tasks.call(retention.shred_backups_task, found)
 
     @task(task_id="validate_destruction", retries=0)
     def validate_destruction(found, target, lake, shred):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import steps as retention
         from handover.ops import tasks
 
         return tasks.call(retention.validate_destruction_task, found)
 
     @task
     def certify_destruction(found, target, lake, shred, verification):
-        from handover.lifecycle import retention
+        from handover.lifecycle.retention import steps as retention
         from handover.ops import tasks
 
         return tasks.call(retention.certify_task, found, target, lake, shred, verification)

@@ -58,7 +58,7 @@ from handover.ops.chain import dag_header
 def subject_request():
     @task(task_id="validate_request", retries=0)
     def validate_request(params=None):
-        from handover.lifecycle import subject
+        from handover.lifecycle.subject import steps as subject
         from handover.ops import tasks
 
         return tasks.call(subject.validate_request, dict(params))
@@ -72,14 +72,14 @@ def subject_request():
 
     @task(task_id="validate_outcome", retries=0)
     def validate_outcome(done, params=None):
-        from handover.lifecycle import subject
+        from handover.lifecycle.subject import steps as subject
         from handover.ops import tasks
 
         return tasks.call(subject.validate_outcome, dict(params), done)
 
     @task
     def record_outcome(done, verified, params=None):
-        from handover.lifecycle import subject
+        from handover.lifecycle.subject import steps as subject
         from handover.ops import tasks
 
         return tasks.call(subject.record_outcome, dict(params), done, verified)

@@ -24,19 +24,11 @@ import time
 import uuid
 from pathlib import Path
 
-from handover.core.errors import RestoreMismatch
+from handover.core.errors import BackupCorrupt, LifecycleError, RestoreMismatch
 from handover.db import ledger
-from handover.lifecycle.backup import (
-    SESSION,
-    BackupCorrupt,
-    LifecycleError,
-    content_checksum,
-    ensure_lifecycle_schema,
-    fetch_file,
-    lifecycle_connect,
-    read_manifest,
-    table_columns,
-)
+from handover.lifecycle.backup.files import fetch_file, read_manifest
+from handover.lifecycle.backup.tables import SESSION, content_checksum, table_columns
+from handover.lifecycle.books import ensure_lifecycle_schema, lifecycle_connect
 from handover.storage.lake import lake_from_url
 
 log = logging.getLogger("handover")
@@ -50,7 +42,7 @@ def scratch_dsn(dbname: str) -> str:
 
     params = conninfo_to_dict(target_dsn())
     params["dbname"] = dbname
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def latest_backup(conn) -> str:
@@ -188,7 +180,7 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
                     schema, table = entry["table"].split(".", 1)
                     have = (
                         {c for c, _ in table_columns(dst, schema, table)}
-                        if dst.execute("SELECT to_regclass(%s)", (entry["table"],)).fetchone()[0]
+                        if dst.execute("SELECT to_regclass(%s)", (entry["table"],)).fetchone()[0]  # type: ignore[index]  # to_regclass always returns a row
                         else set()
                     )
                     want = [c for c, _ in entry["columns"]]
@@ -283,7 +275,7 @@ def verify_restore(restored: dict) -> dict:
     lake = lake_from_url()
     try:
         with ledger.connect() as conn:
-            sha = conn.execute(
+            sha = conn.execute(  # type: ignore[index]  # restore_backup found this backup's row
                 "SELECT manifest_sha256 FROM handover_meta.backup WHERE backup_id = %s",
                 (backup_id,),
             ).fetchone()[0]

@@ -197,7 +197,8 @@ def rotate_keys(
     for col in columns:
         key_type = _key_type(conn, col)
         conn.commit()
-        after, done = None, {}
+        after: Any = None
+        done: dict[str, int] = {}
         while True:
             n, after, per_key = _rotate_batch(conn, col, ring, after, batch_size, key_type)
             if n == 0:
@@ -272,7 +273,7 @@ def rotate_target_keys(
 ) -> dict[str, Any]:
     """Task body: rotate the target's encrypted columns to the keyring's active key."""
     from handover.config.loader import load_config
-    from handover.lifecycle.backup import rewrap_keys
+    from handover.lifecycle.backup.catalogue import rewrap_keys
     from handover.protection.fields import load_keyring
     from handover.storage.lake import lake_from_url
 
@@ -285,7 +286,7 @@ def rotate_target_keys(
     # out, the next restore drill fails and retiring the key loses every backup.
     with ledger.connect() as conn:  # no lifecycle books yet: no backup to rewrap
         has_backups = (
-            conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]
+            conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]  # type: ignore[index]  # to_regclass always returns a row
             is not None
         )
     backups = rewrap_keys()["rewrapped"] if has_backups else 0
@@ -322,8 +323,8 @@ def key_still_needed(key_id: str, system: str = "legacy_bss") -> dict[str, int]:
     with ledger.connect() as conn:
         for counts in key_usage(conn, encrypted_columns(load_config(system))).values():
             out["target_values"] += counts.get(key_id, 0)
-        if conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]:
-            out["backup_data_keys"] = conn.execute(
+        if conn.execute("SELECT to_regclass('handover_meta.backup_file')").fetchone()[0]:  # type: ignore[index]  # to_regclass always returns a row
+            out["backup_data_keys"] = conn.execute(  # type: ignore[index]  # count(*) always returns a row
                 "SELECT count(*) FROM handover_meta.backup_file f JOIN handover_meta.backup b "
                 "USING (backup_id) WHERE f.wrapping_key_id = %s AND f.shredded_at IS NULL AND "
                 "b.status NOT IN ('expired', 'failed')",
