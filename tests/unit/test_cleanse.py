@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from handover.core.validators import id_check_digit
 from handover.stages.cleanse import (
-    REASON_ORDER,
     ParentRegistry,
     cleanse,
     dedupe_losers,
@@ -21,6 +20,7 @@ from handover.stages.cleanse import (
     parent_fates,
     validate,
 )
+from handover.stages.cleanse_rules import REASON_ORDER
 
 E = pd.Timestamp("2026-11-01 00:00:00")
 
@@ -658,7 +658,7 @@ def test_control_scan_equals_the_regex(values):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from handover.stages.cleanse import _has_control
+    from handover.stages.cleanse_columns import _has_control
 
     arr = pa.array(["pad"] + values, pa.string()).slice(1)
     regex = pc.fill_null(pc.match_substring_regex(arr, r"[\x00-\x08\x0b\x0c\x0e-\x1f]"), False)
@@ -704,7 +704,7 @@ def test_decimal_parse_equals_pandas_to_the_bit(values, places):
     import pyarrow as pa
 
     from handover.core.validators import normalise_text
-    from handover.stages.cleanse import _parse_decimal
+    from handover.stages.cleanse_columns import _parse_decimal
 
     arr = normalise_text(pa.array(values, pa.string()))
     expected = _decimal_by_pandas(arr.to_pylist(), places)
@@ -762,7 +762,7 @@ def test_decimal_with_a_long_digit_run_goes_through_pandas():
 def test_arrow_conversion_equals_the_per_value_conversion(values, dtype):
     import pyarrow as pa
 
-    from handover.stages.cleanse import _arr
+    from handover.stages.cleanse_columns import _arr
 
     df = pd.DataFrame({"c": pd.Series(values, dtype=dtype)})
     per_value = pa.array(df["c"].astype(object).where(df["c"].notna(), None).tolist(), pa.string())

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from handover.config.loader import load_config
 from handover.core import validators as v
-from handover.stages.cleanse import REASON_ORDER, ParentRegistry, cleanse
+from handover.stages.cleanse import ParentRegistry, cleanse
+from handover.stages.cleanse_rules import REASON_ORDER
 
 DEEP = int(os.environ.get("HANDOVER_FUZZ_EXAMPLES", "0"))
 

@@ -28,7 +28,9 @@ from handover.core.validators import (
     resident_id_ok,
     resident_id_valid,
 )
-from handover.stages.cleanse import REASON_ORDER, parse_dates, validate
+from handover.stages.cleanse import validate
+from handover.stages.cleanse_dates import parse_dates
+from handover.stages.cleanse_rules import REASON_ORDER
 from handover.stages.mapping import MappingError, field_values
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -366,7 +368,7 @@ VECTOR_SPECS = TRANSFORM_SPECS + [
 
 
 def _per_value_only(monkeypatch):
-    from handover.stages import mapping
+    from handover.stages import mapping_field as mapping
 
     monkeypatch.setattr(mapping, "_text_array", lambda series: None)
     monkeypatch.setattr(mapping, "_numeric", lambda series: None)

@@ -56,7 +56,7 @@ def _exported_at(source_dir: Path):
 
 def _used_columns(cfg, table: str) -> set[str]:
     """Columns a target field or a policy rule reads (what `unmapped` is measured against)."""
-    from handover.stages.mapping import source_columns
+    from handover.stages.mapping_field import source_columns
 
     used: set[str] = set()
     for fspec in cfg.table_mapping(table)["fields"].values():
@@ -122,7 +122,7 @@ def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -
     import pyarrow as pa
 
     from handover.core.validators import normalise_text
-    from handover.stages.cleanse import parse_dates
+    from handover.stages.cleanse_dates import parse_dates
 
     rules = cfg.rules(table)
     where = cfg.directory / "cleansing.yaml"

@@ -188,7 +188,7 @@ def decide(
             text = _strings(col)
             values = _norm(col) if text is None else _objects(text, raw.index)
             if isinstance(event_time_format, list):  # several formats: the cleanse parser
-                from handover.stages.cleanse import parse_dates
+                from handover.stages.cleanse_dates import parse_dates
 
                 ts = parse_dates(pd.Series(values, index=raw.index), event_time_format)
             else:
