@@ -8,7 +8,8 @@ through here rather than with the lake's own `delete_prefix`.
 from __future__ import annotations
 
 from handover.core.errors import LifecycleError
-from handover.storage.lake import Lake, LocalLake, S3Lake
+from handover.storage.objects import Lake, LocalLake
+from handover.storage.s3 import S3Lake
 
 
 def s3_key(lake: S3Lake, key: str) -> str:

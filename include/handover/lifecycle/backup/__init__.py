@@ -46,7 +46,8 @@ from handover.lifecycle.backup.shred import files_containing, readable_backups, 
 from handover.lifecycle.backup.tables import SCHEMAS, SESSION, content_checksum, snapshot_tables
 from handover.lifecycle.books import ensure_lifecycle_schema, lifecycle_connect
 from handover.lifecycle.lake_purge import purge, purge_noncurrent
-from handover.storage.lake import LocalLake, lake_from_url
+from handover.storage.lake import lake_from_url
+from handover.storage.objects import LocalLake
 
 __all__ = [
     "BACKUPS",

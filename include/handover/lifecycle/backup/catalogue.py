@@ -45,7 +45,9 @@ from handover.lifecycle.backup.tables import (
 )
 from handover.lifecycle.books import ensure_lifecycle_schema, lifecycle_connect
 from handover.lifecycle.lake_purge import purge, purge_noncurrent
-from handover.storage.lake import Lake, lake_from_url, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from handover.core.errors import BackupCorrupt, LifecycleError
 from handover.lifecycle.lake_purge import s3_key
-from handover.storage.lake import Lake, LocalLake, S3Lake
+from handover.storage.objects import Lake, LocalLake
+from handover.storage.s3 import S3Lake
 
 BACKUPS = "backups"
 KEYS = "backup-keys"

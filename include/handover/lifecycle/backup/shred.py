@@ -14,7 +14,7 @@ from pathlib import Path
 from handover.core.errors import BackupCorrupt
 from handover.lifecycle.backup.files import fetch_file, key_object
 from handover.lifecycle.lake_purge import purge
-from handover.storage.lake import Lake
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 

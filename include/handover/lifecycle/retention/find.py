@@ -19,7 +19,8 @@ from handover.lifecycle.retention.plan import (
     normalise,
     write_plan,
 )
-from handover.storage.lake import Lake, lake_from_url
+from handover.storage.lake import lake_from_url
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 

@@ -17,7 +17,8 @@ from typing import Any
 from handover.config.shapes import Shape
 from handover.core.errors import LifecycleError
 from handover.lifecycle.lake_purge import purge
-from handover.storage.lake import Lake, safe_run_id
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 PLAN_PREFIX = "lifecycle/destruction"
 DESTROYED = "destroyed:"

@@ -13,7 +13,9 @@ from handover.lifecycle.lake_purge import purge_noncurrent
 from handover.lifecycle.retention.certify import certify_simple
 from handover.lifecycle.retention.plan import DESTROYED, key_digest
 from handover.lifecycle.retention.working_sets import shred_scope
-from handover.storage.lake import Lake, lake_from_url, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 
@@ -81,7 +83,7 @@ def destroy_run_exclusions(run_id: str, system: str) -> dict:
     import pyarrow.compute as pc
 
     from handover.protection.fields import load_keyring
-    from handover.storage.lake import part_key
+    from handover.storage.layout import part_key
 
     lake, ring = lake_from_url(), load_keyring()
     sr = safe_run_id(run_id)

@@ -15,7 +15,8 @@ from handover.lifecycle.retention.find import find_expired
 from handover.lifecycle.retention.plan import plan_prefix, read_plan
 from handover.lifecycle.retention.verify import verify_destroyed
 from handover.lifecycle.retention.working_sets import destroy_working_sets, shred_scope
-from handover.storage.lake import lake_from_url, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import safe_run_id
 
 
 def destroy_target_task(found: dict) -> dict:

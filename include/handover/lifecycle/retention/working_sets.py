@@ -13,7 +13,9 @@ from handover.lifecycle.books import lifecycle_connect
 from handover.lifecycle.lake_purge import purge
 from handover.lifecycle.retention.certify import certify_simple
 from handover.lifecycle.retention.plan import _as_of
-from handover.storage.lake import Lake, lake_from_url, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import safe_run_id
+from handover.storage.objects import Lake
 
 log = logging.getLogger("handover")
 

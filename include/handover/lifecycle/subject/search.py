@@ -9,7 +9,7 @@ import base64
 
 from handover.config.shapes import customer_table, shapes
 from handover.lifecycle.retention.plan import columns_for, lake_partitions, normalise
-from handover.storage.lake import Lake
+from handover.storage.objects import Lake
 
 
 def _jsonable(rows: list[dict]) -> list[dict]:

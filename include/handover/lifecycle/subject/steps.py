@@ -20,7 +20,8 @@ from handover.lifecycle.retention.verify import verify_destroyed
 from handover.lifecycle.subject.export import openssl_decrypt, reveal_passphrase
 from handover.lifecycle.subject.lookup import _context, _in_target, subject_ref
 from handover.lifecycle.subject.request import PREFIX, SubjectRequest, _clear_seal, _run_id
-from handover.storage.lake import lake_from_url, part_key, safe_run_id
+from handover.storage.lake import lake_from_url
+from handover.storage.layout import part_key, safe_run_id
 
 log = logging.getLogger("handover")
 
