@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import cast
 
 import pandas as pd
 
@@ -148,7 +149,8 @@ def seed(
                     "INSERT INTO handover_meta.person_map (source_system, source_key, "
                     "person_id, target_customer_id, decision, rule) VALUES (%s,%s,%s,%s,"
                     "'target','seed') ON CONFLICT DO NOTHING",
-                    (SYSTEM, row[0], identity.person_id(ring, bidx[k]), row[0]),
+                    # every seeded row has a resident ID, so its blind index is never None
+                    (SYSTEM, row[0], identity.person_id(ring, cast(str, bidx[k])), row[0]),
                 )
     out.mkdir(parents=True, exist_ok=True)
     with open(out / TRUTH, "w", newline="", encoding="utf-8") as fh:
