@@ -44,12 +44,29 @@ class Partition(TypedDict, total=False):
     skipped_older: int
     fields_adopted: int
     balanced: bool
+    # a gate's result
+    gate: str
+    docs_path: str
+    # load: how the rows went in (handover.db.load)
+    stale: int
+    removed: int
+    method: str
+    superseded_by: str
+    tombstoned: int
 
 
 class TableResult(TypedDict, total=False):
     """A table-level step's outcome (reconcile, apply deletions)."""
 
     table: Required[str]
+    partition: str  # 'all', or the deletion records' partition
     ok: bool
     ledger_balances: bool
     docs_path: str
+    balanced: bool
+    differing: int  # nightly reconciliation: keys where old and new differ
+    # apply deletions (handover.db.load.delete_keys)
+    rows: int
+    deleted: int
+    absent: int
+    superseded: int

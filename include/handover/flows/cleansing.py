@@ -5,10 +5,12 @@ shape and protect its personal fields."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import pandas as pd
 import pyarrow as pa
 
+from handover.core.contracts import Partition, RunContext
 from handover.db import ledger
 from handover.flows.common import ADOPT, _config, _lake, _part, _read, parent_tables
 from handover.flows.partitioner import _arrow_frame, _concat, _slices
@@ -52,7 +54,7 @@ def _registry(run_id: str, table: str):
     # Arrow arrays, not Python sets: a set of 400,000 parent keys cost ~1 s and ~60 MB to
     # build for every child partition; the losers (duplicates only) stay a small set.
     loser_mask = reg.column("duplicate_loser")
-    losers = set(where(loser_mask).to_pylist())
+    losers: Collection[str] = set(where(loser_mask).to_pylist())
     merged: dict[str, str] = {}
     if "merged_into" in reg.column_names:
         is_merged = pc.equal(fate, "merged")
@@ -94,7 +96,7 @@ def _registry(run_id: str, table: str):
     )
 
 
-def cleanse_partition(ctx: dict, part: dict) -> dict:
+def cleanse_partition(ctx: RunContext, part: Partition) -> Partition:
     from handover.stages.cleanse import cleanse, parent_fates, record_key_array
 
     cfg = _config(ctx["system"])
@@ -180,6 +182,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
     adopted = pd.concat(adopted_parts, ignore_index=True) if adopted_parts else None
     adopt_key = part_key(run_id, ADOPT["cleanse"], table, partition)
     if adopted is not None and len(adopted):
+        assert adopt is not None  # rows are adopted only by the adopt map's keys
         key_values = adopted[spec["key"]].astype(object)
         adopted["_into"] = key_values.map(lambda k: adopt[k][0])
         adopted["_fields"] = key_values.map(lambda k: adopt[k][1])
@@ -233,7 +236,7 @@ def cleanse_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- map + protect
-def map_protect_partition(ctx: dict, part: dict) -> dict:
+def map_protect_partition(ctx: RunContext, part: Partition) -> Partition:
     from handover.protection.fields import load_keyring
     from handover.stages.mapping import map_partition
 

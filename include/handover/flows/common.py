@@ -10,12 +10,13 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
 
 from handover.config.loader import SourceConfig, load_config
+from handover.core.contracts import Partition
 from handover.core.memory import tune_arrow_pool
 from handover.core.paths import PROJECT_ROOT
 from handover.storage.lake import Lake, lake_from_url, part_key
@@ -61,8 +62,9 @@ def _write(
     )
 
 
-def _part(part: dict, **counts: Any) -> dict:
-    return {"table": part["table"], "partition": part["partition"], **counts}
+def _part(part: Partition, **counts: Any) -> Partition:
+    # the counts are the stage's own (Partition names them); cast: mypy cannot check **counts
+    return cast(Partition, {"table": part["table"], "partition": part["partition"], **counts})
 
 
 # ---------------------------------------------------------------- plan
@@ -79,7 +81,7 @@ def manifest_sha256(source_dir: str, table: str) -> str | None:
     return entry.get("sha256") if isinstance(entry, dict) else None
 
 
-def flatten(lists: list[list[dict]]) -> list[dict]:
+def flatten(lists: list[list[Partition]]) -> list[Partition]:
     return [p for sub in lists for p in sub]
 
 

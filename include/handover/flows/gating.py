@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
+from handover.core.contracts import Partition, RunContext, TableResult
 from handover.core.errors import GateFailed
 from handover.db import ledger
 from handover.flows.common import ADOPT, META, SUITES_DIR, _config, _lake, _part
@@ -33,9 +35,9 @@ def suites_dir_for(system: str, gate: str, table: str) -> Path:
 GATE_INPUT = {"intake": "raw", "compliance": "comply", "quality": "cleanse", "contract": "mapped"}
 
 
-def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: str):
+def _validate(frame: pd.DataFrame, ctx: RunContext, gate: str, table: str, partition: str):
     """Run one gate, publish its docs page, record its result (counts only); raise on breach."""
-    from handover.gates.suites import run_gate
+    from handover.gates.validate import run_gate
 
     run_id, lake = ctx["run_id"], _lake()
     docs_dir = docs_dir_for(lake, run_id)
@@ -80,7 +82,7 @@ def _validate(frame: pd.DataFrame, ctx: dict, gate: str, table: str, partition: 
     return result
 
 
-def _gate_frame(ctx: dict, gate: str, table: str, partition: str) -> pd.DataFrame:
+def _gate_frame(ctx: RunContext, gate: str, table: str, partition: str) -> pd.DataFrame:
     """What the gate validates: the stage's output, with real values only in the columns
     some expectation of the suite reads. The others keep their name, type and row count
     (all the suite can see of them) as all-null Arrow columns, so they cost no decoding
@@ -137,7 +139,7 @@ NOT_FORMAT_REASONS = (
 )
 
 
-def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
+def run_gate_task(ctx: RunContext, part: Partition, gate: str) -> Partition:
     """Validate what the previous stage wrote for this partition; fail loudly on a breach."""
     table, partition = part["table"], part["partition"]
     df = _gate_frame(ctx, gate, table, partition)
@@ -149,7 +151,7 @@ def run_gate_task(ctx: dict, part: dict, gate: str) -> dict:
     return _part(part, rows=result.rows, gate=gate, docs_path=result.docs_path)
 
 
-def _bound(ctx: dict, table: str, name: str, default: float) -> float:
+def _bound(ctx: RunContext, table: str, name: str, default: float) -> float:
     """A table's share bound from catalog.yaml (max_quarantine_share, ...), else the default."""
     return float(_config(ctx["system"]).table(table).get(name, default))
 
@@ -159,7 +161,7 @@ def _top(counts: dict[str, int]) -> str:
     return ", ".join(f"{r} {n:,}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1])[:3])
 
 
-def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
+def _check_excluded_share(ctx: RunContext, table: str, partition: str) -> None:
     bound = _bound(ctx, table, "max_excluded_share", MAX_EXCLUDED_SHARE)
     with ledger.connect() as conn:
         row = conn.execute(
@@ -182,7 +184,7 @@ def _check_excluded_share(ctx: dict, table: str, partition: str) -> None:
         )
 
 
-def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
+def _check_quarantine_share(ctx: RunContext, table: str, partition: str) -> None:
     bound = _bound(ctx, table, "max_quarantine_share", MAX_QUARANTINE_SHARE)
     with ledger.connect() as conn:
         row = conn.execute(
@@ -222,7 +224,7 @@ def _check_quarantine_share(ctx: dict, table: str, partition: str) -> None:
         )
 
 
-def reconciliation_gate(ctx: dict, table: str) -> dict:
+def reconciliation_gate(ctx: RunContext, table: str) -> TableResult:
     """Gate on the reconciliation row of one table (counts only)."""
     run_id = ctx["run_id"]
     with ledger.connect() as conn:
@@ -232,7 +234,7 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
             "FROM handover_meta.reconciliation WHERE run_id=%s AND table_name=%s",
             (run_id, table),
         )
-        cols = [d.name for d in cur.description]
+        cols = [d.name for d in cur.description]  # type: ignore[union-attr]  # a SELECT has columns
         frame = pd.DataFrame(cur.fetchall(), columns=cols)
     frame["accounted"] = (
         frame["loaded"] + frame["merged"] + frame["quarantined"] + frame["excluded"]
@@ -248,9 +250,9 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
     return {"table": table, "partition": "all", "docs_path": result.docs_path}
 
 
-def reconciliation_failures(ctx: dict, table: str, frame: pd.DataFrame) -> str:
+def reconciliation_failures(ctx: RunContext, table: str, frame: pd.DataFrame) -> str:
     """The checks of the reconciliation that failed, with their counts, in words."""
-    r = frame.iloc[0] if len(frame) else None
+    r: Any = frame.iloc[0] if len(frame) else None  # a word is asked only of a row's failed check
     key = f"runs/{safe_run_id(ctx['run_id'])}/reconcile/{table}.json"
     try:
         checks = _lake().read_json(key).get("checks", {})

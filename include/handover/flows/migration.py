@@ -18,8 +18,10 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from handover.config.loader import SourceConfig
+from handover.core.contracts import Partition, RunContext
 from handover.core.errors import GateFailed, SourceError
 from handover.db import ledger
 from handover.flows.cleansing import cleanse_partition, map_protect_partition
@@ -113,7 +115,7 @@ __all__ = [
 log = logging.getLogger("handover")
 
 
-def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
+def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> RunContext:
     """Check config and inputs before anything touches the target, then open the run."""
     cfg = _config(system)
     src = Path(source_dir)
@@ -176,7 +178,7 @@ def plan_run(*, run_id: str, dag_id: str, system: str, source_dir: str) -> dict:
     }
 
 
-def extract_table(ctx: dict, table: str) -> list[dict]:
+def extract_table(ctx: RunContext, table: str) -> list[Partition]:
     """Stream one source table (CSV, Parquet or SQL, as its catalog source block says) into
     hash partitions of raw Parquet (all values as text)."""
     import tempfile
@@ -245,7 +247,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
         _drop_dir(tmp, split)
         raise
 
-    parts = []
+    parts: list[Partition] = []
     try:  # the temporary copy holds raw rows (PII): it goes whatever happens
         with ledger.connect() as conn, conn.transaction():
             from handover.lifecycle.retention.run_end import forget_purged
@@ -255,7 +257,7 @@ def extract_table(ctx: dict, table: str) -> list[dict]:
                 partition = f"p{i:02d}"
                 # from the file: a partition's Parquet bytes never sit in memory here
                 lake.put_file(part_key(run_id, "raw", table, partition), split.paths[i])
-                detail = {"source_file": source.name, "source_sha256": sha}
+                detail: dict[str, Any] = {"source_file": source.name, "source_sha256": sha}
                 if files is not None:  # a `files:` glob: which files it matched
                     detail["source_files"] = files
                 ledger.record(

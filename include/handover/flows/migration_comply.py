@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from handover.config.loader import SourceConfig
+from handover.core.contracts import Partition, RunContext
 from handover.db import ledger
 from handover.flows import partitioner
 from handover.flows.common import _config, _lake, _part
@@ -140,7 +141,7 @@ def _withdrawn_elsewhere(cfg: SourceConfig, lake: Lake, run_id: str, facts):
     return type(facts)(facts.exported_at, facts.objected, consented)
 
 
-def comply_partition(ctx: dict, part: dict) -> dict:
+def comply_partition(ctx: RunContext, part: Partition) -> Partition:
     import pyarrow.compute as pc
 
     from handover.stages.cleanse import record_key_array

@@ -8,6 +8,7 @@ import time
 
 import pyarrow as pa
 
+from handover.core.contracts import Partition, RunContext, TableResult
 from handover.db import ledger
 from handover.flows.common import ADOPT, _config, _lake, _part, manifest_sha256
 from handover.storage.lake import part_key
@@ -80,16 +81,20 @@ def _remove_set_aside(
 
 def load_adopted(conn, cfg, run_id: str, table: str, partition: str) -> dict:
     """The fields merged records of this partition win of the target's customers."""
-    from handover.stages import identity
+    from handover.stages import identity_survivorship
 
     name = part_key(run_id, ADOPT["mapped"], table, partition)
     if not _lake().exists(name):
         return {}
     side = _lake().read_table(name)
-    return {"fields_adopted": identity.apply_adopted(conn, cfg, side)} if side.num_rows else {}
+    return (
+        {"fields_adopted": identity_survivorship.apply_adopted(conn, cfg, side)}
+        if side.num_rows
+        else {}
+    )
 
 
-def load_partition(ctx: dict, part: dict) -> dict:
+def load_partition(ctx: RunContext, part: Partition) -> Partition:
     from handover.db.load import upsert_partition
     from handover.flows.common import version_column
 
@@ -156,7 +161,7 @@ def load_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- reconcile + publish
-def reconcile_table(ctx: dict, table: str) -> dict:
+def reconcile_table(ctx: RunContext, table: str) -> TableResult:
     from handover.flows.common import version_column
     from handover.stages.reconcile import reconcile
 

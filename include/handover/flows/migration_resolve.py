@@ -5,7 +5,7 @@ who the target already knows) before any partition is cleansed."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -54,7 +54,15 @@ def _resolve_table(
     dedupe = rules.get("dedupe") or {}
     ident, keep, name_birth = _survivorship_columns(cfg, table, key, dedupe)
     typed_parts, failed_parts, dupkey_parts, rescue_parts = _validate_parents(
-        lake, run_id, table, rules, key, exported_at, keep, ident, name_birth
+        lake,
+        run_id,
+        table,
+        rules,
+        key,
+        exported_at,
+        keep,
+        ident["id_column"] if ident else None,
+        name_birth,
     )
     if typed_parts:
         kept = _concat(typed_parts)
@@ -82,7 +90,13 @@ def _resolve_table(
         )
     rescued: dict[str, tuple[str, str]] = {}
     rows_of: dict[str, int] = {}
-    if rescue_parts and merges and persons is not None and ident["on_match"] == "merge":
+    if (
+        rescue_parts
+        and merges
+        and persons is not None
+        and ident is not None  # persons come with identity settings
+        and ident["on_match"] == "merge"
+    ):
         failed, rescued, rows_of = rescue_by_name_birth(
             cfg, rescue_parts, kept, keys, failed, losers, survivors, rules_of, matched_of, persons
         )
@@ -131,15 +145,16 @@ def _survivorship_columns(
 ) -> tuple[dict | None, list[str], Any]:
     """The identity settings if they apply to this table, the columns survivorship reads,
     and the name + birth date fields of identity's second rule (None without it)."""
-    from handover.stages import identity
+    from handover.config.identity import version_fields
+    from handover.stages import identity, identity_survivorship
 
     # Only the columns survivorship reads are kept across partitions (the key, the
     # dedupe key and its order), as Arrow: memory grows by three columns of the table,
     # not all; each partition is validated a slice at a time, as cleanse does.
     ident = identity.settings(cfg)
     ident = ident if ident and ident["table"] == table else None
-    compared = [src for _, src, _, _ in identity.compared_fields(cfg)] if ident else []
-    version = identity.version_fields(cfg) if ident else None
+    compared = [src for _, src, _, _ in identity_survivorship.compared_fields(cfg)] if ident else []
+    version = version_fields(cfg) if ident else None
     compared += [version[0]] if version else []
     keep = list(
         dict.fromkeys(
@@ -165,7 +180,7 @@ def _validate_parents(
     key: str,
     exported_at: pd.Timestamp,
     keep: list[str],
-    ident: dict | None,
+    id_column: str | None,
     name_birth: Any,
 ) -> tuple[list[pa.Table], list[Any], list[Any], list[pd.DataFrame]]:
     """Validate the table's complied partitions a slice at a time; keep, per slice, the
@@ -207,14 +222,14 @@ def _validate_parents(
             failed_parts.append(verdict.failed)
             dupkey_parts.append(verdict.reason == "DUPLICATE_KEY")
             no_id = (
-                (verdict.reason == "MISSING_FIELD") & (verdict.field == ident["id_column"])
-                if name_birth and ident
+                (verdict.reason == "MISSING_FIELD") & (verdict.field == id_column)
+                if name_birth
                 else None
             )
             if no_id is not None and no_id.any():  # the second rule's candidates
                 rescue_parts.append(
                     identity.name_birth_candidates(
-                        raw[no_id], rules, key, exported_at, ident["id_column"], name_birth
+                        raw[no_id], rules, key, exported_at, cast(str, id_column), name_birth
                     )
                 )
             del raw, typed, frame

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from handover.config.loader import SourceConfig
+from handover.core.contracts import Partition, RunContext
 from handover.core.errors import SourceError, SourceReadError
 from handover.core.validators import normalise_text
 from handover.db import ledger
@@ -51,13 +52,13 @@ def _read_deletions(path: Path, key: str) -> pd.DataFrame:
     return pd.DataFrame({"key": keys.astype(str), "deleted_at": at.dt.strftime(TIME_FMT)})
 
 
-def extract_changes(ctx: dict, table: str) -> list[dict]:
+def extract_changes(ctx: RunContext, table: str) -> list[Partition]:
     """The night's changed rows into raw partitions, its deletions into the lake."""
     cfg = _config(ctx["system"])
     key = cfg.table(table)["key"]
     folder, files = Path(ctx["source_dir"]), ctx["files"][table]
     expected, expected_del = ctx["manifest_rows"][table], ctx["deleted_rows"][table]
-    n_parts = max(1, min(cfg.partitions(table), math.ceil(expected / ROWS_PER_PARTITION)))
+    n_parts = max(1, min(cfg.partitions(table), math.ceil(expected / ROWS_PER_PARTITION)))  # type: ignore[operator]  # a change manifest counts every table's rows
     lake, run_id = _lake(), ctx["run_id"]
     from handover.storage.lake_crypto import refuse_destroyed
 
@@ -117,7 +118,7 @@ def extract_changes(ctx: dict, table: str) -> list[dict]:
             f"runs/{safe_run_id(run_id)}/deleted/{table}.parquet",
             pa.Table.from_pandas(deletions, preserve_index=False),
         )
-        parts = []
+        parts: list[Partition] = []
         from handover.lifecycle.retention.run_end import forget_purged
 
         with ledger.connect() as conn, conn.transaction():
@@ -236,5 +237,5 @@ def waiting_orphans(
     return {"batch": table_.to_batches()[0] if table_.num_rows else None, "entries": entries}
 
 
-def list_partitions(lists: list[list[dict]]) -> list[dict]:
+def list_partitions(lists: list[list[Partition]]) -> list[Partition]:
     return flatten(lists)

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 
 from handover.config.loader import SourceConfig
+from handover.core.contracts import RunContext
 from handover.core.errors import SourceError
 from handover.flows.common import VERSION_COLUMNS
 from handover.flows.nightly_plan import change_set_dir, state_file
@@ -96,7 +97,7 @@ def legacy_projection(
     return out.drop_duplicates("key", keep="first").reset_index(drop=True)
 
 
-def _latest_applied(conn, ctx: dict) -> tuple[pd.Timestamp, Path]:
+def _latest_applied(conn, ctx: RunContext) -> tuple[pd.Timestamp, Path]:
     """As of when old and new must agree: the newest night applied (this one or later)."""
     row = conn.execute(
         "SELECT exported_at FROM handover_meta.run WHERE dag_id=%s AND (status='succeeded' OR "

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from handover.core.contracts import Partition, RunContext, TableResult
 from handover.db import ledger
 from handover.flows.common import _config, _lake, version_column
 from handover.flows.migration_load import load_adopted
@@ -21,7 +22,7 @@ log = logging.getLogger("handover")
 
 
 # ---------------------------------------------------------------- load + delete
-def load_partition(ctx: dict, part: dict) -> dict:
+def load_partition(ctx: RunContext, part: Partition) -> Partition:
     """Upsert where not older than the target, skipping rows a later night deleted."""
     from psycopg import sql
 
@@ -60,7 +61,10 @@ def load_partition(ctx: dict, part: dict) -> dict:
             detail={**stats, "seconds": round(time.monotonic() - started, 3)},
         )
     log.info("load %s %s: %d rows %s", table, partition, mapped.num_rows, stats)
-    return {"table": table, "partition": partition, "rows": mapped.num_rows, **stats}
+    # cast: mypy cannot check **stats (upsert_newer's counts, which Partition names)
+    return cast(
+        Partition, {"table": table, "partition": partition, "rows": mapped.num_rows, **stats}
+    )
 
 
 def _drop_tombstoned(
@@ -111,7 +115,7 @@ def _drop_tombstoned(
     return mapped.filter(keep), mapped.num_rows - pc.sum(keep).as_py()
 
 
-def apply_deletions(ctx: dict, table: str) -> dict:
+def apply_deletions(ctx: RunContext, table: str) -> TableResult:
     """Tombstone and delete the night's deleted keys (never a row newer than its deletion).
 
     Set-based, like the loads: the latest deletion per key is found in Arrow and goes to the
@@ -175,4 +179,5 @@ def apply_deletions(ctx: dict, table: str) -> dict:
         if dels.num_rows:
             ledger.audit(conn, "rows_deleted", run_id=run_id, detail={"table": table, **stats})
     log.info("delete %s: %d deletion records %s", table, dels.num_rows, stats)
-    return {"table": table, "partition": DELETED, "rows": dels.num_rows, **stats}
+    # cast: mypy cannot check **stats (delete_keys' counts, which TableResult names)
+    return cast(TableResult, {"table": table, "partition": DELETED, "rows": dels.num_rows, **stats})

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from handover.core.contracts import RunContext
 from handover.core.errors import NightOrderError, SourceError
 from handover.core.paths import PROJECT_ROOT
 from handover.db import ledger
@@ -83,7 +84,7 @@ def plan_night(
     data_interval_start: Any,
     data_interval_end: Any,
     airflow_run_id: str | None = None,
-) -> dict:
+) -> RunContext:
     """Check the night's change set and its place in the sequence, then open the run."""
     cfg = _config(system)
     start, end = legacy_interval(data_interval_start, data_interval_end)

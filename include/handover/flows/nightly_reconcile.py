@@ -4,10 +4,12 @@ key and field by field, then the migration's reconciliation gate and publishing.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from handover.core.contracts import RunContext, TableResult
 from handover.core.errors import GateFailed
 from handover.db import ledger
 from handover.flows.common import VERSION_COLUMNS, _config, _lake
@@ -29,7 +31,7 @@ from handover.storage.lake import safe_run_id
 log = logging.getLogger("handover")
 
 
-def reconcile_table(ctx: dict, table: str) -> dict:
+def reconcile_table(ctx: RunContext, table: str) -> TableResult:
     """The night's ledger balance, then old versus new for the whole table."""
     from psycopg import sql
 
@@ -77,7 +79,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
                 "SELECT coalesce(sum((detail->>'released_orphans')::int), 0) FROM "
                 "handover_meta.ledger WHERE run_id=%s AND table_name=%s AND stage='extract'",
                 (run_id, table),
-            ).fetchone()[0]
+            ).fetchone()[0]  # type: ignore[index]  # an aggregate always returns one row
         )
         loaded, quarantined = t[("load", False)]["out"], t[("cleanse", False)]["q"]
         merged = t[("cleanse", False)]["m"]  # into a customer the target already holds
@@ -135,19 +137,19 @@ def reconcile_table(ctx: dict, table: str) -> dict:
         with conn.cursor().copy(sql.SQL("COPY {} (k) FROM STDIN").format(aside)) as cp:
             for k in set_aside:
                 cp.write_row((k,))
-        types = conn.execute(
+        column_types = conn.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE "
             "table_schema=%s AND table_name=%s",
             (schema, target),
         ).fetchall()
-        types = dict(types)
+        types: dict[str, str] = dict(column_types)
         fields = [(f, types[f]) for f, _, _ in compare_fields(cfg, table)]
         tgt, kid = sql.Identifier(schema, target), sql.Identifier(key)
         # Rows the person map gives to another system (the acquirer's own customers and
         # their rows, another operator's) that the legacy system does not hold: not this
         # system's to agree with. A row of this system's re-parented to such a customer
         # is compared (the legacy side holds its key).
-        theirs = sql.SQL("")
+        theirs: sql.Composable = sql.SQL("")
         from handover.config.shapes import shapes
 
         owner = shapes(cfg)[table].target_customer
@@ -187,9 +189,9 @@ def reconcile_table(ctx: dict, table: str) -> dict:
                         "SELECT coalesce(sum(t.{m}), 0) FROM {t} t WHERE NOT EXISTS "
                         "(SELECT 1 FROM {a} a WHERE a.k = t.{k})"
                     ).format(m=sql.Identifier(money_col), t=tgt, a=aside, k=kid)
-                ).fetchone()[0]
+                ).fetchone()[0]  # type: ignore[index]  # an aggregate always returns one row
             )
-        target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]
+        target_rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(tgt)).fetchone()[0]  # type: ignore[index]  # an aggregate always returns one row
 
         checks = {
             "ledger_balances": changed + deleted
@@ -282,7 +284,7 @@ def reconcile_table(ctx: dict, table: str) -> dict:
     return {"table": table, "partition": "all", "balanced": balanced, "differing": result.differing}
 
 
-def reconciliation_gate(ctx: dict, table: str) -> dict:
+def reconciliation_gate(ctx: RunContext, table: str) -> TableResult:
     """The migration's reconciliation gate; on failure, say how old and new disagree."""
     try:
         return migration_reconciliation_gate(ctx, table)
@@ -300,5 +302,5 @@ def reconciliation_gate(ctx: dict, table: str) -> dict:
         ) from exc
 
 
-def publish(ctx: dict) -> dict:
+def publish(ctx: RunContext) -> dict[str, Any]:
     return migration_publish(ctx)

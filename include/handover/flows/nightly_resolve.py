@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from handover.config.loader import SourceConfig
+from handover.core.contracts import Partition, RunContext
 from handover.db import ledger
 from handover.flows.common import _config, _lake, parent_tables
 from handover.flows.migration_resolve import resolve_customers as migration_resolve_customers
@@ -55,7 +57,7 @@ def _facts(state_dir: str, system: str, exported_at: str, stamp: float):
     )
 
 
-def comply_partition(ctx: dict, part: dict) -> dict:
+def comply_partition(ctx: RunContext, part: Partition) -> Partition:
     """The migration's policy decision, with facts from the legacy state as of the night."""
     from handover.stages.comply import decide
 
@@ -131,7 +133,7 @@ def comply_partition(ctx: dict, part: dict) -> dict:
 
 
 # ---------------------------------------------------------------- resolve
-def resolve_customers(ctx: dict) -> dict:
+def resolve_customers(ctx: RunContext) -> dict[str, dict[str, Any]]:
     """The migration's parent registry for the night, completed with what the target knows.
 
     The night's own parents are validated and de-duplicated as in the migration; then a
@@ -199,7 +201,7 @@ def resolve_customers(ctx: dict) -> dict:
             # person under another id: the acquirer's, or a duplicate): its children follow
             # that customer, as they did in the migration (handover.stages.identity).
             merged_before: dict[str, str] = {}
-            if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+            if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:  # type: ignore[index]  # a SELECT of a value: one row
                 merged_before = dict(
                     conn.execute(
                         "SELECT source_key, target_customer_id FROM handover_meta.person_map "
@@ -253,7 +255,7 @@ def resolve_customers(ctx: dict) -> dict:
 
 
 def _duplicates_in_target(
-    conn, ctx: dict, cfg: SourceConfig, table: str, reg: pd.DataFrame
+    conn, ctx: RunContext, cfg: SourceConfig, table: str, reg: pd.DataFrame
 ) -> set[str]:
     """Night-valid parents whose dedupe key (by blind index) belongs to another target row."""
     from psycopg import sql

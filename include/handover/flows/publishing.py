@@ -6,7 +6,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
+from handover.core.contracts import RunContext
 from handover.core.paths import PROJECT_ROOT
 from handover.db import ledger
 from handover.flows.common import _config, _lake
@@ -48,11 +50,11 @@ def publish_docs(lake: Lake, run_id: str, docs_dir: Path) -> None:
     lake.sync_dir(docs_dir, f"runs/{safe_run_id(run_id)}/docs")  # only what changed
 
 
-def report_failed_run(ctx: dict) -> dict:
+def report_failed_run(ctx: RunContext) -> dict[str, Any]:
     """A failed run's report and Data Docs index, written when a task fails for good: what
     the run did before it stopped, where it stopped and why (the same line as the task's
     log and the ledger view). A later successful publish replaces both."""
-    from handover.gates.suites import build_docs_index
+    from handover.gates.docs import build_docs_index
     from handover.stages.report import write_reports
 
     run_id = ctx["run_id"]
@@ -67,9 +69,9 @@ def report_failed_run(ctx: dict) -> dict:
     return paths
 
 
-def publish(ctx: dict) -> dict:
+def publish(ctx: RunContext) -> dict[str, Any]:
     from handover.gates import docs_assets
-    from handover.gates.suites import build_docs_index
+    from handover.gates.docs import build_docs_index
     from handover.stages.report import write_reports
 
     run_id = ctx["run_id"]

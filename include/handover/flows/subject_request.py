@@ -11,6 +11,7 @@ import re
 from datetime import UTC, datetime
 
 from handover.config.shapes import customer_table, shapes
+from handover.core.contracts import Partition, RunContext
 from handover.core.errors import RequestRejected
 from handover.db import ledger
 from handover.lifecycle.retention.plan import normalise
@@ -144,8 +145,8 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
                 "corrected_at": str(local),
             },
         )
-    ctx = {"run_id": run_id, "system": req.system, "exported_at": str(local)}
-    part = {"table": table, "partition": "p00"}
+    ctx: RunContext = {"run_id": run_id, "system": req.system, "exported_at": str(local)}
+    part: Partition = {"table": table, "partition": "p00"}
     run_gate_task(ctx, part, "intake")
     if comply_partition(ctx, part)["excluded"]:
         raise RequestRejected(
@@ -158,7 +159,7 @@ def correct(req: SubjectRequest, cfg, ring, customer_id: str) -> dict:
         with ledger.connect() as conn:
             reason, field = conn.execute(
                 "SELECT reason, field FROM handover_meta.quarantine WHERE run_id = %s", (run_id,)
-            ).fetchone()
+            ).fetchone()  # type: ignore[misc]  # cleanse quarantined the row: it is there
         raise RequestRejected(
             f"correction {req.request_id}: cleanse rejects the new value "
             f"({reason} on field {field}); nothing changed in the new system; "
