@@ -32,7 +32,7 @@ def blind_indexed_field(cfg: Any, table: str, pii: str) -> str | None:
     columns = cfg.table(table)["columns"]
     for name, f in cfg.table_mapping(table)["fields"].items():
         if "blind_index" in f.get("protect", []) and columns[f["from"]].get("pii") == pii:
-            return name  # type: ignore[no-any-return] - a YAML key, a str
+            return name
     return None
 
 
@@ -76,7 +76,7 @@ def version_fields(cfg: Any) -> tuple[str, str] | None:
     if found is None:
         return None
     table = found[0]
-    order = (cfg.rules(table).get("dedupe") or {}).get("order_by")
+    order: str | None = (cfg.rules(table).get("dedupe") or {}).get("order_by")
     fields = cfg.table_mapping(table)["fields"]
     target = next((n for n, f in fields.items() if order and f.get("from") == order), None)
-    return (order, target) if target else None
+    return (order, target) if target and order else None  # a target means an order_by
