@@ -10,7 +10,7 @@ extract does, each partition written to and read back from zstd Parquet as the l
 a few bad rows planted so every method has something to find (malformed MSISDNs, negative
 charges, duplicate ids, nulls). Then, for expectations/legacy_bss/quality/call_records.json:
 
-  (a) the project's way: handover.gates.suites.run_gate on each partition's pandas frame (no docs);
+  (a) the project's way: handover.gates.validate.run_gate on each partition's pandas frame (no docs);
   (b) pushdown: GX's SQL data source on PostgreSQL (scratch database bench_gates on
       127.0.0.1:5432, dropped at the end): COPY every partition into one staging table
       (the gates run before load, so this COPY is extra work), then a table asset with a
@@ -48,7 +48,10 @@ if str(ROOT / "include") not in sys.path:
     sys.path.insert(0, str(ROOT / "include"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
-from handover.gates import suites as gates  # noqa: E402 - importable only after the sys.path line above
+from handover.gates import context as gx_context  # noqa: E402 - importable only after the sys.path line above
+from handover.gates import results as gate_results  # noqa: E402
+from handover.gates import suites as gate_suites  # noqa: E402
+from handover.gates import validate as gates  # noqa: E402
 
 GATE, TABLE, SYSTEM = "quality", "call_records", "legacy_bss"
 SUITES_DIR = ROOT / "expectations" / SYSTEM
@@ -158,7 +161,9 @@ def write_partitions(df: pd.DataFrame, partition_rows: int, workdir: Path) -> li
 # --------------------------------------------------------------------------- (a) run_gate
 
 
-def counts_from_gate(results: list[gates.GateResult]) -> tuple[bool, dict[tuple[str, str], int]]:
+def counts_from_gate(
+    results: list[gate_results.GateResult],
+) -> tuple[bool, dict[tuple[str, str], int]]:
     counts: Counter = Counter()
     for res in results:
         for f in res.failed:
@@ -212,7 +217,7 @@ def bench_run_gate(frames: list[pd.DataFrame]) -> dict[str, Any]:
 
 
 def gx_sql_context() -> Any:
-    """An ephemeral in-memory context configured as gates._get_context's (no docs), with
+    """An ephemeral in-memory context configured as gx_context._get_context's (no docs), with
     progress bars off."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -269,7 +274,9 @@ def bench_pushdown(
             size = conn.execute("SELECT pg_total_relation_size(%s)", (TABLE,)).fetchone()[0]
             out["table_mb"] = round(size / 2**20, 1)
 
-        suite = gates._build_suite(gates.load_suite(SUITES_DIR, GATE, TABLE), f"{GATE}.{TABLE}")
+        suite = gate_suites._build_suite(
+            gate_suites.load_suite(SUITES_DIR, GATE, TABLE), f"{GATE}.{TABLE}"
+        )
         t = time.perf_counter()
         context = gx_sql_context()
         source = context.data_sources.add_postgres(
@@ -288,7 +295,7 @@ def bench_pushdown(
         result = batch.validate(suite, result_format=dict(gates.RESULT_FORMAT))
         out["validate_s"] = time.perf_counter() - t
         out["total_s"] = out["copy_s"] + out["validate_s"]
-        gates._scrub(result, allowed=set(frames[0].columns))
+        gate_results._scrub(result, allowed=set(frames[0].columns))
         out["success"], out["counts"] = counts_from_gx(result)
         errors = [
             evr.expectation_config.type
@@ -342,7 +349,7 @@ def arrow_checks(table: pa.Table, suite: dict[str, Any]) -> dict[tuple[str, str]
 
 
 def bench_arrow(tables: list[pa.Table]) -> dict[str, Any]:
-    suite = gates.load_suite(SUITES_DIR, GATE, TABLE)
+    suite = gate_suites.load_suite(SUITES_DIR, GATE, TABLE)
     total: Counter = Counter()
     t = time.perf_counter()
     for table in tables:
@@ -381,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
 
     t = time.perf_counter()
-    gates._quiet_gx_logging()
+    gx_context._quiet_gx_logging()
     import great_expectations  # noqa: F401  (timed here, once, before anything else)
 
     gx_import = time.perf_counter() - t
@@ -419,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"  suite {GATE}/{TABLE}: "
-        f"{len(gates.load_suite(SUITES_DIR, GATE, TABLE)['expectations'])} expectations; "
+        f"{len(gate_suites.load_suite(SUITES_DIR, GATE, TABLE)['expectations'])} expectations; "
         f"load average {load_start[0]:.2f} -> {load_end[0]:.2f} on {os.cpu_count()} CPUs"
     )
     print(f"  frame dtypes: {dtypes}")

@@ -329,7 +329,7 @@ def test_scaffolded_suites_agree_with_what_the_stages_write(both, system, tmp_pa
     import importlib.util
 
     from handover.flows.migration import GATE_INPUT, META
-    from handover.gates.suites import run_gate
+    from handover.gates.validate import run_gate
     from handover.storage.lake import lake_from_url, safe_run_id
 
     spec = importlib.util.spec_from_file_location(

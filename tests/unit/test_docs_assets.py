@@ -21,7 +21,7 @@ LINKS = ("https://greatexpectations.io",)
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A Data Docs site as GX renders it: a failed and a passed validation, and the index."""
-    from handover.gates import suites as gates
+    from handover import gates
 
     tmp = tmp_path_factory.mktemp("site")
     suites, docs = tmp / "suites", tmp / "docs"

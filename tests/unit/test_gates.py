@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from handover.gates import suites as gates
-from handover.gates.suites import GateResult, SuiteError, load_suite, run_gate
+from handover import gates
+from handover.gates import GateResult, SuiteError, load_suite, run_gate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -436,7 +436,7 @@ def test_between_on_nullable_integers_still_catches_a_breach(suites: Path) -> No
 
 # ------------------------------------------------------------ reading only what a gate reads
 def test_read_columns_names_the_columns_whose_values_a_suite_reads():
-    from handover.gates.suites import read_columns
+    from handover.gates import read_columns
 
     suite = {"expectations": PAYMENTS_SUITE}
     assert read_columns(suite) == {"payment_id", "amount_fen", "channel"}
