@@ -250,7 +250,7 @@ def test_conflicting_fields_wait_in_a_review_queue_that_a_person_resolves(world)
     """The acquirer's record keeps its value; where the export's said otherwise (another
     phone number, the name written another way) an entry waits for a person: field
     names only, never a value; resolving one is audited and a rerun does not reopen it."""
-    from handover.stages.identity import resolve_review
+    from handover.stages.identity_survivorship import resolve_review
 
     t = world["truth"]
     want = {

@@ -520,7 +520,7 @@ def test_a_night_applies_a_later_change_to_the_merged_customer(world):
 
 
 def test_a_verified_flag_the_target_lacks_is_one_line(world, tmp_path):
-    from handover.stages import identity
+    from handover.stages import identity_survivorship as identity
 
     cfg = load_config(str(_config(tmp_path, {"verified": {"msisdn": "msisdn_checked"}})))
     pair = world["pairs"].iloc[0]

@@ -83,14 +83,14 @@ def record_persons(
 ) -> dict[str, int]:
     """The person map and the field conflicts, in the books before anything is loaded."""
     from handover.protection.fields import load_keyring
-    from handover.stages import identity
+    from handover.stages import identity, identity_survivorship
 
     out = {}
     with ledger.connect() as conn, conn.transaction():
         out["persons"] = identity.record_persons(
             conn, cfg, load_keyring(), run_id, persons, matched_of
         )
-        out["field_conflicts_recorded"] = identity.record_conflicts(
+        out["field_conflicts_recorded"] = identity_survivorship.record_conflicts(
             conn, cfg.system, run_id, decisions or []
         )
     out["fields_adopted"] = sum(len(v) for v in adopt.values())
@@ -109,8 +109,9 @@ def match_existing(
     the matched target customer per export key)."""
     import numpy as np
 
+    from handover.config.identity import version_fields
     from handover.protection.fields import load_keyring
-    from handover.stages import identity
+    from handover.stages import identity, identity_survivorship
 
     ring = load_keyring()
     keys = kept.column(key).combine_chunks().cast(pa.string()).to_pylist()
@@ -158,17 +159,17 @@ def match_existing(
         where = {k: i for i, k in enumerate(keys) if k in matched}
         values = {
             src: {k: kept.column(src)[i].as_py() for k, i in where.items()}
-            for _, src, _, _ in identity.compared_fields(cfg)
+            for _, src, _, _ in identity_survivorship.compared_fields(cfg)
             if src in kept.column_names
         }
-        conflicts = identity.field_conflicts(conn, cfg, ring, matched, values)
-        version = identity.version_fields(cfg)
+        conflicts = identity_survivorship.field_conflicts(conn, cfg, ring, matched, values)
+        version = version_fields(cfg)
         versions = (
             {k: kept.column(version[0])[i].as_py() for k, i in where.items()}
             if version and version[0] in kept.column_names
             else {}
         )
-        decisions = identity.decide(conn, cfg, conflicts, versions)
+        decisions = identity_survivorship.decide(conn, cfg, conflicts, versions)
     into = dict(zip(losers, survivors, strict=True))
     rules_of = dict.fromkeys(losers, "SAME_PERSON")
     for loser, survivor in into.items():  # a survivor merged away takes its losers along

@@ -216,7 +216,7 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
 
 def review_command(args: argparse.Namespace) -> int:
     """The identity review queue (handover.stages.identity): entries by id, never a value."""
-    from handover.stages.identity import resolve_review
+    from handover.stages.identity_survivorship import resolve_review
 
     if args.resolve is not None:
         if not args.decision:

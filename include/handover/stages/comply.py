@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,8 @@ class Members:
     """
 
     __slots__ = ("values",)
-    __hash__ = None  # mutable-looking container semantics: equal to sets, so not hashable
+    # mutable-looking container semantics: equal to sets, so not hashable
+    __hash__ = None  # type: ignore[assignment]  # None is how Python marks a type unhashable
 
     def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
         self.values: pa.Array = pc.unique(values.drop_null())  # an Array, also from chunks
@@ -241,7 +243,7 @@ def decide(
     )
 
 
-Frame = pd.DataFrame | pa.Table
+Frame: TypeAlias = pd.DataFrame | pa.Table
 
 
 def _column(frame: Frame, name: str) -> pa.Array | None:
@@ -304,7 +306,8 @@ def facts_from_tables(
                 for purpose_, members in _consented_objects(_frame(t), spec).items():
                     others.setdefault(purpose_, set()).update(members)
                 continue
-            cust, purpose, granted = (c.cast(pa.string()) for c in cols)
+            # none is None here (checked above)
+            cust, purpose, granted = (cast(pa.Array, c).cast(pa.string()) for c in cols)
             hit = _equals(granted, spec["granted_value"])
             cust, purpose = pc.filter(cust, hit), pc.filter(purpose, hit)
             # A purpose granted only with no customer still names the purpose (no members).

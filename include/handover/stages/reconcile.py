@@ -15,17 +15,24 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from handover.config.loader import SourceConfig
-from handover.db.load import comparable_columns, copy_arrow
+from handover.db.bulk_copy import copy_arrow
+from handover.db.load import comparable_columns
 from handover.storage.layout import safe_run_id
 from handover.storage.objects import Lake
 
 MONEY_COLUMNS = ("charge_fen", "amount_fen")
 TIME_COLUMNS = ("started_at", "paid_at", "created_at", "occurred_at", "granted_at")
+
+
+def _first(cur: psycopg.Cursor[Any]) -> Any:
+    """The first value of the one row a to_regclass, count or max query returns."""
+    return cur.fetchone()[0]  # type: ignore[index]  # such a query always returns a row
 
 
 def reconcile(
@@ -130,15 +137,17 @@ def reconcile(
     from handover.config.shapes import shapes
 
     owner = shapes(cfg)[table].target_customer  # the row's customer, or the key itself
-    if owner and conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
-        foreign = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {t} t WHERE EXISTS (SELECT 1 FROM handover_meta.person_map p "
-                "WHERE p.source_key = t.{c} AND p.source_system <> %s) "
-                "AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{k} = t.{k})"
-            ).format(t=tgt, c=sql.Identifier(owner), k=kid, s=stage_tbl),
-            (cfg.system,),
-        ).fetchone()[0]
+    if owner and _first(conn.execute("SELECT to_regclass('handover_meta.person_map')")):
+        foreign = _first(
+            conn.execute(
+                sql.SQL(
+                    "SELECT count(*) FROM {t} t WHERE EXISTS (SELECT 1 FROM handover_meta.person_map p "
+                    "WHERE p.source_key = t.{c} AND p.source_system <> %s) "
+                    "AND NOT EXISTS (SELECT 1 FROM {s} s WHERE s.{k} = t.{k})"
+                ).format(t=tgt, c=sql.Identifier(owner), k=kid, s=stage_tbl),
+                (cfg.system,),
+            )
+        )
     conn.execute(sql.SQL("DROP TABLE {}").format(stage_tbl))
     # every target row is in the full join once: its count is the table's (no second scan)
     target_rows = sum(r[7] for r in rows) - foreign
@@ -159,11 +168,13 @@ def reconcile(
     accounted = loaded + merged + quarantined + excluded
     # An older run rerun after a newer one loaded the table: the target is the newer run's
     # truth, so only this run's own books are checked (its load wrote nothing: stale).
-    superseded = conn.execute(
-        "SELECT max(detail->>'superseded_by') FROM handover_meta.ledger WHERE run_id=%s AND "
-        "table_name=%s AND stage='load'",
-        (run_id, table),
-    ).fetchone()[0]
+    superseded = _first(
+        conn.execute(
+            "SELECT max(detail->>'superseded_by') FROM handover_meta.ledger WHERE run_id=%s AND "
+            "table_name=%s AND stage='load'",
+            (run_id, table),
+        )
+    )
     if superseded:
         missing = extra = mismatches = 0
         target_rows = loaded

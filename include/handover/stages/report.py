@@ -20,6 +20,11 @@ from handover.storage.objects import Lake
 REVIEW_STATUSES = ("open", "kept", "applied", "keep-target", "correct")
 
 
+def _first(cur: psycopg.Cursor[Any]) -> Any:
+    """The first value of the one row a to_regclass, count or max query returns."""
+    return cur.fetchone()[0]  # type: ignore[index]  # such a query always returns a row
+
+
 def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str, Any]:
     def rows(q: str) -> list[tuple]:
         return conn.execute(q, (run_id,)).fetchall()
@@ -66,7 +71,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
         merges.setdefault(t, {})[rule] = int(n)
     # One person, one customer across systems (handover.stages.identity): counts, never a value.
     persons: dict[str, int] = {}
-    if conn.execute("SELECT to_regclass('handover_meta.person_map')").fetchone()[0]:
+    if _first(conn.execute("SELECT to_regclass('handover_meta.person_map')")):
         persons = {
             d: int(n)
             for d, n in conn.execute(
@@ -79,7 +84,7 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
     # status (open: a person decides; kept / applied: decided by rule; keep-target /
     # correct: decided by a person)
     review: dict[str, dict[str, dict[str, int]]] = {}
-    if conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0]:
+    if _first(conn.execute("SELECT to_regclass('handover_meta.identity_review')")):
         for f, rule, st, n in conn.execute(
             "SELECT field, rule, status, count(*) FROM handover_meta.identity_review WHERE "
             "source_system = %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
@@ -87,11 +92,9 @@ def gather(conn: psycopg.Connection, cfg: SourceConfig, run_id: str) -> dict[str
         ).fetchall():
             review.setdefault(f, {}).setdefault(rule, {})[st] = int(n)
     consent_conflicts = None  # persons x purposes whose systems disagree (withdrawal holds)
-    if conn.execute("SELECT to_regclass('crm.consent_effective')").fetchone()[0]:
+    if _first(conn.execute("SELECT to_regclass('crm.consent_effective')")):
         consent_conflicts = int(
-            conn.execute("SELECT count(*) FROM crm.consent_effective WHERE conflicting").fetchone()[
-                0
-            ]
+            _first(conn.execute("SELECT count(*) FROM crm.consent_effective WHERE conflicting"))
         )
     exclusions: dict[str, dict[str, int]] = {}
     for t, rule, n in rows(
