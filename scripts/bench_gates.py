@@ -252,7 +252,7 @@ def bench_pushdown(
     import psycopg
     from psycopg import sql
 
-    from handover.db.load import copy_arrow
+    from handover.db.bulk_copy import copy_arrow
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))

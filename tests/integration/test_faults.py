@@ -173,7 +173,7 @@ def _seed_first_row(dsn: str, ctx: dict, part: dict) -> int:
     target, so the load of that partition takes the keyed-upsert path; returns 1."""
     from psycopg import sql
 
-    from handover.db.load import copy_arrow
+    from handover.db.bulk_copy import copy_arrow
     from handover.storage.lake import lake_from_url, part_key
 
     mapped = lake_from_url().read_table(

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pytest
 from psycopg import sql
 
+from handover.db.bulk_copy import bytea_hex
 from handover.db.load import (
     MERGE_RETURNING,
     PROBE_KEYS,
-    bytea_hex,
     table_checksum,
     upsert_partition,
 )
@@ -253,7 +253,7 @@ def test_a_rerun_repairs_a_changed_and_a_missing_row(conn):
 def test_copy_in_slices_made_ahead_equals_the_table_and_stops_cleanly(conn, monkeypatch):
     import threading
 
-    from handover.db import load
+    from handover.db import bulk_copy as load
 
     # Small slices, so the CSV of many slices is made ahead on the thread while sent.
     monkeypatch.setattr(load, "COPY_SLICE_BYTES", 2048)
@@ -324,7 +324,7 @@ TYPED_DDL = (
 
 
 def test_binary_copy_loads_what_csv_copy_loads(conn, monkeypatch):
-    from handover.db import load
+    from handover.db import bulk_copy as load
 
     data = _typed()
     for name in ("typed_csv", "typed_bin"):
@@ -347,7 +347,7 @@ def test_binary_copy_loads_what_csv_copy_loads(conn, monkeypatch):
 
 
 def test_copy_falls_back_to_csv_where_binary_input_would_misread(conn):
-    from handover.db import load
+    from handover.db import bulk_copy as load
 
     conn.execute("CREATE DOMAIN t.code AS text CHECK (VALUE <> '')")
     conn.execute(
@@ -391,7 +391,7 @@ def test_copy_falls_back_to_csv_where_binary_input_would_misread(conn):
 
 def test_binary_copy_takes_batches_whose_types_drift_to_the_first_schema(conn):
     """A later file of a table can type an all-null column as null; one encoder serves all."""
-    from handover.db import load
+    from handover.db import bulk_copy as load
 
     first = pa.record_batch(
         {

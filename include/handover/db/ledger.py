@@ -240,7 +240,7 @@ def _copy_entries(
     the server's COPY, index included, stays the cost: ~0.5 s."""
     from psycopg import sql
 
-    from handover.db.load import copy_arrow
+    from handover.db.bulk_copy import copy_arrow
 
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:

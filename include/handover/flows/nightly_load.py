@@ -85,7 +85,7 @@ def _drop_tombstoned(
     partition.)"""
     from psycopg import sql
 
-    from handover.db.load import copy_arrow
+    from handover.db.bulk_copy import copy_arrow
 
     cols = [key] + ([version] if version else [])
     probe = sql.Identifier("_tomb_probe")
@@ -123,7 +123,8 @@ def apply_deletions(ctx: RunContext, table: str) -> TableResult:
     system's own retention purge can delete millions of records in a night.)"""
     from psycopg import sql
 
-    from handover.db.load import copy_arrow, delete_keys
+    from handover.db.bulk_copy import copy_arrow
+    from handover.db.load import delete_keys
 
     cfg = _config(ctx["system"])
     run_id = ctx["run_id"]

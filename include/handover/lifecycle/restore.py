@@ -134,7 +134,7 @@ def restore_backup(backup_id: str | None = None, *, drill_id: str | None = None)
     import pyarrow.parquet as pq
     from psycopg import sql
 
-    from handover.db.load import copy_arrow
+    from handover.db.bulk_copy import copy_arrow
     from handover.protection.fields import load_keyring
 
     started = time.monotonic()

@@ -19,7 +19,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -70,7 +70,7 @@ class Keyring:
         kms = kms if kms is not None else kms_client(cmk)
         keys = {kid: kms_unwrap(kms, cmk, blob, kid) for kid, blob in wrapped.items()}
         hmac_key = (
-            hmac_plain
+            cast(bytes, hmac_plain)  # read above whenever no wrapped key is given
             if hmac_wrapped is None
             else kms_unwrap(kms, cmk, hmac_wrapped, HMAC_CONTEXT_ID)
         )

@@ -189,7 +189,8 @@ def validate_outcome(params: dict, done: dict | None = None) -> dict:
 def _verify_correction(req: SubjectRequest, cfg, customer_id: str) -> dict:
     from psycopg import sql
 
-    from handover.db.load import comparable_columns, copy_arrow
+    from handover.db.bulk_copy import copy_arrow
+    from handover.db.load import comparable_columns
 
     table = customer_table(cfg)
     s = shapes(cfg)[table]
