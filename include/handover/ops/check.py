@@ -74,8 +74,9 @@ def _used_columns(cfg, table: str) -> set[str]:
 
 
 def _check_suites(cfg, res: CheckResult) -> None:
-    from handover.flows.migration import SUITES_DIR, suites_dir_for
     from handover.config.target import target_columns
+    from handover.flows.common import SUITES_DIR
+    from handover.flows.gating import suites_dir_for
 
     for table in cfg.tables:
         for gate in GATES:
@@ -183,7 +184,7 @@ def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
     survivorship aside: they need the whole export): the share of rows each reason would
     quarantine, as a note per table; above the quality gate's bound (catalog
     max_quarantine_share) a problem, since the run would fail there."""
-    from handover.flows.migration import (
+    from handover.flows.gating import (
         MAX_QUARANTINE_SHARE,
         MIN_QUARANTINED_FOR_SHARE,
         NOT_FORMAT_REASONS,

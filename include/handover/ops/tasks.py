@@ -102,7 +102,7 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
     if "system" not in ctx:
         return
     try:  # the failed run's report and Data Docs index, as far as it got
-        from handover.flows.migration import report_failed_run
+        from handover.flows.publishing import report_failed_run
 
         report_failed_run(ctx)
     except Exception as err:  # best effort on a failure path: the task's error stands
