@@ -321,9 +321,9 @@ def encryption_cost(run_id: str, wall: float) -> dict:
 
     from handover.lifecycle.retention.working_sets import shred_scope
     from handover.storage.lake import lake_from_url
+    from handover.storage.lake_crypto import scope_of
     from handover.storage.layout import safe_run_id
     from handover.storage.objects import PARQUET_OPTIONS
-    from handover.storage.lake_crypto import scope_of
 
     lake = lake_from_url()
     probe = ROOT / ".state" / "bench" / "encryption-probe.parquet"
