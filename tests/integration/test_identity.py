@@ -14,6 +14,7 @@ import pandas as pd
 import psycopg
 import pytest
 
+from handover.flows import subject_request
 from handover.flows.runner import run_migration
 from handover.lifecycle import subject
 from handover_synth import acquirer as synth_acquirer
@@ -313,7 +314,7 @@ def test_an_erasure_by_the_old_systems_id_removes_the_person_everywhere(world):
         "new_value": "",
     }
     conf = subject.submit_request(**form)["conf"]
-    out = subject.handle_request(conf)
+    out = subject_request.handle_request(conf)
     assert out["verified"]["remaining_in_lake"] == 0
     hits = search_everywhere(
         world["dsn"], world["lake"], world["ring"], keys | {acquired, acquirer}
@@ -341,7 +342,7 @@ def test_an_erasure_by_the_first_generation_id_reaches_the_acquirers_record(worl
         "field": "",
         "new_value": "",
     }
-    out = subject.handle_request(subject.submit_request(**form)["conf"])
+    out = subject_request.handle_request(subject.submit_request(**form)["conf"])
     assert out["verified"]["remaining_in_lake"] == 0
     hits = search_everywhere(
         world["dsn"], world["lake"], world["ring"], {acquired, acquirer}, substrings={rid}

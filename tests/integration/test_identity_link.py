@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from handover.config.loader import CONFIG_ROOT, ConfigError
+from handover.flows import subject_request
 from handover.flows.runner import run_migration
 from handover.lifecycle import subject
 from handover_synth import acquirer as synth_acquirer
@@ -106,7 +107,7 @@ def test_link_keeps_both_records_of_one_person(env):
         "field": "",
         "new_value": "",
     }
-    out = subject.handle_request(subject.submit_request(**form)["conf"])
+    out = subject_request.handle_request(subject.submit_request(**form)["conf"])
     assert out["verified"]["remaining_in_lake"] == 0
     with psycopg.connect(env["dsn"]) as conn:
         left = conn.execute(
