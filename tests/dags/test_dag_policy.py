@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.test_dag_parse import DAGS, parsed  # noqa: F401 - the shared fixture
+from tests.dags.conftest import DAGS
 
 CHAIN = [
     "validate_intake",
@@ -34,7 +34,7 @@ def _upstream(parsed: dict, dag_id: str) -> dict[str, list[str]]:
     }
 
 
-def test_every_dag_has_the_shared_header(parsed: dict):  # noqa: F811
+def test_every_dag_has_the_shared_header(parsed: dict):
     for dag_id, dag in parsed["dags"].items():
         assert dag["max_active_runs"] == 1, dag_id
         assert dag["owners"] == ["handover"], dag_id
@@ -42,7 +42,7 @@ def test_every_dag_has_the_shared_header(parsed: dict):  # noqa: F811
 
 
 @pytest.mark.parametrize("dag_id", FLOWS)
-def test_both_flows_run_the_same_gated_chain(parsed: dict, dag_id: str):  # noqa: F811
+def test_both_flows_run_the_same_gated_chain(parsed: dict, dag_id: str):
     dag = parsed["dags"][dag_id]
     for task_id in CHAIN:
         assert dag["group"][task_id] == "gated_chain", (dag_id, task_id)
@@ -60,7 +60,7 @@ def test_both_flows_run_the_same_gated_chain(parsed: dict, dag_id: str):  # noqa
     assert up["publish"] == ["validate_reconciliation"]
 
 
-def test_the_chains_are_identical_but_for_their_own_steps(parsed: dict):  # noqa: F811
+def test_the_chains_are_identical_but_for_their_own_steps(parsed: dict):
     migration, night = (_upstream(parsed, d) for d in FLOWS)
     assert {t: migration[t] for t in CHAIN} == {t: night[t] for t in CHAIN}
     assert migration["reconcile_table"] == ["list_tables", "load"]
@@ -68,7 +68,7 @@ def test_the_chains_are_identical_but_for_their_own_steps(parsed: dict):  # noqa
     assert night["reconcile_table"] == ["apply_deletions", "list_tables"]
 
 
-def test_mapped_steps_are_labelled_table_partition(parsed: dict):  # noqa: F811
+def test_mapped_steps_are_labelled_table_partition(parsed: dict):
     for dag_id in FLOWS:
         templates = parsed["dags"][dag_id]["map_index_template"]
         for task_id in [*CHAIN, "reconcile_table", "validate_reconciliation"]:
