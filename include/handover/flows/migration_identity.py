@@ -80,12 +80,12 @@ def record_persons(
     rules_of: dict[str, str],
     adopt: dict[str, list[str]],
     rescued: dict[str, tuple[str, str]],
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """The person map and the field conflicts, in the books before anything is loaded."""
     from handover.protection.fields import load_keyring
     from handover.stages import identity, identity_survivorship
 
-    out = {}
+    out: dict[str, Any] = {}
     with ledger.connect() as conn, conn.transaction():
         out["persons"] = identity.record_persons(
             conn, cfg, load_keyring(), run_id, persons, matched_of
