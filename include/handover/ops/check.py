@@ -25,21 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-GATES = ("intake", "compliance", "quality", "contract", "reconciliation")
+from handover.ops.check_config import check_personal_defaults, check_suites, export_folder_problems
+from handover.ops.check_result import CheckResult
+from handover.ops.check_values import mapping_problems, rule_shares, type_problems
 
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-@dataclass
-class CheckResult:
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    rows_read: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
+    from handover.config.model import SourceConfig
 
 
 def _exported_at(source_dir: Path):
@@ -73,249 +69,12 @@ def _used_columns(cfg, table: str) -> set[str]:
     return used
 
 
-def _check_suites(cfg, res: CheckResult) -> None:
-    from handover.config.target import target_columns
-    from handover.flows.common import SUITES_DIR
-    from handover.flows.gating import suites_dir_for
-
-    for table in cfg.tables:
-        for gate in GATES:
-            base = suites_dir_for(str(cfg.directory), gate, table)
-            path = base / gate / f"{table}.json"
-            if not path.is_file():
-                res.problems.append(
-                    f"{SUITES_DIR / cfg.system / gate / (table + '.json')}: table {table}: no "
-                    f"{gate} suite; run python scripts/scaffold_suites.py {cfg.system}"
-                )
-                continue
-            if gate not in ("intake", "contract"):
-                continue
-            try:
-                suite = json.loads(path.read_text(encoding="utf-8"))
-            except ValueError:
-                res.problems.append(f"{path}: table {table}: suite is not valid JSON")
-                continue
-            want = (
-                list(cfg.table(table)["columns"])
-                if gate == "intake"
-                else target_columns(cfg.table_mapping(table))
-            )
-            for exp in suite.get("expectations", []):
-                if exp.get("type") != "expect_table_columns_to_match_set":
-                    continue
-                have = [c for c in exp.get("kwargs", {}).get("column_set", []) if c != "_basis"]
-                if set(have) != set(want):
-                    diff = sorted(set(have) ^ set(want))
-                    res.problems.append(
-                        f"{path}: table {table} column {diff[0]}: the {gate} suite's column set "
-                        f"does not match {'catalog.yaml' if gate == 'intake' else 'mapping.yaml'}"
-                        f"; re-run python scripts/scaffold_suites.py {cfg.system} --force "
-                        "(or edit the suite)"
-                    )
-
-
-def _share(bad: int, present: int) -> str:
-    return f"{bad} of {present} values ({bad / max(present, 1):.1%})"
-
-
-def _type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -> None:
-    import pandas as pd
-    import pyarrow as pa
-
-    from handover.core.validators import normalise_text
-    from handover.stages.cleanse_dates import parse_dates
-
-    rules = cfg.rules(table)
-    where = cfg.directory / "cleansing.yaml"
-
-    def text(col: str) -> pd.Series:
-        arr = normalise_text(
-            pa.array(
-                frame[col].astype(object).where(frame[col].notna(), None).tolist(), pa.string()
-            )
-        )
-        return pd.Series(arr.to_pylist(), dtype=object)
-
-    def report(col: str, bad: pd.Series, what: str) -> None:
-        present = int(bad.size)
-        n = int(bad.sum())
-        if not n:
-            return
-        hit = bad.index[bad.to_numpy()]  # labels are positions in frame
-        rows = frame["_source_row"].to_numpy()[hit] if "_source_row" in frame else []
-        first = f", first at source row {int(rows[0])}" if len(rows) else ""
-        line = f"{where}: table {table} column {col}: {_share(n, present)} {what}{first}"
-        if n / max(present, 1) > tolerance:
-            res.problems.append(line)
-        else:
-            res.notes.append(line + " (within tolerance: cleansing will quarantine these rows)")
-
-    for col, fmt in rules.get("dates", {}).items():
-        if col in frame:
-            t = text(col).dropna()
-            shown = (
-                f"any of the date formats {', '.join(repr(f) for f in fmt)}"
-                if isinstance(fmt, list)
-                else f"date format '{fmt}'"
-            )
-            report(col, parse_dates(t, fmt).isna(), f"do not match {shown}")
-    for col in rules.get("integers", []):
-        if col in frame:
-            t = text(col).dropna()
-            num = pd.to_numeric(t, errors="coerce")
-            report(col, ~(num.notna() & (num == num.round())), "are not whole numbers")
-    for col, places in rules.get("decimals", {}).items():
-        if col in frame:
-            t = text(col).dropna().astype(str)
-            ok = t.str.fullmatch(rf"[+-]?(?:\d+(?:\.\d{{0,{places}}})?|\.\d{{1,{places}}})")
-            report(col, ~ok, f"are not numbers with at most {places} decimals")
-    for col, allowed in rules.get("codes", {}).items():
-        if col in frame:
-            t = text(col).dropna()
-            report(
-                col,
-                ~t.isin([str(a) for a in allowed]),
-                "are not among the codes cleansing.yaml allows",
-            )
-
-
-def _rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
-    """Dry-run the table's cleansing rules on the sample, as cleanse would (parents and
-    survivorship aside: they need the whole export): the share of rows each reason would
-    quarantine, as a note per table; above the quality gate's bound (catalog
-    max_quarantine_share) a problem, since the run would fail there."""
-    from handover.flows.gating import (
-        MAX_QUARANTINE_SHARE,
-        MIN_QUARANTINED_FOR_SHARE,
-        NOT_FORMAT_REASONS,
-    )
-    from handover.stages.cleanse import validate
-
-    if frame.empty:
-        return
-    rules = {k: v for k, v in cfg.rules(table).items() if k != "parent"}
-    key = cfg.table(table)["key"]
-    typed, verdict = validate(
-        frame.astype(object).where(frame.notna(), None), rules, key=key, exported_at=exported_at
-    )
-    del typed
-    reasons: dict[tuple[str, str], int] = {}
-    for reason, fld in zip(verdict.reason, verdict.field, strict=True):
-        if reason is not None:
-            reasons[(reason, fld)] = reasons.get((reason, fld), 0) + 1
-    n = len(frame)
-    counted = sum(c for (r, _), c in reasons.items() if r not in NOT_FORMAT_REASONS)
-    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:3]
-    said = ", ".join(f"{r} {f} {c} ({c / n:.1%})" for (r, f), c in top)
-    if verdict.normalised:
-        res.notes.append(
-            f"table {table}: cleansing normalises {verdict.normalised} of {n} "
-            "sample rows (kept, counted in the ledger)"
-        )
-    if not reasons:
-        return
-    bound = float(cfg.table(table).get("max_quarantine_share", MAX_QUARANTINE_SHARE))
-    line = (
-        f"{cfg.directory / 'cleansing.yaml'}: table {table}: the rules would quarantine "
-        f"{sum(reasons.values())} of {n} sample rows ({sum(reasons.values()) / n:.1%}); "
-        f"top: {said}"
-    )
-    if counted / n > bound and counted >= min(MIN_QUARANTINED_FOR_SHARE, n):
-        res.problems.append(
-            f"{line}; above the quality gate's bound of {bound:.0%} "
-            f"(catalog.yaml tables.{table}.max_quarantine_share): the run "
-            "would fail; fix the rule or the bound"
-        )
-    else:
-        res.notes.append(line)
-
-
-def _export_folder_problems(cfg, source_dir: Path, res: CheckResult) -> None:
-    """What plan_run refuses before a run: no manifest, a file no table reads and no
-    `ignore:` glob declares."""
-    from handover.core.errors import SourceReadError
-    from handover.sources.folder import check_export_files
-
-    manifest = None
-    path = source_dir / "export_manifest.json"
-    if not path.is_file():
-        res.problems.append(
-            f"{path}: no export manifest; a run needs one (exported_at, and per table rows and "
-            "sha256). Ask the operator for it, or write one as the receiver: handover manifest "
-            f"--source-dir {source_dir} --system {cfg.system} --exported-at <when the export "
-            "was taken> (docs/source-contract.md)"
-        )
-    else:
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            res.problems.append(f"{path}: not JSON ({exc})")
-    try:
-        check_export_files(
-            cfg.catalog["tables"],
-            source_dir,
-            manifest,
-            catalog=cfg.directory / "catalog.yaml",
-            ignore=cfg.catalog.get("ignore", ()),
-        )
-    except SourceReadError as exc:
-        res.problems.append(str(exc))
-
-
-def _mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
-    from handover.stages.cleanse import validate
-    from handover.stages.mapping import MappingError, field_values
-
-    try:
-        typed, verdict = validate(
-            frame, cfg.rules(table), key=cfg.table(table)["key"], exported_at=exported_at
-        )
-    except Exception as exc:  # noqa: BLE001 - report, keep checking the other tables
-        res.problems.append(
-            f"{cfg.directory / 'cleansing.yaml'}: table {table}: cleansing "
-            f"fails on the sample ({type(exc).__name__}: {exc})"
-        )
-        return
-    clean = typed.loc[~verdict.failed].reset_index(drop=True)
-    where = cfg.directory / "mapping.yaml"
-    for target, spec in cfg.table_mapping(table)["fields"].items():
-        try:
-            field_values(clean, table, target, spec, partition="check")
-        except MappingError as exc:
-            detail = str(exc).split(": ", 1)[-1]
-            col = spec["from"] if "concat" not in spec else "+".join(spec["concat"]["columns"])
-            res.problems.append(f"{where}: table {table} column {col}: {detail}")
-        except KeyError as exc:
-            res.problems.append(
-                f"{where}: table {table} field {target}: source column {exc} "
-                "is missing from the sample"
-            )
-
-
-def _check_personal_defaults(cfg, res: CheckResult) -> None:
-    """A constant default in a personal field (`birth_date: {from: dob, default:
-    1900-01-01}`) writes a made-up value about a person into the target: warn, and say what
-    gives the true one."""
-    for table in cfg.tables:
-        columns = cfg.table(table)["columns"]
-        for field_name, spec in cfg.table_mapping(table)["fields"].items():
-            src = spec.get("from")
-            if "default" in spec and src and columns.get(src, {}).get("pii", "none") != "none":
-                res.notes.append(
-                    f"mapping.yaml tables.{table}.fields.{field_name}: a constant default "
-                    f"({spec['default']!r}) fills a personal field ({columns[src]['pii']}) where "
-                    "the export has none; a made-up value about a person: derive it "
-                    "(from_resident_id: birth_date | gender | region) or leave it empty"
-                )
-
-
 def run_check(
     system: str, source_dir: str | Path, *, rows: int = 1000, tolerance: float = 0.05
 ) -> CheckResult:
     """Validate a system's config, then dry-run it on the first `rows` rows of each table."""
-    from handover.config.loader import ConfigError, load_config, resolve_source
-    from handover.core.errors import SourceReadError
-    from handover.sources.open import head, open_source
+    from handover.config.loader import load_config
+    from handover.core.errors import ConfigError
 
     res = CheckResult()
     try:
@@ -325,75 +84,126 @@ def run_check(
         return res
     source_dir = Path(source_dir)
     exported_at = _exported_at(source_dir)
-    _check_suites(cfg, res)
-    _check_personal_defaults(cfg, res)
-    _export_folder_problems(cfg, source_dir, res)
-    catalog_file = cfg.directory / "catalog.yaml"
+    check_suites(cfg, res)
+    check_personal_defaults(cfg, res)
+    export_folder_problems(cfg, source_dir, res)
     for table in cfg.tables:
-        spec = cfg.table(table)
-        catalog = list(spec["columns"])
-        try:
-            source = open_source(table, spec, source_dir)
-            for attr in ("chunk_rows", "batch_rows"):  # read no more than the sample
-                if hasattr(source, attr):
-                    setattr(source, attr, max(1, min(getattr(source, attr), rows)))
-            with source:
-                sample = head(source, rows)
-        except SourceReadError as exc:
-            res.problems.append(f"{exc} (table {table})")
-            continue
-        res.rows_read[table] = sample.num_rows
-        header = [c for c in sample.column_names if c != "_source_row"]
-        unknown = [c for c in header if c not in catalog]
-        if (
-            header
-            and len(unknown) * 2 > len(header)
-            and resolve_source(table, spec).get("header", True)
-        ):
-            # Most "column names" unknown: the first line is likely data, not a header. Its
-            # values are a customer's: named by count, never quoted.
-            res.problems.append(
-                f"{catalog_file}: table {table}: {len(unknown)} of {len(header)} names in the "
-                f"first line of {source.location} are not catalogued columns; if the file has "
-                f"no header row, set tables.{table}.source.header: false (the catalog's column "
-                "order then names the columns), else check source.delimiter and encoding"
-            )
-            continue
-        for col in header:
-            if col not in catalog:
-                res.problems.append(
-                    f"{catalog_file}: table {table} column {col}: found in {source.location} "
-                    "but not in the catalog (unclassified); add it with its level and pii type"
-                )
-        for col in catalog:
-            if col not in header:
-                res.problems.append(
-                    f"{source.location}: table {table} column {col}: catalogued in "
-                    f"{catalog_file.name} but missing from the source"
-                )
-        used = _used_columns(cfg, table)
-        for col, meta in spec["columns"].items():
-            if meta.get("migrate") is False:
-                if col in used:
-                    res.problems.append(
-                        f"{catalog_file}: table {table} column {col}: marked migrate: false but "
-                        "mapping.yaml or policy.yaml uses it"
-                    )
-            elif col not in used:
-                res.problems.append(
-                    f"{cfg.directory / 'mapping.yaml'}: table {table} column {col}: not mapped "
-                    "to any target field; map it, or mark it migrate: false in catalog.yaml"
-                )
-        frame = sample.select(
-            [c for c in sample.column_names if c in catalog or c == "_source_row"]
-        ).to_pandas()
-        for col in catalog:  # a missing column is reported above; keep checking the rest
-            if col not in frame:
-                frame[col] = None
-        _type_problems(cfg, table, frame, res, tolerance)
-        _rule_shares(cfg, table, frame, exported_at, res)
-        _mapping_problems(cfg, table, frame, exported_at, res)
+        _check_table(cfg, table, source_dir, rows, tolerance, exported_at, res)
     return res
+
+
+def _check_table(
+    cfg: SourceConfig,
+    table: str,
+    source_dir: Path,
+    rows: int,
+    tolerance: float,
+    exported_at: Any,
+    res: CheckResult,
+) -> None:
+    """Dry-run one table on its first `rows` rows: columns, types, rules and mapping."""
+    spec = cfg.table(table)
+    catalog = list(spec["columns"])
+    read = _read_sample(table, spec, source_dir, rows, res)
+    if read is None:
+        return
+    location, sample = read
+    res.rows_read[table] = sample.num_rows
+    if not _column_problems(cfg, table, spec, location, sample, res):
+        return
+    _usage_problems(cfg, table, spec, res)
+    frame = sample.select(
+        [c for c in sample.column_names if c in catalog or c == "_source_row"]
+    ).to_pandas()
+    for col in catalog:  # a missing column is reported above; keep checking the rest
+        if col not in frame:
+            frame[col] = None
+    type_problems(cfg, table, frame, res, tolerance)
+    rule_shares(cfg, table, frame, exported_at, res)
+    mapping_problems(cfg, table, frame, exported_at, res)
+
+
+def _read_sample(
+    table: str, spec: dict[str, Any], source_dir: Path, rows: int, res: CheckResult
+) -> tuple[str, pa.Table] | None:
+    """(where the table was read, its first `rows` rows), or None with the problem noted."""
+    from handover.core.errors import SourceReadError
+    from handover.sources.open import head, open_source
+
+    try:
+        source = open_source(table, spec, source_dir)
+        for attr in ("chunk_rows", "batch_rows"):  # read no more than the sample
+            if hasattr(source, attr):
+                setattr(source, attr, max(1, min(getattr(source, attr), rows)))
+        with source:
+            sample = head(source, rows)
+    except SourceReadError as exc:
+        res.problems.append(f"{exc} (table {table})")
+        return None
+    return source.location, sample
+
+
+def _column_problems(
+    cfg: SourceConfig,
+    table: str,
+    spec: dict[str, Any],
+    location: str,
+    sample: pa.Table,
+    res: CheckResult,
+) -> bool:
+    """Columns the export has and the catalog does not, and the reverse. False when the
+    first line looks like data rather than a header (nothing else is checked then)."""
+    from handover.config.model import resolve_source
+
+    catalog_file = cfg.directory / "catalog.yaml"
+    catalog = list(spec["columns"])
+    header = [c for c in sample.column_names if c != "_source_row"]
+    unknown = [c for c in header if c not in catalog]
+    if (
+        header
+        and len(unknown) * 2 > len(header)
+        and resolve_source(table, spec).get("header", True)
+    ):
+        # Most "column names" unknown: the first line is likely data, not a header. Its
+        # values are a customer's: named by count, never quoted.
+        res.problems.append(
+            f"{catalog_file}: table {table}: {len(unknown)} of {len(header)} names in the "
+            f"first line of {location} are not catalogued columns; if the file has "
+            f"no header row, set tables.{table}.source.header: false (the catalog's column "
+            "order then names the columns), else check source.delimiter and encoding"
+        )
+        return False
+    for col in header:
+        if col not in catalog:
+            res.problems.append(
+                f"{catalog_file}: table {table} column {col}: found in {location} "
+                "but not in the catalog (unclassified); add it with its level and pii type"
+            )
+    for col in catalog:
+        if col not in header:
+            res.problems.append(
+                f"{location}: table {table} column {col}: catalogued in "
+                f"{catalog_file.name} but missing from the source"
+            )
+    return True
+
+
+def _usage_problems(cfg: SourceConfig, table: str, spec: dict[str, Any], res: CheckResult) -> None:
+    """Catalogued columns nothing uses (unmapped), and migrate: false columns something uses."""
+    catalog_file = cfg.directory / "catalog.yaml"
+    used = _used_columns(cfg, table)
+    for col, meta in spec["columns"].items():
+        if meta.get("migrate") is False:
+            if col in used:
+                res.problems.append(
+                    f"{catalog_file}: table {table} column {col}: marked migrate: false but "
+                    "mapping.yaml or policy.yaml uses it"
+                )
+        elif col not in used:
+            res.problems.append(
+                f"{cfg.directory / 'mapping.yaml'}: table {table} column {col}: not mapped "
+                "to any target field; map it, or mark it migrate: false in catalog.yaml"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

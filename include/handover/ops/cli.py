@@ -146,7 +146,8 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
     from datetime import UTC, datetime
     from pathlib import Path
 
-    from handover.config.loader import load_config, resolve_source
+    from handover.config.loader import load_config
+    from handover.config.model import resolve_source
     from handover.sources.open import open_source
 
     src = Path(source_dir)
@@ -157,8 +158,7 @@ def manifest_command(system: str, source_dir: str, exported_at: str, force: bool
             file=sys.stderr,
         )
         return 2
-    from handover.config.loader import ConfigError
-    from handover.core.errors import SourceReadError
+    from handover.core.errors import ConfigError, SourceReadError
 
     try:
         from handover.stages.cleanse import export_time
@@ -232,10 +232,8 @@ def review_command(args: argparse.Namespace) -> int:
             print(f"next: {out['next']}")
         return 0
     with ledger.connect() as conn:
-        if (
-            conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()[0]
-            is None
-        ):
+        queue = conn.execute("SELECT to_regclass('handover_meta.identity_review')").fetchone()
+        if queue[0] is None:  # type: ignore[index]  # a SELECT without FROM returns one row
             print("no review queue yet: no run has merged a record into a target customer")
             return 0
         rows = conn.execute(
