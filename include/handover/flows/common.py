@@ -15,7 +15,8 @@ from typing import Any, cast
 import pandas as pd
 import pyarrow as pa
 
-from handover.config.loader import SourceConfig, load_config
+from handover.config.loader import load_config
+from handover.config.model import SourceConfig
 from handover.core.contracts import Partition
 from handover.core.memory import tune_arrow_pool
 from handover.core.paths import PROJECT_ROOT
@@ -38,7 +39,7 @@ def _lake() -> Lake:
 
 def _config(system: str) -> SourceConfig:
     """The checked config, re-read when a file changes (a fixed mapping + clear = new run)."""
-    from handover.config.loader import CONFIG_ROOT
+    from handover.core.paths import CONFIG_ROOT
 
     folder = Path(system) if Path(system).is_dir() else CONFIG_ROOT / system
     stamp = tuple(p.stat().st_mtime_ns for p in sorted(folder.glob("*.yaml")))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.contracts import Partition, RunContext
 from handover.core.errors import GateFailed, SourceError
 from handover.db import ledger

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.errors import SourceError
 from handover.db import ledger
 

@@ -10,7 +10,7 @@ from typing import Any, cast
 import pandas as pd
 import pyarrow as pa
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.contracts import RunContext
 from handover.flows.common import _config, _lake, parent_tables
 from handover.flows.migration_identity import (

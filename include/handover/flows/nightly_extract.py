@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.contracts import Partition, RunContext
 from handover.core.errors import SourceError, SourceReadError
 from handover.core.validators import normalise_text

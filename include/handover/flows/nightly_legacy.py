@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.contracts import RunContext
 from handover.core.errors import SourceError
 from handover.flows.common import VERSION_COLUMNS

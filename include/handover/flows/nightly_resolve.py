@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.contracts import Partition, RunContext
 from handover.db import ledger
 from handover.flows.common import _config, _lake, parent_tables

@@ -26,7 +26,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.core.errors import KeyringError, RotationIncomplete
 from handover.db import ledger
 from handover.protection.fields import (

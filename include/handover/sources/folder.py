@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from handover.config.loader import resolve_source
+from handover.config.model import resolve_source
 from handover.core.errors import SourceReadError
 from handover.sources.sql import _sql_location
 

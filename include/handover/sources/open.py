@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from handover.config.loader import resolve_source
+from handover.config.model import resolve_source
 from handover.core.errors import SourceReadError
 from handover.sources.base import ROW_COLUMN, TableSource, _FileSource
 from handover.sources.delimited import DelimitedSource

@@ -111,7 +111,7 @@ def match_existing(
 def require_linkable(conn, cfg) -> None:
     """`on_match: link` keeps two customers of one person: a target whose ID blind index is
     UNIQUE cannot hold them. One line, before anything is written."""
-    from handover.config.loader import ConfigError
+    from handover.core.errors import ConfigError
 
     s = cast(dict[str, Any], settings(cfg))  # called only where identity applies (on_match)
     tmap = cfg.table_mapping(s["table"])

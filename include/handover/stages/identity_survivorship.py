@@ -142,7 +142,7 @@ def decide(
 
 def _require_columns(conn, cfg, target: str, verified: dict[str, str]) -> None:
     """Every verified flag the policy names is a column of the target: one line if not."""
-    from handover.config.loader import ConfigError
+    from handover.core.errors import ConfigError
 
     if not verified:
         return

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.db.bulk_copy import copy_arrow
 from handover.db.load import comparable_columns
 from handover.storage.layout import safe_run_id

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from handover.config.loader import SourceConfig
+from handover.config.model import SourceConfig
 from handover.storage.layout import safe_run_id
 from handover.storage.objects import Lake
 
