@@ -17,11 +17,13 @@ Need = Callable[[str, tuple[Any, ...]], None]
 
 
 def nearest(word: Any, options: Iterable[Any]) -> str:
+    """` (did you mean 'x'?)` for the closest valid name, or nothing."""
     match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def where(path: Path, lines: dict[tuple[Any, ...], int], keys: tuple[Any, ...]) -> str:
+    """`<file> line <n>` of a key path, or of its nearest ancestor the file has."""
     probe = tuple(keys)
     while probe and probe not in lines:
         probe = probe[:-1]
