@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from handover.core.contracts import RunContext
 from handover.core.errors import DATA_FAULTS, DatabaseFault, TransientFault
 from handover.core.paths import PROJECT_ROOT
 from handover.ops.notify import HandoverNotifier
@@ -69,7 +70,10 @@ def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
     retry left) marks it failed, with the task and its one-line reason in the audit trail,
     so `cli summary`, the report and the plugin never call a failed run running or
     succeeded. A later successful publish (after a clear) marks it succeeded again."""
-    ctx = next((a for a in args if isinstance(a, dict) and "run_id" in a), None)
+    # the run's context, the one argument that is a dict with a run_id (RunContext)
+    ctx: RunContext | None = next(
+        (cast(RunContext, a) for a in args if isinstance(a, dict) and "run_id" in a), None
+    )
     if ctx is None:
         return
     try:
