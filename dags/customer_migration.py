@@ -25,15 +25,6 @@ from airflow.sdk import Param, dag, task
 from handover.flows import steps
 from handover.ops import chain
 
-CHAIN = chain.ChainSteps(
-    gate=steps.run_gate,
-    comply=steps.comply,
-    resolve_customers=steps.resolve_customers,
-    cleanse=steps.cleanse,
-    map_protect=steps.map_protect,
-    load=steps.load,
-)
-
 
 @dag(
     schedule=None,
@@ -75,7 +66,7 @@ def customer_migration():
     tables = chain.list_tables_task()(ctx)
     extracted = extract_table.partial(ctx=ctx).expand(table=tables)
     parts = chain.list_partitions_task(steps.flatten)(extracted)
-    loaded = chain.gated_chain(ctx, parts, CHAIN)
+    loaded = chain.gated_chain(ctx, parts, steps.MIGRATION)
     chain.reconcile_and_publish(
         ctx,
         tables,

@@ -32,15 +32,6 @@ from handover.ops import chain
 
 LEGACY_TZ = "Asia/Shanghai"
 
-CHAIN = chain.ChainSteps(
-    gate=steps.run_gate,
-    comply=steps.night_comply,
-    resolve_customers=steps.night_resolve_customers,
-    cleanse=steps.cleanse,
-    map_protect=steps.map_protect,
-    load=steps.night_load,
-)
-
 
 @dag(
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone=LEGACY_TZ),
@@ -93,7 +84,7 @@ def nightly_sync():
     tables = chain.list_tables_task()(ctx)
     extracted = extract_changes.partial(ctx=ctx).expand(table=tables)
     parts = chain.list_partitions_task(steps.night_partitions)(extracted)
-    loaded = chain.gated_chain(ctx, parts, CHAIN)
+    loaded = chain.gated_chain(ctx, parts, steps.NIGHT)
     deleted = (
         chain.table_task("apply_deletions", steps.apply_deletions)
         .partial(ctx=ctx, after=loaded)

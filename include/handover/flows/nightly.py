@@ -43,7 +43,6 @@ Nothing in the library imports through this re-export: it is for DAGs, scripts a
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import pandas as pd
@@ -51,6 +50,7 @@ import pandas as pd
 from handover.core.errors import NightOrderError
 from handover.flows.cleansing import cleanse_partition, map_protect_partition
 from handover.flows.common import VERSION_COLUMNS, version_column
+from handover.flows.gated_chain import ChainSteps, Timer, run_chain
 from handover.flows.gating import run_gate_task
 from handover.flows.nightly_extract import (
     ROWS_PER_PARTITION,
@@ -117,6 +117,18 @@ __all__ = [
 ]
 
 
+#: the night's gated chain, the functions themselves (the DAG runs the same ones through
+#: flows.steps.NIGHT)
+NIGHT_STEPS = ChainSteps(
+    gate=run_gate_task,
+    comply=comply_partition,
+    resolve_customers=resolve_customers,
+    cleanse=cleanse_partition,
+    map_protect=map_protect_partition,
+    load=load_partition,
+)
+
+
 # ---------------------------------------------------------------- in-process runner
 def run_night(
     *,
@@ -129,13 +141,7 @@ def run_night(
 ) -> dict:
     """One night in one process, in the DAG's order (tests, and the CLI below)."""
     t = timings if timings is not None else {}
-
-    def timed(name, fn, *a, **kw):
-        started = time.monotonic()
-        out = fn(*a, **kw)
-        t[name] = t.get(name, 0.0) + time.monotonic() - started
-        return out
-
+    timed = Timer(t)
     ctx = timed(
         "plan",
         plan_night,
@@ -148,15 +154,7 @@ def run_night(
     parts = list_partitions(
         [timed("extract", extract_changes, ctx, table) for table in ctx["tables"]]
     )
-    parts = [timed("gate_intake", run_gate_task, ctx, p, "intake") for p in parts]
-    parts = [timed("comply", comply_partition, ctx, p) for p in parts]
-    parts = [timed("gate_compliance", run_gate_task, ctx, p, "compliance") for p in parts]
-    timed("resolve", resolve_customers, ctx)
-    parts = [timed("cleanse", cleanse_partition, ctx, p) for p in parts]
-    parts = [timed("gate_quality", run_gate_task, ctx, p, "quality") for p in parts]
-    parts = [timed("map_protect", map_protect_partition, ctx, p) for p in parts]
-    parts = [timed("gate_contract", run_gate_task, ctx, p, "contract") for p in parts]
-    loaded = [timed("load", load_partition, ctx, p) for p in parts]
+    loaded = run_chain(ctx, parts, NIGHT_STEPS, timed)
     deleted = [timed("delete", apply_deletions, ctx, table) for table in ctx["tables"]]
     reconciled = [timed("reconcile", reconcile_table, ctx, table) for table in ctx["tables"]]
     for r in reconciled:

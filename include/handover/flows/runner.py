@@ -13,6 +13,7 @@ import time
 
 from handover.flows.cleansing import cleanse_partition, map_protect_partition
 from handover.flows.common import flatten
+from handover.flows.gated_chain import ChainSteps, Timer, run_chain
 from handover.flows.gating import reconciliation_gate, run_gate_task
 from handover.flows.migration import extract_table, plan_run
 from handover.flows.migration_comply import comply_partition
@@ -20,7 +21,16 @@ from handover.flows.migration_load import load_partition, reconcile_table
 from handover.flows.migration_resolve import resolve_customers
 from handover.flows.publishing import publish
 
-GATES = ("intake", "compliance", "quality", "contract")
+#: the migration's gated chain, the functions themselves (the DAG runs the same ones through
+#: flows.steps.MIGRATION)
+MIGRATION_STEPS = ChainSteps(
+    gate=run_gate_task,
+    comply=comply_partition,
+    resolve_customers=resolve_customers,
+    cleanse=cleanse_partition,
+    map_protect=map_protect_partition,
+    load=load_partition,
+)
 
 
 def run_migration(
@@ -32,13 +42,7 @@ def run_migration(
     timings: dict | None = None,
 ) -> dict:
     t = timings if timings is not None else {}
-
-    def timed(name, fn, *a, **kw):
-        started = time.monotonic()
-        out = fn(*a, **kw)
-        t[name] = t.get(name, 0.0) + time.monotonic() - started
-        return out
-
+    timed = Timer(t)
     ctx = timed(
         "plan",
         plan_run,
@@ -48,15 +52,7 @@ def run_migration(
         source_dir=source_dir,
     )
     parts = flatten([timed("extract", extract_table, ctx, table) for table in ctx["tables"]])
-    parts = [timed("gate_intake", run_gate_task, ctx, p, "intake") for p in parts]
-    parts = [timed("comply", comply_partition, ctx, p) for p in parts]
-    parts = [timed("gate_compliance", run_gate_task, ctx, p, "compliance") for p in parts]
-    timed("resolve", resolve_customers, ctx)
-    parts = [timed("cleanse", cleanse_partition, ctx, p) for p in parts]
-    parts = [timed("gate_quality", run_gate_task, ctx, p, "quality") for p in parts]
-    parts = [timed("map_protect", map_protect_partition, ctx, p) for p in parts]
-    parts = [timed("gate_contract", run_gate_task, ctx, p, "contract") for p in parts]
-    loaded = [timed("load", load_partition, ctx, p) for p in parts]
+    loaded = run_chain(ctx, parts, MIGRATION_STEPS, timed)
     for table in ctx["tables"]:
         timed("reconcile", reconcile_table, ctx, table)
         timed("gate_reconciliation", reconciliation_gate, ctx, table)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from handover.core.contracts import Partition, RunContext, TableResult
+from handover.flows.gated_chain import ChainSteps
 
 # ---------------------------------------------------------------- shared by both flows
 
@@ -204,3 +205,27 @@ def night_publish(ctx: RunContext) -> dict[str, Any]:
     from handover.flows import nightly
 
     return nightly.publish(ctx)
+
+
+# ---------------------------------------------------------------- the two chains
+
+#: the migration's gated chain (customer_migration, flows.runner.run_migration)
+MIGRATION = ChainSteps(
+    gate=run_gate,
+    comply=comply,
+    resolve_customers=resolve_customers,
+    cleanse=cleanse,
+    map_protect=map_protect,
+    load=load,
+)
+#: the night's gated chain (nightly_sync, flows.nightly.run_night): its own comply,
+#: resolve and load (older never overwrites newer); cleanse, map + protect and the gates
+#: are the migration's
+NIGHT = ChainSteps(
+    gate=run_gate,
+    comply=night_comply,
+    resolve_customers=night_resolve_customers,
+    cleanse=cleanse,
+    map_protect=map_protect,
+    load=night_load,
+)

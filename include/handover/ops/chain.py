@@ -6,7 +6,8 @@
     quality gate → map + protect → contract gate → load
 
 :func:`gated_chain` builds it as one task group from the steps a flow passes by reference
-(:class:`ChainSteps`, functions of :mod:`handover.flows.steps`); each DAG adds only what is
+(:data:`handover.flows.steps.MIGRATION` or :data:`~handover.flows.steps.NIGHT`, whose
+in-process runners run the very same steps in the same order); each DAG adds only what is
 its own before (plan, extract) and after (deletions, reconcile, publish). Task ids are
 not prefixed with the group's id, so runbooks, links and the plugin name tasks as before
 (``validate_intake``, ``comply``, ``load``).
@@ -18,34 +19,19 @@ line and fail without retry, transient ones are retried. Gates never retry.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from airflow.sdk import TaskGroup, task
 
 from handover.core.contracts import Partition, RunContext
+from handover.flows.gated_chain import ChainSteps, GateStep, PartStep
 from handover.ops.tasks import DEFAULT_ARGS
 
 #: a mapped task's label in the grid: ``table/partition``
 LABEL = "{{ part_label }}"
 #: the order of the gates between the stages (the reconciliation gate is per table)
 GATES = ("intake", "compliance", "quality", "contract")
-
-PartStep = Callable[[RunContext, Partition], Partition]
-GateStep = Callable[[RunContext, Partition, str], Partition]
-
-
-@dataclass(frozen=True)
-class ChainSteps:
-    """The functions a flow runs at each step of the chain (by reference)."""
-
-    gate: GateStep
-    comply: PartStep
-    resolve_customers: Callable[[RunContext], Any]
-    cleanse: PartStep
-    map_protect: PartStep
-    load: PartStep
 
 
 def part_label(part: Mapping[str, Any]) -> str:
