@@ -1,12 +1,17 @@
-"""make bench: the whole migration measured against raw COPY and naive pandas, in one run.
+"""make bench: the whole migration measured against raw COPY, naive pandas, dlt and keyed
+COPY, in one run.
 
     python scripts/bench.py [--subscribers 200000] [--calls-per-subscriber 26]
-                            [--scale 0.2] [--naive-sample 500000]
+                            [--scale 0.2] [--naive-sample 500000] [--dlt-formats csv,parquet]
 
-For each size (the main one, then --scale times it) on the same PostgreSQL:
+For each size (the main one, then --scale times it) on the same PostgreSQL (the peers are
+in scripts/bench_peers.py):
   (a) raw COPY ... FROM STDIN (FORMAT csv) of every source file into text tables (the floor);
   (b) naive pandas read_csv + DataFrame.to_sql of call records, on a sample, scaled;
+  (d) dlt (scripts/bench_dlt.py, pinned in bench/requirements.txt), merge on the natural
+      keys, Arrow batches in, once per loader format, each in its own process and database;
   (c) the whole customer_migration DAG through `airflow dags test`, every stage and gate;
+  (e) keyed COPY: the run's mapped rows COPYed into an empty keyed copy of the target schema;
   (f) the cost of encrypting its working set, per stage (plain vs encrypted Parquet);
 then three reruns of the largest finished load partition (once autovacuum has settled;
 the median against its first load), and each task id's most-growing instance rerun alone
@@ -33,87 +38,19 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "include"))
 
+from bench_peers import (  # noqa: E402 - scripts/ is on the path as this script's folder
+    LAUNCHER,
+    dlt_peer,
+    fresh_db,
+    keyed_copy,
+    naive_pandas,
+    peer_summary,
+    raw_copy,
+)
+
 from handover_synth import legacy_bss as synth  # noqa: E402 - importable only after the sys.path line above
 
-TABLES = [
-    "subscribers",
-    "consents",
-    "call_records",
-    "data_sessions",
-    "payments",
-    "complaints",
-    "browsing_events",
-]
-
-
-def _with_db(dsn: str, name: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-    return make_conninfo(**{**conninfo_to_dict(dsn), "dbname": name})
-
-
-def admin_dsn() -> str:
-    from handover.config.connections import target_dsn
-
-    return _with_db(target_dsn(), "postgres")
-
-
 BENCH_DB = "handover_bench"
-
-
-def fresh_db(name: str) -> str:
-    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return _with_db(admin_dsn(), name)
-
-
-def raw_copy(source: Path, dsn: str) -> tuple[int, float]:
-    """COPY every file as-is into text tables: PostgreSQL's own floor for these bytes."""
-    rows, started = 0, time.monotonic()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in TABLES:
-            path = source / f"{table}.csv"
-            header = path.open(encoding="utf-8").readline().strip().split(",")
-            cols = ", ".join(f'"{c}" text' for c in header)
-            conn.execute(f'CREATE TABLE "{table}" ({cols})')
-            with (
-                conn.cursor().copy(f'COPY "{table}" FROM STDIN (FORMAT csv, HEADER)') as cp,
-                path.open("rb") as fh,
-            ):
-                while chunk := fh.read(1 << 20):
-                    cp.write(chunk)
-            rows += conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-    return rows, time.monotonic() - started
-
-
-def naive_pandas(source: Path, dsn: str, sample: int) -> tuple[int, float, int]:
-    """What most people write first: read_csv + to_sql (SQLAlchemy + psycopg2)."""
-    code = f"""
-import time, pandas as pd, sqlalchemy as sa, resource
-t = time.monotonic()
-df = pd.read_csv({str(source / "call_records.csv")!r}, nrows={sample})
-eng = sa.create_engine({sa_url(dsn)!r})
-df.to_sql("call_records_naive", eng, if_exists="replace", index=False)
-print(len(df), time.monotonic() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    return int(out[0]), float(out[1]), int(out[2]) // 1024
-
-
-def sa_url(dsn: str) -> str:
-    parts = dict(p.split("=", 1) for p in dsn.split())
-    host = parts.get("host", "")
-    if host.startswith("/"):
-        return (
-            f"postgresql+psycopg2://{parts.get('user', 'postgres')}@/{parts['dbname']}?host={host}"
-        )
-    return (
-        f"postgresql+psycopg2://{parts.get('user', 'postgres')}@{host}:"
-        f"{parts.get('port', 5432)}/{parts['dbname']}"
-    )
 
 
 class PeakRSS(threading.Thread):
@@ -178,17 +115,6 @@ def task_metrics(log: Path) -> dict[str, dict]:
             if own >= t["own_rss_mb"]:
                 t["own_rss_mb"], t["largest_index"] = own, int(m["index"])
     return out
-
-
-# Runs argv with its output to stderr, then prints the child's peak RSS in MB (wait4).
-LAUNCHER = """
-import os, subprocess, sys
-proc = subprocess.Popen(sys.argv[1:], stdout=2)
-_, status, usage = os.wait4(proc.pid, 0)
-code = os.waitstatus_to_exitcode(status)
-print(usage.ru_maxrss // 1024)
-sys.exit(code)
-"""
 
 
 def task_process_peaks(run_id: str, tasks: dict[str, dict], env: dict, log: Path) -> dict:
@@ -383,7 +309,7 @@ def encryption_cost(run_id: str, wall: float) -> dict:
     }
 
 
-def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
+def one_size(subscribers: int, calls: float, naive_sample: int, dlt_formats: list[str]) -> dict:
     base = ROOT / ".state" / "bench"
     source = base / f"source-{subscribers}"
     if not (source / "export_manifest.json").exists():
@@ -407,6 +333,8 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
         f"{n / naive_s:,.0f} rows/s (sample, rate applies to all), peak RSS {naive_rss} MB",
         flush=True,
     )
+    dlt_runs = [dlt_peer(source, total, fmt) for fmt in dlt_formats]
+    dlt = max(dlt_runs, key=lambda r: r["rows_per_s"]) if dlt_runs else None
 
     # Its own target database and lake, not the demo's: `make demo` after `make bench`
     # finds its target as it left it (the bench's 20 M rows would collide with its keys).
@@ -436,6 +364,7 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
         flush=True,
     )
     rerun = rerun_largest_load(run_id, target)
+    keyed = keyed_copy(run_id)
     encryption = encryption_cost(run_id, wall)
     own = task_process_peaks(
         run_id, tasks, env, ROOT / ".state" / "bench" / f"task-reruns-{source.name}.log"
@@ -451,6 +380,16 @@ def one_size(subscribers: int, calls: float, naive_sample: int) -> dict:
         "naive_peak_rss_mb": naive_rss,
         "pipeline_rows_per_s": round(total / wall),
         "pipeline_seconds": round(wall, 1),
+        # (d) the fastest of the dlt runs (each loader format in `dlt_runs`) and (e)
+        "dlt_rows_per_s": dlt and dlt["rows_per_s"],
+        "dlt_peak_rss_mb": dlt and dlt["peak_rss_mb"],
+        "dlt_format": dlt and dlt["format"],
+        "dlt_seconds": dlt and dlt["seconds"],
+        "dlt_runs": dlt_runs,
+        "keyed_copy_rows_per_s": keyed["rows_per_s"],
+        "keyed_copy": keyed,
+        "ratio_vs_dlt": dlt and round((total / wall) / dlt["rows_per_s"], 3),
+        "ratio_vs_keyed_copy": round((total / wall) / keyed["rows_per_s"], 3),
         "ratio_vs_copy": round((total / wall) / (copy_rows / copy_s), 3),
         "ratio_vs_naive": round((total / wall) / (n / naive_s), 2),
         # Per task, in a process of its own (an executor's view): the figure the target
@@ -494,12 +433,18 @@ def main() -> int:
         help="second size as a fraction of the first (0 to skip)",
     )
     ap.add_argument("--naive-sample", type=int, default=500_000)
+    ap.add_argument(
+        "--dlt-formats",
+        default="csv,parquet",
+        help="dlt loader file formats to run, the fastest reported (empty to skip dlt)",
+    )
     args = ap.parse_args()
     (ROOT / ".state" / "bench").mkdir(parents=True, exist_ok=True)
     sizes = [args.subscribers]
     if args.scale:
         sizes.insert(0, max(1000, int(args.subscribers * args.scale)))
-    results = [one_size(n, args.calls_per_subscriber, args.naive_sample) for n in sizes]
+    formats = [f for f in args.dlt_formats.split(",") if f]
+    results = [one_size(n, args.calls_per_subscriber, args.naive_sample, formats) for n in sizes]
     main_result = results[-1]
     out = {**main_result, "sizes": results}
     (ROOT / "bench").mkdir(exist_ok=True)
@@ -509,7 +454,7 @@ def main() -> int:
         print(
             f"{r['total_rows']:>12,} rows: pipeline {r['pipeline_rows_per_s']:>9,} rows/s = "
             f"{r['ratio_vs_copy']:.1%} of raw COPY ({r['copy_rows_per_s']:,}), "
-            f"{r['ratio_vs_naive']:.1f}x naive ({r['naive_rows_per_s']:,}); "
+            f"{r['ratio_vs_naive']:.1f}x naive ({r['naive_rows_per_s']:,}), {peer_summary(r)}; "
             f"peak RSS {r['max_task_peak_rss_mb']} MB; load rerun "
             f"{r['load_rerun']['ratio']}x first ({r['load_rerun']['first_method']} "
             f"{r['load_rerun']['first_load_s']}s, rerun {r['load_rerun']['rerun_method']} "
