@@ -10,8 +10,10 @@ STAMP="$(sha256sum "$ROOT/bench/requirements.txt" | cut -c1-16)"
 if [ "$(cat "$SITE/.stamp" 2>/dev/null)" != "$STAMP" ]; then
     echo "== installing the bench-only requirements (bench/requirements.txt) into $SITE" >&2
     rm -rf "$SITE"
+    # (pip warns once per package about this machine's optional local indexes: not errors)
     "$PY" -m pip install --quiet --disable-pip-version-check --no-deps --target "$SITE" \
-        -r "$ROOT/bench/requirements.txt"
+        -r "$ROOT/bench/requirements.txt" 2>&1 |
+        { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
     echo "$STAMP" >"$SITE/.stamp"
 fi
 export HANDOVER_BENCH_SITE="$SITE"
