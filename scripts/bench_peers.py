@@ -228,7 +228,8 @@ def keyed_copy(run_id: str, system: str = "legacy_bss") -> dict:
         conn.execute(TARGET_SQL.read_text())
     lake = lake_from_url()
     tables: dict[str, dict] = {}
-    with psycopg.connect(dsn) as conn:
+    # autocommit: each `transaction()` below is a real BEGIN ... COMMIT, the commit timed
+    with psycopg.connect(dsn, autocommit=True) as conn:
         for table in TABLES:
             target = sql.Identifier(cfg.mapping["schema"], cfg.table_mapping(table)["target"])
             t = tables.setdefault(table, {"rows": 0, "seconds": 0.0, "formats": []})
