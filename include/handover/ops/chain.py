@@ -5,12 +5,13 @@
     intake gate → comply → compliance gate → resolve customers → cleanse →
     quality gate → map + protect → contract gate → load
 
-:func:`gated_chain` builds it as one task group from the steps a flow passes by reference
+:func:`gated_chain` builds its tasks from the steps a flow passes by reference
 (:data:`handover.flows.steps.MIGRATION` or :data:`~handover.flows.steps.NIGHT`, whose
 in-process runners run the very same steps in the same order); each DAG adds only what is
-its own before (plan, extract) and after (deletions, reconcile, publish). Task ids are
-not prefixed with the group's id, so runbooks, links and the plugin name tasks as before
-(``validate_intake``, ``comply``, ``load``).
+its own before (plan, extract) and after (deletions, reconcile, publish). The tasks sit
+at the DAG's top level, not in an Airflow TaskGroup: a group starts collapsed in the
+grid, and on-call would have to open it to see which gate is red (``validate_intake``,
+``comply``, ``load`` appear in the grid, the runbook and the plugin as they always did).
 
 Every task body goes through :func:`handover.ops.tasks.call`: known failures become one
 line and fail without retry, transient ones are retried. Gates never retry.
@@ -22,7 +23,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import TaskGroup, task
+from airflow.sdk import task
 
 from handover.core.contracts import Partition, RunContext
 from handover.flows.gated_chain import ChainSteps, GateStep, PartStep
@@ -105,24 +106,16 @@ def table_task(task_id: str, fn: Callable[[RunContext, str], Any], **kwargs: Any
 def gated_chain(ctx: Any, parts: Any, steps: ChainSteps) -> Any:
     """Wire the gated chain over ``parts`` (an XCom list of partitions) in the current DAG;
     return the ``load`` task's mapped output (one manifest per partition)."""
-    with TaskGroup(
-        "gated_chain",
-        prefix_group_id=False,
-        tooltip="intake gate → comply → compliance gate → resolve customers → cleanse → "
-        "quality gate → map + protect → contract gate → load",
-    ):
-        intake = gate_task("intake", steps.gate).partial(ctx=ctx).expand(part=parts)
-        complied = partition_task("comply", steps.comply).partial(ctx=ctx).expand(part=intake)
-        compliant = gate_task("compliance", steps.gate).partial(ctx=ctx).expand(part=complied)
-        resolved = _resolve_task(steps.resolve_customers)(ctx, compliant)
-        cleansed = partition_task("cleanse", steps.cleanse).partial(ctx=ctx).expand(part=compliant)
-        resolved >> cleansed
-        quality = gate_task("quality", steps.gate).partial(ctx=ctx).expand(part=cleansed)
-        mapped = (
-            partition_task("map_protect", steps.map_protect).partial(ctx=ctx).expand(part=quality)
-        )
-        contract = gate_task("contract", steps.gate).partial(ctx=ctx).expand(part=mapped)
-        return partition_task("load", steps.load).partial(ctx=ctx).expand(part=contract)
+    intake = gate_task("intake", steps.gate).partial(ctx=ctx).expand(part=parts)
+    complied = partition_task("comply", steps.comply).partial(ctx=ctx).expand(part=intake)
+    compliant = gate_task("compliance", steps.gate).partial(ctx=ctx).expand(part=complied)
+    resolved = _resolve_task(steps.resolve_customers)(ctx, compliant)
+    cleansed = partition_task("cleanse", steps.cleanse).partial(ctx=ctx).expand(part=compliant)
+    resolved >> cleansed
+    quality = gate_task("quality", steps.gate).partial(ctx=ctx).expand(part=cleansed)
+    mapped = partition_task("map_protect", steps.map_protect).partial(ctx=ctx).expand(part=quality)
+    contract = gate_task("contract", steps.gate).partial(ctx=ctx).expand(part=mapped)
+    return partition_task("load", steps.load).partial(ctx=ctx).expand(part=contract)
 
 
 def reconcile_and_publish(
