@@ -9,8 +9,9 @@ the stage read them here, from one place.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
+from handover.config.model import SourceConfig
 from handover.config.shapes import customer_table
 from handover.core.errors import LifecycleError
 
@@ -27,16 +28,16 @@ SHAPING = (
 )
 
 
-def blind_indexed_field(cfg: Any, table: str, pii: str) -> str | None:
+def blind_indexed_field(cfg: SourceConfig, table: str, pii: str) -> str | None:
     """The mapped field of `table` that blind-indexes its column catalogued as `pii`."""
     columns = cfg.table(table)["columns"]
     for name, f in cfg.table_mapping(table)["fields"].items():
         if "blind_index" in f.get("protect", []) and columns[f["from"]].get("pii") == pii:
-            return name
+            return cast(str, name)  # a mapping.yaml field name
     return None
 
 
-def match_columns(cfg: Any) -> tuple[str, str, str] | None:
+def match_columns(cfg: SourceConfig) -> tuple[str, str, str] | None:
     """(customer table, resident-ID column, its blind-indexed target field), or None where
     the customer table has no blind-indexed resident ID to match on."""
     try:
@@ -50,7 +51,7 @@ def match_columns(cfg: Any) -> tuple[str, str, str] | None:
     return table, rid, field
 
 
-def person_fields(cfg: Any, table: str) -> list[tuple[str, str, str]]:
+def person_fields(cfg: SourceConfig, table: str) -> list[tuple[str, str, str]]:
     """(target field, source column, how: bidx | text) of the customer mapping's fields
     that a merged record can be compared on without a transform."""
     tmap = cfg.table_mapping(table)
@@ -69,7 +70,7 @@ def person_fields(cfg: Any, table: str) -> list[tuple[str, str, str]]:
     return out
 
 
-def version_fields(cfg: Any) -> tuple[str, str] | None:
+def version_fields(cfg: SourceConfig) -> tuple[str, str] | None:
     """(source column, target field) that date a customer's record: the cleansing dedupe's
     `order_by` (the column that says which of a person's records is newer), as mapped."""
     found = match_columns(cfg)

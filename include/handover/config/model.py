@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -19,14 +19,14 @@ class SourceConfig:
     policy: dict[str, Any]
     cleansing: dict[str, Any]
     mapping: dict[str, Any]
-    _lines: dict[str, dict[tuple, int]] = field(default_factory=dict, repr=False)
+    _lines: dict[str, dict[tuple[Any, ...], int]] = field(default_factory=dict, repr=False)
 
     @property
     def tables(self) -> list[str]:
         return list(self.catalog["tables"])
 
     def table(self, name: str) -> dict[str, Any]:
-        return self.catalog["tables"][name]
+        return cast(dict[str, Any], self.catalog["tables"][name])
 
     def partitions(self, name: str) -> int:
         return int(self.table(name).get("partitions", 1))
@@ -54,10 +54,10 @@ class SourceConfig:
         return folds
 
     def table_mapping(self, name: str) -> dict[str, Any]:
-        return self.mapping["tables"][name]
+        return cast(dict[str, Any], self.mapping["tables"][name])
 
     def category_policy(self, name: str) -> dict[str, Any]:
-        return self.policy["categories"][self.table(name)["category"]]
+        return cast(dict[str, Any], self.policy["categories"][self.table(name)["category"]])
 
     def source(self, name: str) -> dict[str, Any]:
         """The table's source block with defaults filled in (default: UTF-8 CSV with header)."""

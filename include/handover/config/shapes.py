@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from handover.config.model import SourceConfig
 from handover.core.errors import LifecycleError
 
 
@@ -26,7 +27,7 @@ class Shape:
     category: str
 
 
-def shapes(cfg) -> dict[str, Shape]:
+def shapes(cfg: SourceConfig) -> dict[str, Shape]:
     """Every table's shape, by source table name."""
     out = {}
     for table in cfg.tables:
@@ -50,7 +51,7 @@ def shapes(cfg) -> dict[str, Shape]:
     return out
 
 
-def customer_table(cfg) -> str:
+def customer_table(cfg: SourceConfig) -> str:
     """The source table whose key is the customer id (subscribers)."""
     for table in cfg.tables:
         spec = cfg.table(table)

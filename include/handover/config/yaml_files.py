@@ -4,7 +4,7 @@ file's JSON Schema problems each written as one line naming file, line and field
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -12,8 +12,13 @@ from handover.config.problems import nearest, where
 from handover.config.schemas import TRANSFORMS
 from handover.core.errors import ConfigError
 
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
-def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict:
+
+def _line_index(
+    node: yaml.Node, path: tuple[Any, ...] = (), out: dict[tuple[Any, ...], int] | None = None
+) -> dict[tuple[Any, ...], int]:
     """Map every key path of a YAML document to its 1-based line."""
     out = {} if out is None else out
     out.setdefault(path, node.start_mark.line + 1)
@@ -28,7 +33,7 @@ def _line_index(node: yaml.Node, path: tuple = (), out: dict | None = None) -> d
     return out
 
 
-def load_yaml(path: Path) -> tuple[Any, dict]:
+def load_yaml(path: Path) -> tuple[Any, dict[tuple[Any, ...], int]]:
     if not path.is_file():
         raise ConfigError(
             f"{path}: file not found; every source system needs catalog.yaml, "
@@ -50,7 +55,7 @@ def load_yaml(path: Path) -> tuple[Any, dict]:
     return data, _line_index(node)
 
 
-def _no_duplicate_keys(path: Path, node: yaml.Node, keys: tuple = ()) -> None:
+def _no_duplicate_keys(path: Path, node: yaml.Node, keys: tuple[Any, ...] = ()) -> None:
     """YAML keeps the last of two equal keys silently; a second `gender:` is a mistake."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
@@ -69,7 +74,9 @@ def _no_duplicate_keys(path: Path, node: yaml.Node, keys: tuple = ()) -> None:
             _no_duplicate_keys(path, item, keys + (i,))
 
 
-def schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
+def schema_check(
+    path: Path, data: Any, lines: dict[tuple[Any, ...], int], schema: dict[str, Any]
+) -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
@@ -84,7 +91,7 @@ def schema_check(path: Path, data: Any, lines: dict, schema: dict) -> None:
         raise ConfigError(problems[0], list(dict.fromkeys(problems)))
 
 
-def _schema_message(path: Path, lines: dict, err) -> str:
+def _schema_message(path: Path, lines: dict[tuple[Any, ...], int], err: ValidationError) -> str:
     keys = tuple(err.absolute_path)
     dotted = ".".join(map(str, keys)) or "(top level)"
     message = err.message

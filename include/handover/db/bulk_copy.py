@@ -105,7 +105,7 @@ def _made_ahead(items: Iterator[bytes], depth: int) -> Iterator[bytes]:
     is raised here.
     """
     done, stop = object(), threading.Event()
-    box: queue.Queue = queue.Queue(maxsize=depth)
+    box: queue.Queue[Any] = queue.Queue(maxsize=depth)  # the slices (bytes), then `done`
     failure: list[BaseException] = []
 
     def offer(item: object) -> bool:
@@ -204,7 +204,7 @@ def copy_arrow(
     if first is None:
         return []
     schema = first.schema
-    names = schema.names
+    names: list[str] = schema.names
     fmt = copy_format(conn, qualified, schema)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in names)
     stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {})").format(qualified, columns, sql.SQL(fmt))

@@ -272,7 +272,7 @@ def audit(
     )
 
 
-class AuditCheck(tuple):
+class AuditCheck(tuple[bool, int]):
     """The result of verify_audit_chain: unpacks as (intact, entries checked), as before,
     and also names the first broken entry (`first_bad_id`), why (`reason`) and how many
     entries fail (`broken`)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import psycopg
@@ -175,7 +175,7 @@ def _worth_probing(conn: psycopg.Connection, target: sql.Composable, rows: int) 
     )
     if tuples < 0 or pages <= 0:  # never analyzed: no density to go by
         return True
-    return tuples / pages * now > PROBE_ABOVE * rows
+    return cast(bool, tuples / pages * now > PROBE_ABOVE * rows)
 
 
 @contextlib.contextmanager
@@ -310,7 +310,7 @@ def table_checksum(conn: psycopg.Connection, schema: str, target: str, key: str)
 
 
 def key_column_values(table: pa.Table, key: str) -> list[str]:
-    return pc.cast(table[key], pa.string()).to_pylist()
+    return cast(list[str], pc.cast(table[key], pa.string()).to_pylist())
 
 
 # ---------------------------------------------------------------- nightly sync

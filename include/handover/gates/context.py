@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
-    from great_expectations.data_context import AbstractDataContext
-    from great_expectations.datasource.fluent import PandasDatasource
+    from great_expectations.data_context.data_context.abstract_data_context import (
+        AbstractDataContext,
+    )
+    from great_expectations.datasource.fluent.pandas_datasource import PandasDatasource
 
 _DATASOURCE = "handover"
 _SITE_NAME = "handover_quality"
@@ -180,10 +182,10 @@ def _tune_gx() -> None:
 class _ListedStore:
     """A store whose key listing is the given keys: everything else is the real store's."""
 
-    def __init__(self, store: Any, keys: list) -> None:
+    def __init__(self, store: Any, keys: list[Any]) -> None:
         self._store, self._keys = store, keys
 
-    def list_keys(self) -> list:
+    def list_keys(self) -> list[Any]:
         return list(self._keys)
 
     def __getattr__(self, name: str) -> Any:

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
     from great_expectations.core.expectation_validation_result import (
         ExpectationSuiteValidationResult,
     )
-    from great_expectations.data_context import AbstractDataContext
+    from great_expectations.data_context.data_context.abstract_data_context import (
+        AbstractDataContext,
+    )
     from great_expectations.data_context.types.resource_identifiers import (
         ValidationResultIdentifier,
     )
@@ -36,7 +39,7 @@ FAILED_MARKER = ".a-gate-failed"
 
 
 @contextlib.contextmanager
-def _site_lock(docs_dir: Path):
+def _site_lock(docs_dir: Path) -> Iterator[None]:
     """An exclusive lock on a run's Data Docs site across processes (mapped gate tasks
     write one site in parallel): store and index in turn, never interleaved."""
     import fcntl
@@ -108,7 +111,7 @@ def _store_suite(
     stored copy first and fails on a file another process is writing at that moment).
     """
     store = context.expectations_store
-    body = store.serialize(suite)
+    body = store.serialize(suite)  # type: ignore[no-untyped-call]  # GX's ExpectationsStore.serialize is unannotated
     marker = (docs_dir.resolve(), suite.name, hashlib.sha256(body.encode()).hexdigest())
     if marker in _stored_suites and store.has_key(suite_key):
         return False

@@ -121,7 +121,7 @@ def _check_suite(path: Path) -> dict[str, Any]:
         raise SuiteError(f"suite {path} has unknown keys: {', '.join(unknown)}")
 
     _quiet_gx_logging()
-    from great_expectations.exceptions import GreatExpectationsError
+    from great_expectations.exceptions.exceptions import GreatExpectationsError
     from great_expectations.expectations.expectation_configuration import (
         ExpectationConfiguration,
     )

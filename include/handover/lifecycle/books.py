@@ -12,9 +12,10 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+from handover.core.paths import SQL_DIR
 from handover.db import ledger
 
-SQL_FILE = ledger.SQL_DIR / "lifecycle.sql"
+SQL_FILE = SQL_DIR / "lifecycle.sql"
 
 
 @contextlib.contextmanager

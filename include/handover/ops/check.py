@@ -33,12 +33,13 @@ from handover.ops.check_result import CheckResult
 from handover.ops.check_values import mapping_problems, rule_shares, type_problems
 
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
 
     from handover.config.model import SourceConfig
 
 
-def _exported_at(source_dir: Path):
+def _exported_at(source_dir: Path) -> pd.Timestamp:
     import pandas as pd
 
     try:
@@ -50,7 +51,7 @@ def _exported_at(source_dir: Path):
         return pd.Timestamp.now().floor("s")
 
 
-def _used_columns(cfg, table: str) -> set[str]:
+def _used_columns(cfg: SourceConfig, table: str) -> set[str]:
     """Columns a target field or a policy rule reads (what `unmapped` is measured against)."""
     from handover.stages.mapping_field import source_columns
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from handover.ops.check_result import CheckResult
+
+if TYPE_CHECKING:
+    from handover.config.model import SourceConfig
 
 GATES = ("intake", "compliance", "quality", "contract", "reconciliation")
 
 
-def check_suites(cfg, res: CheckResult) -> None:
+def check_suites(cfg: SourceConfig, res: CheckResult) -> None:
     from handover.config.target import target_columns
     from handover.flows.common import SUITES_DIR
     from handover.flows.gating import suites_dir_for
@@ -53,7 +57,7 @@ def check_suites(cfg, res: CheckResult) -> None:
                     )
 
 
-def check_personal_defaults(cfg, res: CheckResult) -> None:
+def check_personal_defaults(cfg: SourceConfig, res: CheckResult) -> None:
     """A constant default in a personal field (`birth_date: {from: dob, default:
     1900-01-01}`) writes a made-up value about a person into the target: warn, and say what
     gives the true one."""
@@ -70,7 +74,7 @@ def check_personal_defaults(cfg, res: CheckResult) -> None:
                 )
 
 
-def export_folder_problems(cfg, source_dir: Path, res: CheckResult) -> None:
+def export_folder_problems(cfg: SourceConfig, source_dir: Path, res: CheckResult) -> None:
     """What plan_run refuses before a run: no manifest, a file no table reads and no
     `ignore:` glob declares."""
     from handover.core.errors import SourceReadError

@@ -12,6 +12,8 @@ from handover.ops.check_result import CheckResult
 if TYPE_CHECKING:
     import pandas as pd
 
+    from handover.config.model import SourceConfig
+
 # text(column): the sample's column as NFKC-normalised text
 Text = Callable[[str], "pd.Series"]
 # report(column, which values fail, what they fail): a problem, or a note within tolerance
@@ -22,7 +24,9 @@ def _share(bad: int, present: int) -> str:
     return f"{bad} of {present} values ({bad / max(present, 1):.1%})"
 
 
-def type_problems(cfg, table: str, frame, res: CheckResult, tolerance: float) -> None:
+def type_problems(
+    cfg: SourceConfig, table: str, frame: pd.DataFrame, res: CheckResult, tolerance: float
+) -> None:
     """Values failing their date format, integer, decimal or code rule, with counts: above
     `tolerance` a problem (a wrong format), below it a note (rows cleansing quarantines)."""
     import pandas as pd
@@ -102,7 +106,9 @@ def _code_problems(rules: dict[str, Any], frame: pd.DataFrame, text: Text, repor
             )
 
 
-def rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
+def rule_shares(
+    cfg: SourceConfig, table: str, frame: pd.DataFrame, exported_at: pd.Timestamp, res: CheckResult
+) -> None:
     """Dry-run the table's cleansing rules on the sample, as cleanse would (parents and
     survivorship aside: they need the whole export): the share of rows each reason would
     quarantine, as a note per table; above the quality gate's bound (catalog
@@ -153,9 +159,12 @@ def rule_shares(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
         res.notes.append(line)
 
 
-def mapping_problems(cfg, table: str, frame, exported_at, res: CheckResult) -> None:
+def mapping_problems(
+    cfg: SourceConfig, table: str, frame: pd.DataFrame, exported_at: pd.Timestamp, res: CheckResult
+) -> None:
+    from handover.core.errors import MappingError
     from handover.stages.cleanse import validate
-    from handover.stages.mapping import MappingError, field_values
+    from handover.stages.mapping import field_values
 
     try:
         typed, verdict = validate(

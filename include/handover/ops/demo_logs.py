@@ -31,6 +31,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TextIO
 
 START = re.compile(
     r"^\[DAG TEST\] starting task_id=(?P<task_id>\S+) map_index=(?P<map_index>-?\d+)$"
@@ -138,7 +139,7 @@ def split(log: Path) -> dict[Path, int]:
 
 
 # ------------------------------------------------------------------ readable full log
-def _traceback(exception: list) -> str:
+def _traceback(exception: list[Any]) -> str:
     """structlog's exception dicts (innermost cause last) as Python prints a traceback."""
     chunks = []
     for i, exc in enumerate(reversed(exception)):
@@ -159,7 +160,7 @@ def _traceback(exception: list) -> str:
     return "".join(chunks).rstrip("\n")
 
 
-def render(lines: Iterable[str], out) -> None:
+def render(lines: Iterable[str], out: TextIO) -> None:
     """JSON log lines as `dags test`'s console text (what it prints without json_logs);
     anything else (print output, warnings on stderr) as it is. Flushes every line."""
     import structlog

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk import BaseNotifier
 
@@ -100,7 +100,7 @@ def post_webhook(conn: dict[str, Any], line: str, timeout: float = 10.0) -> int:
         webhook_url(conn), data=line.encode("utf-8"), headers=headers, method="POST"
     )
     with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - configured URL
-        return resp.status
+        return cast(int, resp.status)
 
 
 def send_mail(

@@ -65,7 +65,7 @@ def call(fn: Callable[..., Any], *args: Any, label: str | None = None, **kwargs:
         raise
 
 
-def mark_run_failed(args: tuple, ti: Any, exc: BaseException) -> None:
+def mark_run_failed(args: tuple[Any, ...], ti: Any, exc: BaseException) -> None:
     """The run's row in handover_meta.run follows Airflow: a task that fails for good (no
     retry left) marks it failed, with the task and its one-line reason in the audit trail,
     so `cli summary`, the report and the plugin never call a failed run running or
@@ -196,7 +196,7 @@ def arrow_pool() -> str:
 
     if "pyarrow" not in sys.modules:
         return "-"
-    return sys.modules["pyarrow"].default_memory_pool().backend_name
+    return cast(str, sys.modules["pyarrow"].default_memory_pool().backend_name)
 
 
 def peak_rss_mb() -> int | None:

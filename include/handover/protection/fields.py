@@ -34,7 +34,7 @@ class Keyring:
     hmac_key: bytes
 
     @classmethod
-    def from_dict(cls, data: dict, kms: Any = None) -> Keyring:
+    def from_dict(cls, data: dict[str, Any], kms: Any = None) -> Keyring:
         """A keyring from the connection extra: plain keys, or KMS-wrapped ones (envelope).
 
         Envelope form: {'kms_key_id', 'active_key_id', 'wrapped_keys': {id: base64 KMS
@@ -54,7 +54,7 @@ class Keyring:
         return ring._checked()
 
     @classmethod
-    def _from_envelope(cls, data: dict, kms: Any) -> Keyring:
+    def _from_envelope(cls, data: dict[str, Any], kms: Any) -> Keyring:
         try:
             cmk = data["kms_key_id"]
             wrapped = dict(data["wrapped_keys"])
@@ -88,7 +88,7 @@ class Keyring:
         return ring
 
     @staticmethod
-    def generate(key_id: str = "k1") -> dict:
+    def generate(key_id: str = "k1") -> dict[str, Any]:
         return {
             "active_key_id": key_id,
             "keys": {key_id: base64.b64encode(os.urandom(32)).decode()},
@@ -167,7 +167,7 @@ def kms_unwrap(kms: Any, kms_key_id: str, blob_b64: str, key_id: str) -> bytes:
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}; check the connection "
             f"'{KMS_CONN_ID}' (endpoint, region, credentials) and the key's policy"
         ) from exc
-    return out["Plaintext"]
+    return cast(bytes, out["Plaintext"])  # boto3 response: untyped
 
 
 def kms_wrap(kms: Any, kms_key_id: str, plaintext: bytes, key_id: str) -> str:
@@ -323,7 +323,7 @@ _CANDIDATES = re.compile(
 )
 
 
-def _redact_match(m: re.Match) -> str:
+def _redact_match(m: re.Match[str]) -> str:
     rid, digits, msisdn, email, imsi = m.groups()
     if rid is not None:
         if resident_id_ok(rid.upper()):

@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow as pa
 
@@ -95,7 +96,7 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
             return
         codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
 
-        def lines(fh) -> Iterator[str]:  # decode only as far as the header reaches
+        def lines(fh: BinaryIO) -> Iterator[str]:  # decode only as far as the header reaches
             decoder = codecs.getincrementaldecoder(codec)()
             head = fh.read(1 << 20)  # the header line, ended by CRLF, LF or a lone CR
             if codec.startswith("utf-16"):  # two bytes a character: decode, then split
@@ -172,12 +173,14 @@ class DelimitedSource(DelimitedDiagnosis, _FileSource):
         if match.groups() and match.group(1) is not None:
             self._trailer_rows = int(match.group(1).replace(",", ""))
 
-    def _csv_input(self):
+    def _csv_input(self) -> Path | io.BufferedReader:
         """The file for Arrow: whole, or only the bytes before the trailer line; with a
         delimiter of several characters, decoded and written as UTF-8 with 0x1F."""
         if self._data_bytes is None and not self.multi:
             return self.path
-        raw = _Head(self.path, self._data_bytes if self._data_bytes is not None else -1)
+        raw: io.RawIOBase = _Head(
+            self.path, self._data_bytes if self._data_bytes is not None else -1
+        )
         if self.multi:
             codec = "utf-8-sig" if ENCODINGS[self.encoding] == "utf8" else self.encoding
             raw = _Redelimit(io.BufferedReader(raw, buffer_size=1 << 20), codec, self.multi)

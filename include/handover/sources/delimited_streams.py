@@ -21,7 +21,7 @@ class _Head(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # io.BufferedReader, its one reader, passes a memoryview
         n = min(len(buffer), self._left)
         if n <= 0:
             return 0
@@ -49,7 +49,7 @@ class _Redelimit(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]  # io.BufferedReader, its one reader, passes a memoryview
         while not self._out and not self._done:
             chunk = self._src.read(1 << 20)
             text = (self._carry + self._decoder.decode(chunk, final=not chunk)).replace(

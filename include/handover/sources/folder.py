@@ -60,7 +60,7 @@ EXPORT_SUFFIXES = {
 def check_export_files(
     tables: dict[str, dict[str, Any]],
     source_dir: str | Path,
-    manifest: dict | None,
+    manifest: dict[str, Any] | None,
     *,
     catalog: str | Path = "catalog.yaml",
     ignore: list[str] | tuple[str, ...] = (),
@@ -105,7 +105,7 @@ def _files_read(tables: dict[str, dict[str, Any]], src: Path, catalog: str | Pat
     return read
 
 
-def _manifest_files(manifest: dict | None, src: Path) -> dict[Path, str]:
+def _manifest_files(manifest: dict[str, Any] | None, src: Path) -> dict[Path, str]:
     """file (resolved) -> the table the export manifest lists it under."""
     listed: dict[Path, str] = {}
     entries = manifest.get("tables") if isinstance(manifest, dict) else None
