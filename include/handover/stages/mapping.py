@@ -49,18 +49,6 @@ from handover.protection.fields import (
 from handover.stages.mapping_field import _Field, source_columns
 from handover.stages.mapping_values import Values, _as_objects, _is_text, _Source, _text
 
-TRANSFORMS = (
-    "from",
-    "from_resident_id",
-    "concat",
-    "split",
-    "default",
-    "lookup",
-    "parse_date",
-    "yuan_to_fen",
-    "cast",
-    "protect",
-)
 VALUE_TRANSFORMS = (
     "from_resident_id",
     "concat",
